@@ -1,0 +1,1 @@
+"""modelvc: the git-like CLI, the HTTP client and the embedded stack."""

@@ -1,0 +1,1 @@
+"""modelvc version graph: pure core, Avro codec, Faust app and HTTP API."""

@@ -1,0 +1,197 @@
+"""Avro single-object encoding (magic C3 01 + CRC-64-AVRO fingerprint + body).
+
+Every message names the exact schema that wrote it, so a reader years later
+can find that writer schema and resolve it against its own (Avro schema
+resolution). Schemas are parsed once, at import.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import fastavro.schema
+
+from streams.core.commands import BODY_TYPES, Command
+from streams.core.events import PAYLOAD_TYPES, Commit, ModelEvent, plain_payload
+from streams.errors import UndecodableMessage
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+MAGIC = b"\xc3\x01"
+HEADER_SIZE = 10
+
+
+def load_schema(*files: str, schema_dir: Path = SCHEMA_DIR) -> dict[str, Any]:
+    """Parse the named ``.avsc`` files in order (dependencies first) into one schema."""
+    loaded = fastavro.schema.load_schema_ordered([str(schema_dir / f) for f in files])
+    return dict(loaded)  # type: ignore[arg-type]
+
+
+def fingerprint(schema: Mapping[str, Any]) -> bytes:
+    """CRC-64-AVRO of the parsing canonical form, as the 8 bytes single-object encoding uses."""
+    canonical_form = fastavro.schema.to_parsing_canonical_form(schema)  # type: ignore[arg-type]
+    return bytes.fromhex(fastavro.schema.fingerprint(canonical_form, "CRC-64-AVRO"))
+
+
+@dataclass
+class SingleObjectCodec:
+    """Encoder/decoder for one reader schema, accepting any registered writer schema."""
+
+    schema: dict[str, Any]
+    writers: dict[bytes, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.parsed = fastavro.parse_schema(self.schema)
+        self.fingerprint = fingerprint(self.schema)
+        self.header = MAGIC + self.fingerprint
+        self.name = str(self.schema["name"])
+        self.writers.setdefault(self.fingerprint, self.parsed)
+
+    def add_writer(self, schema: Mapping[str, Any]) -> bytes:
+        """Accept messages written with an older (or newer) compatible schema."""
+        fp = fingerprint(schema)
+        self.writers[fp] = fastavro.parse_schema(dict(schema))
+        return fp
+
+    def encode(self, record: Mapping[str, Any]) -> bytes:
+        out = io.BytesIO()
+        out.write(self.header)
+        fastavro.schemaless_writer(out, self.parsed, record)
+        return out.getvalue()
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        if data is None or len(data) < HEADER_SIZE or data[:2] != MAGIC:
+            raise UndecodableMessage(
+                f"not Avro single-object encoded {self.name} (expected magic C3 01)"
+            )
+        writer = self.writers.get(bytes(data[2:HEADER_SIZE]))
+        if writer is None:
+            raise UndecodableMessage(
+                f"unknown schema fingerprint {bytes(data[2:HEADER_SIZE]).hex()} for {self.name}; "
+                "upgrade modelvc or register the writer schema"
+            )
+        buf = io.BytesIO(data)
+        buf.seek(HEADER_SIZE)
+        try:
+            record = fastavro.schemaless_reader(
+                buf, writer, None if writer is self.parsed else self.parsed,
+                return_record_name=True,
+            )
+        except Exception as exc:  # fastavro raises many types for corrupt bytes
+            raise UndecodableMessage(f"corrupt {self.name} body: {exc!r}") from exc
+        if buf.tell() != len(data):
+            raise UndecodableMessage(
+                f"{len(data) - buf.tell()} trailing bytes after the {self.name} record"
+            )
+        return record  # type: ignore[return-value]
+
+
+EVENT_SCHEMA_FILES: Sequence[str] = (
+    "commit.avsc",
+    "model_created.avsc",
+    "committed.avsc",
+    "branch_created.avsc",
+    "branch_deleted.avsc",
+    "merged.avsc",
+    "rolled_back.avsc",
+    "alias_moved.avsc",
+    "model_event.avsc",
+)
+
+EVENTS = SingleObjectCodec(load_schema(*EVENT_SCHEMA_FILES))
+COMMANDS = SingleObjectCodec(load_schema("command.avsc"))
+REPLIES = SingleObjectCodec(load_schema("command_reply.avsc"))
+DEAD_LETTERS = SingleObjectCodec(load_schema("dead_letter.avsc"))
+
+_EVENT_NS = "modelvc.events."
+_COMMAND_NS = "modelvc.commands."
+_PAYLOADS = {_EVENT_NS + t.__name__: t for t in PAYLOAD_TYPES}
+_BODIES = {_COMMAND_NS + t.__name__: t for t in BODY_TYPES}
+
+
+def _commit(plain: Mapping[str, Any]) -> Commit:
+    return Commit(
+        id=plain["id"],
+        parents=tuple(plain["parents"]),
+        artifact_sha256=plain["artifact_sha256"],
+        params=dict(plain["params"]),
+        metrics=dict(plain["metrics"]),
+        message=plain["message"],
+        author=plain["author"],
+        at=plain["at"],
+    )
+
+
+def event_to_record(event: ModelEvent) -> dict[str, Any]:
+    return {
+        "model": event.model,
+        "seq": event.seq,
+        "prev_hash": event.prev_hash,
+        "command_id": event.command_id,
+        "actor": event.actor,
+        "at": event.at,
+        "payload": (_EVENT_NS + event.type, plain_payload(event.payload)),
+    }
+
+
+def event_from_record(record: Mapping[str, Any]) -> ModelEvent:
+    name, fields = record["payload"]
+    payload_type = _PAYLOADS[name]
+    commit = fields.get("commit")
+    if commit is not None:
+        # The nullable commit of Merged arrives as (name, record) under return_record_name.
+        fields = {**fields, "commit": _commit(commit[1] if isinstance(commit, tuple) else commit)}
+    return ModelEvent(
+        model=record["model"],
+        seq=record["seq"],
+        prev_hash=record["prev_hash"],
+        command_id=record["command_id"],
+        actor=record["actor"],
+        at=record["at"],
+        payload=payload_type(**fields),
+    )
+
+
+def encode_event(event: ModelEvent) -> bytes:
+    return EVENTS.encode(event_to_record(event))
+
+
+def decode_event(data: bytes) -> ModelEvent:
+    record = EVENTS.decode(data)
+    try:
+        return event_from_record(record)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UndecodableMessage(f"ModelEvent does not map onto the core: {exc!r}") from exc
+
+
+def encode_command(command: Command, reply_to: str = "") -> bytes:
+    body = dict(command.body.__dict__)
+    for key in ("params", "metrics"):
+        if key in body:
+            body[key] = dict(body[key])
+    return COMMANDS.encode(
+        {
+            "command_id": command.command_id,
+            "model": command.model,
+            "actor": command.actor,
+            "at": command.at,
+            "reply_to": reply_to,
+            "body": (_COMMAND_NS + type(command.body).__name__, body),
+        }
+    )
+
+
+def decode_command(data: bytes) -> tuple[Command, str]:
+    """The command and the instance id waiting for its reply."""
+    record = COMMANDS.decode(data)
+    name, fields = record["body"]
+    try:
+        body = _BODIES[name](**fields)
+    except (KeyError, TypeError) as exc:
+        raise UndecodableMessage(f"command body {name} does not map onto the core: {exc!r}") from exc
+    command = Command(record["command_id"], record["model"], record["actor"], record["at"], body)
+    return command, record["reply_to"]

@@ -1,0 +1,292 @@
+"""decide(state, command) -> events: the only place commands become facts.
+
+Pure: no clock, no random ids, no I/O. The same command against the same
+state yields byte-identical events, which makes retries and replays safe.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from streams.core import refs
+from streams.core.commands import (
+    Command,
+    CreateBranch,
+    CreateModel,
+    DeleteBranch,
+    MakeCommit,
+    Merge,
+    MoveAlias,
+    Rollback,
+)
+from streams.core.errors import (
+    BranchExists,
+    EmptyBranch,
+    InvalidCommand,
+    MergeConflict,
+    ModelExists,
+    NothingToDo,
+    NotAnAncestor,
+    ProtectedBranch,
+    StaleHead,
+    UnknownModel,
+    UnknownRef,
+)
+from streams.core.events import (
+    AliasMoved,
+    BranchCreated,
+    BranchDeleted,
+    Commit,
+    Committed,
+    Merged,
+    ModelCreated,
+    ModelEvent,
+    Payload,
+    RolledBack,
+)
+from streams.core.hashing import GENESIS_HASH, commit_id
+from streams.core.state import ModelState
+
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+STRATEGIES = ("theirs", "ours")
+
+
+def _check_digest(digest: str) -> str:
+    if not _DIGEST.match(digest):
+        raise InvalidCommand(
+            f"artifact digest {digest!r} is not a sha256 hex string; upload the file "
+            "first (POST /v1/artifacts) and use the digest it returns",
+            field="artifact_sha256",
+        )
+    return digest
+
+
+def _check_metrics(metrics: Mapping[str, float]) -> Mapping[str, float]:
+    for key, value in metrics.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise InvalidCommand(
+                f"metric {key}={value!r} is not a finite number", field="metrics", key=key
+            )
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def _make_commit(
+    command: Command,
+    parents: tuple[str, ...],
+    artifact: str,
+    params: Mapping[str, str],
+    metrics: Mapping[str, float],
+    message: str,
+) -> Commit:
+    fields: dict[str, Any] = {
+        "parents": parents,
+        "artifact_sha256": artifact,
+        "params": dict(params),
+        "metrics": dict(metrics),
+        "message": message,
+        "author": command.actor,
+        "at": command.at,
+    }
+    return Commit(id=commit_id(**fields), **fields)
+
+
+def _branch_head(state: ModelState, branch: str) -> str | None:
+    if branch not in state.branches:
+        raise UnknownRef(
+            f"model {state.name!r} has no branch {branch!r}; create it with "
+            f"`modelvc branch create {state.name} {branch}`",
+            ref=branch,
+        )
+    return state.branches[branch]
+
+
+def _check_free_name(state: ModelState, kind: str, name: str) -> None:
+    refs.check_name(kind, name)
+    if kind == "alias" and name in state.branches:
+        raise InvalidCommand(f"{name!r} is already a branch; pick another alias name", field=kind)
+    if kind == "branch" and name in state.aliases:
+        raise InvalidCommand(f"{name!r} is already an alias; pick another branch name", field=kind)
+
+
+def create_model(state: ModelState | None, command: Command) -> Payload:
+    body: CreateModel = command.body  # type: ignore[assignment]
+    if state is not None:
+        raise ModelExists(f"model {command.model!r} already exists", model=command.model)
+    refs.check_name("model", command.model)
+    refs.check_name("branch", body.default_branch)
+    return ModelCreated(default_branch=body.default_branch)
+
+
+def make_commit(state: ModelState, command: Command) -> Payload:
+    body: MakeCommit = command.body  # type: ignore[assignment]
+    head = _branch_head(state, body.branch)
+    if body.expect_head is not None:
+        expected = None if body.expect_head in ("", "none") else refs.resolve(state, body.expect_head)
+        if expected != head:
+            raise StaleHead(
+                f"branch {body.branch!r} moved: its head is {head}, not {body.expect_head}; "
+                "pull the new head and retry with --expect-head set to it",
+                branch=body.branch,
+                current=head,
+            )
+    commit = _make_commit(
+        command,
+        (head,) if head is not None else (),
+        _check_digest(body.artifact_sha256),
+        body.params,
+        _check_metrics(body.metrics),
+        body.message,
+    )
+    if commit.id in state.commits:
+        raise InvalidCommand(
+            f"an identical commit {commit.id} already exists; change the message or time",
+            commit=commit.id,
+        )
+    return Committed(branch=body.branch, commit=commit)
+
+
+def create_branch(state: ModelState, command: Command) -> Payload:
+    body: CreateBranch = command.body  # type: ignore[assignment]
+    _check_free_name(state, "branch", body.branch)
+    if body.branch in state.branches:
+        raise BranchExists(
+            f"branch {body.branch!r} already exists at {state.branches[body.branch]}",
+            branch=body.branch,
+            current=state.branches[body.branch],
+        )
+    head = refs.resolve(state, body.from_ref or state.default_branch)
+    return BranchCreated(branch=body.branch, head=head)
+
+
+def delete_branch(state: ModelState, command: Command) -> Payload:
+    body: DeleteBranch = command.body  # type: ignore[assignment]
+    head = _branch_head(state, body.branch)
+    if body.branch == state.default_branch:
+        raise ProtectedBranch(
+            f"{body.branch!r} is the default branch of {state.name!r} and cannot be deleted",
+            branch=body.branch,
+        )
+    return BranchDeleted(branch=body.branch, head=head)
+
+
+def merge(state: ModelState, command: Command) -> Payload:
+    body: Merge = command.body  # type: ignore[assignment]
+    target_head = _branch_head(state, body.target)
+    source_head = refs.resolve(state, body.source)
+    if target_head is not None and refs.is_ancestor(state, source_head, target_head):
+        raise NothingToDo(
+            f"{body.target!r} already contains {body.source!r} ({source_head}); nothing to merge",
+            head=target_head,
+        )
+    if target_head is None or refs.is_ancestor(state, target_head, source_head):
+        return Merged(body.source, body.target, source_head, target_head, True, None, None)
+    if body.strategy is not None and body.strategy not in STRATEGIES:
+        raise InvalidCommand(
+            f"unknown merge strategy {body.strategy!r}; use one of {', '.join(STRATEGIES)}",
+            field="strategy",
+        )
+    if body.strategy is None and body.artifact_sha256 is None:
+        base = refs.merge_base(state, target_head, source_head)
+        raise MergeConflict(
+            f"{body.target!r} and {body.source!r} have diverged (merge base {base}, "
+            f"{body.target} at {target_head}, {body.source} at {source_head}); choose the "
+            "merged model with --strategy theirs|ours or --artifact FILE",
+            merge_base=base,
+            target_head=target_head,
+            source_head=source_head,
+        )
+    ours, theirs = state.commits[target_head], state.commits[source_head]
+    picked = theirs if body.strategy == "theirs" else ours
+    artifact = (
+        _check_digest(body.artifact_sha256) if body.artifact_sha256 else picked.artifact_sha256
+    )
+    strategy = body.strategy if body.strategy is not None else "artifact"
+    commit = _make_commit(
+        command,
+        (target_head, source_head),
+        artifact,
+        picked.params,
+        picked.metrics,
+        body.message or f"Merge {body.source} into {body.target} ({strategy})",
+    )
+    return Merged(body.source, body.target, source_head, target_head, False, strategy, commit)
+
+
+def rollback(state: ModelState, command: Command) -> Payload:
+    body: Rollback = command.body  # type: ignore[assignment]
+    if not body.reason.strip():
+        raise InvalidCommand("a rollback needs a --reason", field="reason")
+    head = _branch_head(state, body.branch)
+    if head is None:
+        raise EmptyBranch(f"branch {body.branch!r} has no commits to roll back", ref=body.branch)
+    target = refs.resolve(state, body.to_ref)
+    if target == head:
+        raise NothingToDo(f"{body.branch!r} is already at {target}", head=target)
+    if target not in refs.first_parent_history(state, head):
+        raise NotAnAncestor(
+            f"{target} is not on the first-parent history of {body.branch!r} (head {head}); "
+            f"see `modelvc log {state.name} {body.branch}` for the commits it can go back to",
+            branch=body.branch,
+            current=head,
+        )
+    return RolledBack(body.branch, head, target, body.reason)
+
+
+def move_alias(state: ModelState, command: Command) -> Payload:
+    body: MoveAlias = command.body  # type: ignore[assignment]
+    _check_free_name(state, "alias", body.alias)
+    current = state.aliases.get(body.alias)
+    if body.expect is not None:
+        expected = None if body.expect in ("", "none") else refs.resolve(state, body.expect)
+        if expected != current:
+            raise StaleHead(
+                f"alias {body.alias!r} points at {current}, not {body.expect}; "
+                "re-read it and retry with --expect set to it",
+                alias=body.alias,
+                current=current,
+            )
+    target = refs.resolve(state, body.ref)
+    if target == current:
+        raise NothingToDo(f"alias {body.alias!r} already points at {target}", head=target)
+    return AliasMoved(body.alias, current, target)
+
+
+_DECIDERS: dict[type, Callable[[Any, Command], Payload]] = {
+    CreateModel: create_model,
+    MakeCommit: make_commit,
+    CreateBranch: create_branch,
+    DeleteBranch: delete_branch,
+    Merge: merge,
+    Rollback: rollback,
+    MoveAlias: move_alias,
+}
+
+
+def decide(state: ModelState | None, command: Command) -> tuple[ModelEvent, ...]:
+    """Events that ``command`` produces on ``state``; () when it was already applied.
+
+    Raises a :class:`~streams.core.errors.VersionGraphError` when it is refused.
+    """
+    if state is not None and command.command_id in state.receipts:
+        return ()
+    if state is None and not isinstance(command.body, CreateModel):
+        raise UnknownModel(
+            f"model {command.model!r} does not exist; create it with "
+            f"`modelvc create {command.model}`",
+            model=command.model,
+        )
+    payload = _DECIDERS[type(command.body)](state, command)
+    return (
+        ModelEvent(
+            model=command.model,
+            seq=1 if state is None else state.seq + 1,
+            prev_hash=GENESIS_HASH if state is None else state.last_hash,
+            command_id=command.command_id,
+            actor=command.actor,
+            at=command.at,
+            payload=payload,
+        ),
+    )

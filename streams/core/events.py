@@ -1,0 +1,146 @@
+"""Events: the only facts the version graph is built from (past tense).
+
+``ModelEvent`` is the envelope every event travels in; its ``payload`` is one
+of the records below. Field names match ``schemas/*.avsc`` one for one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Union
+
+from streams.core.hashing import canonical, sha256_hex
+
+
+@dataclass(frozen=True)
+class Commit:
+    id: str
+    parents: tuple[str, ...]
+    artifact_sha256: str
+    params: Mapping[str, str]
+    metrics: Mapping[str, float]
+    message: str
+    author: str
+    at: int
+
+
+@dataclass(frozen=True)
+class ModelCreated:
+    default_branch: str
+
+
+@dataclass(frozen=True)
+class Committed:
+    branch: str
+    commit: Commit
+
+
+@dataclass(frozen=True)
+class BranchCreated:
+    branch: str
+    head: str | None
+
+
+@dataclass(frozen=True)
+class BranchDeleted:
+    branch: str
+    head: str | None
+
+
+@dataclass(frozen=True)
+class Merged:
+    source: str
+    target: str
+    source_head: str
+    previous_head: str | None
+    fast_forward: bool
+    strategy: str | None
+    commit: Commit | None  # the merge commit; None for a fast-forward
+
+    @property
+    def new_head(self) -> str:
+        return self.commit.id if self.commit is not None else self.source_head
+
+
+@dataclass(frozen=True)
+class RolledBack:
+    branch: str
+    from_commit: str
+    to_commit: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class AliasMoved:
+    alias: str
+    from_commit: str | None
+    to_commit: str
+
+
+Payload = Union[
+    ModelCreated, Committed, BranchCreated, BranchDeleted, Merged, RolledBack, AliasMoved
+]
+PAYLOAD_TYPES: tuple[type, ...] = (
+    ModelCreated,
+    Committed,
+    BranchCreated,
+    BranchDeleted,
+    Merged,
+    RolledBack,
+    AliasMoved,
+)
+
+
+@dataclass(frozen=True)
+class ModelEvent:
+    model: str
+    seq: int
+    prev_hash: str
+    command_id: str
+    actor: str
+    at: int
+    payload: Payload
+
+    @property
+    def type(self) -> str:
+        return type(self.payload).__name__
+
+    def to_plain(self) -> dict[str, object]:
+        """Plain-data view of the event: the input of its hash, and its JSON form."""
+        return {
+            "model": self.model,
+            "seq": self.seq,
+            "prev_hash": self.prev_hash,
+            "command_id": self.command_id,
+            "actor": self.actor,
+            "at": self.at,
+            "type": self.type,
+            "payload": plain_payload(self.payload),
+        }
+
+    def hash(self) -> str:
+        """sha256 of the event's canonical form; the next event's ``prev_hash``."""
+        return sha256_hex(canonical(self.to_plain()))
+
+
+def plain_commit(commit: Commit) -> dict[str, object]:
+    return {
+        "id": commit.id,
+        "parents": list(commit.parents),
+        "artifact_sha256": commit.artifact_sha256,
+        "params": dict(commit.params),
+        "metrics": dict(commit.metrics),
+        "message": commit.message,
+        "author": commit.author,
+        "at": commit.at,
+    }
+
+
+def plain_payload(payload: Payload) -> dict[str, object]:
+    # Shallow on purpose (hot in replay): only a nested Commit needs converting.
+    plain = dict(payload.__dict__)
+    commit = plain.get("commit")
+    if isinstance(commit, Commit):
+        plain["commit"] = plain_commit(commit)
+    return plain

@@ -1,0 +1,138 @@
+"""evolve(state, event) -> state: one small function per event type.
+
+These assume the event is admissible (see ``fold.void_reason``); they never
+validate and never mutate: each returns a new ``ModelState``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from streams.core.events import (
+    AliasMoved,
+    BranchCreated,
+    BranchDeleted,
+    Commit,
+    Committed,
+    Merged,
+    ModelCreated,
+    ModelEvent,
+    RolledBack,
+)
+from streams.core.state import ModelState, Receipt, RefMove, Reflog
+
+
+def _move(
+    state: ModelState,
+    event: ModelEvent,
+    event_hash: str,
+    *,
+    kind: str,
+    name: str,
+    old: str | None,
+    new: str | None,
+    reason: str = "",
+    commit: Commit | None = None,
+    branches: dict[str, str | None] | None = None,
+    aliases: dict[str, str] | None = None,
+) -> ModelState:
+    move = RefMove(event.seq, kind, name, old, new, event.type, reason, event.actor, event.at)
+    commits = state.commits
+    if commit is not None:
+        commits = {**commits, commit.id: commit}
+    return replace(
+        state,
+        seq=event.seq,
+        last_hash=event_hash,
+        commits=commits,
+        branches=state.branches if branches is None else branches,
+        aliases=state.aliases if aliases is None else aliases,
+        receipts={**state.receipts, event.command_id: Receipt(event.seq, event.type, name, new)},
+        reflog=Reflog(move, state.reflog),
+    )
+
+
+def model_created(_: ModelState | None, event: ModelEvent, event_hash: str) -> ModelState:
+    payload: ModelCreated = event.payload  # type: ignore[assignment]
+    return ModelState(
+        name=event.model,
+        default_branch=payload.default_branch,
+        created_at=event.at,
+        seq=event.seq,
+        last_hash=event_hash,
+        commits={},
+        branches={payload.default_branch: None},
+        aliases={},
+        receipts={event.command_id: Receipt(event.seq, event.type, payload.default_branch, None)},
+    )
+
+
+def committed(state: ModelState, event: ModelEvent, event_hash: str) -> ModelState:
+    p: Committed = event.payload  # type: ignore[assignment]
+    return _move(
+        state, event, event_hash, kind="branch", name=p.branch,
+        old=state.branches[p.branch], new=p.commit.id, commit=p.commit,
+        branches={**state.branches, p.branch: p.commit.id},
+    )
+
+
+def branch_created(state: ModelState, event: ModelEvent, event_hash: str) -> ModelState:
+    p: BranchCreated = event.payload  # type: ignore[assignment]
+    return _move(
+        state, event, event_hash, kind="branch", name=p.branch, old=None, new=p.head,
+        branches={**state.branches, p.branch: p.head},
+    )
+
+
+def branch_deleted(state: ModelState, event: ModelEvent, event_hash: str) -> ModelState:
+    p: BranchDeleted = event.payload  # type: ignore[assignment]
+    branches = {b: h for b, h in state.branches.items() if b != p.branch}
+    return _move(
+        state, event, event_hash, kind="branch", name=p.branch, old=p.head, new=None,
+        branches=branches,
+    )
+
+
+def merged(state: ModelState, event: ModelEvent, event_hash: str) -> ModelState:
+    p: Merged = event.payload  # type: ignore[assignment]
+    return _move(
+        state, event, event_hash, kind="branch", name=p.target, old=p.previous_head,
+        new=p.new_head, commit=p.commit, reason=f"merge {p.source}",
+        branches={**state.branches, p.target: p.new_head},
+    )
+
+
+def rolled_back(state: ModelState, event: ModelEvent, event_hash: str) -> ModelState:
+    p: RolledBack = event.payload  # type: ignore[assignment]
+    return _move(
+        state, event, event_hash, kind="branch", name=p.branch, old=p.from_commit,
+        new=p.to_commit, reason=p.reason, branches={**state.branches, p.branch: p.to_commit},
+    )
+
+
+def alias_moved(state: ModelState, event: ModelEvent, event_hash: str) -> ModelState:
+    p: AliasMoved = event.payload  # type: ignore[assignment]
+    return _move(
+        state, event, event_hash, kind="alias", name=p.alias, old=p.from_commit,
+        new=p.to_commit, aliases={**state.aliases, p.alias: p.to_commit},
+    )
+
+
+_EVOLVERS: dict[type, Callable[[Any, ModelEvent, str], ModelState]] = {
+    ModelCreated: model_created,
+    Committed: committed,
+    BranchCreated: branch_created,
+    BranchDeleted: branch_deleted,
+    Merged: merged,
+    RolledBack: rolled_back,
+    AliasMoved: alias_moved,
+}
+
+
+def evolve(state: ModelState | None, event: ModelEvent, event_hash: str | None = None) -> ModelState:
+    """The state after ``event``; ``event_hash`` may be passed when already computed."""
+    return _EVOLVERS[type(event.payload)](
+        state, event, event.hash() if event_hash is None else event_hash
+    )

@@ -1,0 +1,1 @@
+"""Streaming inference workers (built on the pure core of streams)."""
