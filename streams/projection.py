@@ -1,0 +1,154 @@
+"""The read model in RocksDB: the fold of ``modelvc.events``, plus where it stands.
+
+Each applied batch writes the touched models' rows *and* the partition's next
+offset in one RocksDB write batch, so after any crash the stored graph is
+exactly the fold of the log up to the stored offset, and resuming from that
+offset neither skips nor repeats an event. Deleting the directory rebuilds
+everything from offset 0.
+
+Layout (raw bytes keys, JSON values):
+  o/<partition>                 next offset to read
+  m/<model>/meta                seq, last_hash, default branch, branches, aliases
+  m/<model>/c/<seq:012>         commit added by event <seq>
+  m/<model>/r/<command_id>      receipt of an accepted command
+  m/<model>/l/<seq:012>         reflog entry of event <seq>
+  v/<model>                     count of void events seen for the model
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rocksdict import Options, Rdict, WriteBatch
+
+from streams.codec import _commit, decode_event
+from streams.core.events import Commit, Committed, Merged, ModelEvent, plain_commit
+from streams.core.fold import Fold
+from streams.core.state import ModelState, Receipt, RefMove, Reflog
+from streams.errors import UndecodableMessage
+
+
+def _dumps(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What happened to one log record."""
+
+    offset: int
+    event: ModelEvent | None
+    void_reason: str | None = None
+    undecodable: str | None = None
+
+
+class Projection:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        self._db = Rdict(str(path), options)
+        self.fold = Fold()
+        self.next_offsets: dict[int, int] = {}
+        self._load()
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- loading -------------------------------------------------------------
+    def _load(self) -> None:
+        per_model: dict[str, dict[str, list[tuple[bytes, bytes]]]] = {}
+        for key, value in self._db.items():
+            parts = bytes(key).decode().split("/")
+            if parts[0] == "o":
+                self.next_offsets[int(parts[1])] = int(value)
+            elif parts[0] == "v":
+                self.fold.void_reasons[parts[1]] = int(value)
+                self.fold.voided += int(value)
+            elif parts[0] == "m":
+                per_model.setdefault(parts[1], {}).setdefault(parts[2], []).append((key, value))
+        for model, rows in per_model.items():
+            self.fold.models[model] = _state_from_rows(model, rows)
+
+    # -- applying ------------------------------------------------------------
+    def apply(self, partition: int, records: Iterable[tuple[int, bytes]]) -> list[Applied]:
+        """Fold a fetched batch of (offset, value) and persist it atomically."""
+        batch = WriteBatch(raw_mode=True)
+        results: list[Applied] = []
+        touched: dict[str, ModelState] = {}
+        last = None
+        for offset, value in records:
+            last = offset
+            try:
+                event = decode_event(value)
+            except UndecodableMessage as exc:
+                results.append(Applied(offset, None, undecodable=str(exc)))
+                continue
+            reason = self.fold.apply(event)
+            if reason is not None:
+                batch.put(f"v/{event.model}".encode(), str(self.fold.void_reasons[event.model]).encode())
+                results.append(Applied(offset, event, void_reason=reason))
+                continue
+            state = self.fold.models[event.model]
+            touched[event.model] = state
+            _put_event_rows(batch, state, event)
+            results.append(Applied(offset, event))
+        if last is None:
+            return results
+        for model, state in touched.items():
+            batch.put(f"m/{model}/meta".encode(), _dumps(_meta(state)))
+        self.next_offsets[partition] = last + 1
+        batch.put(f"o/{partition}".encode(), str(last + 1).encode())
+        self._db.write(batch)
+        return results
+
+
+def _meta(state: ModelState) -> dict[str, object]:
+    return {
+        "default_branch": state.default_branch,
+        "created_at": state.created_at,
+        "seq": state.seq,
+        "last_hash": state.last_hash,
+        "branches": dict(state.branches),
+        "aliases": dict(state.aliases),
+    }
+
+
+def _put_event_rows(batch: WriteBatch, state: ModelState, event: ModelEvent) -> None:
+    prefix = f"m/{event.model}/"
+    commit: Commit | None = None
+    if isinstance(event.payload, Committed | Merged):
+        commit = event.payload.commit
+    if commit is not None:
+        batch.put(f"{prefix}c/{event.seq:012d}".encode(), _dumps(plain_commit(commit)))
+    receipt = state.receipts[event.command_id]
+    batch.put(f"{prefix}r/{event.command_id}".encode(), _dumps(asdict(receipt)))
+    if state.reflog is not None and state.reflog.entry.seq == event.seq:
+        batch.put(f"{prefix}l/{event.seq:012d}".encode(), _dumps(asdict(state.reflog.entry)))
+
+
+def _state_from_rows(model: str, rows: dict[str, list[tuple[bytes, bytes]]]) -> ModelState:
+    meta = json.loads(rows["meta"][0][1])
+    # RocksDB iterates keys in order, so zero-padded seqs come back in log order.
+    commits = {c.id: c for c in (_commit(json.loads(v)) for _, v in rows.get("c", []))}
+    receipts = {
+        bytes(k).decode().split("/", 3)[3]: Receipt(**json.loads(v)) for k, v in rows.get("r", [])
+    }
+    reflog: Reflog | None = None
+    for _, value in rows.get("l", []):
+        reflog = Reflog(RefMove(**json.loads(value)), reflog)
+    return ModelState(
+        name=model,
+        default_branch=meta["default_branch"],
+        created_at=meta["created_at"],
+        seq=meta["seq"],
+        last_hash=meta["last_hash"],
+        commits=commits,
+        branches=meta["branches"],
+        aliases=meta["aliases"],
+        receipts=receipts,
+        reflog=reflog,
+    )

@@ -1,0 +1,320 @@
+"""The imperative shell around the core: follow the log, decide commands, answer.
+
+* ``follow_events`` reads every partition of ``modelvc.events`` (no consumer
+  group: every instance keeps the whole read model) and folds it into the
+  RocksDB projection.
+* ``handle_command`` runs in the Faust agent that owns a commands partition,
+  the single writer of the same events partition: decide against the folded
+  state, append the event, wait until the fold has applied it, answer.
+* ``submit`` is what the HTTP API calls: send the command, await its reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from streams.artifacts import ArtifactStore
+from streams.codec import (
+    DEAD_LETTERS,
+    REPLIES,
+    decode_command,
+    encode_command,
+    encode_event,
+)
+from streams.core import decide
+from streams.core.commands import Command
+from streams.core.errors import VersionGraphError, WriteRaced
+from streams.core.state import ModelState, Receipt
+from streams.errors import UndecodableMessage
+from streams.projection import Projection
+from streams.settings import Settings
+
+log = logging.getLogger("modelvc.streams")
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: dict[str, Any]
+
+
+def receipt_body(
+    state: ModelState, receipt: Receipt, command_id: str, partition: int, offset: int, repeated: bool
+) -> dict[str, Any]:
+    return {
+        "model": state.name,
+        "command_id": command_id,
+        "event": receipt.event,
+        "seq": receipt.seq,
+        "ref": receipt.ref,
+        "head": receipt.head,
+        "partition": partition,
+        "offset": offset,
+        "repeated": repeated,
+    }
+
+
+class VersionService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.projection = Projection(settings.rocksdb_path)
+        self.store = ArtifactStore(settings.artifact_root)
+        self.ready = asyncio.Event()
+        self.rounds = 0
+        self.highwater: dict[int, int] = {}
+        self.dead_letters = 0
+        self._progress = asyncio.Condition()
+        self._pending: dict[str, asyncio.Future[Answer]] = {}
+        self._fresh: set[int] = set()
+        self._producer: AIOKafkaProducer | None = None
+
+    # -- lifecycle ----------------------------------------------------------
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.bootstrap, acks="all", linger_ms=0,
+            client_id=f"{self.settings.instance_id}-producer",
+        )
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+        self.projection.close()
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        assert self._producer is not None, "VersionService.start() was not awaited"
+        return self._producer
+
+    def on_partitions_revoked(self) -> None:
+        # A partition we get back later may have been written by someone else meanwhile.
+        self._fresh.clear()
+
+    # -- the follower ---------------------------------------------------------
+    def _consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.settings.fetch_wait_ms,
+            max_poll_records=5000,
+            client_id=f"{self.settings.instance_id}-follower",
+        )
+
+    async def follow_events(self) -> None:
+        consumer = self._consumer()
+        await consumer.start()
+        try:
+            topic = self.settings.events_topic
+            await consumer.topics()  # refreshes metadata
+            partitions = sorted(consumer.partitions_for_topic(topic) or ())
+            if not partitions:
+                raise RuntimeError(f"topic {topic} does not exist; run `modelvc up` or create it")
+            tps = [TopicPartition(topic, p) for p in partitions]
+            consumer.assign(tps)
+            for tp in tps:
+                consumer.seek(tp, self.projection.next_offsets.get(tp.partition, 0))
+            self.ready.set()
+            log.info("following %s from %s", topic, self.projection.next_offsets)
+            while True:
+                batches = await consumer.getmany(timeout_ms=200)
+                for tp, messages in batches.items():
+                    applied = self.projection.apply(
+                        tp.partition, [(m.offset, m.value) for m in messages]
+                    )
+                    for item, message in zip(applied, messages, strict=True):
+                        if item.undecodable is not None:
+                            await self.dead_letter(
+                                topic, tp.partition, message.offset, message.key,
+                                message.value, item.undecodable, "fold",
+                            )
+                        elif item.void_reason is not None:
+                            log.warning(
+                                "void event %s#%s at %s:%s: %s", item.event and item.event.model,
+                                item.event and item.event.seq, tp.partition, message.offset,
+                                item.void_reason,
+                            )
+                for tp in tps:
+                    hw = consumer.highwater(tp)
+                    if hw is not None:
+                        self.highwater[tp.partition] = hw
+                self.rounds += 1
+                async with self._progress:
+                    self._progress.notify_all()
+        finally:
+            await consumer.stop()
+
+    async def _wait_until(self, predicate: Any, timeout: float) -> None:
+        async with self._progress:
+            await asyncio.wait_for(self._progress.wait_for(predicate), timeout)
+
+    async def wait_applied(self, partition: int, offset: int, timeout: float | None = None) -> None:
+        """Return once the fold has applied ``offset`` of events ``partition``."""
+        await self._wait_until(
+            lambda: self.projection.next_offsets.get(partition, 0) > offset,
+            self.settings.command_timeout_s if timeout is None else timeout,
+        )
+
+    async def caught_up(self, partition: int) -> None:
+        """Return once the fold has applied everything the broker had when we asked."""
+        await self.ready.wait()
+        start = self.rounds
+        await self._wait_until(lambda: self.rounds >= start + 2, self.settings.command_timeout_s)
+        end = self.highwater.get(partition, 0)
+        if end > 0:
+            await self.wait_applied(partition, end - 1)
+
+    # -- the single writer ------------------------------------------------------
+    async def handle_command(
+        self, partition: int, offset: int, key: bytes | None, value: bytes
+    ) -> None:
+        """Decide one command from the commands partition this instance owns."""
+        await self.ready.wait()
+        try:
+            command, reply_to = decode_command(value)
+        except UndecodableMessage as exc:
+            await self.dead_letter(
+                self.settings.commands_topic, partition, offset, key, value, str(exc), "decode"
+            )
+            return
+        try:
+            answer = await self._decide_and_append(partition, command)
+        except Exception as exc:  # never let one command stop the agent
+            log.exception("command %s failed", command.command_id)
+            answer = Answer(500, {"error": "internal", "message": f"{type(exc).__name__}: {exc}"})
+        await self._reply(command.command_id, reply_to, answer)
+
+    async def _decide_and_append(self, partition: int, command: Command) -> Answer:
+        if partition not in self._fresh:
+            await self.caught_up(partition)
+            self._fresh.add(partition)
+        models = self.projection.fold.models
+        state = models.get(command.model)
+        try:
+            events = decide(state, command)
+        except VersionGraphError as exc:
+            return Answer(exc.status, exc.to_dict())
+        if not events:
+            assert state is not None
+            receipt = state.receipts[command.command_id]
+            last = self.projection.next_offsets.get(partition, 1) - 1
+            return Answer(200, receipt_body(state, receipt, command.command_id, partition, last, True))
+        metadata = None
+        for event in events:
+            metadata = await self.producer.send_and_wait(
+                self.settings.events_topic,
+                key=command.model.encode(),
+                value=encode_event(event),
+                partition=partition,
+            )
+        assert metadata is not None
+        await self.wait_applied(partition, metadata.offset)
+        state = models[command.model]
+        receipt = state.receipts.get(command.command_id)
+        if receipt is None:
+            self._fresh.discard(partition)
+            error = WriteRaced(
+                "another writer appended to this model first, so this command had no effect; "
+                "retry it",
+                model=command.model,
+            )
+            return Answer(error.status, error.to_dict())
+        body = receipt_body(state, receipt, command.command_id, partition, metadata.offset, False)
+        return Answer(201, body)
+
+    async def _reply(self, command_id: str, reply_to: str, answer: Answer) -> None:
+        future = self._pending.get(command_id)
+        if future is not None:
+            if not future.done():
+                future.set_result(answer)
+            return
+        if reply_to and reply_to != self.settings.instance_id:
+            await self.producer.send_and_wait(
+                self.settings.replies_topic,
+                key=reply_to.encode(),
+                value=REPLIES.encode(
+                    {"command_id": command_id, "status": answer.status, "body": json.dumps(answer.body)}
+                ),
+            )
+
+    async def follow_replies(self) -> None:
+        """Answers for commands this instance submitted but another instance decided."""
+        consumer = AIOKafkaConsumer(
+            self.settings.replies_topic,
+            bootstrap_servers=self.settings.bootstrap,
+            group_id=None,
+            auto_offset_reset="latest",
+            fetch_max_wait_ms=self.settings.fetch_wait_ms,
+            client_id=f"{self.settings.instance_id}-replies",
+        )
+        await consumer.start()
+        try:
+            async for message in consumer:
+                if message.key != self.settings.instance_id.encode() or message.value is None:
+                    continue
+                try:
+                    record = REPLIES.decode(message.value)
+                except UndecodableMessage as exc:
+                    log.warning("undecodable reply at offset %s: %s", message.offset, exc)
+                    continue
+                future = self._pending.get(record["command_id"])
+                if future is not None and not future.done():
+                    future.set_result(Answer(record["status"], json.loads(record["body"])))
+        finally:
+            await consumer.stop()
+
+    # -- submitting (HTTP side) ---------------------------------------------
+    async def submit(self, command: Command) -> Answer:
+        await self.ready.wait()
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._pending[command.command_id] = future
+        try:
+            await self.producer.send_and_wait(
+                self.settings.commands_topic,
+                key=command.model.encode(),
+                value=encode_command(command, reply_to=self.settings.instance_id),
+            )
+            answer = await asyncio.wait_for(future, self.settings.command_timeout_s)
+        except TimeoutError:
+            return Answer(
+                504,
+                {
+                    "error": "timeout",
+                    "message": f"command {command.command_id} got no answer in "
+                    f"{self.settings.command_timeout_s:.0f}s; it may still be applied. Retry "
+                    "with the same command id: a repeat never applies twice",
+                    "command_id": command.command_id,
+                },
+            )
+        finally:
+            self._pending.pop(command.command_id, None)
+        if answer.status < 300 and "offset" in answer.body:
+            # Read-your-writes on this instance even when another one decided it.
+            await self.wait_applied(answer.body["partition"], answer.body["offset"])
+        return answer
+
+    async def dead_letter(
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+        reason: str, stage: str,
+    ) -> None:
+        self.dead_letters += 1
+        log.warning("dead letter from %s:%s@%s: %s", topic, partition, offset, reason)
+        await self.producer.send_and_wait(
+            self.settings.dead_letter_topic,
+            key=key,
+            value=DEAD_LETTERS.encode(
+                {
+                    "topic": topic, "partition": partition, "offset": offset, "key": key,
+                    "value": value, "reason": reason, "stage": stage,
+                    "at": int(time.time() * 1000),
+                }
+            ),
+        )

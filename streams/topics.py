@@ -1,0 +1,48 @@
+"""Creating and checking the topics modelvc needs (idempotent)."""
+
+from __future__ import annotations
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from streams.errors import TopicMismatch
+from streams.settings import Settings
+
+# The event log is the source of truth: never expire or compact it.
+_FOREVER = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+_WEEK = {"retention.ms": str(7 * 24 * 3600 * 1000)}
+
+
+def ensure_topics(settings: Settings, extra: dict[str, int] | None = None) -> None:
+    """Create missing topics; fail if commands and events are partitioned differently."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="modelvc-admin")
+    try:
+        wanted = {
+            settings.events_topic: (settings.partitions, _FOREVER),
+            settings.commands_topic: (settings.partitions, _WEEK),
+            settings.replies_topic: (1, {"retention.ms": str(3600 * 1000)}),
+            settings.dead_letter_topic: (1, _FOREVER),
+        }
+        for name, count in (extra or {}).items():
+            wanted[name] = (count, _WEEK)
+        existing = set(admin.list_topics())
+        for name, (count, config) in wanted.items():
+            if name in existing:
+                continue
+            try:
+                admin.create_topics([NewTopic(name, count, 1, topic_configs=config)])
+            except TopicAlreadyExistsError:
+                pass  # another instance won the race; same outcome
+        described = {
+            t.get("topic", t.get("name")): len(t["partitions"])
+            for t in admin.describe_topics([settings.events_topic, settings.commands_topic])
+        }
+        if described.get(settings.events_topic) != described.get(settings.commands_topic):
+            raise TopicMismatch(
+                f"{settings.commands_topic} has {described.get(settings.commands_topic)} partitions "
+                f"but {settings.events_topic} has {described.get(settings.events_topic)}; "
+                "give them the same count (commands partition N is written to events partition N)"
+            )
+    finally:
+        admin.close()
