@@ -1,0 +1,274 @@
+"""`modelvc`: git for models, against the running streams service.
+
+Exit codes: 0 ok, 1 refused by the service (conflict, unknown ref, invalid
+input), 2 usage error, 3 service unreachable or stack failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from modelvc import render
+from modelvc.client import Client, ClientError
+from modelvc.processes import StackError
+
+
+def _home(args: argparse.Namespace) -> Path:
+    return Path(args.home or os.environ.get("MODELVC_HOME", ".modelvc"))
+
+
+def _url(args: argparse.Namespace) -> str:
+    if args.url:
+        return str(args.url)
+    if os.environ.get("MODELVC_URL"):
+        return os.environ["MODELVC_URL"]
+    stack_file = _home(args) / "stack.json"
+    if stack_file.exists():
+        return str(json.loads(stack_file.read_text())["url"])
+    return "http://127.0.0.1:6066"
+
+
+def _model(args: argparse.Namespace) -> str:
+    model = args.model or os.environ.get("MODELVC_MODEL")
+    current = _home(args) / "current-model"
+    if not model and current.exists():
+        model = current.read_text().strip()
+    if not model:
+        raise SystemExit(
+            "modelvc: no model selected; pass -M MODEL, set MODELVC_MODEL, or run "
+            "`modelvc create NAME` / `modelvc use NAME`"
+        )
+    return str(model)
+
+
+def _pairs(items: Sequence[str], kind: str, cast: Callable[[str], Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"modelvc: --{kind} expects key=value, got {item!r}")
+        try:
+            out[key] = cast(value)
+        except ValueError:
+            raise SystemExit(f"modelvc: --{kind} {key}: {value!r} is not a number") from None
+    return out
+
+
+def _emit(args: argparse.Namespace, answer: Any, human: Callable[[Any], str]) -> None:
+    print(json.dumps(answer, indent=2) if args.json else human(answer))
+
+
+def _applied(answer: dict[str, Any]) -> str:
+    again = " (repeat: already applied)" if answer.get("repeated") else ""
+    target = f" -> {render.short(answer['head'])}" if answer.get("head") else ""
+    return f"{answer['event']} {answer['model']}#{answer['seq']} {answer.get('ref') or ''}{target}{again}"
+
+
+# -- commands -------------------------------------------------------------------
+def cmd_up(args: argparse.Namespace) -> None:
+    from modelvc.stack import Stack
+
+    home = _home(args)
+    if (home / "stack.json").exists():
+        raise StackError(f"a stack is already recorded in {home}/stack.json; run `modelvc down` first")
+    stack = Stack.up(home, bootstrap=args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP"),
+                     web_port=args.port, partitions=args.partitions)
+    print(f"modelvc is up: API {stack.url}, broker {stack.settings.bootstrap}")
+    if stack.broker:
+        print("embedded broker keeps data in memory only: `modelvc down` loses the event log")
+    print(f"logs in {stack.home / 'logs'}; stop with `modelvc down`")
+
+
+def cmd_down(args: argparse.Namespace) -> None:
+    from modelvc.stack import Stack
+
+    stack = Stack.load(_home(args))
+    stack.down()
+    print("modelvc is down")
+
+
+def cmd_create(args: argparse.Namespace, c: Client) -> None:
+    answer = c.create(args.name, args.default_branch)
+    home = _home(args)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "current-model").write_text(args.name)
+    _emit(args, answer, lambda a: f"created model {a['model']} (default branch {args.default_branch}); "
+                                  "it is now the current model")
+
+
+def cmd_use(args: argparse.Namespace, c: Client) -> None:
+    c.refs(args.name)  # fails with a clear message when it does not exist
+    home = _home(args)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "current-model").write_text(args.name)
+    print(f"current model: {args.name}")
+
+
+def cmd_models(args: argparse.Namespace, c: Client) -> None:
+    _emit(args, c.models(), lambda a: "\n".join(
+        f"{m['name']:<20} {m['commits']:>4} commits  branches: {', '.join(m['branches'])}"
+        for m in a["models"]) or "no models yet")
+
+
+def cmd_commit(args: argparse.Namespace, c: Client) -> None:
+    uploaded = c.upload(args.file)
+    answer = c.commit(_model(args), uploaded["sha256"], args.message, branch=args.branch,
+                      params=_pairs(args.param, "param", str),
+                      metrics=_pairs(args.metric, "metric", float), expect_head=args.expect_head)
+    _emit(args, answer, lambda a: f"[{a['ref']} {render.short(a['head'])}] {args.message}"
+                                  f"{' (repeat)' if a['repeated'] else ''}")
+
+
+def cmd_branch(args: argparse.Namespace, c: Client) -> None:
+    model = _model(args)
+    if args.action == "create":
+        _emit(args, c.create_branch(model, args.name, args.from_ref), _applied)
+    elif args.action == "delete":
+        _emit(args, c.delete_branch(model, args.name), _applied)
+    else:
+        refs = c.refs(model)
+        _emit(args, refs["branches"], lambda b: "\n".join(
+            f"{'*' if n == refs['default_branch'] else ' '} {n:<20} {render.short(h)}" for n, h in b.items()))
+
+
+def cmd_merge(args: argparse.Namespace, c: Client) -> None:
+    artifact = c.upload(args.artifact)["sha256"] if args.artifact else None
+    answer = c.merge(_model(args), args.source, into=args.into, strategy=args.strategy,
+                     artifact_sha256=artifact, message=args.message)
+    _emit(args, answer, _applied)
+
+
+def cmd_rollback(args: argparse.Namespace, c: Client) -> None:
+    _emit(args, c.rollback(_model(args), args.branch, args.to, args.reason), _applied)
+
+
+def cmd_alias(args: argparse.Namespace, c: Client) -> None:
+    model = _model(args)
+    if args.action == "set":
+        _emit(args, c.set_alias(model, args.name, args.ref, args.expect), _applied)
+    else:
+        _emit(args, c.refs(model)["aliases"], lambda a: "\n".join(
+            f"@{n:<20} {render.short(t)}" for n, t in a.items()) or "no aliases")
+
+
+def cmd_log(args: argparse.Namespace, c: Client) -> None:
+    _emit(args, c.log(_model(args), args.ref), lambda a: render.log(a, args.graph))
+
+
+def cmd_show(args: argparse.Namespace, c: Client) -> None:
+    _emit(args, c.show(_model(args), args.ref), render.commit)
+
+
+def cmd_diff(args: argparse.Namespace, c: Client) -> None:
+    _emit(args, c.diff(_model(args), args.a, args.b), render.diff)
+
+
+def cmd_refs(args: argparse.Namespace, c: Client) -> None:
+    _emit(args, c.refs(_model(args)), render.refs)
+
+
+def cmd_digest(args: argparse.Namespace, c: Client) -> None:
+    _emit(args, c.digest(), lambda a: f"{a['digest']}  (models: {a['models']}, event offsets: {a['offsets']})")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="modelvc", description="Version control for ML models, on Kafka.")
+    p.add_argument("--url", help="service URL (default: $MODELVC_URL or the local stack)")
+    p.add_argument("--home", help="state directory (default: $MODELVC_HOME or .modelvc)")
+    p.add_argument("-M", "--model", help="model name (default: $MODELVC_MODEL or the current model)")
+    p.add_argument("--actor", default=os.environ.get("MODELVC_ACTOR") or getpass.getuser())
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[..., None], help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+        return sp
+
+    sp = add("up", cmd_up, "start the embedded broker and the streams app in the background")
+    sp.add_argument("--bootstrap", help="use this Kafka instead of starting the embedded broker")
+    sp.add_argument("--port", type=int, default=6066, help="HTTP port of the API (default 6066)")
+    sp.add_argument("--partitions", type=int, default=4)
+    add("down", cmd_down, "stop exactly what `modelvc up` started")
+    sp = add("create", cmd_create, "create a model and make it the current one")
+    sp.add_argument("name")
+    sp.add_argument("--default-branch", default="main")
+    add("use", cmd_use, "make an existing model the current one").add_argument("name")
+    add("models", cmd_models, "list models")
+    sp = add("commit", cmd_commit, "upload a LightGBM text model and commit it to a branch")
+    sp.add_argument("file")
+    sp.add_argument("-m", "--message", required=True)
+    sp.add_argument("-b", "--branch", default="main")
+    sp.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    sp.add_argument("--metric", action="append", default=[], metavar="KEY=NUMBER")
+    sp.add_argument("--expect-head", help="refuse unless the branch head is this commit (compare-and-set)")
+    sp = add("branch", cmd_branch, "list, create or delete branches")
+    sp.add_argument("action", nargs="?", choices=["list", "create", "delete"], default="list")
+    sp.add_argument("name", nargs="?")
+    sp.add_argument("--from", dest="from_ref", help="start point (default: the default branch)")
+    sp = add("merge", cmd_merge, "merge a branch (or any ref) into another")
+    sp.add_argument("source")
+    sp.add_argument("--into", default="main")
+    sp.add_argument("--strategy", choices=["theirs", "ours"])
+    sp.add_argument("--artifact", help="model file for the merge commit")
+    sp.add_argument("-m", "--message")
+    sp = add("rollback", cmd_rollback, "move a branch back to a commit on its first-parent history")
+    sp.add_argument("branch")
+    sp.add_argument("--to", required=True)
+    sp.add_argument("--reason", required=True)
+    sp = add("alias", cmd_alias, "list aliases or point one at a ref")
+    sp.add_argument("action", nargs="?", choices=["list", "set"], default="list")
+    sp.add_argument("name", nargs="?")
+    sp.add_argument("ref", nargs="?")
+    sp.add_argument("--expect", help="refuse unless the alias points at this commit ('none' for new)")
+    sp = add("log", cmd_log, "commits, newest first (all of them when no REF), and the ref history")
+    sp.add_argument("ref", nargs="?")
+    sp.add_argument("--graph", action="store_true")
+    add("show", cmd_show, "one commit").add_argument("ref")
+    sp = add("diff", cmd_diff, "params, metrics and artifact of two versions")
+    sp.add_argument("a")
+    sp.add_argument("b")
+    add("refs", cmd_refs, "branches and aliases")
+    add("digest", cmd_digest, "sha256 of the whole version graph, as the service has it")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    needs_name = {("branch", "create"), ("branch", "delete"), ("alias", "set")}
+    if (args.command, getattr(args, "action", None)) in needs_name and not args.name:
+        print(f"modelvc: {args.command} {args.action} needs a NAME", file=sys.stderr)
+        return 2
+    if args.command == "alias" and args.action == "set" and not args.ref:
+        print("modelvc: alias set NAME REF needs a REF", file=sys.stderr)
+        return 2
+    try:
+        if args.command in ("up", "down"):
+            args.fn(args)
+        else:
+            args.fn(args, Client(_url(args), actor=args.actor))
+    except ClientError as exc:
+        if args.json:
+            print(json.dumps(exc.body), file=sys.stderr)
+        else:
+            print(f"modelvc: {exc}", file=sys.stderr)
+        return 3 if exc.status == 0 else 1
+    except StackError as exc:
+        print(f"modelvc: {exc}", file=sys.stderr)
+        return 3
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        print(f"modelvc: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""A small synchronous client of the streams HTTP API (standard library only).
+
+    from modelvc.client import Client
+    c = Client("http://127.0.0.1:6066", actor="alice")
+    digest = c.upload("model.txt")["sha256"]
+    c.commit("churn", digest, "first model", params={"lr": "0.1"})
+
+Every write sends a fresh ``command_id`` unless given one; re-sending the same
+id after a timeout is safe (a repeated command is never applied twice). Reads
+pass ``after=`` the offsets of this client's last writes, so a client always
+reads its own writes, whichever instance answers.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+class ClientError(Exception):
+    """Raised when the service refuses a request or cannot be reached.
+
+    ``status`` is the HTTP status (0 when unreachable); ``body`` the JSON answer.
+    """
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(body.get("message") or body.get("error") or f"HTTP {status}")
+        self.status = status
+        self.body = body
+
+
+class Client:
+    def __init__(self, url: str, actor: str = "anonymous", timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.actor = actor
+        self.timeout = timeout
+        self.positions: dict[int, int] = {}
+
+    # -- transport --------------------------------------------------------------
+    def request(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None,
+                raw: bytes | None = None) -> Any:
+        query = dict(query or {})
+        if method == "GET" and self.positions:
+            query["after"] = ",".join(f"{p}:{o}" for p, o in sorted(self.positions.items()))
+        url = self.url + path + ("?" + urllib.parse.urlencode(query) if query else "")
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        request = urllib.request.Request(url, data=data, method=method)
+        request.add_header("X-Modelvc-Actor", self.actor)
+        if raw is None and body is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                payload = response.read()
+                if response.headers.get_content_type() != "application/json":
+                    return payload
+                answer = json.loads(payload)
+        except urllib.error.HTTPError as exc:
+            text = exc.read()
+            try:
+                answer = json.loads(text)
+            except ValueError:
+                answer = {"error": "http", "message": text.decode(errors="replace") or str(exc)}
+            raise ClientError(exc.code, answer) from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            raise ClientError(
+                0,
+                {"error": "unreachable",
+                 "message": f"cannot reach the modelvc service at {self.url} ({exc}); "
+                            "start it with `modelvc up` or set MODELVC_URL"},
+            ) from None
+        if isinstance(answer, dict) and "offset" in answer and "partition" in answer:
+            p, o = int(answer["partition"]), int(answer["offset"])
+            self.positions[p] = max(o, self.positions.get(p, -1))
+        return answer
+
+    def _write(self, method: str, path: str, body: dict[str, Any], command_id: str | None) -> Any:
+        body = {**body, "command_id": command_id or str(uuid.uuid4()), "actor": self.actor}
+        return self.request(method, path, body)
+
+    @staticmethod
+    def _q(value: str) -> str:
+        return urllib.parse.quote(value, safe="")
+
+    # -- artifacts --------------------------------------------------------------
+    def upload(self, path: str | Path) -> dict[str, Any]:
+        data = Path(path).read_bytes()
+        return dict(self.request("POST", "/v1/artifacts", raw=data))
+
+    def artifact(self, digest: str) -> bytes:
+        return bytes(self.request("GET", f"/v1/artifacts/{self._q(digest)}"))
+
+    # -- commands ---------------------------------------------------------------
+    def create(self, model: str, default_branch: str = "main", command_id: str | None = None) -> Any:
+        return self._write("POST", "/v1/models", {"name": model, "default_branch": default_branch}, command_id)
+
+    def commit(self, model: str, artifact_sha256: str, message: str, branch: str = "main",
+               params: dict[str, str] | None = None, metrics: dict[str, float] | None = None,
+               expect_head: str | None = None, command_id: str | None = None) -> Any:
+        body = {"artifact_sha256": artifact_sha256, "message": message, "branch": branch,
+                "params": params or {}, "metrics": metrics or {}, "expect_head": expect_head}
+        return self._write("POST", f"/v1/models/{self._q(model)}/commits", body, command_id)
+
+    def create_branch(self, model: str, name: str, from_ref: str | None = None,
+                      command_id: str | None = None) -> Any:
+        return self._write("POST", f"/v1/models/{self._q(model)}/branches",
+                           {"name": name, "from": from_ref}, command_id)
+
+    def delete_branch(self, model: str, name: str, command_id: str | None = None) -> Any:
+        query = {"command_id": command_id or str(uuid.uuid4()), "actor": self.actor}
+        return self.request("DELETE", f"/v1/models/{self._q(model)}/branches/{self._q(name)}", query=query)
+
+    def merge(self, model: str, source: str, into: str = "main", strategy: str | None = None,
+              artifact_sha256: str | None = None, message: str | None = None,
+              command_id: str | None = None) -> Any:
+        body = {"source": source, "into": into, "strategy": strategy,
+                "artifact_sha256": artifact_sha256, "message": message}
+        return self._write("POST", f"/v1/models/{self._q(model)}/merges", body, command_id)
+
+    def rollback(self, model: str, branch: str, to: str, reason: str,
+                 command_id: str | None = None) -> Any:
+        return self._write("POST", f"/v1/models/{self._q(model)}/rollbacks",
+                           {"branch": branch, "to": to, "reason": reason}, command_id)
+
+    def set_alias(self, model: str, alias: str, ref: str, expect: str | None = None,
+                  command_id: str | None = None) -> Any:
+        return self._write("PUT", f"/v1/models/{self._q(model)}/aliases/{self._q(alias)}",
+                           {"ref": ref, "expect": expect}, command_id)
+
+    # -- queries ----------------------------------------------------------------
+    def models(self) -> Any:
+        return self.request("GET", "/v1/models")
+
+    def log(self, model: str, ref: str | None = None) -> Any:
+        return self.request("GET", f"/v1/models/{self._q(model)}/log", query={"ref": ref} if ref else None)
+
+    def refs(self, model: str) -> Any:
+        return self.request("GET", f"/v1/models/{self._q(model)}/refs")
+
+    def show(self, model: str, ref: str) -> Any:
+        return self.request("GET", f"/v1/models/{self._q(model)}/commits/{self._q(ref)}")
+
+    def resolve(self, model: str, ref: str) -> Any:
+        return self.request("GET", f"/v1/models/{self._q(model)}/resolve/{self._q(ref)}")
+
+    def diff(self, model: str, a: str, b: str) -> Any:
+        return self.request("GET", f"/v1/models/{self._q(model)}/diff", query={"a": a, "b": b})
+
+    def digest(self) -> Any:
+        return self.request("GET", "/v1/state/digest")

@@ -1,0 +1,141 @@
+"""Human output of the CLI: the git-like log graph, commits, refs, diffs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+
+def short(commit_id: str | None) -> str:
+    return commit_id[:10] if commit_id else "-"
+
+
+def when(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _label(commit: dict[str, Any]) -> str:
+    names = commit.get("refs") or []
+    tag = f" ({', '.join(names)})" if names else ""
+    gone = "" if commit.get("reachable", True) else " [unreachable]"
+    return f"{short(commit['id'])}{tag}{gone} {commit['message']}"
+
+
+def _lane_row(lanes: list[str | None], marks: dict[int, str]) -> str:
+    """One connector row: '|' per live lane; marks put '/' or '\\' in the gap left of a lane."""
+    row = ""
+    for i, lane in enumerate(lanes):
+        if i in marks:
+            row = row[:-1] + marks[i] + " " if row else marks[i] + " "
+        else:
+            row += ("|" if lane else " ") + " "
+    return row.rstrip()
+
+
+def graph(commits: list[dict[str, Any]]) -> list[str]:
+    """ASCII DAG, newest first, one lane per line of descent (like `git log --graph`)."""
+    lanes: list[str | None] = []
+    lines: list[str] = []
+    for commit in commits:
+        cid = commit["id"]
+        if cid not in lanes:
+            free = next((i for i, lane in enumerate(lanes) if lane is None), None)
+            if free is None:
+                lanes.append(cid)
+            else:
+                lanes[free] = cid
+        col = lanes.index(cid)
+        joined = [i for i, lane in enumerate(lanes) if lane == cid and i != col]
+        if joined:
+            # Lines of descent that meet at this commit converge before it.
+            for i in joined:
+                lanes[i] = None
+            lines.append(_lane_row(lanes, dict.fromkeys(joined, "/")))
+        row = ["*" if i == col else ("|" if lane else " ") for i, lane in enumerate(lanes)]
+        lines.append(" ".join(row).rstrip() + "  " + _label(commit))
+        parents = list(commit["parents"])
+        lanes[col] = parents[0] if parents else None
+        for parent in parents[1:]:
+            if parent in lanes:
+                continue
+            lanes.insert(col + 1, parent)
+            lines.append(_lane_row(lanes, {col + 1: "\\"}))
+        while lanes and lanes[-1] is None:
+            lanes.pop()
+    return lines
+
+
+def log(answer: dict[str, Any], with_graph: bool) -> str:
+    commits = answer["commits"]
+    if not commits:
+        return "no commits yet"
+    out: list[str] = []
+    if with_graph:
+        out += graph(commits)
+    else:
+        for c in commits:
+            out.append(f"commit {c['id']}" + (f" ({', '.join(c['refs'])})" if c["refs"] else ""))
+            if len(c["parents"]) > 1:
+                out.append("Merge:  " + " ".join(short(p) for p in c["parents"]))
+            out.append(f"Author: {c['author']}")
+            out.append(f"Date:   {when(c['at'])}")
+            out.append(f"Model:  sha256:{c['artifact_sha256']}")
+            out.append(f"\n    {c['message']}\n")
+    moves = answer.get("ref_moves") or []
+    if moves and answer.get("ref") is None:
+        out.append("")
+        out.append("ref history (newest first):")
+        for m in moves:
+            name = ("@" if m["kind"] == "alias" else "") + m["name"]
+            why = f"  reason: {m['reason']}" if m["reason"] else ""
+            out.append(f"  #{m['seq']:<4} {name:<14} {short(m['old'])} -> {short(m['new'])}  "
+                       f"{m['cause']} by {m['actor']}{why}")
+    return "\n".join(out)
+
+
+def commit(c: dict[str, Any]) -> str:
+    lines = [f"commit {c['id']}" + (f" ({', '.join(c['refs'])})" if c.get("refs") else "")]
+    if c["parents"]:
+        lines.append("parents: " + " ".join(c["parents"]))
+    lines += [
+        f"author:  {c['author']}",
+        f"date:    {when(c['at'])}",
+        f"model:   sha256:{c['artifact_sha256']}",
+        f"message: {c['message']}",
+    ]
+    for key, value in sorted(c["params"].items()):
+        lines.append(f"param    {key} = {value}")
+    for key, value in sorted(c["metrics"].items()):
+        lines.append(f"metric   {key} = {value:g}")
+    return "\n".join(lines)
+
+
+def refs(r: dict[str, Any]) -> str:
+    lines = [f"model {r['model']} (event #{r['seq']})", "branches:"]
+    for name, head in r["branches"].items():
+        mark = "*" if name == r["default_branch"] else " "
+        lines.append(f"  {mark} {name:<16} {short(head)}")
+    lines.append("aliases:")
+    lines += [f"    @{name:<15} {short(target)}" for name, target in r["aliases"].items()]
+    if not r["aliases"]:
+        lines.append("    (none)")
+    return "\n".join(lines)
+
+
+def diff(d: dict[str, Any]) -> str:
+    lines = [f"--- {short(d['a']['id'])} {d['a']['message']}", f"+++ {short(d['b']['id'])} {d['b']['message']}"]
+    if d["artifact_changed"]:
+        lines.append(f"model: sha256:{short(d['a']['artifact_sha256'])} -> sha256:{short(d['b']['artifact_sha256'])}")
+    for section in ("params", "metrics"):
+        for change in d[section]:
+            old, new = change["old"], change["new"]
+            if old is None:
+                lines.append(f"+ {section[:-1]} {change['key']} = {new}")
+            elif new is None:
+                lines.append(f"- {section[:-1]} {change['key']} = {old}")
+            else:
+                delta = f"  ({new - old:+g})" if section == "metrics" else ""
+                lines.append(f"~ {section[:-1]} {change['key']}: {old} -> {new}{delta}")
+    if len(lines) == 2:
+        lines.append("(no differences)")
+    return "\n".join(lines)

