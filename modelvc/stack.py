@@ -53,7 +53,7 @@ def streams_env(settings: Settings) -> dict[str, str]:
         MODELVC_WEB_PORT=str(settings.web_port),
         MODELVC_INSTANCE_ID=settings.instance_id,
         MODELVC_FETCH_WAIT_MS=str(settings.fetch_wait_ms),
-        MODELVC_APP_ID=settings.app_id,
+        MODELVC_NAMESPACE=settings.events_topic.rsplit(".", 1)[0],
     )
     return env
 
@@ -102,13 +102,14 @@ class Stack:
 
     @classmethod
     def up(cls, home: Path, bootstrap: str | None = None, web_port: int | None = None,
-           partitions: int = 4) -> Stack:
+           partitions: int = 4, namespace: str = "modelvc") -> Stack:
         home = home.resolve()
         home.mkdir(parents=True, exist_ok=True)
         broker = None
         if bootstrap is None:
             broker, bootstrap = start_broker(home)
-        settings = Settings(
+        settings = Settings.namespaced(
+            namespace,
             bootstrap=bootstrap,
             partitions=partitions,
             data_dir=home / "streams",
@@ -163,7 +164,8 @@ class Stack:
             raise StackError(f"no stack is running from {home} (no {path}); start one with `modelvc up`")
         record = json.loads(path.read_text())
         raw = record["settings"]
-        settings = Settings(
+        settings = Settings.namespaced(
+            raw["events_topic"].rsplit(".", 1)[0],
             bootstrap=raw["bootstrap"], partitions=int(raw["partitions"]),
             data_dir=Path(raw["data_dir"]), artifact_root=Path(raw["artifact_root"]),
             web_host=raw["web_host"], web_port=int(raw["web_port"]),

@@ -33,6 +33,18 @@ class Settings:
     replies_topic: str = REPLIES_TOPIC
     dead_letter_topic: str = DEAD_LETTER_TOPIC
 
+    @classmethod
+    def namespaced(cls, namespace: str, **kwargs: object) -> Settings:
+        """Settings whose topics and consumer group live under ``namespace`` (tests, tenants)."""
+        return cls(
+            app_id=f"{namespace}-streams",
+            events_topic=f"{namespace}.events",
+            commands_topic=f"{namespace}.commands",
+            replies_topic=f"{namespace}.replies",
+            dead_letter_topic=f"{namespace}.dead-letter",
+            **kwargs,  # type: ignore[arg-type]
+        )
+
     @property
     def rocksdb_path(self) -> Path:
         return self.data_dir / "projection.rocksdb"
@@ -43,14 +55,14 @@ class Settings:
         env = os.environ if env is None else env
         home = Path(env.get("MODELVC_HOME", ".modelvc"))
         port = int(env.get("MODELVC_WEB_PORT", "6066"))
-        return cls(
+        return cls.namespaced(
+            env.get("MODELVC_NAMESPACE", "modelvc"),
             bootstrap=env.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
             partitions=int(env.get("MODELVC_PARTITIONS", "4")),
             data_dir=Path(env.get("MODELVC_DATA_DIR", str(home / "streams"))),
             artifact_root=Path(env.get("MODELVC_ARTIFACTS", str(home / "artifacts"))),
             web_host=env.get("MODELVC_WEB_HOST", "127.0.0.1"),
             web_port=port,
-            app_id=env.get("MODELVC_APP_ID", "modelvc-streams"),
             instance_id=env.get("MODELVC_INSTANCE_ID", f"{socket.gethostname()}-{port}"),
             fetch_wait_ms=int(env.get("MODELVC_FETCH_WAIT_MS", "10")),
             command_timeout_s=float(env.get("MODELVC_COMMAND_TIMEOUT_S", "20")),

@@ -1,0 +1,52 @@
+"""Read a whole topic synchronously (kafka-python, assigned partitions, no group).
+
+Where a partition ends is taken from the fetch responses' high watermark,
+never from ListOffsets (``end_offsets``), which some brokers answer wrongly
+for multi-record batches.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from kafka import KafkaConsumer, TopicPartition
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def read_topic(bootstrap: str, topic: str, idle_timeout: float = 30.0) -> Iterator[LogRecord]:
+    """Every record of ``topic`` from offset 0 up to its high watermark at the time of reading."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+        fetch_max_wait_ms=10, max_poll_records=10000, consumer_timeout_ms=1000,
+    )
+    try:
+        partitions = sorted(consumer.partitions_for_topic(topic) or ())
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, 0)
+        position = dict.fromkeys(tps, 0)
+        deadline = time.monotonic() + idle_timeout
+        while True:
+            batches = consumer.poll(timeout_ms=200)
+            for tp, messages in batches.items():
+                for m in messages:
+                    position[tp] = m.offset + 1
+                    yield LogRecord(tp.partition, m.offset, m.key, m.value)
+                deadline = time.monotonic() + idle_timeout
+            marks = {tp: consumer.highwater(tp) for tp in tps}
+            if all(hw is not None and position[tp] >= hw for tp, hw in marks.items()):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: no progress for {idle_timeout}s at {position}")
+    finally:
+        consumer.close()

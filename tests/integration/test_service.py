@@ -1,0 +1,193 @@
+"""The streams app against a real broker: API statuses, rebuild, races, crashes, bad input."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from kafka import KafkaProducer
+
+from modelvc.client import Client, ClientError
+from modelvc.stack import Stack
+from streams.codec import DEAD_LETTERS, decode_event
+from streams.core.fold import Fold, state_digest
+from streams.logreader import read_topic
+
+pytestmark = pytest.mark.broker
+
+
+def fold_of_log(stack: Stack) -> Fold:
+    result = Fold()
+    for record in read_topic(stack.settings.bootstrap, stack.settings.events_topic):
+        assert record.value is not None
+        result.apply(decode_event(record.value))
+    return result
+
+
+def history(c: Client, model: str, files: list[Path]) -> None:
+    digests = [c.upload(f)["sha256"] for f in files]
+    c.create(model)
+    c.commit(model, digests[0], "one", params={"lr": "0.1"}, metrics={"auc": 0.8})
+    c.create_branch(model, "exp")
+    c.commit(model, digests[1], "two", branch="exp", metrics={"auc": 0.9})
+    c.commit(model, digests[0], "three")
+    c.merge(model, "exp", strategy="theirs")
+    c.set_alias(model, "production", "main")
+    c.rollback(model, "main", "main~1", "regression")
+    c.create_branch(model, "tmp")
+    c.delete_branch(model, "tmp")
+
+
+def test_api_answers_with_clear_statuses(stack: Stack, model_file: Path, tmp_path: Path) -> None:
+    c = Client(stack.url, actor="tester")
+    digest = c.upload(model_file)["sha256"]
+    assert c.create("fraud")["event"] == "ModelCreated"
+    with pytest.raises(ClientError) as exists:
+        c.create("fraud")
+    assert exists.value.status == 409
+    first = c.commit("fraud", digest, "first")
+    second = c.commit("fraud", digest, "second", expect_head=first["head"])
+    with pytest.raises(ClientError) as stale:
+        c.commit("fraud", digest, "stale", expect_head=first["head"])
+    assert stale.value.status == 409 and stale.value.body["current"] == second["head"]
+    with pytest.raises(ClientError) as unknown_model:
+        c.log("nope")
+    assert unknown_model.value.status == 404 and "modelvc create nope" in str(unknown_model.value)
+    with pytest.raises(ClientError) as unknown_ref:
+        c.show("fraud", "no-such-ref")
+    assert unknown_ref.value.status == 404
+    with pytest.raises(ClientError) as bad_metric:
+        c.commit("fraud", digest, "x", metrics={"auc": "high"})  # type: ignore[dict-item]
+    assert bad_metric.value.status == 422
+    with pytest.raises(ClientError) as not_uploaded:
+        c.commit("fraud", "e" * 64, "x")
+    assert not_uploaded.value.status == 422 and "upload it first" in str(not_uploaded.value)
+    pickle_file = tmp_path / "model.pkl"
+    pickle_file.write_bytes(b"\x80\x04\x95junk")
+    with pytest.raises(ClientError) as pickled:
+        c.upload(pickle_file)
+    assert pickled.value.status == 422 and "pickle" in str(pickled.value)
+    assert c.artifact(digest) == model_file.read_bytes()
+    assert c.resolve("fraud", "main~1")["commit"] == first["head"]
+
+
+def test_repeated_command_is_answered_once_and_applied_once(stack: Stack, model_file: Path) -> None:
+    c = Client(stack.url)
+    digest = c.upload(model_file)["sha256"]
+    c.create("dup")
+    first = c.commit("dup", digest, "once", command_id="fixed-id")
+    again = c.commit("dup", digest, "once", command_id="fixed-id")
+    assert again["repeated"] and again["head"] == first["head"] and again["seq"] == first["seq"]
+    assert len(c.log("dup")["commits"]) == 1
+
+
+def test_deleting_rocksdb_rebuilds_the_same_graph(stack: Stack, tmp_path: Path) -> None:
+    from tests.conftest import train_model
+
+    c = Client(stack.url)
+    history(c, "churn", [train_model(tmp_path / "a.txt", 1), train_model(tmp_path / "b.txt", 2)])
+    before = c.digest()
+    log_before = c.log("churn")
+    stack.restart_streams(wipe=True)
+    c = Client(stack.url)
+    after = c.digest()
+    assert after["digest"] == before["digest"]
+    assert c.log("churn") == log_before
+    assert after["digest"] == state_digest(fold_of_log(stack).models)
+    # and a restart that keeps RocksDB resumes from its stored offsets
+    stack.restart_streams()
+    assert Client(stack.url).digest()["digest"] == before["digest"]
+
+
+def test_concurrent_writers_with_expect_head_lose_no_update(stack: Stack, model_file: Path) -> None:
+    c = Client(stack.url)
+    digest = c.upload(model_file)["sha256"]
+    c.create("busy")
+    c.commit("busy", digest, "root")
+    accepted: list[str] = []
+    rejected: list[ClientError] = []
+    lock = threading.Lock()
+
+    def writer(n: int) -> None:
+        client = Client(stack.url, actor=f"writer-{n}")
+        for i in range(25):
+            head = client.refs("busy")["branches"]["main"]
+            try:
+                answer = client.commit("busy", digest, f"w{n}-{i}", expect_head=head)
+                with lock:
+                    accepted.append(answer["head"])
+            except ClientError as exc:
+                with lock:
+                    rejected.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(accepted) + len(rejected) == 200
+    assert all(e.status == 409 and e.body["error"] in ("stale_head", "write_raced") for e in rejected)
+    log = c.log("busy", "main")["commits"]
+    assert all(len(commit["parents"]) <= 1 for commit in log)  # linear
+    reachable = {commit["id"] for commit in log}
+    assert set(accepted) <= reachable
+    assert len(log) == len(accepted) + 1
+
+
+def test_kill_9_while_commands_flow_applies_each_command_once(stack: Stack, model_file: Path) -> None:
+    c = Client(stack.url, timeout=60)
+    digest = c.upload(model_file)["sha256"]
+    c.create("crashy")
+    ids = [f"cmd-{uuid.uuid4()}" for _ in range(60)]
+    done: list[str] = []
+    stop_flag = threading.Event()
+
+    def flow() -> None:
+        client = Client(stack.url, timeout=60)
+        for i, command_id in enumerate(ids):
+            while not stop_flag.is_set():
+                try:
+                    client.url = stack.url
+                    client.commit("crashy", digest, f"c{i}", command_id=command_id)
+                    done.append(command_id)
+                    break
+                except ClientError:
+                    time.sleep(0.2)  # service down or timed out: retry the same command id
+
+    worker = threading.Thread(target=flow)
+    worker.start()
+    while len(done) < 15:
+        time.sleep(0.05)
+    stack.restart_streams(hard=True)  # SIGKILL mid-flow, then start again
+    worker.join(timeout=240)
+    stop_flag.set()
+    assert done == ids
+    c = Client(stack.url)
+    replayed = fold_of_log(stack)
+    assert c.digest()["digest"] == state_digest(replayed.models)
+    messages = [commit["message"] for commit in c.log("crashy")["commits"]]
+    assert sorted(messages) == sorted(f"c{i}" for i in range(60))  # each applied exactly once
+
+
+def test_undecodable_messages_go_to_the_dead_letter_topic(stack: Stack, model_file: Path) -> None:
+    producer = KafkaProducer(bootstrap_servers=stack.settings.bootstrap)
+    producer.send(stack.settings.commands_topic, key=b"m", value=b"not avro at all").get(10)
+    producer.send(stack.settings.events_topic, key=b"m", value=b"\xc3\x01garbage").get(10)
+    producer.close()
+    c = Client(stack.url)
+    c.create("after-garbage")
+    c.commit("after-garbage", c.upload(model_file)["sha256"], "still serving")
+    deadline = time.monotonic() + 20
+    letters: list[dict] = []
+    while time.monotonic() < deadline and len(letters) < 2:
+        letters = [DEAD_LETTERS.decode(r.value) for r in
+                   read_topic(stack.settings.bootstrap, stack.settings.dead_letter_topic) if r.value]
+        time.sleep(0.2)
+    by_topic = {letter["topic"]: letter for letter in letters}
+    assert by_topic[stack.settings.commands_topic]["value"] == b"not avro at all"
+    assert "magic" in by_topic[stack.settings.commands_topic]["reason"]
+    assert by_topic[stack.settings.events_topic]["value"] == b"\xc3\x01garbage"
+    assert by_topic[stack.settings.events_topic]["reason"]
