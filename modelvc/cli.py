@@ -68,7 +68,8 @@ def _emit(args: argparse.Namespace, answer: Any, human: Callable[[Any], str]) ->
 def _applied(answer: dict[str, Any]) -> str:
     again = " (repeat: already applied)" if answer.get("repeated") else ""
     target = f" -> {render.short(answer['head'])}" if answer.get("head") else ""
-    return f"{answer['event']} {answer['model']}#{answer['seq']} {answer.get('ref') or ''}{target}{again}"
+    where = f"{answer['model']}#{answer['seq']} {answer.get('ref') or ''}"
+    return f"{answer['event']} {where}{target}{again}"
 
 
 # -- commands -------------------------------------------------------------------
@@ -77,9 +78,15 @@ def cmd_up(args: argparse.Namespace) -> None:
 
     home = _home(args)
     if (home / "stack.json").exists():
-        raise StackError(f"a stack is already recorded in {home}/stack.json; run `modelvc down` first")
-    stack = Stack.up(home, bootstrap=args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP"),
-                     web_port=args.port, partitions=args.partitions)
+        raise StackError(
+            f"a stack is already recorded in {home}/stack.json; run `modelvc down` first"
+        )
+    stack = Stack.up(
+        home,
+        bootstrap=args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP"),
+        web_port=args.port,
+        partitions=args.partitions,
+    )
     print(f"modelvc is up: API {stack.url}, broker {stack.settings.bootstrap}")
     if stack.broker:
         print("embedded broker keeps data in memory only: `modelvc down` loses the event log")
@@ -99,8 +106,14 @@ def cmd_create(args: argparse.Namespace, c: Client) -> None:
     home = _home(args)
     home.mkdir(parents=True, exist_ok=True)
     (home / "current-model").write_text(args.name)
-    _emit(args, answer, lambda a: f"created model {a['model']} (default branch {args.default_branch}); "
-                                  "it is now the current model")
+    _emit(
+        args,
+        answer,
+        lambda a: (
+            f"created model {a['model']} (default branch {args.default_branch}); "
+            "it is now the current model"
+        ),
+    )
 
 
 def cmd_use(args: argparse.Namespace, c: Client) -> None:
@@ -112,18 +125,38 @@ def cmd_use(args: argparse.Namespace, c: Client) -> None:
 
 
 def cmd_models(args: argparse.Namespace, c: Client) -> None:
-    _emit(args, c.models(), lambda a: "\n".join(
-        f"{m['name']:<20} {m['commits']:>4} commits  branches: {', '.join(m['branches'])}"
-        for m in a["models"]) or "no models yet")
+    _emit(
+        args,
+        c.models(),
+        lambda a: (
+            "\n".join(
+                f"{m['name']:<20} {m['commits']:>4} commits  branches: {', '.join(m['branches'])}"
+                for m in a["models"]
+            )
+            or "no models yet"
+        ),
+    )
 
 
 def cmd_commit(args: argparse.Namespace, c: Client) -> None:
     uploaded = c.upload(args.file)
-    answer = c.commit(_model(args), uploaded["sha256"], args.message, branch=args.branch,
-                      params=_pairs(args.param, "param", str),
-                      metrics=_pairs(args.metric, "metric", float), expect_head=args.expect_head)
-    _emit(args, answer, lambda a: f"[{a['ref']} {render.short(a['head'])}] {args.message}"
-                                  f"{' (repeat)' if a['repeated'] else ''}")
+    answer = c.commit(
+        _model(args),
+        uploaded["sha256"],
+        args.message,
+        branch=args.branch,
+        params=_pairs(args.param, "param", str),
+        metrics=_pairs(args.metric, "metric", float),
+        expect_head=args.expect_head,
+    )
+    _emit(
+        args,
+        answer,
+        lambda a: (
+            f"[{a['ref']} {render.short(a['head'])}] {args.message}"
+            f"{' (repeat)' if a['repeated'] else ''}"
+        ),
+    )
 
 
 def cmd_branch(args: argparse.Namespace, c: Client) -> None:
@@ -134,14 +167,26 @@ def cmd_branch(args: argparse.Namespace, c: Client) -> None:
         _emit(args, c.delete_branch(model, args.name), _applied)
     else:
         refs = c.refs(model)
-        _emit(args, refs["branches"], lambda b: "\n".join(
-            f"{'*' if n == refs['default_branch'] else ' '} {n:<20} {render.short(h)}" for n, h in b.items()))
+        _emit(
+            args,
+            refs["branches"],
+            lambda b: "\n".join(
+                f"{'*' if n == refs['default_branch'] else ' '} {n:<20} {render.short(h)}"
+                for n, h in b.items()
+            ),
+        )
 
 
 def cmd_merge(args: argparse.Namespace, c: Client) -> None:
     artifact = c.upload(args.artifact)["sha256"] if args.artifact else None
-    answer = c.merge(_model(args), args.source, into=args.into, strategy=args.strategy,
-                     artifact_sha256=artifact, message=args.message)
+    answer = c.merge(
+        _model(args),
+        args.source,
+        into=args.into,
+        strategy=args.strategy,
+        artifact_sha256=artifact,
+        message=args.message,
+    )
     _emit(args, answer, _applied)
 
 
@@ -154,8 +199,13 @@ def cmd_alias(args: argparse.Namespace, c: Client) -> None:
     if args.action == "set":
         _emit(args, c.set_alias(model, args.name, args.ref, args.expect), _applied)
     else:
-        _emit(args, c.refs(model)["aliases"], lambda a: "\n".join(
-            f"@{n:<20} {render.short(t)}" for n, t in a.items()) or "no aliases")
+        _emit(
+            args,
+            c.refs(model)["aliases"],
+            lambda a: (
+                "\n".join(f"@{n:<20} {render.short(t)}" for n, t in a.items()) or "no aliases"
+            ),
+        )
 
 
 def cmd_log(args: argparse.Namespace, c: Client) -> None:
@@ -175,14 +225,22 @@ def cmd_refs(args: argparse.Namespace, c: Client) -> None:
 
 
 def cmd_digest(args: argparse.Namespace, c: Client) -> None:
-    _emit(args, c.digest(), lambda a: f"{a['digest']}  (models: {a['models']}, event offsets: {a['offsets']})")
+    _emit(
+        args,
+        c.digest(),
+        lambda a: f"{a['digest']}  (models: {a['models']}, event offsets: {a['offsets']})",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="modelvc", description="Version control for ML models, on Kafka.")
+    p = argparse.ArgumentParser(
+        prog="modelvc", description="Version control for ML models, on Kafka."
+    )
     p.add_argument("--url", help="service URL (default: $MODELVC_URL or the local stack)")
     p.add_argument("--home", help="state directory (default: $MODELVC_HOME or .modelvc)")
-    p.add_argument("-M", "--model", help="model name (default: $MODELVC_MODEL or the current model)")
+    p.add_argument(
+        "-M", "--model", help="model name (default: $MODELVC_MODEL or the current model)"
+    )
     p.add_argument("--actor", default=os.environ.get("MODELVC_ACTOR") or getpass.getuser())
     p.add_argument("--json", action="store_true", help="machine-readable output")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -209,7 +267,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("-b", "--branch", default="main")
     sp.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     sp.add_argument("--metric", action="append", default=[], metavar="KEY=NUMBER")
-    sp.add_argument("--expect-head", help="refuse unless the branch head is this commit (compare-and-set)")
+    sp.add_argument(
+        "--expect-head", help="refuse unless the branch head is this commit (compare-and-set)"
+    )
     sp = add("branch", cmd_branch, "list, create or delete branches")
     sp.add_argument("action", nargs="?", choices=["list", "create", "delete"], default="list")
     sp.add_argument("name", nargs="?")
@@ -228,7 +288,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("action", nargs="?", choices=["list", "set"], default="list")
     sp.add_argument("name", nargs="?")
     sp.add_argument("ref", nargs="?")
-    sp.add_argument("--expect", help="refuse unless the alias points at this commit ('none' for new)")
+    sp.add_argument(
+        "--expect", help="refuse unless the alias points at this commit ('none' for new)"
+    )
     sp = add("log", cmd_log, "commits, newest first (all of them when no REF), and the ref history")
     sp.add_argument("ref", nargs="?")
     sp.add_argument("--graph", action="store_true")

@@ -42,8 +42,14 @@ class Client:
         self.positions: dict[int, int] = {}
 
     # -- transport --------------------------------------------------------------
-    def request(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None,
-                raw: bytes | None = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: dict[str, str] | None = None,
+        raw: bytes | None = None,
+    ) -> Any:
         query = dict(query or {})
         if method == "GET" and self.positions:
             query["after"] = ",".join(f"{p}:{o}" for p, o in sorted(self.positions.items()))
@@ -69,9 +75,11 @@ class Client:
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
             raise ClientError(
                 0,
-                {"error": "unreachable",
-                 "message": f"cannot reach the modelvc service at {self.url} ({exc}); "
-                            "start it with `modelvc up` or set MODELVC_URL"},
+                {
+                    "error": "unreachable",
+                    "message": f"cannot reach the modelvc service at {self.url} ({exc}); "
+                    "start it with `modelvc up` or set MODELVC_URL",
+                },
             ) from None
         if isinstance(answer, dict) and "offset" in answer and "partition" in answer:
             p, o = int(answer["partition"]), int(answer["offset"])
@@ -95,48 +103,102 @@ class Client:
         return bytes(self.request("GET", f"/v1/artifacts/{self._q(digest)}"))
 
     # -- commands ---------------------------------------------------------------
-    def create(self, model: str, default_branch: str = "main", command_id: str | None = None) -> Any:
-        return self._write("POST", "/v1/models", {"name": model, "default_branch": default_branch}, command_id)
+    def create(
+        self, model: str, default_branch: str = "main", command_id: str | None = None
+    ) -> Any:
+        return self._write(
+            "POST", "/v1/models", {"name": model, "default_branch": default_branch}, command_id
+        )
 
-    def commit(self, model: str, artifact_sha256: str, message: str, branch: str = "main",
-               params: dict[str, str] | None = None, metrics: dict[str, float] | None = None,
-               expect_head: str | None = None, command_id: str | None = None) -> Any:
-        body = {"artifact_sha256": artifact_sha256, "message": message, "branch": branch,
-                "params": params or {}, "metrics": metrics or {}, "expect_head": expect_head}
+    def commit(
+        self,
+        model: str,
+        artifact_sha256: str,
+        message: str,
+        branch: str = "main",
+        params: dict[str, str] | None = None,
+        metrics: dict[str, float] | None = None,
+        expect_head: str | None = None,
+        command_id: str | None = None,
+    ) -> Any:
+        body = {
+            "artifact_sha256": artifact_sha256,
+            "message": message,
+            "branch": branch,
+            "params": params or {},
+            "metrics": metrics or {},
+            "expect_head": expect_head,
+        }
         return self._write("POST", f"/v1/models/{self._q(model)}/commits", body, command_id)
 
-    def create_branch(self, model: str, name: str, from_ref: str | None = None,
-                      command_id: str | None = None) -> Any:
-        return self._write("POST", f"/v1/models/{self._q(model)}/branches",
-                           {"name": name, "from": from_ref}, command_id)
+    def create_branch(
+        self, model: str, name: str, from_ref: str | None = None, command_id: str | None = None
+    ) -> Any:
+        return self._write(
+            "POST",
+            f"/v1/models/{self._q(model)}/branches",
+            {"name": name, "from": from_ref},
+            command_id,
+        )
 
     def delete_branch(self, model: str, name: str, command_id: str | None = None) -> Any:
         query = {"command_id": command_id or str(uuid.uuid4()), "actor": self.actor}
-        return self.request("DELETE", f"/v1/models/{self._q(model)}/branches/{self._q(name)}", query=query)
+        return self.request(
+            "DELETE", f"/v1/models/{self._q(model)}/branches/{self._q(name)}", query=query
+        )
 
-    def merge(self, model: str, source: str, into: str = "main", strategy: str | None = None,
-              artifact_sha256: str | None = None, message: str | None = None,
-              command_id: str | None = None) -> Any:
-        body = {"source": source, "into": into, "strategy": strategy,
-                "artifact_sha256": artifact_sha256, "message": message}
+    def merge(
+        self,
+        model: str,
+        source: str,
+        into: str = "main",
+        strategy: str | None = None,
+        artifact_sha256: str | None = None,
+        message: str | None = None,
+        command_id: str | None = None,
+    ) -> Any:
+        body = {
+            "source": source,
+            "into": into,
+            "strategy": strategy,
+            "artifact_sha256": artifact_sha256,
+            "message": message,
+        }
         return self._write("POST", f"/v1/models/{self._q(model)}/merges", body, command_id)
 
-    def rollback(self, model: str, branch: str, to: str, reason: str,
-                 command_id: str | None = None) -> Any:
-        return self._write("POST", f"/v1/models/{self._q(model)}/rollbacks",
-                           {"branch": branch, "to": to, "reason": reason}, command_id)
+    def rollback(
+        self, model: str, branch: str, to: str, reason: str, command_id: str | None = None
+    ) -> Any:
+        return self._write(
+            "POST",
+            f"/v1/models/{self._q(model)}/rollbacks",
+            {"branch": branch, "to": to, "reason": reason},
+            command_id,
+        )
 
-    def set_alias(self, model: str, alias: str, ref: str, expect: str | None = None,
-                  command_id: str | None = None) -> Any:
-        return self._write("PUT", f"/v1/models/{self._q(model)}/aliases/{self._q(alias)}",
-                           {"ref": ref, "expect": expect}, command_id)
+    def set_alias(
+        self,
+        model: str,
+        alias: str,
+        ref: str,
+        expect: str | None = None,
+        command_id: str | None = None,
+    ) -> Any:
+        return self._write(
+            "PUT",
+            f"/v1/models/{self._q(model)}/aliases/{self._q(alias)}",
+            {"ref": ref, "expect": expect},
+            command_id,
+        )
 
     # -- queries ----------------------------------------------------------------
     def models(self) -> Any:
         return self.request("GET", "/v1/models")
 
     def log(self, model: str, ref: str | None = None) -> Any:
-        return self.request("GET", f"/v1/models/{self._q(model)}/log", query={"ref": ref} if ref else None)
+        return self.request(
+            "GET", f"/v1/models/{self._q(model)}/log", query={"ref": ref} if ref else None
+        )
 
     def refs(self, model: str) -> Any:
         return self.request("GET", f"/v1/models/{self._q(model)}/refs")

@@ -38,17 +38,26 @@ def story(home: Path, work: Path) -> None:
     m2 = train(work / "churn-v2.txt", seed=2, rounds=40, leaves=15)
     m3 = train(work / "churn-v1-fresh.txt", seed=3, rounds=10, leaves=7)
     run(home, "create churn")
-    run(home, f"commit {m1} -m 'baseline: 10 rounds' --param num_leaves=7 --param rounds=10 "
-              "--metric auc=0.81 --metric logloss=0.47")
+    run(
+        home,
+        f"commit {m1} -m 'baseline: 10 rounds' --param num_leaves=7 --param rounds=10 "
+        "--metric auc=0.81 --metric logloss=0.47",
+    )
     run(home, "branch create exp")
-    run(home, f"commit {m2} --branch exp -m 'bigger model: 40 rounds' --param num_leaves=15 "
-              "--param rounds=40 --metric auc=0.86 --metric logloss=0.39")
-    run(home, f"commit {m3} -m 'baseline retrained on fresh data' --param num_leaves=7 "
-              "--param rounds=10 --metric auc=0.82 --metric logloss=0.46")
+    run(
+        home,
+        f"commit {m2} --branch exp -m 'bigger model: 40 rounds' --param num_leaves=15 "
+        "--param rounds=40 --metric auc=0.86 --metric logloss=0.39",
+    )
+    run(
+        home,
+        f"commit {m3} -m 'baseline retrained on fresh data' --param num_leaves=7 "
+        "--param rounds=10 --metric auc=0.82 --metric logloss=0.46",
+    )
     run(home, "merge exp --into main", expect=1)
     run(home, "merge exp --into main --strategy theirs")
     run(home, "alias set production main")
-    run(home, "commit {} -m 'stale writer' --expect-head main~1".format(m1), expect=1)
+    run(home, f"commit {m1} -m 'stale writer' --expect-head main~1", expect=1)
     run(home, "rollback main --to main~1 --reason 'latency regression in canary'")
     run(home, "log --graph")
     run(home, "diff main exp")

@@ -46,9 +46,13 @@ def wait_for_port(port: int, timeout: float, pid: int | None = None) -> None:
 def spawn(argv: Sequence[str], log: Path, env: dict[str, str] | None = None) -> Spawned:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        proc = subprocess.Popen(  # noqa: S603 - argv is ours, never user input
-            list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, start_new_session=True,
+        proc = subprocess.Popen(
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
         )
     return Spawned(proc.pid, tuple(argv), str(log))
 

@@ -88,8 +88,10 @@ def log(answer: dict[str, Any], with_graph: bool) -> str:
         for m in moves:
             name = ("@" if m["kind"] == "alias" else "") + m["name"]
             why = f"  reason: {m['reason']}" if m["reason"] else ""
-            out.append(f"  #{m['seq']:<4} {name:<14} {short(m['old'])} -> {short(m['new'])}  "
-                       f"{m['cause']} by {m['actor']}{why}")
+            out.append(
+                f"  #{m['seq']:<4} {name:<14} {short(m['old'])} -> {short(m['new'])}  "
+                f"{m['cause']} by {m['actor']}{why}"
+            )
     return "\n".join(out)
 
 
@@ -123,9 +125,15 @@ def refs(r: dict[str, Any]) -> str:
 
 
 def diff(d: dict[str, Any]) -> str:
-    lines = [f"--- {short(d['a']['id'])} {d['a']['message']}", f"+++ {short(d['b']['id'])} {d['b']['message']}"]
+    lines = [
+        f"--- {short(d['a']['id'])} {d['a']['message']}",
+        f"+++ {short(d['b']['id'])} {d['b']['message']}",
+    ]
     if d["artifact_changed"]:
-        lines.append(f"model: sha256:{short(d['a']['artifact_sha256'])} -> sha256:{short(d['b']['artifact_sha256'])}")
+        lines.append(
+            f"model: sha256:{short(d['a']['artifact_sha256'])} "
+            f"-> sha256:{short(d['b']['artifact_sha256'])}"
+        )
     for section in ("params", "metrics"):
         for change in d[section]:
             old, new = change["old"], change["new"]

@@ -101,8 +101,14 @@ class Stack:
         return f"http://{self.settings.web_host}:{self.settings.web_port}"
 
     @classmethod
-    def up(cls, home: Path, bootstrap: str | None = None, web_port: int | None = None,
-           partitions: int = 4, namespace: str = "modelvc") -> Stack:
+    def up(
+        cls,
+        home: Path,
+        bootstrap: str | None = None,
+        web_port: int | None = None,
+        partitions: int = 4,
+        namespace: str = "modelvc",
+    ) -> Stack:
         home = home.resolve()
         home.mkdir(parents=True, exist_ok=True)
         broker = None
@@ -161,14 +167,19 @@ class Stack:
     def load(cls, home: Path) -> Stack:
         path = home.resolve() / "stack.json"
         if not path.exists():
-            raise StackError(f"no stack is running from {home} (no {path}); start one with `modelvc up`")
+            raise StackError(
+                f"no stack is running from {home} (no {path}); start one with `modelvc up`"
+            )
         record = json.loads(path.read_text())
         raw = record["settings"]
         settings = Settings.namespaced(
             raw["events_topic"].rsplit(".", 1)[0],
-            bootstrap=raw["bootstrap"], partitions=int(raw["partitions"]),
-            data_dir=Path(raw["data_dir"]), artifact_root=Path(raw["artifact_root"]),
-            web_host=raw["web_host"], web_port=int(raw["web_port"]),
+            bootstrap=raw["bootstrap"],
+            partitions=int(raw["partitions"]),
+            data_dir=Path(raw["data_dir"]),
+            artifact_root=Path(raw["artifact_root"]),
+            web_host=raw["web_host"],
+            web_port=int(raw["web_port"]),
             instance_id=raw["instance_id"],
         )
 

@@ -121,7 +121,9 @@ class Api:
         for partition, offset in pairs:
             await self.service.wait_applied(partition, offset, timeout=10.0)
 
-    async def command(self, request: web.Request, model: str, body: dict[str, Any], make: Body) -> web.Response:
+    async def command(
+        self, request: web.Request, model: str, body: dict[str, Any], make: Body
+    ) -> web.Response:
         actor = body.get("actor") or request.headers.get("X-Modelvc-Actor") or "anonymous"
         command = Command(
             command_id=str(body.get("command_id") or uuid.uuid4()),
@@ -137,7 +139,9 @@ class Api:
     async def create_model(self, request: web.Request, body: dict[str, Any]) -> web.Response:
         name = _str(body, "name")
         refs.check_name("model", name)
-        return await self.command(request, name, body, CreateModel(_str(body, "default_branch", "main")))
+        return await self.command(
+            request, name, body, CreateModel(_str(body, "default_branch", "main"))
+        )
 
     async def commit(self, request: web.Request, model: str, body: dict[str, Any]) -> web.Response:
         digest = _str(body, "artifact_sha256")
@@ -156,7 +160,9 @@ class Api:
         )
         return await self.command(request, model, body, make)
 
-    async def create_branch(self, request: web.Request, model: str, body: dict[str, Any]) -> web.Response:
+    async def create_branch(
+        self, request: web.Request, model: str, body: dict[str, Any]
+    ) -> web.Response:
         make = CreateBranch(_str(body, "name"), _opt_str(body, "from"))
         return await self.command(request, model, body, make)
 
@@ -177,11 +183,15 @@ class Api:
         )
         return await self.command(request, model, body, make)
 
-    async def rollback(self, request: web.Request, model: str, body: dict[str, Any]) -> web.Response:
+    async def rollback(
+        self, request: web.Request, model: str, body: dict[str, Any]
+    ) -> web.Response:
         make = Rollback(_str(body, "branch"), _str(body, "to"), _str(body, "reason"))
         return await self.command(request, model, body, make)
 
-    async def move_alias(self, request: web.Request, model: str, alias: str, body: dict[str, Any]) -> web.Response:
+    async def move_alias(
+        self, request: web.Request, model: str, alias: str, body: dict[str, Any]
+    ) -> web.Response:
         make = MoveAlias(alias, _str(body, "ref"), _opt_str(body, "expect"))
         return await self.command(request, model, body, make)
 
@@ -189,8 +199,13 @@ class Api:
     def list_models(self) -> dict[str, Any]:
         return {
             "models": [
-                {"name": s.name, "seq": s.seq, "commits": len(s.commits), "branches": dict(s.branches),
-                 "aliases": dict(s.aliases)}
+                {
+                    "name": s.name,
+                    "seq": s.seq,
+                    "commits": len(s.commits),
+                    "branches": dict(s.branches),
+                    "aliases": dict(s.aliases),
+                }
                 for s in sorted(self.models.values(), key=lambda s: s.name)
             ]
         }
@@ -233,7 +248,12 @@ class Api:
     def resolve(self, model: str, ref: str) -> dict[str, Any]:
         state = self.model(model)
         commit = state.commits[refs.resolve(state, ref)]
-        return {"model": model, "ref": ref, "commit": commit.id, "artifact_sha256": commit.artifact_sha256}
+        return {
+            "model": model,
+            "ref": ref,
+            "commit": commit.id,
+            "artifact_sha256": commit.artifact_sha256,
+        }
 
     def digest(self) -> dict[str, Any]:
         projection = self.service.projection
@@ -256,7 +276,9 @@ class Api:
                 if size > MAX_ARTIFACT_BYTES:
                     handle.close()
                     Path(handle.name).unlink(missing_ok=True)
-                    return _error(413, "too_large", f"artifacts are limited to {MAX_ARTIFACT_BYTES} bytes")
+                    return _error(
+                        413, "too_large", f"artifacts are limited to {MAX_ARTIFACT_BYTES} bytes"
+                    )
                 hasher.update(chunk)
                 handle.write(chunk)
         temp = Path(handle.name)
@@ -265,8 +287,11 @@ class Api:
             return _error(422, "empty", "the upload was empty; send the model file as the body")
         if expected is not None and hasher.hexdigest() != expected:
             temp.unlink(missing_ok=True)
-            return _error(422, "digest_mismatch",
-                          f"upload hashes to {hasher.hexdigest()}, not {expected}; re-send the file")
+            return _error(
+                422,
+                "digest_mismatch",
+                f"upload hashes to {hasher.hexdigest()}, not {expected}; re-send the file",
+            )
         loop = asyncio.get_running_loop()
         try:
             digest, summary = await loop.run_in_executor(None, store.commit_temp, temp, expected)
@@ -313,8 +338,11 @@ def register(app: faust.App, service: VersionService) -> None:
 
     def page(path: str, **methods: Callable[..., Any]) -> None:
         attrs = {name: staticmethod_view(fn) for name, fn in methods.items()}
-        view = type("View_" + path.replace("/", "_").replace("{", "").replace("}", ""),
-                    (faust.web.View,), attrs)
+        view = type(
+            "View_" + path.replace("/", "_").replace("{", "").replace("}", ""),
+            (faust.web.View,),
+            attrs,
+        )
         app.page(path)(view)
 
     def staticmethod_view(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -387,8 +415,13 @@ def register(app: faust.App, service: VersionService) -> None:
     async def health_get(request: web.Request) -> Any:
         ready = service.ready.is_set()
         return web.json_response(
-            {"ready": ready, "instance": service.settings.instance_id, "pid": os.getpid(),
-             "offsets": service.projection.next_offsets, "dead_letters": service.dead_letters},
+            {
+                "ready": ready,
+                "instance": service.settings.instance_id,
+                "pid": os.getpid(),
+                "offsets": service.projection.next_offsets,
+                "dead_letters": service.dead_letters,
+            },
             status=200 if ready else 503,
         )
 

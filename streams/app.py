@@ -80,7 +80,9 @@ def create_app(settings: Settings) -> tuple[faust.App, VersionService]:
     async def decide_commands(stream: Any) -> None:
         async for event in stream.events():
             message = event.message
-            await service.handle_command(message.partition, message.offset, message.key, message.value)
+            await service.handle_command(
+                message.partition, message.offset, message.key, message.value
+            )
 
     @app.task
     async def follow_events() -> None:
@@ -93,7 +95,7 @@ def create_app(settings: Settings) -> tuple[faust.App, VersionService]:
         await service.follow_replies()
 
     @app.on_partitions_revoked.connect
-    async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+    def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         service.on_partitions_revoked()
 
     api.register(app, service)

@@ -51,11 +51,13 @@ def validate_lightgbm(data: bytes) -> ModelSummary:
     except UnicodeDecodeError as exc:
         raise ArtifactRejected(f"binary file, not a LightGBM text model; {_PICKLE_HINT}") from exc
     if not text.startswith("tree"):
-        raise ArtifactRejected(f"not a LightGBM text model (it must start with 'tree'); {_PICKLE_HINT}")
+        raise ArtifactRejected(
+            f"not a LightGBM text model (it must start with 'tree'); {_PICKLE_HINT}"
+        )
     import lightgbm  # deferred: only uploads pay for importing it
 
     try:
-        booster = lightgbm.Booster(model_str=text, params={"num_threads": 1, "verbosity": -1})
+        booster = lightgbm.Booster(model_str=text)
     except lightgbm.basic.LightGBMError as exc:
         raise ArtifactRejected(f"LightGBM cannot load this model: {exc}") from exc
     objective = next(
@@ -89,7 +91,7 @@ class ArtifactStore:
 
     def temp_file(self) -> IO[bytes]:
         """A temporary file inside the store (same filesystem, so the rename is atomic)."""
-        return tempfile.NamedTemporaryFile(dir=self._tmp, delete=False)  # noqa: SIM115
+        return tempfile.NamedTemporaryFile(dir=self._tmp, delete=False)
 
     def commit_temp(self, temp_path: Path, expected: str | None = None) -> tuple[str, ModelSummary]:
         """Validate, hash-check and move a finished temporary file into place."""

@@ -78,7 +78,9 @@ class SingleObjectCodec:
         buf.seek(HEADER_SIZE)
         try:
             record = fastavro.schemaless_reader(
-                buf, writer, None if writer is self.parsed else self.parsed,
+                buf,
+                writer,
+                None if writer is self.parsed else self.parsed,
                 return_record_name=True,
             )
         except Exception as exc:  # fastavro raises many types for corrupt bytes
@@ -192,6 +194,8 @@ def decode_command(data: bytes) -> tuple[Command, str]:
     try:
         body = _BODIES[name](**fields)
     except (KeyError, TypeError) as exc:
-        raise UndecodableMessage(f"command body {name} does not map onto the core: {exc!r}") from exc
+        raise UndecodableMessage(
+            f"command body {name} does not map onto the core: {exc!r}"
+        ) from exc
     command = Command(record["command_id"], record["model"], record["actor"], record["at"], body)
     return command, record["reply_to"]

@@ -25,8 +25,12 @@ class LogRecord:
 def read_topic(bootstrap: str, topic: str, idle_timeout: float = 30.0) -> Iterator[LogRecord]:
     """Every record of ``topic`` from offset 0 up to its high watermark at the time of reading."""
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-        fetch_max_wait_ms=10, max_poll_records=10000, consumer_timeout_ms=1000,
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        fetch_max_wait_ms=10,
+        max_poll_records=10000,
+        consumer_timeout_ms=1000,
     )
     try:
         partitions = sorted(consumer.partitions_for_topic(topic) or ())

@@ -27,7 +27,7 @@ from rocksdict import Options, Rdict, WriteBatch
 from streams.codec import _commit, decode_event
 from streams.core.events import Commit, Committed, Merged, ModelEvent, plain_commit
 from streams.core.fold import Fold
-from streams.core.state import ModelState, Receipt, RefMove, Reflog
+from streams.core.state import ModelState, Receipt, Reflog, RefMove
 from streams.errors import UndecodableMessage
 
 
@@ -61,8 +61,9 @@ class Projection:
     # -- loading -------------------------------------------------------------
     def _load(self) -> None:
         per_model: dict[str, dict[str, list[tuple[bytes, bytes]]]] = {}
-        for key, value in self._db.items():
-            parts = bytes(key).decode().split("/")
+        for raw_key, value in self._db.items():
+            key = bytes(raw_key)  # type: ignore[arg-type]  # raw mode: keys are bytes
+            parts = key.decode().split("/")
             if parts[0] == "o":
                 self.next_offsets[int(parts[1])] = int(value)
             elif parts[0] == "v":
@@ -89,7 +90,9 @@ class Projection:
                 continue
             reason = self.fold.apply(event)
             if reason is not None:
-                batch.put(f"v/{event.model}".encode(), str(self.fold.void_reasons[event.model]).encode())
+                batch.put(
+                    f"v/{event.model}".encode(), str(self.fold.void_reasons[event.model]).encode()
+                )
                 results.append(Applied(offset, event, void_reason=reason))
                 continue
             state = self.fold.models[event.model]

@@ -46,7 +46,12 @@ class Answer:
 
 
 def receipt_body(
-    state: ModelState, receipt: Receipt, command_id: str, partition: int, offset: int, repeated: bool
+    state: ModelState,
+    receipt: Receipt,
+    command_id: str,
+    partition: int,
+    offset: int,
+    repeated: bool,
 ) -> dict[str, Any]:
     return {
         "model": state.name,
@@ -78,7 +83,9 @@ class VersionService:
     # -- lifecycle ----------------------------------------------------------
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.bootstrap, acks="all", linger_ms=0,
+            bootstrap_servers=self.settings.bootstrap,
+            acks="all",
+            linger_ms=0,
             client_id=f"{self.settings.instance_id}-producer",
         )
         await self._producer.start()
@@ -133,13 +140,21 @@ class VersionService:
                     for item, message in zip(applied, messages, strict=True):
                         if item.undecodable is not None:
                             await self.dead_letter(
-                                topic, tp.partition, message.offset, message.key,
-                                message.value, item.undecodable, "fold",
+                                topic,
+                                tp.partition,
+                                message.offset,
+                                message.key,
+                                message.value,
+                                item.undecodable,
+                                "fold",
                             )
                         elif item.void_reason is not None:
                             log.warning(
-                                "void event %s#%s at %s:%s: %s", item.event and item.event.model,
-                                item.event and item.event.seq, tp.partition, message.offset,
+                                "void event %s#%s at %s:%s: %s",
+                                item.event and item.event.model,
+                                item.event and item.event.seq,
+                                tp.partition,
+                                message.offset,
                                 item.void_reason,
                             )
                 for tp in tps:
@@ -206,7 +221,9 @@ class VersionService:
             assert state is not None
             receipt = state.receipts[command.command_id]
             last = self.projection.next_offsets.get(partition, 1) - 1
-            return Answer(200, receipt_body(state, receipt, command.command_id, partition, last, True))
+            return Answer(
+                200, receipt_body(state, receipt, command.command_id, partition, last, True)
+            )
         metadata = None
         for event in events:
             metadata = await self.producer.send_and_wait(
@@ -218,8 +235,8 @@ class VersionService:
         assert metadata is not None
         await self.wait_applied(partition, metadata.offset)
         state = models[command.model]
-        receipt = state.receipts.get(command.command_id)
-        if receipt is None:
+        applied = state.receipts.get(command.command_id)
+        if applied is None:
             self._fresh.discard(partition)
             error = WriteRaced(
                 "another writer appended to this model first, so this command had no effect; "
@@ -227,7 +244,7 @@ class VersionService:
                 model=command.model,
             )
             return Answer(error.status, error.to_dict())
-        body = receipt_body(state, receipt, command.command_id, partition, metadata.offset, False)
+        body = receipt_body(state, applied, command.command_id, partition, metadata.offset, False)
         return Answer(201, body)
 
     async def _reply(self, command_id: str, reply_to: str, answer: Answer) -> None:
@@ -241,7 +258,11 @@ class VersionService:
                 self.settings.replies_topic,
                 key=reply_to.encode(),
                 value=REPLIES.encode(
-                    {"command_id": command_id, "status": answer.status, "body": json.dumps(answer.body)}
+                    {
+                        "command_id": command_id,
+                        "status": answer.status,
+                        "body": json.dumps(answer.body),
+                    }
                 ),
             )
 
@@ -302,8 +323,14 @@ class VersionService:
         return answer
 
     async def dead_letter(
-        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-        reason: str, stage: str,
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        reason: str,
+        stage: str,
     ) -> None:
         self.dead_letters += 1
         log.warning("dead letter from %s:%s@%s: %s", topic, partition, offset, reason)
@@ -312,8 +339,13 @@ class VersionService:
             key=key,
             value=DEAD_LETTERS.encode(
                 {
-                    "topic": topic, "partition": partition, "offset": offset, "key": key,
-                    "value": value, "reason": reason, "stage": stage,
+                    "topic": topic,
+                    "partition": partition,
+                    "offset": offset,
+                    "key": key,
+                    "value": value,
+                    "reason": reason,
+                    "stage": stage,
                     "at": int(time.time() * 1000),
                 }
             ),

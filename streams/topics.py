@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
@@ -30,17 +32,17 @@ def ensure_topics(settings: Settings, extra: dict[str, int] | None = None) -> No
         for name, (count, config) in wanted.items():
             if name in existing:
                 continue
-            try:
+            # Another instance may win the race to create it; same outcome.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics([NewTopic(name, count, 1, topic_configs=config)])
-            except TopicAlreadyExistsError:
-                pass  # another instance won the race; same outcome
         described = {
             t.get("topic", t.get("name")): len(t["partitions"])
             for t in admin.describe_topics([settings.events_topic, settings.commands_topic])
         }
         if described.get(settings.events_topic) != described.get(settings.commands_topic):
             raise TopicMismatch(
-                f"{settings.commands_topic} has {described.get(settings.commands_topic)} partitions "
+                f"{settings.commands_topic} has "
+                f"{described.get(settings.commands_topic)} partitions "
                 f"but {settings.events_topic} has {described.get(settings.events_topic)}; "
                 "give them the same count (commands partition N is written to events partition N)"
             )

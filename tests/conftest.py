@@ -65,8 +65,11 @@ def train_model(path: Path, seed: int = 0, rounds: int = 5, features: int = 4) -
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(300, features))
     y = (x[:, 0] > 0).astype(int)
-    booster = lgb.train({"objective": "binary", "num_leaves": 4, "verbosity": -1, "num_threads": 1},
-                        lgb.Dataset(x, y), num_boost_round=rounds)
+    booster = lgb.train(
+        {"objective": "binary", "num_leaves": 4, "verbosity": -1, "num_threads": 1},
+        lgb.Dataset(x, y),
+        num_boost_round=rounds,
+    )
     booster.save_model(str(path))
     return path
 

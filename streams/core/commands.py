@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Union
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ class MoveAlias:
     expect: str | None = None
 
 
-Body = Union[CreateModel, MakeCommit, CreateBranch, DeleteBranch, Merge, Rollback, MoveAlias]
+Body = CreateModel | MakeCommit | CreateBranch | DeleteBranch | Merge | Rollback | MoveAlias
 BODY_TYPES: tuple[type, ...] = (
     CreateModel,
     MakeCommit,

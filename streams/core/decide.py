@@ -28,8 +28,8 @@ from streams.core.errors import (
     InvalidCommand,
     MergeConflict,
     ModelExists,
-    NothingToDo,
     NotAnAncestor,
+    NothingToDo,
     ProtectedBranch,
     StaleHead,
     UnknownModel,
@@ -66,7 +66,11 @@ def _check_digest(digest: str) -> str:
 
 def _check_metrics(metrics: Mapping[str, float]) -> Mapping[str, float]:
     for key, value in metrics.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+        ):
             raise InvalidCommand(
                 f"metric {key}={value!r} is not a finite number", field="metrics", key=key
             )
@@ -124,7 +128,9 @@ def make_commit(state: ModelState, command: Command) -> Payload:
     body: MakeCommit = command.body  # type: ignore[assignment]
     head = _branch_head(state, body.branch)
     if body.expect_head is not None:
-        expected = None if body.expect_head in ("", "none") else refs.resolve(state, body.expect_head)
+        expected = (
+            None if body.expect_head in ("", "none") else refs.resolve(state, body.expect_head)
+        )
         if expected != head:
             raise StaleHead(
                 f"branch {body.branch!r} moved: its head is {head}, not {body.expect_head}; "

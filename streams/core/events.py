@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Union
 
 from streams.core.hashing import canonical, sha256_hex
 
@@ -78,9 +77,9 @@ class AliasMoved:
     to_commit: str
 
 
-Payload = Union[
-    ModelCreated, Committed, BranchCreated, BranchDeleted, Merged, RolledBack, AliasMoved
-]
+Payload = (
+    ModelCreated | Committed | BranchCreated | BranchDeleted | Merged | RolledBack | AliasMoved
+)
 PAYLOAD_TYPES: tuple[type, ...] = (
     ModelCreated,
     Committed,
@@ -120,8 +119,30 @@ class ModelEvent:
         }
 
     def hash(self) -> str:
-        """sha256 of the event's canonical form; the next event's ``prev_hash``."""
-        return sha256_hex(canonical(self.to_plain()))
+        """sha256 of the event's canonical form; the next event's ``prev_hash``.
+
+        A commit enters by its id alone: the id is itself the hash of the
+        commit's content (checked by the fold), so hashing the content twice
+        would add nothing but time.
+        """
+        payload = dict(self.payload.__dict__)
+        commit = payload.get("commit")
+        if isinstance(commit, Commit):
+            payload["commit"] = commit.id
+        return sha256_hex(
+            canonical(
+                {
+                    "model": self.model,
+                    "seq": self.seq,
+                    "prev_hash": self.prev_hash,
+                    "command_id": self.command_id,
+                    "actor": self.actor,
+                    "at": self.at,
+                    "type": type(self.payload).__name__,
+                    "payload": payload,
+                }
+            )
+        )
 
 
 def plain_commit(commit: Commit) -> dict[str, object]:

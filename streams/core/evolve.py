@@ -7,7 +7,6 @@ validate and never mutate: each returns a new ``ModelState``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from streams.core.events import (
@@ -21,7 +20,7 @@ from streams.core.events import (
     ModelEvent,
     RolledBack,
 )
-from streams.core.state import ModelState, Receipt, RefMove, Reflog
+from streams.core.state import ModelState, Receipt, Reflog, RefMove
 
 
 def _move(
@@ -42,15 +41,18 @@ def _move(
     commits = state.commits
     if commit is not None:
         commits = {**commits, commit.id: commit}
-    return replace(
-        state,
-        seq=event.seq,
-        last_hash=event_hash,
-        commits=commits,
-        branches=state.branches if branches is None else branches,
-        aliases=state.aliases if aliases is None else aliases,
-        receipts={**state.receipts, event.command_id: Receipt(event.seq, event.type, name, new)},
-        reflog=Reflog(move, state.reflog),
+    # Built directly rather than with dataclasses.replace: this is the replay hot path.
+    return ModelState(
+        state.name,
+        state.default_branch,
+        state.created_at,
+        event.seq,
+        event_hash,
+        commits,
+        state.branches if branches is None else branches,
+        state.aliases if aliases is None else aliases,
+        {**state.receipts, event.command_id: Receipt(event.seq, event.type, name, new)},
+        Reflog(move, state.reflog),
     )
 
 
@@ -72,8 +74,14 @@ def model_created(_: ModelState | None, event: ModelEvent, event_hash: str) -> M
 def committed(state: ModelState, event: ModelEvent, event_hash: str) -> ModelState:
     p: Committed = event.payload  # type: ignore[assignment]
     return _move(
-        state, event, event_hash, kind="branch", name=p.branch,
-        old=state.branches[p.branch], new=p.commit.id, commit=p.commit,
+        state,
+        event,
+        event_hash,
+        kind="branch",
+        name=p.branch,
+        old=state.branches[p.branch],
+        new=p.commit.id,
+        commit=p.commit,
         branches={**state.branches, p.branch: p.commit.id},
     )
 
@@ -81,7 +89,13 @@ def committed(state: ModelState, event: ModelEvent, event_hash: str) -> ModelSta
 def branch_created(state: ModelState, event: ModelEvent, event_hash: str) -> ModelState:
     p: BranchCreated = event.payload  # type: ignore[assignment]
     return _move(
-        state, event, event_hash, kind="branch", name=p.branch, old=None, new=p.head,
+        state,
+        event,
+        event_hash,
+        kind="branch",
+        name=p.branch,
+        old=None,
+        new=p.head,
         branches={**state.branches, p.branch: p.head},
     )
 
@@ -90,7 +104,13 @@ def branch_deleted(state: ModelState, event: ModelEvent, event_hash: str) -> Mod
     p: BranchDeleted = event.payload  # type: ignore[assignment]
     branches = {b: h for b, h in state.branches.items() if b != p.branch}
     return _move(
-        state, event, event_hash, kind="branch", name=p.branch, old=p.head, new=None,
+        state,
+        event,
+        event_hash,
+        kind="branch",
+        name=p.branch,
+        old=p.head,
+        new=None,
         branches=branches,
     )
 
@@ -98,8 +118,15 @@ def branch_deleted(state: ModelState, event: ModelEvent, event_hash: str) -> Mod
 def merged(state: ModelState, event: ModelEvent, event_hash: str) -> ModelState:
     p: Merged = event.payload  # type: ignore[assignment]
     return _move(
-        state, event, event_hash, kind="branch", name=p.target, old=p.previous_head,
-        new=p.new_head, commit=p.commit, reason=f"merge {p.source}",
+        state,
+        event,
+        event_hash,
+        kind="branch",
+        name=p.target,
+        old=p.previous_head,
+        new=p.new_head,
+        commit=p.commit,
+        reason=f"merge {p.source}",
         branches={**state.branches, p.target: p.new_head},
     )
 
@@ -107,16 +134,29 @@ def merged(state: ModelState, event: ModelEvent, event_hash: str) -> ModelState:
 def rolled_back(state: ModelState, event: ModelEvent, event_hash: str) -> ModelState:
     p: RolledBack = event.payload  # type: ignore[assignment]
     return _move(
-        state, event, event_hash, kind="branch", name=p.branch, old=p.from_commit,
-        new=p.to_commit, reason=p.reason, branches={**state.branches, p.branch: p.to_commit},
+        state,
+        event,
+        event_hash,
+        kind="branch",
+        name=p.branch,
+        old=p.from_commit,
+        new=p.to_commit,
+        reason=p.reason,
+        branches={**state.branches, p.branch: p.to_commit},
     )
 
 
 def alias_moved(state: ModelState, event: ModelEvent, event_hash: str) -> ModelState:
     p: AliasMoved = event.payload  # type: ignore[assignment]
     return _move(
-        state, event, event_hash, kind="alias", name=p.alias, old=p.from_commit,
-        new=p.to_commit, aliases={**state.aliases, p.alias: p.to_commit},
+        state,
+        event,
+        event_hash,
+        kind="alias",
+        name=p.alias,
+        old=p.from_commit,
+        new=p.to_commit,
+        aliases={**state.aliases, p.alias: p.to_commit},
     )
 
 
@@ -131,7 +171,9 @@ _EVOLVERS: dict[type, Callable[[Any, ModelEvent, str], ModelState]] = {
 }
 
 
-def evolve(state: ModelState | None, event: ModelEvent, event_hash: str | None = None) -> ModelState:
+def evolve(
+    state: ModelState | None, event: ModelEvent, event_hash: str | None = None
+) -> ModelState:
     """The state after ``event``; ``event_hash`` may be passed when already computed."""
     return _EVOLVERS[type(event.payload)](
         state, event, event.hash() if event_hash is None else event_hash

@@ -24,7 +24,11 @@ def violations(state: ModelState, events: Sequence[ModelEvent] = ()) -> list[str
         for b, h in state.branches.items()
         if h is not None and h not in state.commits
     ]
-    found += [f"alias {a} points at unknown {t}" for a, t in state.aliases.items() if t not in state.commits]
+    found += [
+        f"alias {a} points at unknown {t}"
+        for a, t in state.aliases.items()
+        if t not in state.commits
+    ]
     if state.default_branch not in state.branches:
         found.append(f"default branch {state.default_branch} is missing")
     if events:

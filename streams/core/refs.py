@@ -122,7 +122,7 @@ def merge_base(state: ModelState, a: str, b: str) -> str | None:
 
 def log(state: ModelState, ref: str | None = None) -> list[Commit]:
     """Commits newest first; every commit ever made when ``ref`` is None (nothing is deleted)."""
-    ordered = list(reversed(state.commits.values()))
+    ordered = list(state.commits.values())[::-1]
     if ref is None:
         return ordered
     reachable = ancestors(state.commits, resolve(state, ref))

@@ -42,8 +42,10 @@ def history() -> list[Command]:
         MoveAlias("production", "main"),
         Rollback("main", "main~1", "latency regression"),
     ]
-    return [Command(f"cmd-{i:02d}", "churn", "golden", 1_800_000_000_000 + i * 1000, body)
-            for i, body in enumerate(bodies)]
+    return [
+        Command(f"cmd-{i:02d}", "churn", "golden", 1_800_000_000_000 + i * 1000, body)
+        for i, body in enumerate(bodies)
+    ]
 
 
 def main() -> None:
@@ -60,7 +62,9 @@ def main() -> None:
             state.apply(event)
             stem = f"event-{event.seq:02d}-{event.type}"
             (out / f"{stem}.bin").write_bytes(codec.encode_event(event))
-            (out / f"{stem}.json").write_text(json.dumps(event.to_plain(), indent=1, sort_keys=True))
+            (out / f"{stem}.json").write_text(
+                json.dumps(event.to_plain(), indent=1, sort_keys=True)
+            )
 
 
 if __name__ == "__main__":

@@ -129,7 +129,9 @@ def test_concurrent_writers_with_expect_head_lose_no_update(stack: Stack, model_
     for t in threads:
         t.join()
     assert len(accepted) + len(rejected) == 200
-    assert all(e.status == 409 and e.body["error"] in ("stale_head", "write_raced") for e in rejected)
+    assert all(
+        e.status == 409 and e.body["error"] in ("stale_head", "write_raced") for e in rejected
+    )
     log = c.log("busy", "main")["commits"]
     assert all(len(commit["parents"]) <= 1 for commit in log)  # linear
     reachable = {commit["id"] for commit in log}
@@ -137,7 +139,9 @@ def test_concurrent_writers_with_expect_head_lose_no_update(stack: Stack, model_
     assert len(log) == len(accepted) + 1
 
 
-def test_kill_9_while_commands_flow_applies_each_command_once(stack: Stack, model_file: Path) -> None:
+def test_kill_9_while_commands_flow_applies_each_command_once(
+    stack: Stack, model_file: Path
+) -> None:
     c = Client(stack.url, timeout=60)
     digest = c.upload(model_file)["sha256"]
     c.create("crashy")
@@ -183,8 +187,11 @@ def test_undecodable_messages_go_to_the_dead_letter_topic(stack: Stack, model_fi
     deadline = time.monotonic() + 20
     letters: list[dict] = []
     while time.monotonic() < deadline and len(letters) < 2:
-        letters = [DEAD_LETTERS.decode(r.value) for r in
-                   read_topic(stack.settings.bootstrap, stack.settings.dead_letter_topic) if r.value]
+        letters = [
+            DEAD_LETTERS.decode(r.value)
+            for r in read_topic(stack.settings.bootstrap, stack.settings.dead_letter_topic)
+            if r.value
+        ]
         time.sleep(0.2)
     by_topic = {letter["topic"]: letter for letter in letters}
     assert by_topic[stack.settings.commands_topic]["value"] == b"not avro at all"

@@ -16,8 +16,8 @@ from streams.core import (
     MoveAlias,
     Rollback,
     decide,
+    refs,
 )
-from streams.core import refs
 from streams.core.errors import (
     AmbiguousRef,
     EmptyBranch,
@@ -76,7 +76,9 @@ def test_commit_id_is_the_content_hash_and_events_are_deterministic(repo: Repo) 
     again = decide(repo.state, command)
     assert first == again
     assert first[0].hash() == again[0].hash()
-    other = decide(repo.state, Command("c1", "m", "alice", 5, MakeCommit(A, "first", params={"lr": "0.2"})))
+    other = decide(
+        repo.state, Command("c1", "m", "alice", 5, MakeCommit(A, "first", params={"lr": "0.2"}))
+    )
     assert other[0].payload.commit.id != first[0].payload.commit.id
 
 
@@ -90,7 +92,9 @@ def test_commits_append_to_the_branch_head(repo: Repo) -> None:
 def test_expect_head_is_compare_and_set(repo: Repo) -> None:
     repo.run(MakeCommit(A, "one"))
     stale = repo.head()
-    repo.run(MakeCommit(B, "two"), )
+    repo.run(
+        MakeCommit(B, "two"),
+    )
     with pytest.raises(StaleHead) as caught:
         repo.run(MakeCommit(C, "three", expect_head=stale))
     assert caught.value.details["current"] == repo.head()
@@ -122,7 +126,11 @@ def test_diverged_merge_needs_a_strategy_and_names_the_base(repo: Repo) -> None:
     ours_head, theirs_head = repo.head(), repo.head("exp")
     with pytest.raises(MergeConflict) as caught:
         repo.run(Merge("exp"))
-    assert caught.value.details == {"merge_base": base, "target_head": ours_head, "source_head": theirs_head}
+    assert caught.value.details == {
+        "merge_base": base,
+        "target_head": ours_head,
+        "source_head": theirs_head,
+    }
     repo.run(Merge("exp", strategy="theirs"))
     merge = repo.state.commits[repo.head()]
     assert merge.parents == (ours_head, theirs_head)
@@ -234,4 +242,4 @@ def test_deleted_branch_keeps_its_commits(repo: Repo) -> None:
     repo.run(DeleteBranch("exp"))
     assert "exp" not in repo.state.branches
     assert gone in repo.state.commits
-    assert [c.id for c in refs.log(repo.state)][0] == gone
+    assert next(c.id for c in refs.log(repo.state)) == gone

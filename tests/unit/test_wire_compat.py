@@ -32,8 +32,15 @@ def reader_accepting_golden(current: SingleObjectCodec, files: list[Path]) -> Si
 
 def test_there_are_golden_fixtures_for_every_event_type() -> None:
     kinds = {p.stem.split("-", 2)[2] for p in EVENT_FIXTURES}
-    assert kinds == {"ModelCreated", "Committed", "BranchCreated", "BranchDeleted", "Merged",
-                     "RolledBack", "AliasMoved"}
+    assert kinds == {
+        "ModelCreated",
+        "Committed",
+        "BranchCreated",
+        "BranchDeleted",
+        "Merged",
+        "RolledBack",
+        "AliasMoved",
+    }
 
 
 @pytest.mark.parametrize("fixture", EVENT_FIXTURES, ids=lambda p: p.parent.name + "/" + p.stem)

@@ -1,0 +1,105 @@
+"""The CLI as a user runs it: a separate process against a running stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modelvc.stack import Stack
+from tests.conftest import train_model
+
+pytestmark = pytest.mark.broker
+
+
+def modelvc(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "MODELVC_URL": stack.url,
+        "MODELVC_HOME": str(stack.home),
+        "MODELVC_ACTOR": "e2e",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "modelvc.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def ok(stack: Stack, *args: str) -> str:
+    done = modelvc(stack, *args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_git_like_story(stack: Stack, tmp_path: Path) -> None:
+    v1 = train_model(tmp_path / "v1.txt", seed=1)
+    v2 = train_model(tmp_path / "v2.txt", seed=2, rounds=9)
+    ok(stack, "create", "churn")
+    first = json.loads(
+        ok(
+            stack,
+            "--json",
+            "commit",
+            str(v1),
+            "-m",
+            "v1",
+            "--param",
+            "rounds=5",
+            "--metric",
+            "auc=0.8",
+        )
+    )["head"]
+    ok(stack, "branch", "create", "exp")
+    ok(
+        stack,
+        "commit",
+        str(v2),
+        "--branch",
+        "exp",
+        "-m",
+        "v2",
+        "--param",
+        "rounds=9",
+        "--metric",
+        "auc=0.9",
+    )
+    assert "Merged" in ok(stack, "merge", "exp")
+    ok(stack, "alias", "set", "production", "main")
+    ok(stack, "rollback", "main", "--to", first[:8], "--reason", "canary failed")
+
+    log = ok(stack, "log", "--graph")
+    assert "(main) v1" in log and "@production" in log and "canary failed" in log
+    diff = ok(stack, "diff", "main", "exp")
+    assert "rounds: 5 -> 9" in diff and "auc: 0.8 -> 0.9" in diff
+    refs = json.loads(ok(stack, "--json", "refs"))
+    assert refs["branches"]["main"] == first and refs["aliases"]["production"] != first
+    shown = json.loads(ok(stack, "--json", "show", "production~1"))
+    assert shown["id"] == first
+
+    stale = modelvc(stack, "commit", str(v1), "-m", "late", "--expect-head", "exp")
+    assert stale.returncode == 1 and "--expect-head" in stale.stderr and stale.stdout == ""
+    missing = modelvc(stack, "show", "nope")
+    assert missing.returncode == 1 and "modelvc refs" in missing.stderr
+    pickle_file = tmp_path / "model.pkl"
+    pickle_file.write_bytes(b"\x80\x05junk")
+    refused = modelvc(stack, "commit", str(pickle_file), "-m", "pickled")
+    assert refused.returncode == 1 and "save_model" in refused.stderr
+
+
+def test_unreachable_service_says_how_to_start_it(tmp_path: Path) -> None:
+    env = {**os.environ, "MODELVC_URL": "http://127.0.0.1:9", "MODELVC_HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "modelvc.cli", "-M", "x", "refs"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 3 and "modelvc up" in done.stderr
