@@ -10,7 +10,7 @@ from streams.core.fold import Fold
 
 
 def model_history(
-    fold: Fold, model: str, events: int, t0: int = 1_700_000_000_000
+    fold: Fold, model: str, events: int, t0: int = 1_700_000_000_000, commits: int | None = None
 ) -> Iterator[ModelEvent]:
     """About ``events`` events for one model: commits, a branch, merges, alias moves."""
     n = 0
@@ -27,7 +27,7 @@ def model_history(
     yield from run(MakeCommit("a" * 64, "root", params={"num_leaves": "31"}, metrics={"auc": 0.8}))
     yield from run(CreateBranch("exp"))
     i = 0
-    while n < events:
+    while (len(fold.models[model].commits) < commits) if commits else (n < events):
         i += 1
         branch = "exp" if i % 3 else "main"
         yield from run(

@@ -7,6 +7,7 @@ the app folds it like any other, then its VmHWM is read from /proc.
 from __future__ import annotations
 
 import sys
+import zlib
 import tempfile
 import time
 from pathlib import Path
@@ -44,8 +45,8 @@ def main() -> None:
             for m in range(models):
                 name = f"model-{m:03d}"
                 # Same partition rule as the service: commands partition N -> events partition N.
-                part = hash(name) % partitions
-                for event in model_history(source, name, commits):
+                part = zlib.crc32(name.encode()) % partitions
+                for event in model_history(source, name, 0, commits=commits):
                     producer.send(
                         stack.settings.events_topic,
                         key=name.encode(),
