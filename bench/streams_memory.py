@@ -7,9 +7,9 @@ the app folds it like any other, then its VmHWM is read from /proc.
 from __future__ import annotations
 
 import sys
-import zlib
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 from kafka import KafkaProducer
