@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from streams.core.hashing import SHA256_HEX
 from streams.errors import ArtifactCorrupted, ArtifactNotFound, ArtifactRejected
 
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _PICKLE_HINT = (
     "modelvc stores LightGBM text models only; save yours with "
     "booster.save_model('model.txt') and commit that file"
@@ -25,7 +24,7 @@ _PICKLE_HINT = (
 
 
 def check_digest(digest: str) -> str:
-    if not _DIGEST.match(digest):
+    if not SHA256_HEX.match(digest):
         raise ArtifactNotFound(f"{digest!r} is not a sha256 hex digest")
     return digest
 

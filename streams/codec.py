@@ -17,7 +17,7 @@ import fastavro
 import fastavro.schema
 
 from streams.core.commands import BODY_TYPES, Command
-from streams.core.events import PAYLOAD_TYPES, Commit, ModelEvent, plain_payload
+from streams.core.events import PAYLOAD_TYPES, ModelEvent, commit_from_plain, plain_payload
 from streams.errors import UndecodableMessage
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
@@ -115,19 +115,6 @@ _PAYLOADS = {_EVENT_NS + t.__name__: t for t in PAYLOAD_TYPES}
 _BODIES = {_COMMAND_NS + t.__name__: t for t in BODY_TYPES}
 
 
-def _commit(plain: Mapping[str, Any]) -> Commit:
-    return Commit(
-        id=plain["id"],
-        parents=tuple(plain["parents"]),
-        artifact_sha256=plain["artifact_sha256"],
-        params=dict(plain["params"]),
-        metrics=dict(plain["metrics"]),
-        message=plain["message"],
-        author=plain["author"],
-        at=plain["at"],
-    )
-
-
 def event_to_record(event: ModelEvent) -> dict[str, Any]:
     return {
         "model": event.model,
@@ -146,7 +133,10 @@ def event_from_record(record: Mapping[str, Any]) -> ModelEvent:
     commit = fields.get("commit")
     if commit is not None:
         # The nullable commit of Merged arrives as (name, record) under return_record_name.
-        fields = {**fields, "commit": _commit(commit[1] if isinstance(commit, tuple) else commit)}
+        fields = {
+            **fields,
+            "commit": commit_from_plain(commit[1] if isinstance(commit, tuple) else commit),
+        }
     return ModelEvent(
         model=record["model"],
         seq=record["seq"],

@@ -24,8 +24,15 @@ from pathlib import Path
 
 from rocksdict import Options, Rdict, WriteBatch
 
-from streams.codec import _commit, decode_event
-from streams.core.events import Commit, Committed, Merged, ModelEvent, plain_commit
+from streams.codec import decode_event
+from streams.core.events import (
+    Commit,
+    Committed,
+    Merged,
+    ModelEvent,
+    commit_from_plain,
+    plain_commit,
+)
 from streams.core.fold import Fold
 from streams.core.state import ModelState, Receipt, Reflog, RefMove
 from streams.errors import UndecodableMessage
@@ -136,7 +143,7 @@ def _put_event_rows(batch: WriteBatch, state: ModelState, event: ModelEvent) -> 
 def _state_from_rows(model: str, rows: dict[str, list[tuple[bytes, bytes]]]) -> ModelState:
     meta = json.loads(rows["meta"][0][1])
     # RocksDB iterates keys in order, so zero-padded seqs come back in log order.
-    commits = {c.id: c for c in (_commit(json.loads(v)) for _, v in rows.get("c", []))}
+    commits = {c.id: c for c in (commit_from_plain(json.loads(v)) for _, v in rows.get("c", []))}
     receipts = {
         bytes(k).decode().split("/", 3)[3]: Receipt(**json.loads(v)) for k, v in rows.get("r", [])
     }

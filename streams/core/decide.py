@@ -7,7 +7,6 @@ state yields byte-identical events, which makes retries and replays safe.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -47,15 +46,14 @@ from streams.core.events import (
     Payload,
     RolledBack,
 )
-from streams.core.hashing import GENESIS_HASH, commit_id
+from streams.core.hashing import GENESIS_HASH, SHA256_HEX, commit_id
 from streams.core.state import ModelState
 
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 STRATEGIES = ("theirs", "ours")
 
 
 def _check_digest(digest: str) -> str:
-    if not _DIGEST.match(digest):
+    if not SHA256_HEX.match(digest):
         raise InvalidCommand(
             f"artifact digest {digest!r} is not a sha256 hex string; upload the file "
             "first (POST /v1/artifacts) and use the digest it returns",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from streams.core.hashing import canonical, sha256_hex
 
@@ -156,6 +157,20 @@ def plain_commit(commit: Commit) -> dict[str, object]:
         "author": commit.author,
         "at": commit.at,
     }
+
+
+def commit_from_plain(plain: Mapping[str, Any]) -> Commit:
+    """Inverse of :func:`plain_commit` (for the codec and the projection)."""
+    return Commit(
+        id=plain["id"],
+        parents=tuple(plain["parents"]),
+        artifact_sha256=plain["artifact_sha256"],
+        params=dict(plain["params"]),
+        metrics=dict(plain["metrics"]),
+        message=plain["message"],
+        author=plain["author"],
+        at=plain["at"],
+    )
 
 
 def plain_payload(payload: Payload) -> dict[str, object]:

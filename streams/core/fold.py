@@ -9,7 +9,6 @@ way for every reader, without transactions.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,8 +28,6 @@ from streams.core.events import (
 from streams.core.evolve import evolve
 from streams.core.hashing import GENESIS_HASH, canonical, commit_id, sha256_hex
 from streams.core.state import ModelState
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def _bad_commit(state: ModelState, commit: Commit, parents: tuple[str, ...]) -> str | None:
@@ -60,7 +57,7 @@ def _committed(s: ModelState, p: Committed) -> str | None:
 
 
 def _branch_created(s: ModelState, p: BranchCreated) -> str | None:
-    if p.branch in s.branches or not _NAME.match(p.branch):
+    if p.branch in s.branches or not refs.NAME.match(p.branch):
         return f"branch {p.branch!r} exists or is not a valid name"
     return None if p.head in s.commits else f"head {p.head} is not a commit"
 
@@ -95,7 +92,7 @@ def _rolled_back(s: ModelState, p: RolledBack) -> str | None:
 
 
 def _alias_moved(s: ModelState, p: AliasMoved) -> str | None:
-    if s.aliases.get(p.alias) != p.from_commit or not _NAME.match(p.alias):
+    if s.aliases.get(p.alias) != p.from_commit or not refs.NAME.match(p.alias):
         return f"alias {p.alias!r} is not at {p.from_commit}"
     return None if p.to_commit in s.commits else f"{p.to_commit} is not a commit"
 
@@ -119,7 +116,7 @@ def void_reason(state: ModelState | None, event: ModelEvent) -> str | None:
     if event.prev_hash != expected_prev:
         return f"previous hash {event.prev_hash[:12]}… does not match {expected_prev[:12]}…"
     if state is None:
-        ok = isinstance(event.payload, ModelCreated) and _NAME.match(event.model)
+        ok = isinstance(event.payload, ModelCreated) and refs.NAME.match(event.model)
         return None if ok else "the first event of a model must be ModelCreated"
     if isinstance(event.payload, ModelCreated):
         return "model already created"

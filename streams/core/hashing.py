@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 
 GENESIS_HASH = "0" * 64
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 def canonical(value: object) -> bytes:

@@ -11,14 +11,14 @@ from streams.core.errors import AmbiguousRef, EmptyBranch, InvalidCommand, Unkno
 from streams.core.events import Commit
 from streams.core.state import ModelState
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _HEX = re.compile(r"^[0-9a-f]{4,64}$")
 _SUFFIX = re.compile(r"(~\d*|\^)$")
 MIN_PREFIX = 4
 
 
 def check_name(kind: str, name: str) -> str:
-    if not _NAME.match(name):
+    if not NAME.match(name):
         raise InvalidCommand(
             f"invalid {kind} name {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit",
