@@ -14,7 +14,15 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from modelvc.processes import Spawned, StackError, free_port, spawn, stop, wait_for_port
+from modelvc.processes import (
+    Spawned,
+    StackError,
+    alive,
+    free_port,
+    spawn,
+    stop,
+    wait_for_port,
+)
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -62,11 +70,8 @@ def wait_healthy(url: str, timeout: float, spawned: Spawned | None = None) -> No
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
-        if spawned is not None:
-            from modelvc.processes import alive
-
-            if not alive(spawned.pid):
-                raise StackError(f"the streams app exited; see {spawned.log}")
+        if spawned is not None and not alive(spawned.pid):
+            raise StackError(f"the streams app exited; see {spawned.log}")
         try:
             with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:
                 if json.load(response).get("ready"):

@@ -8,7 +8,6 @@ answer in time (retry with the same ``command_id``).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import time
 import uuid
@@ -268,7 +267,6 @@ class Api:
     async def upload(self, request: web.Request) -> web.Response:
         expected = request.query.get("sha256")
         store = self.service.store
-        hasher = hashlib.sha256()
         size = 0
         with store.temp_file() as handle:
             async for chunk in request.content.iter_chunked(1 << 16):
@@ -279,22 +277,16 @@ class Api:
                     return _error(
                         413, "too_large", f"artifacts are limited to {MAX_ARTIFACT_BYTES} bytes"
                     )
-                hasher.update(chunk)
                 handle.write(chunk)
         temp = Path(handle.name)
         if size == 0:
             temp.unlink(missing_ok=True)
             return _error(422, "empty", "the upload was empty; send the model file as the body")
-        if expected is not None and hasher.hexdigest() != expected:
-            temp.unlink(missing_ok=True)
-            return _error(
-                422,
-                "digest_mismatch",
-                f"upload hashes to {hasher.hexdigest()}, not {expected}; re-send the file",
-            )
         loop = asyncio.get_running_loop()
         try:
             digest, summary = await loop.run_in_executor(None, store.commit_temp, temp, expected)
+        except ArtifactCorrupted as exc:
+            return _error(422, "digest_mismatch", str(exc))
         except ArtifactError as exc:
             return _error(422, "artifact_rejected", str(exc))
         return web.json_response({"sha256": digest, "size": size, **summary.__dict__}, status=201)
@@ -337,7 +329,7 @@ def register(app: faust.App, service: VersionService) -> None:
     g = _guard
 
     def page(path: str, **methods: Callable[..., Any]) -> None:
-        attrs = {name: staticmethod_view(fn) for name, fn in methods.items()}
+        attrs = {name: as_view_method(fn) for name, fn in methods.items()}
         view = type(
             "View_" + path.replace("/", "_").replace("{", "").replace("}", ""),
             (faust.web.View,),
@@ -345,26 +337,23 @@ def register(app: faust.App, service: VersionService) -> None:
         )
         app.page(path)(view)
 
-    def staticmethod_view(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def as_view_method(fn: Callable[..., Any]) -> Callable[..., Any]:
         async def method(self: Any, request: web.Request, **match: str) -> Any:
             return await g(fn)(request, **match)
 
         return method
 
-    async def body_of(request: web.Request) -> dict[str, Any]:
-        return await _json_body(request)
-
     async def models_post(request: web.Request) -> Any:
-        return await api.create_model(request, await body_of(request))
+        return await api.create_model(request, await _json_body(request))
 
     async def models_get(request: web.Request) -> Any:
         return api.list_models()
 
     async def commits_post(request: web.Request, model: str) -> Any:
-        return await api.commit(request, model, await body_of(request))
+        return await api.commit(request, model, await _json_body(request))
 
     async def branches_post(request: web.Request, model: str) -> Any:
-        return await api.create_branch(request, model, await body_of(request))
+        return await api.create_branch(request, model, await _json_body(request))
 
     async def branches_get(request: web.Request, model: str) -> Any:
         await api.consistent(request)
@@ -374,13 +363,13 @@ def register(app: faust.App, service: VersionService) -> None:
         return await api.delete_branch(request, model, branch)
 
     async def merges_post(request: web.Request, model: str) -> Any:
-        return await api.merge(request, model, await body_of(request))
+        return await api.merge(request, model, await _json_body(request))
 
     async def rollbacks_post(request: web.Request, model: str) -> Any:
-        return await api.rollback(request, model, await body_of(request))
+        return await api.rollback(request, model, await _json_body(request))
 
     async def alias_put(request: web.Request, model: str, alias: str) -> Any:
-        return await api.move_alias(request, model, alias, await body_of(request))
+        return await api.move_alias(request, model, alias, await _json_body(request))
 
     async def log_get(request: web.Request, model: str) -> Any:
         await api.consistent(request)

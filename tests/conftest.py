@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelvc.processes import Spawned, stop
+from modelvc.processes import stop
 from modelvc.stack import Stack, start_broker
 
 
@@ -77,6 +77,3 @@ def train_model(path: Path, seed: int = 0, rounds: int = 5, features: int = 4) -
 @pytest.fixture
 def model_file(tmp_path: Path) -> Path:
     return train_model(tmp_path / "model.txt")
-
-
-__all__ = ["Spawned", "train_model"]

@@ -46,3 +46,14 @@ def test_user_input_never_becomes_a_path(tmp_path: Path) -> None:
     for bad in ("../../etc/passwd", "a" * 63, "A" * 64, ""):
         with pytest.raises(ArtifactNotFound):
             store.read(bad)
+
+
+def test_an_upload_that_does_not_hash_to_its_claim_is_not_stored(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    data = train_model(tmp_path / "m.txt").read_bytes()
+    with store.temp_file() as handle:
+        handle.write(data)
+    with pytest.raises(ArtifactCorrupted, match="re-send"):
+        store.commit_temp(Path(handle.name), expected="0" * 64)
+    assert not store.has(sha256_of(data))
+    assert not list((tmp_path / "store" / "tmp").iterdir())
