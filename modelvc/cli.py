@@ -86,8 +86,13 @@ def cmd_up(args: argparse.Namespace) -> None:
         bootstrap=args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP"),
         web_port=args.port,
         partitions=args.partitions,
+        workers=args.workers,
+        worker_port=args.worker_port,
     )
     print(f"modelvc is up: API {stack.url}, broker {stack.settings.bootstrap}")
+    for name, spawned in stack.processes.items():
+        if name.startswith("worker-"):
+            print(f"{name}: http://127.0.0.1:{spawned.port} (predict, /metrics, /healthz)")
     if stack.broker:
         print("embedded broker keeps data in memory only: `modelvc down` loses the event log")
     print(f"logs in {stack.home / 'logs'}; stop with `modelvc down`")
@@ -99,6 +104,80 @@ def cmd_down(args: argparse.Namespace) -> None:
     stack = Stack.load(_home(args))
     stack.down()
     print("modelvc is down")
+
+
+def _bootstrap(args: argparse.Namespace) -> str:
+    if args.bootstrap:
+        return str(args.bootstrap)
+    if os.environ.get("KAFKA_BOOTSTRAP"):
+        return os.environ["KAFKA_BOOTSTRAP"]
+    stack_file = _home(args) / "stack.json"
+    if stack_file.exists():
+        return str(json.loads(stack_file.read_text())["bootstrap"])
+    return "127.0.0.1:9092"
+
+
+def _topic(args: argparse.Namespace, kind: str) -> str:
+    namespace = os.environ.get("MODELVC_NAMESPACE", "modelvc")
+    stack_file = _home(args) / "stack.json"
+    if stack_file.exists():
+        namespace = json.loads(stack_file.read_text())["settings"]["events_topic"].rsplit(".", 1)[0]
+    return f"{namespace}.{kind}"
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    from workers.__main__ import main as worker_main
+
+    if args.bootstrap:
+        os.environ["KAFKA_BOOTSTRAP"] = args.bootstrap
+    if args.port:
+        os.environ["MODELVC_WORKER_PORT"] = str(args.port)
+    worker_main()
+
+
+def cmd_publish(args: argparse.Namespace) -> None:
+    from modelvc.streaming import publish_features, read_feature_file
+
+    model = args.model or os.environ.get("MODELVC_MODEL")
+    current = _home(args) / "current-model"
+    if not model and current.exists():
+        model = current.read_text().strip()
+    try:
+        events = list(read_feature_file(Path(args.file), model, args.ref))
+    except ValueError as exc:
+        raise SystemExit(f"modelvc: {exc}") from None
+    count = publish_features(_bootstrap(args), events, _topic(args, "features"))
+    _emit(
+        args,
+        {"published": count, "topic": _topic(args, "features")},
+        lambda a: f"published {a['published']} feature events to {a['topic']}",
+    )
+
+
+def cmd_tail(args: argparse.Namespace) -> None:
+    from modelvc.streaming import subscribe_predictions
+
+    for shown, p in enumerate(
+        subscribe_predictions(
+            _bootstrap(args),
+            model=args.model,
+            topic=_topic(args, "predictions"),
+            from_beginning=args.from_beginning,
+            idle_timeout_s=args.idle_timeout,
+        ),
+        start=1,
+    ):
+        if args.json:
+            print(json.dumps(p), flush=True)
+        else:
+            scores = ",".join(f"{s:.6f}" for s in p["scores"])
+            print(
+                f"{render.when(p['scored_at'])}  {p['model']}@{p['requested_ref']}  "
+                f"{render.short(p['commit_id'])}  {scores}  event {p['feature_event_id']}",
+                flush=True,
+            )
+        if args.limit and shown >= args.limit:
+            return
 
 
 def cmd_create(args: argparse.Namespace, c: Client) -> None:
@@ -251,10 +330,27 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
         return sp
 
-    sp = add("up", cmd_up, "start the embedded broker and the streams app in the background")
+    sp = add(
+        "up", cmd_up, "start the embedded broker, the streams app and a worker in the background"
+    )
     sp.add_argument("--bootstrap", help="use this Kafka instead of starting the embedded broker")
     sp.add_argument("--port", type=int, default=6066, help="HTTP port of the API (default 6066)")
     sp.add_argument("--partitions", type=int, default=4)
+    sp.add_argument("--workers", type=int, default=1, help="inference workers to start (default 1)")
+    sp.add_argument("--worker-port", type=int, default=6070, help="HTTP port of the first worker")
+    sp = add("worker", cmd_worker, "run one inference worker in the foreground")
+    sp.add_argument("--bootstrap", help="Kafka (default: $KAFKA_BOOTSTRAP)")
+    sp.add_argument("--port", type=int, help="HTTP port (default: $MODELVC_WORKER_PORT or 6070)")
+    sp = add("publish", cmd_publish, "publish feature events from a CSV or JSON-lines file")
+    sp.add_argument("file")
+    sp.add_argument("--ref", help="ref to score with when a row names none")
+    sp.add_argument("--bootstrap", help="Kafka (default: $KAFKA_BOOTSTRAP or the local stack)")
+    sp = add("tail", cmd_tail, "print predictions as they arrive")
+    sp.add_argument("stream", choices=["predictions"])
+    sp.add_argument("--from-beginning", action="store_true")
+    sp.add_argument("-n", "--limit", type=int, default=0, help="stop after N predictions")
+    sp.add_argument("--idle-timeout", type=float, help="stop after this many seconds without one")
+    sp.add_argument("--bootstrap", help="Kafka (default: $KAFKA_BOOTSTRAP or the local stack)")
     add("down", cmd_down, "stop exactly what `modelvc up` started")
     sp = add("create", cmd_create, "create a model and make it the current one")
     sp.add_argument("name")
@@ -313,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("modelvc: alias set NAME REF needs a REF", file=sys.stderr)
         return 2
     try:
-        if args.command in ("up", "down"):
+        if args.command in ("up", "down", "worker", "publish", "tail"):
             args.fn(args)
         else:
             args.fn(args, Client(_url(args), actor=args.actor))

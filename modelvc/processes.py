@@ -22,6 +22,7 @@ class Spawned:
     pid: int
     argv: tuple[str, ...]
     log: str
+    port: int = 0  # its HTTP port, for those that serve one
 
 
 def free_port() -> int:

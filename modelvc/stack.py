@@ -66,12 +66,14 @@ def streams_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def wait_healthy(url: str, timeout: float, spawned: Spawned | None = None) -> None:
+def wait_healthy(
+    url: str, timeout: float, spawned: Spawned | None = None, what: str = "the streams app"
+) -> None:
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         if spawned is not None and not alive(spawned.pid):
-            raise StackError(f"the streams app exited; see {spawned.log}")
+            raise StackError(f"{what} exited; see {spawned.log}")
         try:
             with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:
                 if json.load(response).get("ready"):
@@ -80,6 +82,25 @@ def wait_healthy(url: str, timeout: float, spawned: Spawned | None = None) -> No
             last = str(exc)
         time.sleep(0.1)
     raise StackError(f"{url} not ready after {timeout:.0f}s ({last})")
+
+
+def start_worker(settings: Settings, home: Path, name: str, port: int | None = None) -> Spawned:
+    """An inference worker sharing the stack's artifact directory and topics."""
+    port = port or free_port()
+    env = streams_env(settings)
+    env.update(
+        MODELVC_WORKER_ID=name,
+        MODELVC_WORKER_PORT=str(port),
+        MODELVC_URL=f"http://{settings.web_host}:{settings.web_port}",
+    )
+    spawned = spawn([sys.executable, "-m", "workers"], home / "logs" / f"{name}.log", env=env)
+    spawned = Spawned(spawned.pid, spawned.argv, spawned.log, port)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", 60.0, spawned, what="the worker")
+    except StackError:
+        stop(spawned, hard=True)
+        raise
+    return spawned
 
 
 def start_streams(settings: Settings, home: Path, name: str = "streams") -> Spawned:
@@ -113,6 +134,8 @@ class Stack:
         web_port: int | None = None,
         partitions: int = 4,
         namespace: str = "modelvc",
+        workers: int = 0,
+        worker_port: int | None = None,
     ) -> Stack:
         home = home.resolve()
         home.mkdir(parents=True, exist_ok=True)
@@ -132,6 +155,8 @@ class Stack:
         try:
             ensure_topics(settings)
             stack.processes["streams"] = start_streams(settings, home)
+            for n in range(workers):
+                stack.add_worker(port=worker_port if n == 0 else None)
         except BaseException:
             stack.down()
             raise
@@ -148,6 +173,21 @@ class Stack:
             shutil.rmtree(self.settings.data_dir, ignore_errors=True)
         self.processes["streams"] = start_streams(self.settings, self.home)
         self.save()
+
+    def add_worker(self, name: str | None = None, port: int | None = None) -> Spawned:
+        name = name or f"worker-{sum(k.startswith('worker-') for k in self.processes) + 1}"
+        self.processes[name] = start_worker(self.settings, self.home, name, port)
+        self.save()
+        return self.processes[name]
+
+    def restart_worker(self, name: str, hard: bool = False) -> None:
+        spawned = self.processes.pop(name)
+        stop(spawned, hard=hard)
+        self.processes[name] = start_worker(self.settings, self.home, name, spawned.port)
+        self.save()
+
+    def worker_url(self, name: str = "worker-1") -> str:
+        return f"http://127.0.0.1:{self.processes[name].port}"
 
     def down(self) -> None:
         for spawned in reversed(list(self.processes.values())):
@@ -189,7 +229,7 @@ class Stack:
         )
 
         def spawned(d: dict[str, object]) -> Spawned:
-            return Spawned(int(d["pid"]), tuple(d["argv"]), str(d["log"]))  # type: ignore[arg-type, call-overload]
+            return Spawned(int(d["pid"]), tuple(d["argv"]), str(d["log"]), int(d.get("port", 0)))  # type: ignore[arg-type, call-overload]
 
         broker = spawned(record["broker"]) if record["broker"] else None
         processes = {k: spawned(v) for k, v in record["processes"].items()}

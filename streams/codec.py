@@ -108,6 +108,8 @@ EVENTS = SingleObjectCodec(load_schema(*EVENT_SCHEMA_FILES))
 COMMANDS = SingleObjectCodec(load_schema("command.avsc"))
 REPLIES = SingleObjectCodec(load_schema("command_reply.avsc"))
 DEAD_LETTERS = SingleObjectCodec(load_schema("dead_letter.avsc"))
+FEATURES = SingleObjectCodec(load_schema("feature_event.avsc"))
+PREDICTIONS = SingleObjectCodec(load_schema("prediction.avsc"))
 
 _EVENT_NS = "modelvc.events."
 _COMMAND_NS = "modelvc.commands."

@@ -12,6 +12,8 @@ EVENTS_TOPIC = "modelvc.events"
 COMMANDS_TOPIC = "modelvc.commands"
 REPLIES_TOPIC = "modelvc.replies"
 DEAD_LETTER_TOPIC = "modelvc.dead-letter"
+FEATURES_TOPIC = "modelvc.features"
+PREDICTIONS_TOPIC = "modelvc.predictions"
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class Settings:
     commands_topic: str = COMMANDS_TOPIC
     replies_topic: str = REPLIES_TOPIC
     dead_letter_topic: str = DEAD_LETTER_TOPIC
+    features_topic: str = FEATURES_TOPIC
+    predictions_topic: str = PREDICTIONS_TOPIC
 
     @classmethod
     def namespaced(cls, namespace: str, **kwargs: object) -> Settings:
@@ -42,6 +46,8 @@ class Settings:
             commands_topic=f"{namespace}.commands",
             replies_topic=f"{namespace}.replies",
             dead_letter_topic=f"{namespace}.dead-letter",
+            features_topic=f"{namespace}.features",
+            predictions_topic=f"{namespace}.predictions",
             **kwargs,  # type: ignore[arg-type]
         )
 

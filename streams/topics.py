@@ -25,6 +25,8 @@ def ensure_topics(settings: Settings, extra: dict[str, int] | None = None) -> No
             settings.commands_topic: (settings.partitions, _WEEK),
             settings.replies_topic: (1, {"retention.ms": str(3600 * 1000)}),
             settings.dead_letter_topic: (1, _FOREVER),
+            settings.features_topic: (settings.partitions, _WEEK),
+            settings.predictions_topic: (settings.partitions, _WEEK),
         }
         for name, count in (extra or {}).items():
             wanted[name] = (count, _WEEK)

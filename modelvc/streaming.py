@@ -1,0 +1,189 @@
+"""Producer and subscriber helpers for the serving topics (synchronous, kafka-python).
+
+Publish feature events::
+
+    from modelvc.streaming import FeatureProducer
+    with FeatureProducer("127.0.0.1:9092") as producer:
+        producer.publish("churn", {"tenure": 3.0, "spend": 42.5}, entity_key="customer-17")
+
+Read predictions::
+
+    from modelvc.streaming import subscribe_predictions
+    for p in subscribe_predictions("127.0.0.1:9092", model="churn", from_beginning=True):
+        print(p["feature_event_id"], p["commit_id"], p["scores"])
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer
+
+from streams.codec import FEATURES, PREDICTIONS
+from streams.settings import FEATURES_TOPIC, PREDICTIONS_TOPIC
+
+RESERVED = ("event_id", "model", "ref", "entity_key", "event_time", "features")
+
+
+def feature_event(
+    model: str,
+    features: Mapping[str, Any],
+    entity_key: str = "",
+    ref: str | None = None,
+    event_id: str | None = None,
+    event_time: int | None = None,
+) -> dict[str, Any]:
+    """A FeatureEvent record; ids and times are filled in when not given."""
+    return {
+        "event_id": event_id or str(uuid.uuid4()),
+        "model": model,
+        "ref": ref,
+        "entity_key": entity_key,
+        "event_time": int(time.time() * 1000) if event_time is None else int(event_time),
+        "features": dict(features),
+    }
+
+
+def encode_feature_event(event: Mapping[str, Any]) -> bytes:
+    return FEATURES.encode(event)
+
+
+def decode_prediction(value: bytes) -> dict[str, Any]:
+    """One prediction message -> dict (raises streams.errors.UndecodableMessage)."""
+    return PREDICTIONS.decode(value)
+
+
+class FeatureProducer:
+    def __init__(self, bootstrap: str, topic: str = FEATURES_TOPIC, linger_ms: int = 5) -> None:
+        self.topic = topic
+        self._producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms)
+
+    def publish(
+        self,
+        model: str,
+        features: Mapping[str, Any],
+        entity_key: str = "",
+        ref: str | None = None,
+        event_id: str | None = None,
+        event_time: int | None = None,
+    ) -> str:
+        """Send one feature event (asynchronously; ``flush`` or ``close`` waits); returns its id."""
+        event = feature_event(model, features, entity_key, ref, event_id, event_time)
+        return self.send(event)
+
+    def send(self, event: Mapping[str, Any]) -> str:
+        key = str(event.get("entity_key") or event["event_id"]).encode()
+        self._producer.send(self.topic, key=key, value=encode_feature_event(event))
+        return str(event["event_id"])
+
+    def flush(self) -> None:
+        self._producer.flush()
+
+    def close(self) -> None:
+        self._producer.flush()
+        self._producer.close()
+
+    def __enter__(self) -> FeatureProducer:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def publish_features(
+    bootstrap: str, events: Iterable[Mapping[str, Any]], topic: str = FEATURES_TOPIC
+) -> int:
+    """Publish every event and wait for the broker to acknowledge them; returns the count."""
+    count = 0
+    with FeatureProducer(bootstrap, topic) as producer:
+        for event in events:
+            producer.send(event)
+            count += 1
+    return count
+
+
+def _number(text: str) -> float | None:
+    return None if text.strip() == "" else float(text)
+
+
+def read_feature_file(
+    path: Path, model: str | None = None, ref: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """Feature events from CSV (a header row; non-reserved columns are features) or JSON lines.
+
+    A JSON line either has a ``features`` object or lists features beside the reserved keys.
+    ``model``/``ref`` fill in what a row does not say.
+    """
+
+    def build(row: Mapping[str, Any], features: Mapping[str, Any]) -> dict[str, Any]:
+        name = row.get("model") or model
+        if not name:
+            raise ValueError(f"{path}: a row names no model; pass --model")
+        return feature_event(
+            str(name),
+            features,
+            str(row.get("entity_key") or ""),
+            row.get("ref") or ref,
+            row.get("event_id") or None,
+            int(row["event_time"]) if row.get("event_time") not in (None, "") else None,
+        )
+
+    with open(path, newline="") as handle:
+        if path.suffix.lower() == ".csv":
+            for row in csv.DictReader(handle):
+                features = {k: _number(v) for k, v in row.items() if k not in RESERVED}
+                yield build(row, features)
+            return
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise ValueError(f"{path}:{number}: not JSON ({exc})") from None
+            features = row.get("features") or {k: v for k, v in row.items() if k not in RESERVED}
+            yield build(row, features)
+
+
+def subscribe_predictions(
+    bootstrap: str,
+    model: str | None = None,
+    topic: str = PREDICTIONS_TOPIC,
+    from_beginning: bool = False,
+    idle_timeout_s: float | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Decoded predictions as they arrive (optionally only one model's).
+
+    Without ``from_beginning`` only predictions scored after the call are
+    yielded (filtered on ``scored_at``, which is right on any broker even when
+    its answer for "latest offset" is not).
+    """
+    started_ms = int(time.time() * 1000)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        fetch_max_wait_ms=50,
+        consumer_timeout_ms=int(idle_timeout_s * 1000) if idle_timeout_s else float("inf"),
+    )
+    try:
+        for message in consumer:
+            prediction = decode_prediction(message.value)
+            if model is not None and prediction["model"] != model:
+                continue
+            if not from_beginning and prediction["scored_at"] < started_ms:
+                continue
+            yield prediction
+    finally:
+        consumer.close()

@@ -1,0 +1,66 @@
+"""Faults of the inference workers. ``WorkerError`` is the root.
+
+``Rejected`` and its subclasses describe one bad feature event: the worker
+sends it to the dead-letter topic with ``reason`` and carries on.
+"""
+
+from __future__ import annotations
+
+
+class WorkerError(Exception):
+    """Root of every fault the workers raise."""
+
+
+class Rejected(WorkerError):
+    """Raised for a feature event that cannot be scored; ``reason`` labels the metric."""
+
+    reason = "rejected"
+
+
+class Undecodable(Rejected):
+    """Raised when the bytes are not a single-object-encoded FeatureEvent."""
+
+    reason = "undecodable"
+
+
+class UnknownModel(Rejected):
+    """Raised when the event names a model the version log has never created."""
+
+    reason = "unknown_model"
+
+
+class UnknownRef(Rejected):
+    """Raised when the event's ref (or the default ref) resolves to no commit."""
+
+    reason = "unknown_ref"
+
+
+class MissingFeature(Rejected):
+    """Raised when a feature the model was trained on is absent or null."""
+
+    reason = "missing_feature"
+
+
+class NonFiniteValue(Rejected):
+    """Raised when a feature value is NaN or infinite."""
+
+    reason = "non_finite_value"
+
+
+class WrongType(Rejected):
+    """Raised when a feature value is a string or boolean instead of a number."""
+
+    reason = "wrong_type"
+
+
+class ArtifactUnavailable(Rejected):
+    """Raised when no version of the ref could be loaded yet (missing or corrupt artifact)."""
+
+    reason = "artifact_unavailable"
+
+
+class ArtifactLoadFailed(WorkerError):
+    """Raised when an artifact cannot be fetched, fails its digest check, or won't load.
+
+    The previous version keeps serving; the load is retried.
+    """

@@ -1,0 +1,97 @@
+"""HTTP endpoints of a worker: predict one row, Prometheus metrics, health."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+from workers import scoring
+from workers.errors import Rejected, UnknownModel, UnknownRef
+from workers.loop import Worker
+
+
+def create_app(worker: Worker) -> web.Application:
+    async def predict(request: web.Request) -> web.Response:
+        model = request.match_info["model"]
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response(
+                {"error": "invalid", "message": "body must be JSON"}, status=422
+            )
+        if not isinstance(body, dict) or not isinstance(body.get("features"), dict):
+            return web.json_response(
+                {
+                    "error": "invalid",
+                    "message": 'send {"features": {"name": number, ...}, "ref": optional}',
+                },
+                status=422,
+            )
+        ref = body.get("ref")
+        try:
+            version = await worker.tracker.version_for(model, ref if isinstance(ref, str) else None)
+            row = scoring.feature_row(body["features"], version.loaded.feature_names)
+            matrix = np.asarray([row], dtype=np.float64)
+            problem = scoring.check_finite(matrix, version.loaded.feature_names)[0]
+            if problem is not None:
+                raise problem
+        except (UnknownModel, UnknownRef) as exc:
+            return web.json_response({"error": exc.reason, "message": str(exc)}, status=404)
+        except Rejected as exc:
+            return web.json_response({"error": exc.reason, "message": str(exc)}, status=422)
+        scores = scoring.predict(version, matrix)[0].tolist()
+        worker.metrics.inc(
+            "modelvc_predictions_total",
+            (("model", version.model), ("commit", version.commit_id), ("path", "http")),
+        )
+        return web.json_response(
+            {
+                "model": model,
+                "ref": version.ref,
+                "commit_id": version.commit_id,
+                "artifact_sha256": version.artifact_sha256,
+                "scores": scores,
+            }
+        )
+
+    async def metrics(request: web.Request) -> web.Response:
+        for tp, lag in (await worker.lag()).items():
+            worker.metrics.set("modelvc_consumer_lag", lag, (("partition", str(tp.partition)),))
+        return web.Response(text=worker.metrics.render(), content_type="text/plain")
+
+    async def healthz(request: web.Request) -> web.Response:
+        ready = worker.tracker.ready.is_set()
+        body: dict[str, Any] = {
+            "ready": ready,
+            "worker": worker.settings.worker_id,
+            "pid": os.getpid(),
+            "serving": {f"{v.model}@{v.ref}": v.commit_id for v in worker.tracker.serving.values()},
+        }
+        return web.json_response(body, status=200 if ready else 503)
+
+    app = web.Application()
+    app.router.add_post("/v1/models/{model}/predict", predict)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+async def serve(worker: Worker) -> None:
+    """Run the worker loop and its HTTP endpoints until SIGTERM/SIGINT."""
+    import signal
+
+    runner = web.AppRunner(create_app(worker))
+    await runner.setup()
+    site = web.TCPSite(runner, worker.settings.web_host, worker.settings.web_port)
+    await site.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    try:
+        await worker.run()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,173 @@
+"""Which version serves each (model, ref): learned from modelvc.events itself.
+
+The tracker reads the whole events topic from offset 0 (no consumer group)
+and folds it with the same pure core as the streams app, then keeps
+following it. When a served ref resolves to a new commit, the new artifact is
+loaded and verified first; only then does the served version change, between
+two batches. A failed load keeps the old version and is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.codec import decode_event
+from streams.core import refs
+from streams.core.errors import VersionGraphError
+from streams.core.fold import Fold
+from streams.errors import UndecodableMessage
+from workers.artifacts import ArtifactLoader, LoadedModel
+from workers.errors import ArtifactLoadFailed, ArtifactUnavailable, UnknownModel, UnknownRef
+from workers.metrics import Metrics
+from workers.settings import WorkerSettings
+
+log = logging.getLogger("modelvc.workers")
+DEFAULT_ALIAS = "production"
+
+
+@dataclass(frozen=True)
+class Version:
+    model: str
+    ref: str  # the ref as requested, or the default ref it stood for
+    commit_id: str
+    artifact_sha256: str
+    loaded: LoadedModel
+
+
+class VersionTracker:
+    def __init__(self, settings: WorkerSettings, loader: ArtifactLoader, metrics: Metrics) -> None:
+        self.settings = settings
+        self.loader = loader
+        self.metrics = metrics
+        self.fold = Fold()
+        self.serving: dict[tuple[str, str | None], Version] = {}
+        self.ready = asyncio.Event()
+        self.switches: list[tuple[float, str, str, str]] = []  # (monotonic, model, ref, commit)
+        self._failed: dict[tuple[str, str | None], str] = {}
+
+    # -- resolution ---------------------------------------------------------------
+    def resolve(self, model: str, ref: str | None) -> tuple[str, str, str]:
+        """(ref name, commit id, artifact digest) that ``ref`` of ``model`` names now."""
+        state = self.fold.models.get(model)
+        if state is None:
+            raise UnknownModel(f"model {model!r} does not exist in the version log")
+        name = ref or (DEFAULT_ALIAS if DEFAULT_ALIAS in state.aliases else state.default_branch)
+        try:
+            commit_id = refs.resolve(state, name)
+        except VersionGraphError as exc:
+            raise UnknownRef(f"ref {name!r} of model {model!r}: {exc.message}") from exc
+        return name, commit_id, state.commits[commit_id].artifact_sha256
+
+    async def _load(self, digest: str) -> LoadedModel:
+        return await asyncio.get_running_loop().run_in_executor(None, self.loader.load, digest)
+
+    async def version_for(self, model: str, ref: str | None) -> Version:
+        """The served version, loading it on first use of this (model, ref)."""
+        key = (model, ref)
+        current = self.serving.get(key)
+        if current is not None:
+            return current
+        name, commit_id, digest = self.resolve(model, ref)
+        try:
+            loaded = await self._load(digest)
+        except ArtifactLoadFailed as exc:
+            self._note_failure(key, commit_id, exc)
+            raise ArtifactUnavailable(f"{model}@{name} ({commit_id[:10]}): {exc}") from exc
+        version = Version(model, name, commit_id, digest, loaded)
+        self.serving.setdefault(key, version)
+        self._publish(version)
+        return self.serving[key]
+
+    def _note_failure(self, key: tuple[str, str | None], commit_id: str, exc: Exception) -> None:
+        if self._failed.get(key) != commit_id:
+            log.warning(
+                "cannot load %s for %s: %s (keeping the previous version)", commit_id, key, exc
+            )
+        self._failed[key] = commit_id
+        self.metrics.inc("modelvc_artifact_failures_total", (("model", key[0]),))
+
+    def _publish(self, version: Version) -> None:
+        self.metrics.set(
+            "modelvc_serving_info",
+            1.0,
+            (("model", version.model), ("ref", version.ref), ("commit", version.commit_id)),
+        )
+
+    async def refresh(self) -> None:
+        """Move every served ref whose target changed; keep the old one if loading fails."""
+        for key, current in list(self.serving.items()):
+            try:
+                name, commit_id, digest = self.resolve(*key)
+            except (UnknownModel, UnknownRef) as exc:
+                log.warning(
+                    "%s no longer resolves (%s); still serving %s", key, exc, current.commit_id
+                )
+                continue
+            if commit_id == current.commit_id:
+                continue
+            try:
+                loaded = await self._load(digest)
+            except ArtifactLoadFailed as exc:
+                self._note_failure(key, commit_id, exc)
+                continue
+            self._failed.pop(key, None)
+            self.metrics.gauges["modelvc_serving_info"].pop(
+                (("model", current.model), ("ref", current.ref), ("commit", current.commit_id)),
+                None,
+            )
+            version = Version(key[0], name, commit_id, digest, loaded)
+            self.serving[key] = version
+            self._publish(version)
+            self.switches.append((time.monotonic(), key[0], name, commit_id))
+            self.metrics.inc("modelvc_version_switches_total", (("model", key[0]),))
+            log.info("%s@%s now serves %s", key[0], name, commit_id[:12])
+        self.loader.forget_except({v.artifact_sha256 for v in self.serving.values()})
+
+    # -- following the log ----------------------------------------------------------
+    async def follow(self) -> None:
+        topic = self.settings.topics.events_topic
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.settings.fetch_wait_ms,
+            client_id=f"{self.settings.worker_id}-versions",
+        )
+        await consumer.start()
+        try:
+            await consumer.topics()
+            tps = [
+                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+            if not tps:
+                raise RuntimeError(f"topic {topic} does not exist; start the streams app first")
+            consumer.assign(tps)
+            for tp in tps:
+                consumer.seek(tp, 0)
+            last_retry = time.monotonic()
+            while True:
+                batches = await consumer.getmany(timeout_ms=200, max_records=20000)
+                for messages in batches.values():
+                    for message in messages:
+                        try:
+                            self.fold.apply(decode_event(message.value))
+                        except UndecodableMessage as exc:
+                            log.warning("skipping undecodable event at %s: %s", message.offset, exc)
+                if not self.ready.is_set():
+                    marks = [consumer.highwater(tp) for tp in tps]
+                    positions = [await consumer.position(tp) for tp in tps]
+                    if all(m is not None and p >= m for m, p in zip(marks, positions, strict=True)):
+                        self.ready.set()
+                        log.info("version log caught up: %d models", len(self.fold.models))
+                retry_due = self._failed and time.monotonic() - last_retry >= self.settings.retry_s
+                if batches or retry_due:
+                    last_retry = time.monotonic()
+                    await self.refresh()
+        finally:
+            await consumer.stop()
