@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from streams import codec
 from streams.core import (
@@ -48,23 +49,61 @@ def history() -> list[Command]:
     ]
 
 
+def serving_records() -> dict[str, tuple[codec.SingleObjectCodec, dict[str, Any]]]:
+    feature = {
+        "event_id": "ev-1",
+        "model": "churn",
+        "ref": None,
+        "entity_key": "customer-17",
+        "event_time": 1_800_000_000_000,
+        "features": {"tenure": 3.0, "spend": 42.5, "plan": "gold", "missing": None, "flag": True},
+    }
+    prediction = {
+        "prediction_id": "a" * 64,
+        "feature_event_id": "ev-1",
+        "source_topic": "modelvc.features",
+        "source_partition": 2,
+        "source_offset": 41,
+        "model": "churn",
+        "requested_ref": "production",
+        "commit_id": "b" * 64,
+        "artifact_sha256": "c" * 64,
+        "scores": [0.25],
+        "worker_id": "worker-1",
+        "event_time": 1_800_000_000_000,
+        "scored_at": 1_800_000_000_012,
+    }
+    return {
+        "feature-01": (codec.FEATURES, feature),
+        "prediction-01": (codec.PREDICTIONS, prediction),
+    }
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    # Old fixtures are history: never rewrite one.
+    if not path.exists():
+        path.write_bytes(data)
+
+
 def main() -> None:
     out = HERE / "v1"
     out.mkdir(exist_ok=True)
     schemas = HERE / "schemas"
     schemas.mkdir(exist_ok=True)
-    for c in (codec.EVENTS, codec.COMMANDS):
-        (schemas / f"{c.fingerprint.hex()}.avsc").write_text(json.dumps(c.schema, indent=1))
+    for c in (codec.EVENTS, codec.COMMANDS, codec.FEATURES, codec.PREDICTIONS):
+        _write_new(schemas / f"{c.fingerprint.hex()}.avsc", json.dumps(c.schema, indent=1).encode())
     state = Fold()
     for i, command in enumerate(history()):
-        (out / f"command-{i:02d}.bin").write_bytes(codec.encode_command(command, "golden"))
+        _write_new(out / f"command-{i:02d}.bin", codec.encode_command(command, "golden"))
         for event in decide(state.models.get("churn"), command):
             state.apply(event)
             stem = f"event-{event.seq:02d}-{event.type}"
-            (out / f"{stem}.bin").write_bytes(codec.encode_event(event))
-            (out / f"{stem}.json").write_text(
-                json.dumps(event.to_plain(), indent=1, sort_keys=True)
-            )
+            _write_new(out / f"{stem}.bin", codec.encode_event(event))
+            plain = json.dumps(event.to_plain(), indent=1, sort_keys=True)
+            _write_new(out / f"{stem}.json", plain.encode())
+    for stem, (record_codec, record) in serving_records().items():
+        _write_new(out / f"{stem}.bin", record_codec.encode(record))
+        _write_new(out / f"{stem}.json", json.dumps(record, indent=1, sort_keys=True).encode())
 
 
 if __name__ == "__main__":

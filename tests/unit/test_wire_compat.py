@@ -102,3 +102,26 @@ def test_messages_name_their_schema_and_round_trip() -> None:
 def test_undecodable_bytes_say_why(data: bytes, reason: str) -> None:
     with pytest.raises(UndecodableMessage, match=reason):
         decode_event(data)
+
+
+SERVING_FIXTURES = {
+    "feature": codec.FEATURES,
+    "prediction": codec.PREDICTIONS,
+}
+
+
+@pytest.mark.parametrize(
+    "fixture",
+    sorted(p for kind in SERVING_FIXTURES for p in GOLDEN.glob(f"v*/{kind}-*.bin")),
+    ids=lambda p: p.parent.name + "/" + p.stem,
+)
+def test_current_schema_reads_every_golden_feature_and_prediction(fixture: Path) -> None:
+    current = SERVING_FIXTURES[fixture.stem.split("-")[0]]
+    reader = reader_accepting_golden(current, [fixture])
+    expected = json.loads(fixture.with_suffix(".json").read_text())
+    assert reader.decode(fixture.read_bytes()) == expected
+
+
+def test_there_are_golden_features_and_predictions() -> None:
+    for kind in SERVING_FIXTURES:
+        assert list(GOLDEN.glob(f"v*/{kind}-*.bin")), f"no golden {kind} fixture"
