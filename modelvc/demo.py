@@ -5,7 +5,10 @@ from __future__ import annotations
 import shlex
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -65,6 +68,90 @@ def story(home: Path, work: Path) -> None:
     run(home, "digest")
 
 
+def serving(home: Path, stack: Stack, events: int = 6000, rate: float = 2000.0) -> None:
+    """Score a stream while production is promoted and rolled back; show the switch."""
+    from modelvc.client import Client
+    from modelvc.streaming import FeatureProducer, subscribe_predictions
+
+    print("\n--- streaming inference ---", flush=True)
+    worker = stack.add_worker()
+    print(f"started worker-1 (http://127.0.0.1:{worker.port}/metrics)", flush=True)
+    client = Client(stack.url, actor="demo")
+    before = client.resolve("churn", "production")["commit"]
+    promoted = client.resolve("churn", "main")["commit"]  # the retrained baseline
+    rng = np.random.default_rng(7)
+    rows = rng.normal(size=(500, 5))
+    received: list[tuple[float, dict[str, Any]]] = []
+    reader_done = threading.Event()
+
+    def read() -> None:
+        for p in subscribe_predictions(
+            stack.settings.bootstrap,
+            topic=stack.settings.predictions_topic,
+            from_beginning=True,
+            idle_timeout_s=5,
+        ):
+            received.append((time.time(), p))
+            if len(received) >= events:
+                break
+        reader_done.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    print(f"publishing {events:,} feature events at ~{rate:,.0f}/s for model churn (ref: default)")
+    started = time.time()
+    moves = {events // 3: ("promote", promoted), 2 * events // 3: ("rollback", before)}
+    with FeatureProducer(stack.settings.bootstrap, stack.settings.features_topic) as producer:
+        for i in range(events):
+            if i in moves:
+                label, target = moves[i]
+                producer.flush()
+                print(
+                    f"  event {i:>5}: $ modelvc alias set production {target[:10]}   ({label})",
+                    flush=True,
+                )
+                client.set_alias("churn", "production", target)
+            row = rows[i % len(rows)]
+            producer.publish(
+                "churn",
+                {f"Column_{j}": float(v) for j, v in enumerate(row)},
+                entity_key=f"customer-{i % 97}",
+                event_id=f"demo-{i}",
+            )
+            if i % 200 == 199:
+                producer.flush()
+                time.sleep(max(0.0, started + (i + 1) / rate - time.time()))
+    published = time.time() - started
+    reader_done.wait(60)
+    print("\n$ modelvc tail predictions   (first 3 and the switches)")
+    last = None
+    for n, (_, p) in enumerate(
+        sorted(received, key=lambda r: int(str(r[1]["feature_event_id"])[5:]))
+    ):
+        if n < 3 or p["commit_id"] != last:
+            print(
+                f"  {p['feature_event_id']:<11} {p['model']}@{p['requested_ref']}  "
+                f"commit {str(p['commit_id'])[:10]}  score {p['scores'][0]:.4f}"
+            )
+        last = p["commit_id"]
+    commits: dict[str, int] = {}
+    for _, p in received:
+        commits[str(p["commit_id"])[:10]] = commits.get(str(p["commit_id"])[:10], 0) + 1
+    latencies = sorted((t - int(p["event_time"]) / 1000) * 1000 for t, p in received)
+    span = max(t for t, _ in received) - started if received else 1.0
+    print(f"\npredictions by commit: {commits}")
+    print(
+        f"published {events:,} events in {published:.1f}s; {len(received):,} predictions read "
+        f"in {span:.1f}s ({len(received) / span:,.0f}/s at this offered load)"
+    )
+    if latencies:
+        p50 = latencies[len(latencies) // 2]
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+        print(
+            f"end-to-end latency (published -> prediction read): p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+        )
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="modelvc-demo-") as tmp:
         home = Path(tmp) / "home"
@@ -73,9 +160,10 @@ def main() -> None:
         print(f"API {stack.url}, broker {stack.settings.bootstrap} (memory only)")
         try:
             story(home, Path(tmp))
+            serving(home, stack)
         finally:
             stack.down()
-            print("\nstopped the broker and the streams app this demo started")
+            print("\nstopped the broker, the streams app and the worker this demo started")
 
 
 if __name__ == "__main__":

@@ -64,7 +64,8 @@ def create_app(worker: Worker) -> web.Application:
         return web.Response(text=worker.metrics.render(), content_type="text/plain")
 
     async def healthz(request: web.Request) -> web.Response:
-        ready = worker.tracker.ready.is_set()
+        # Ready once the version log is folded and the group gave us partitions to score.
+        ready = worker.tracker.ready.is_set() and worker.assigned()
         body: dict[str, Any] = {
             "ready": ready,
             "worker": worker.settings.worker_id,

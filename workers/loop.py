@@ -254,6 +254,9 @@ class Worker:
         if futures:
             await asyncio.gather(*futures)  # acks=all for all of them before the commit
 
+    def assigned(self) -> bool:
+        return self.consumer is not None and bool(self.consumer.assignment())
+
     async def lag(self) -> dict[TopicPartition, int]:
         consumer = self.consumer
         if consumer is None:
