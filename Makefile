@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.fold_replay
 	$(BIN)/python -m bench.commit_roundtrip
 	$(BIN)/python -m bench.streams_memory
+	$(BIN)/python -m bench.serving
 
 up: $(STAMP)
 	$(BIN)/modelvc up

@@ -88,6 +88,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         partitions=args.partitions,
         workers=args.workers,
         worker_port=args.worker_port,
+        broker_port=args.broker_port,
     )
     print(f"modelvc is up: API {stack.url}, broker {stack.settings.bootstrap}")
     for name, spawned in stack.processes.items():
@@ -336,6 +337,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--bootstrap", help="use this Kafka instead of starting the embedded broker")
     sp.add_argument("--port", type=int, default=6066, help="HTTP port of the API (default 6066)")
     sp.add_argument("--partitions", type=int, default=4)
+    sp.add_argument("--broker-port", type=int, default=9092, help="embedded broker port")
     sp.add_argument("--workers", type=int, default=1, help="inference workers to start (default 1)")
     sp.add_argument("--worker-port", type=int, default=6070, help="HTTP port of the first worker")
     sp = add("worker", cmd_worker, "run one inference worker in the foreground")

@@ -136,12 +136,13 @@ class Stack:
         namespace: str = "modelvc",
         workers: int = 0,
         worker_port: int | None = None,
+        broker_port: int | None = None,
     ) -> Stack:
         home = home.resolve()
         home.mkdir(parents=True, exist_ok=True)
         broker = None
         if bootstrap is None:
-            broker, bootstrap = start_broker(home)
+            broker, bootstrap = start_broker(home, broker_port)
         settings = Settings.namespaced(
             namespace,
             bootstrap=bootstrap,

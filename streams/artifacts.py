@@ -79,7 +79,6 @@ class ArtifactStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._tmp = root / "tmp"
-        self._tmp.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, digest: str) -> Path:
         check_digest(digest)
@@ -90,6 +89,8 @@ class ArtifactStore:
 
     def temp_file(self) -> IO[bytes]:
         """A temporary file inside the store (same filesystem, so the rename is atomic)."""
+        # Made on first write only, so readers (workers) can mount the store read-only.
+        self._tmp.mkdir(parents=True, exist_ok=True)
         return tempfile.NamedTemporaryFile(dir=self._tmp, delete=False)
 
     def commit_temp(self, temp_path: Path, expected: str | None = None) -> tuple[str, ModelSummary]:

@@ -121,11 +121,11 @@ class Scorer:
                 event, source, version, row, self.worker_id, scored_at
             )
             out.predictions.append((item.partition, item.key, PREDICTIONS.encode(record)))
-            self.metrics.observe(
-                "modelvc_end_to_end_seconds",
-                max(0.0, (scored_at - item.timestamp_ms) / 1000),
-                LATENCY_BUCKETS,
-            )
+        self.metrics.observe_many(
+            "modelvc_end_to_end_seconds",
+            [max(0.0, (scored_at - item.timestamp_ms) / 1000) for item, _ in kept],
+            LATENCY_BUCKETS,
+        )
         self.metrics.inc(
             "modelvc_predictions_total",
             (("model", version.model), ("commit", version.commit_id)),

@@ -103,3 +103,54 @@ def test_unreachable_service_says_how_to_start_it(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 3 and "modelvc up" in done.stderr
+
+
+def test_publish_a_file_and_tail_the_predictions(
+    tmp_path: Path, bootstrap: str, namespace: str
+) -> None:
+    import lightgbm as lgb
+    import numpy as np
+
+    stack = Stack.up(tmp_path / "home", bootstrap=bootstrap, namespace=namespace, workers=1)
+    try:
+        x = np.random.default_rng(1).normal(size=(200, 2))
+        booster = lgb.train(
+            {"objective": "binary", "verbosity": -1, "num_leaves": 4},
+            lgb.Dataset(x, (x[:, 1] > 0).astype(int), feature_name=["a", "b"]),
+            num_boost_round=4,
+        )
+        booster.save_model(str(tmp_path / "m.txt"))
+        ok(stack, "create", "fraud")
+        head = json.loads(ok(stack, "--json", "commit", str(tmp_path / "m.txt"), "-m", "v1"))[
+            "head"
+        ]
+        csv_file = tmp_path / "features.csv"
+        csv_file.write_text("event_id,entity_key,a,b\ncsv-1,u1,0.5,-1.0\ncsv-2,u2,-0.5,2.0\n")
+        jsonl_file = tmp_path / "features.jsonl"
+        jsonl_file.write_text(
+            '{"event_id": "js-1", "features": {"a": 1.0, "b": 0.1}}\n'
+            '{"event_id": "js-2", "entity_key": "u9", "a": 0.0, "b": -3.0}\n'
+        )
+        assert "published 2" in ok(stack, "publish", str(csv_file))
+        assert "published 2" in ok(stack, "publish", str(jsonl_file))
+        out = ok(
+            stack,
+            "--json",
+            "tail",
+            "predictions",
+            "--from-beginning",
+            "-n",
+            "4",
+            "--idle-timeout",
+            "30",
+        )
+        got = {p["feature_event_id"]: p for p in map(json.loads, out.splitlines())}
+        assert set(got) == {"csv-1", "csv-2", "js-1", "js-2"}
+        assert {p["commit_id"] for p in got.values()} == {head}
+        assert got["csv-1"]["scores"] == [booster.predict(np.array([[0.5, -1.0]]))[0]]
+        human = ok(
+            stack, "tail", "predictions", "--from-beginning", "-n", "1", "--idle-timeout", "30"
+        )
+        assert "fraud@main" in human and head[:10] in human
+    finally:
+        stack.down()
