@@ -205,6 +205,7 @@ class Worker:
             follower.cancel()
             await consumer.stop()
             await producer.stop()
+            log.info("worker %s stopped", self.settings.worker_id)
 
     async def _handle(
         self, batch: list[Incoming], producer: AIOKafkaProducer, out_parts: list[int]

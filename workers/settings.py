@@ -43,7 +43,10 @@ class WorkerSettings:
             web_host=env.get("MODELVC_WORKER_HOST", "127.0.0.1"),
             web_port=port,
             artifact_root=Path(root) if root else None,
-            artifact_url=env.get("MODELVC_ARTIFACT_URL") or env.get("MODELVC_URL"),
+            # The streams API serves every artifact by digest; the store directory is a shortcut.
+            artifact_url=env.get("MODELVC_ARTIFACT_URL")
+            or env.get("MODELVC_URL")
+            or f"http://127.0.0.1:{env.get('MODELVC_WEB_PORT', '6066')}",
             max_batch=int(env.get("MODELVC_WORKER_MAX_BATCH", "5000")),
             fetch_wait_ms=int(env.get("MODELVC_FETCH_WAIT_MS", "10")),
         )
