@@ -24,7 +24,10 @@ def report(
     print(f"\n{name}")
     print(f"{'metric':<{width}}  {'value':>14}  {'unit':<10} target")
     for metric, value, unit, target in rows:
-        shown = f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
+        if isinstance(value, float):
+            shown = f"{value:,.2f}"
+        else:
+            shown = f"{value:,}" if isinstance(value, int) else str(value)
         print(f"{metric:<{width}}  {shown:>14}  {unit:<10} {target}")
     RESULTS.mkdir(exist_ok=True)
     record = {
