@@ -94,8 +94,14 @@ def cmd_up(args: argparse.Namespace) -> None:
     for name, spawned in stack.processes.items():
         if name.startswith("worker-"):
             print(f"{name}: http://127.0.0.1:{spawned.port} (predict, /metrics, /healthz)")
+    if stack.restored:
+        print(f"restored {stack.restored:,} events of history from {stack.archive_dir}")
     if stack.broker:
-        print("embedded broker keeps data in memory only: `modelvc down` loses the event log")
+        print(
+            f"the embedded broker keeps data in memory; model history is archived in "
+            f"{stack.archive_dir} and restored by the next `modelvc up` "
+            "(features and predictions are not)"
+        )
     print(f"logs in {stack.home / 'logs'}; stop with `modelvc down`")
 
 
@@ -179,6 +185,69 @@ def cmd_tail(args: argparse.Namespace) -> None:
             )
         if args.limit and shown >= args.limit:
             return
+
+
+def cmd_audit(args: argparse.Namespace) -> None:
+    from modelvc import audit
+
+    bootstrap, events_topic = _bootstrap(args), _topic(args, "events")
+    if args.action == "replay":
+        archive = Path(args.from_archive) if args.from_archive else None
+        result = audit.replay(None if archive else bootstrap, events_topic, archive)
+        summary = result.to_dict()
+        live_ok = True
+        if not args.no_live and archive is None:
+            try:
+                client = Client(_url(args))
+                client.positions = dict(result.ends)
+                live = client.digest()
+                summary["live_digest"] = live["digest"]
+                live_ok = live["digest"] == result.digest
+            except ClientError as exc:
+                summary["live_digest"] = None
+                summary["live_error"] = str(exc)
+        _emit(args, summary, render.replay)
+        if not result.clean or not live_ok:
+            raise SystemExit(1)
+    elif args.action == "served":
+        if not args.prediction_id:
+            raise SystemExit("modelvc: audit served needs a PREDICTION_ID")
+        try:
+            answer = audit.served(
+                bootstrap, events_topic, _topic(args, "predictions"), args.prediction_id
+            )
+        except LookupError as exc:
+            raise SystemExit(f"modelvc: {exc}") from None
+        _emit(args, answer, render.served)
+        if answer["findings"] and "ref_move" not in answer:
+            raise SystemExit(1)
+    else:
+        from workers.artifacts import ArtifactLoader
+
+        loader = ArtifactLoader(Path(args.artifacts) if args.artifacts else None, _url(args))
+        sample = None if args.all else (args.sample or 100)
+        verified = audit.verify_predictions(
+            bootstrap,
+            events_topic,
+            _topic(args, "predictions"),
+            loader,
+            model=args.model,
+            sample=sample,
+        )
+        _emit(
+            args,
+            {
+                "checked": verified.checked,
+                "mismatches": [
+                    m.__dict__ | {"difference": m.difference} for m in verified.mismatches
+                ],
+                "largest_difference": verified.largest_difference,
+                "seconds": round(verified.seconds, 3),
+            },
+            render.verification,
+        )
+        if verified.mismatches:
+            raise SystemExit(1)
 
 
 def cmd_create(args: argparse.Namespace, c: Client) -> None:
@@ -289,7 +358,7 @@ def cmd_alias(args: argparse.Namespace, c: Client) -> None:
 
 
 def cmd_log(args: argparse.Namespace, c: Client) -> None:
-    _emit(args, c.log(_model(args), args.ref), lambda a: render.log(a, args.graph))
+    _emit(args, c.log(_model(args), args.ref, args.as_of), lambda a: render.log(a, args.graph))
 
 
 def cmd_show(args: argparse.Namespace, c: Client) -> None:
@@ -301,7 +370,7 @@ def cmd_diff(args: argparse.Namespace, c: Client) -> None:
 
 
 def cmd_refs(args: argparse.Namespace, c: Client) -> None:
-    _emit(args, c.refs(_model(args)), render.refs)
+    _emit(args, c.refs(_model(args), args.as_of), render.refs)
 
 
 def cmd_digest(args: argparse.Namespace, c: Client) -> None:
@@ -392,11 +461,24 @@ def parser() -> argparse.ArgumentParser:
     sp = add("log", cmd_log, "commits, newest first (all of them when no REF), and the ref history")
     sp.add_argument("ref", nargs="?")
     sp.add_argument("--graph", action="store_true")
+    sp.add_argument("--as-of", help="as it was then: an ISO-8601 time or an event offset")
     add("show", cmd_show, "one commit").add_argument("ref")
     sp = add("diff", cmd_diff, "params, metrics and artifact of two versions")
     sp.add_argument("a")
     sp.add_argument("b")
-    add("refs", cmd_refs, "branches and aliases")
+    sp = add("refs", cmd_refs, "branches and aliases")
+    sp.add_argument("--as-of", help="as they were then: an ISO-8601 time or an event offset")
+    sp = add("audit", cmd_audit, "check the log without trusting the service")
+    sp.add_argument("action", choices=["replay", "served", "verify-predictions"])
+    sp.add_argument("prediction_id", nargs="?", help="for `served`")
+    sp.add_argument("--from-archive", metavar="DIR", help="replay: read the archive, no broker")
+    sp.add_argument(
+        "--no-live", action="store_true", help="replay: do not compare with the service"
+    )
+    sp.add_argument("--sample", type=int, help="verify-predictions: check N at random")
+    sp.add_argument("--all", action="store_true", help="verify-predictions: check every one")
+    sp.add_argument("--artifacts", metavar="DIR", help="artifact store directory (else the API)")
+    sp.add_argument("--bootstrap", help="Kafka (default: $KAFKA_BOOTSTRAP or the local stack)")
     add("digest", cmd_digest, "sha256 of the whole version graph, as the service has it")
     return p
 
@@ -411,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("modelvc: alias set NAME REF needs a REF", file=sys.stderr)
         return 2
     try:
-        if args.command in ("up", "down", "worker", "publish", "tail"):
+        if args.command in ("up", "down", "worker", "publish", "tail", "audit"):
             args.fn(args)
         else:
             args.fn(args, Client(_url(args), actor=args.actor))

@@ -195,13 +195,13 @@ class Client:
     def models(self) -> Any:
         return self.request("GET", "/v1/models")
 
-    def log(self, model: str, ref: str | None = None) -> Any:
-        return self.request(
-            "GET", f"/v1/models/{self._q(model)}/log", query={"ref": ref} if ref else None
-        )
+    def log(self, model: str, ref: str | None = None, as_of: str | None = None) -> Any:
+        query = {k: v for k, v in (("ref", ref), ("as_of", as_of)) if v}
+        return self.request("GET", f"/v1/models/{self._q(model)}/log", query=query)
 
-    def refs(self, model: str) -> Any:
-        return self.request("GET", f"/v1/models/{self._q(model)}/refs")
+    def refs(self, model: str, as_of: str | None = None) -> Any:
+        query = {"as_of": as_of} if as_of else None
+        return self.request("GET", f"/v1/models/{self._q(model)}/refs", query=query)
 
     def show(self, model: str, ref: str) -> Any:
         return self.request("GET", f"/v1/models/{self._q(model)}/commits/{self._q(ref)}")

@@ -147,3 +147,74 @@ def diff(d: dict[str, Any]) -> str:
     if len(lines) == 2:
         lines.append("(no differences)")
     return "\n".join(lines)
+
+
+def replay(r: dict[str, Any]) -> str:
+    lines = [
+        f"replayed {r['events']:,} events of {r['models']} models from {r['source']} "
+        f"in {r['seconds']:.2f}s (last offsets {r['last_offsets']})",
+        f"harmless duplicates (identical re-emissions): {r['duplicates']}",
+        f"integrity violations: {len(r['violations'])}",
+    ]
+    for v in r["violations"]:
+        lines.append(
+            f"  {v['kind']:<12} {v['model']}#{v['seq']}  {v['topic']}[{v['partition']}]"
+            f"@{v['offset']}  {v['detail']}"
+        )
+    for p in r["segment_problems"]:
+        lines.append(
+            f"  segment     {p['file']} (partition {p['partition']}, offsets "
+            f"{p['first']}..{p['last']})  {p['detail']}"
+        )
+    lines.append(f"state digest: {r['digest']}")
+    if "live_digest" in r:
+        live = r["live_digest"]
+        if live is None:
+            lines.append(f"live digest:  not compared ({r.get('live_error')})")
+        else:
+            lines.append(
+                f"live digest:  {live}  ({'MATCH' if live == r['digest'] else 'MISMATCH'})"
+            )
+    return "\n".join(lines)
+
+
+def served(a: dict[str, Any]) -> str:
+    p = a["prediction"]
+    lines = [
+        f"prediction {p['prediction_id']}",
+        f"  scored   {when(p['scored_at'])} by {p['worker_id']}: {p['model']}@{p['requested_ref']} "
+        f"-> {p['scores']}",
+        f"  event    {p['feature_event_id']} at {p['source_topic']}[{p['source_partition']}]"
+        f"@{p['source_offset']}",
+    ]
+    if "commit" in a:
+        c = a["commit"]
+        lines.append(f"  commit   {c['id']} ({c['message']!r} by {c['author']})")
+        lines.append(f"  artifact sha256:{c['artifact_sha256']}")
+    move = a.get("ref_move")
+    if move:
+        reason = f", reason: {move['reason']}" if move["reason"] else ""
+        lines.append(
+            f"  because  {move['event']} #{move['seq']} by {move['actor']} at {when(move['at'])} "
+            f"moved {move['ref']} {short(move['from'])} -> {short(move['to'])}{reason} "
+            f"({move['topic']}[{move['partition']}]@{move['offset']})"
+        )
+    elif "ref_move" in a:
+        lines.append("  because  the request named the commit itself")
+    lines += [f"  finding: {f}" for f in a["findings"]]
+    return "\n".join(lines)
+
+
+def verification(v: dict[str, Any]) -> str:
+    lines = [
+        f"re-scored {v['checked']:,} predictions in {v['seconds']:.2f}s: "
+        f"{len(v['mismatches'])} differ"
+    ]
+    for m in v["mismatches"][:50]:
+        lines.append(
+            f"  {m['prediction_id']} (event {m['feature_event_id']}): recorded {m['recorded']}, "
+            f"recomputed {m['recomputed']}: {m['detail']}"
+        )
+    if v["mismatches"]:
+        lines.append(f"largest difference: {v['largest_difference']}")
+    return "\n".join(lines)

@@ -23,6 +23,7 @@ from modelvc.processes import (
     stop,
     wait_for_port,
 )
+from streams.archive import Archive, partition_ends, restore
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -121,6 +122,34 @@ class Stack:
     settings: Settings
     broker: Spawned | None = None
     processes: dict[str, Spawned] = field(default_factory=dict)
+    restored: int = 0
+
+    @property
+    def archive_dir(self) -> Path:
+        return self.home / "archive"
+
+    def restore_history(self) -> int:
+        """Put the archived history back into an empty log; check it matches otherwise."""
+        archive = Archive(self.archive_dir, self.settings.events_topic)
+        if archive.empty:
+            return 0
+        ends = partition_ends(self.settings.bootstrap, self.settings.events_topic)
+        if not any(ends.values()):
+            return restore(archive, self.settings.bootstrap, self.settings.events_topic)
+        behind = {p: e for p, e in ends.items() if e < archive.next_offset(p)}
+        if behind:
+            raise StackError(
+                f"{self.settings.events_topic} ends at {ends} but the archive in "
+                f"{self.archive_dir} holds more; restore it into an empty log (a fresh broker)"
+            )
+        return 0
+
+    def start_archiver(self) -> Spawned:
+        env = streams_env(self.settings)
+        env["MODELVC_ARCHIVE_DIR"] = str(self.archive_dir)
+        return spawn(
+            [sys.executable, "-m", "streams.archive"], self.home / "logs" / "archiver.log", env=env
+        )
 
     @property
     def url(self) -> str:
@@ -155,6 +184,9 @@ class Stack:
         stack = cls(home, settings, broker)
         try:
             ensure_topics(settings)
+            stack.restored = stack.restore_history()
+            # Started first so it is stopped last: it drains the log after the writers stop.
+            stack.processes["archiver"] = stack.start_archiver()
             stack.processes["streams"] = start_streams(settings, home)
             for n in range(workers):
                 stack.add_worker(port=worker_port if n == 0 else None)

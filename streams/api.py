@@ -11,6 +11,7 @@ import asyncio
 import os
 import time
 import uuid
+from datetime import UTC, datetime
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from streams.core.commands import (
 )
 from streams.core.errors import InvalidCommand, UnknownModel, VersionGraphError
 from streams.core.events import plain_commit
-from streams.core.fold import state_digest
+from streams.core.fold import Fold, state_digest
 from streams.core.state import ModelState
 from streams.errors import ArtifactCorrupted, ArtifactError, ArtifactNotFound
 from streams.service import VersionService
@@ -83,6 +84,22 @@ def _mapping(body: dict[str, Any], key: str, kind: Callable[[Any], Any]) -> dict
         raise InvalidCommand(f"field {key!r}: {exc}", field=key) from exc
 
 
+def parse_as_of(text: str) -> tuple[str, int]:
+    """("offset", N) for a plain integer, else ("time", epoch ms) for an ISO-8601 time."""
+    if text.isdigit():
+        return "offset", int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidCommand(
+            f"as_of={text!r}: give an event offset (e.g. 42) or an ISO-8601 time "
+            "(e.g. 2026-11-27T07:00:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return "time", int(moment.timestamp() * 1000)
+
+
 def commit_json(state: ModelState, commit_id: str) -> dict[str, Any]:
     out = plain_commit(state.commits[commit_id])
     out["refs"] = refs.labels(state).get(commit_id, [])
@@ -99,14 +116,25 @@ class Api:
     def models(self) -> dict[str, ModelState]:
         return self.service.projection.fold.models
 
-    def model(self, name: str) -> ModelState:
+    def model(self, name: str, as_of: str | None = None) -> ModelState:
+        """The model now, or as it was at ``as_of`` (an ISO-8601 time or an event offset)."""
         state = self.models.get(name)
         if state is None:
             raise UnknownModel(
                 f"model {name!r} does not exist; create it with `modelvc create {name}`",
                 model=name,
             )
-        return state
+        if as_of is None:
+            return state
+        kind, cutoff = parse_as_of(as_of)
+        past = Fold()
+        for offset, event in self.service.projection.history(name):
+            if (event.at if kind == "time" else offset) > cutoff:
+                break
+            past.apply(event)
+        if name not in past.models:
+            raise UnknownModel(f"model {name!r} did not exist yet as of {as_of}", model=name)
+        return past.models[name]
 
     async def consistent(self, request: web.Request) -> None:
         """Honour ``?after=P:O,...``: wait until those event offsets are applied."""
@@ -209,20 +237,21 @@ class Api:
             ]
         }
 
-    def log(self, model: str, ref: str | None) -> dict[str, Any]:
-        state = self.model(model)
+    def log(self, model: str, ref: str | None, as_of: str | None = None) -> dict[str, Any]:
+        state = self.model(model, as_of)
         commits = refs.log(state, ref)
         reachable: set[str] = set()
         for head in [*(h for h in state.branches.values() if h), *state.aliases.values()]:
             reachable |= refs.ancestors(state.commits, head)
         entries = [commit_json(state, c.id) | {"reachable": c.id in reachable} for c in commits]
         moves = [m.__dict__ for m in state.ref_moves()]
-        return {"model": model, "ref": ref, "commits": entries, "ref_moves": moves}
+        return {"model": model, "ref": ref, "as_of": as_of, "commits": entries, "ref_moves": moves}
 
-    def refs(self, model: str) -> dict[str, Any]:
-        state = self.model(model)
+    def refs(self, model: str, as_of: str | None = None) -> dict[str, Any]:
+        state = self.model(model, as_of)
         return {
             "model": model,
+            "as_of": as_of,
             "default_branch": state.default_branch,
             "branches": dict(sorted(state.branches.items())),
             "aliases": dict(sorted(state.aliases.items())),
@@ -373,11 +402,11 @@ def register(app: faust.App, service: VersionService) -> None:
 
     async def log_get(request: web.Request, model: str) -> Any:
         await api.consistent(request)
-        return api.log(model, request.query.get("ref") or None)
+        return api.log(model, request.query.get("ref") or None, request.query.get("as_of"))
 
     async def refs_get(request: web.Request, model: str) -> Any:
         await api.consistent(request)
-        return api.refs(model)
+        return api.refs(model, request.query.get("as_of"))
 
     async def show_get(request: web.Request, model: str, ref: str) -> Any:
         await api.consistent(request)

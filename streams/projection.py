@@ -13,12 +13,14 @@ Layout (raw bytes keys, JSON values):
   m/<model>/r/<command_id>      receipt of an accepted command
   m/<model>/l/<seq:012>         reflog entry of event <seq>
   v/<model>                     count of void events seen for the model
+  e/<model>/<seq:012>           offset + bytes of each applied event (point-in-time queries)
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,6 +38,8 @@ from streams.core.events import (
 from streams.core.fold import Fold
 from streams.core.state import ModelState, Receipt, Reflog, RefMove
 from streams.errors import UndecodableMessage
+
+_OFFSET = struct.Struct(">q")
 
 
 def _dumps(value: object) -> bytes:
@@ -68,8 +72,7 @@ class Projection:
     # -- loading -------------------------------------------------------------
     def _load(self) -> None:
         per_model: dict[str, dict[str, list[tuple[bytes, bytes]]]] = {}
-        for raw_key, value in self._db.items():
-            key = bytes(raw_key)  # type: ignore[arg-type]  # raw mode: keys are bytes
+        for key, value in self._scan(b"m/", b"o/", b"v/"):
             parts = key.decode().split("/")
             if parts[0] == "o":
                 self.next_offsets[int(parts[1])] = int(value)
@@ -80,6 +83,20 @@ class Projection:
                 per_model.setdefault(parts[1], {}).setdefault(parts[2], []).append((key, value))
         for model, rows in per_model.items():
             self.fold.models[model] = _state_from_rows(model, rows)
+
+    def _scan(self, *prefixes: bytes) -> Iterator[tuple[bytes, bytes]]:
+        for prefix in prefixes:
+            for raw_key, value in self._db.items(from_key=prefix):
+                key = bytes(raw_key)  # type: ignore[arg-type]  # raw mode: keys are bytes
+                if not key.startswith(prefix):
+                    break
+                yield key, bytes(value)
+
+    def history(self, model: str) -> Iterator[tuple[int, ModelEvent]]:
+        """(offset, event) of every applied event of ``model``, in sequence order."""
+        for _, value in self._scan(f"e/{model}/".encode()):
+            (offset,) = _OFFSET.unpack_from(value)
+            yield offset, decode_event(value[_OFFSET.size :])
 
     # -- applying ------------------------------------------------------------
     def apply(self, partition: int, records: Iterable[tuple[int, bytes]]) -> list[Applied]:
@@ -105,6 +122,8 @@ class Projection:
             state = self.fold.models[event.model]
             touched[event.model] = state
             _put_event_rows(batch, state, event)
+            # The applied event itself, for point-in-time questions (--as-of).
+            batch.put(f"e/{event.model}/{event.seq:012d}".encode(), _OFFSET.pack(offset) + value)
             results.append(Applied(offset, event))
         if last is None:
             return results

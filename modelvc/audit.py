@@ -1,0 +1,346 @@
+"""Audit tools: replay and check the log, explain a prediction, re-score predictions.
+
+Nothing here trusts the running service: the log (Kafka or the archive) is
+read and folded with the same pure core, artifacts are re-hashed, features are
+fetched from their recorded coordinates.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kafka import KafkaConsumer, TopicPartition
+
+from streams.archive import Archive, SegmentProblem
+from streams.codec import FEATURES, PREDICTIONS, decode_event
+from streams.core.audit import Auditor, Finding, Where
+from streams.core.events import ModelEvent
+from streams.core.fold import state_digest
+from streams.errors import UndecodableMessage
+from streams.logreader import read_topic
+
+Located = tuple[ModelEvent | None, Where, str]
+
+
+def _locate(topic: str, partition: int, offset: int, value: bytes | None) -> Located:
+    where = Where(topic, partition, offset)
+    try:
+        return decode_event(value), where, ""  # type: ignore[arg-type]
+    except UndecodableMessage as exc:
+        return None, where, str(exc)
+
+
+def from_kafka(bootstrap: str, topic: str, ends: dict[int, int]) -> Iterator[Located]:
+    for r in read_topic(bootstrap, topic):
+        ends[r.partition] = r.offset
+        yield _locate(topic, r.partition, r.offset, r.value)
+
+
+def from_archive(
+    archive: Archive, problems: list[SegmentProblem], ends: dict[int, int]
+) -> Iterator[Located]:
+    expected: dict[int, int] = {}
+    for r in archive.records(problems):
+        if r.offset != expected.get(r.partition, 0):
+            # Offsets inside the archive must be contiguous: a hole is a dropped message.
+            problems.append(
+                SegmentProblem(
+                    "?",
+                    r.partition,
+                    expected.get(r.partition, 0),
+                    r.offset - 1,
+                    f"offsets {expected.get(r.partition, 0)}..{r.offset - 1} are missing",
+                )
+            )
+        expected[r.partition] = r.offset + 1
+        ends[r.partition] = r.offset
+        yield _locate(r.topic, r.partition, r.offset, r.value)
+
+
+@dataclass
+class Replay:
+    auditor: Auditor
+    source: str
+    ends: dict[int, int] = field(default_factory=dict)  # last offset read per partition
+    problems: list[SegmentProblem] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def digest(self) -> str:
+        return state_digest(self.auditor.fold.models)
+
+    @property
+    def violations(self) -> list[Finding]:
+        return list(self.auditor.violations())
+
+    @property
+    def clean(self) -> bool:
+        return not self.violations and not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "events": self.auditor.events,
+            "models": len(self.auditor.fold.models),
+            "last_offsets": {str(p): o for p, o in sorted(self.ends.items())},
+            "duplicates": self.auditor.duplicates(),
+            "violations": [
+                {
+                    "kind": f.kind,
+                    "model": f.model,
+                    "seq": f.seq,
+                    "topic": f.where.topic,
+                    "partition": f.where.partition,
+                    "offset": f.where.offset,
+                    "detail": f.detail,
+                }
+                for f in self.violations
+            ],
+            "segment_problems": [p.__dict__ for p in self.problems],
+            "digest": self.digest,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def replay(bootstrap: str | None, topic: str, archive_dir: Path | None = None) -> Replay:
+    started = time.perf_counter()
+    if archive_dir is not None:
+        archive = Archive(archive_dir)
+        if archive.empty:
+            raise FileNotFoundError(
+                2, "no archive index (or an empty one)", str(archive_dir / "index.json")
+            )
+        result = Replay(Auditor(), f"archive {archive_dir}")
+        result.auditor.run(from_archive(archive, result.problems, result.ends))
+    else:
+        assert bootstrap is not None
+        result = Replay(Auditor(), f"{topic} on {bootstrap}")
+        result.auditor.run(from_kafka(bootstrap, topic, result.ends))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+# -- which version served a prediction ----------------------------------------------------
+def find_prediction(bootstrap: str, topic: str, prediction_id: str) -> list[dict[str, Any]]:
+    needle = prediction_id.encode()
+    return [
+        PREDICTIONS.decode(r.value)
+        for r in read_topic(bootstrap, topic)
+        if r.value
+        and needle in r.value
+        and PREDICTIONS.decode(r.value)["prediction_id"] == prediction_id
+    ]
+
+
+def served(
+    bootstrap: str, events_topic: str, predictions_topic: str, prediction_id: str
+) -> dict[str, Any]:
+    found = find_prediction(bootstrap, predictions_topic, prediction_id)
+    if not found:
+        raise LookupError(f"no prediction {prediction_id} in {predictions_topic}")
+    p = found[0]
+    log = replay(bootstrap, events_topic)
+    state = log.auditor.fold.models.get(p["model"])
+    answer: dict[str, Any] = {"prediction": p, "copies": len(found), "findings": []}
+    if state is None or p["commit_id"] not in state.commits:
+        answer["findings"].append(
+            f"commit {p['commit_id']} is not in the log of model {p['model']}"
+        )
+        return answer
+    commit = state.commits[p["commit_id"]]
+    answer["commit"] = {
+        "id": commit.id,
+        "artifact_sha256": commit.artifact_sha256,
+        "message": commit.message,
+        "author": commit.author,
+        "at": commit.at,
+    }
+    if commit.artifact_sha256 != p["artifact_sha256"]:
+        answer["findings"].append(
+            f"prediction names artifact {p['artifact_sha256']} but commit {commit.id} has "
+            f"{commit.artifact_sha256}"
+        )
+    ref = p["requested_ref"]
+    moves = [m for m in state.ref_moves() if m.name == ref and m.at <= p["scored_at"]]
+    in_effect = moves[0] if moves else None
+    making = next((m for m in moves if m.new == commit.id), None)
+    if making is not None:
+        where = log.auditor.places[p["model"]][making.seq - 1]
+        answer["ref_move"] = {
+            "seq": making.seq,
+            "event": making.cause,
+            "kind": making.kind,
+            "ref": ref,
+            "from": making.old,
+            "to": making.new,
+            "actor": making.actor,
+            "at": making.at,
+            "reason": making.reason,
+            "topic": where.topic,
+            "partition": where.partition,
+            "offset": where.offset,
+        }
+        if in_effect is not None and in_effect is not making:
+            answer["findings"].append(
+                f"{ref} had already moved on to {in_effect.new} (event #{in_effect.seq}) "
+                f"{p['scored_at'] - in_effect.at} ms before this prediction was scored "
+                "(the worker had not switched yet)"
+            )
+    elif ref.startswith(commit.id[: len(ref)]) and len(ref) >= 4:
+        answer["ref_move"] = None  # the ref named the commit directly
+    else:
+        answer["findings"].append(
+            f"no event ever pointed {ref!r} at {commit.id} before it was scored"
+        )
+    return answer
+
+
+# -- re-scoring predictions ----------------------------------------------------------------
+@dataclass
+class Mismatch:
+    prediction_id: str
+    feature_event_id: str
+    recorded: list[float]
+    recomputed: list[float] | None
+    detail: str
+
+    @property
+    def difference(self) -> float:
+        if self.recomputed is None or len(self.recomputed) != len(self.recorded):
+            return float("inf")
+        return max(abs(a - b) for a, b in zip(self.recorded, self.recomputed, strict=True))
+
+
+@dataclass
+class Verification:
+    checked: int = 0
+    mismatches: list[Mismatch] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def largest_difference(self) -> float:
+        return max((m.difference for m in self.mismatches), default=0.0)
+
+
+def _fetch_sources(
+    bootstrap: str, wanted: dict[tuple[str, int], set[int]]
+) -> dict[tuple[str, int, int], bytes]:
+    """The feature events at the recorded coordinates (read once per partition range)."""
+    found: dict[tuple[str, int, int], bytes] = {}
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=10,
+        max_poll_records=20_000,
+    )
+    try:
+        for (topic, partition), offsets in wanted.items():
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            consumer.seek(tp, min(offsets))
+            last, idle = max(offsets), time.monotonic()
+            while consumer.position(tp) <= last and time.monotonic() - idle < 10:
+                for message in consumer.poll(timeout_ms=200).get(tp, []):
+                    idle = time.monotonic()
+                    if message.offset in offsets and message.value is not None:
+                        found[(topic, partition, message.offset)] = message.value
+    finally:
+        consumer.close()
+    return found
+
+
+def verify_predictions(
+    bootstrap: str,
+    events_topic: str,
+    predictions_topic: str,
+    loader: Any,
+    model: str | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+) -> Verification:
+    """Re-score recorded predictions with the recorded commit's artifact; compare exactly."""
+    from workers import scoring
+    from workers.errors import Rejected
+
+    started = time.perf_counter()
+    predictions = [
+        PREDICTIONS.decode(r.value) for r in read_topic(bootstrap, predictions_topic) if r.value
+    ]
+    if model is not None:
+        predictions = [p for p in predictions if p["model"] == model]
+    if sample is not None and sample < len(predictions):
+        predictions = random.Random(seed).sample(predictions, sample)
+    log = replay(bootstrap, events_topic)
+    wanted: dict[tuple[str, int], set[int]] = defaultdict(set)
+    for p in predictions:
+        wanted[(p["source_topic"], p["source_partition"])].add(p["source_offset"])
+    sources = _fetch_sources(bootstrap, wanted)
+    result = Verification(checked=len(predictions))
+    by_commit: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+    for p in predictions:
+        raw = sources.get((p["source_topic"], p["source_partition"], p["source_offset"]))
+        state = log.auditor.fold.models.get(p["model"])
+        commit = state.commits.get(p["commit_id"]) if state else None
+        problem = None
+        if raw is None:
+            problem = "its feature event is gone from the recorded coordinates"
+        elif commit is None:
+            problem = f"commit {p['commit_id']} is not in the log"
+        elif commit.artifact_sha256 != p["artifact_sha256"]:
+            problem = (
+                f"commit {commit.id} has artifact {commit.artifact_sha256}, "
+                f"not {p['artifact_sha256']}"
+            )
+        else:
+            event = FEATURES.decode(raw)
+            if event["event_id"] != p["feature_event_id"]:
+                problem = f"the event at the recorded coordinates is {event['event_id']}"
+            else:
+                by_commit[commit.artifact_sha256].append((p, event))
+        if problem is not None:
+            result.mismatches.append(
+                Mismatch(p["prediction_id"], p["feature_event_id"], p["scores"], None, problem)
+            )
+    for digest, pairs in by_commit.items():
+        loaded = loader.load(digest)
+        rows, kept = [], []
+        for p, event in pairs:
+            try:
+                rows.append(scoring.feature_row(event["features"], loaded.feature_names))
+                kept.append(p)
+            except Rejected as exc:
+                result.mismatches.append(
+                    Mismatch(
+                        p["prediction_id"],
+                        p["feature_event_id"],
+                        p["scores"],
+                        None,
+                        f"its feature event cannot be scored: {exc}",
+                    )
+                )
+        if not rows:
+            continue
+        scores = np.asarray(
+            loaded.booster.predict(np.asarray(rows, dtype=np.float64), num_threads=1)
+        )
+        for p, row in zip(kept, scores.reshape(len(kept), -1).tolist(), strict=True):
+            if row != p["scores"]:
+                result.mismatches.append(
+                    Mismatch(
+                        p["prediction_id"],
+                        p["feature_event_id"],
+                        p["scores"],
+                        row,
+                        "re-scored differently",
+                    )
+                )
+    result.seconds = time.perf_counter() - started
+    return result

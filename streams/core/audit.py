@@ -1,0 +1,146 @@
+"""Integrity checks over the event log, for auditors (pure: events and coordinates in).
+
+Per model, the log must be a gap-free sequence whose every event names the
+hash of its predecessor. An identical re-emission of an applied event (what
+at-least-once delivery produces) is a harmless duplicate; anything else that
+does not continue the chain is a violation, reported with enough coordinates
+to find the bytes: model, sequence number, topic, partition and offset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from streams.core.events import ModelEvent
+from streams.core.fold import Fold, void_reason
+
+DUPLICATE = "duplicate"
+VIOLATIONS = ("undecodable", "gap", "conflict", "broken_hash", "invalid", "reordered")
+
+
+@dataclass(frozen=True)
+class Where:
+    topic: str
+    partition: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # "duplicate" or one of VIOLATIONS
+    model: str
+    seq: int
+    where: Where
+    detail: str
+
+    @property
+    def violation(self) -> bool:
+        return self.kind != DUPLICATE
+
+
+@dataclass
+class Auditor:
+    """Folds like every reader does, and says what it skipped and why."""
+
+    fold: Fold = field(default_factory=Fold)
+    findings: list[Finding] = field(default_factory=list)
+    events: int = 0
+    # per model: hash and location of every applied event, by seq - 1
+    hashes: dict[str, list[str]] = field(default_factory=dict)
+    places: dict[str, list[Where]] = field(default_factory=dict)
+    _gaps: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def undecodable(self, where: Where, reason: str) -> None:
+        self.findings.append(Finding("undecodable", "?", 0, where, reason))
+
+    def check(self, event: ModelEvent, where: Where) -> Finding | None:
+        """Apply ``event`` if it continues its model's chain; else record and return why not."""
+        self.events += 1
+        model = event.model
+        state = self.fold.models.get(model)
+        applied = 0 if state is None else state.seq
+        hashes = self.hashes.setdefault(model, [])
+        finding: Finding | None = None
+        if event.seq <= applied:
+            if event.hash() == hashes[event.seq - 1]:
+                finding = Finding(
+                    DUPLICATE,
+                    model,
+                    event.seq,
+                    where,
+                    f"identical re-emission of the event at {self.places[model][event.seq - 1]}",
+                )
+            else:
+                finding = Finding(
+                    "conflict",
+                    model,
+                    event.seq,
+                    where,
+                    f"a different event already holds seq {event.seq} "
+                    f"(at {self.places[model][event.seq - 1]})",
+                )
+        elif event.seq > applied + 1:
+            finding = Finding(
+                "gap",
+                model,
+                event.seq,
+                where,
+                f"seq {applied + 1}..{event.seq - 1} missing before this event",
+            )
+        else:
+            reason = void_reason(state, event)
+            if reason is not None and event.prev_hash != (
+                hashes[-1] if hashes else event.prev_hash
+            ):
+                culprit = self.places[model][-1] if hashes else where
+                finding = Finding(
+                    "broken_hash",
+                    model,
+                    event.seq - 1,
+                    culprit,
+                    f"the event at {culprit} does not hash to the prev_hash that seq "
+                    f"{event.seq} at {where} records (altered after it was written?)",
+                )
+            elif reason is not None:
+                finding = Finding("invalid", model, event.seq, where, reason)
+        if finding is not None and finding.kind == "gap":
+            self._gaps[(model, applied + 1)] = len(self.findings)
+        if finding is not None:
+            self.findings.append(finding)
+            if finding.violation:
+                self.fold.voided += 1
+            return finding
+        self.fold.apply(event)
+        hashes.append(self.fold.models[model].last_hash)
+        self.places.setdefault(model, []).append(where)
+        index = self._gaps.pop((model, event.seq), None)
+        if index is not None:
+            # The "missing" event came after all: the two were swapped in the log.
+            early = self.findings[index]
+            self.findings[index] = Finding(
+                "reordered",
+                model,
+                early.seq,
+                early.where,
+                f"seq {early.seq} was written before seq {event.seq} (at {where}); readers void it",
+            )
+        return None
+
+    def run(self, located: Iterable[tuple[ModelEvent | None, Where, str]]) -> Auditor:
+        """Check a whole log: (event or None when undecodable, where, undecodable reason)."""
+        for event, where, reason in located:
+            if event is None:
+                self.undecodable(where, reason)
+            else:
+                self.check(event, where)
+        return self
+
+    def violations(self) -> Iterator[Finding]:
+        return (f for f in self.findings if f.violation)
+
+    def duplicates(self) -> int:
+        return sum(1 for f in self.findings if not f.violation)
