@@ -68,7 +68,7 @@ def story(home: Path, work: Path) -> None:
     run(home, "digest")
 
 
-def serving(home: Path, stack: Stack, events: int = 6000, rate: float = 2000.0) -> None:
+def serving(home: Path, stack: Stack, events: int = 6000, rate: float = 2000.0) -> str:
     """Score a stream while production is promoted and rolled back; show the switch."""
     from modelvc.client import Client
     from modelvc.streaming import FeatureProducer, subscribe_predictions
@@ -150,6 +150,15 @@ def serving(home: Path, stack: Stack, events: int = 6000, rate: float = 2000.0) 
         print(
             f"end-to-end latency (published -> prediction read): p50 {p50:.1f} ms, p99 {p99:.1f} ms"
         )
+    switched = [p for _, p in received if p["commit_id"] == promoted]
+    return str((switched or [p for _, p in received])[0]["prediction_id"])
+
+
+def auditing(home: Path, prediction_id: str) -> None:
+    print("\n--- audit: trust nothing, check everything ---", flush=True)
+    run(home, "audit replay")
+    run(home, f"audit served {prediction_id}")
+    run(home, "audit verify-predictions --sample 500")
 
 
 def main() -> None:
@@ -160,10 +169,10 @@ def main() -> None:
         print(f"API {stack.url}, broker {stack.settings.bootstrap} (memory only)")
         try:
             story(home, Path(tmp))
-            serving(home, stack)
+            auditing(home, serving(home, stack))
         finally:
             stack.down()
-            print("\nstopped the broker, the streams app and the worker this demo started")
+            print("\nstopped the broker, archiver, streams app and worker this demo started")
 
 
 if __name__ == "__main__":

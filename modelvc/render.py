@@ -151,7 +151,7 @@ def diff(d: dict[str, Any]) -> str:
 
 def replay(r: dict[str, Any]) -> str:
     lines = [
-        f"replayed {r['events']:,} events of {r['models']} models from {r['source']} "
+        f"replayed {r['events']:,} events (models: {r['models']}) from {r['source']} "
         f"in {r['seconds']:.2f}s (last offsets {r['last_offsets']})",
         f"harmless duplicates (identical re-emissions): {r['duplicates']}",
         f"integrity violations: {len(r['violations'])}",

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from streams.core.events import ModelEvent
+from streams.core.evolve import evolve
 from streams.core.fold import Fold, void_reason
 
 DUPLICATE = "duplicate"
@@ -114,8 +115,10 @@ class Auditor:
             if finding.violation:
                 self.fold.voided += 1
             return finding
-        self.fold.apply(event)
-        hashes.append(self.fold.models[model].last_hash)
+        # void_reason was checked above: evolve directly instead of Fold.apply checking again.
+        new_state = evolve(state, event)
+        self.fold.models[model] = new_state
+        hashes.append(new_state.last_hash)
         self.places.setdefault(model, []).append(where)
         index = self._gaps.pop((model, event.seq), None)
         if index is not None:
