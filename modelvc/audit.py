@@ -8,7 +8,10 @@ fetched from their recorded coordinates.
 from __future__ import annotations
 
 import gc
+import json
 import random
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -23,7 +26,7 @@ from streams.archive import Archive, SegmentProblem
 from streams.codec import FEATURES, PREDICTIONS, decode_event
 from streams.core.audit import Auditor, Finding, Where
 from streams.core.events import ModelEvent
-from streams.core.fold import state_digest
+from streams.core.fold import digest_of_inputs, model_digest_input
 from streams.errors import UndecodableMessage
 from streams.logreader import read_topic
 
@@ -38,17 +41,22 @@ def _locate(topic: str, partition: int, offset: int, value: bytes | None) -> Loc
         return None, where, str(exc)
 
 
-def from_kafka(bootstrap: str, topic: str, ends: dict[int, int]) -> Iterator[Located]:
-    for r in read_topic(bootstrap, topic):
+def from_kafka(
+    bootstrap: str, topic: str, ends: dict[int, int], partitions: set[int] | None = None
+) -> Iterator[Located]:
+    for r in read_topic(bootstrap, topic, partitions=partitions):
         ends[r.partition] = r.offset
         yield _locate(topic, r.partition, r.offset, r.value)
 
 
 def from_archive(
-    archive: Archive, problems: list[SegmentProblem], ends: dict[int, int]
+    archive: Archive,
+    problems: list[SegmentProblem],
+    ends: dict[int, int],
+    partitions: set[int] | None = None,
 ) -> Iterator[Located]:
     expected: dict[int, int] = {}
-    for r in archive.records(problems):
+    for r in archive.records(problems, partitions):
         if r.offset != expected.get(r.partition, 0):
             # Offsets inside the archive must be contiguous: a hole is a dropped message.
             problems.append(
@@ -67,19 +75,22 @@ def from_archive(
 
 @dataclass
 class Replay:
-    auditor: Auditor
+    """What a replay found: counts, findings, where it stopped, and the state digest."""
+
     source: str
-    ends: dict[int, int] = field(default_factory=dict)  # last offset read per partition
+    events: int = 0
+    duplicates: int = 0
+    violations: list[Finding] = field(default_factory=list)
     problems: list[SegmentProblem] = field(default_factory=list)
+    ends: dict[int, int] = field(default_factory=dict)  # last offset read per partition
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-model digest inputs
     seconds: float = 0.0
+    auditor: Auditor | None = None  # the fold itself, for in-process replays
+    peak_mb: float = 0.0
 
     @property
     def digest(self) -> str:
-        return state_digest(self.auditor.fold.models)
-
-    @property
-    def violations(self) -> list[Finding]:
-        return list(self.auditor.violations())
+        return digest_of_inputs(self.inputs)
 
     @property
     def clean(self) -> bool:
@@ -88,10 +99,10 @@ class Replay:
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
-            "events": self.auditor.events,
-            "models": len(self.auditor.fold.models),
+            "events": self.events,
+            "models": len(self.inputs),
             "last_offsets": {str(p): o for p, o in sorted(self.ends.items())},
-            "duplicates": self.auditor.duplicates(),
+            "duplicates": self.duplicates,
             "violations": [
                 {
                     "kind": f.kind,
@@ -107,35 +118,139 @@ class Replay:
             "segment_problems": [p.__dict__ for p in self.problems],
             "digest": self.digest,
             "seconds": round(self.seconds, 3),
+            "peak_mb": round(self.peak_mb, 1),
         }
 
+    def partial(self) -> dict[str, Any]:
+        """What a partition-group child hands back to the parent (JSON, no pickle)."""
+        return {**self.to_dict(), "inputs": self.inputs, "peak_mb": peak_rss_mb()}
 
-def replay(bootstrap: str | None, topic: str, archive_dir: Path | None = None) -> Replay:
-    # The fold allocates no reference cycles; pausing the cyclic collector keeps it from
-    # rescanning the growing graph over and over (a third of replay time at 1M events).
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return _replay(bootstrap, topic, archive_dir)
-    finally:
-        if was_enabled:
-            gc.enable()
+    def merge(self, part: dict[str, Any]) -> None:
+        self.events += part["events"]
+        self.peak_mb += part["peak_mb"]  # children run at once: their peaks add up
+        self.duplicates += part["duplicates"]
+        self.violations += [
+            Finding(
+                v["kind"],
+                v["model"],
+                v["seq"],
+                Where(v["topic"], v["partition"], v["offset"]),
+                v["detail"],
+            )
+            for v in part["violations"]
+        ]
+        self.problems += [SegmentProblem(**p) for p in part["segment_problems"]]
+        self.ends.update({int(p): o for p, o in part["last_offsets"].items()})
+        for model, digest_input in part["inputs"].items():
+            if model in self.inputs:
+                self.violations.append(
+                    Finding(
+                        "conflict",
+                        model,
+                        0,
+                        Where(self.source, -1, -1),
+                        "the model has events in more than one partition",
+                    )
+                )
+            self.inputs[model] = digest_input
 
 
-def _replay(bootstrap: str | None, topic: str, archive_dir: Path | None) -> Replay:
+def _replay_here(
+    bootstrap: str | None, topic: str, archive_dir: Path | None, partitions: set[int] | None
+) -> Replay:
     started = time.perf_counter()
+    auditor = Auditor()
     if archive_dir is not None:
         archive = Archive(archive_dir)
         if archive.empty:
             raise FileNotFoundError(
                 2, "no archive index (or an empty one)", str(archive_dir / "index.json")
             )
-        result = Replay(Auditor(), f"archive {archive_dir}")
-        result.auditor.run(from_archive(archive, result.problems, result.ends))
+        result = Replay(f"archive {archive_dir}", auditor=auditor)
+        auditor.run(from_archive(archive, result.problems, result.ends, partitions))
     else:
         assert bootstrap is not None
-        result = Replay(Auditor(), f"{topic} on {bootstrap}")
-        result.auditor.run(from_kafka(bootstrap, topic, result.ends))
+        result = Replay(f"{topic} on {bootstrap}", auditor=auditor)
+        auditor.run(from_kafka(bootstrap, topic, result.ends, partitions))
+    result.events = auditor.events
+    result.duplicates = auditor.duplicates()
+    result.violations = list(auditor.violations())
+    result.inputs = {name: model_digest_input(state) for name, state in auditor.fold.models.items()}
+    result.seconds = time.perf_counter() - started
+    result.peak_mb = peak_rss_mb()
+    return result
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM; unlike ru_maxrss it restarts at exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _partitions(bootstrap: str | None, topic: str, archive_dir: Path | None) -> list[int]:
+    if archive_dir is not None:
+        return sorted(Archive(archive_dir).segments)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    try:
+        return sorted(consumer.partitions_for_topic(topic) or ())
+    finally:
+        consumer.close()
+
+
+def replay(
+    bootstrap: str | None,
+    topic: str,
+    archive_dir: Path | None = None,
+    jobs: int = 1,
+    partitions: set[int] | None = None,
+) -> Replay:
+    """Fold and check the whole log; ``jobs`` > 1 replays partition groups in parallel processes.
+
+    Models never span partitions, so partition groups fold independently and their
+    per-model digest inputs merge into the same digest a single pass would give.
+    """
+    # The fold allocates no reference cycles; pausing the cyclic collector keeps it from
+    # rescanning the growing graph over and over (a third of replay time at 1M events).
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        if jobs <= 1:
+            return _replay_here(bootstrap, topic, archive_dir, partitions)
+        return _replay_parallel(bootstrap, topic, archive_dir, jobs)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _replay_parallel(
+    bootstrap: str | None, topic: str, archive_dir: Path | None, jobs: int
+) -> Replay:
+    started = time.perf_counter()
+    parts = _partitions(bootstrap, topic, archive_dir)
+    groups = [parts[i::jobs] for i in range(min(jobs, len(parts)))]
+    children = []
+    for group in groups:
+        argv = [
+            sys.executable,
+            "-m",
+            "modelvc.audit",
+            "--topic",
+            topic,
+            "--partitions",
+            ",".join(map(str, group)),
+        ]
+        argv += ["--archive", str(archive_dir)] if archive_dir else ["--bootstrap", str(bootstrap)]
+        children.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    source = f"archive {archive_dir}" if archive_dir else f"{topic} on {bootstrap}"
+    result = Replay(source)
+    for child in children:
+        out, err = child.communicate()
+        if child.returncode != 0:
+            raise RuntimeError(f"replay of a partition group failed: {err.decode()[-2000:]}")
+        result.merge(json.loads(out))
+    result.violations.sort(key=lambda f: (f.where.partition, f.where.offset))
     result.seconds = time.perf_counter() - started
     return result
 
@@ -159,8 +274,9 @@ def served(
     if not found:
         raise LookupError(f"no prediction {prediction_id} in {predictions_topic}")
     p = found[0]
-    log = replay(bootstrap, events_topic)
-    state = log.auditor.fold.models.get(p["model"])
+    auditor = replay(bootstrap, events_topic).auditor
+    assert auditor is not None  # an in-process replay keeps its fold
+    state = auditor.fold.models.get(p["model"])
     answer: dict[str, Any] = {"prediction": p, "copies": len(found), "findings": []}
     if state is None or p["commit_id"] not in state.commits:
         answer["findings"].append(
@@ -185,7 +301,7 @@ def served(
     in_effect = moves[0] if moves else None
     making = next((m for m in moves if m.new == commit.id), None)
     if making is not None:
-        where = log.auditor.places[p["model"]][making.seq - 1]
+        where = auditor.places[p["model"]][making.seq - 1]
         answer["ref_move"] = {
             "seq": making.seq,
             "event": making.cause,
@@ -291,7 +407,8 @@ def verify_predictions(
         predictions = [p for p in predictions if p["model"] == model]
     if sample is not None and sample < len(predictions):
         predictions = random.Random(seed).sample(predictions, sample)
-    log = replay(bootstrap, events_topic)
+    auditor = replay(bootstrap, events_topic).auditor
+    assert auditor is not None
     wanted: dict[tuple[str, int], set[int]] = defaultdict(set)
     for p in predictions:
         wanted[(p["source_topic"], p["source_partition"])].add(p["source_offset"])
@@ -300,7 +417,7 @@ def verify_predictions(
     by_commit: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
     for p in predictions:
         raw = sources.get((p["source_topic"], p["source_partition"], p["source_offset"]))
-        state = log.auditor.fold.models.get(p["model"])
+        state = auditor.fold.models.get(p["model"])
         commit = state.commits.get(p["commit_id"]) if state else None
         problem = None
         if raw is None:
@@ -357,3 +474,27 @@ def verify_predictions(
                 )
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _child_main() -> None:
+    """`python -m modelvc.audit --partitions 0,2 ...`: one partition group of a parallel replay."""
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--topic", required=True)
+    p.add_argument("--partitions", required=True)
+    p.add_argument("--bootstrap")
+    p.add_argument("--archive")
+    args = p.parse_args()
+    gc.disable()
+    result = _replay_here(
+        args.bootstrap,
+        args.topic,
+        Path(args.archive) if args.archive else None,
+        {int(x) for x in args.partitions.split(",")},
+    )
+    print(json.dumps(result.partial()))
+
+
+if __name__ == "__main__":
+    _child_main()

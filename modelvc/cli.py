@@ -193,7 +193,12 @@ def cmd_audit(args: argparse.Namespace) -> None:
     bootstrap, events_topic = _bootstrap(args), _topic(args, "events")
     if args.action == "replay":
         archive = Path(args.from_archive) if args.from_archive else None
-        result = audit.replay(None if archive else bootstrap, events_topic, archive)
+        result = audit.replay(
+            None if archive else bootstrap,
+            events_topic,
+            archive,
+            jobs=args.jobs or (os.cpu_count() or 1),
+        )
         summary = result.to_dict()
         live_ok = True
         if not args.no_live and archive is None:
@@ -474,6 +479,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--from-archive", metavar="DIR", help="replay: read the archive, no broker")
     sp.add_argument(
         "--no-live", action="store_true", help="replay: do not compare with the service"
+    )
+    sp.add_argument(
+        "--jobs", type=int, help="replay: processes, one partition group each (default: CPUs)"
     )
     sp.add_argument("--sample", type=int, help="verify-predictions: check N at random")
     sp.add_argument("--all", action="store_true", help="verify-predictions: check every one")

@@ -152,7 +152,7 @@ def diff(d: dict[str, Any]) -> str:
 def replay(r: dict[str, Any]) -> str:
     lines = [
         f"replayed {r['events']:,} events (models: {r['models']}) from {r['source']} "
-        f"in {r['seconds']:.2f}s (last offsets {r['last_offsets']})",
+        f"in {r['seconds']:.2f}s (last offsets {r['last_offsets']}, peak {r['peak_mb']:.0f} MB)",
         f"harmless duplicates (identical re-emissions): {r['duplicates']}",
         f"integrity violations: {len(r['violations'])}",
     ]

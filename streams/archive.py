@@ -182,7 +182,9 @@ class Archive:
                     raw["value"],
                 )
 
-    def records(self, problems: list[SegmentProblem] | None = None) -> Iterator[Record]:
+    def records(
+        self, problems: list[SegmentProblem] | None = None, partitions: set[int] | None = None
+    ) -> Iterator[Record]:
         """Every archived record, partition by partition, in offset order.
 
         A segment whose bytes no longer match the index, or that cannot be read,
@@ -190,6 +192,8 @@ class Archive:
         the chain check can name the first bad event.
         """
         for partition in sorted(self.segments):
+            if partitions is not None and partition not in partitions:
+                continue
             for entry in self.segments[partition]:
                 path = self.root / entry["file"]
                 try:

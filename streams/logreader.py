@@ -8,7 +8,7 @@ for multi-record batches.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from kafka import KafkaConsumer, TopicPartition
@@ -22,8 +22,11 @@ class LogRecord:
     value: bytes | None
 
 
-def read_topic(bootstrap: str, topic: str, idle_timeout: float = 30.0) -> Iterator[LogRecord]:
-    """Every record of ``topic`` from offset 0 up to its high watermark at the time of reading."""
+def read_topic(
+    bootstrap: str, topic: str, idle_timeout: float = 30.0, partitions: Iterable[int] | None = None
+) -> Iterator[LogRecord]:
+    """Every record of ``topic`` (or of some partitions) from offset 0 up to the high watermark."""
+    only = None if partitions is None else set(partitions)
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -33,8 +36,11 @@ def read_topic(bootstrap: str, topic: str, idle_timeout: float = 30.0) -> Iterat
         consumer_timeout_ms=1000,
     )
     try:
-        partitions = sorted(consumer.partitions_for_topic(topic) or ())
-        tps = [TopicPartition(topic, p) for p in partitions]
+        tps = [
+            TopicPartition(topic, p)
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+            if only is None or p in only
+        ]
         consumer.assign(tps)
         for tp in tps:
             consumer.seek(tp, 0)

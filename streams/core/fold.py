@@ -167,6 +167,9 @@ def model_digest_input(state: ModelState) -> dict[str, object]:
 
 def state_digest(models: Mapping[str, ModelState]) -> str:
     """sha256 over the canonical form of the whole graph; equal graphs, equal digests."""
-    return sha256_hex(
-        canonical({name: model_digest_input(models[name]) for name in sorted(models)})
-    )
+    return digest_of_inputs({name: model_digest_input(state) for name, state in models.items()})
+
+
+def digest_of_inputs(inputs: Mapping[str, Mapping[str, object]]) -> str:
+    """The state digest from per-model digest inputs (merged from partial replays)."""
+    return sha256_hex(canonical({name: dict(inputs[name]) for name in sorted(inputs)}))

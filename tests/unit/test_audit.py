@@ -108,3 +108,27 @@ def test_an_undecodable_message_is_a_violation_with_coordinates(tmp_path: Path) 
     write_archive(tmp_path, [*values[:2], b"\xc3\x01garbage", *values[2:]])
     result = replay(None, "modelvc.events", tmp_path)
     assert next((f.kind, f.where.offset) for f in result.violations) == ("undecodable", 2)
+
+
+def test_parallel_replay_by_partition_finds_the_same_as_one_pass(tmp_path: Path) -> None:
+    from bench.history import model_history
+
+    source = Fold()
+    archive = Archive(tmp_path, "modelvc.events", segment_records=50)
+    offsets = {0: 0, 1: 0, 2: 0}
+    for m in range(6):
+        name, partition = f"model-{m}", m % 3
+        for event in model_history(source, name, 40):
+            value = encode_event(event)
+            if m == 4 and event.seq == 10:  # damage one event of one model
+                value = value.replace(b"bench", b"bunch", 1)
+            archive.append(Record("modelvc.events", partition, offsets[partition], 0, b"", value))
+            offsets[partition] += 1
+    archive.flush()
+    one = replay(None, "modelvc.events", tmp_path, jobs=1)
+    two = replay(None, "modelvc.events", tmp_path, jobs=2)
+    assert one.digest == two.digest and one.events == two.events == sum(offsets.values())
+    assert [(f.kind, f.model, f.where.offset) for f in one.violations] == [
+        (f.kind, f.model, f.where.offset) for f in two.violations
+    ]
+    assert one.violations[0].model == "model-4" and one.violations[0].kind == "broken_hash"
