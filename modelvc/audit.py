@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
 from streams.archive import Archive, SegmentProblem
 from streams.codec import FEATURES, PREDICTIONS, decode_event
@@ -28,7 +28,7 @@ from streams.core.audit import Auditor, Finding, Where
 from streams.core.events import ModelEvent
 from streams.core.fold import digest_of_inputs, model_digest_input
 from streams.errors import UndecodableMessage
-from streams.logreader import read_topic
+from streams.logreader import log_consumer, read_topic, topic_partitions
 
 Located = tuple[ModelEvent | None, Where, str]
 
@@ -192,9 +192,9 @@ def peak_rss_mb() -> float:
 def _partitions(bootstrap: str | None, topic: str, archive_dir: Path | None) -> list[int]:
     if archive_dir is not None:
         return sorted(Archive(archive_dir).segments)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    consumer = log_consumer(str(bootstrap))
     try:
-        return sorted(consumer.partitions_for_topic(topic) or ())
+        return [tp.partition for tp in topic_partitions(consumer, topic)]
     finally:
         consumer.close()
 
@@ -363,13 +363,7 @@ def _fetch_sources(
 ) -> dict[tuple[str, int, int], bytes]:
     """The feature events at the recorded coordinates (read once per partition range)."""
     found: dict[tuple[str, int, int], bytes] = {}
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        fetch_max_wait_ms=10,
-        max_poll_records=20_000,
-    )
+    consumer = log_consumer(bootstrap, max_poll_records=20_000)
     try:
         for (topic, partition), offsets in wanted.items():
             tp = TopicPartition(topic, partition)

@@ -24,15 +24,21 @@ def _home(args: argparse.Namespace) -> Path:
     return Path(args.home or os.environ.get("MODELVC_HOME", ".modelvc"))
 
 
-def _url(args: argparse.Namespace) -> str:
-    if args.url:
-        return str(args.url)
-    if os.environ.get("MODELVC_URL"):
-        return os.environ["MODELVC_URL"]
+def _stack_record(args: argparse.Namespace) -> dict[str, Any]:
+    """What `modelvc up` recorded in this home, or {} when no stack runs from it."""
     stack_file = _home(args) / "stack.json"
-    if stack_file.exists():
-        return str(json.loads(stack_file.read_text())["url"])
-    return "http://127.0.0.1:6066"
+    return dict(json.loads(stack_file.read_text())) if stack_file.exists() else {}
+
+
+def _setting(flag: str | None, env: str, recorded: object, default: str) -> str:
+    """A flag beats the environment, which beats the local stack, which beats the default."""
+    return str(flag or os.environ.get(env) or recorded or default)
+
+
+def _url(args: argparse.Namespace) -> str:
+    return _setting(
+        args.url, "MODELVC_URL", _stack_record(args).get("url"), "http://127.0.0.1:6066"
+    )
 
 
 def _model(args: argparse.Namespace) -> str:
@@ -114,22 +120,14 @@ def cmd_down(args: argparse.Namespace) -> None:
 
 
 def _bootstrap(args: argparse.Namespace) -> str:
-    if args.bootstrap:
-        return str(args.bootstrap)
-    if os.environ.get("KAFKA_BOOTSTRAP"):
-        return os.environ["KAFKA_BOOTSTRAP"]
-    stack_file = _home(args) / "stack.json"
-    if stack_file.exists():
-        return str(json.loads(stack_file.read_text())["bootstrap"])
-    return "127.0.0.1:9092"
+    recorded = _stack_record(args).get("bootstrap")
+    return _setting(args.bootstrap, "KAFKA_BOOTSTRAP", recorded, "127.0.0.1:9092")
 
 
 def _topic(args: argparse.Namespace, kind: str) -> str:
-    namespace = os.environ.get("MODELVC_NAMESPACE", "modelvc")
-    stack_file = _home(args) / "stack.json"
-    if stack_file.exists():
-        namespace = json.loads(stack_file.read_text())["settings"]["events_topic"].rsplit(".", 1)[0]
-    return f"{namespace}.{kind}"
+    events = _stack_record(args).get("settings", {}).get("events_topic")
+    recorded = events.rsplit(".", 1)[0] if events else None
+    return f"{_setting(None, 'MODELVC_NAMESPACE', recorded, 'modelvc')}.{kind}"
 
 
 def cmd_worker(args: argparse.Namespace) -> None:

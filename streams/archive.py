@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from streams.codec import EVENTS, load_schema
 from streams.errors import StreamsError
+from streams.logreader import log_consumer, topic_partitions
 
 log = logging.getLogger("modelvc.archive")
 SCHEMA = load_schema("archived_message.avsc")
@@ -288,11 +289,9 @@ def restore(archive: Archive, bootstrap: str, topic: str) -> int:
 
 def partition_ends(bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, int]:
     """High watermark of every partition, from fetch responses (never ListOffsets)."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=10
-    )
+    consumer = log_consumer(bootstrap)
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        tps = topic_partitions(consumer, topic)
         consumer.assign(tps)
         for tp in tps:
             consumer.seek(tp, 0)
@@ -317,15 +316,9 @@ def run_archiver(archive: Archive, bootstrap: str, topic: str, flush_s: float = 
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        fetch_max_wait_ms=50,
-        max_poll_records=10_000,
-    )
+    consumer = log_consumer(bootstrap, fetch_max_wait_ms=50, max_poll_records=10_000)
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        tps = topic_partitions(consumer, topic)
         if not tps:
             raise ArchiveError(f"topic {topic} does not exist")
         consumer.assign(tps)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -22,24 +23,30 @@ class LogRecord:
     value: bytes | None
 
 
+def log_consumer(bootstrap: str, **overrides: Any) -> KafkaConsumer:
+    """A kafka-python consumer for assigned partitions: no group, no committed offsets."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "group_id": None,
+        "enable_auto_commit": False,
+        "fetch_max_wait_ms": 10,
+    }
+    return KafkaConsumer(**(config | overrides))
+
+
+def topic_partitions(consumer: KafkaConsumer, topic: str) -> list[TopicPartition]:
+    return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+
+
 def read_topic(
     bootstrap: str, topic: str, idle_timeout: float = 30.0, partitions: Iterable[int] | None = None
 ) -> Iterator[LogRecord]:
     """Every record of ``topic`` (or of some partitions) from offset 0 up to the high watermark."""
     only = None if partitions is None else set(partitions)
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        group_id=None,
-        fetch_max_wait_ms=10,
-        max_poll_records=10000,
-        consumer_timeout_ms=1000,
-    )
+    consumer = log_consumer(bootstrap, max_poll_records=10000, consumer_timeout_ms=1000)
     try:
         tps = [
-            TopicPartition(topic, p)
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-            if only is None or p in only
+            tp for tp in topic_partitions(consumer, topic) if only is None or tp.partition in only
         ]
         consumer.assign(tps)
         for tp in tps:

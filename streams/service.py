@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.artifacts import ArtifactStore
 from streams.codec import (
@@ -33,6 +33,7 @@ from streams.core.commands import Command
 from streams.core.errors import VersionGraphError, WriteRaced
 from streams.core.state import ModelState, Receipt
 from streams.errors import UndecodableMessage
+from streams.follow import assigned_consumer
 from streams.projection import Projection
 from streams.settings import Settings
 
@@ -105,30 +106,16 @@ class VersionService:
         self._fresh.clear()
 
     # -- the follower ---------------------------------------------------------
-    def _consumer(self) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=self.settings.fetch_wait_ms,
-            max_poll_records=5000,
-            client_id=f"{self.settings.instance_id}-follower",
-        )
-
     async def follow_events(self) -> None:
-        consumer = self._consumer()
-        await consumer.start()
+        topic = self.settings.events_topic
+        consumer, tps = await assigned_consumer(
+            self.settings.bootstrap,
+            topic,
+            self.projection.next_offsets,
+            self.settings.fetch_wait_ms,
+            f"{self.settings.instance_id}-follower",
+        )
         try:
-            topic = self.settings.events_topic
-            await consumer.topics()  # refreshes metadata
-            partitions = sorted(consumer.partitions_for_topic(topic) or ())
-            if not partitions:
-                raise RuntimeError(f"topic {topic} does not exist; run `modelvc up` or create it")
-            tps = [TopicPartition(topic, p) for p in partitions]
-            consumer.assign(tps)
-            for tp in tps:
-                consumer.seek(tp, self.projection.next_offsets.get(tp.partition, 0))
             self.ready.set()
             log.info("following %s from %s", topic, self.projection.next_offsets)
             while True:

@@ -14,13 +14,12 @@ import logging
 import time
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from streams.codec import decode_event
 from streams.core import refs
 from streams.core.errors import VersionGraphError
 from streams.core.fold import Fold
 from streams.errors import UndecodableMessage
+from streams.follow import assigned_consumer
 from workers.artifacts import ArtifactLoader, LoadedModel
 from workers.errors import ArtifactLoadFailed, ArtifactUnavailable, UnknownModel, UnknownRef
 from workers.metrics import Metrics
@@ -131,25 +130,15 @@ class VersionTracker:
     # -- following the log ----------------------------------------------------------
     async def follow(self) -> None:
         topic = self.settings.topics.events_topic
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=self.settings.fetch_wait_ms,
-            client_id=f"{self.settings.worker_id}-versions",
+        consumer, tps = await assigned_consumer(
+            self.settings.bootstrap,
+            topic,
+            {},
+            self.settings.fetch_wait_ms,
+            f"{self.settings.worker_id}-versions",
+            max_poll_records=20000,
         )
-        await consumer.start()
         try:
-            await consumer.topics()
-            tps = [
-                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
-            ]
-            if not tps:
-                raise RuntimeError(f"topic {topic} does not exist; start the streams app first")
-            consumer.assign(tps)
-            for tp in tps:
-                consumer.seek(tp, 0)
             last_retry = time.monotonic()
             while True:
                 batches = await consumer.getmany(timeout_ms=200, max_records=20000)
