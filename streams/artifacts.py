@@ -3,82 +3,93 @@
 Writes go to a temporary file, are fsynced and renamed into place, so a reader
 never sees half a file and a repeated upload is a no-op. Every read re-hashes.
 A digest is the only user input that reaches a path, and it must be 64 hex.
+
+Nothing is stored that has not passed :func:`check_model`: our own parser
+(:mod:`streams.modelfile`), then LightGBM in a sandboxed child
+(:mod:`streams.sandbox`). This process never loads a model itself.
+
+Temporary files are removed on every failure path: a write that fails (full
+or read-only directory), a refused model, a client that goes away mid-upload
+(cancellation). A full or unwritable directory raises
+:class:`~streams.errors.ArtifactStoreUnavailable`, never a bare ``OSError``.
+Leftovers of a killed process are swept on the next write.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass
+import time
+from collections.abc import AsyncIterable
 from pathlib import Path
 from typing import IO
 
+from streams import modelfile
 from streams.core.hashing import SHA256_HEX
-from streams.errors import ArtifactCorrupted, ArtifactNotFound, ArtifactRejected
-
-_PICKLE_HINT = (
-    "modelvc stores LightGBM text models only; save yours with "
-    "booster.save_model('model.txt') and commit that file"
+from streams.errors import (
+    ArtifactCorrupted,
+    ArtifactEmpty,
+    ArtifactNotFound,
+    ArtifactStoreUnavailable,
+    ArtifactTooLarge,
 )
+from streams.modelfile import MAX_MODEL_BYTES, ModelSummary
+from streams.sandbox import Sandbox
+
+__all__ = ["MAX_MODEL_BYTES", "ArtifactStore", "ModelSummary", "check_model", "sha256_of"]
+
+STALE_TEMP_SECONDS = 3600.0  # an upload older than this was abandoned by a killed process
 
 
 def check_digest(digest: str) -> str:
-    if not SHA256_HEX.match(digest):
-        raise ArtifactNotFound(f"{digest!r} is not a sha256 hex digest")
+    if not SHA256_HEX.fullmatch(digest):
+        raise ArtifactNotFound(f"{digest[:80]!r} is not a sha256 hex digest")
     return digest
 
 
-@dataclass(frozen=True)
-class ModelSummary:
-    num_trees: int
-    num_features: int
-    feature_names: tuple[str, ...]
-    objective: str
+def check_model(data: bytes, sandbox: Sandbox) -> ModelSummary:
+    """Parse ``data`` with our validator, then load and smoke-score it in ``sandbox``.
 
-
-def validate_lightgbm(data: bytes) -> ModelSummary:
-    """Load ``data`` as a LightGBM text model, or say why it is refused."""
-    if data[:1] == b"\x80":
-        raise ArtifactRejected(f"this is a Python pickle, which is never loaded; {_PICKLE_HINT}")
-    if data[:2] in (b"\x78\x9c", b"\x78\x01", b"\x78\xda", b"\x1f\x8b", b"ZF", b"BZ", b"\xfd7"):
-        raise ArtifactRejected(
-            f"this looks like a compressed (joblib?) file, which is never loaded; {_PICKLE_HINT}"
-        )
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ArtifactRejected(f"binary file, not a LightGBM text model; {_PICKLE_HINT}") from exc
-    if not text.startswith("tree"):
-        raise ArtifactRejected(
-            f"not a LightGBM text model (it must start with 'tree'); {_PICKLE_HINT}"
-        )
-    import lightgbm  # deferred: only uploads pay for importing it
-
-    try:
-        booster = lightgbm.Booster(model_str=text)
-    except lightgbm.basic.LightGBMError as exc:
-        raise ArtifactRejected(f"LightGBM cannot load this model: {exc}") from exc
-    objective = next(
-        (line.split("=", 1)[1] for line in text.splitlines()[:40] if line.startswith("objective=")),
-        "",
-    )
-    return ModelSummary(
-        num_trees=booster.num_trees(),
-        num_features=booster.num_feature(),
-        feature_names=tuple(booster.feature_name()),
-        objective=objective,
-    )
+    Raises ArtifactRejected with the reason; LightGBM never sees what the parser refuses.
+    """
+    summary = modelfile.validate(data)
+    sandbox.check(data, summary)
+    return summary
 
 
 def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _unavailable(root: Path, exc: OSError) -> ArtifactStoreUnavailable:
+    why = exc.strerror or str(exc)
+    return ArtifactStoreUnavailable(
+        exc.errno or 0,
+        f"the artifact store {root} cannot take this file ({why}); "
+        "free space or make MODELVC_ARTIFACTS writable, then upload again",
+    )
+
+
+def _discard(handle: IO[bytes]) -> None:
+    """Close and remove a temp file after a failure; a second failure changes nothing."""
+    with contextlib.suppress(OSError):
+        handle.close()  # may fail again flushing what a full disk refused: it is closed anyway
+    with contextlib.suppress(OSError):
+        Path(handle.name).unlink(missing_ok=True)
+
+
 class ArtifactStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self, root: Path, sandbox: Sandbox | None = None, max_bytes: int = MAX_MODEL_BYTES
+    ) -> None:
         self.root = root
+        self.sandbox = sandbox if sandbox is not None else Sandbox()
+        self.max_bytes = max_bytes
         self._tmp = root / "tmp"
+        self._swept = False
 
     def path_for(self, digest: str) -> Path:
         check_digest(digest)
@@ -88,39 +99,112 @@ class ArtifactStore:
         return self.path_for(digest).is_file()
 
     def temp_file(self) -> IO[bytes]:
-        """A temporary file inside the store (same filesystem, so the rename is atomic)."""
-        # Made on first write only, so readers (workers) can mount the store read-only.
-        self._tmp.mkdir(parents=True, exist_ok=True)
-        return tempfile.NamedTemporaryFile(dir=self._tmp, delete=False)
+        """A temporary file inside the store (same filesystem, so the rename is atomic).
+
+        The caller must unlink it if it fails before :meth:`commit_temp`;
+        :meth:`receive` and :meth:`put` do all of that.
+        """
+        try:
+            # Made on first write only, so readers (workers) can mount the store read-only.
+            self._tmp.mkdir(parents=True, exist_ok=True)
+            self._sweep()
+            return tempfile.NamedTemporaryFile(dir=self._tmp, prefix="upload-", delete=False)
+        except OSError as exc:
+            raise _unavailable(self.root, exc) from exc
+
+    def _sweep(self) -> None:
+        """Remove temp files a killed process left behind (once per store object)."""
+        if self._swept:
+            return
+        self._swept = True
+        cutoff = time.time() - STALE_TEMP_SECONDS
+        for path in self._tmp.iterdir():
+            with contextlib.suppress(OSError):
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
 
     def commit_temp(self, temp_path: Path, expected: str | None = None) -> tuple[str, ModelSummary]:
-        """Validate, hash-check and move a finished temporary file into place."""
+        """Validate, hash-check and move a finished temporary file into place.
+
+        The temporary file is gone afterwards, whatever happens.
+        """
         try:
-            data = temp_path.read_bytes()
+            try:
+                size = temp_path.stat().st_size
+                if size > self.max_bytes:
+                    raise ArtifactTooLarge(f"artifacts are limited to {self.max_bytes} bytes")
+                data = temp_path.read_bytes()
+            except OSError as exc:
+                raise _unavailable(self.root, exc) from exc
             digest = sha256_of(data)
             if expected is not None and expected != digest:
                 raise ArtifactCorrupted(
                     f"upload hashes to {digest}, not the {expected} you sent; re-send the file"
                 )
-            summary = validate_lightgbm(data)
+            summary = check_model(data, self.sandbox)
             target = self.path_for(digest)
             if not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with open(temp_path, "rb+") as handle:
-                    os.fsync(handle.fileno())
-                os.replace(temp_path, target)
-                dir_fd = os.open(target.parent, os.O_RDONLY)
                 try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with open(temp_path, "rb+") as handle:
+                        os.fsync(handle.fileno())
+                    os.replace(temp_path, target)
+                    dir_fd = os.open(target.parent, os.O_RDONLY)
+                    try:
+                        os.fsync(dir_fd)
+                    finally:
+                        os.close(dir_fd)
+                except OSError as exc:
+                    raise _unavailable(self.root, exc) from exc
             return digest, summary
         finally:
-            temp_path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                temp_path.unlink(missing_ok=True)
+
+    async def receive(
+        self, chunks: AsyncIterable[bytes], expected: str | None = None
+    ) -> tuple[str, ModelSummary, int]:
+        """Stream an upload into a temp file, then check and store it: (digest, summary, size).
+
+        Raises ArtifactTooLarge past ``max_bytes`` (stopping the read there),
+        ArtifactEmpty, ArtifactCorrupted (``expected`` differs), ArtifactRejected
+        (not a model LightGBM loads safely) or ArtifactStoreUnavailable. The temp
+        file is removed on each of those and on cancellation (a client gone).
+        """
+        handle = self.temp_file()
+        temp = Path(handle.name)
+        try:
+            size = 0
+            async for chunk in chunks:  # the client's faults (a reset) pass through as they are
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise ArtifactTooLarge(f"artifacts are limited to {self.max_bytes} bytes")
+                try:
+                    handle.write(chunk)
+                except OSError as exc:
+                    raise _unavailable(self.root, exc) from exc
+            try:
+                handle.close()  # flushes: a full disk may only show here
+            except OSError as exc:
+                raise _unavailable(self.root, exc) from exc
+            if size == 0:
+                raise ArtifactEmpty("the upload was empty; send the model file as the body")
+            loop = asyncio.get_running_loop()
+            # commit_temp removes the temp file itself, even if we are cancelled meanwhile.
+            digest, summary = await loop.run_in_executor(None, self.commit_temp, temp, expected)
+            return digest, summary, size
+        except BaseException:
+            _discard(handle)
+            raise
 
     def put(self, data: bytes) -> tuple[str, ModelSummary]:
-        with self.temp_file() as handle:
+        handle = self.temp_file()
+        try:
             handle.write(data)
+            handle.close()
+        except OSError as exc:
+            _discard(handle)
+            raise _unavailable(self.root, exc) from exc
         return self.commit_temp(Path(handle.name))
 
     def read(self, digest: str) -> bytes:

@@ -26,6 +26,26 @@ class ArtifactRejected(ArtifactError):
     """Raised when an upload is not a loadable LightGBM text model (pickle, joblib, junk)."""
 
 
+class ArtifactTooLarge(ArtifactRejected):
+    """Raised when an upload or a stored model is above the size limit (HTTP 413)."""
+
+
+class ArtifactEmpty(ArtifactRejected):
+    """Raised when an upload has no bytes at all."""
+
+
+class ArtifactStoreUnavailable(StreamsError, OSError):
+    """Raised when the store's directory is full, read-only or refused (HTTP 507).
+
+    An ``OSError`` carrying the original ``errno``, but not an ``ArtifactError``:
+    the upload was fine, the operator must free space or fix permissions.
+    """
+
+
+class SandboxUnavailable(ArtifactError):
+    """Raised when the child that loads a model cannot be started; nothing was decided."""
+
+
 class ArtifactNotFound(ArtifactError):
     """Raised when no artifact with the requested digest is stored."""
 

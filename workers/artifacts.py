@@ -1,8 +1,19 @@
-"""Fetch an artifact by digest, verify it, load it as a LightGBM booster (cached).
+"""Fetch an artifact by digest, verify it, check it, load it as a LightGBM booster (cached).
 
 The digest is checked on every fetch, whether the bytes come from a shared
 store directory or from the streams API: a worker never scores with a model
 whose bytes differ from what the commit names.
+
+The store directory is not trusted either: a file placed there by hand, under
+a digest a commit names, went through no upload check. So before LightGBM
+loads anything in this process, the bytes pass the same two checks as an
+upload (our parser, then LightGBM in a sandboxed child, see
+:func:`streams.artifacts.check_model`), once per digest: the verdict is cached,
+rejections too (a digest pins the bytes, so the verdict cannot change, and a
+hostile model must not cost a sandbox run on every retry).
+
+A model whose estimated memory for a full batch exceeds the worker's budget
+is refused the same way.
 """
 
 from __future__ import annotations
@@ -16,9 +27,13 @@ from typing import Any
 
 import lightgbm
 
-from streams.artifacts import ArtifactStore
-from streams.errors import ArtifactError
+from streams.artifacts import ArtifactStore, check_model
+from streams.errors import ArtifactError, ArtifactRejected, SandboxUnavailable
+from streams.modelfile import ModelSummary
+from streams.sandbox import Sandbox
 from workers.errors import ArtifactLoadFailed
+
+MAX_VERDICTS = 4096  # digests whose check result is remembered
 
 
 @dataclass(frozen=True)
@@ -26,10 +41,25 @@ class LoadedModel:
     digest: str
     booster: Any  # lightgbm.Booster (untyped library)
     feature_names: tuple[str, ...]
+    summary: ModelSummary
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """What one version may use: its trees plus a full batch of ``rows``."""
+
+    max_bytes: int
+    rows: int
 
 
 class ArtifactLoader:
-    def __init__(self, root: Path | None = None, url: str | None = None, timeout: float = 10.0):
+    def __init__(
+        self,
+        root: Path | None = None,
+        url: str | None = None,
+        timeout: float = 10.0,
+        sandbox: Sandbox | None = None,
+    ):
         if root is None and url is None:
             raise ArtifactLoadFailed(
                 "no artifact source: set MODELVC_ARTIFACTS (a store directory) "
@@ -38,7 +68,9 @@ class ArtifactLoader:
         self._store = ArtifactStore(root) if root is not None else None
         self._url = url.rstrip("/") if url else None
         self._timeout = timeout
+        self._sandbox = sandbox if sandbox is not None else Sandbox()
         self._cache: dict[str, LoadedModel] = {}
+        self._verdicts: dict[str, ModelSummary | str] = {}  # summary, or why it was refused
 
     def fetch(self, digest: str) -> bytes:
         if self._store is not None and self._store.has(digest):
@@ -59,16 +91,47 @@ class ArtifactLoader:
             raise ArtifactLoadFailed(f"artifact {digest} from {self._url} fails its digest check")
         return data
 
-    def load(self, digest: str) -> LoadedModel:
+    def check(self, digest: str, data: bytes) -> ModelSummary:
+        """Validator + sandbox for these (digest-verified) bytes, once per digest."""
+        verdict = self._verdicts.get(digest)
+        if verdict is None:
+            try:
+                verdict = check_model(data, self._sandbox)
+            except SandboxUnavailable as exc:
+                raise ArtifactLoadFailed(f"artifact {digest} cannot be checked yet: {exc}") from exc
+            except ArtifactRejected as exc:
+                verdict = str(exc)
+            if len(self._verdicts) >= MAX_VERDICTS:
+                del self._verdicts[next(iter(self._verdicts))]
+            self._verdicts[digest] = verdict
+        if isinstance(verdict, str):
+            raise ArtifactLoadFailed(f"artifact {digest} is refused: {verdict}")
+        return verdict
+
+    def load(self, digest: str, budget: MemoryBudget | None = None) -> LoadedModel:
         cached = self._cache.get(digest)
+        if cached is None:
+            data = self.fetch(digest)
+            summary = self.check(digest, data)
+        else:
+            summary = cached.summary
+        if budget is not None:
+            need = summary.scoring_bytes(budget.rows)
+            if need > budget.max_bytes:
+                raise ArtifactLoadFailed(
+                    f"artifact {digest} needs about {need >> 20} MiB to score a batch of "
+                    f"{budget.rows} rows ({summary.num_class} outputs, {summary.num_features} "
+                    f"features, {summary.total_leaves} leaves), over this worker's "
+                    f"{budget.max_bytes >> 20} MiB; raise MODELVC_WORKER_MEMORY_MB "
+                    "or lower MODELVC_WORKER_MAX_BATCH"
+                )
         if cached is not None:
             return cached
-        data = self.fetch(digest)
         try:
             booster = lightgbm.Booster(model_str=data.decode("utf-8"))
-        except (UnicodeDecodeError, lightgbm.basic.LightGBMError) as exc:
+        except (UnicodeDecodeError, ValueError, lightgbm.basic.LightGBMError) as exc:
             raise ArtifactLoadFailed(f"artifact {digest} does not load: {exc}") from exc
-        loaded = LoadedModel(digest, booster, tuple(booster.feature_name()))
+        loaded = LoadedModel(digest, booster, tuple(booster.feature_name()), summary)
         self._cache[digest] = loaded
         return loaded
 

@@ -5,6 +5,12 @@ and folds it with the same pure core as the streams app, then keeps
 following it. When a served ref resolves to a new commit, the new artifact is
 loaded and verified first; only then does the served version change, between
 two batches. A failed load keeps the old version and is retried.
+
+Loading includes re-checking the artifact (our parser, LightGBM in a sandbox,
+the memory budget ``MODELVC_WORKER_MEMORY_MB`` for a batch of
+``MODELVC_WORKER_MAX_BATCH`` rows), so a file put in the store by hand cannot
+poison a worker. Each failure is counted (``modelvc_artifact_failures_total``)
+and kept in :attr:`VersionTracker.failures` until that ref loads, for /healthz.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from streams.codec import decode_event
 from streams.core import refs
@@ -20,7 +27,7 @@ from streams.core.errors import VersionGraphError
 from streams.core.fold import Fold
 from streams.errors import UndecodableMessage
 from streams.follow import assigned_consumer
-from workers.artifacts import ArtifactLoader, LoadedModel
+from workers.artifacts import ArtifactLoader, LoadedModel, MemoryBudget
 from workers.errors import ArtifactLoadFailed, ArtifactUnavailable, UnknownModel, UnknownRef
 from workers.metrics import Metrics
 from workers.settings import WorkerSettings
@@ -48,6 +55,9 @@ class VersionTracker:
         self.ready = asyncio.Event()
         self.switches: list[tuple[float, str, str, str]] = []  # (monotonic, model, ref, commit)
         self._failed: dict[tuple[str, str | None], str] = {}
+        # "model@ref" -> the commit that would not load, why, how often, since when.
+        self.failures: dict[str, dict[str, Any]] = {}
+        self._budget = MemoryBudget(settings.worker_memory_mb << 20, settings.max_batch)
 
     # -- resolution ---------------------------------------------------------------
     def resolve(self, model: str, ref: str | None) -> tuple[str, str, str]:
@@ -63,7 +73,9 @@ class VersionTracker:
         return name, commit_id, state.commits[commit_id].artifact_sha256
 
     async def _load(self, digest: str) -> LoadedModel:
-        return await asyncio.get_running_loop().run_in_executor(None, self.loader.load, digest)
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self.loader.load, digest, self._budget
+        )
 
     async def version_for(self, model: str, ref: str | None) -> Version:
         """The served version, loading it on first use of this (model, ref)."""
@@ -75,20 +87,33 @@ class VersionTracker:
         try:
             loaded = await self._load(digest)
         except ArtifactLoadFailed as exc:
-            self._note_failure(key, commit_id, exc)
+            self._note_failure(key, name, commit_id, digest, exc)
             raise ArtifactUnavailable(f"{model}@{name} ({commit_id[:10]}): {exc}") from exc
+        self._clear_failure(key, name)
         version = Version(model, name, commit_id, digest, loaded)
         self.serving.setdefault(key, version)
         self._publish(version)
         return self.serving[key]
 
-    def _note_failure(self, key: tuple[str, str | None], commit_id: str, exc: Exception) -> None:
-        if self._failed.get(key) != commit_id:
+    def _note_failure(
+        self, key: tuple[str, str | None], name: str, commit_id: str, digest: str, exc: Exception
+    ) -> None:
+        label = f"{key[0]}@{name}"
+        previous = self.failures.get(label)
+        if previous is None or previous["commit_id"] != commit_id:
             log.warning(
-                "cannot load %s for %s: %s (keeping the previous version)", commit_id, key, exc
+                "cannot load %s for %s: %s (keeping the previous version)", commit_id, label, exc
             )
+            previous = {"commit_id": commit_id, "artifact_sha256": digest, "attempts": 0}
+            previous["since"] = time.time()  # wall clock: shown to people in /healthz
+        attempts = previous["attempts"] + 1
+        self.failures[label] = {**previous, "reason": str(exc)[:1000], "attempts": attempts}
         self._failed[key] = commit_id
         self.metrics.inc("modelvc_artifact_failures_total", (("model", key[0]),))
+
+    def _clear_failure(self, key: tuple[str, str | None], name: str) -> None:
+        self._failed.pop(key, None)
+        self.failures.pop(f"{key[0]}@{name}", None)
 
     def _publish(self, version: Version) -> None:
         self.metrics.set(
@@ -108,13 +133,14 @@ class VersionTracker:
                 )
                 continue
             if commit_id == current.commit_id:
+                self._clear_failure(key, name)  # moved back to what serves: nothing failing
                 continue
             try:
                 loaded = await self._load(digest)
             except ArtifactLoadFailed as exc:
-                self._note_failure(key, commit_id, exc)
+                self._note_failure(key, name, commit_id, digest, exc)
                 continue
-            self._failed.pop(key, None)
+            self._clear_failure(key, name)
             self.metrics.gauges["modelvc_serving_info"].pop(
                 (("model", current.model), ("ref", current.ref), ("commit", current.commit_id)),
                 None,

@@ -1,13 +1,30 @@
-"""The artifact store keeps LightGBM text models by digest, and nothing else."""
+"""The artifact store keeps LightGBM text models by digest, and nothing else.
+
+Temp files never outlive a failed upload (issue 7, finding 10).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import resource
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from streams.artifacts import ArtifactStore, sha256_of
-from streams.errors import ArtifactCorrupted, ArtifactNotFound, ArtifactRejected
+from streams.errors import (
+    ArtifactCorrupted,
+    ArtifactEmpty,
+    ArtifactNotFound,
+    ArtifactRejected,
+    ArtifactStoreUnavailable,
+    ArtifactTooLarge,
+)
 from tests.conftest import train_model
 
 
@@ -30,7 +47,7 @@ def test_put_is_idempotent_and_reads_verify_the_digest(tmp_path: Path) -> None:
         (b"\x78\x9c\x00\x00", "joblib"),
         (b"\xff\xfe\x00binary", "binary"),
         (b"hello world", "LightGBM text model"),
-        (b"tree\nversion=v4\nnum_class=oops\n", "LightGBM cannot load"),
+        (b"tree\nversion=v4\nnum_class=oops\n", "not a valid LightGBM text model"),
     ],
 )
 def test_anything_but_a_lightgbm_text_model_is_refused(
@@ -57,3 +74,149 @@ def test_an_upload_that_does_not_hash_to_its_claim_is_not_stored(tmp_path: Path)
         store.commit_temp(Path(handle.name), expected="0" * 64)
     assert not store.has(sha256_of(data))
     assert not list((tmp_path / "store" / "tmp").iterdir())
+
+
+def leftovers(store: ArtifactStore) -> list[Path]:
+    tmp = store.root / "tmp"
+    return list(tmp.iterdir()) if tmp.is_dir() else []
+
+
+async def chunks_of(data: bytes, size: int = 1000) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+        await asyncio.sleep(0)
+
+
+def test_receive_streams_checks_and_stores_an_upload(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    data = train_model(tmp_path / "m.txt").read_bytes()
+    digest, summary, size = asyncio.run(store.receive(chunks_of(data), sha256_of(data)))
+    assert (digest, size, summary.num_trees) == (sha256_of(data), len(data), 5)
+    assert store.read(digest) == data and not leftovers(store)
+
+
+@contextlib.contextmanager
+def file_size_limit() -> Iterator[None]:
+    """Writes past 4 KiB fail with EFBIG in this process, as on a full disk."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def test_finding_10_a_full_store_is_unavailable_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    data = train_model(tmp_path / "m.txt").read_bytes()
+    assert len(data) > 4096
+    with pytest.raises(ArtifactStoreUnavailable, match="free space") as caught, file_size_limit():
+        store.put(data)
+    assert isinstance(caught.value, OSError) and caught.value.errno
+    assert not leftovers(store)
+    with pytest.raises(ArtifactStoreUnavailable), file_size_limit():
+        asyncio.run(store.receive(chunks_of(data)))
+    assert not leftovers(store)
+    assert store.put(data)[0] == sha256_of(data)  # space back: uploads work again
+
+
+def test_finding_10_an_unwritable_store_is_unavailable_and_leaves_no_temp_file(
+    tmp_path: Path,
+) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    data = train_model(tmp_path / "m.txt").read_bytes()
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "sha256").write_bytes(b"")  # the final directory cannot be made
+    with pytest.raises(ArtifactStoreUnavailable, match="MODELVC_ARTIFACTS"):
+        store.put(data)
+    assert not leftovers(store)
+    with pytest.raises(ArtifactStoreUnavailable):
+        ArtifactStore(tmp_path / "store" / "sha256").put(data)  # its tmp/ cannot be made
+
+
+def test_finding_10_a_client_that_disconnects_mid_upload_leaks_no_temp_file(
+    tmp_path: Path,
+) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    data = train_model(tmp_path / "m.txt").read_bytes()
+
+    async def cut_off() -> AsyncIterator[bytes]:
+        yield data[:1000]
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        asyncio.run(store.receive(cut_off()))
+    assert not leftovers(store)
+
+    async def cancelled_mid_upload() -> None:
+        stalled = asyncio.Event()
+
+        async def stall() -> AsyncIterator[bytes]:
+            yield data[:1000]
+            stalled.set()
+            await asyncio.Event().wait()
+            yield b""  # never reached
+
+        task = asyncio.create_task(store.receive(stall()))
+        await stalled.wait()
+        assert len(leftovers(store)) == 1  # the partial upload exists while it streams
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancelled_mid_upload())
+    assert not leftovers(store)
+
+
+def test_too_large_empty_and_refused_uploads_leave_no_temp_file(tmp_path: Path) -> None:
+    data = train_model(tmp_path / "m.txt").read_bytes()
+    small = ArtifactStore(tmp_path / "store", max_bytes=2000)
+    with pytest.raises(ArtifactTooLarge):
+        asyncio.run(small.receive(chunks_of(data)))
+    store = ArtifactStore(tmp_path / "store")
+    with pytest.raises(ArtifactEmpty):
+        asyncio.run(store.receive(chunks_of(b"")))
+    with pytest.raises(ArtifactRejected):
+        asyncio.run(store.receive(chunks_of(data[:3622])))
+    with pytest.raises(ArtifactCorrupted):
+        asyncio.run(store.receive(chunks_of(data), "0" * 64))
+    assert not leftovers(store)
+
+
+def test_temp_files_a_killed_process_left_are_swept_on_the_next_write(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    (tmp_path / "store" / "tmp").mkdir(parents=True)
+    stale, fresh = tmp_path / "store" / "tmp" / "upload-old", tmp_path / "store" / "tmp" / "x"
+    stale.write_bytes(b"half an upload")
+    fresh.write_bytes(b"an upload in progress")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    store.put(train_model(tmp_path / "m.txt").read_bytes())
+    assert not stale.exists() and fresh.exists()
+
+
+def test_finding_2_the_worker_loader_refuses_hand_placed_files_and_models_over_budget(
+    tmp_path: Path,
+) -> None:
+    from tests.unit.test_modelfile import edit_tree
+    from workers.artifacts import ArtifactLoader, MemoryBudget
+    from workers.errors import ArtifactLoadFailed
+
+    store = ArtifactStore(tmp_path / "store")
+    data = train_model(tmp_path / "m.txt").read_bytes()
+    digest, summary = store.put(data)
+    loader = ArtifactLoader(tmp_path / "store")
+    assert loader.load(digest, MemoryBudget(1 << 30, 5000)).summary == summary
+    need = summary.scoring_bytes(5000)
+    with pytest.raises(ArtifactLoadFailed, match="MODELVC_WORKER_MEMORY_MB"):
+        ArtifactLoader(tmp_path / "store").load(digest, MemoryBudget(need - 1, 5000))
+    # A cyclic tree written straight into the store, under its own digest.
+    poison = edit_tree(data.decode(), 0, "left_child", "0 -1 -2").encode()
+    path = store.path_for(sha256_of(poison))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(poison)
+    for _ in range(2):  # the verdict is remembered: refused again, without a new check
+        with pytest.raises(ArtifactLoadFailed, match="reached twice"):
+            loader.load(sha256_of(poison))
