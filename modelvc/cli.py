@@ -1,7 +1,9 @@
 """`modelvc`: git for models, against the running streams service.
 
 Exit codes: 0 ok, 1 refused by the service (conflict, unknown ref, invalid
-input), 2 usage error, 3 service unreachable or stack failure.
+input), 2 usage error, 3 service unreachable or stack failure, 4 `up` started
+the stack but the broker refused archived messages at restore (skipped,
+dead-lettered, named in a one-line message).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 from modelvc import render
 from modelvc.client import Client, ClientError
 from modelvc.processes import StackError
+
+EXIT_RESTORE_SKIPPED = 4
 
 
 def _home(args: argparse.Namespace) -> Path:
@@ -68,7 +72,16 @@ def _pairs(items: Sequence[str], kind: str, cast: Callable[[str], Any]) -> dict[
 
 
 def _emit(args: argparse.Namespace, answer: Any, human: Callable[[Any], str]) -> None:
-    print(json.dumps(answer, indent=2) if args.json else human(answer))
+    """Print ``answer``: exact JSON with --json, else ``human`` of it, terminal-safe.
+
+    JSON is already safe (json.dumps escapes every control and non-ASCII
+    character); the human form gets escaped data and a last pass over what
+    the caller added from its own arguments.
+    """
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        print(render.terminal(human(render.escaped(answer))))
 
 
 def _applied(answer: dict[str, Any]) -> str:
@@ -109,6 +122,15 @@ def cmd_up(args: argparse.Namespace) -> None:
             "(features and predictions are not)"
         )
     print(f"logs in {stack.home / 'logs'}; stop with `modelvc down`")
+    if stack.refused:
+        shown = ", ".join(map(str, stack.refused[:3])) + (", ..." if len(stack.refused) > 3 else "")
+        print(
+            f"modelvc: the stack is up, but the broker refused {len(stack.refused)} archived "
+            f"message(s) of {stack.settings.events_topic} at restore ({shown}); placeholders "
+            f"keep their offsets and {stack.settings.dead_letter_topic} has each one",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_RESTORE_SKIPPED)
 
 
 def cmd_down(args: argparse.Namespace) -> None:
@@ -175,6 +197,8 @@ def cmd_tail(args: argparse.Namespace) -> None:
         if args.json:
             print(json.dumps(p), flush=True)
         else:
+            # A prediction's ref and event id come from whoever published the feature.
+            p = render.escaped(p)
             scores = ",".join(f"{s:.6f}" for s in p["scores"])
             print(
                 f"{render.when(p['scored_at'])}  {p['model']}@{p['requested_ref']}  "
@@ -273,7 +297,7 @@ def cmd_use(args: argparse.Namespace, c: Client) -> None:
     home = _home(args)
     home.mkdir(parents=True, exist_ok=True)
     (home / "current-model").write_text(args.name)
-    print(f"current model: {args.name}")
+    print(render.terminal(f"current model: {args.name}"))
 
 
 def cmd_models(args: argparse.Namespace, c: Client) -> None:
@@ -507,7 +531,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:
             print(json.dumps(exc.body), file=sys.stderr)
         else:
-            print(f"modelvc: {exc}", file=sys.stderr)
+            # The service's message may quote what a stranger named (a ref, a model).
+            print(f"modelvc: {render.escape(str(exc))}", file=sys.stderr)
         return 3 if exc.status == 0 else 1
     except StackError as exc:
         print(f"modelvc: {exc}", file=sys.stderr)

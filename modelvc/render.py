@@ -1,9 +1,76 @@
-"""Human output of the CLI: the git-like log graph, commits, refs, diffs."""
+"""Human output of the CLI: the git-like log graph, commits, refs, diffs.
+
+Everything shown comes from strangers (commit messages, params, actors,
+reasons, model files), so every human renderer passes its input through
+:func:`escaped` first: a terminal must never receive an ANSI escape, another
+control character or a right-to-left override from the data. ``--json``
+output does not come through here and stays exact.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+import functools
+import unicodedata
+from collections.abc import Callable
+from typing import Any, Concatenate, ParamSpec
+
+_P = ParamSpec("_P")
+
+
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _visible(ch: str) -> str:
+    if ch in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[ch]
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def escape(text: str) -> str:
+    """``text`` with control, format, bidi and line-separator characters written as escapes.
+
+    Python's "printable" is the test (it excludes categories Cc, Cf, Zl, Zp, Cs,
+    Co and Cn, which hold ESC, the C1 controls and U+202A-U+202E/U+2066-U+2069);
+    ordinary spaces of category Zs stay as they are. Newlines are escaped too: a
+    value must not be able to forge a line of output (e.g. a fake "commit" line).
+    """
+    if text.isprintable():
+        return text  # the common case, checked in C
+    return "".join(
+        ch if ch.isprintable() or unicodedata.category(ch) == "Zs" else _visible(ch) for ch in text
+    )
+
+
+def escaped(value: Any) -> Any:
+    """``value`` (an answer from the service) with every string in it, keys too, escaped."""
+    if isinstance(value, str):
+        return escape(value)
+    if isinstance(value, dict):
+        return {escaped(k): escaped(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [escaped(v) for v in value]
+    return value
+
+
+def terminal(text: str) -> str:
+    """Rendered output made safe line by line, keeping its own line breaks."""
+    return "\n".join(escape(line) for line in text.split("\n"))
+
+
+def _for_terminal(
+    render: Callable[Concatenate[Any, _P], str],
+) -> Callable[Concatenate[Any, _P], str]:
+    """Make a renderer see only escaped data (the one way data reaches a renderer)."""
+
+    @functools.wraps(render)
+    def wrapper(answer: Any, /, *args: _P.args, **kwargs: _P.kwargs) -> str:
+        return render(escaped(answer), *args, **kwargs)
+
+    return wrapper
 
 
 def short(commit_id: str | None) -> str:
@@ -65,6 +132,7 @@ def graph(commits: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+@_for_terminal
 def log(answer: dict[str, Any], with_graph: bool) -> str:
     commits = answer["commits"]
     if not commits:
@@ -95,6 +163,7 @@ def log(answer: dict[str, Any], with_graph: bool) -> str:
     return "\n".join(out)
 
 
+@_for_terminal
 def commit(c: dict[str, Any]) -> str:
     lines = [f"commit {c['id']}" + (f" ({', '.join(c['refs'])})" if c.get("refs") else "")]
     if c["parents"]:
@@ -112,6 +181,7 @@ def commit(c: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@_for_terminal
 def refs(r: dict[str, Any]) -> str:
     lines = [f"model {r['model']} (event #{r['seq']})", "branches:"]
     for name, head in r["branches"].items():
@@ -124,6 +194,7 @@ def refs(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@_for_terminal
 def diff(d: dict[str, Any]) -> str:
     lines = [
         f"--- {short(d['a']['id'])} {d['a']['message']}",
@@ -149,11 +220,13 @@ def diff(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@_for_terminal
 def replay(r: dict[str, Any]) -> str:
     lines = [
         f"replayed {r['events']:,} events (models: {r['models']}) from {r['source']} "
         f"in {r['seconds']:.2f}s (last offsets {r['last_offsets']}, peak {r['peak_mb']:.0f} MB)",
         f"harmless duplicates (identical re-emissions): {r['duplicates']}",
+        f"skipped (bytes that never were an event, dead-lettered): {len(r.get('skipped', []))}",
         f"integrity violations: {len(r['violations'])}",
     ]
     for v in r["violations"]:
@@ -178,6 +251,7 @@ def replay(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@_for_terminal
 def served(a: dict[str, Any]) -> str:
     p = a["prediction"]
     lines = [
@@ -205,6 +279,7 @@ def served(a: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@_for_terminal
 def verification(v: dict[str, Any]) -> str:
     lines = [
         f"re-scored {v['checked']:,} predictions in {v['seconds']:.2f}s: "

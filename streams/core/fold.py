@@ -57,8 +57,13 @@ def _committed(s: ModelState, p: Committed) -> str | None:
 
 
 def _branch_created(s: ModelState, p: BranchCreated) -> str | None:
-    if p.branch in s.branches or not refs.NAME.match(p.branch):
-        return f"branch {p.branch!r} exists or is not a valid name"
+    # The same name rule as decide, so a forged event cannot bring in a name
+    # decide would refuse (one spelled like a commit id, or with a newline).
+    problem = refs.name_problem("branch", p.branch)
+    if problem is not None:
+        return problem
+    if p.branch in s.branches or p.branch in s.aliases:
+        return f"branch {p.branch!r} exists or is already an alias"
     return None if p.head in s.commits else f"head {p.head} is not a commit"
 
 
@@ -92,7 +97,12 @@ def _rolled_back(s: ModelState, p: RolledBack) -> str | None:
 
 
 def _alias_moved(s: ModelState, p: AliasMoved) -> str | None:
-    if s.aliases.get(p.alias) != p.from_commit or not refs.NAME.match(p.alias):
+    problem = refs.name_problem("alias", p.alias)
+    if problem is not None:
+        return problem
+    if p.alias in s.branches:
+        return f"alias {p.alias!r} is already a branch"
+    if s.aliases.get(p.alias) != p.from_commit:
         return f"alias {p.alias!r} is not at {p.from_commit}"
     return None if p.to_commit in s.commits else f"{p.to_commit} is not a commit"
 
@@ -116,8 +126,11 @@ def void_reason(state: ModelState | None, event: ModelEvent) -> str | None:
     if event.prev_hash != expected_prev:
         return f"previous hash {event.prev_hash[:12]}… does not match {expected_prev[:12]}…"
     if state is None:
-        ok = isinstance(event.payload, ModelCreated) and refs.NAME.match(event.model)
-        return None if ok else "the first event of a model must be ModelCreated"
+        if not isinstance(event.payload, ModelCreated):
+            return "the first event of a model must be ModelCreated"
+        return refs.name_problem("model", event.model) or refs.name_problem(
+            "branch", event.payload.default_branch
+        )
     if isinstance(event.payload, ModelCreated):
         return "model already created"
     return _CHECKS[type(event.payload)](state, event.payload)

@@ -1,4 +1,10 @@
-"""Read-side questions about one model's graph: refs, ancestry, log and diff."""
+"""Read-side questions about one model's graph: refs, ancestry, log and diff.
+
+Names and ref expressions come from strangers (HTTP bodies, URL paths, feature
+events on the broker), so both are bounded and parsed in one linear pass, and
+the rule for what a branch or alias may be called lives here, once: decide,
+the fold and the API all ask :func:`name_problem` / :func:`check_name`.
+"""
 
 from __future__ import annotations
 
@@ -11,37 +17,69 @@ from streams.core.errors import AmbiguousRef, EmptyBranch, InvalidCommand, Unkno
 from streams.core.events import Commit
 from streams.core.state import ModelState
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_HEX = re.compile(r"^[0-9a-f]{4,64}$")
-_SUFFIX = re.compile(r"(~\d*|\^)$")
+# ASCII-only and used with fullmatch: no newline, control, format or bidi
+# character can be part of a name (`$` with `.match` used to let "x\n" through).
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", re.ASCII)
+# What a commit id or a prefix of one looks like. A branch or alias spelled like
+# this would shadow (or be shadowed by) a commit, so such names are refused;
+# case-insensitively, so that `DEADBEEF` cannot pass for a prefix either.
+_HEX = re.compile(r"[0-9a-f]{4,64}", re.ASCII)
+_HEX_LIKE = re.compile(r"[0-9a-fA-F]{4,64}", re.ASCII)
 MIN_PREFIX = 4
+# Longest ref expression accepted: a 128-character name plus room for suffixes.
+MAX_REF_LENGTH = 256
+# A `~N` with more digits than this names more generations than any history has.
+_MAX_GENERATION_DIGITS = 9
+_NAMED_KINDS = ("branch", "alias")
+
+
+def _shown(text: str, limit: int = 64) -> str:
+    """``text`` quoted for a message: escaped by repr, and cut when long."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text):,} characters)"
+
+
+def name_problem(kind: str, name: str) -> str | None:
+    """Why ``name`` cannot name a ``kind`` (model, branch, alias); None when it can."""
+    if not NAME.fullmatch(name):
+        if any(not ch.isprintable() for ch in name):
+            why = "control, format and bidi characters are not allowed"
+        else:
+            why = "use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        return f"invalid {kind} name {_shown(name)}: {why}"
+    if kind in _NAMED_KINDS and _HEX_LIKE.fullmatch(name):
+        return (
+            f"invalid {kind} name {name!r}: 4-64 hex characters read as a commit id; "
+            f"add a letter outside a-f or a separator (e.g. '{kind}-{name}')"
+        )
+    return None
 
 
 def check_name(kind: str, name: str) -> str:
-    if not NAME.match(name):
-        raise InvalidCommand(
-            f"invalid {kind} name {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit",
-            field=kind,
-        )
+    problem = name_problem(kind, name)
+    if problem is not None:
+        raise InvalidCommand(problem, field=kind)
     return name
 
 
 def _resolve_base(state: ModelState, ref: str) -> str:
+    # A full commit id comes first: it always means that commit, whatever the
+    # names (names shaped like ids are refused, but the order makes it certain).
+    if ref in state.commits:
+        return ref
     if ref in state.branches:
         head = state.branches[ref]
         if head is None:
             raise EmptyBranch(
-                f"branch {ref!r} of model {state.name!r} has no commits yet; "
-                f"commit to it first: modelvc commit MODEL FILE --branch {ref} -m MSG",
+                f"branch {ref!r} of model {state.name!r} has no commits yet; commit to it "
+                f"first: modelvc -M {state.name} commit FILE --branch {ref} -m MSG",
                 ref=ref,
             )
         return head
     if ref in state.aliases:
         return state.aliases[ref]
-    if ref in state.commits:
-        return ref
-    if _HEX.match(ref):
+    if _HEX.fullmatch(ref):
         matches = [c for c in state.commits if c.startswith(ref)]
         if len(matches) == 1:
             return matches[0]
@@ -52,29 +90,66 @@ def _resolve_base(state: ModelState, ref: str) -> str:
                 candidates=sorted(matches),
             )
     raise UnknownRef(
-        f"{ref!r} is not a branch, alias or commit of model {state.name!r}; "
-        f"see `modelvc refs {state.name}`",
+        f"{_shown(ref)} is not a branch, alias or commit of model {state.name!r}; "
+        f"see `modelvc -M {state.name} refs`",
         ref=ref,
     )
 
 
+def _split_suffixes(ref: str) -> tuple[str, int | None]:
+    """(base, generations back) of ``ref``; None generations when beyond any history.
+
+    One right-to-left pass: every character is looked at once, however many
+    `^`/`~N` suffixes are stacked (a regex search per suffix was quadratic).
+    """
+    end = len(ref)
+    steps: int | None = 0
+    while end > 0:
+        if ref[end - 1] == "^":
+            end -= 1
+            steps = None if steps is None else steps + 1
+            continue
+        start = end
+        while start > 0 and "0" <= ref[start - 1] <= "9":  # ASCII digits only
+            start -= 1
+        if start == 0 or ref[start - 1] != "~":
+            break
+        digits = ref[start:end]
+        if len(digits) > _MAX_GENERATION_DIGITS:
+            steps = None
+        elif steps is not None:
+            steps += int(digits) if digits else 1
+        end = start - 1
+    return ref[:end], steps
+
+
 def resolve(state: ModelState, ref: str) -> str:
-    """Commit id that ``ref`` names: branch, alias, full/unique-prefix id, with ``~N``/``^``."""
-    steps = 0
-    base = ref
-    while (m := _SUFFIX.search(base)) is not None:
-        token = m.group(1)
-        steps += 1 if token in ("^", "~") else int(token[1:])
-        base = base[: m.start()]
+    """Commit id that ``ref`` names: full id, branch, alias, unique prefix, with ``~N``/``^``."""
+    if len(ref) > MAX_REF_LENGTH:
+        raise InvalidCommand(
+            f"ref {_shown(ref)} is too long: a ref is at most {MAX_REF_LENGTH} characters "
+            "(a name, a commit id or prefix, then ~N or ^); write main~40 rather than 40 carets",
+            field="ref",
+        )
+    base, steps = _split_suffixes(ref)
     if not base:
-        raise UnknownRef(f"empty ref {ref!r}", ref=ref)
+        raise UnknownRef(
+            f"ref {_shown(ref)} names no branch, alias or commit before its ~/^ suffix; "
+            f"see `modelvc -M {state.name} refs`",
+            ref=ref,
+        )
     commit_id = _resolve_base(state, base)
+    past_root = UnknownRef(
+        f"{_shown(ref)} goes back past the first commit of model {state.name!r}; "
+        f"see `modelvc -M {state.name} log {base}`",
+        ref=ref,
+    )
+    if steps is None or steps >= len(state.commits):
+        raise past_root  # more generations than the model has commits
     for _ in range(steps):
         parents = state.commits[commit_id].parents
         if not parents:
-            raise UnknownRef(
-                f"{ref!r} goes back past the first commit of model {state.name!r}", ref=ref
-            )
+            raise past_root
         commit_id = parents[0]
     return commit_id
 

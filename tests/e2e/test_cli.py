@@ -6,10 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from modelvc.client import Client, ClientError
 from modelvc.stack import Stack
 from tests.conftest import train_model
 
@@ -86,7 +89,7 @@ def test_git_like_story(stack: Stack, tmp_path: Path) -> None:
     stale = modelvc(stack, "commit", str(v1), "-m", "late", "--expect-head", "exp")
     assert stale.returncode == 1 and "--expect-head" in stale.stderr and stale.stdout == ""
     missing = modelvc(stack, "show", "nope")
-    assert missing.returncode == 1 and "modelvc refs" in missing.stderr
+    assert missing.returncode == 1 and "modelvc -M churn refs" in missing.stderr
     pickle_file = tmp_path / "model.pkl"
     pickle_file.write_bytes(b"\x80\x05junk")
     refused = modelvc(stack, "commit", str(pickle_file), "-m", "pickled")
@@ -154,3 +157,60 @@ def test_publish_a_file_and_tail_the_predictions(
         assert "fraud@main" in human and head[:10] in human
     finally:
         stack.down()
+
+
+def test_finding_6_names_like_commit_ids_are_refused_and_output_is_escaped(
+    stack: Stack, tmp_path: Path
+) -> None:
+    v1 = train_model(tmp_path / "v1.txt", seed=1)
+    v2 = train_model(tmp_path / "v2.txt", seed=2, rounds=9)
+    hostile = "v2 \x1b[31mred\x1b[0m \u202egnp.exe\nfake line"
+    ok(stack, "create", "churn")
+    first = json.loads(ok(stack, "--json", "commit", str(v1), "-m", "v1"))["head"]
+    second = json.loads(ok(stack, "--json", "commit", str(v2), "-m", hostile))["head"]
+
+    # An alias spelled as the first commit's id, pointing at the second: refused, with a way out.
+    shadow = modelvc(stack, "alias", "set", first, "main")
+    assert shadow.returncode == 1 and "read as a commit id" in shadow.stderr
+    assert f"alias-{first}" in shadow.stderr
+    prefix = modelvc(stack, "branch", "create", first[:8], "--from", "main")
+    assert prefix.returncode == 1 and "read as a commit id" in prefix.stderr
+    newline = modelvc(stack, "alias", "set", "production\n", "main")
+    assert newline.returncode == 1 and "control, format and bidi" in newline.stderr
+    assert "\n" not in newline.stderr.rstrip("\n")  # the refusal quotes it escaped
+
+    client = Client(stack.url)
+    assert client.resolve("churn", first)["commit"] == first
+    assert client.resolve("churn", second)["commit"] == second
+    assert json.loads(ok(stack, "--json", "show", first))["id"] == first
+
+    # Human output escapes the message's controls; --json gives it back exactly.
+    for args in (("log",), ("log", "--graph"), ("show", "main"), ("diff", first, "main")):
+        out = ok(stack, *args)
+        assert "\x1b" not in out and "\u202e" not in out, args
+        assert "\\x1b[31mred" in out and "\\u202egnp.exe\\nfake line" in out, args
+    logged = json.loads(ok(stack, "--json", "log"))["commits"]
+    assert logged[0]["message"] == hostile
+
+
+def test_finding_5_caret_flood_over_http_is_refused_quickly(stack: Stack, tmp_path: Path) -> None:
+    ok(stack, "create", "churn")
+    ok(stack, "commit", str(train_model(tmp_path / "v1.txt", seed=1)), "-m", "v1")
+    client = Client(stack.url, timeout=30)
+    floods = [
+        lambda: client.rollback("churn", "main", "main" + "^" * 40_000, "flood"),
+        # 2,000 carets: past the ref limit, within an HTTP request line once quoted (%5E).
+        lambda: client.resolve("churn", "main" + "^" * 2_000),
+        lambda: client.resolve("churn", "main~" + "9" * 5_000),
+        lambda: client.show("churn", "main" + "^" * 200),
+    ]
+    for flood in floods:
+        started = time.monotonic()
+        with pytest.raises(ClientError) as caught:
+            flood()
+        assert time.monotonic() - started < 5  # 40 s before, and a 500 for the digits
+        assert 400 <= caught.value.status < 500, caught.value.body
+        assert caught.value.body["error"] in ("invalid", "unknown_ref"), caught.value.body
+    with urllib.request.urlopen(stack.url + "/healthz", timeout=5) as health:
+        assert health.status == 200
+    assert "v1" in ok(stack, "log")  # the service still answers, with its history intact

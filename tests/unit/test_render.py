@@ -1,0 +1,119 @@
+"""Human output never hands a terminal the control characters that came with the data."""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modelvc import render
+
+HOSTILE = "\x1b[2J\x1b]0;pwned\x07\x9b31m\u202egnp.exe\u2066x\u2069\u200e\r\ncommit " + "f" * 64
+C1, C2 = "a" * 64, "b" * 64
+
+
+def _commit(cid: str, parents: list[str], **over: Any) -> dict[str, Any]:
+    return {
+        "id": cid,
+        "parents": parents,
+        "refs": [],
+        "author": "alice",
+        "at": 1_700_000_000_000,
+        "artifact_sha256": "c" * 64,
+        "message": "v1",
+        "params": {},
+        "metrics": {},
+        "reachable": True,
+        **over,
+    }
+
+
+def _assert_terminal_safe(text: str) -> None:
+    for line in text.split("\n"):
+        bad = [ch for ch in line if not ch.isprintable() and unicodedata.category(ch) != "Zs"]
+        assert bad == [], f"unescaped {bad!r} in {line!r}"
+
+
+def test_finding_6_log_escapes_ansi_and_bidi_from_commit_messages() -> None:
+    answer = {
+        "ref": None,
+        "commits": [
+            _commit(C2, [C1], message=HOSTILE, author="eve\x1b[8m", refs=["main"]),
+            _commit(C1, []),
+        ],
+        "ref_moves": [
+            {
+                "seq": 3,
+                "kind": "alias",
+                "name": "production",
+                "old": C1,
+                "new": C2,
+                "cause": "AliasMoved",
+                "actor": "mallory\u202e",
+                "reason": "oops\x1b[1A\x1b[2K",
+            }
+        ],
+    }
+    for with_graph in (False, True):
+        out = render.log(answer, with_graph)
+        _assert_terminal_safe(out)
+        assert "\x1b" not in out and "\u202e" not in out and "\r" not in out
+        assert "\\x1b[2J" in out and "\\u202egnp.exe" in out and "\\x9b31m" in out
+        assert "\\u2066x\\u2069\\u200e\\r\\ncommit ffff" in out
+        assert "mallory\\u202e" in out and "oops\\x1b[1A" in out
+        # The message's newline did not become a line of its own (a forged commit).
+        assert not any(line.startswith("commit f") for line in out.split("\n"))
+    assert "Author: eve\\x1b[8m" in render.log(answer, False)
+
+
+def test_every_renderer_escapes_what_it_shows() -> None:
+    hostile = _commit(C2, [C1], message=HOSTILE, params={"k\x1b": "v\u202e"}, metrics={"auc": 0.5})
+    outputs = [
+        render.commit(hostile),
+        render.diff(
+            {
+                "a": _commit(C1, []),
+                "b": hostile,
+                "artifact_changed": False,
+                "params": [{"key": "lr\x1b[31m", "old": "1\u2067", "new": "2"}],
+                "metrics": [{"key": "auc", "old": 0.5, "new": 0.75}],
+            }
+        ),
+        render.refs(
+            {
+                "model": "m",
+                "seq": 4,
+                "default_branch": "main",
+                "branches": {"main": C1, "x\x1b": C2},
+                "aliases": {"p\u202e": C2},
+            }
+        ),
+    ]
+    for out in outputs:
+        _assert_terminal_safe(out)
+    assert "param    k\\x1b = v\\u202e" in outputs[0] and "metric   auc = 0.5" in outputs[0]
+    assert "lr\\x1b[31m: 1\\u2067 -> 2" in outputs[1] and "(+0.25)" in outputs[1]
+    assert "@p\\u202e" in outputs[2]
+
+
+def test_ordinary_text_is_left_alone() -> None:
+    text = "café ünïcode 日本語 — ok\u00a0nbsp (a no-break space)"
+    assert render.escape(text) == text
+    assert render.escaped({"n": 1.5, "l": [text, None, True]}) == {
+        "n": 1.5,
+        "l": [text, None, True],
+    }
+    assert render.terminal("line one\nline\x1b two") == "line one\nline\\x1b two"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_escape_leaves_nothing_a_terminal_acts_on_and_is_idempotent(text: str) -> None:
+    out = render.escape(text)
+    _assert_terminal_safe(out)
+    assert "\n" not in out
+    assert render.escape(out) == out
+    if text.isprintable():
+        assert out == text
