@@ -23,22 +23,23 @@ import numpy as np
 from kafka import TopicPartition
 
 from streams.archive import Archive, SegmentProblem
-from streams.codec import FEATURES, PREDICTIONS, decode_event
-from streams.core.audit import Auditor, Finding, Where
+from streams.codec import FEATURES, MAGIC, PREDICTIONS, decode_event
+from streams.core.audit import SKIPPED, Auditor, Finding, Where
 from streams.core.events import ModelEvent
 from streams.core.fold import digest_of_inputs, model_digest_input
 from streams.errors import UndecodableMessage
 from streams.logreader import log_consumer, read_topic, topic_partitions
 
-Located = tuple[ModelEvent | None, Where, str]
+Located = tuple[ModelEvent | None, Where, str, bool]
 
 
 def _locate(topic: str, partition: int, offset: int, value: bytes | None) -> Located:
     where = Where(topic, partition, offset)
     try:
-        return decode_event(value), where, ""  # type: ignore[arg-type]
+        return decode_event(value), where, "", False  # type: ignore[arg-type]
     except UndecodableMessage as exc:
-        return None, where, str(exc)
+        # No Avro magic: never an event (garbage, a restore placeholder), skipped not damaged.
+        return None, where, str(exc), not (value or b"").startswith(MAGIC)
 
 
 def from_kafka(
@@ -81,6 +82,7 @@ class Replay:
     events: int = 0
     duplicates: int = 0
     violations: list[Finding] = field(default_factory=list)
+    skipped: list[Finding] = field(default_factory=list)  # garbage that never was an event
     problems: list[SegmentProblem] = field(default_factory=list)
     ends: dict[int, int] = field(default_factory=dict)  # last offset read per partition
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-model digest inputs
@@ -115,6 +117,15 @@ class Replay:
                 }
                 for f in self.violations
             ],
+            "skipped": [
+                {
+                    "topic": f.where.topic,
+                    "partition": f.where.partition,
+                    "offset": f.where.offset,
+                    "detail": f.detail,
+                }
+                for f in self.skipped
+            ],
             "segment_problems": [p.__dict__ for p in self.problems],
             "digest": self.digest,
             "seconds": round(self.seconds, 3),
@@ -140,6 +151,16 @@ class Replay:
             for v in part["violations"]
         ]
         self.problems += [SegmentProblem(**p) for p in part["segment_problems"]]
+        self.skipped += [
+            Finding(
+                SKIPPED,
+                "?",
+                0,
+                Where(s["topic"], s["partition"], s["offset"]),
+                s["detail"],
+            )
+            for s in part["skipped"]
+        ]
         self.ends.update({int(p): o for p, o in part["last_offsets"].items()})
         for model, digest_input in part["inputs"].items():
             if model in self.inputs:
@@ -175,6 +196,7 @@ def _replay_here(
     result.events = auditor.events
     result.duplicates = auditor.duplicates()
     result.violations = list(auditor.violations())
+    result.skipped = list(auditor.skipped())
     result.inputs = {name: model_digest_input(state) for name, state in auditor.fold.models.items()}
     result.seconds = time.perf_counter() - started
     result.peak_mb = peak_rss_mb()
@@ -256,14 +278,21 @@ def _replay_parallel(
 
 
 # -- which version served a prediction ----------------------------------------------------
+def _predictions(bootstrap: str, topic: str, needle: bytes = b"") -> Iterator[dict[str, Any]]:
+    """Every decodable prediction (containing ``needle``); anyone may write garbage there."""
+    for r in read_topic(bootstrap, topic):
+        if r.value and needle in r.value:
+            try:
+                yield PREDICTIONS.decode(r.value)
+            except UndecodableMessage:
+                continue
+
+
 def find_prediction(bootstrap: str, topic: str, prediction_id: str) -> list[dict[str, Any]]:
-    needle = prediction_id.encode()
     return [
-        PREDICTIONS.decode(r.value)
-        for r in read_topic(bootstrap, topic)
-        if r.value
-        and needle in r.value
-        and PREDICTIONS.decode(r.value)["prediction_id"] == prediction_id
+        p
+        for p in _predictions(bootstrap, topic, prediction_id.encode())
+        if p["prediction_id"] == prediction_id
     ]
 
 
@@ -394,9 +423,7 @@ def verify_predictions(
     from workers.errors import Rejected
 
     started = time.perf_counter()
-    predictions = [
-        PREDICTIONS.decode(r.value) for r in read_topic(bootstrap, predictions_topic) if r.value
-    ]
+    predictions = list(_predictions(bootstrap, predictions_topic))
     if model is not None:
         predictions = [p for p in predictions if p["model"] == model]
     if sample is not None and sample < len(predictions):
@@ -424,11 +451,15 @@ def verify_predictions(
                 f"not {p['artifact_sha256']}"
             )
         else:
-            event = FEATURES.decode(raw)
-            if event["event_id"] != p["feature_event_id"]:
-                problem = f"the event at the recorded coordinates is {event['event_id']}"
+            try:
+                event = FEATURES.decode(raw)
+            except UndecodableMessage as exc:
+                problem = f"the bytes at the recorded coordinates are no feature event: {exc}"
             else:
-                by_commit[commit.artifact_sha256].append((p, event))
+                if event["event_id"] != p["feature_event_id"]:
+                    problem = f"the event at the recorded coordinates is {event['event_id']}"
+                else:
+                    by_commit[commit.artifact_sha256].append((p, event))
         if problem is not None:
             result.mismatches.append(
                 Mismatch(p["prediction_id"], p["feature_event_id"], p["scores"], None, problem)

@@ -14,6 +14,8 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from kafka.errors import KafkaError
+
 from modelvc.processes import (
     Spawned,
     StackError,
@@ -23,7 +25,7 @@ from modelvc.processes import (
     stop,
     wait_for_port,
 )
-from streams.archive import Archive, partition_ends, restore
+from streams.archive import Archive, ArchiveError, Refused, partition_ends, restore
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -123,19 +125,41 @@ class Stack:
     broker: Spawned | None = None
     processes: dict[str, Spawned] = field(default_factory=dict)
     restored: int = 0
+    refused: list[Refused] = field(default_factory=list)  # archived messages the broker refused
 
     @property
     def archive_dir(self) -> Path:
         return self.home / "archive"
 
     def restore_history(self) -> int:
-        """Put the archived history back into an empty log; check it matches otherwise."""
+        """Put the archived history back into an empty log; check it matches otherwise.
+
+        Messages the broker refuses are skipped into ``refused`` (placeholders keep the
+        offsets; each is dead-lettered); any other failure is a one-line StackError.
+        """
+        try:
+            return self._restore_history()
+        except (ArchiveError, KafkaError, OSError, ValueError) as exc:
+            raise StackError(
+                f"restoring the archived history in {self.archive_dir} failed: {exc}; check it "
+                f"with `modelvc audit replay --from-archive {self.archive_dir}`, or move it "
+                "aside to start without history"
+            ) from exc
+
+    def _restore_history(self) -> int:
         archive = Archive(self.archive_dir, self.settings.events_topic)
         if archive.empty:
             return 0
         ends = partition_ends(self.settings.bootstrap, self.settings.events_topic)
         if not any(ends.values()):
-            return restore(archive, self.settings.bootstrap, self.settings.events_topic)
+            result = restore(
+                archive,
+                self.settings.bootstrap,
+                self.settings.events_topic,
+                self.settings.dead_letter_topic,
+            )
+            self.refused = result.refused
+            return result.count
         behind = {p: e for p, e in ends.items() if e < archive.next_offset(p)}
         if behind:
             raise StackError(

@@ -2,25 +2,29 @@
 
 Every message names the exact schema that wrote it, so a reader years later
 can find that writer schema and resolve it against its own (Avro schema
-resolution). Schemas are parsed once, at import.
+resolution). Every codec registers, when it is built, each writer schema ever
+released for its record (``schemas/released``), so a compatible schema change
+never strands earlier history. Schemas are parsed once, at import.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import fastavro
 import fastavro.schema
 
+from schemas import RELEASED_DIR, SCHEMA_DIR
 from streams.core.commands import BODY_TYPES, Command
 from streams.core.events import PAYLOAD_TYPES, ModelEvent, commit_from_plain, plain_payload
 from streams.errors import UndecodableMessage
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = 10
 
@@ -37,6 +41,22 @@ def fingerprint(schema: Mapping[str, Any]) -> bytes:
     return bytes.fromhex(fastavro.schema.fingerprint(canonical_form, "CRC-64-AVRO"))
 
 
+def full_name(schema: Mapping[str, Any]) -> str:
+    name = str(schema["name"])
+    namespace = schema.get("namespace")
+    return name if "." in name or not namespace else f"{namespace}.{name}"
+
+
+@functools.cache
+def released_writers(directory: Path = RELEASED_DIR) -> dict[str, list[dict[str, Any]]]:
+    """Every released writer schema in ``directory``, by full record name (read once)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(directory.glob("*.avsc")):
+        schema = json.loads(path.read_text())
+        out.setdefault(full_name(schema), []).append(schema)
+    return out
+
+
 @dataclass
 class SingleObjectCodec:
     """Encoder/decoder for one reader schema, accepting any registered writer schema."""
@@ -51,10 +71,24 @@ class SingleObjectCodec:
         self.name = str(self.schema["name"])
         self.writers.setdefault(self.fingerprint, self.parsed)
 
+    @classmethod
+    def reading_released(
+        cls, schema: dict[str, Any], released_dir: Path = RELEASED_DIR
+    ) -> SingleObjectCodec:
+        """The codec of ``schema`` that also reads every released writer of its record.
+
+        Automatic on purpose: a schema change needs only its file in ``released_dir``.
+        """
+        codec = cls(schema)
+        for writer in released_writers(released_dir).get(full_name(schema), []):
+            codec.add_writer(writer)
+        return codec
+
     def add_writer(self, schema: Mapping[str, Any]) -> bytes:
         """Accept messages written with an older (or newer) compatible schema."""
         fp = fingerprint(schema)
-        self.writers[fp] = fastavro.parse_schema(dict(schema))
+        if fp != self.fingerprint:  # the reader's own schema needs no resolution step
+            self.writers[fp] = fastavro.parse_schema(dict(schema))
         return fp
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
@@ -84,7 +118,8 @@ class SingleObjectCodec:
                 return_record_name=True,
             )
         except Exception as exc:  # fastavro raises many types for corrupt bytes
-            raise UndecodableMessage(f"corrupt {self.name} body: {exc!r}") from exc
+            # At most 500 characters: some exceptions quote the bytes they choked on.
+            raise UndecodableMessage(f"corrupt {self.name} body: {exc!r:.500}") from exc
         if buf.tell() != len(data):
             raise UndecodableMessage(
                 f"{len(data) - buf.tell()} trailing bytes after the {self.name} record"
@@ -104,12 +139,21 @@ EVENT_SCHEMA_FILES: Sequence[str] = (
     "model_event.avsc",
 )
 
-EVENTS = SingleObjectCodec(load_schema(*EVENT_SCHEMA_FILES))
-COMMANDS = SingleObjectCodec(load_schema("command.avsc"))
-REPLIES = SingleObjectCodec(load_schema("command_reply.avsc"))
-DEAD_LETTERS = SingleObjectCodec(load_schema("dead_letter.avsc"))
-FEATURES = SingleObjectCodec(load_schema("feature_event.avsc"))
-PREDICTIONS = SingleObjectCodec(load_schema("prediction.avsc"))
+EVENTS = SingleObjectCodec.reading_released(load_schema(*EVENT_SCHEMA_FILES))
+COMMANDS = SingleObjectCodec.reading_released(load_schema("command.avsc"))
+REPLIES = SingleObjectCodec.reading_released(load_schema("command_reply.avsc"))
+DEAD_LETTERS = SingleObjectCodec.reading_released(load_schema("dead_letter.avsc"))
+FEATURES = SingleObjectCodec.reading_released(load_schema("feature_event.avsc"))
+PREDICTIONS = SingleObjectCodec.reading_released(load_schema("prediction.avsc"))
+# Every codec the service and the workers read and write with, for the release checks.
+CODECS: Sequence[SingleObjectCodec] = (
+    EVENTS,
+    COMMANDS,
+    REPLIES,
+    DEAD_LETTERS,
+    FEATURES,
+    PREDICTIONS,
+)
 
 _EVENT_NS = "modelvc.events."
 _COMMAND_NS = "modelvc.commands."
@@ -126,6 +170,7 @@ def event_to_record(event: ModelEvent) -> dict[str, Any]:
         "actor": event.actor,
         "at": event.at,
         "payload": (_EVENT_NS + event.type, plain_payload(event.payload)),
+        "command_digest": event.command_digest,
     }
 
 
@@ -147,6 +192,7 @@ def event_from_record(record: Mapping[str, Any]) -> ModelEvent:
         actor=record["actor"],
         at=record["at"],
         payload=payload_type(**fields),
+        command_digest=record.get("command_digest", ""),
     )
 
 
@@ -159,10 +205,21 @@ def decode_event(data: bytes) -> ModelEvent:
     try:
         return event_from_record(record)
     except (KeyError, TypeError, ValueError) as exc:
-        raise UndecodableMessage(f"ModelEvent does not map onto the core: {exc!r}") from exc
+        raise UndecodableMessage(f"ModelEvent does not map onto the core: {exc!r:.500}") from exc
 
 
-def encode_command(command: Command, reply_to: str = "") -> bytes:
+class ReplyTo(NamedTuple):
+    """Where a command's answer goes: the waiting instance, and the submission it waits on.
+
+    Replies route by ``request_id`` (fresh per submission), never by the command
+    id: clients choose command ids, and one id may be in flight for two models.
+    """
+
+    instance: str
+    request_id: str
+
+
+def encode_command(command: Command, reply_to: str = "", request_id: str = "") -> bytes:
     body = dict(command.body.__dict__)
     for key in ("params", "metrics"):
         if key in body:
@@ -174,20 +231,21 @@ def encode_command(command: Command, reply_to: str = "") -> bytes:
             "actor": command.actor,
             "at": command.at,
             "reply_to": reply_to,
+            "request_id": request_id,
             "body": (_COMMAND_NS + type(command.body).__name__, body),
         }
     )
 
 
-def decode_command(data: bytes) -> tuple[Command, str]:
-    """The command and the instance id waiting for its reply."""
+def decode_command(data: bytes) -> tuple[Command, ReplyTo]:
+    """The command and where its reply goes (empty fields for an older writer's command)."""
     record = COMMANDS.decode(data)
     name, fields = record["body"]
     try:
         body = _BODIES[name](**fields)
     except (KeyError, TypeError) as exc:
         raise UndecodableMessage(
-            f"command body {name} does not map onto the core: {exc!r}"
+            f"command body {name:.100} does not map onto the core: {exc!r:.500}"
         ) from exc
     command = Command(record["command_id"], record["model"], record["actor"], record["at"], body)
-    return command, record["reply_to"]
+    return command, ReplyTo(record["reply_to"], record.get("request_id", ""))

@@ -10,7 +10,7 @@ Layout (raw bytes keys, JSON values):
   o/<partition>                 next offset to read
   m/<model>/meta                seq, last_hash, default branch, branches, aliases
   m/<model>/c/<seq:012>         commit added by event <seq>
-  m/<model>/r/<command_id>      receipt of an accepted command
+  m/<model>/r/<command_id>      receipt of an accepted command (the key is (model, command id))
   m/<model>/l/<seq:012>         reflog entry of event <seq>
   v/<model>                     count of void events seen for the model
   e/<model>/<seq:012>           offset + bytes of each applied event (point-in-time queries)
@@ -97,6 +97,14 @@ class Projection:
         for _, value in self._scan(f"e/{model}/".encode()):
             (offset,) = _OFFSET.unpack_from(value)
             yield offset, decode_event(value[_OFFSET.size :])
+
+    def event_offset(self, model: str, seq: int) -> int | None:
+        """Offset in the events log of ``model``'s event ``seq`` (None if not applied here)."""
+        value = self._db.get(f"e/{model}/{seq:012d}".encode())
+        if value is None:
+            return None
+        (offset,) = _OFFSET.unpack_from(bytes(value))
+        return int(offset)
 
     # -- applying ------------------------------------------------------------
     def apply(self, partition: int, records: Iterable[tuple[int, bytes]]) -> list[Applied]:

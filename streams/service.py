@@ -14,23 +14,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from streams import deadletter
 from streams.artifacts import ArtifactStore
 from streams.codec import (
-    DEAD_LETTERS,
     REPLIES,
+    ReplyTo,
     decode_command,
     encode_command,
     encode_event,
 )
 from streams.core import decide
 from streams.core.commands import Command
-from streams.core.errors import VersionGraphError, WriteRaced
+from streams.core.errors import CommandIdReused, VersionGraphError, WriteRaced
 from streams.core.state import ModelState, Receipt
 from streams.errors import UndecodableMessage
 from streams.follow import assigned_consumer
@@ -76,6 +77,7 @@ class VersionService:
         self.rounds = 0
         self.highwater: dict[int, int] = {}
         self.dead_letters = 0
+        self.dead_letter_failures = 0  # letters that could only be sent minimal, or not at all
         self._progress = asyncio.Condition()
         self._pending: dict[str, asyncio.Future[Answer]] = {}
         self._fresh: set[int] = set()
@@ -187,6 +189,12 @@ class VersionService:
                 self.settings.commands_topic, partition, offset, key, value, str(exc), "decode"
             )
             return
+        except Exception as exc:  # a decoder bug must not stop the agent either
+            log.exception("decoding the command at %s@%s failed", partition, offset)
+            await self.dead_letter(
+                self.settings.commands_topic, partition, offset, key, value, repr(exc), "decode"
+            )
+            return
         try:
             answer = await self._decide_and_append(partition, command)
         except Exception as exc:  # never let one command stop the agent
@@ -203,13 +211,16 @@ class VersionService:
         try:
             events = decide(state, command)
         except VersionGraphError as exc:
-            return Answer(exc.status, exc.to_dict())
+            return self._refusal(partition, state, command, exc)
         if not events:
             assert state is not None
             receipt = state.receipts[command.command_id]
-            last = self.projection.next_offsets.get(partition, 1) - 1
+            # A repeat answers with the first answer: the event's own offset when known.
+            offset = self.projection.event_offset(command.model, receipt.seq)
+            if offset is None:
+                offset = self.projection.next_offsets.get(partition, 1) - 1
             return Answer(
-                200, receipt_body(state, receipt, command.command_id, partition, last, True)
+                200, receipt_body(state, receipt, command.command_id, partition, offset, True)
             )
         metadata = None
         for event in events:
@@ -223,6 +234,13 @@ class VersionService:
         await self.wait_applied(partition, metadata.offset)
         state = models[command.model]
         applied = state.receipts.get(command.command_id)
+        if applied is not None and applied.digest != events[-1].command_digest:
+            # Another writer appended another request under this key first; decide
+            # on the new state refuses ours and names that request's event.
+            try:
+                decide(state, command)
+            except VersionGraphError as exc:
+                return self._refusal(partition, state, command, exc)
         if applied is None:
             self._fresh.discard(partition)
             error = WriteRaced(
@@ -234,19 +252,38 @@ class VersionService:
         body = receipt_body(state, applied, command.command_id, partition, metadata.offset, False)
         return Answer(201, body)
 
-    async def _reply(self, command_id: str, reply_to: str, answer: Answer) -> None:
-        future = self._pending.get(command_id)
-        if future is not None:
-            if not future.done():
+    def _refusal(
+        self, partition: int, state: ModelState | None, command: Command, exc: VersionGraphError
+    ) -> Answer:
+        body = exc.to_dict()
+        receipt = None if state is None else state.receipts.get(command.command_id)
+        if isinstance(exc, CommandIdReused) and receipt is not None:
+            # Name the first request's event by its place in the log too, so it can be read.
+            offset = self.projection.event_offset(command.model, receipt.seq)
+            if offset is not None:
+                body.update(partition=partition, offset=offset)
+        return Answer(exc.status, body)
+
+    async def _reply(self, command_id: str, reply_to: ReplyTo, answer: Answer) -> None:
+        """Hand the answer to the submission waiting for it, here or on another instance.
+
+        Routed by the submission's request id, never by ``command_id``: one command
+        id may be in flight for two models at once. A command from an older writer
+        has an empty request id; its reply still carries ``command_id`` for it.
+        """
+        if reply_to.instance == self.settings.instance_id:
+            future = self._pending.get(reply_to.request_id)
+            if future is not None and not future.done():
                 future.set_result(answer)
             return
-        if reply_to and reply_to != self.settings.instance_id:
+        if reply_to.instance:
             await self.producer.send_and_wait(
                 self.settings.replies_topic,
-                key=reply_to.encode(),
+                key=reply_to.instance.encode(),
                 value=REPLIES.encode(
                     {
                         "command_id": command_id,
+                        "request_id": reply_to.request_id,
                         "status": answer.status,
                         "body": json.dumps(answer.body),
                     }
@@ -266,29 +303,46 @@ class VersionService:
         await consumer.start()
         try:
             async for message in consumer:
-                if message.key != self.settings.instance_id.encode() or message.value is None:
-                    continue
+                # Garbage is dead-lettered by every instance that reads it, whoever it names:
+                # it may name no live instance. The letters' coordinates show they are one.
                 try:
                     record = REPLIES.decode(message.value)
-                except UndecodableMessage as exc:
-                    log.warning("undecodable reply at offset %s: %s", message.offset, exc)
+                    body = json.loads(record["body"])
+                    if not isinstance(body, dict):
+                        raise ValueError(f"body is JSON {type(body).__name__}, not an object")
+                except (UndecodableMessage, ValueError, RecursionError) as exc:
+                    await self.dead_letter(
+                        self.settings.replies_topic,
+                        message.partition,
+                        message.offset,
+                        message.key,
+                        message.value,
+                        f"undecodable reply: {exc}",
+                        "reply",
+                    )
                     continue
-                future = self._pending.get(record["command_id"])
+                if message.key != self.settings.instance_id.encode():
+                    continue  # another instance's answer
+                future = self._pending.get(record["request_id"])
                 if future is not None and not future.done():
-                    future.set_result(Answer(record["status"], json.loads(record["body"])))
+                    future.set_result(Answer(record["status"], body))
         finally:
             await consumer.stop()
 
     # -- submitting (HTTP side) ---------------------------------------------
     async def submit(self, command: Command) -> Answer:
         await self.ready.wait()
+        # Fresh for this submission: the reply finds it by this id (see _reply).
+        request_id = uuid.uuid4().hex
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._pending[command.command_id] = future
+        self._pending[request_id] = future
         try:
             await self.producer.send_and_wait(
                 self.settings.commands_topic,
                 key=command.model.encode(),
-                value=encode_command(command, reply_to=self.settings.instance_id),
+                value=encode_command(
+                    command, reply_to=self.settings.instance_id, request_id=request_id
+                ),
             )
             answer = await asyncio.wait_for(future, self.settings.command_timeout_s)
         except TimeoutError:
@@ -297,13 +351,13 @@ class VersionService:
                 {
                     "error": "timeout",
                     "message": f"command {command.command_id} got no answer in "
-                    f"{self.settings.command_timeout_s:.0f}s; it may still be applied. Retry "
-                    "with the same command id: a repeat never applies twice",
+                    f"{self.settings.command_timeout_s:.0f}s; it may still be applied. Send it "
+                    "again unchanged, with the same command id: a repeat never applies twice",
                     "command_id": command.command_id,
                 },
             )
         finally:
-            self._pending.pop(command.command_id, None)
+            self._pending.pop(request_id, None)
         if answer.status < 300 and "offset" in answer.body:
             # Read-your-writes on this instance even when another one decided it.
             await self.wait_applied(answer.body["partition"], answer.body["offset"])
@@ -319,21 +373,10 @@ class VersionService:
         reason: str,
         stage: str,
     ) -> None:
+        """Send a bounded dead letter; never raises (a failure is logged and counted)."""
         self.dead_letters += 1
-        log.warning("dead letter from %s:%s@%s: %s", topic, partition, offset, reason)
-        await self.producer.send_and_wait(
-            self.settings.dead_letter_topic,
-            key=key,
-            value=DEAD_LETTERS.encode(
-                {
-                    "topic": topic,
-                    "partition": partition,
-                    "offset": offset,
-                    "key": key,
-                    "value": value,
-                    "reason": reason,
-                    "stage": stage,
-                    "at": int(time.time() * 1000),
-                }
-            ),
-        )
+        letter = deadletter.record(topic, partition, offset, key, value, reason, stage)
+        log.warning("dead letter %s", deadletter.describe(letter))
+        outcome = await deadletter.send(self.producer, self.settings.dead_letter_topic, letter)
+        if outcome is not deadletter.Outcome.SENT:
+            self.dead_letter_failures += 1

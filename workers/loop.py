@@ -18,7 +18,8 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from streams.codec import DEAD_LETTERS, FEATURES, PREDICTIONS
+from streams import deadletter
+from streams.codec import FEATURES, PREDICTIONS
 from streams.errors import UndecodableMessage
 from workers import scoring
 from workers.artifacts import ArtifactLoader
@@ -232,26 +233,28 @@ class Worker:
                     kafka_batch, self.settings.topics.predictions_topic, partition=partition
                 )
             )
+        letters = []
         for item, reason in scored.rejected:
             self.metrics.inc("modelvc_dead_letters_total", (("reason", reason.reason),))
-            futures.append(
-                await producer.send(
-                    self.settings.topics.dead_letter_topic,
-                    key=item.key,
-                    value=DEAD_LETTERS.encode(
-                        {
-                            "topic": item.topic,
-                            "partition": item.partition,
-                            "offset": item.offset,
-                            "key": item.key,
-                            "value": item.value,
-                            "reason": f"{reason.reason}: {reason}",
-                            "stage": "worker",
-                            "at": int(time.time() * 1000),
-                        }
-                    ),
-                )
+            letter = deadletter.record(
+                item.topic,
+                item.partition,
+                item.offset,
+                item.key,
+                item.value,
+                f"{reason.reason}: {reason}",
+                "worker",
             )
+            letters.append(
+                deadletter.send(producer, self.settings.topics.dead_letter_topic, letter)
+            )
+        # A dead letter never raises: one that cannot be sent whole is sent minimal, or logged
+        # and counted, and the batch goes on (a bad event must not block its partition).
+        for outcome in await asyncio.gather(*letters):
+            if outcome is not deadletter.Outcome.SENT:
+                self.metrics.inc(
+                    "modelvc_dead_letter_failures_total", (("outcome", outcome.value),)
+                )
         if futures:
             await asyncio.gather(*futures)  # acks=all for all of them before the commit
 

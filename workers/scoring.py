@@ -42,7 +42,10 @@ def feature_row(features: Mapping[str, Any], names: Sequence[str]) -> list[float
         if value is None:
             raise MissingFeature(f"feature {name!r} is null")
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise WrongType(f"feature {name!r} is {type(value).__name__} {value!r}, not a number")
+            # Quote at most 200 characters: the value may be megabytes (it is dead-lettered).
+            raise WrongType(
+                f"feature {name!r:.200} is {type(value).__name__} {value!r:.200}, not a number"
+            )
     return row
 
 

@@ -5,6 +5,12 @@ hash of its predecessor. An identical re-emission of an applied event (what
 at-least-once delivery produces) is a harmless duplicate; anything else that
 does not continue the chain is a violation, reported with enough coordinates
 to find the bytes: model, sequence number, topic, partition and offset.
+
+Bytes that carry the Avro single-object magic claim to be an event, so when
+they do not decode that is damage: a violation. Bytes without it never were an
+event (garbage from a foreign producer, an archive-restore placeholder): they
+are ``skipped`` with their coordinates (the streams app dead-letters them),
+not violations; an event they displaced still shows as a gap in its chain.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from streams.core.evolve import evolve
 from streams.core.fold import Fold, void_reason
 
 DUPLICATE = "duplicate"
+SKIPPED = "skipped"
 VIOLATIONS = ("undecodable", "gap", "conflict", "broken_hash", "invalid", "reordered")
 
 
@@ -32,7 +39,7 @@ class Where:
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # "duplicate" or one of VIOLATIONS
+    kind: str  # "duplicate", "skipped" or one of VIOLATIONS
     model: str
     seq: int
     where: Where
@@ -40,7 +47,7 @@ class Finding:
 
     @property
     def violation(self) -> bool:
-        return self.kind != DUPLICATE
+        return self.kind not in (DUPLICATE, SKIPPED)
 
 
 @dataclass
@@ -55,8 +62,9 @@ class Auditor:
     places: dict[str, list[Where]] = field(default_factory=dict)
     _gaps: dict[tuple[str, int], int] = field(default_factory=dict)
 
-    def undecodable(self, where: Where, reason: str) -> None:
-        self.findings.append(Finding("undecodable", "?", 0, where, reason))
+    def undecodable(self, where: Where, reason: str, garbage: bool = False) -> None:
+        """Bytes that did not decode; ``garbage`` when they never claimed to be an event."""
+        self.findings.append(Finding(SKIPPED if garbage else "undecodable", "?", 0, where, reason))
 
     def check(self, event: ModelEvent, where: Where) -> Finding | None:
         """Apply ``event`` if it continues its model's chain; else record and return why not."""
@@ -133,11 +141,11 @@ class Auditor:
             )
         return None
 
-    def run(self, located: Iterable[tuple[ModelEvent | None, Where, str]]) -> Auditor:
-        """Check a whole log: (event or None when undecodable, where, undecodable reason)."""
-        for event, where, reason in located:
+    def run(self, located: Iterable[tuple[ModelEvent | None, Where, str, bool]]) -> Auditor:
+        """Check a whole log: (event or None when undecodable, where, reason, garbage)."""
+        for event, where, reason, garbage in located:
             if event is None:
-                self.undecodable(where, reason)
+                self.undecodable(where, reason, garbage)
             else:
                 self.check(event, where)
         return self
@@ -146,4 +154,7 @@ class Auditor:
         return (f for f in self.findings if f.violation)
 
     def duplicates(self) -> int:
-        return sum(1 for f in self.findings if not f.violation)
+        return sum(1 for f in self.findings if f.kind == DUPLICATE)
+
+    def skipped(self) -> Iterator[Finding]:
+        return (f for f in self.findings if f.kind == SKIPPED)

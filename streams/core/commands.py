@@ -7,8 +7,11 @@ bytes; the core never reads a clock or draws a random id.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from streams.core.hashing import canonical, sha256_hex
 
 
 @dataclass(frozen=True)
@@ -79,3 +82,42 @@ class Command:
     actor: str
     at: int  # milliseconds since the epoch, stamped at the edge
     body: Body
+
+
+def _digest_number(value: object) -> object:
+    # 1 and 1.0 are the same metric (decide stores floats); anything the
+    # canonical JSON cannot hold (nan, inf, huge ints, bools) enters by its repr,
+    # so digesting never fails, even for a request that decide will refuse.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            return repr(value)
+        if math.isfinite(number):
+            return number
+    return repr(value)
+
+
+def command_digest(command: Command) -> str:
+    """sha256 of what makes two sends "the same request" under one command id.
+
+    The input is the canonical JSON of the model, the actor, the body type and
+    the body's fields. ``command_id`` is the key itself, and ``at`` is left out
+    because the server stamps it on every send: a retry after a timeout is the
+    same request although it arrives later.
+    """
+    fields = dict(command.body.__dict__)
+    if "params" in fields:
+        fields["params"] = dict(fields["params"])
+    if "metrics" in fields:
+        fields["metrics"] = {k: _digest_number(v) for k, v in fields["metrics"].items()}
+    return sha256_hex(
+        canonical(
+            {
+                "model": command.model,
+                "actor": command.actor,
+                "type": type(command.body).__name__,
+                "body": fields,
+            }
+        )
+    )

@@ -20,9 +20,11 @@ from streams.core.commands import (
     Merge,
     MoveAlias,
     Rollback,
+    command_digest,
 )
 from streams.core.errors import (
     BranchExists,
+    CommandIdReused,
     EmptyBranch,
     InvalidCommand,
     MergeConflict,
@@ -47,7 +49,7 @@ from streams.core.events import (
     RolledBack,
 )
 from streams.core.hashing import GENESIS_HASH, SHA256_HEX, commit_id
-from streams.core.state import ModelState
+from streams.core.state import ModelState, Receipt
 
 STRATEGIES = ("theirs", "ours")
 
@@ -269,12 +271,35 @@ _DECIDERS: dict[type, Callable[[Any, Command], Payload]] = {
 }
 
 
+def _check_repeat(state: ModelState, command: Command, receipt: Receipt, digest: str) -> None:
+    # An empty receipt digest comes from an event older than digests: nothing to
+    # compare with, so it keeps the old rule (any reuse is a repeat).
+    if receipt.digest and receipt.digest != digest:
+        raise CommandIdReused(
+            f"command id {command.command_id!r} was already used on model {state.name!r} "
+            f"by another request, which became event {receipt.seq} ({receipt.event}); "
+            "this request was not applied. Send it with a new command id (the client "
+            "makes one when you give none), or repeat the first request exactly to "
+            "read its result",
+            command_id=command.command_id,
+            model=state.name,
+            seq=receipt.seq,
+            event=receipt.event,
+        )
+
+
 def decide(state: ModelState | None, command: Command) -> tuple[ModelEvent, ...]:
     """Events that ``command`` produces on ``state``; () when it was already applied.
 
+    The idempotency key is (model, command id): a state holds the receipts of
+    its own model only. A repeat of the same request (same
+    :func:`~streams.core.commands.command_digest`) yields (); another request
+    under a used key raises :class:`~streams.core.errors.CommandIdReused`.
     Raises a :class:`~streams.core.errors.VersionGraphError` when it is refused.
     """
+    digest = command_digest(command)
     if state is not None and command.command_id in state.receipts:
+        _check_repeat(state, command, state.receipts[command.command_id], digest)
         return ()
     if state is None and not isinstance(command.body, CreateModel):
         raise UnknownModel(
@@ -292,5 +317,6 @@ def decide(state: ModelState | None, command: Command) -> tuple[ModelEvent, ...]
             actor=command.actor,
             at=command.at,
             payload=payload,
+            command_digest=digest,
         ),
     )

@@ -117,3 +117,14 @@ class WriteRaced(VersionGraphError):
 
     status = 409
     code = "write_raced"
+
+
+class CommandIdReused(VersionGraphError):
+    """Raised when a command id already accepted on a model comes back with another request.
+
+    The idempotency key is (model, command id): an exact repeat is answered with
+    the first result, but a different body or actor under the same key would be
+    silently dropped, so it is refused and the first request's event is named.
+    """
+
+    code = "command_id_reused"

@@ -101,14 +101,17 @@ class ModelEvent:
     actor: str
     at: int
     payload: Payload
+    # sha256 of the request that caused the event (commands.command_digest); "" in
+    # events written before it existed, which every reader treats as "unknown".
+    command_digest: str = ""
 
     @property
     def type(self) -> str:
         return type(self.payload).__name__
 
     def to_plain(self) -> dict[str, object]:
-        """Plain-data view of the event: the input of its hash, and its JSON form."""
-        return {
+        """Plain-data view of the event (its JSON form); ``command_digest`` only when set."""
+        plain: dict[str, object] = {
             "model": self.model,
             "seq": self.seq,
             "prev_hash": self.prev_hash,
@@ -118,9 +121,17 @@ class ModelEvent:
             "type": self.type,
             "payload": plain_payload(self.payload),
         }
+        if self.command_digest:
+            plain["command_digest"] = self.command_digest
+        return plain
 
     def hash(self) -> str:
         """sha256 of the event's canonical form; the next event's ``prev_hash``.
+
+        The input is the canonical JSON of ``model, seq, prev_hash, command_id,
+        actor, at, type, payload``, plus ``command_digest`` *only when it is not
+        empty*: events written before the digest existed keep the hash they were
+        chained with, and a digest, once written, is covered by the chain.
 
         A commit enters by its id alone: the id is itself the hash of the
         commit's content (checked by the fold), so hashing the content twice
@@ -130,20 +141,19 @@ class ModelEvent:
         commit = payload.get("commit")
         if isinstance(commit, Commit):
             payload["commit"] = commit.id
-        return sha256_hex(
-            canonical(
-                {
-                    "model": self.model,
-                    "seq": self.seq,
-                    "prev_hash": self.prev_hash,
-                    "command_id": self.command_id,
-                    "actor": self.actor,
-                    "at": self.at,
-                    "type": type(self.payload).__name__,
-                    "payload": payload,
-                }
-            )
-        )
+        hashed: dict[str, object] = {
+            "model": self.model,
+            "seq": self.seq,
+            "prev_hash": self.prev_hash,
+            "command_id": self.command_id,
+            "actor": self.actor,
+            "at": self.at,
+            "type": type(self.payload).__name__,
+            "payload": payload,
+        }
+        if self.command_digest:
+            hashed["command_digest"] = self.command_digest
+        return sha256_hex(canonical(hashed))
 
 
 def plain_commit(commit: Commit) -> dict[str, object]:

@@ -51,7 +51,10 @@ def _move(
         commits,
         state.branches if branches is None else branches,
         state.aliases if aliases is None else aliases,
-        {**state.receipts, event.command_id: Receipt(event.seq, event.type, name, new)},
+        {
+            **state.receipts,
+            event.command_id: Receipt(event.seq, event.type, name, new, event.command_digest),
+        },
         Reflog(move, state.reflog),
     )
 
@@ -67,7 +70,11 @@ def model_created(_: ModelState | None, event: ModelEvent, event_hash: str) -> M
         commits={},
         branches={payload.default_branch: None},
         aliases={},
-        receipts={event.command_id: Receipt(event.seq, event.type, payload.default_branch, None)},
+        receipts={
+            event.command_id: Receipt(
+                event.seq, event.type, payload.default_branch, None, event.command_digest
+            )
+        },
     )
 
 

@@ -1,8 +1,9 @@
 """Canonical encodings and the hashes built on them.
 
 One canonical form (sorted-key, compact, ASCII JSON) is the basis of commit
-ids, the event hash chain and the state digest, so an auditor can recompute
-every hash from decoded events with nothing but a JSON library and sha256.
+ids, command digests, the event hash chain and the state digest, so an auditor
+can recompute every hash from decoded events with nothing but a JSON library
+and sha256.
 """
 
 from __future__ import annotations

@@ -43,12 +43,18 @@ class Reflog:
 
 @dataclass(frozen=True)
 class Receipt:
-    """What an accepted command did; a repeat of the command answers with this."""
+    """What an accepted command did; a repeat of the command answers with this.
+
+    ``digest`` is the accepted request's :func:`~streams.core.commands.command_digest`
+    ("" for events written before digests existed), so a reuse of its command id
+    for another request can be told from a repeat.
+    """
 
     seq: int
     event: str
     ref: str | None
     head: str | None
+    digest: str = ""
 
 
 @dataclass(frozen=True)

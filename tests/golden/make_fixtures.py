@@ -2,7 +2,9 @@
 
 Run it only to ADD fixtures for a new schema version; never rewrite old ones:
 they are the bytes that earlier releases put on the wire, and every future
-schema must still read them (tests/unit/test_wire_compat.py).
+schema must still read them (tests/unit/test_wire_compat.py). It also adds
+every current writer schema to ``schemas/released`` (the set every codec
+reads), which a schema change must do before it ships.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from schemas import RELEASED_DIR
 from streams import codec
 from streams.core import (
     Command,
@@ -88,10 +91,9 @@ def _write_new(path: Path, data: bytes) -> None:
 def main() -> None:
     out = HERE / "v1"
     out.mkdir(exist_ok=True)
-    schemas = HERE / "schemas"
-    schemas.mkdir(exist_ok=True)
-    for c in (codec.EVENTS, codec.COMMANDS, codec.FEATURES, codec.PREDICTIONS):
-        _write_new(schemas / f"{c.fingerprint.hex()}.avsc", json.dumps(c.schema, indent=1).encode())
+    for c in codec.CODECS:
+        released = RELEASED_DIR / f"{c.fingerprint.hex()}.avsc"
+        _write_new(released, (json.dumps(c.schema, indent=1) + "\n").encode())
     state = Fold()
     for i, command in enumerate(history()):
         _write_new(out / f"command-{i:02d}.bin", codec.encode_command(command, "golden"))

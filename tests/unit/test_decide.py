@@ -18,8 +18,10 @@ from streams.core import (
     decide,
     refs,
 )
+from streams.core.commands import command_digest
 from streams.core.errors import (
     AmbiguousRef,
+    CommandIdReused,
     EmptyBranch,
     InvalidCommand,
     MergeConflict,
@@ -32,6 +34,7 @@ from streams.core.errors import (
     UnknownRef,
 )
 from streams.core.fold import Fold
+from streams.core.hashing import canonical, sha256_hex
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
 
@@ -106,6 +109,87 @@ def test_repeated_command_id_emits_nothing(repo: Repo) -> None:
     assert len(repo.run(MakeCommit(A, "one"), command_id="same")) == 1
     assert repo.run(MakeCommit(A, "one"), command_id="same") == ()
     assert len(repo.state.commits) == 1
+
+
+def test_finding_7_reused_command_id_with_different_body_is_refused(repo: Repo) -> None:
+    (first,) = repo.run(MakeCommit(A, "one"), command_id="job-7")
+    with pytest.raises(CommandIdReused) as caught:
+        repo.run(MakeCommit(A, "two"), command_id="job-7")
+    fault = caught.value
+    assert fault.code == "command_id_reused" and fault.status == 422
+    assert fault.details == {
+        "command_id": "job-7",
+        "model": "m",
+        "seq": first.seq,
+        "event": "Committed",
+    }
+    assert "new command id" in fault.message and f"event {first.seq}" in fault.message
+    assert [c.message for c in repo.state.commits.values()] == ["one"]
+
+
+def test_finding_7_same_request_is_a_repeat_even_when_stamped_later(repo: Repo) -> None:
+    (first,) = repo.run(MakeCommit(A, "one", metrics={"auc": 1.0}), command_id="job-7")
+    # A retry after a timeout is stamped again by the server; 1 and 1.0 are one metric.
+    retry = Command(
+        "job-7", "m", "alice", first.at + 60_000, MakeCommit(A, "one", metrics={"auc": 1})
+    )
+    assert decide(repo.state, retry) == ()
+    assert repo.state.receipts["job-7"].digest == first.command_digest == command_digest(retry)
+
+
+def test_finding_7_another_actor_or_body_type_under_a_used_id_is_another_request(
+    repo: Repo,
+) -> None:
+    repo.run(MakeCommit(A, "one"), command_id="job-7")
+    with pytest.raises(CommandIdReused):
+        decide(repo.state, Command("job-7", "m", "mallory", 1, MakeCommit(A, "one")))
+    with pytest.raises(CommandIdReused):
+        decide(repo.state, Command("job-7", "m", "alice", 1, CreateBranch("exp")))
+    # Digesting never fails, even for a body decide would refuse for other reasons.
+    with pytest.raises(CommandIdReused):
+        repo.run(MakeCommit(A, "one", metrics={"auc": float("nan"), "n": 10**400}), "job-7")
+
+
+def test_finding_7_the_key_is_model_and_command_id(repo: Repo) -> None:
+    repo.run(MakeCommit(A, "one"), command_id="job-7")
+    repo.run(CreateModel(), model="other", command_id="job-7")
+    (event,) = decide(
+        repo.fold.models["other"], Command("job-8", "other", "alice", 9, MakeCommit(B, "x"))
+    )
+    assert event.model == "other"
+    assert repo.fold.models["other"].receipts["job-7"].event == "ModelCreated"
+    assert repo.state.receipts["job-7"].event == "Committed"
+
+
+def test_finding_7_events_without_a_digest_keep_the_old_repeat_rule(repo: Repo) -> None:
+    """Events written before digests existed: any reuse of their id is a repeat."""
+    command = Command("old-1", "m", "alice", 5, MakeCommit(A, "one"))
+    (event,) = decide(repo.state, command)
+    old = replace(event, command_digest="")
+    assert repo.fold.apply(old) is None
+    assert repo.state.receipts["old-1"].digest == ""
+    other = Command("old-1", "m", "mallory", 6, MakeCommit(B, "two"))
+    assert decide(repo.state, other) == ()
+
+
+def test_event_hash_covers_the_digest_only_when_set(repo: Repo) -> None:
+    (event,) = decide(repo.state, Command("h-1", "m", "alice", 5, MakeCommit(A, "one")))
+    assert event.command_digest
+    old = replace(event, command_digest="")
+    plain = {
+        "model": "m",
+        "seq": event.seq,
+        "prev_hash": event.prev_hash,
+        "command_id": "h-1",
+        "actor": "alice",
+        "at": 5,
+        "type": "Committed",
+        "payload": {"branch": "main", "commit": event.payload.commit.id},  # type: ignore[union-attr]
+    }
+    assert old.hash() == sha256_hex(canonical(plain))  # unchanged for old events
+    assert event.hash() == sha256_hex(canonical({**plain, "command_digest": event.command_digest}))
+    assert "command_digest" not in old.to_plain()
+    assert event.to_plain()["command_digest"] == event.command_digest
 
 
 def test_merge_fast_forwards_when_target_is_an_ancestor(repo: Repo) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from itertools import pairwise
+from pathlib import Path
 
+from streams.codec import decode_event
 from streams.core import Command, CreateModel, MakeCommit, decide, fold
 from streams.core.events import Committed
 
@@ -41,3 +44,20 @@ def test_broken_hash_chain_is_void() -> None:
     (event,) = decide(state, Command("c1", "m", "alice", 2, MakeCommit(A, "x")))
     assert fold([created, replace(event, prev_hash="f" * 64)]).voided == 1
     assert fold([created, replace(event, seq=3)]).voided == 1
+
+
+def test_finding_7_v1_events_decode_without_a_digest_and_keep_their_hashes() -> None:
+    """Events written before command digests existed still fold into a valid chain,
+    with the hashes they were chained with, and their receipts keep the old repeat rule."""
+    golden = Path(__file__).parents[1] / "golden" / "v1"
+    files = sorted(golden.glob("event-*.bin"))
+    events = [decode_event(f.read_bytes()) for f in files]  # the service's own decoder
+    assert events and all(e.command_digest == "" for e in events)
+    for event, following in pairwise(events):
+        assert event.hash() == following.prev_hash
+    result = fold(events)
+    state = result.models["churn"]
+    assert result.voided == 0 and state.seq == len(events)
+    assert {r.digest for r in state.receipts.values()} == {""}
+    reuse = Command("cmd-01", "churn", "someone-else", 1, MakeCommit(B, "not the same"))
+    assert decide(state, reuse) == ()

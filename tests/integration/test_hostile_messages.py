@@ -1,0 +1,340 @@
+"""Hostile bytes on every topic: no process goes down, every bad message is a bounded dead letter.
+
+Issue 7, findings 3 and 4, and the fuzz of random and oversized messages on every
+topic, against a real broker. The embedded broker (Tansu) takes messages above
+1 MB, so an attacker with a plain Kafka client can put them on any topic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaProducer
+
+from modelvc.client import Client
+from modelvc.processes import alive, free_port
+from modelvc.stack import Stack
+from modelvc.streaming import feature_event
+from streams import deadletter
+from streams.archive import PLACEHOLDER_MAGIC, Archive
+from streams.codec import DEAD_LETTERS, FEATURES, MAGIC, encode_command
+from streams.core.commands import Command, MakeCommit
+from streams.logreader import read_topic
+from tests.conftest import train_model
+from tests.integration.test_workers import features, predictions, rows, setup_model
+
+pytestmark = pytest.mark.broker
+BIG = 1_200_000  # above the 1 MB default limit of Kafka producers and brokers
+
+
+@pytest.fixture(scope="module")
+def serving(tmp_path_factory: pytest.TempPathFactory, bootstrap: str) -> Iterator[Stack]:
+    """One stack (streams app, worker, archiver) that every hostile test here attacks in turn."""
+    home = tmp_path_factory.mktemp("hostile") / "home"
+    s = Stack.up(home, bootstrap=bootstrap, namespace=f"hostile{os.getpid()}", workers=1)
+    try:
+        setup_model(s, tmp_path_factory.mktemp("models"))
+        yield s
+    finally:
+        s.down()
+
+
+def attacker(stack: Stack) -> KafkaProducer:
+    """A plain Kafka client that sends whatever it likes (the broker takes > 1 MB)."""
+    return KafkaProducer(bootstrap_servers=stack.settings.bootstrap, max_request_size=8 << 20)
+
+
+def garbage(rng: random.Random, size: int) -> bytes:
+    data = rng.randbytes(size)
+    # Bytes with the Avro magic claim to be a record; on the events log the audit rightly
+    # calls those damage. Garbage here must never have been an event.
+    return b"\x00" + data[1:] if data[:2] == MAGIC else data
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "it") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def letters(stack: Stack) -> list[tuple[int, dict[str, Any]]]:
+    """(encoded size, record) of every decodable dead letter."""
+    out = []
+    for r in read_topic(stack.settings.bootstrap, stack.settings.dead_letter_topic):
+        if r.value and r.value[:2] == MAGIC:
+            try:
+                out.append((len(r.value) + len(r.key or b""), DEAD_LETTERS.decode(r.value)))
+            except Exception:
+                continue  # the fuzz writes garbage here too
+    return out
+
+
+def letter_for(
+    stack: Stack, topic: str, partition: int, offset: int, stage: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    def find() -> tuple[int, dict[str, Any]] | None:
+        return next(
+            (
+                (size, d)
+                for size, d in letters(stack)
+                if (d["topic"], d["partition"], d["offset"]) == (topic, partition, offset)
+                and stage in (None, d["stage"])
+            ),
+            None,
+        )
+
+    found: tuple[int, dict[str, Any]] = wait_for(find, what=f"a dead letter for {topic}@{offset}")
+    return found
+
+
+def assert_bounded(size: int, letter: dict[str, Any], original: bytes) -> None:
+    assert size <= deadletter.MAX_ENCODED_BYTES
+    assert letter["value_size"] == len(original)
+    assert letter["value_sha256"] == hashlib.sha256(original).hexdigest()
+    if len(original) > deadletter.VALUE_LIMIT:
+        assert letter["value"] is None and letter["truncated"] is True
+    assert len(letter["reason"].encode()) <= deadletter.REASON_LIMIT
+
+
+def healthz(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url + "/healthz", timeout=5) as response:
+        return dict(json.load(response))
+
+
+def assert_all_alive(stack: Stack) -> None:
+    for name, spawned in stack.processes.items():
+        assert alive(spawned.pid), f"{name} died; see {spawned.log}"
+    assert healthz(stack.url)["ready"]
+    assert healthz(stack.worker_url())["ready"]
+
+
+def test_finding_3_a_1mb_feature_value_is_dead_lettered_bounded_and_the_partition_moves_on(
+    serving: Stack,
+) -> None:
+    topic = serving.settings.features_topic
+    good = features(rows(1)[0])
+    huge = feature_event("churn", {**good, "f2": "x" * 1_000_000}, event_id="huge")
+    producer = attacker(serving)
+    sent = []
+    # All on one partition: the good event after the huge one must still be scored.
+    for event in (feature_event("churn", good, event_id="f3-before"), huge):
+        sent.append(producer.send(topic, key=b"k", value=FEATURES.encode(event), partition=0))
+    sent.append(
+        producer.send(
+            topic,
+            key=b"k",
+            value=FEATURES.encode(feature_event("churn", good, event_id="f3-after")),
+            partition=0,
+        )
+    )
+    metadata = [future.get(10) for future in sent]
+    producer.close()
+    size, letter = letter_for(serving, topic, 0, metadata[1].offset)
+    assert_bounded(size, letter, FEATURES.encode(huge))
+    assert letter["reason"].startswith("wrong_type: ") and letter["stage"] == "worker"
+    wait_for(
+        lambda: {"f3-before", "f3-after"} <= {p["feature_event_id"] for p in predictions(serving)},
+        what="the events around the huge one to be scored",
+    )
+    assert_all_alive(serving)
+
+
+def test_finding_4_random_bytes_on_events_leave_the_streams_app_serving(
+    serving: Stack, tmp_path: Path
+) -> None:
+    value = garbage(random.Random(4), BIG)
+    producer = attacker(serving)
+    sent = producer.send(serving.settings.events_topic, key=b"churn", value=value, partition=1)
+    offset = sent.get(10).offset
+    producer.close()
+    size, letter = letter_for(serving, serving.settings.events_topic, 1, offset)
+    assert_bounded(size, letter, value)
+    assert letter["stage"] == "fold"
+    c = Client(serving.url)
+    c.create("after-events-garbage")
+    digest = c.upload(train_model(tmp_path / "m.txt"))["sha256"]
+    assert c.commit("after-events-garbage", digest, "still serving")["seq"] == 2
+    assert_all_alive(serving)
+
+
+def test_finding_4_random_bytes_on_commands_are_dead_lettered_and_commands_still_work(
+    serving: Stack, tmp_path: Path
+) -> None:
+    value = garbage(random.Random(5), BIG)
+    producer = attacker(serving)
+    offsets = {}
+    for partition in range(serving.settings.partitions):  # whichever partition the agent owns
+        sent = producer.send(
+            serving.settings.commands_topic, key=b"x", value=value, partition=partition
+        )
+        offsets[partition] = sent.get(10).offset
+    producer.close()
+    for partition, offset in offsets.items():
+        size, letter = letter_for(serving, serving.settings.commands_topic, partition, offset)
+        assert_bounded(size, letter, value)
+        assert letter["stage"] == "decode"
+    c = Client(serving.url)
+    c.create("after-commands-garbage")
+    digest = c.upload(train_model(tmp_path / "m.txt"))["sha256"]
+    assert c.commit("after-commands-garbage", digest, "still deciding")["seq"] == 2
+    assert_all_alive(serving)
+
+
+def test_random_bytes_on_replies_are_dead_lettered(serving: Stack) -> None:
+    value = garbage(random.Random(6), BIG)
+    producer = attacker(serving)
+    instance = serving.settings.instance_id.encode()
+    sent = producer.send(serving.settings.replies_topic, key=instance, value=value)
+    offset = sent.get(10).offset
+    producer.close()
+    size, letter = letter_for(serving, serving.settings.replies_topic, 0, offset)
+    assert_bounded(size, letter, value)
+    assert letter["stage"] == "reply"
+    assert_all_alive(serving)
+
+
+def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MODELVC_HOME": str(stack.home), "MODELVC_URL": stack.url}
+    return subprocess.run(
+        [sys.executable, "-m", "modelvc.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
+
+
+def test_fuzz_random_and_oversized_messages_on_every_topic(serving: Stack, tmp_path: Path) -> None:
+    """A fixed budget of hostile messages on every topic; then everything still answers,
+    the audit is clean, and every commit acknowledged before or after is in the log."""
+    s = serving.settings
+    c = Client(serving.url)
+    digest = c.upload(train_model(tmp_path / "m.txt"))["sha256"]
+    c.create("fuzzed")
+    acknowledged = [c.commit("fuzzed", digest, f"before-{i}")["head"] for i in range(3)]
+    rng = random.Random(20240607)
+    topics = {
+        s.events_topic: s.partitions,
+        s.commands_topic: s.partitions,
+        s.replies_topic: 1,
+        s.features_topic: s.partitions,
+        s.predictions_topic: s.partitions,
+        s.dead_letter_topic: 1,
+    }
+    keys: list[bytes | None] = [None, b"", b"churn", b"fuzzed", s.instance_id.encode()]
+    producer = attacker(serving)
+    sent: list[tuple[str, Any, bytes]] = []
+    for topic, partitions in topics.items():
+        sizes = [0, 1, 9, 10, 11, *(rng.randrange(12, 4096) for _ in range(8)), BIG]
+        for size in sizes:
+            value = garbage(rng, size)
+            key = rng.choice(keys) if rng.random() < 0.8 else rng.randbytes(rng.randrange(1, 3000))
+            future = producer.send(topic, key=key, value=value, partition=rng.randrange(partitions))
+            sent.append((topic, future, value))
+    # Oversized but well-formed: a 1.1 MB commit message (keyed by its model, so it reaches
+    # the partition that owns it), and a 1.1 MB feature value.
+    command = Command("fuzz-big", "fuzzed", "fuzzer", 0, MakeCommit(digest, "m" * 1_100_000))
+    big_command = encode_command(command)
+    sent.append(
+        (s.commands_topic, producer.send(s.commands_topic, big_command, b"fuzzed"), big_command)
+    )
+    huge = FEATURES.encode(feature_event("churn", {"f0": "y" * 1_100_000}, event_id="fuzz-huge"))
+    sent.append((s.features_topic, producer.send(s.features_topic, value=huge), huge))
+    landed = [(topic, future.get(20), value) for topic, future, value in sent]
+    producer.close()
+
+    # Every bad message that a service reads becomes a bounded dead letter.
+    read_by_a_service = {s.events_topic, s.commands_topic, s.features_topic}
+    for topic, metadata, value in landed:
+        if topic in read_by_a_service and value is not big_command:  # that one decodes
+            size, letter = letter_for(serving, topic, metadata.partition, metadata.offset)
+            assert size <= deadletter.MAX_ENCODED_BYTES
+            if value:
+                assert_bounded(size, letter, value)
+    assert_all_alive(serving)
+
+    acknowledged += [c.commit("fuzzed", digest, f"after-{i}")["head"] for i in range(3)]
+    assert [commit["id"] for commit in c.log("fuzzed")["commits"]][: len(acknowledged)] == list(
+        reversed(acknowledged)
+    )
+    replay = cli(serving, "--json", "audit", "replay", "--jobs", "1")
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    summary = json.loads(replay.stdout)
+    assert not summary["violations"] and summary["live_digest"] == summary["digest"]
+    garbage_on_events = sum(1 for topic, _, _ in landed if topic == s.events_topic)
+    assert len(summary["skipped"]) >= garbage_on_events
+    assert_all_alive(serving)
+
+
+def test_finding_4_archive_restore_skips_what_the_broker_refuses(tmp_path: Path) -> None:
+    """An archived 1.2 MB message the producer refuses: `up` skips, reports and dead-letters it,
+    keeps later offsets aligned with a placeholder, and exits 4 with one line, no traceback."""
+    home = tmp_path / "home"
+    stack = Stack.up(home)  # its own embedded broker: memory only, history in the archive
+    try:
+        c = Client(stack.url)
+        digest = c.upload(train_model(tmp_path / "m.txt"))["sha256"]
+        c.create("churn")
+        partition = c.commit("churn", digest, "one")["partition"]
+        value = garbage(random.Random(9), BIG)
+        producer = attacker(stack)
+        events = stack.settings.events_topic
+        offset = producer.send(events, key=b"churn", value=value, partition=partition).get(10)
+        offset = offset.offset
+        producer.close()
+        last = c.commit("churn", digest, "two")  # after the garbage, on the same partition
+        assert last["partition"] == partition and last["offset"] > offset
+        log_before, digest_before = c.log("churn"), c.digest()["digest"]
+    finally:
+        stack.down()  # the archiver drains the log (garbage included) and flushes
+    assert Archive(home / "archive").next_offset(partition) == last["offset"] + 1
+
+    ports = ["--port", str(free_port()), "--broker-port", str(free_port())]
+    env = {**os.environ, "MODELVC_HOME": str(home)}
+    env.pop("KAFKA_BOOTSTRAP", None)
+    up = subprocess.run(
+        [sys.executable, "-m", "modelvc.cli", "up", "--workers", "0", *ports],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
+    try:
+        assert up.returncode == 4, up.stdout + up.stderr
+        assert "Traceback" not in up.stderr
+        (line,) = [ln for ln in up.stderr.splitlines() if "refused" in ln]
+        assert f"{partition}@{offset} (" in line and "1,200,000 bytes" in line
+        restored = Stack.load(home)
+        c = Client(restored.url)
+        assert c.log("churn") == log_before and c.digest()["digest"] == digest_before
+        at = {
+            r.offset: r.value
+            for r in read_topic(restored.settings.bootstrap, events, partitions=[partition])
+        }
+        assert at[offset] is not None and at[offset].startswith(PLACEHOLDER_MAGIC)
+        assert hashlib.sha256(value).hexdigest().encode() in at[offset]
+        size, letter = letter_for(restored, events, partition, offset, "restore")
+        assert_bounded(size, letter, value)
+        assert "MessageSizeTooLargeError" in letter["reason"]
+        assert c.commit("churn", digest, "three")["seq"] == 4
+        replay = cli(restored, "--json", "audit", "replay", "--jobs", "1")
+        assert replay.returncode == 0, replay.stdout + replay.stderr
+        skipped = json.loads(replay.stdout)["skipped"]
+        assert [(s["partition"], s["offset"]) for s in skipped] == [(partition, offset)]
+    finally:
+        if (home / "stack.json").exists():
+            Stack.load(home).down()
