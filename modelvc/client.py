@@ -57,8 +57,11 @@ class Client:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         request = urllib.request.Request(url, data=data, method=method)
         request.add_header("X-Modelvc-Actor", self.actor)
-        if raw is None and body is not None:
-            request.add_header("Content-Type", "application/json")
+        if method != "GET":
+            # The service refuses a write without its declared content type (415), so a
+            # foreign web page cannot pass a form or a blob off as a command.
+            kind = "application/octet-stream" if raw is not None else "application/json"
+            request.add_header("Content-Type", kind)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 payload = response.read()

@@ -54,8 +54,24 @@ def create_app(settings: Settings) -> tuple[faust.App, VersionService]:
         store="memory://",
         datadir=str(settings.data_dir / "faust"),
         web_host=settings.web_host,
+        # Faust binds to `web_bind` (default 0.0.0.0, from F_WEB_BIND), not to
+        # `web_host`, which only names the server in URLs: bind where we were told.
+        web_bind=settings.web_host,
         web_port=settings.web_port,
         web_in_thread=False,
+        # Faust's own pages (/router, /table, /graph, /stats) are not part of our
+        # API; "/" stays (Faust always mounts an index there) and is documented.
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
+        web_metrics_enabled=False,
+        web_application_options={
+            "middlewares": api.middlewares(settings),
+            # request.read()/json() refuse larger bodies (413); uploads stream past it
+            # with their own limit.
+            "client_max_size": api.MAX_JSON_BYTES,
+        },
         broker_session_timeout=6,
         broker_rebalance_timeout=6,
         broker_heartbeat_interval=1,

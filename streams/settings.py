@@ -22,6 +22,8 @@ class Settings:
     partitions: int = 4
     data_dir: Path = Path(".modelvc/streams")
     artifact_root: Path = Path(".modelvc/artifacts")
+    # The address the HTTP API binds to, and its canonical host: loopback unless an
+    # operator says otherwise (a container sets 0.0.0.0 and publishes the port).
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     app_id: str = "modelvc-streams"
@@ -30,6 +32,8 @@ class Settings:
     # wait bounds read latency; 10 ms keeps a commit round trip well under 100 ms.
     fetch_wait_ms: int = 10
     command_timeout_s: float = 20.0
+    # How long a read with ``?after=P:O`` waits for the projection to reach O.
+    consistency_timeout_s: float = 10.0
     events_topic: str = EVENTS_TOPIC
     commands_topic: str = COMMANDS_TOPIC
     replies_topic: str = REPLIES_TOPIC
@@ -72,4 +76,5 @@ class Settings:
             instance_id=env.get("MODELVC_INSTANCE_ID", f"{socket.gethostname()}-{port}"),
             fetch_wait_ms=int(env.get("MODELVC_FETCH_WAIT_MS", "10")),
             command_timeout_s=float(env.get("MODELVC_COMMAND_TIMEOUT_S", "20")),
+            consistency_timeout_s=float(env.get("MODELVC_CONSISTENCY_TIMEOUT_S", "10")),
         )

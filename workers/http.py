@@ -1,4 +1,9 @@
-"""HTTP endpoints of a worker: predict one row, Prometheus metrics, health."""
+"""HTTP endpoints of a worker: predict one row, Prometheus metrics, health.
+
+The same hygiene as the streams API (``streams.http_edge``): errors are JSON,
+POST needs ``Content-Type: application/json``, foreign origins are refused and
+bodies are bounded; the server binds to ``MODELVC_WORKER_HOST`` (loopback by default).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,13 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
+from streams.http_edge import JSON, guard, render_errors
 from workers import scoring
 from workers.errors import Rejected, UnknownModel, UnknownRef
 from workers.loop import Worker
+
+# One row of features is small; a bigger body is refused (413) before it is parsed.
+MAX_BODY_BYTES = 1024 * 1024
 
 
 def create_app(worker: Worker) -> web.Application:
@@ -19,7 +28,7 @@ def create_app(worker: Worker) -> web.Application:
         model = request.match_info["model"]
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             return web.json_response(
                 {"error": "invalid", "message": "body must be JSON"}, status=422
             )
@@ -74,7 +83,14 @@ def create_app(worker: Worker) -> web.Application:
         }
         return web.json_response(body, status=200 if ready else 503)
 
-    app = web.Application()
+    settings = worker.settings
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=[
+            render_errors(lambda exc: None, MAX_BODY_BYTES),
+            guard(settings.web_host, settings.web_port, lambda request: JSON),
+        ],
+    )
     app.router.add_post("/v1/models/{model}/predict", predict)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)

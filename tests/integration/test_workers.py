@@ -115,7 +115,11 @@ def test_predictions_carry_the_commit_and_equal_booster_predict(
         assert by_id[f"main{i}"]["scores"] == [expected_v1[i]]
     # the HTTP endpoint resolves and scores exactly like the stream
     body = json.dumps({"features": features(x[0])}).encode()
-    request = urllib.request.Request(serving.worker_url() + "/v1/models/churn/predict", data=body)
+    request = urllib.request.Request(
+        serving.worker_url() + "/v1/models/churn/predict",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=5) as response:
         answer = json.load(response)
     assert answer["commit_id"] == heads[0] and answer["scores"] == [expected_v0[0]]

@@ -1,0 +1,485 @@
+"""The OpenAPI 3.1 document of the streams HTTP API, served at ``GET /v1/openapi.json``.
+
+A test checks that every route the app registers is described here and that
+nothing else is, and schemathesis checks the answers against it; so a route
+added without its entry here fails the tests. The limits are the API's own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams.modelfile import MAX_MODEL_BYTES
+
+# The API's limits are imported lazily by ``document`` (api imports this module).
+_ERROR_STATUSES = {
+    400: "The request cannot be read (a body that does not decode, a closed connection).",
+    403: "Refused: a foreign Origin (a web page of another site) or a foreign Host.",
+    404: "Unknown route, model, ref or artifact.",
+    405: "The route exists but not with this method (the Allow header lists the methods).",
+    409: "Conflict: the name exists, or expect/expect_head is stale (see `current`).",
+    413: "The body is larger than the limit.",
+    415: "Writes need Content-Type application/json (uploads: application/octet-stream) "
+    "and no Content-Encoding.",
+    422: "Invalid input; `field` names the field when there is one.",
+    500: "A bug: the server log has the traceback.",
+    503: "Not ready yet (still catching up with the log), or cannot check a model now; retry.",
+    504: "No answer in time; retry (a command with the same command_id is applied once).",
+    507: "The artifact store is full or read-only; the operator must fix it.",
+}
+
+_WRITE_ERRORS = (400, 403, 404, 409, 413, 415, 422, 500, 504)
+_READ_ERRORS = (400, 403, 404, 422, 500, 504)
+
+_NAME = {"type": "string", "minLength": 1, "maxLength": 1024}
+_NULLABLE_NAME = {"type": ["string", "null"], "maxLength": 1024}
+_DIGEST = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+_ID = {"type": "string", "maxLength": 128}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(s): _json(_ref("Error"), _ERROR_STATUSES[s]) for s in statuses}
+
+
+def _path_param(name: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema or _NAME}
+
+
+def _query(name: str, schema: dict[str, Any], description: str, required: bool = False) -> Any:
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "schema": schema,
+        "description": description,
+    }
+
+
+_AFTER = _query(
+    "after",
+    {"type": "string", "pattern": r"^[0-9]{1,9}:[0-9]{1,18}(,[0-9]{1,9}:[0-9]{1,18})*$"},
+    "Wait until these event offsets (PARTITION:OFFSET,...) are applied: read your writes.",
+)
+_AS_OF = _query(
+    "as_of",
+    {"type": "string", "maxLength": 64},
+    "The state as of an event offset (e.g. 42) or an ISO-8601 time (server clock).",
+)
+_ACTOR_HEADER = {
+    "name": "X-Modelvc-Actor",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": 128, "pattern": "^[\\x20-\\x7e]*$"},
+}
+
+
+def _command(
+    summary: str, body: dict[str, Any] | None, params: list[dict[str, Any]]
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "parameters": [*params, _ACTOR_HEADER],
+        "responses": {
+            "201": _json(_ref("Receipt"), "Applied."),
+            "200": _json(_ref("Receipt"), "A repeat of an applied command (same command_id)."),
+            **_errors(*_WRITE_ERRORS),
+        },
+    }
+    if body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": body}},
+        }
+    return operation
+
+
+def _command_body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            **properties,
+            "command_id": {**_ID, "description": "Idempotency key; a retry reuses it."},
+            "actor": _ID,
+        },
+        "required": required,
+        # The server stamps every event with its own clock (finding 8).
+        "not": {"required": ["at"]},
+    }
+
+
+def _query_op(summary: str, schema: dict[str, Any], params: list[dict[str, Any]]) -> Any:
+    return {
+        "summary": summary,
+        "parameters": params,
+        "responses": {"200": _json(schema, "The answer."), **_errors(*_READ_ERRORS)},
+    }
+
+
+def document() -> dict[str, Any]:
+    from streams import api  # the limits live with the handlers
+
+    model = _path_param("model")
+    message = {"type": "string", "minLength": 1, "maxLength": api.MAX_MESSAGE_BYTES}
+    entries = {"maxProperties": api.MAX_ENTRIES, "propertyNames": {"maxLength": 128}}
+    schemas: dict[str, Any] = {
+        "Error": {
+            "type": "object",
+            "properties": {
+                "error": {"type": "string", "description": "A stable code, e.g. stale_head."},
+                "message": {"type": "string", "description": "What happened and what to do."},
+                "field": {"type": "string"},
+            },
+            "required": ["error", "message"],
+        },
+        "Receipt": {
+            "type": "object",
+            "properties": {
+                "model": {"type": "string"},
+                "command_id": {"type": "string"},
+                "event": {"type": "string"},
+                "seq": {"type": "integer"},
+                "ref": {"type": ["string", "null"]},
+                "head": {"type": ["string", "null"]},
+                "partition": {"type": "integer"},
+                "offset": {"type": "integer"},
+                "repeated": {"type": "boolean"},
+            },
+            "required": ["model", "command_id", "event", "seq"],
+        },
+        "Commit": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string"},
+                "parents": {"type": "array", "items": {"type": "string"}},
+                "artifact_sha256": {"type": "string"},
+                "params": {"type": "object", "additionalProperties": {"type": "string"}},
+                "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
+                "message": {"type": "string"},
+                "author": {"type": "string"},
+                "at": {"type": "integer", "description": "Server time, ms since the epoch."},
+                "refs": {"type": "array", "items": {"type": "string"}},
+            },
+            "required": ["id", "parents", "artifact_sha256", "message", "author", "at"],
+        },
+        "Refs": {
+            "type": "object",
+            "properties": {
+                "model": {"type": "string"},
+                "as_of": {"type": ["string", "null"]},
+                "default_branch": {"type": "string"},
+                "branches": {
+                    "type": "object",
+                    "additionalProperties": {"type": ["string", "null"]},
+                },
+                "aliases": {"type": "object", "additionalProperties": {"type": "string"}},
+                "seq": {"type": "integer"},
+                "last_hash": {"type": "string"},
+            },
+            "required": ["model", "branches", "aliases", "seq"],
+        },
+    }
+    change = {
+        "type": "object",
+        "properties": {"key": {"type": "string"}, "old": {}, "new": {}},
+        "required": ["key"],
+    }
+    paths: dict[str, Any] = {
+        "/": {
+            "get": {
+                "summary": "Faust's index page.",
+                "responses": {
+                    "200": _json({"type": "object"}, "Always {status: OK}."),
+                    **_errors(500),
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Ready once the projection follows the events log.",
+                "responses": {
+                    "200": _json(_ref("Health"), "Ready."),
+                    "503": _json(_ref("Health"), _ERROR_STATUSES[503]),
+                    **_errors(500),
+                },
+            }
+        },
+        "/v1/openapi.json": {
+            "get": {
+                "summary": "This document.",
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1."), **_errors(500)},
+            }
+        },
+        "/v1/models": {
+            "get": _query_op(
+                "Every model with its refs.",
+                {
+                    "type": "object",
+                    "properties": {"models": {"type": "array", "items": {"type": "object"}}},
+                    "required": ["models"],
+                },
+                [],
+            ),
+            "post": _command(
+                "Create a model.",
+                _command_body({"name": _NAME, "default_branch": _NAME}, ["name"]),
+                [],
+            ),
+        },
+        "/v1/models/{model}/commits": {
+            "post": _command(
+                "Commit an uploaded artifact to a branch.",
+                _command_body(
+                    {
+                        "artifact_sha256": _DIGEST,
+                        "message": message,
+                        "branch": _NAME,
+                        "params": {
+                            "type": "object",
+                            **entries,
+                            "additionalProperties": {
+                                "type": ["string", "number"],
+                                "maxLength": api.MAX_VALUE_BYTES,
+                            },
+                        },
+                        "metrics": {
+                            "type": "object",
+                            **entries,
+                            "additionalProperties": {"type": "number"},
+                        },
+                        "expect_head": _NULLABLE_NAME,
+                    },
+                    ["artifact_sha256", "message"],
+                ),
+                [model],
+            )
+        },
+        "/v1/models/{model}/branches": {
+            "get": _query_op(
+                "The model's branches and their heads.",
+                {
+                    "type": "object",
+                    "properties": {"branches": {"type": "object"}},
+                    "required": ["branches"],
+                },
+                [model, _AFTER],
+            ),
+            "post": _command(
+                "Create a branch.",
+                _command_body({"name": _NAME, "from": _NULLABLE_NAME}, ["name"]),
+                [model],
+            ),
+        },
+        "/v1/models/{model}/branches/{branch}": {
+            "delete": _command(
+                "Delete a branch (its commits stay).",
+                None,
+                [
+                    model,
+                    _path_param("branch"),
+                    _query("command_id", _ID, "Idempotency key."),
+                    _query("actor", _ID, "Who asks."),
+                ],
+            )
+        },
+        "/v1/models/{model}/merges": {
+            "post": _command(
+                "Merge a branch into another.",
+                _command_body(
+                    {
+                        "source": _NAME,
+                        "into": _NAME,
+                        "strategy": _NULLABLE_NAME,
+                        "artifact_sha256": {
+                            "type": ["string", "null"],
+                            "pattern": "^[0-9a-f]{64}$",
+                        },
+                        "message": {"type": ["string", "null"], "maxLength": api.MAX_MESSAGE_BYTES},
+                    },
+                    ["source"],
+                ),
+                [model],
+            )
+        },
+        "/v1/models/{model}/rollbacks": {
+            "post": _command(
+                "Point a branch back at an earlier commit, with a reason.",
+                _command_body(
+                    {
+                        "branch": _NAME,
+                        "to": _NAME,
+                        "reason": {"type": "string", "minLength": 1, "maxLength": 4096},
+                    },
+                    ["branch", "to", "reason"],
+                ),
+                [model],
+            )
+        },
+        "/v1/models/{model}/aliases/{alias}": {
+            "put": _command(
+                "Point an alias (e.g. production) at a ref.",
+                _command_body({"ref": _NAME, "expect": _NULLABLE_NAME}, ["ref"]),
+                [model, _path_param("alias")],
+            )
+        },
+        "/v1/models/{model}/log": {
+            "get": _query_op(
+                "Commits reachable from a ref (all when none), and the ref moves.",
+                {
+                    "type": "object",
+                    "properties": {
+                        "commits": {"type": "array", "items": _ref("Commit")},
+                        "ref_moves": {"type": "array", "items": {"type": "object"}},
+                    },
+                    "required": ["commits", "ref_moves"],
+                },
+                [
+                    model,
+                    _query("ref", {"type": "string", "maxLength": 1024}, "A ref."),
+                    _AS_OF,
+                    _AFTER,
+                ],
+            )
+        },
+        "/v1/models/{model}/refs": {
+            "get": _query_op("Branches and aliases.", _ref("Refs"), [model, _AS_OF, _AFTER])
+        },
+        "/v1/models/{model}/commits/{ref}": {
+            "get": _query_op("One commit.", _ref("Commit"), [model, _path_param("ref"), _AFTER])
+        },
+        "/v1/models/{model}/resolve/{ref}": {
+            "get": _query_op(
+                "The commit and artifact a ref names now.",
+                {
+                    "type": "object",
+                    "properties": {
+                        "model": {"type": "string"},
+                        "ref": {"type": "string"},
+                        "commit": {"type": "string"},
+                        "artifact_sha256": {"type": "string"},
+                    },
+                    "required": ["commit", "artifact_sha256"],
+                },
+                [model, _path_param("ref"), _AFTER],
+            )
+        },
+        "/v1/models/{model}/diff": {
+            "get": _query_op(
+                "What changed between two refs.",
+                {
+                    "type": "object",
+                    "properties": {
+                        "a": _ref("Commit"),
+                        "b": _ref("Commit"),
+                        "artifact_changed": {"type": "boolean"},
+                        "params": {"type": "array", "items": change},
+                        "metrics": {"type": "array", "items": change},
+                    },
+                    "required": ["a", "b", "artifact_changed", "params", "metrics"],
+                },
+                [
+                    model,
+                    _query("a", _NAME, "The first ref.", required=True),
+                    _query("b", _NAME, "The second ref.", required=True),
+                    _AFTER,
+                ],
+            )
+        },
+        "/v1/state/digest": {
+            "get": _query_op(
+                "sha256 of the whole projected state, and the offsets it covers.",
+                {
+                    "type": "object",
+                    "properties": {
+                        "digest": {"type": "string"},
+                        "models": {"type": "integer"},
+                        "offsets": {"type": "object"},
+                        "void_events": {"type": "integer"},
+                    },
+                    "required": ["digest", "models", "offsets"],
+                },
+                [_AFTER],
+            )
+        },
+        "/v1/artifacts": {
+            "post": {
+                "summary": "Upload a LightGBM text model; it is validated before it is stored.",
+                "parameters": [
+                    _query("sha256", _DIGEST, "The digest you expect; a mismatch is refused.")
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}
+                        }
+                    },
+                },
+                "responses": {
+                    "201": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "sha256": {"type": "string"},
+                                "size": {"type": "integer"},
+                            },
+                            "required": ["sha256", "size"],
+                        },
+                        f"Stored (at most {MAX_MODEL_BYTES} bytes).",
+                    ),
+                    **_errors(400, 403, 413, 415, 422, 500, 503, 507),
+                },
+            }
+        },
+        "/v1/artifacts/{digest}": {
+            "get": {
+                "summary": "The artifact's bytes (re-hashed on every read).",
+                "parameters": [_path_param("digest", {"type": "string"})],
+                "responses": {
+                    "200": {
+                        "description": "The model file.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(404, 500),
+                },
+            }
+        },
+    }
+    schemas["Health"] = {
+        "type": "object",
+        "properties": {
+            "ready": {"type": "boolean"},
+            "instance": {"type": "string"},
+            "pid": {"type": "integer"},
+            "offsets": {"type": "object"},
+            "dead_letters": {"type": "integer"},
+        },
+        "required": ["ready"],
+    }
+    for operations in paths.values():
+        for operation in operations.values():
+            # Any route may answer 405 (other methods) and, for a foreign page, 403.
+            operation["responses"].setdefault("405", _errors(405)["405"])
+            operation["responses"].setdefault("403", _errors(403)["403"])
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "modelvc streams API",
+            "version": "1",
+            "description": (
+                "Version control for ML models, event-sourced on Kafka. Every error is "
+                "JSON {error, message, ...}. Writes need Content-Type application/json "
+                "(uploads: application/octet-stream); requests with a foreign Origin are "
+                f"refused. JSON bodies are limited to {api.MAX_JSON_BYTES} bytes."
+            ),
+        },
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
