@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from streams.archive import Archive, Record
 from streams.codec import encode_event
 from streams.core.fold import Fold, state_digest
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.topics import ensure_topics, home_partition
 
 PARTITIONS = 4
 JOBS = os.cpu_count() or 1
@@ -39,7 +38,7 @@ def generate(total: int) -> tuple[list[tuple[int, bytes, bytes]], str]:
     model = 0
     while len(out) < total:
         name = f"model-{model:06d}"
-        part = zlib.crc32(name.encode()) % PARTITIONS
+        part = home_partition(name, PARTITIONS)
         out += [(part, name.encode(), encode_event(e)) for e in model_history(fold, name, 100)]
         model += 1
     # Cut at a model boundary's worth of events: recompute the expected digest on what is kept.

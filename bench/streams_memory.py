@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
 from kafka import KafkaProducer
@@ -20,6 +19,7 @@ from modelvc.client import Client
 from modelvc.stack import Stack
 from streams.codec import encode_event
 from streams.core.fold import Fold, state_digest
+from streams.topics import home_partition
 
 
 def vm(pid: int, field: str) -> float:
@@ -44,8 +44,8 @@ def main() -> None:
             partitions = stack.settings.partitions
             for m in range(models):
                 name = f"model-{m:03d}"
-                # Same partition rule as the service: commands partition N -> events partition N.
-                part = zlib.crc32(name.encode()) % partitions
+                # The service's rule: a model lives on its key's default-partitioner partition.
+                part = home_partition(name, partitions)
                 for event in model_history(source, name, 0, commits=commits):
                     producer.send(
                         stack.settings.events_topic,

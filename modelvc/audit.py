@@ -7,6 +7,7 @@ fetched from their recorded coordinates.
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import random
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 from kafka import TopicPartition
 
+from streams import topics
 from streams.archive import Archive, SegmentProblem
 from streams.codec import FEATURES, MAGIC, PREDICTIONS, decode_event
 from streams.core.audit import SKIPPED, Auditor, Finding, Where
@@ -180,8 +182,8 @@ def _replay_here(
     bootstrap: str | None, topic: str, archive_dir: Path | None, partitions: set[int] | None
 ) -> Replay:
     started = time.perf_counter()
-    auditor = Auditor()
     if archive_dir is not None:
+        auditor = Auditor()  # the archive does not record the topic's partition count
         archive = Archive(archive_dir)
         if archive.empty:
             raise FileNotFoundError(
@@ -191,6 +193,9 @@ def _replay_here(
         auditor.run(from_archive(archive, result.problems, result.ends, partitions))
     else:
         assert bootstrap is not None
+        # Kafka knows the partition count, so the partitioning rule can be checked too.
+        count = len(_partitions(bootstrap, topic, None))
+        auditor = Auditor(misplaced=functools.partial(topics.misplaced, partitions=count))
         result = Replay(f"{topic} on {bootstrap}", auditor=auditor)
         auditor.run(from_kafka(bootstrap, topic, result.ends, partitions))
     result.events = auditor.events

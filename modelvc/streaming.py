@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -27,7 +28,10 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer
 
 from streams.codec import FEATURES, PREDICTIONS
+from streams.errors import UndecodableMessage
 from streams.settings import FEATURES_TOPIC, PREDICTIONS_TOPIC
+
+log = logging.getLogger("modelvc.streaming")
 
 RESERVED = ("event_id", "model", "ref", "entity_key", "event_time", "features")
 
@@ -179,7 +183,18 @@ def subscribe_predictions(
     )
     try:
         for message in consumer:
-            prediction = decode_prediction(message.value)
+            try:
+                prediction = decode_prediction(message.value)
+            except UndecodableMessage as exc:
+                # Anyone who can write to the topic can write garbage: a reader skips it, says so.
+                log.warning(
+                    "skipping undecodable message at %s[%s]@%s: %s",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    exc,
+                )
+                continue
             if model is not None and prediction["model"] != model:
                 continue
             if not from_beginning and prediction["scored_at"] < started_ms:

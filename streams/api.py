@@ -609,6 +609,8 @@ def register(app: faust.App, service: VersionService) -> None:
                 "pid": os.getpid(),
                 "offsets": service.projection.next_offsets,
                 "dead_letters": service.dead_letters,
+                "dead_letter_failures": service.dead_letter_failures,
+                "void_events": service.projection.fold.voided,
             },
             status=200 if ready else 503,
         )

@@ -38,6 +38,7 @@ from streams.core.events import (
 from streams.core.fold import Fold
 from streams.core.state import ModelState, Receipt, Reflog, RefMove
 from streams.errors import UndecodableMessage
+from streams.topics import misplaced
 
 _OFFSET = struct.Struct(">q")
 
@@ -107,8 +108,14 @@ class Projection:
         return int(offset)
 
     # -- applying ------------------------------------------------------------
-    def apply(self, partition: int, records: Iterable[tuple[int, bytes]]) -> list[Applied]:
-        """Fold a fetched batch of (offset, value) and persist it atomically."""
+    def apply(
+        self, partition: int, records: Iterable[tuple[int, bytes]], partitions: int | None = None
+    ) -> list[Applied]:
+        """Fold a fetched batch of (offset, value) and persist it atomically.
+
+        With ``partitions`` (the topic's partition count), an event read from a
+        partition its model does not live on is void, like one that breaks its chain.
+        """
         batch = WriteBatch(raw_mode=True)
         results: list[Applied] = []
         touched: dict[str, ModelState] = {}
@@ -120,7 +127,11 @@ class Projection:
             except UndecodableMessage as exc:
                 results.append(Applied(offset, None, undecodable=str(exc)))
                 continue
-            reason = self.fold.apply(event)
+            reason = None if partitions is None else misplaced(event.model, partition, partitions)
+            if reason is not None:
+                self.fold.void(event.model)
+            else:
+                reason = self.fold.apply(event)
             if reason is not None:
                 batch.put(
                     f"v/{event.model}".encode(), str(self.fold.void_reasons[event.model]).encode()

@@ -37,6 +37,7 @@ from streams.errors import UndecodableMessage
 from streams.follow import assigned_consumer
 from streams.projection import Projection
 from streams.settings import Settings
+from streams.topics import misplaced
 
 log = logging.getLogger("modelvc.streams")
 
@@ -77,6 +78,7 @@ class VersionService:
         self.rounds = 0
         self.highwater: dict[int, int] = {}
         self.dead_letters = 0
+        self.partitions = settings.partitions  # the topics' real count, once following
         self.dead_letter_failures = 0  # letters that could only be sent minimal, or not at all
         self._progress = asyncio.Condition()
         self._pending: dict[str, asyncio.Future[Answer]] = {}
@@ -117,6 +119,7 @@ class VersionService:
             self.settings.fetch_wait_ms,
             f"{self.settings.instance_id}-follower",
         )
+        self.partitions = len(tps)
         try:
             self.ready.set()
             log.info("following %s from %s", topic, self.projection.next_offsets)
@@ -124,7 +127,7 @@ class VersionService:
                 batches = await consumer.getmany(timeout_ms=200)
                 for tp, messages in batches.items():
                     applied = self.projection.apply(
-                        tp.partition, [(m.offset, m.value) for m in messages]
+                        tp.partition, [(m.offset, m.value) for m in messages], len(tps)
                     )
                     for item, message in zip(applied, messages, strict=True):
                         if item.undecodable is not None:
@@ -193,6 +196,18 @@ class VersionService:
             log.exception("decoding the command at %s@%s failed", partition, offset)
             await self.dead_letter(
                 self.settings.commands_topic, partition, offset, key, value, repr(exc), "decode"
+            )
+            return
+        problem = misplaced(command.model, partition, self.partitions)
+        if problem is not None:
+            # Deciding it here would make a second writer of that model: refuse, keep, tell.
+            await self.dead_letter(
+                self.settings.commands_topic, partition, offset, key, value, problem, "route"
+            )
+            await self._reply(
+                command.command_id,
+                reply_to,
+                Answer(422, {"error": "misrouted", "message": problem, "model": command.model}),
             )
             return
         try:

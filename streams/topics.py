@@ -7,6 +7,7 @@ import contextlib
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
+from kafka.partitioner.default import murmur2
 
 from streams.errors import TopicMismatch
 from streams.settings import Settings
@@ -14,6 +15,32 @@ from streams.settings import Settings
 # The event log is the source of truth: never expire or compact it.
 _FOREVER = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
 _WEEK = {"retention.ms": str(7 * 24 * 3600 * 1000)}
+
+
+def home_partition(model: str, partitions: int) -> int:
+    """The partition of the commands and events topics that ``model`` lives on.
+
+    Kafka's default partitioner for a keyed record (murmur2 of the key, as the Java,
+    kafka-python and aiokafka clients all compute it): commands are keyed by model,
+    and the single writer of commands partition N appends to events partition N.
+    """
+    hashed: int = murmur2(model.encode("utf-8", "surrogatepass"))
+    return (hashed & 0x7FFFFFFF) % partitions
+
+
+def misplaced(model: str, partition: int, partitions: int) -> str | None:
+    """Why a command or event of ``model`` read from ``partition`` is not where it belongs.
+
+    A model's history must live on one partition: read from two, its order would
+    depend on which partition a reader fetched first, and readers would disagree.
+    """
+    home = home_partition(model, partitions)
+    if home == partition:
+        return None
+    return (
+        f"model {model[:64]!r} lives on partition {home} of {partitions}, not {partition}; "
+        "a producer must key commands by the model name (Kafka's default partitioner)"
+    )
 
 
 def ensure_topics(settings: Settings, extra: dict[str, int] | None = None) -> None:

@@ -80,6 +80,8 @@ def create_app(worker: Worker) -> web.Application:
             "worker": worker.settings.worker_id,
             "pid": os.getpid(),
             "serving": {f"{v.model}@{v.ref}": v.commit_id for v in worker.tracker.serving.values()},
+            # Versions refused or not loadable (never served): why, since when, how often.
+            "failures": worker.tracker.failures,
         }
         return web.json_response(body, status=200 if ready else 503)
 

@@ -21,6 +21,7 @@ class WorkerSettings:
     artifact_root: Path | None = None  # read the store's files directly when shared
     artifact_url: str | None = None  # else fetch from the streams API
     max_batch: int = 5000
+    max_refs: int = 1024  # distinct (model, ref) pairs one worker serves at once
     # Budget for one version: its trees plus a full batch (streams.modelfile estimates both).
     worker_memory_mb: int = 1024
     fetch_wait_ms: int = 10
@@ -50,6 +51,7 @@ class WorkerSettings:
             or env.get("MODELVC_URL")
             or f"http://127.0.0.1:{env.get('MODELVC_WEB_PORT', '6066')}",
             max_batch=int(env.get("MODELVC_WORKER_MAX_BATCH", "5000")),
+            max_refs=int(env.get("MODELVC_WORKER_MAX_REFS", "1024")),
             worker_memory_mb=int(env.get("MODELVC_WORKER_MEMORY_MB", "1024")),
             fetch_wait_ms=int(env.get("MODELVC_FETCH_WAIT_MS", "10")),
         )

@@ -27,8 +27,15 @@ from streams.core.errors import VersionGraphError
 from streams.core.fold import Fold
 from streams.errors import UndecodableMessage
 from streams.follow import assigned_consumer
+from streams.topics import misplaced
 from workers.artifacts import ArtifactLoader, LoadedModel, MemoryBudget
-from workers.errors import ArtifactLoadFailed, ArtifactUnavailable, UnknownModel, UnknownRef
+from workers.errors import (
+    ArtifactLoadFailed,
+    ArtifactUnavailable,
+    TooManyRefs,
+    UnknownModel,
+    UnknownRef,
+)
 from workers.metrics import Metrics
 from workers.settings import WorkerSettings
 
@@ -64,12 +71,13 @@ class VersionTracker:
         """(ref name, commit id, artifact digest) that ``ref`` of ``model`` names now."""
         state = self.fold.models.get(model)
         if state is None:
-            raise UnknownModel(f"model {model!r} does not exist in the version log")
+            raise UnknownModel(f"model {model[:64]!r} does not exist in the version log")
         name = ref or (DEFAULT_ALIAS if DEFAULT_ALIAS in state.aliases else state.default_branch)
         try:
             commit_id = refs.resolve(state, name)
         except VersionGraphError as exc:
-            raise UnknownRef(f"ref {name!r} of model {model!r}: {exc.message}") from exc
+            # exc.message quotes the ref, already cut short; a feature event's ref is hostile.
+            raise UnknownRef(f"model {model[:64]!r}: {exc.message}") from exc
         return name, commit_id, state.commits[commit_id].artifact_sha256
 
     async def _load(self, digest: str) -> LoadedModel:
@@ -84,6 +92,15 @@ class VersionTracker:
         if current is not None:
             return current
         name, commit_id, digest = self.resolve(model, ref)
+        if len(self.serving) >= self.settings.max_refs:
+            # Each (model, ref) spelling is served, refreshed and labelled in metrics on its
+            # own, and `main~0`, `main~00`, ... all resolve: without a cap a producer could
+            # grow this worker without bound.
+            raise TooManyRefs(
+                f"this worker already serves {len(self.serving)} distinct (model, ref) pairs, "
+                "its limit (MODELVC_WORKER_MAX_REFS); send events with a branch, an alias or a "
+                "commit id that is already served, or raise the limit"
+            )
         try:
             loaded = await self._load(digest)
         except ArtifactLoadFailed as exc:
@@ -107,6 +124,9 @@ class VersionTracker:
             previous = {"commit_id": commit_id, "artifact_sha256": digest, "attempts": 0}
             previous["since"] = time.time()  # wall clock: shown to people in /healthz
         attempts = previous["attempts"] + 1
+        self.failures.pop(label, None)  # re-inserted last: the dict keeps the newest failures
+        if len(self.failures) >= self.settings.max_refs:
+            del self.failures[next(iter(self.failures))]
         self.failures[label] = {**previous, "reason": str(exc)[:1000], "attempts": attempts}
         self._failed[key] = commit_id
         self.metrics.inc("modelvc_artifact_failures_total", (("model", key[0]),))
@@ -168,12 +188,18 @@ class VersionTracker:
             last_retry = time.monotonic()
             while True:
                 batches = await consumer.getmany(timeout_ms=200, max_records=20000)
-                for messages in batches.values():
+                for tp, messages in batches.items():
                     for message in messages:
                         try:
-                            self.fold.apply(decode_event(message.value))
+                            event = decode_event(message.value)
                         except UndecodableMessage as exc:
                             log.warning("skipping undecodable event at %s: %s", message.offset, exc)
+                            continue
+                        # The streams app's rule too: a model's history lives on one partition.
+                        if misplaced(event.model, tp.partition, len(tps)) is None:
+                            self.fold.apply(event)
+                        else:
+                            self.fold.void(event.model)
                 if not self.ready.is_set():
                     marks = [consumer.highwater(tp) for tp in tps]
                     positions = [await consumer.position(tp) for tp in tps]

@@ -15,7 +15,7 @@ not violations; an event they displaced still shows as a gap in its chain.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from streams.core.events import ModelEvent
@@ -24,7 +24,15 @@ from streams.core.fold import Fold, void_reason
 
 DUPLICATE = "duplicate"
 SKIPPED = "skipped"
-VIOLATIONS = ("undecodable", "gap", "conflict", "broken_hash", "invalid", "reordered")
+VIOLATIONS = (
+    "undecodable",
+    "gap",
+    "conflict",
+    "broken_hash",
+    "invalid",
+    "reordered",
+    "misplaced",
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,9 @@ class Auditor:
     """Folds like every reader does, and says what it skipped and why."""
 
     fold: Fold = field(default_factory=Fold)
+    # (model, partition) -> why the model's events do not belong on that partition, or None;
+    # the shell's partitioning rule (streams.topics.misplaced), when the partition count is known.
+    misplaced: Callable[[str, int], str | None] | None = None
     findings: list[Finding] = field(default_factory=list)
     events: int = 0
     # per model: hash and location of every applied event, by seq - 1
@@ -70,6 +81,13 @@ class Auditor:
         """Apply ``event`` if it continues its model's chain; else record and return why not."""
         self.events += 1
         model = event.model
+        wrong_place = None if self.misplaced is None else self.misplaced(model, where.partition)
+        if wrong_place is not None:
+            # Readers void it (their order would otherwise depend on which partition came first).
+            misplaced = Finding("misplaced", model, event.seq, where, wrong_place)
+            self.findings.append(misplaced)
+            self.fold.voided += 1
+            return misplaced
         state = self.fold.models.get(model)
         applied = 0 if state is None else state.seq
         hashes = self.hashes.setdefault(model, [])

@@ -55,7 +55,7 @@ STRATEGIES = ("theirs", "ours")
 
 
 def _check_digest(digest: str) -> str:
-    if not SHA256_HEX.match(digest):
+    if not isinstance(digest, str) or not SHA256_HEX.fullmatch(digest):
         raise InvalidCommand(
             f"artifact digest {digest!r} is not a sha256 hex string; upload the file "
             "first (POST /v1/artifacts) and use the digest it returns",

@@ -26,7 +26,7 @@ from streams.core.events import (
     RolledBack,
 )
 from streams.core.evolve import evolve
-from streams.core.hashing import GENESIS_HASH, canonical, commit_id, sha256_hex
+from streams.core.hashing import GENESIS_HASH, SHA256_HEX, canonical, commit_id, sha256_hex
 from streams.core.state import ModelState
 
 
@@ -35,6 +35,9 @@ def _bad_commit(state: ModelState, commit: Commit, parents: tuple[str, ...]) -> 
         return f"commit {commit.id} has parents {list(commit.parents)}, expected {list(parents)}"
     if commit.id in state.commits:
         return f"commit {commit.id} already exists"
+    if not SHA256_HEX.fullmatch(commit.artifact_sha256):
+        # A forged commit must not point a worker at anything but a content address.
+        return f"commit {commit.id} names no sha256 artifact digest"
     recomputed = commit_id(
         parents=commit.parents,
         artifact_sha256=commit.artifact_sha256,
@@ -148,13 +151,17 @@ class Fold:
     voided: int = 0
     void_reasons: dict[str, int] = field(default_factory=dict)
 
+    def void(self, model: str) -> None:
+        """Count an event of ``model`` that was not applied (here, or by the shell's rules)."""
+        self.voided += 1
+        self.void_reasons[model] = self.void_reasons.get(model, 0) + 1
+
     def apply(self, event: ModelEvent) -> str | None:
         """Apply one event; returns None when applied, or why it was void."""
         state = self.models.get(event.model)
         reason = void_reason(state, event)
         if reason is not None:
-            self.voided += 1
-            self.void_reasons[event.model] = self.void_reasons.get(event.model, 0) + 1
+            self.void(event.model)
             return reason
         self.models[event.model] = evolve(state, event)
         return None

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 GENESIS_HASH = "0" * 64
-SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")  # use with fullmatch: `$` would admit a final newline
 
 
 def canonical(value: object) -> bytes:

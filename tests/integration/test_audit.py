@@ -80,9 +80,10 @@ def test_a_tampered_log_fails_replay_naming_the_first_bad_event(
     values[4] = bytes(value)
     topic = f"{namespace}.events"
     producer = KafkaProducer(bootstrap_servers=bootstrap)
-    for v in values:
-        producer.send(topic, key=b"churn", value=v, partition=0).get(10)
+    # Keyed by model, as the streams app writes: the model's home partition.
+    placed = {producer.send(topic, key=b"churn", value=v).get(10).partition for v in values}
     producer.close()
+    (partition,) = placed
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP": bootstrap,
@@ -97,7 +98,7 @@ def test_a_tampered_log_fails_replay_naming_the_first_bad_event(
         timeout=120,
     )
     assert done.returncode == 1
-    assert f"broken_hash  churn#5  {topic}[0]@4" in done.stdout
+    assert f"broken_hash  churn#5  {topic}[{partition}]@4" in done.stdout
 
 
 def test_point_in_time_log_and_refs(serving: Stack, model_file: Path) -> None:

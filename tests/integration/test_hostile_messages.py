@@ -277,6 +277,13 @@ def test_fuzz_random_and_oversized_messages_on_every_topic(serving: Stack, tmp_p
     assert not summary["violations"] and summary["live_digest"] == summary["digest"]
     garbage_on_events = sum(1 for topic, _, _ in landed if topic == s.events_topic)
     assert len(summary["skipped"]) >= garbage_on_events
+    # A subscriber reads past the garbage on the predictions topic instead of dying on it.
+    tail = cli(
+        serving, "tail", "predictions", "--from-beginning", "--idle-timeout", "3",
+        "--bootstrap", s.bootstrap,
+    )  # fmt: skip
+    assert tail.returncode == 0 and "Traceback" not in tail.stderr, tail.stderr[-2000:]
+    assert "skipping undecodable message" in tail.stderr
     assert_all_alive(serving)
 
 

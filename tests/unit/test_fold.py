@@ -6,9 +6,13 @@ from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 
+import pytest
+
 from streams.codec import decode_event
 from streams.core import Command, CreateModel, MakeCommit, decide, fold
+from streams.core.errors import InvalidCommand
 from streams.core.events import Committed
+from streams.core.hashing import commit_id
 
 A, B = "a" * 64, "b" * 64
 
@@ -61,3 +65,26 @@ def test_finding_7_v1_events_decode_without_a_digest_and_keep_their_hashes() -> 
     assert {r.digest for r in state.receipts.values()} == {""}
     reuse = Command("cmd-01", "churn", "someone-else", 1, MakeCommit(B, "not the same"))
     assert decide(state, reuse) == ()
+
+
+def test_digests_match_whole_in_decide_and_fold() -> None:
+    """A digest with a trailing newline once passed `^...$` with `.match`."""
+    created, state = _created()
+    with pytest.raises(InvalidCommand):
+        decide(state, Command("c1", "m", "alice", 2, MakeCommit(A + "\n", "x")))
+    (event,) = decide(state, Command("c1", "m", "alice", 2, MakeCommit(A, "x")))
+    assert isinstance(event.payload, Committed)
+    forged_commit = replace(event.payload.commit, artifact_sha256="../" + A[3:])
+    forged_id = commit_id(
+        parents=forged_commit.parents,
+        artifact_sha256=forged_commit.artifact_sha256,
+        params=forged_commit.params,
+        metrics=forged_commit.metrics,
+        message=forged_commit.message,
+        author=forged_commit.author,
+        at=forged_commit.at,
+    )
+    forged_commit = replace(forged_commit, id=forged_id)
+    forged = replace(event, payload=replace(event.payload, commit=forged_commit))
+    result = fold([created, forged])
+    assert result.voided == 1 and result.models["m"].branches["main"] is None

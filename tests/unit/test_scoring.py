@@ -35,7 +35,9 @@ def booster_file(tmp_path: Path) -> tuple[Path, lgb.Booster, np.ndarray]:
     return path, booster, x
 
 
-def tracker_with(tmp_path: Path, model_path: Path) -> VersionTracker:
+def tracker_with(
+    tmp_path: Path, model_path: Path, settings: WorkerSettings | None = None
+) -> VersionTracker:
     from streams.artifacts import ArtifactStore
 
     store = ArtifactStore(tmp_path / "store")
@@ -44,7 +46,9 @@ def tracker_with(tmp_path: Path, model_path: Path) -> VersionTracker:
     for i, body in enumerate([CreateModel(), MakeCommit(digest, "v1")]):
         for event in decide(fold.models.get("churn"), Command(f"c{i}", "churn", "t", i, body)):
             fold.apply(event)
-    tracker = VersionTracker(WorkerSettings(), ArtifactLoader(tmp_path / "store"), Metrics())
+    tracker = VersionTracker(
+        settings or WorkerSettings(), ArtifactLoader(tmp_path / "store"), Metrics()
+    )
     tracker.fold = fold
     return tracker
 
@@ -138,3 +142,23 @@ def test_metrics_render_in_prometheus_text_format() -> None:
     assert 'modelvc_batch_size_bucket{le="100"} 0' in text
     assert 'modelvc_batch_size_bucket{le="1000"} 1' in text
     assert "modelvc_batch_size_count 1" in text
+
+
+def test_a_producer_cannot_grow_the_served_refs_without_bound(
+    tmp_path: Path, booster_file: tuple[Path, lgb.Booster, np.ndarray]
+) -> None:
+    """`main~0`, `main~00`, ... all resolve; each would be served, refreshed and labelled."""
+    from workers.errors import TooManyRefs
+
+    path, _, _ = booster_file
+    tracker = tracker_with(tmp_path, path, WorkerSettings(max_refs=3))
+
+    async def run() -> None:
+        for ref in ("main", "main~0", "main~00"):
+            await tracker.version_for("churn", ref)
+        with pytest.raises(TooManyRefs, match="MODELVC_WORKER_MAX_REFS"):
+            await tracker.version_for("churn", "main~000")
+        assert (await tracker.version_for("churn", "main")).ref == "main"  # served ones go on
+
+    asyncio.run(run())
+    assert len(tracker.serving) == 3

@@ -1,0 +1,102 @@
+"""A model's history lives on one partition, whatever a producer with a Kafka client writes.
+
+Commands are keyed by model, and the single writer of commands partition N appends
+to events partition N. A command or event put on another partition by hand would
+make a second writer, or an order that depends on which partition a reader
+fetched first; both are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaProducer
+
+from modelvc.client import Client
+from modelvc.stack import Stack
+from streams.codec import decode_event, encode_command, encode_event
+from streams.core import Command, MakeCommit, decide, fold
+from streams.logreader import read_topic
+from streams.topics import home_partition
+from tests.conftest import train_model
+from tests.integration.test_hostile_messages import assert_all_alive, cli, healthz, letter_for
+
+pytestmark = pytest.mark.broker
+
+
+def _elsewhere(model: str, partitions: int) -> int:
+    return (home_partition(model, partitions) + 1) % partitions
+
+
+def test_a_command_on_the_wrong_partition_is_dead_lettered_not_decided(
+    stack: Stack, tmp_path: Path
+) -> None:
+    s = stack.settings
+    c = Client(stack.url)
+    digest = c.upload(train_model(tmp_path / "m.txt"))["sha256"]
+    c.create("placed")
+    head = c.commit("placed", digest, "v1")["head"]
+    wrong = _elsewhere("placed", s.partitions)
+    command = Command("misrouted-1", "placed", "mallory", 0, MakeCommit(digest, "sneaky"))
+    producer = KafkaProducer(bootstrap_servers=s.bootstrap)
+    try:
+        sent = producer.send(s.commands_topic, encode_command(command), b"placed", partition=wrong)
+        metadata = sent.get(20)
+    finally:
+        producer.close()
+    _, letter = letter_for(stack, s.commands_topic, wrong, metadata.offset, stage="route")
+    assert f"lives on partition {home_partition('placed', s.partitions)}" in letter["reason"]
+    assert c.refs("placed")["branches"]["main"] == head  # nothing was decided
+    assert c.commit("placed", digest, "v2")["seq"] == 3  # the rightful writer goes on
+    assert healthz(stack.url)["ready"]
+
+
+def test_an_event_on_the_wrong_partition_is_void_for_readers_and_a_violation_for_auditors(
+    stack: Stack, tmp_path: Path
+) -> None:
+    s = stack.settings
+    stack.add_worker()
+    c = Client(stack.url)
+    digest = c.upload(train_model(tmp_path / "m.txt"))["sha256"]
+    c.create("placed")
+    head = c.commit("placed", digest, "v1")["head"]
+    before = c.digest()["digest"]
+    # A correctly chained next event, as its writer would make it, put on another partition.
+    log = [decode_event(r.value) for r in read_topic(s.bootstrap, s.events_topic) if r.value]
+    state = fold(log).models["placed"]
+    (event,) = decide(state, Command("forged-1", "placed", "mallory", 1, MakeCommit(digest, "x")))
+    wrong = _elsewhere("placed", s.partitions)
+    producer = KafkaProducer(bootstrap_servers=s.bootstrap)
+    try:
+        producer.send(s.events_topic, encode_event(event), b"placed", partition=wrong).get(20)
+    finally:
+        producer.close()
+    # The rightful writer's next event takes that seq on the right partition.
+    v2 = c.commit("placed", digest, "v2")
+    assert v2["seq"] == 3 and v2["head"] != head
+    assert c.digest()["digest"] != before
+    assert [x["message"] for x in c.log("placed")["commits"]] == ["v2", "v1"]
+    replay = cli(stack, "--json", "audit", "replay", "--jobs", "1")
+    assert replay.returncode == 1, replay.stdout + replay.stderr
+    summary = json.loads(replay.stdout)
+    kinds = {v["kind"] for v in summary["violations"]}
+    assert kinds == {"misplaced"}, summary["violations"]
+    assert summary["live_digest"] == summary["digest"]  # the auditor folds as readers do
+    # The worker's fold voids it too: main serves the rightful writer's commit.
+    answer = predict(stack.worker_url(), "placed", {f"Column_{i}": 0.5 for i in range(4)})
+    assert answer["commit_id"] == v2["head"]
+    assert_all_alive(stack)
+
+
+def predict(url: str, model: str, features: dict[str, float]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"{url}/v1/models/{model}/predict",
+        data=json.dumps({"features": features, "ref": "main"}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return dict(json.load(response))
