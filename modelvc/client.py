@@ -14,24 +14,16 @@ reads its own writes, whichever instance answers.
 from __future__ import annotations
 
 import json
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
+from streams.http_client import HttpClient, HttpError
 
-class ClientError(Exception):
-    """Raised when the service refuses a request or cannot be reached.
-
-    ``status`` is the HTTP status (0 when unreachable); ``body`` the JSON answer.
-    """
-
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
-        super().__init__(body.get("message") or body.get("error") or f"HTTP {status}")
-        self.status = status
-        self.body = body
+# Raised when the service refuses a request or cannot be reached: ``status`` is the HTTP
+# status (0 when unreachable), ``body`` the JSON answer. One type for every HTTP caller.
+ClientError = HttpError
 
 
 class Client:
@@ -40,6 +32,11 @@ class Client:
         self.actor = actor
         self.timeout = timeout
         self.positions: dict[int, int] = {}
+        self._http = HttpClient(
+            self.url,
+            timeout=timeout,
+            unreachable="start the modelvc service with `modelvc up` or set MODELVC_URL",
+        )
 
     # -- transport --------------------------------------------------------------
     def request(
@@ -53,37 +50,17 @@ class Client:
         query = dict(query or {})
         if method == "GET" and self.positions:
             query["after"] = ",".join(f"{p}:{o}" for p, o in sorted(self.positions.items()))
-        url = self.url + path + ("?" + urllib.parse.urlencode(query) if query else "")
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        request = urllib.request.Request(url, data=data, method=method)
-        request.add_header("X-Modelvc-Actor", self.actor)
+        headers = {"X-Modelvc-Actor": self.actor}
         if method != "GET":
             # The service refuses a write without its declared content type (415), so a
             # foreign web page cannot pass a form or a blob off as a command.
             kind = "application/octet-stream" if raw is not None else "application/json"
-            request.add_header("Content-Type", kind)
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                payload = response.read()
-                if response.headers.get_content_type() != "application/json":
-                    return payload
-                answer = json.loads(payload)
-        except urllib.error.HTTPError as exc:
-            text = exc.read()
-            try:
-                answer = json.loads(text)
-            except ValueError:
-                answer = {"error": "http", "message": text.decode(errors="replace") or str(exc)}
-            raise ClientError(exc.code, answer) from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-            raise ClientError(
-                0,
-                {
-                    "error": "unreachable",
-                    "message": f"cannot reach the modelvc service at {self.url} ({exc}); "
-                    "start it with `modelvc up` or set MODELVC_URL",
-                },
-            ) from None
+            headers["Content-Type"] = kind
+        response = self._http.request(method, path, query=query, data=data, headers=headers)
+        if response.content_type != "application/json":
+            return response.body
+        answer = response.json()
         if isinstance(answer, dict) and "offset" in answer and "partition" in answer:
             p, o = int(answer["partition"]), int(answer["offset"])
             self.positions[p] = max(o, self.positions.get(p, -1))

@@ -10,7 +10,6 @@ import json
 import os
 import sys
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,9 @@ from modelvc.processes import (
     stop,
     wait_for_port,
 )
-from streams.archive import Archive, ArchiveError, Refused, partition_ends, restore
+from streams.archive import Archive, ArchiveError, Refused, restore
+from streams.http_client import HttpClient, HttpError
+from streams.logreader import partition_ends
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -54,19 +55,8 @@ def start_broker(home: Path, port: int | None = None) -> tuple[Spawned, str]:
 
 
 def streams_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        KAFKA_BOOTSTRAP=settings.bootstrap,
-        MODELVC_PARTITIONS=str(settings.partitions),
-        MODELVC_DATA_DIR=str(settings.data_dir),
-        MODELVC_ARTIFACTS=str(settings.artifact_root),
-        MODELVC_WEB_HOST=settings.web_host,
-        MODELVC_WEB_PORT=str(settings.web_port),
-        MODELVC_INSTANCE_ID=settings.instance_id,
-        MODELVC_FETCH_WAIT_MS=str(settings.fetch_wait_ms),
-        MODELVC_NAMESPACE=settings.events_topic.rsplit(".", 1)[0],
-    )
-    return env
+    """This environment, with ``settings`` in the variables a child process reads them from."""
+    return dict(os.environ) | settings.to_env()
 
 
 def wait_healthy(
@@ -74,14 +64,15 @@ def wait_healthy(
 ) -> None:
     deadline = time.monotonic() + timeout
     last = "no answer"
+    http = HttpClient(url, timeout=1.0, deadline_s=5.0, max_bytes=1 << 20)
     while time.monotonic() < deadline:
         if spawned is not None and not alive(spawned.pid):
             raise StackError(f"{what} exited; see {spawned.log}")
         try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:
-                if json.load(response).get("ready"):
-                    return
-        except OSError as exc:
+            health = http.get_json("/healthz")
+            if isinstance(health, dict) and health.get("ready"):
+                return
+        except HttpError as exc:
             last = str(exc)
         time.sleep(0.1)
     raise StackError(f"{url} not ready after {timeout:.0f}s ({last})")
@@ -129,7 +120,7 @@ class Stack:
 
     @property
     def archive_dir(self) -> Path:
-        return self.home / "archive"
+        return self.settings.archive_dir
 
     def restore_history(self) -> int:
         """Put the archived history back into an empty log; check it matches otherwise.
@@ -169,10 +160,10 @@ class Stack:
         return 0
 
     def start_archiver(self) -> Spawned:
-        env = streams_env(self.settings)
-        env["MODELVC_ARCHIVE_DIR"] = str(self.archive_dir)
         return spawn(
-            [sys.executable, "-m", "streams.archive"], self.home / "logs" / "archiver.log", env=env
+            [sys.executable, "-m", "streams.archive"],
+            self.home / "logs" / "archiver.log",
+            env=streams_env(self.settings),
         )
 
     @property
@@ -196,12 +187,13 @@ class Stack:
         broker = None
         if bootstrap is None:
             broker, bootstrap = start_broker(home, broker_port)
-        settings = Settings.namespaced(
-            namespace,
+        settings = Settings(
+            namespace=namespace,
             bootstrap=bootstrap,
             partitions=partitions,
             data_dir=home / "streams",
             artifact_root=home / "artifacts",
+            archive_dir=home / "archive",
             web_port=web_port or free_port(),
             instance_id=f"streams-{os.getpid()}",
         )
@@ -261,7 +253,7 @@ class Stack:
             "bootstrap": self.settings.bootstrap,
             "broker": asdict(self.broker) if self.broker else None,
             "processes": {k: asdict(v) for k, v in self.processes.items()},
-            "settings": {k: str(v) for k, v in asdict(self.settings).items()},
+            "env": self.settings.to_env(),
         }
         (self.home / "stack.json").write_text(json.dumps(record, indent=2))
 
@@ -273,17 +265,12 @@ class Stack:
                 f"no stack is running from {home} (no {path}); start one with `modelvc up`"
             )
         record = json.loads(path.read_text())
-        raw = record["settings"]
-        settings = Settings.namespaced(
-            raw["events_topic"].rsplit(".", 1)[0],
-            bootstrap=raw["bootstrap"],
-            partitions=int(raw["partitions"]),
-            data_dir=Path(raw["data_dir"]),
-            artifact_root=Path(raw["artifact_root"]),
-            web_host=raw["web_host"],
-            web_port=int(raw["web_port"]),
-            instance_id=raw["instance_id"],
-        )
+        if "env" not in record:
+            raise StackError(
+                f"{path} was written by an older modelvc; stop the processes it lists by pid, "
+                "remove it, then run `modelvc up`"
+            )
+        settings = Settings.from_env(record["env"])
 
         def spawned(d: dict[str, object]) -> Spawned:
             return Spawned(int(d["pid"]), tuple(d["argv"]), str(d["log"]), int(d.get("port", 0)))  # type: ignore[arg-type, call-overload]

@@ -1,8 +1,7 @@
 """Read a whole topic synchronously (kafka-python, assigned partitions, no group).
 
-Where a partition ends is taken from the fetch responses' high watermark,
-never from ListOffsets (``end_offsets``), which some brokers answer wrongly
-for multi-record batches.
+Where a partition ends is taken from the fetch responses' high watermark
+(:mod:`streams.watermarks`), never from ListOffsets.
 """
 
 from __future__ import annotations
@@ -13,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
+
+from streams.watermarks import at_end, wait_for_ends
 
 
 @dataclass(frozen=True)
@@ -51,19 +52,28 @@ def read_topic(
         consumer.assign(tps)
         for tp in tps:
             consumer.seek(tp, 0)
-        position = dict.fromkeys(tps, 0)
         deadline = time.monotonic() + idle_timeout
-        while True:
+        while not at_end(consumer, tps):
             batches = consumer.poll(timeout_ms=200)
             for tp, messages in batches.items():
                 for m in messages:
-                    position[tp] = m.offset + 1
                     yield LogRecord(tp.partition, m.offset, m.key, m.value)
                 deadline = time.monotonic() + idle_timeout
-            marks = {tp: consumer.highwater(tp) for tp in tps}
-            if all(hw is not None and position[tp] >= hw for tp, hw in marks.items()):
-                return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic}: no progress for {idle_timeout}s at {position}")
+                positions = {tp.partition: consumer.position(tp) for tp in tps}
+                raise TimeoutError(f"{topic}: no progress for {idle_timeout}s at {positions}")
+    finally:
+        consumer.close()
+
+
+def partition_ends(bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, int]:
+    """Where every partition of ``topic`` ends now (its high watermark, from a fetch)."""
+    consumer = log_consumer(bootstrap)
+    try:
+        tps = topic_partitions(consumer, topic)
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, 0)
+        return wait_for_ends(consumer, tps, timeout) if tps else {}
     finally:
         consumer.close()

@@ -1,0 +1,107 @@
+"""Settings travel to child processes through the environment and come back unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.settings import Settings
+from workers.settings import WorkerSettings
+
+# Environment values are text without NUL; paths and hosts come back as they went.
+text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1)
+names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,30}", fullmatch=True)
+paths = st.builds(
+    Path, st.from_regex(r"/?[a-z0-9_.-]{1,12}(/[a-z0-9_-]{1,12}){0,3}", fullmatch=True)
+)
+seconds = st.floats(min_value=0.001, max_value=1e6, allow_nan=False)
+
+settings = st.builds(
+    Settings,
+    namespace=names,
+    bootstrap=text,
+    partitions=st.integers(1, 10_000),
+    data_dir=paths,
+    artifact_root=paths,
+    archive_dir=paths,
+    web_host=text,
+    web_port=st.integers(1, 65535),
+    instance_id=text,
+    fetch_wait_ms=st.integers(0, 100_000),
+    command_timeout_s=seconds,
+    consistency_timeout_s=seconds,
+)
+worker_settings = st.builds(
+    WorkerSettings,
+    topics=settings,
+    worker_id=text,
+    group_id=text,
+    web_host=text,
+    web_port=st.integers(1, 65535),
+    shared_store=st.booleans(),
+    api_url=st.none() | text,
+    max_batch=st.integers(1, 1_000_000),
+    max_refs=st.integers(1, 1_000_000),
+    worker_memory_mb=st.integers(1, 1 << 20),
+    retry_s=seconds,
+)
+
+
+@given(settings)
+def test_settings_come_back_from_their_environment(s: Settings) -> None:
+    assert Settings.from_env(s.to_env()) == s
+
+
+@given(worker_settings)
+def test_worker_settings_come_back_from_their_environment(w: WorkerSettings) -> None:
+    assert WorkerSettings.from_env(w.to_env()) == w
+
+
+def test_every_name_derives_from_the_namespace() -> None:
+    s = Settings(namespace="tenant-a")
+    assert s.namespace == "tenant-a" and s.app_id == "tenant-a-streams"
+    assert [
+        s.events_topic,
+        s.commands_topic,
+        s.replies_topic,
+        s.dead_letter_topic,
+        s.features_topic,
+        s.predictions_topic,
+    ] == [
+        "tenant-a.events",
+        "tenant-a.commands",
+        "tenant-a.replies",
+        "tenant-a.dead-letter",
+        "tenant-a.features",
+        "tenant-a.predictions",
+    ]
+    assert WorkerSettings.from_env({"MODELVC_NAMESPACE": "tenant-a"}).group_id == "tenant-a-workers"
+
+
+@pytest.mark.parametrize("namespace", ["", "a b", "../x", "-x", "é", "a" * 201, "a\nb"])
+def test_a_namespace_outside_the_topic_alphabet_is_refused(namespace: str) -> None:
+    with pytest.raises(ValueError, match="MODELVC_NAMESPACE"):
+        Settings.from_env({"MODELVC_NAMESPACE": namespace})
+
+
+def test_the_archive_directory_is_read_at_the_edge() -> None:
+    assert Settings.from_env({"MODELVC_ARCHIVE_DIR": "/srv/a"}).archive_dir == Path("/srv/a")
+    beside = Settings.from_env({"MODELVC_DATA_DIR": "/srv/data/streams"})
+    assert beside.archive_dir == Path("/srv/data/archive")
+
+
+def test_a_worker_reads_a_store_directory_only_when_given_one() -> None:
+    local = WorkerSettings.from_env({})
+    assert local.artifact_root is None and local.artifact_url == "http://127.0.0.1:6066"
+    shared = WorkerSettings.from_env({"MODELVC_ARTIFACTS": "/srv/store", "MODELVC_WEB_PORT": "7"})
+    assert shared.artifact_root == Path("/srv/store")
+    assert shared.artifact_url == "http://127.0.0.1:7"
+    apart = WorkerSettings.from_env(
+        {"MODELVC_ARTIFACTS": "/srv/store", "MODELVC_WORKER_SHARED_STORE": "0"}
+    )
+    assert apart.artifact_root is None
+    told = WorkerSettings.from_env({"MODELVC_URL": "http://api:1", "MODELVC_ARTIFACT_URL": ""})
+    assert told.artifact_url == "http://api:1"
