@@ -1,102 +1,196 @@
-"""Counters, gauges and histograms rendered in the Prometheus text format.
+"""A worker's Prometheus metrics, declared and exposed with ``prometheus_client``.
 
-Small on purpose (no extra dependency): label sets are tuples, values floats.
+Each :class:`Metrics` has a registry of its own (never the process-wide default),
+so several workers, or tests, in one process do not see each other's series.
+
+Label values reach the registry through the methods below only, and each comes
+from a bounded set: models and commits of versions this worker serves (at most
+``MODELVC_WORKER_MAX_REFS`` at once), rejection reasons and dead-letter outcomes
+(fixed sets), partitions of the features topic. A feature event's raw model or
+ref never becomes a label before it resolved to a served version.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Literal, cast
 
-Labels = tuple[tuple[str, str], ...]
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+__all__ = ["CONTENT_TYPE_LATEST", "LATENCY_BUCKETS", "SIZE_BUCKETS", "Metrics", "sample_sum"]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 SIZE_BUCKETS = (1, 10, 50, 100, 500, 1000, 2000, 5000, 10000)
 
+# The library's own spelling of a bound (le="1.0"); it ships no annotation for it.
+_le = cast(Callable[[float], str], floatToGoString)
 
-def _fmt(labels: Labels) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(f'{k}="{v}"' for k, v in labels)
-    return "{" + inner + "}"
+PredictionPath = Literal["stream", "http"]
 
 
-class Histogram:
-    def __init__(self, buckets: Sequence[float]) -> None:
-        self.buckets = tuple(buckets)
-        self.counts = [0] * (len(self.buckets) + 1)
+class BatchHistogram(Collector):
+    """A label-less histogram fed a whole batch of values in one numpy call.
+
+    ``prometheus_client.Histogram`` has no observe-many: one ``observe`` per row
+    costs about 3 µs (a bucket scan and a lock per call), about 8% of a core at
+    26,000 predictions/s, where a ``bincount`` per batch costs under 0.1%.
+    The library still renders and escapes the exposition (``collect``).
+    Not locked: it is fed and collected on the worker's event-loop thread only.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = np.asarray(buckets, dtype=np.float64)
+        self.counts = np.zeros(len(self.bounds) + 1, dtype=np.int64)  # the last is +Inf
         self.total = 0.0
-        self.n = 0
 
-    def observe(self, value: float, times: int = 1) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += times
-        self.total += value * times
-        self.n += times
+    def observe_many(self, values: np.ndarray) -> None:
+        # side="left": a value equal to a bound counts in that bound's bucket (le is <=).
+        slots = np.searchsorted(self.bounds, values, side="left")
+        self.counts += np.bincount(slots, minlength=len(self.counts))
+        self.total += float(values.sum())
 
-    def observe_many(self, values: Sequence[float]) -> None:
-        """One call per batch instead of one per row (the hot path)."""
-        import numpy as np
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.name, self.documentation)
 
-        array = np.asarray(values, dtype=np.float64)
-        counts = np.bincount(
-            np.searchsorted(self.buckets, array, side="left"), minlength=len(self.counts)
-        )
-        for i, c in enumerate(counts.tolist()):
-            self.counts[i] += c
-        self.total += float(array.sum())
-        self.n += len(array)
+    def collect(self) -> Iterator[Metric]:
+        cumulative = np.cumsum(self.counts).tolist()
+        bounds = [_le(b) for b in self.bounds.tolist()] + ["+Inf"]
+        family = HistogramMetricFamily(self.name, self.documentation)
+        family.add_metric([], list(zip(bounds, cumulative, strict=True)), self.total)
+        yield family
 
 
 class Metrics:
+    """Every metric a worker exposes at ``/metrics``, in its own registry."""
+
     def __init__(self) -> None:
-        self.counters: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
-        self.gauges: dict[str, dict[Labels, float]] = defaultdict(dict)
-        self.histograms: dict[str, dict[Labels, Histogram]] = defaultdict(dict)
-        self.help: dict[str, str] = {}
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self._predictions = Counter(
+            "modelvc_predictions",
+            "Predictions made, by model, the commit that made them and path "
+            "(stream: feature events; http: POST /v1/models/{model}/predict).",
+            ("model", "commit", "path"),
+            registry=r,
+        )
+        self._batch_size = Histogram(
+            "modelvc_batch_size",
+            "Feature events consumed in one batch.",
+            buckets=SIZE_BUCKETS,
+            registry=r,
+        )
+        self._predict_seconds = Histogram(
+            "modelvc_predict_seconds",
+            "Seconds LightGBM took to score one version's rows of a batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._end_to_end = BatchHistogram(
+            "modelvc_end_to_end_seconds",
+            "Seconds from a feature event's timestamp to its scoring.",
+            LATENCY_BUCKETS,
+        )
+        r.register(self._end_to_end)
+        self._dead_letters = Counter(
+            "modelvc_dead_letters",
+            "Feature events refused and sent to the dead-letter topic, by reason.",
+            ("reason",),
+            registry=r,
+        )
+        self._dead_letter_failures = Counter(
+            "modelvc_dead_letter_failures",
+            "Dead letters not sent whole: sent minimal, or only logged, by outcome.",
+            ("outcome",),
+            registry=r,
+        )
+        self._artifact_failures = Counter(
+            "modelvc_artifact_failures",
+            "Versions that would not load (unavailable, tampered or refused); "
+            "the previous version keeps serving.",
+            ("model",),
+            registry=r,
+        )
+        self._version_switches = Counter(
+            "modelvc_version_switches",
+            "Times a served ref moved to another commit.",
+            ("model",),
+            registry=r,
+        )
+        self._serving_info = Gauge(
+            "modelvc_serving_info",
+            "1 for each (model, ref) served and the commit it serves now.",
+            ("model", "ref", "commit"),
+            registry=r,
+        )
+        self._consumer_lag = Gauge(
+            "modelvc_consumer_lag",
+            "Feature events not yet consumed, by assigned partition.",
+            ("partition",),
+            registry=r,
+        )
 
-    def inc(self, name: str, labels: Labels = (), by: float = 1.0) -> None:
-        self.counters[name][labels] += by
+    # -- the worker's calls -----------------------------------------------------------
+    def predicted(self, model: str, commit: str, path: PredictionPath, count: int = 1) -> None:
+        self._predictions.labels(model, commit, path).inc(count)
 
-    def set(self, name: str, value: float, labels: Labels = ()) -> None:
-        self.gauges[name][labels] = value
+    def batch(self, size: int) -> None:
+        self._batch_size.observe(size)
 
-    def observe(
-        self, name: str, value: float, buckets: Sequence[float], labels: Labels = (), times: int = 1
-    ) -> None:
-        hist = self.histograms[name].get(labels)
-        if hist is None:
-            hist = self.histograms[name][labels] = Histogram(buckets)
-        hist.observe(value, times)
+    def predict_took(self, seconds: float) -> None:
+        self._predict_seconds.observe(seconds)
 
-    def observe_many(
-        self, name: str, values: Sequence[float], buckets: Sequence[float], labels: Labels = ()
-    ) -> None:
-        hist = self.histograms[name].get(labels)
-        if hist is None:
-            hist = self.histograms[name][labels] = Histogram(buckets)
-        hist.observe_many(values)
+    def end_to_end(self, seconds: np.ndarray) -> None:
+        """One call per batch: every scored row's delay from its event time."""
+        self._end_to_end.observe_many(seconds)
 
-    def counter(self, name: str, labels: Labels = ()) -> float:
-        return self.counters[name].get(labels, 0.0)
+    def dead_letter(self, reason: str) -> None:
+        self._dead_letters.labels(reason).inc()
 
-    def render(self) -> str:
-        lines: list[str] = []
-        for name, series in sorted(self.counters.items()):
-            lines.append(f"# TYPE {name} counter")
-            lines += [f"{name}{_fmt(labels)} {value:g}" for labels, value in series.items()]
-        for name, gauges in sorted(self.gauges.items()):
-            lines.append(f"# TYPE {name} gauge")
-            lines += [f"{name}{_fmt(labels)} {value:g}" for labels, value in gauges.items()]
-        for name, hists in sorted(self.histograms.items()):
-            lines.append(f"# TYPE {name} histogram")
-            for labels, hist in hists.items():
-                cumulative = 0
-                for bound, count in zip(hist.buckets, hist.counts, strict=False):
-                    cumulative += count
-                    le = (*labels, ("le", f"{bound:g}"))
-                    lines.append(f"{name}_bucket{_fmt(le)} {cumulative}")
-                lines.append(f"{name}_bucket{_fmt((*labels, ('le', '+Inf')))} {hist.n}")
-                lines.append(f"{name}_sum{_fmt(labels)} {hist.total:g}")
-                lines.append(f"{name}_count{_fmt(labels)} {hist.n}")
-        return "\n".join(lines) + "\n"
+    def dead_letter_failed(self, outcome: str) -> None:
+        self._dead_letter_failures.labels(outcome).inc()
+
+    def artifact_failed(self, model: str) -> None:
+        self._artifact_failures.labels(model).inc()
+
+    def switched(self, model: str) -> None:
+        self._version_switches.labels(model).inc()
+
+    def serving(self, model: str, ref: str, commit: str) -> None:
+        self._serving_info.labels(model, ref, commit).set(1)
+
+    def not_serving(self, model: str, ref: str, commit: str) -> None:
+        """Drop a series when its ref moved on (no-op when already gone)."""
+        self._serving_info.remove(model, ref, commit)
+
+    def lag(self, by_partition: Mapping[int, int]) -> None:
+        """The lag of the partitions assigned now; revoked ones disappear."""
+        self._consumer_lag.clear()
+        for partition, lag in by_partition.items():
+            self._consumer_lag.labels(str(partition)).set(lag)
+
+    # -- exposition -----------------------------------------------------------------
+    def render(self) -> bytes:
+        """The text exposition format, served with ``CONTENT_TYPE_LATEST``."""
+        return generate_latest(self.registry)
+
+
+def sample_sum(exposition: str, sample: str, **labels: str) -> float:
+    """The sum of one sample over its series (those carrying ``labels``), parsed, not split.
+
+    For readers of ``/metrics`` (tests, benchmarks): ``sample`` is the full sample
+    name, e.g. ``modelvc_predictions_total`` or ``modelvc_batch_size_count``.
+    """
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(exposition)
+        for s in family.samples
+        if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
+    )

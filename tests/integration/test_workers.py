@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 import urllib.request
@@ -14,13 +16,15 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from modelvc.client import Client
 from modelvc.stack import Stack
 from modelvc.streaming import FeatureProducer, feature_event
 from streams.codec import DEAD_LETTERS, PREDICTIONS
 from streams.logreader import read_topic
+from workers.metrics import CONTENT_TYPE_LATEST, sample_sum
+from workers.settings import WorkerSettings
 
 pytestmark = pytest.mark.broker
 NAMES = [f"f{i}" for i in range(5)]
@@ -68,6 +72,13 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "c
             return result
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def scrape(stack: Stack, worker: str = "worker-1") -> str:
+    """The worker's /metrics, checked to be the Prometheus text format."""
+    with urllib.request.urlopen(stack.worker_url(worker) + "/metrics", timeout=5) as response:
+        assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST
+        return str(response.read().decode())
 
 
 def serving_commit(stack: Stack, worker: str = "worker-1") -> dict[str, str]:
@@ -123,6 +134,12 @@ def test_predictions_carry_the_commit_and_equal_booster_predict(
     with urllib.request.urlopen(request, timeout=5) as response:
         answer = json.load(response)
     assert answer["commit_id"] == heads[0] and answer["scores"] == [expected_v0[0]]
+    # Counted under one label set, by path; a prediction is counted before it is produced.
+    text = scrape(serving)
+    assert sample_sum(text, "modelvc_predictions_total", path="stream") == 320
+    assert sample_sum(text, "modelvc_predictions_total", commit=heads[1], path="stream") == 20
+    assert sample_sum(text, "modelvc_predictions_total", commit=heads[0], path="http") == 1
+    assert sample_sum(text, "modelvc_serving_info", model="churn", ref="main") == 1
 
 
 def test_rollback_while_events_flow_switches_without_mixing(serving: Stack, tmp_path: Path) -> None:
@@ -179,10 +196,7 @@ def test_a_missing_artifact_keeps_the_old_version_and_is_retried(
     c.set_alias("churn", "production", heads[1])
 
     def failures() -> float:
-        with urllib.request.urlopen(serving.worker_url() + "/metrics", timeout=5) as response:
-            text = response.read().decode()
-        lines = [ln for ln in text.splitlines() if ln.startswith("modelvc_artifact_failures_total")]
-        return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+        return sample_sum(scrape(serving), "modelvc_artifact_failures_total", model="churn")
 
     wait_for(lambda: failures() >= 2, what="retried load failures")
     assert serving_commit(serving)["churn@production"] == heads[0]  # still serving the old one
@@ -190,28 +204,94 @@ def test_a_missing_artifact_keeps_the_old_version_and_is_retried(
     wait_for(lambda: serving_commit(serving).get("churn@production") == heads[1], what="recovery")
 
 
-def test_kill_9_a_worker_mid_stream_loses_nothing(serving: Stack, tmp_path: Path) -> None:
-    setup_model(serving, tmp_path)
+CRASH_AT = 3  # the batch a worker is SIGKILLed after: produced, acknowledged, not committed
+
+
+def exit_status(pid: int, timeout: float) -> int | None:
+    """Reap our child ``pid``: its wait status, or None while it still runs after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        waited, status = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return status
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offsets on ``topic``, read without joining the group."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        offsets = {p: consumer.committed(TopicPartition(topic, p)) for p in partitions}
+    finally:
+        consumer.close()
+    return {p: offset for p, offset in offsets.items() if offset is not None}
+
+
+def test_kill_9_between_produce_and_commit_loses_nothing(
+    stack: Stack, tmp_path: Path, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker SIGKILLs itself in the one window that matters, every time (fault hook)."""
+    setup_model(stack, tmp_path)
+    monkeypatch.setenv("MODELVC_WORKER_FAULT", f"crash_before_commit:{CRASH_AT}")
+    worker = stack.add_worker("worker-1")
+    monkeypatch.delenv("MODELVC_WORKER_FAULT")  # the restarted worker runs without it
+    settings = stack.settings
     x = rows(200)
-    ids = [f"ev{i}" for i in range(3000)]
-    with FeatureProducer(serving.settings.bootstrap, serving.settings.features_topic) as p:
-        for i, event_id in enumerate(ids[:1500]):
-            p.publish("churn", features(x[i % 200]), entity_key=f"e{i % 13}", event_id=event_id)
-    wait_for(lambda: len(predictions(serving)) > 100, what="first predictions")
-    serving.restart_worker("worker-1", hard=True)
-    with FeatureProducer(serving.settings.bootstrap, serving.settings.features_topic) as p:
-        for i, event_id in enumerate(ids[1500:], start=1500):
-            p.publish("churn", features(x[i % 200]), entity_key=f"e{i % 13}", event_id=event_id)
+    sent: list[str] = []
+    status: int | None = None
+
+    def publish(count: int) -> set[str]:
+        ids = [f"ev{len(sent) + i}" for i in range(count)]
+        with FeatureProducer(settings.bootstrap, settings.features_topic) as p:
+            for i, event_id in enumerate(ids, start=len(sent)):
+                p.publish("churn", features(x[i % 200]), entity_key=f"e{i % 13}", event_id=event_id)
+        sent.extend(ids)
+        return set(ids)
+
+    # Each round is scored, in one batch or more, before the next is sent: batch CRASH_AT
+    # comes by round CRASH_AT at the latest.
+    for _ in range(CRASH_AT):
+        ids = publish(200)
+
+        def settled(ids: set[str] = ids) -> bool:
+            nonlocal status
+            status = exit_status(worker.pid, 0)
+            return status is not None or {p["feature_event_id"] for p in predictions(stack)} >= ids
+
+        wait_for(settled, what="a round scored, or the worker gone")
+        if status is not None:
+            break
+    status = status if status is not None else exit_status(worker.pid, 30)
+    assert status is not None, f"the fault hook did not fire by batch {CRASH_AT}"
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+    assert f"crash_before_commit:{CRASH_AT}: SIGKILL" in Path(worker.log).read_text()
+    # Died that way: the last batch's predictions are in the topic, its offsets are not
+    # committed (the batches before it are).
+    group = WorkerSettings.from_env({"MODELVC_NAMESPACE": namespace}).group_id
+    committed = committed_offsets(settings.bootstrap, group, settings.features_topic)
+    assert committed, "the batches before the crash were committed"
+    uncommitted = {
+        p["feature_event_id"]
+        for p in predictions(stack)
+        if p["source_offset"] >= committed.get(p["source_partition"], 0)
+    }
+    assert uncommitted, "the crashed batch was produced before the kill"
+
+    stack.restart_worker("worker-1")
+    publish(200)
     got = wait_for(
-        lambda: (
-            (p := predictions(serving)) and {q["feature_event_id"] for q in p} >= set(ids) and p
-        ),
+        lambda: (p := predictions(stack)) and {q["feature_event_id"] for q in p} >= set(sent) and p,
         timeout=120,
         what="a prediction for every event",
     )
     by_id: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for p in got:
         by_id[p["feature_event_id"]].append(p)
+    assert set(by_id) == set(sent)  # none lost
+    assert all(len(by_id[event_id]) >= 2 for event_id in uncommitted)  # scored again
     for repeats in by_id.values():
         assert len({(p["prediction_id"], p["commit_id"], tuple(p["scores"])) for p in repeats}) == 1
 
