@@ -10,9 +10,17 @@ from streams.core.fold import Fold
 
 
 def model_history(
-    fold: Fold, model: str, events: int, t0: int = 1_700_000_000_000, commits: int | None = None
+    fold: Fold,
+    model: str,
+    events: int,
+    t0: int = 1_700_000_000_000,
+    commits: int | None = None,
+    merges: bool = True,
 ) -> Iterator[ModelEvent]:
-    """About ``events`` events for one model: commits, a branch, merges, alias moves."""
+    """About ``events`` events for one model: commits, a branch, merges, alias moves.
+
+    ``merges=False`` for a long history: deciding a merge walks every ancestor.
+    """
     n = 0
 
     def run(body: object) -> Iterator[ModelEvent]:
@@ -39,7 +47,7 @@ def model_history(
                 metrics={"auc": 0.8 + (i % 100) / 1000},
             )
         )
-        if i % 10 == 0:
+        if merges and i % 10 == 0:
             yield from run(Merge("exp", strategy="theirs"))
         if i % 25 == 0:
             yield from run(MoveAlias("production", "main"))

@@ -1,13 +1,15 @@
 """evolve(state, event) -> state: one small function per event type.
 
 These assume the event is admissible (see ``fold.void_reason``); they never
-validate and never mutate: each returns a new ``ModelState``.
+validate and never mutate: each returns a new ``ModelState``. Its maps are
+:class:`~streams.core.state.PersistentMap` versions of the old state's, so an
+event costs O(1) whatever the size of its model (a replay is linear).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from streams.core.events import (
     AliasMoved,
@@ -20,7 +22,15 @@ from streams.core.events import (
     ModelEvent,
     RolledBack,
 )
-from streams.core.state import ModelState, Receipt, Reflog, RefMove
+from streams.core.state import ModelState, PersistentMap, Receipt, Reflog, RefMove
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _persistent(mapping: Mapping[K, V]) -> PersistentMap[K, V]:
+    """``mapping`` as a persistent map; a plain one (a loaded state's) is copied once."""
+    return mapping if isinstance(mapping, PersistentMap) else PersistentMap(mapping)
 
 
 def _move(
@@ -34,13 +44,13 @@ def _move(
     new: str | None,
     reason: str = "",
     commit: Commit | None = None,
-    branches: dict[str, str | None] | None = None,
-    aliases: dict[str, str] | None = None,
+    branches: Mapping[str, str | None] | None = None,
+    aliases: Mapping[str, str] | None = None,
 ) -> ModelState:
     move = RefMove(event.seq, kind, name, old, new, event.type, reason, event.actor, event.at)
     commits = state.commits
     if commit is not None:
-        commits = {**commits, commit.id: commit}
+        commits = _persistent(commits).set(commit.id, commit)
     # Built directly rather than with dataclasses.replace: this is the replay hot path.
     return ModelState(
         state.name,
@@ -51,10 +61,9 @@ def _move(
         commits,
         state.branches if branches is None else branches,
         state.aliases if aliases is None else aliases,
-        {
-            **state.receipts,
-            event.command_id: Receipt(event.seq, event.type, name, new, event.command_digest),
-        },
+        _persistent(state.receipts).set(
+            event.command_id, Receipt(event.seq, event.type, name, new, event.command_digest)
+        ),
         Reflog(move, state.reflog),
     )
 
@@ -67,14 +76,16 @@ def model_created(_: ModelState | None, event: ModelEvent, event_hash: str) -> M
         created_at=event.at,
         seq=event.seq,
         last_hash=event_hash,
-        commits={},
-        branches={payload.default_branch: None},
-        aliases={},
-        receipts={
-            event.command_id: Receipt(
-                event.seq, event.type, payload.default_branch, None, event.command_digest
-            )
-        },
+        commits=PersistentMap(),
+        branches=PersistentMap({payload.default_branch: None}),
+        aliases=PersistentMap(),
+        receipts=PersistentMap(
+            {
+                event.command_id: Receipt(
+                    event.seq, event.type, payload.default_branch, None, event.command_digest
+                )
+            }
+        ),
     )
 
 
@@ -89,7 +100,7 @@ def committed(state: ModelState, event: ModelEvent, event_hash: str) -> ModelSta
         old=state.branches[p.branch],
         new=p.commit.id,
         commit=p.commit,
-        branches={**state.branches, p.branch: p.commit.id},
+        branches=_persistent(state.branches).set(p.branch, p.commit.id),
     )
 
 
@@ -103,13 +114,15 @@ def branch_created(state: ModelState, event: ModelEvent, event_hash: str) -> Mod
         name=p.branch,
         old=None,
         new=p.head,
-        branches={**state.branches, p.branch: p.head},
+        branches=_persistent(state.branches).set(p.branch, p.head),
     )
 
 
 def branch_deleted(state: ModelState, event: ModelEvent, event_hash: str) -> ModelState:
     p: BranchDeleted = event.payload  # type: ignore[assignment]
-    branches = {b: h for b, h in state.branches.items() if b != p.branch}
+    branches = (
+        state.branches if type(state.branches) is PersistentMap else PersistentMap(state.branches)
+    ).without(p.branch)
     return _move(
         state,
         event,
@@ -134,7 +147,7 @@ def merged(state: ModelState, event: ModelEvent, event_hash: str) -> ModelState:
         new=p.new_head,
         commit=p.commit,
         reason=f"merge {p.source}",
-        branches={**state.branches, p.target: p.new_head},
+        branches=_persistent(state.branches).set(p.target, p.new_head),
     )
 
 
@@ -149,7 +162,7 @@ def rolled_back(state: ModelState, event: ModelEvent, event_hash: str) -> ModelS
         old=p.from_commit,
         new=p.to_commit,
         reason=p.reason,
-        branches={**state.branches, p.branch: p.to_commit},
+        branches=_persistent(state.branches).set(p.branch, p.to_commit),
     )
 
 
@@ -163,7 +176,7 @@ def alias_moved(state: ModelState, event: ModelEvent, event_hash: str) -> ModelS
         name=p.alias,
         old=p.from_commit,
         new=p.to_commit,
-        aliases={**state.aliases, p.alias: p.to_commit},
+        aliases=_persistent(state.aliases).set(p.alias, p.to_commit),
     )
 
 

@@ -1,9 +1,12 @@
 """Canonical encodings and the hashes built on them.
 
 One canonical form (sorted-key, compact, ASCII JSON) is the basis of commit
-ids, command digests, the event hash chain and the state digest, so an auditor
-can recompute every hash from decoded events with nothing but a JSON library
-and sha256.
+ids, command digests, the event hash chain and the state digest. It is Python's
+``json.dumps`` output, whose doubles are written as Python's ``repr`` writes them
+(``1e-07``, ``1e+16``, ``1.0``), so another JSON library does not in general
+reproduce it (nor is it RFC 8785). ``schemas/CANONICAL.md`` states the exact rule
+for an auditor in any language, and ``schemas/vectors/canonical.json`` holds test
+vectors; these bytes never change, as every hash in a log depends on them.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ SHA256_HEX = re.compile(r"[0-9a-f]{64}")  # use with fullmatch: `$` would admit 
 
 
 def canonical(value: object) -> bytes:
-    """Deterministic bytes for plain data (dicts, lists, str, int, float, bool, None)."""
+    """Deterministic bytes for plain data (dicts, lists, str, int, float, bool, None).
+
+    The rule is schemas/CANONICAL.md; NaN and infinities raise ValueError.
+    """
     return json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
     ).encode("ascii")

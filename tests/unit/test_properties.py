@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.codec import decode_event, encode_event
 from streams.core import Command, ModelEvent, decide, fold, state_digest
@@ -15,7 +16,8 @@ from streams.core.commands import command_digest
 from streams.core.errors import CommandIdReused, VersionGraphError
 from streams.core.fold import Fold
 from streams.core.invariants import violations
-from streams.projection import Projection
+from streams.core.state import PersistentMap
+from streams.projection import RocksDBProjection
 from tests.unit.strategies import steps
 
 
@@ -122,10 +124,10 @@ def test_finding_7_the_projection_keeps_receipts_across_a_restart(script: list) 
     played = record(script)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "rocksdb"
-        projection = Projection(path)
+        projection = RocksDBProjection(path)
         projection.apply(0, [(i, encode_event(e)) for i, e in enumerate(played.log)])
         projection.close()
-        reopened = Projection(path)
+        reopened = RocksDBProjection(path)
         try:
             for name, state in played.live.models.items():
                 assert reopened.fold.models[name].receipts == state.receipts
@@ -133,3 +135,68 @@ def test_finding_7_the_projection_keeps_receipts_across_a_restart(script: list) 
                 assert reopened.event_offset(event.model, event.seq) == offset
         finally:
             reopened.close()
+
+
+# One operation on a persistent map: (which earlier version it starts from, as a
+# fraction of the versions made so far; set or delete; key; value).
+map_ops = st.lists(
+    st.tuples(
+        st.floats(0, 1),
+        st.sampled_from(["set", "set", "set", "without"]),
+        st.sampled_from("abcdefgh"),
+        st.integers(0, 3) | st.none(),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(map_ops, st.randoms(use_true_random=False))
+def test_every_version_of_a_persistent_map_reads_as_the_dict_it_was_made_as(
+    ops: list[tuple[float, str, str, int | None]], rng: random.Random
+) -> None:
+    """Each version keeps its entries and their order (a dict's: an overwritten key
+    keeps its place, a deleted then re-added key goes last), whether later writes
+    extend the newest version or fork an older one, and in whatever order versions
+    are read back."""
+    versions: list[PersistentMap[str, int | None]] = [PersistentMap()]
+    expected: list[dict[str, int | None]] = [{}]
+    for where, op, key, value in ops:
+        base = min(int(where * len(versions)), len(versions) - 1)
+        if op == "set":
+            versions.append(versions[base].set(key, value))
+            expected.append({**expected[base], key: value})
+        else:
+            versions.append(versions[base].without(key))
+            expected.append({k: v for k, v in expected[base].items() if k != key})
+        if rng.random() < 0.3:  # read some older version in the middle of the writes
+            i = rng.randrange(len(versions))
+            assert list(versions[i].items()) == list(expected[i].items())
+    order = list(range(len(versions)))
+    rng.shuffle(order)
+    for i in order:
+        version, want = versions[i], expected[i]
+        assert list(version.items()) == list(want.items())
+        assert len(version) == len(want)
+        assert version == want
+        for key in "abcdefghz":
+            assert (key in version) == (key in want)
+            assert version.get(key, -1) == want.get(key, -1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps)
+def test_states_kept_during_a_fold_stay_what_they_were(script: list) -> None:
+    """evolve shares maps between a state and the next: every state a reader kept
+    must still equal a fresh fold of the log up to it, once the fold moved on."""
+    played = record(script)
+    kept = Fold()
+    snapshots = []
+    for event in played.log:
+        assert kept.apply(event) is None
+        snapshots.append((event, kept.models[event.model]))
+    for i, (event, state) in enumerate(snapshots):
+        fresh = fold(played.log[: i + 1]).models[event.model]
+        assert state == fresh
+        assert list(state.commits) == list(fresh.commits)  # topological order kept
+        assert list(state.receipts.items()) == list(fresh.receipts.items())
