@@ -26,6 +26,8 @@ from streams.core.errors import (
     BranchExists,
     CommandIdReused,
     EmptyBranch,
+    Hint,
+    HintCode,
     InvalidCommand,
     MergeConflict,
     ModelExists,
@@ -33,7 +35,6 @@ from streams.core.errors import (
     NothingToDo,
     ProtectedBranch,
     StaleHead,
-    UnknownModel,
     UnknownRef,
 )
 from streams.core.events import (
@@ -97,12 +98,21 @@ def _make_commit(
     return Commit(id=commit_id(**fields), **fields)
 
 
-def _branch_head(state: ModelState, branch: str) -> str | None:
+def _branch_head(state: ModelState, branch: str, *, to_write: bool = False) -> str | None:
+    """Head of ``branch``; ``to_write`` when the command adds to it (commit, merge into)."""
     if branch not in state.branches:
+        # Creating the branch is the next step for a command that writes to it,
+        # and only when it could be created; otherwise, pick an existing one.
+        if to_write and refs.name_problem("branch", branch) is None and branch not in state.aliases:
+            advice = "create it first"
+            hint = Hint(HintCode.CREATE_BRANCH, {"model": state.name, "branch": branch})
+        else:
+            advice = "list its branches to pick one"
+            hint = refs.list_refs(state)
         raise UnknownRef(
-            f"model {state.name!r} has no branch {branch!r}; create it with "
-            f"`modelvc branch create {state.name} {branch}`",
+            f"model {state.name!r} has no branch {refs.shown(branch)}; {advice}",
             ref=branch,
+            hint=hint,
         )
     return state.branches[branch]
 
@@ -126,7 +136,7 @@ def create_model(state: ModelState | None, command: Command) -> Payload:
 
 def make_commit(state: ModelState, command: Command) -> Payload:
     body: MakeCommit = command.body  # type: ignore[assignment]
-    head = _branch_head(state, body.branch)
+    head = _branch_head(state, body.branch, to_write=True)
     if body.expect_head is not None:
         expected = (
             None if body.expect_head in ("", "none") else refs.resolve(state, body.expect_head)
@@ -134,9 +144,13 @@ def make_commit(state: ModelState, command: Command) -> Payload:
         if expected != head:
             raise StaleHead(
                 f"branch {body.branch!r} moved: its head is {head}, not {body.expect_head}; "
-                "pull the new head and retry with --expect-head set to it",
+                "look at the new head, then retry expecting it",
                 branch=body.branch,
                 current=head,
+                hint=Hint(
+                    HintCode.RETRY_COMMIT,
+                    {"model": state.name, "branch": body.branch, "expect_head": head or "none"},
+                ),
             )
     commit = _make_commit(
         command,
@@ -180,7 +194,7 @@ def delete_branch(state: ModelState, command: Command) -> Payload:
 
 def merge(state: ModelState, command: Command) -> Payload:
     body: Merge = command.body  # type: ignore[assignment]
-    target_head = _branch_head(state, body.target)
+    target_head = _branch_head(state, body.target, to_write=True)
     source_head = refs.resolve(state, body.source)
     if target_head is not None and refs.is_ancestor(state, source_head, target_head):
         raise NothingToDo(
@@ -195,14 +209,21 @@ def merge(state: ModelState, command: Command) -> Payload:
             field="strategy",
         )
     if body.strategy is None and body.artifact_sha256 is None:
-        base = refs.merge_base(state, target_head, source_head)
+        bases = refs.merge_bases(state, target_head, source_head)
+        # Two roots share no ancestor; no command makes them, but an old log might.
+        named = f"merge base{'s' if len(bases) > 1 else ''} {', '.join(bases) or 'none'}"
         raise MergeConflict(
-            f"{body.target!r} and {body.source!r} have diverged (merge base {base}, "
+            f"{body.target!r} and {body.source!r} have diverged ({named}, "
             f"{body.target} at {target_head}, {body.source} at {source_head}); choose the "
-            "merged model with --strategy theirs|ours or --artifact FILE",
-            merge_base=base,
+            "merged model: keep the target's (strategy ours), take the source's (strategy "
+            "theirs), or give a model file",
+            merge_base=bases[0] if bases else None,
+            merge_bases=bases,
             target_head=target_head,
             source_head=source_head,
+            hint=Hint(
+                HintCode.MERGE, {"model": state.name, "source": body.source, "into": body.target}
+            ),
         )
     ours, theirs = state.commits[target_head], state.commits[source_head]
     picked = theirs if body.strategy == "theirs" else ours
@@ -224,7 +245,7 @@ def merge(state: ModelState, command: Command) -> Payload:
 def rollback(state: ModelState, command: Command) -> Payload:
     body: Rollback = command.body  # type: ignore[assignment]
     if not body.reason.strip():
-        raise InvalidCommand("a rollback needs a --reason", field="reason")
+        raise InvalidCommand("a rollback needs a reason that is not blank", field="reason")
     head = _branch_head(state, body.branch)
     if head is None:
         raise EmptyBranch(f"branch {body.branch!r} has no commits to roll back", ref=body.branch)
@@ -234,9 +255,10 @@ def rollback(state: ModelState, command: Command) -> Payload:
     if target not in refs.first_parent_history(state, head):
         raise NotAnAncestor(
             f"{target} is not on the first-parent history of {body.branch!r} (head {head}); "
-            f"see `modelvc log {state.name} {body.branch}` for the commits it can go back to",
+            f"the log of {body.branch!r} shows the commits it can go back to",
             branch=body.branch,
             current=head,
+            hint=Hint(HintCode.SHOW_LOG, {"model": state.name, "ref": body.branch}),
         )
     return RolledBack(body.branch, head, target, body.reason)
 
@@ -250,9 +272,18 @@ def move_alias(state: ModelState, command: Command) -> Payload:
         if expected != current:
             raise StaleHead(
                 f"alias {body.alias!r} points at {current}, not {body.expect}; "
-                "re-read it and retry with --expect set to it",
+                "re-read it and retry expecting where it points now",
                 alias=body.alias,
                 current=current,
+                hint=Hint(
+                    HintCode.RETRY_ALIAS,
+                    {
+                        "model": state.name,
+                        "alias": body.alias,
+                        "ref": body.ref,
+                        "expect": current or "none",
+                    },
+                ),
             )
     target = refs.resolve(state, body.ref)
     if target == current:
@@ -302,11 +333,7 @@ def decide(state: ModelState | None, command: Command) -> tuple[ModelEvent, ...]
         _check_repeat(state, command, state.receipts[command.command_id], digest)
         return ()
     if state is None and not isinstance(command.body, CreateModel):
-        raise UnknownModel(
-            f"model {command.model!r} does not exist; create it with "
-            f"`modelvc create {command.model}`",
-            model=command.model,
-        )
+        raise refs.unknown_model(command.model)
     payload = _DECIDERS[type(command.body)](state, command)
     return (
         ModelEvent(

@@ -1,28 +1,84 @@
 """Typed faults of the version graph.
 
 Every fault a command can hit is one subclass of :class:`VersionGraphError`.
-Each carries an HTTP-ish ``status`` (404/409/422) so the shell maps faults to
-answers without a lookup table, and a message that tells the user what to do.
+Each carries a stable ``code`` (the HTTP edge, ``streams/statuses.py``, maps
+codes to statuses: the core knows no transport), a message that says in words
+what to do, and, when a command would help, a :class:`Hint`: a code and its
+arguments. The core knows no front end, so it never spells a command line;
+each front end renders a hint in its own syntax (the CLI in
+``modelvc/hints.py``), and the HTTP API returns it as data.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class HintCode(StrEnum):
+    """What a hint suggests doing next; every front end must render each one."""
+
+    CREATE_MODEL = "create_model"
+    CREATE_BRANCH = "create_branch"
+    COMMIT = "commit"
+    RETRY_COMMIT = "retry_commit"
+    LIST_REFS = "list_refs"
+    SHOW_LOG = "show_log"
+    MERGE = "merge"
+    RETRY_ALIAS = "retry_alias"
+
+
+# The arguments each hint carries: exactly these, all strings. A front end can
+# rely on them, and a test renders every code with them.
+HINT_ARGS: Mapping[HintCode, tuple[str, ...]] = {
+    HintCode.CREATE_MODEL: ("model",),
+    HintCode.CREATE_BRANCH: ("model", "branch"),
+    HintCode.COMMIT: ("model", "branch"),
+    # expect_head: the head to compare against, "none" for an empty branch.
+    HintCode.RETRY_COMMIT: ("model", "branch", "expect_head"),
+    HintCode.LIST_REFS: ("model",),
+    HintCode.SHOW_LOG: ("model", "ref"),
+    HintCode.MERGE: ("model", "source", "into"),
+    # expect: where the alias points now, "none" when it does not exist yet.
+    HintCode.RETRY_ALIAS: ("model", "alias", "ref", "expect"),
+}
+
+
+@dataclass(frozen=True)
+class Hint:
+    """A next step: ``code`` with exactly the arguments :data:`HINT_ARGS` names for it."""
+
+    code: HintCode
+    args: Mapping[str, str]
+
+    def __post_init__(self) -> None:
+        expected = HINT_ARGS[self.code]
+        if sorted(self.args) != sorted(expected) or not all(
+            isinstance(v, str) for v in self.args.values()
+        ):
+            raise TypeError(f"hint {self.code} takes string arguments {expected}, got {self.args}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"code": self.code.value, "args": dict(self.args)}
 
 
 class VersionGraphError(Exception):
     """Root of every fault the pure core raises."""
 
-    status = 422
     code = "invalid"
 
-    def __init__(self, message: str, **details: object) -> None:
+    def __init__(self, message: str, *, hint: Hint | None = None, **details: object) -> None:
         super().__init__(message)
         self.message = message
+        self.hint = hint
         self.details: Mapping[str, object] = details
 
     def to_dict(self) -> dict[str, object]:
-        return {"error": self.code, "message": self.message, **self.details}
+        body: dict[str, object] = {"error": self.code, "message": self.message, **self.details}
+        if self.hint is not None:
+            body["hint"] = self.hint.to_dict()
+        return body
 
 
 class InvalidCommand(VersionGraphError):
@@ -32,14 +88,12 @@ class InvalidCommand(VersionGraphError):
 class UnknownModel(VersionGraphError):
     """Raised when a command or query names a model that was never created."""
 
-    status = 404
     code = "unknown_model"
 
 
 class UnknownRef(VersionGraphError):
     """Raised when a ref is neither a branch, an alias, nor a known commit id (prefix)."""
 
-    status = 404
     code = "unknown_ref"
 
 
@@ -52,14 +106,12 @@ class AmbiguousRef(VersionGraphError):
 class ModelExists(VersionGraphError):
     """Raised when ``create`` names a model that already exists."""
 
-    status = 409
     code = "model_exists"
 
 
 class BranchExists(VersionGraphError):
     """Raised when ``branch create`` names a branch that already exists."""
 
-    status = 409
     code = "branch_exists"
 
 
@@ -69,42 +121,40 @@ class StaleHead(VersionGraphError):
     The body carries ``current`` so the caller can rebase and retry.
     """
 
-    status = 409
     code = "stale_head"
 
 
 class MergeConflict(VersionGraphError):
-    """Raised when a merge is not a fast-forward and names no strategy or artifact."""
+    """Raised when a merge is not a fast-forward and names no strategy or artifact.
 
-    status = 409
+    The body carries ``merge_bases`` (git's ``merge-base --all``: every best
+    common ancestor, newest first) and ``merge_base``, the first of them.
+    """
+
     code = "merge_conflict"
 
 
 class NotAnAncestor(VersionGraphError):
     """Raised when a rollback target is not on the branch's first-parent history."""
 
-    status = 409
     code = "not_an_ancestor"
 
 
 class ProtectedBranch(VersionGraphError):
     """Raised when deleting the model's default branch."""
 
-    status = 409
     code = "protected_branch"
 
 
 class EmptyBranch(VersionGraphError):
     """Raised when an operation needs a commit on a branch that has none yet."""
 
-    status = 409
     code = "empty_branch"
 
 
 class NothingToDo(VersionGraphError):
     """Raised when a command would not change anything (already merged, already there)."""
 
-    status = 409
     code = "up_to_date"
 
 
@@ -115,7 +165,6 @@ class WriteRaced(VersionGraphError):
     continued the chain), so the command had no effect; retrying is safe.
     """
 
-    status = 409
     code = "write_raced"
 
 

@@ -9,11 +9,18 @@ the fold and the API all ask :func:`name_problem` / :func:`check_name`.
 from __future__ import annotations
 
 import re
-from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from streams.core.errors import AmbiguousRef, EmptyBranch, InvalidCommand, UnknownRef
+from streams.core.errors import (
+    AmbiguousRef,
+    EmptyBranch,
+    Hint,
+    HintCode,
+    InvalidCommand,
+    UnknownModel,
+    UnknownRef,
+)
 from streams.core.events import Commit
 from streams.core.state import ModelState
 
@@ -33,7 +40,7 @@ _MAX_GENERATION_DIGITS = 9
 _NAMED_KINDS = ("branch", "alias")
 
 
-def _shown(text: str, limit: int = 64) -> str:
+def shown(text: str, limit: int = 64) -> str:
     """``text`` quoted for a message: escaped by repr, and cut when long."""
     if len(text) <= limit:
         return repr(text)
@@ -47,7 +54,7 @@ def name_problem(kind: str, name: str) -> str | None:
             why = "control, format and bidi characters are not allowed"
         else:
             why = "use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
-        return f"invalid {kind} name {_shown(name)}: {why}"
+        return f"invalid {kind} name {shown(name)}: {why}"
     if kind in _NAMED_KINDS and _HEX_LIKE.fullmatch(name):
         return (
             f"invalid {kind} name {name!r}: 4-64 hex characters read as a commit id; "
@@ -63,6 +70,20 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+def unknown_model(name: str) -> UnknownModel:
+    """The fault for a model that was never created, by decide and by readers alike."""
+    # Creating it is the next step only when the name could be created at all.
+    hint = None if name_problem("model", name) else Hint(HintCode.CREATE_MODEL, {"model": name})
+    return UnknownModel(
+        f"model {shown(name)} does not exist; create it first", model=name, hint=hint
+    )
+
+
+def list_refs(state: ModelState) -> Hint:
+    """The hint to read what ``state``'s refs are called, for any ref it does not know."""
+    return Hint(HintCode.LIST_REFS, {"model": state.name})
+
+
 def _resolve_base(state: ModelState, ref: str) -> str:
     # A full commit id comes first: it always means that commit, whatever the
     # names (names shaped like ids are refused, but the order makes it certain).
@@ -72,9 +93,9 @@ def _resolve_base(state: ModelState, ref: str) -> str:
         head = state.branches[ref]
         if head is None:
             raise EmptyBranch(
-                f"branch {ref!r} of model {state.name!r} has no commits yet; commit to it "
-                f"first: modelvc -M {state.name} commit FILE --branch {ref} -m MSG",
+                f"branch {ref!r} of model {state.name!r} has no commits yet; commit to it first",
                 ref=ref,
+                hint=Hint(HintCode.COMMIT, {"model": state.name, "branch": ref}),
             )
         return head
     if ref in state.aliases:
@@ -90,9 +111,10 @@ def _resolve_base(state: ModelState, ref: str) -> str:
                 candidates=sorted(matches),
             )
     raise UnknownRef(
-        f"{_shown(ref)} is not a branch, alias or commit of model {state.name!r}; "
-        f"see `modelvc -M {state.name} refs`",
+        f"{shown(ref)} is not a branch, alias or commit of model {state.name!r}; "
+        "list its branches and aliases to pick one",
         ref=ref,
+        hint=list_refs(state),
     )
 
 
@@ -127,22 +149,24 @@ def resolve(state: ModelState, ref: str) -> str:
     """Commit id that ``ref`` names: full id, branch, alias, unique prefix, with ``~N``/``^``."""
     if len(ref) > MAX_REF_LENGTH:
         raise InvalidCommand(
-            f"ref {_shown(ref)} is too long: a ref is at most {MAX_REF_LENGTH} characters "
+            f"ref {shown(ref)} is too long: a ref is at most {MAX_REF_LENGTH} characters "
             "(a name, a commit id or prefix, then ~N or ^); write main~40 rather than 40 carets",
             field="ref",
         )
     base, steps = _split_suffixes(ref)
     if not base:
         raise UnknownRef(
-            f"ref {_shown(ref)} names no branch, alias or commit before its ~/^ suffix; "
-            f"see `modelvc -M {state.name} refs`",
+            f"ref {shown(ref)} names no branch, alias or commit before its ~/^ suffix; "
+            "start it with one of the model's branches, aliases or commit ids",
             ref=ref,
+            hint=list_refs(state),
         )
     commit_id = _resolve_base(state, base)
     past_root = UnknownRef(
-        f"{_shown(ref)} goes back past the first commit of model {state.name!r}; "
-        f"see `modelvc -M {state.name} log {base}`",
+        f"{shown(ref)} goes back past the first commit of model {state.name!r}; "
+        f"the log of {shown(base)} shows how far back it goes",
         ref=ref,
+        hint=Hint(HintCode.SHOW_LOG, {"model": state.name, "ref": base}),
     )
     if steps is None or steps >= len(state.commits):
         raise past_root  # more generations than the model has commits
@@ -179,20 +203,31 @@ def is_ancestor(state: ModelState, older: str, newer: str) -> bool:
     return older in ancestors(state.commits, newer)
 
 
-def merge_base(state: ModelState, a: str, b: str) -> str | None:
-    """Nearest common ancestor of ``a`` and ``b`` (breadth-first from ``b``)."""
-    of_a = ancestors(state.commits, a)
-    seen = {b}
-    queue = deque([b])
-    while queue:
-        current = queue.popleft()
-        if current in of_a:
-            return current
-        for parent in state.commits[current].parents:
-            if parent not in seen:
-                seen.add(parent)
-                queue.append(parent)
-    return None
+def merge_bases(state: ModelState, a: str, b: str) -> list[str]:
+    """git's ``merge-base --all a b``: the best common ancestors, newest first.
+
+    A best common ancestor is a common ancestor that is not an ancestor of
+    another common ancestor; criss-cross merges leave several. The answer does
+    not depend on the order of ``a`` and ``b``, and it is found in time linear
+    in the graph: two ancestor walks, then one walk below the common ancestors.
+    """
+    commits = state.commits
+    common = ancestors(commits, a) & ancestors(commits, b)
+    # Every ancestor of a common ancestor is itself common, so what is reachable
+    # from the parents of the common ancestors is exactly the common ancestors
+    # that are not best. Each commit is expanded once, however many reach it.
+    below: set[str] = set()
+    todo = [parent for cid in common for parent in commits[cid].parents]
+    while todo:
+        cid = todo.pop()
+        if cid not in below:
+            below.add(cid)
+            todo.extend(commits[cid].parents)
+    best = common - below
+    if len(best) < 2:
+        return list(best)
+    # Insertion order is topological (state.py), so reversed it is newest first.
+    return [cid for cid in reversed(list(commits)) if cid in best]
 
 
 def log(state: ModelState, ref: str | None = None) -> list[Commit]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -19,13 +20,7 @@ from tests.conftest import train_model
 pytestmark = pytest.mark.broker
 
 
-def modelvc(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "MODELVC_URL": stack.url,
-        "MODELVC_HOME": str(stack.home),
-        "MODELVC_ACTOR": "e2e",
-    }
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "modelvc.cli", *args],
         capture_output=True,
@@ -33,6 +28,16 @@ def modelvc(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
         env=env,
         timeout=60,
     )
+
+
+def modelvc(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "MODELVC_URL": stack.url,
+        "MODELVC_HOME": str(stack.home),
+        "MODELVC_ACTOR": "e2e",
+    }
+    return run_cli(env, *args)
 
 
 def ok(stack: Stack, *args: str) -> str:
@@ -96,15 +101,83 @@ def test_git_like_story(stack: Stack, tmp_path: Path) -> None:
     assert refused.returncode == 1 and "save_model" in refused.stderr
 
 
+def hint_lines(stderr: str) -> list[list[str]]:
+    """The command lines after `modelvc` that a refusal's `hint:` lines suggest."""
+    lines = [
+        line.removeprefix("hint: ") for line in stderr.splitlines() if line.startswith("hint: ")
+    ]
+    return [shlex.split(line)[1:] for line in lines]
+
+
+def test_refusals_give_hints_the_cli_runs(stack: Stack, tmp_path: Path) -> None:
+    v1 = train_model(tmp_path / "v1.txt", seed=1)
+    v2 = train_model(tmp_path / "v2.txt", seed=2, rounds=9)
+    ok(stack, "create", "churn")
+    base = json.loads(ok(stack, "--json", "commit", str(v1), "-m", "v1"))["head"]
+
+    # The current model is not named on the line, yet the hint names it with -M.
+    missing = modelvc(stack, "commit", str(v2), "--branch", "exp", "-m", "v2")
+    assert missing.returncode == 1 and "create it first" in missing.stderr
+    assert hint_lines(missing.stderr) == [["-M", "churn", "branch", "create", "exp"]]
+    ok(stack, *hint_lines(missing.stderr)[0])  # the hint, run as printed
+    ok(stack, "commit", str(v2), "--branch", "exp", "-m", "v2")
+    ok(stack, "commit", str(v2), "-m", "v3")
+
+    conflict = modelvc(stack, "merge", "exp")
+    assert conflict.returncode == 1 and f"merge base {base}," in conflict.stderr
+    suggested = hint_lines(conflict.stderr)
+    assert suggested == [
+        ["-M", "churn", "merge", "exp", "--into", "main", "--strategy", "ours"],
+        ["-M", "churn", "merge", "exp", "--into", "main", "--strategy", "theirs"],
+        ["-M", "churn", "merge", "exp", "--into", "main", "--artifact", "FILE"],
+    ]
+    as_data = modelvc(stack, "--json", "merge", "exp")
+    body = json.loads(as_data.stderr)
+    assert as_data.returncode == 1 and body["merge_bases"] == [base] == [body["merge_base"]]
+    assert body["hint"] == {
+        "code": "merge",
+        "args": {"model": "churn", "source": "exp", "into": "main"},
+    }
+    assert "Merged" in ok(stack, *suggested[1])
+
+
+def bad_usage(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI with no model selected and no service: a usage error must not reach either."""
+    env = {k: v for k, v in os.environ.items() if k != "MODELVC_MODEL"}
+    env |= {"MODELVC_URL": "http://127.0.0.1:9", "MODELVC_HOME": str(tmp_path)}
+    return run_cli(env, *args)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("commit", "m.txt", "-m", "x"), "no model selected"),
+        (("-M", "churn", "commit", "m.txt", "-m", "x", "--metric", "auc=high"), "not a number"),
+        (("-M", "churn", "commit", "m.txt", "-m", "x", "--param", "rounds"), "key=value"),
+        (("-M", "churn", "merge", "exp"), None),  # reaches the service: exit 3, not usage
+        (("-M", "churn", "branch", "create"), "branch create needs a NAME"),
+        (("-M", "churn", "alias", "set", "production"), "needs a REF"),
+        (("audit", "served"), "needs a PREDICTION_ID"),
+        (("-M", "churn", "commit", "missing.txt", "-m", "x"), "No such file or directory"),
+        (("merge",), "the following arguments are required: source"),  # argparse's own
+    ],
+)
+def test_usage_errors_exit_2_with_the_usage_and_the_message(
+    tmp_path: Path, args: tuple[str, ...], says: str | None
+) -> None:
+    (tmp_path / "m.txt").write_text("not even read: usage comes first")
+    done = bad_usage(tmp_path, *(str(tmp_path / a) if a.endswith(".txt") else a for a in args))
+    if says is None:
+        assert done.returncode == 3, done.stderr  # a control: a sound line goes on
+        return
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr and "usage: modelvc" in done.stderr and done.stdout == ""
+    assert "Traceback" not in done.stderr
+
+
 def test_unreachable_service_says_how_to_start_it(tmp_path: Path) -> None:
     env = {**os.environ, "MODELVC_URL": "http://127.0.0.1:9", "MODELVC_HOME": str(tmp_path)}
-    done = subprocess.run(
-        [sys.executable, "-m", "modelvc.cli", "-M", "x", "refs"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    done = run_cli(env, "-M", "x", "refs")
     assert done.returncode == 3 and "modelvc up" in done.stderr
 
 

@@ -32,6 +32,7 @@ from streams.core.errors import (
     StaleHead,
     UnknownModel,
     UnknownRef,
+    VersionGraphError,
 )
 from streams.core.fold import Fold
 from streams.core.hashing import canonical, sha256_hex
@@ -73,6 +74,11 @@ def repo() -> Repo:
     return r
 
 
+def _hint(fault: pytest.ExceptionInfo[VersionGraphError]) -> object:
+    """The hint as the HTTP API answers it."""
+    return fault.value.to_dict().get("hint")
+
+
 def test_commit_id_is_the_content_hash_and_events_are_deterministic(repo: Repo) -> None:
     command = Command("c1", "m", "alice", 5, MakeCommit(A, "first", params={"lr": "0.1"}))
     first = decide(repo.state, command)
@@ -101,6 +107,10 @@ def test_expect_head_is_compare_and_set(repo: Repo) -> None:
     with pytest.raises(StaleHead) as caught:
         repo.run(MakeCommit(C, "three", expect_head=stale))
     assert caught.value.details["current"] == repo.head()
+    assert _hint(caught) == {
+        "code": "retry_commit",
+        "args": {"model": "m", "branch": "main", "expect_head": repo.head()},
+    }
     repo.run(MakeCommit(C, "three", expect_head=repo.head()))
     assert repo.state.commits[repo.head()].message == "three"
 
@@ -116,7 +126,7 @@ def test_finding_7_reused_command_id_with_different_body_is_refused(repo: Repo) 
     with pytest.raises(CommandIdReused) as caught:
         repo.run(MakeCommit(A, "two"), command_id="job-7")
     fault = caught.value
-    assert fault.code == "command_id_reused" and fault.status == 422
+    assert fault.code == "command_id_reused"  # 422 at the HTTP edge (streams.statuses)
     assert fault.details == {
         "command_id": "job-7",
         "model": "m",
@@ -212,8 +222,14 @@ def test_diverged_merge_needs_a_strategy_and_names_the_base(repo: Repo) -> None:
         repo.run(Merge("exp"))
     assert caught.value.details == {
         "merge_base": base,
+        "merge_bases": [base],
         "target_head": ours_head,
         "source_head": theirs_head,
+    }
+    assert f"merge base {base}," in caught.value.message
+    assert caught.value.to_dict()["hint"] == {
+        "code": "merge",
+        "args": {"model": "m", "source": "exp", "into": "main"},
     }
     repo.run(Merge("exp", strategy="theirs"))
     merge = repo.state.commits[repo.head()]
@@ -221,6 +237,49 @@ def test_diverged_merge_needs_a_strategy_and_names_the_base(repo: Repo) -> None:
     assert merge.artifact_sha256 == B and merge.metrics == {"auc": 0.9}
     with pytest.raises(NothingToDo):
         repo.run(Merge("exp"))
+
+
+def _commit_ids(repo: Repo) -> dict[str, str]:
+    return {c.message: c.id for c in repo.state.commits.values()}
+
+
+def test_issue_8_conflict_names_git_merge_base_whichever_way_it_merges(repo: Repo) -> None:
+    """The reproduction of issue 8: `git merge-base --all main exp` says B2, both ways."""
+    repo.run(MakeCommit(A, "A1"))
+    repo.run(MakeCommit(A, "A2"))
+    repo.run(CreateBranch("f"))
+    repo.run(MakeCommit(B, "F", branch="f"))
+    repo.run(MakeCommit(B, "B2"))
+    repo.run(CreateBranch("exp"))
+    for message in ("E1", "E2", "E3"):
+        repo.run(MakeCommit(C, message, branch="exp"))
+    repo.run(Merge("f", target="exp", strategy="ours"))
+    repo.run(MakeCommit(C, "C2"))
+    ids = _commit_ids(repo)
+    for source, target in (("exp", "main"), ("main", "exp")):
+        with pytest.raises(MergeConflict) as caught:
+            repo.run(Merge(source, target=target))
+        details = caught.value.details
+        assert details["merge_bases"] == [ids["B2"]] and details["merge_base"] == ids["B2"]
+        assert f"merge base {ids['B2']}," in caught.value.message
+        assert ids["A2"] not in caught.value.message  # what a breadth-first walk from exp named
+
+
+def test_criss_cross_conflict_names_both_merge_bases_newest_first(repo: Repo) -> None:
+    repo.run(MakeCommit(A, "X"))
+    repo.run(CreateBranch("q"))
+    repo.run(MakeCommit(B, "P1"))
+    repo.run(MakeCommit(C, "Q1", branch="q"))
+    repo.run(Merge("q", strategy="ours"))  # main: merge of P1 and Q1
+    repo.run(Merge("main~1", target="q", strategy="theirs"))  # q: merge of Q1 and P1
+    ids = _commit_ids(repo)
+    expected = [ids["Q1"], ids["P1"]]  # Q1 was committed after P1
+    for source, target in (("q", "main"), ("main", "q")):
+        with pytest.raises(MergeConflict) as caught:
+            repo.run(Merge(source, target=target))
+        assert caught.value.details["merge_bases"] == expected
+        assert caught.value.details["merge_base"] == expected[0]
+        assert f"merge bases {expected[0]}, {expected[1]}," in caught.value.message
 
 
 def test_merge_with_an_explicit_artifact(repo: Repo) -> None:
@@ -242,8 +301,9 @@ def test_rollback_moves_back_on_first_parent_history_and_keeps_history(repo: Rep
     assert second in repo.state.commits  # nothing is deleted
     move = repo.state.ref_moves()[0]
     assert (move.cause, move.old, move.new, move.reason) == ("RolledBack", second, first, "bad auc")
-    with pytest.raises(NotAnAncestor):
+    with pytest.raises(NotAnAncestor) as caught:
         repo.run(Rollback("main", second, "forward is not a rollback"))
+    assert _hint(caught) == {"code": "show_log", "args": {"model": "m", "ref": "main"}}
     with pytest.raises(InvalidCommand):
         repo.run(Rollback("main", first, "  "))
 
@@ -264,8 +324,12 @@ def test_alias_moves_with_compare_and_set(repo: Repo) -> None:
     repo.run(MoveAlias("production", "main", expect="none"))
     first = repo.head()
     repo.run(MakeCommit(B, "two"))
-    with pytest.raises(StaleHead):
+    with pytest.raises(StaleHead) as caught:
         repo.run(MoveAlias("production", "main", expect=repo.head()))
+    assert _hint(caught) == {
+        "code": "retry_alias",
+        "args": {"model": "m", "alias": "production", "ref": "main", "expect": first},
+    }
     repo.run(MoveAlias("production", "main", expect=first))
     assert repo.state.aliases["production"] == repo.head()
 
@@ -298,18 +362,28 @@ def test_ambiguous_prefix_is_refused(repo: Repo) -> None:
 
 
 def test_faults_say_what_to_do() -> None:
-    with pytest.raises(UnknownModel, match="modelvc create ghost"):
+    with pytest.raises(UnknownModel, match="create it first") as ghost:
         decide(None, Command("x", "ghost", "a", 1, MakeCommit(A, "m")))
+    assert _hint(ghost) == {"code": "create_model", "args": {"model": "ghost"}}
+    with pytest.raises(UnknownModel) as unnamable:
+        decide(None, Command("x", "bad/name", "a", 1, MakeCommit(A, "m")))
+    assert _hint(unnamable) is None  # creating it would be refused too
     r = Repo()
     r.run(CreateModel())
     with pytest.raises(ModelExists):
         r.run(CreateModel())
-    with pytest.raises(EmptyBranch):
+    with pytest.raises(EmptyBranch) as empty:
         r.run(CreateBranch("exp"))
-    with pytest.raises(UnknownRef, match="branch create"):
+    assert _hint(empty) == {"code": "commit", "args": {"model": "m", "branch": "main"}}
+    with pytest.raises(UnknownRef, match="create it first") as missing:
         r.run(MakeCommit(A, "x", branch="exp"))
-    with pytest.raises(ProtectedBranch):
+    assert _hint(missing) == {"code": "create_branch", "args": {"model": "m", "branch": "exp"}}
+    with pytest.raises(UnknownRef) as gone:
+        r.run(DeleteBranch("exp"))
+    assert _hint(gone) == {"code": "list_refs", "args": {"model": "m"}}  # not "create it"
+    with pytest.raises(ProtectedBranch) as protected:
         r.run(DeleteBranch("main"))
+    assert _hint(protected) is None and "hint" not in protected.value.to_dict()
     with pytest.raises(InvalidCommand, match="finite"):
         r.run(MakeCommit(A, "x", metrics={"auc": float("nan")}))
     with pytest.raises(InvalidCommand, match="sha256"):

@@ -28,7 +28,7 @@ def test_json_lines_with_or_without_a_features_object(tmp_path: Path) -> None:
 def test_rows_without_a_model_and_bad_json_say_so(tmp_path: Path) -> None:
     f = tmp_path / "f.jsonl"
     f.write_text('{"a": 1}\n')
-    with pytest.raises(ValueError, match="--model"):
+    with pytest.raises(ValueError, match="modelvc -M NAME publish FILE"):
         list(read_feature_file(f))
     f.write_text("{oops\n")
     with pytest.raises(ValueError, match=":1: not JSON"):
