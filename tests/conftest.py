@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,30 +10,48 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from modelvc.kafka_broker import running_cluster
 from modelvc.processes import stop
 from modelvc.stack import Stack, start_broker
 
+# Which brokers the broker-backed tests run on: MODELVC_TEST_BROKERS=tansu (default),
+# kafka, or tansu,kafka. Each test that uses `bootstrap` (directly or through `stack`)
+# runs once per kind, with ids like test_x[tansu] and test_x[kafka].
+BROKER_KINDS = ("tansu", "kafka")
+BROKERS_ENV = "MODELVC_TEST_BROKERS"
 
-def _docker_answers() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=5).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+
+def selected_broker_kinds() -> list[str]:
+    raw = os.environ.get(BROKERS_ENV, "tansu")
+    kinds = list(dict.fromkeys(k.strip() for k in raw.split(",") if k.strip()))
+    unknown = [k for k in kinds if k not in BROKER_KINDS]
+    if unknown or not kinds:
+        raise pytest.UsageError(
+            f"{BROKERS_ENV}={raw!r}: name one or more of {', '.join(BROKER_KINDS)}, "
+            f"comma-separated (e.g. {BROKERS_ENV}=tansu,kafka)"
+        )
+    return kinds
+
+
+@pytest.fixture(scope="session", params=selected_broker_kinds())
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """The kind of broker behind `bootstrap`: "tansu" or "kafka" (Apache Kafka)."""
+    return str(request.param)
 
 
 @pytest.fixture(scope="session")
-def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """KAFKA_BOOTSTRAP when set; else a testcontainers Kafka when Docker answers; else Tansu."""
+def bootstrap(broker_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """KAFKA_BOOTSTRAP when set (taken to be of the selected kind); else a broker we start.
+
+    "tansu": the embedded Tansu broker. "kafka": one Apache Kafka 4.x node from the
+    jars `make kafka` fetched; no Java or no jars is an error, never a silent skip.
+    """
     if os.environ.get("KAFKA_BOOTSTRAP"):
         yield os.environ["KAFKA_BOOTSTRAP"]
         return
-    if _docker_answers():
-        from testcontainers.kafka import KafkaContainer
-
-        with KafkaContainer() as kafka:
-            yield kafka.get_bootstrap_server()
+    if broker_kind == "kafka":
+        with running_cluster(tmp_path_factory.mktemp("kafka"), brokers=1) as cluster:
+            yield cluster.bootstrap
         return
     broker, address = start_broker(tmp_path_factory.mktemp("broker"))
     try:
