@@ -103,6 +103,7 @@ def verify_throughput(tmp: Path, count: int = 20_000) -> float:
     from modelvc.streaming import FeatureProducer
     from tests.conftest import train_model
     from workers.artifacts import ArtifactLoader
+    from workers.metrics import sample_sum
 
     stack = Stack.up(tmp / "verify-home", workers=1)
     try:
@@ -119,12 +120,7 @@ def verify_throughput(tmp: Path, count: int = 20_000) -> float:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
-                text = response.read().decode()
-            done = sum(
-                float(line.rsplit(" ", 1)[1])
-                for line in text.splitlines()
-                if line.startswith("modelvc_predictions_total{")
-            )
+                done = sample_sum(response.read().decode(), "modelvc_predictions_total")
             if done >= count:
                 break
             time.sleep(0.5)

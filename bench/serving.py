@@ -26,7 +26,7 @@ from typing import Any
 
 import lightgbm as lgb
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.report import percentile, report
 from modelvc.client import Client
@@ -37,10 +37,12 @@ from streams.artifacts import ArtifactStore
 from streams.codec import PREDICTIONS
 from streams.core import Command, CreateModel, MakeCommit, decide
 from streams.core.fold import Fold
+from streams.follow import topic_partitions
 from streams.topics import ensure_topics
+from streams.watermarks import wait_for_ends_async
 from workers.artifacts import ArtifactLoader
 from workers.loop import Incoming, Scorer
-from workers.metrics import Metrics
+from workers.metrics import Metrics, sample_sum
 from workers.settings import WorkerSettings
 from workers.versions import VersionTracker
 
@@ -85,10 +87,7 @@ def rss_mb(pid: int, field: str = "VmHWM") -> float:
 
 def metric(url: str, name: str) -> float:
     with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")
-    )
+        return sample_sum(response.read().decode(), name)
 
 
 # -- 1 ------------------------------------------------------------------------
@@ -99,8 +98,9 @@ def ceiling(tmp: Path, model: Path, n: int = 100_000, batch: int = 5000) -> floa
     for i, body in enumerate([CreateModel(), MakeCommit(digest, "bench")]):
         for event in decide(fold.models.get("bench"), Command(f"c{i}", "bench", "b", i, body)):
             fold.apply(event)
-    tracker = VersionTracker(WorkerSettings(), ArtifactLoader(tmp / "ceiling-store"), Metrics())
-    tracker.fold = fold
+    tracker = VersionTracker(
+        WorkerSettings(), ArtifactLoader(tmp / "ceiling-store"), Metrics(), fold
+    )
     scorer = Scorer(tracker, Metrics(), "ceiling")
     values = events(n, None, "c")
     incoming = [Incoming("t", i % 4, i, 0, b"k", v) for i, v in enumerate(values)]
@@ -143,8 +143,7 @@ async def read_all(bootstrap: str, topic: str, count: int, timeout: float) -> li
     await consumer.start()
     out: list[dict[str, Any]] = []
     try:
-        await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        tps = await topic_partitions(consumer, topic)
         consumer.assign(tps)
         for tp in tps:
             consumer.seek(tp, 0)
@@ -178,19 +177,13 @@ class Tap:
         )
         await consumer.start()
         try:
-            await consumer.topics()
-            tps = [
-                TopicPartition(self.topic, p)
-                for p in consumer.partitions_for_topic(self.topic) or ()
-            ]
+            tps = await topic_partitions(consumer, self.topic)
             consumer.assign(tps)
             for tp in tps:
                 consumer.seek(tp, 0)
-            # Learn every partition's end from fetch high watermarks (never ListOffsets).
-            while any(consumer.highwater(tp) is None for tp in tps):
-                await consumer.getmany(timeout_ms=300, max_records=1)
+            ends = await wait_for_ends_async(consumer, tps, 60.0)
             for tp in tps:
-                consumer.seek(tp, consumer.highwater(tp) or 0)
+                consumer.seek(tp, ends[tp.partition])
             ready.set()
             while True:
                 for messages in (await consumer.getmany(timeout_ms=100)).values():

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,23 @@ from typing import Any
 import numpy as np
 from kafka import TopicPartition
 
+from modelvc.reference_decoder import (
+    MAX_DETAIL,
+    ReferenceDecodeError,
+    ReferenceDecoder,
+    first_difference,
+)
 from streams import topics
 from streams.archive import Archive, SegmentProblem
-from streams.codec import FEATURES, MAGIC, PREDICTIONS, decode_event
+from streams.codec import (
+    EVENT_SCHEMA_FILES,
+    EVENTS,
+    FEATURES,
+    HEADER_SIZE,
+    MAGIC,
+    PREDICTIONS,
+    decode_event,
+)
 from streams.core.audit import SKIPPED, Auditor, Finding, Where
 from streams.core.events import ModelEvent
 from streams.core.fold import digest_of_inputs, model_digest_input
@@ -33,6 +47,8 @@ from streams.errors import UndecodableMessage
 from streams.logreader import log_consumer, read_topic, topic_partitions
 
 Located = tuple[ModelEvent | None, Where, str, bool]
+Locate = Callable[[str, int, int, bytes | None], Located]
+DECODERS = ("fastavro", "reference")
 
 
 def _locate(topic: str, partition: int, offset: int, value: bytes | None) -> Located:
@@ -40,16 +56,71 @@ def _locate(topic: str, partition: int, offset: int, value: bytes | None) -> Loc
     try:
         return decode_event(value), where, "", False  # type: ignore[arg-type]
     except UndecodableMessage as exc:
-        # No Avro magic: never an event (garbage, a restore placeholder), skipped not damaged.
-        return None, where, str(exc), not (value or b"").startswith(MAGIC)
+        return None, where, str(exc), never_an_event(value)
+
+
+def never_an_event(value: bytes | None) -> bool:
+    """Bytes no released modelvc ever wrote as an event: skipped, not damage.
+
+    Without the Avro magic, or naming a schema fingerprint no release has (garbage
+    from a foreign producer, a restore placeholder, ten forged header bytes). An
+    event they displaced still shows as a gap in its model's chain. Bytes naming a
+    released schema that do not decode are damage.
+    """
+    data = bytes(value or b"")
+    return not data.startswith(MAGIC) or data[2:HEADER_SIZE] not in EVENTS.writers
+
+
+def cross_checked(auditor: Auditor, reference: ReferenceDecoder | None = None) -> Locate:
+    """``_locate``, plus a second decoding by Apache Avro compared with fastavro's.
+
+    Any difference (one refuses what the other decodes, or they decode other
+    values) is reported to ``auditor`` as a ``decoder_mismatch``; the event the
+    audit folds is still fastavro's, the one the service and workers read.
+    """
+    decoder = reference or ReferenceDecoder.from_files(EVENT_SCHEMA_FILES)
+
+    def locate(topic: str, partition: int, offset: int, value: bytes | None) -> Located:
+        located = _locate(topic, partition, offset, value)
+        event, where = located[0], located[1]
+        fast: dict[str, Any] | None = None
+        ours: dict[str, Any] | None = None
+        try:
+            fast = EVENTS.decode(value)  # type: ignore[arg-type]
+        except UndecodableMessage as exc:
+            fast_error = str(exc)
+        try:
+            ours = decoder.decode(value)
+        except ReferenceDecodeError as exc:
+            ours_error = str(exc)
+        if fast is None and ours is None:
+            return located  # both refuse: undecodable (or garbage) either way
+        if fast is None:
+            detail = f"fastavro refused it ({fast_error:.{MAX_DETAIL}}); Apache Avro decoded it"
+        elif ours is None:
+            detail = f"Apache Avro refused it ({ours_error:.{MAX_DETAIL}}); fastavro decoded it"
+        else:
+            difference = first_difference(fast, ours)
+            if difference is None:
+                return located
+            detail = f"fastavro and Apache Avro decode it differently: {difference}"
+        model, seq = (event.model, event.seq) if event is not None else ("?", 0)
+        auditor.decoder_mismatch(where, detail, model, seq)
+        return located
+
+    return locate
 
 
 def from_kafka(
-    bootstrap: str, topic: str, ends: dict[int, int], partitions: set[int] | None = None
+    bootstrap: str,
+    topic: str,
+    ends: dict[int, int],
+    partitions: set[int] | None = None,
+    locate: Locate = _locate,
 ) -> Iterator[Located]:
     for r in read_topic(bootstrap, topic, partitions=partitions):
         ends[r.partition] = r.offset
-        yield _locate(topic, r.partition, r.offset, r.value)
+        yield locate(topic, r.partition, r.offset, r.value)
 
 
 def from_archive(
@@ -57,6 +128,7 @@ def from_archive(
     problems: list[SegmentProblem],
     ends: dict[int, int],
     partitions: set[int] | None = None,
+    locate: Locate = _locate,
 ) -> Iterator[Located]:
     expected: dict[int, int] = {}
     for r in archive.records(problems, partitions):
@@ -73,7 +145,7 @@ def from_archive(
             )
         expected[r.partition] = r.offset + 1
         ends[r.partition] = r.offset
-        yield _locate(r.topic, r.partition, r.offset, r.value)
+        yield locate(r.topic, r.partition, r.offset, r.value)
 
 
 @dataclass
@@ -81,6 +153,7 @@ class Replay:
     """What a replay found: counts, findings, where it stopped, and the state digest."""
 
     source: str
+    decoder: str = "fastavro"  # "reference": every message also decoded by Apache Avro
     events: int = 0
     duplicates: int = 0
     violations: list[Finding] = field(default_factory=list)
@@ -103,6 +176,7 @@ class Replay:
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
+            "decoder": self.decoder,
             "events": self.events,
             "models": len(self.inputs),
             "last_offsets": {str(p): o for p, o in sorted(self.ends.items())},
@@ -179,7 +253,11 @@ class Replay:
 
 
 def _replay_here(
-    bootstrap: str | None, topic: str, archive_dir: Path | None, partitions: set[int] | None
+    bootstrap: str | None,
+    topic: str,
+    archive_dir: Path | None,
+    partitions: set[int] | None,
+    decoder: str = "fastavro",
 ) -> Replay:
     started = time.perf_counter()
     if archive_dir is not None:
@@ -189,15 +267,17 @@ def _replay_here(
             raise FileNotFoundError(
                 2, "no archive index (or an empty one)", str(archive_dir / "index.json")
             )
-        result = Replay(f"archive {archive_dir}", auditor=auditor)
-        auditor.run(from_archive(archive, result.problems, result.ends, partitions))
+        result = Replay(f"archive {archive_dir}", decoder, auditor=auditor)
+        locate = cross_checked(auditor) if decoder == "reference" else _locate
+        auditor.run(from_archive(archive, result.problems, result.ends, partitions, locate))
     else:
         assert bootstrap is not None
         # Kafka knows the partition count, so the partitioning rule can be checked too.
         count = len(_partitions(bootstrap, topic, None))
         auditor = Auditor(misplaced=functools.partial(topics.misplaced, partitions=count))
-        result = Replay(f"{topic} on {bootstrap}", auditor=auditor)
-        auditor.run(from_kafka(bootstrap, topic, result.ends, partitions))
+        result = Replay(f"{topic} on {bootstrap}", decoder, auditor=auditor)
+        locate = cross_checked(auditor) if decoder == "reference" else _locate
+        auditor.run(from_kafka(bootstrap, topic, result.ends, partitions, locate))
     result.events = auditor.events
     result.duplicates = auditor.duplicates()
     result.violations = list(auditor.violations())
@@ -232,27 +312,32 @@ def replay(
     archive_dir: Path | None = None,
     jobs: int = 1,
     partitions: set[int] | None = None,
+    decoder: str = "fastavro",
 ) -> Replay:
     """Fold and check the whole log; ``jobs`` > 1 replays partition groups in parallel processes.
 
     Models never span partitions, so partition groups fold independently and their
     per-model digest inputs merge into the same digest a single pass would give.
+    ``decoder="reference"`` also decodes every message with Apache Avro and reports
+    each difference from fastavro as a ``decoder_mismatch`` violation (slower).
     """
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; use one of {', '.join(DECODERS)}")
     # The fold allocates no reference cycles; pausing the cyclic collector keeps it from
     # rescanning the growing graph over and over (a third of replay time at 1M events).
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         if jobs <= 1:
-            return _replay_here(bootstrap, topic, archive_dir, partitions)
-        return _replay_parallel(bootstrap, topic, archive_dir, jobs)
+            return _replay_here(bootstrap, topic, archive_dir, partitions, decoder)
+        return _replay_parallel(bootstrap, topic, archive_dir, jobs, decoder)
     finally:
         if was_enabled:
             gc.enable()
 
 
 def _replay_parallel(
-    bootstrap: str | None, topic: str, archive_dir: Path | None, jobs: int
+    bootstrap: str | None, topic: str, archive_dir: Path | None, jobs: int, decoder: str
 ) -> Replay:
     started = time.perf_counter()
     parts = _partitions(bootstrap, topic, archive_dir)
@@ -267,11 +352,13 @@ def _replay_parallel(
             topic,
             "--partitions",
             ",".join(map(str, group)),
+            "--decoder",
+            decoder,
         ]
         argv += ["--archive", str(archive_dir)] if archive_dir else ["--bootstrap", str(bootstrap)]
         children.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     source = f"archive {archive_dir}" if archive_dir else f"{topic} on {bootstrap}"
-    result = Replay(source)
+    result = Replay(source, decoder)
     for child in children:
         out, err = child.communicate()
         if child.returncode != 0:
@@ -515,6 +602,7 @@ def _child_main() -> None:
     p.add_argument("--partitions", required=True)
     p.add_argument("--bootstrap")
     p.add_argument("--archive")
+    p.add_argument("--decoder", choices=DECODERS, default="fastavro")
     args = p.parse_args()
     gc.disable()
     result = _replay_here(
@@ -522,6 +610,7 @@ def _child_main() -> None:
         args.topic,
         Path(args.archive) if args.archive else None,
         {int(x) for x in args.partitions.split(",")},
+        args.decoder,
     )
     print(json.dumps(result.partial()))
 

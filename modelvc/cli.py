@@ -15,13 +15,22 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from modelvc import render
+from modelvc import hints, render
 from modelvc.client import Client, ClientError
 from modelvc.processes import StackError
 
+EXIT_REFUSED = 1
 EXIT_RESTORE_SKIPPED = 4
+
+
+class UsageError(Exception):
+    """A command line the parser took but that cannot run as written: exit 2, like argparse's."""
+
+
+class Refused(Exception):
+    """Refused here, before the service, for what the input says (exit 1, like a refusal)."""
 
 
 def _home(args: argparse.Namespace) -> Path:
@@ -45,17 +54,24 @@ def _url(args: argparse.Namespace) -> str:
     )
 
 
-def _model(args: argparse.Namespace) -> str:
+def _selected_model(args: argparse.Namespace) -> str | None:
+    """-M, else $MODELVC_MODEL, else the current model of this home; None when none is."""
     model = args.model or os.environ.get("MODELVC_MODEL")
     current = _home(args) / "current-model"
     if not model and current.exists():
         model = current.read_text().strip()
-    if not model:
-        raise SystemExit(
-            "modelvc: no model selected; pass -M MODEL, set MODELVC_MODEL, or run "
-            "`modelvc create NAME` / `modelvc use NAME`"
+    return str(model) if model else None
+
+
+def _model(args: argparse.Namespace) -> str:
+    model = _selected_model(args)
+    if model is None:
+        raise UsageError(
+            f"no model selected; name one before the command (modelvc -M NAME {args.command} "
+            "...), set MODELVC_MODEL, or make one current with `modelvc use NAME` "
+            "or `modelvc create NAME`"
         )
-    return str(model)
+    return model
 
 
 def _pairs(items: Sequence[str], kind: str, cast: Callable[[str], Any]) -> dict[str, Any]:
@@ -63,11 +79,11 @@ def _pairs(items: Sequence[str], kind: str, cast: Callable[[str], Any]) -> dict[
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"modelvc: --{kind} expects key=value, got {item!r}")
+            raise UsageError(f"--{kind} expects key=value, got {item!r}")
         try:
             out[key] = cast(value)
         except ValueError:
-            raise SystemExit(f"modelvc: --{kind} {key}: {value!r} is not a number") from None
+            raise UsageError(f"--{kind} {key}: {value!r} is not a number") from None
     return out
 
 
@@ -147,8 +163,7 @@ def _bootstrap(args: argparse.Namespace) -> str:
 
 
 def _topic(args: argparse.Namespace, kind: str) -> str:
-    events = _stack_record(args).get("settings", {}).get("events_topic")
-    recorded = events.rsplit(".", 1)[0] if events else None
+    recorded = _stack_record(args).get("env", {}).get("MODELVC_NAMESPACE")
     return f"{_setting(None, 'MODELVC_NAMESPACE', recorded, 'modelvc')}.{kind}"
 
 
@@ -165,14 +180,10 @@ def cmd_worker(args: argparse.Namespace) -> None:
 def cmd_publish(args: argparse.Namespace) -> None:
     from modelvc.streaming import publish_features, read_feature_file
 
-    model = args.model or os.environ.get("MODELVC_MODEL")
-    current = _home(args) / "current-model"
-    if not model and current.exists():
-        model = current.read_text().strip()
     try:
-        events = list(read_feature_file(Path(args.file), model, args.ref))
+        events = list(read_feature_file(Path(args.file), _selected_model(args), args.ref))
     except ValueError as exc:
-        raise SystemExit(f"modelvc: {exc}") from None
+        raise Refused(str(exc)) from None
     count = publish_features(_bootstrap(args), events, _topic(args, "features"))
     _emit(
         args,
@@ -220,6 +231,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
             events_topic,
             archive,
             jobs=args.jobs or (os.cpu_count() or 1),
+            decoder=args.decoder,
         )
         summary = result.to_dict()
         live_ok = True
@@ -237,14 +249,12 @@ def cmd_audit(args: argparse.Namespace) -> None:
         if not result.clean or not live_ok:
             raise SystemExit(1)
     elif args.action == "served":
-        if not args.prediction_id:
-            raise SystemExit("modelvc: audit served needs a PREDICTION_ID")
         try:
             answer = audit.served(
                 bootstrap, events_topic, _topic(args, "predictions"), args.prediction_id
             )
         except LookupError as exc:
-            raise SystemExit(f"modelvc: {exc}") from None
+            raise Refused(str(exc)) from None
         _emit(args, answer, render.served)
         if answer["findings"] and "ref_move" not in answer:
             raise SystemExit(1)
@@ -315,14 +325,18 @@ def cmd_models(args: argparse.Namespace, c: Client) -> None:
 
 
 def cmd_commit(args: argparse.Namespace, c: Client) -> None:
+    # Usage is checked before the upload: a refused command line sends nothing.
+    model = _model(args)
+    params = _pairs(args.param, "param", str)
+    metrics = _pairs(args.metric, "metric", float)
     uploaded = c.upload(args.file)
     answer = c.commit(
-        _model(args),
+        model,
         uploaded["sha256"],
         args.message,
         branch=args.branch,
-        params=_pairs(args.param, "param", str),
-        metrics=_pairs(args.metric, "metric", float),
+        params=params,
+        metrics=metrics,
         expect_head=args.expect_head,
     )
     _emit(
@@ -354,9 +368,10 @@ def cmd_branch(args: argparse.Namespace, c: Client) -> None:
 
 
 def cmd_merge(args: argparse.Namespace, c: Client) -> None:
+    model = _model(args)
     artifact = c.upload(args.artifact)["sha256"] if args.artifact else None
     answer = c.merge(
-        _model(args),
+        model,
         args.source,
         into=args.into,
         strategy=args.strategy,
@@ -423,7 +438,8 @@ def parser() -> argparse.ArgumentParser:
 
     def add(name: str, fn: Callable[..., None], help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
-        sp.set_defaults(fn=fn)
+        # Usage errors found after parsing are reported by this subcommand's parser.
+        sp.set_defaults(fn=fn, command_parser=sp)
         sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
         return sp
 
@@ -505,6 +521,13 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--jobs", type=int, help="replay: processes, one partition group each (default: CPUs)"
     )
+    sp.add_argument(
+        "--decoder",
+        choices=["fastavro", "reference"],
+        default="fastavro",
+        help="replay: 'reference' also decodes every message with Apache Avro and reports "
+        "any difference from fastavro (slower)",
+    )
     sp.add_argument("--sample", type=int, help="verify-predictions: check N at random")
     sp.add_argument("--all", action="store_true", help="verify-predictions: check every one")
     sp.add_argument("--artifacts", metavar="DIR", help="artifact store directory (else the API)")
@@ -513,33 +536,62 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def _check_arguments(args: argparse.Namespace) -> None:
+    """What argparse cannot say: arguments that one action of a command needs."""
     needs_name = {("branch", "create"), ("branch", "delete"), ("alias", "set")}
     if (args.command, getattr(args, "action", None)) in needs_name and not args.name:
-        print(f"modelvc: {args.command} {args.action} needs a NAME", file=sys.stderr)
-        return 2
+        raise UsageError(f"{args.command} {args.action} needs a NAME")
     if args.command == "alias" and args.action == "set" and not args.ref:
-        print("modelvc: alias set NAME REF needs a REF", file=sys.stderr)
-        return 2
+        raise UsageError("alias set NAME REF needs a REF")
+    if args.command == "audit" and args.action == "served" and not args.prediction_id:
+        raise UsageError("audit served needs a PREDICTION_ID")
+
+
+def _refusal(exc: ClientError) -> str:
+    """The service's refusal for a terminal: its message, then each hint as a command line."""
+    # The service's message may quote what a stranger named (a ref, a model).
+    lines = [f"modelvc: {render.escape(str(exc))}"]
+    hint = hints.parse(exc.body.get("hint"))
+    if hint is not None:
+        lines += [f"hint: {render.escape(line)}" for line in hints.command_lines(hint)]
+    return "\n".join(lines)
+
+
+def _usage(args: argparse.Namespace, message: str) -> NoReturn:
+    """The one way out for a usage error: the command's usage and ``message``, exit 2."""
+    command_parser: argparse.ArgumentParser = args.command_parser
+    command_parser.error(render.escape(message))  # argparse's own path: stderr, exit 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command line; the exit code (module docstring) is returned, or raised by argparse.
+
+    Every usage error, argparse's own and those found later, takes one path:
+    the subcommand's usage and the message on stderr, and exit 2.
+    """
+    args = parser().parse_args(argv)
     try:
+        _check_arguments(args)
         if args.command in ("up", "down", "worker", "publish", "tail", "audit"):
             args.fn(args)
         else:
             args.fn(args, Client(_url(args), actor=args.actor))
+    except UsageError as exc:
+        _usage(args, str(exc))
+    except Refused as exc:
+        print(f"modelvc: {render.escape(str(exc))}", file=sys.stderr)
+        return EXIT_REFUSED
     except ClientError as exc:
         if args.json:
             print(json.dumps(exc.body), file=sys.stderr)
         else:
-            # The service's message may quote what a stranger named (a ref, a model).
-            print(f"modelvc: {render.escape(str(exc))}", file=sys.stderr)
-        return 3 if exc.status == 0 else 1
+            print(_refusal(exc), file=sys.stderr)
+        return 3 if exc.status == 0 else EXIT_REFUSED
     except StackError as exc:
         print(f"modelvc: {exc}", file=sys.stderr)
         return 3
     except (FileNotFoundError, IsADirectoryError) as exc:
-        print(f"modelvc: {exc.strerror}: {exc.filename}", file=sys.stderr)
-        return 2
+        _usage(args, f"{exc.strerror}: {exc.filename}")
     return 0
 
 

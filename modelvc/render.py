@@ -77,8 +77,17 @@ def short(commit_id: str | None) -> str:
     return commit_id[:10] if commit_id else "-"
 
 
-def when(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+def when(ms: object) -> str:
+    """A time in ms since the epoch, readable; a time no calendar holds is shown raw.
+
+    Event and prediction times come from the log, which anyone with a Kafka client
+    can write: 2**62 must print, not raise.
+    """
+    try:
+        moment = dt.datetime.fromtimestamp(float(ms) / 1000, tz=dt.UTC)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return f"{escape(str(ms))[:40]} ms (not a calendar time)"
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _label(commit: dict[str, Any]) -> str:

@@ -131,7 +131,9 @@ def read_feature_file(
     def build(row: Mapping[str, Any], features: Mapping[str, Any]) -> dict[str, Any]:
         name = row.get("model") or model
         if not name:
-            raise ValueError(f"{path}: a row names no model; pass --model")
+            raise ValueError(
+                f"{path}: a row names no model; name one for all rows: modelvc -M NAME publish FILE"
+            )
         return feature_event(
             str(name),
             features,

@@ -7,6 +7,7 @@ import logging
 import faust
 
 from streams.app import create_app
+from streams.bootstrap import bootstrap
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -15,12 +16,10 @@ def main() -> None:
     settings = Settings.from_env()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     ensure_topics(settings)
-    app, service = create_app(settings)
+    # The app stops its collaborators on shutdown (ModelvcApp.on_shutdown -> Streams.stop).
+    app = create_app(bootstrap(settings))
     worker = faust.Worker(app, loglevel="INFO", quiet=True)
-    try:
-        worker.execute_from_commandline()
-    finally:
-        service.projection.close()
+    worker.execute_from_commandline()
 
 
 if __name__ == "__main__":

@@ -1,21 +1,26 @@
-"""The Faust app: the commands agent, the log follower and the HTTP API.
+"""The Faust app: the commands agent, the log follower, the replies and the HTTP API.
+
+An entry point over :func:`streams.bootstrap.bootstrap`'s collaborators: it
+only connects them to Faust's agent, tasks, signals and web server.
 
 No Faust tables: ``modelvc.events`` is the only log, and the projection is
-kept by ``VersionService`` in RocksDB (a table would add a second changelog of
-the same facts, and its recovery relies on ListOffsets, which the embedded
-broker answers wrongly).
+kept by the follower (a table would add a second changelog of the same facts,
+and its recovery relies on ListOffsets, which the embedded broker answers
+wrongly).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streams import api
-from streams.service import VersionService
-from streams.settings import Settings
+from streams.bootstrap import Streams
+from streams.http_edge import JsonErrorRunner
+from streams.parse import MAX_JSON_BYTES
 
 
 def _transport_with_fetch_wait(wait_ms: int) -> type[faust_aiokafka.Transport]:
@@ -40,14 +45,25 @@ def _transport_with_fetch_wait(wait_ms: int) -> type[faust_aiokafka.Transport]:
 
 
 class ModelvcApp(faust.App):  # type: ignore[misc]
-    fetch_wait_ms = 10
+    def __init__(self, *args: Any, fetch_wait_ms: int = 10, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fetch_wait_ms = fetch_wait_ms
+        self.shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
 
     def _new_transport(self) -> Any:
         transport_cls = _transport_with_fetch_wait(self.fetch_wait_ms)
         return transport_cls(self.conf.broker_consumer, self, loop=self.loop)
 
+    async def on_shutdown(self) -> None:
+        # mode calls this once the agents and the app's tasks are stopped: nothing uses
+        # the producer or the projection any more, so they can be flushed and closed.
+        await super().on_shutdown()
+        for hook in self.shutdown_hooks:
+            await hook()
 
-def create_app(settings: Settings) -> tuple[faust.App, VersionService]:
+
+def create_app(streams: Streams) -> ModelvcApp:
+    settings = streams.settings
     app = ModelvcApp(
         settings.app_id,
         broker=[f"kafka://{host}" for host in settings.bootstrap.split(",")],
@@ -70,7 +86,7 @@ def create_app(settings: Settings) -> tuple[faust.App, VersionService]:
             "middlewares": api.middlewares(settings),
             # request.read()/json() refuse larger bodies (413); uploads stream past it
             # with their own limit.
-            "client_max_size": api.MAX_JSON_BYTES,
+            "client_max_size": MAX_JSON_BYTES,
         },
         broker_session_timeout=6,
         broker_rebalance_timeout=6,
@@ -80,9 +96,12 @@ def create_app(settings: Settings) -> tuple[faust.App, VersionService]:
         producer_acks=-1,
         topic_partitions=settings.partitions,
         topic_allow_declare=False,
+        fetch_wait_ms=settings.fetch_wait_ms,
     )
-    app.fetch_wait_ms = settings.fetch_wait_ms
-    service = VersionService(settings)
+    # Faust builds a plain AppRunner; ours answers what aiohttp's parser refuses (a
+    # request line over 8190 bytes, say) in JSON too. Faust keeps no other handle on it.
+    driver: Any = app.web  # faust.web.drivers.aiohttp.Web
+    driver._runner = JsonErrorRunner(driver.web_app, access_log=None)
     commands = app.topic(
         settings.commands_topic,
         key_type=bytes,
@@ -96,23 +115,31 @@ def create_app(settings: Settings) -> tuple[faust.App, VersionService]:
     async def decide_commands(stream: Any) -> None:
         async for event in stream.events():
             message = event.message
-            await service.handle_command(
+            await streams.writer.handle(
                 message.partition, message.offset, message.key, message.value
             )
 
     @app.task
     async def follow_events() -> None:
-        await service.start()
-        await service.follow_events()
+        await streams.start()
+        await streams.follower.run()
 
     @app.task
     async def follow_replies() -> None:
-        await service.ready.wait()
-        await service.follow_replies()
+        await streams.replies.run()
 
     @app.on_partitions_revoked.connect
     def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        service.on_partitions_revoked()
+        streams.writer.on_partitions_revoked()
 
-    api.register(app, service)
-    return app, service
+    app.shutdown_hooks.append(streams.stop)
+    handlers = api.Api(
+        settings,
+        streams.projection,
+        streams.follower,
+        streams.replies,
+        streams.letters,
+        streams.store,
+    )
+    driver.web_app.router.add_routes(handlers.routes())
+    return app

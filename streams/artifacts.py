@@ -20,10 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import tempfile
 import time
 from collections.abc import AsyncIterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
@@ -35,7 +35,10 @@ from streams.errors import (
     ArtifactNotFound,
     ArtifactStoreUnavailable,
     ArtifactTooLarge,
+    UploadsBusy,
+    UploadStalled,
 )
+from streams.files import commit_file
 from streams.modelfile import MAX_MODEL_BYTES, ModelSummary
 from streams.sandbox import Sandbox
 
@@ -83,11 +86,25 @@ def _discard(handle: IO[bytes]) -> None:
 
 class ArtifactStore:
     def __init__(
-        self, root: Path, sandbox: Sandbox | None = None, max_bytes: int = MAX_MODEL_BYTES
+        self,
+        root: Path,
+        sandbox: Sandbox | None = None,
+        max_bytes: int = MAX_MODEL_BYTES,
+        max_uploads: int = 8,
+        max_checks: int = 2,
+        idle_timeout_s: float = 30.0,
     ) -> None:
         self.root = root
         self.sandbox = sandbox if sandbox is not None else Sandbox()
         self.max_bytes = max_bytes
+        # Each upload holds a connection and a temp file, and each check a parse (the
+        # API's CPU) and a sandbox child (up to its memory limit): both are bounded, and
+        # a client that stops sending is dropped.
+        self.max_uploads = max_uploads
+        self.idle_timeout_s = idle_timeout_s
+        self._uploads = 0
+        self._checks = asyncio.Semaphore(max_checks)
+        self._checker = ThreadPoolExecutor(max_checks, thread_name_prefix="artifact-check")
         self._tmp = root / "tmp"
         self._swept = False
 
@@ -146,14 +163,7 @@ class ArtifactStore:
             if not target.exists():
                 try:
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    with open(temp_path, "rb+") as handle:
-                        os.fsync(handle.fileno())
-                    os.replace(temp_path, target)
-                    dir_fd = os.open(target.parent, os.O_RDONLY)
-                    try:
-                        os.fsync(dir_fd)
-                    finally:
-                        os.close(dir_fd)
+                    commit_file(temp_path, target)
                 except OSError as exc:
                     raise _unavailable(self.root, exc) from exc
             return digest, summary
@@ -171,11 +181,34 @@ class ArtifactStore:
         (not a model LightGBM loads safely) or ArtifactStoreUnavailable. The temp
         file is removed on each of those and on cancellation (a client gone).
         """
+        if self._uploads >= self.max_uploads:
+            raise UploadsBusy(
+                f"{self._uploads} uploads are under way, the most this server takes at once; "
+                "retry in a few seconds"
+            )
+        self._uploads += 1
+        try:
+            return await self._receive(chunks, expected)
+        finally:
+            self._uploads -= 1
+
+    async def _receive(
+        self, chunks: AsyncIterable[bytes], expected: str | None
+    ) -> tuple[str, ModelSummary, int]:
         handle = self.temp_file()
         temp = Path(handle.name)
+        reading = aiter(chunks)
         try:
             size = 0
-            async for chunk in chunks:  # the client's faults (a reset) pass through as they are
+            while True:  # the client's faults (a reset) pass through as they are
+                try:
+                    chunk = await asyncio.wait_for(anext(reading), self.idle_timeout_s)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise UploadStalled(
+                        f"the upload sent nothing for {self.idle_timeout_s:g} s; send it again"
+                    ) from None
                 size += len(chunk)
                 if size > self.max_bytes:
                     raise ArtifactTooLarge(f"artifacts are limited to {self.max_bytes} bytes")
@@ -190,8 +223,11 @@ class ArtifactStore:
             if size == 0:
                 raise ArtifactEmpty("the upload was empty; send the model file as the body")
             loop = asyncio.get_running_loop()
-            # commit_temp removes the temp file itself, even if we are cancelled meanwhile.
-            digest, summary = await loop.run_in_executor(None, self.commit_temp, temp, expected)
+            async with self._checks:
+                # commit_temp removes the temp file itself, even if we are cancelled meanwhile.
+                digest, summary = await loop.run_in_executor(
+                    self._checker, self.commit_temp, temp, expected
+                )
             return digest, summary, size
         except BaseException:
             _discard(handle)

@@ -46,6 +46,14 @@ class SandboxUnavailable(ArtifactError):
     """Raised when the child that loads a model cannot be started; nothing was decided."""
 
 
+class UploadsBusy(ArtifactError):
+    """Raised when the store already takes its limit of uploads at once; retry later (503)."""
+
+
+class UploadStalled(ArtifactError):
+    """Raised when an upload's body sent nothing for too long; it is dropped (408)."""
+
+
 class ArtifactNotFound(ArtifactError):
     """Raised when no artifact with the requested digest is stored."""
 

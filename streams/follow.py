@@ -31,8 +31,7 @@ async def assigned_consumer(
     )
     await consumer.start()
     try:
-        await consumer.topics()  # refreshes metadata
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        tps = await topic_partitions(consumer, topic)
         if not tps:
             raise RuntimeError(f"topic {topic} does not exist; run `modelvc up` or create it")
         consumer.assign(tps)
@@ -42,3 +41,15 @@ async def assigned_consumer(
         await consumer.stop()
         raise
     return consumer, tps
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Every partition of ``topic``, from a metadata request that names all topics.
+
+    ``consumer.topics()`` fetches that into a cluster view of its own and
+    ``partitions_for_topic`` reads the client's, which Apache Kafka fills only for
+    topics the client already tracks (Tansu answers with every topic): ask the
+    client for the whole cluster and read the topic from that answer.
+    """
+    cluster = await consumer._client.fetch_all_metadata()
+    return [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]

@@ -20,8 +20,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.typedefs import Middleware
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from yarl import URL
 
 log = logging.getLogger("modelvc.http")
@@ -122,7 +124,16 @@ def same_origin(origin: str, request_host: str) -> bool:
     """``origin`` names the host and port the request was sent to (its Host header)."""
     try:
         theirs = URL(origin)
-        if theirs.scheme not in ("http", "https") or theirs.path not in ("", "/"):
+        # An Origin header is scheme://host[:port], nothing more: user info, a query or a
+        # fragment mean it was forged by hand. (https: a TLS proxy in front of us.)
+        if (
+            theirs.scheme not in ("http", "https")
+            or theirs.raw_user is not None
+            or theirs.raw_password is not None
+            or theirs.path not in ("", "/")
+            or theirs.raw_query_string
+            or theirs.raw_fragment
+        ):
             return False
         return _authority(theirs.raw_authority, theirs.scheme) == _authority(
             request_host, theirs.scheme
@@ -191,3 +202,47 @@ def guard(web_host: str, web_port: int, content_type: Callable[[web.Request], st
         return await handler(request)
 
     return checks
+
+
+# -- requests aiohttp's parser refuses before any middleware runs -------------------------
+class JsonErrorHandler(RequestHandler):
+    """A connection whose parser-level refusals (a request line or header over 8190
+    bytes, too many headers, garbage) are JSON like every other answer, and never
+    echo the request back."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs, and refuses when too late
+        if isinstance(exc, LineTooLong):
+            why = "the request line or a header is too long (8190 bytes at most); send less"
+        elif status >= 500:
+            why = "internal error; this is a bug: the server log has the traceback"
+        else:
+            why = "this is not an HTTP request the server can read"
+        response = error_response(status, _HTTP_CODES.get(status, "internal"), why)
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+
+
+class JsonErrorRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections are :class:`JsonErrorHandler`s."""
+
+    async def _make_server(self) -> web.Server:
+        made = await super()._make_server()
+        return _JsonErrorServer(
+            made.request_handler,
+            request_factory=made.request_factory,
+            handler_cancellation=made.handler_cancellation,
+            loop=made._loop,
+            **made._kwargs,
+        )

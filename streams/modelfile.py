@@ -45,6 +45,9 @@ MAX_TREES = 1_000_000
 MIN_TREE_BYTES = 40  # 'Tree=0', num_leaves=1, num_cat=0, leaf_value=0, blank line
 MAX_LEAVES = 131_072  # LightGBM's own ceiling for num_leaves
 MAX_TOTAL_LEAVES = 20_000_000  # classes x iterations x leaves, summed over the trees
+# Splits one row may walk, summed over the trees: 10,000 trees of depth 50 fit; ten
+# 131,072-leaf chains (7.5 ms a row on this hardware) do not.
+MAX_PATH_SPLITS = 500_000
 MAX_CAT_WORDS = 10_000_000  # 32-bit words of categorical bitsets, summed
 MAX_NAME_CHARS = 1024
 MAX_PARAMETER_LINES = 2_000
@@ -124,6 +127,7 @@ class ModelSummary:
     total_leaves: int
     bytes_per_row: int  # scoring memory per row of a batch, see _bytes_per_row
     model_bytes: int  # LightGBM's in-memory trees, see _model_bytes
+    path_splits: int = 0  # most splits one row walks, all trees summed (scoring time per row)
 
     def scoring_bytes(self, rows: int) -> int:
         """Estimated memory to hold this model and score a batch of ``rows``."""
@@ -216,6 +220,7 @@ class _Parser:
         self.cat_words = 0
         self.linear_terms = 0
         self.max_leaves = 0
+        self.path_splits = 0  # the deepest path of every tree, summed: one row's worst case
 
     def parse(self) -> ModelSummary:
         header = self._header()
@@ -243,6 +248,7 @@ class _Parser:
             total_leaves=self.total_leaves,
             bytes_per_row=_bytes_per_row(header.num_features, header.num_class),
             model_bytes=_model_bytes(self.total_leaves, self.cat_words, self.linear_terms),
+            path_splits=self.path_splits,
         )
 
     def _blank_tail(self, start: int) -> bool:
@@ -409,7 +415,15 @@ class _Parser:
         thresholds = _floats(*need("threshold"), f"{what} threshold", inner)
         left = _ints(*need("left_child"), f"{what} left_child", inner, -n, inner - 1)
         right = _ints(*need("right_child"), f"{what} right_child", inner, -n, inner - 1)
-        _check_shape(what, need("left_child")[0], n, left, right)
+        self.path_splits += _check_shape(what, need("left_child")[0], n, left, right)
+        if self.path_splits > MAX_PATH_SPLITS:
+            # Scoring one row walks one path per tree: chain-shaped trees (one leaf per
+            # level) cost a worker milliseconds per row although every count is in range.
+            raise refuse(
+                None,
+                f"one prediction would walk more than {MAX_PATH_SPLITS:,} splits "
+                "(the trees' depths, summed); train with a max_depth or fewer trees",
+            )
         decision = (
             _ints(*f["decision_type"], f"{what} decision_type", inner, 0, _MAX_DECISION_TYPE)
             if "decision_type" in f
@@ -512,17 +526,20 @@ class _Parser:
             raise refuse(None, "the file ends inside 'parameters:' (is it truncated?)")
 
 
-def _check_shape(what: str, line: int, n: int, left: list[int], right: list[int]) -> None:
+def _check_shape(what: str, line: int, n: int, left: list[int], right: list[int]) -> int:
     """Every internal node and leaf is reached exactly once from node 0: a tree, no cycle.
 
-    Child links are internal node indices (>= 0) or ``~leaf`` (< 0).
+    Child links are internal node indices (>= 0) or ``~leaf`` (< 0). Returns the
+    tree's depth: the most splits one prediction can walk through in it.
     """
     seen_node = bytearray(n - 1)
     seen_leaf = bytearray(n)
     seen_node[0] = 1
-    stack = [0]
+    stack = [(0, 1)]
+    deepest = 1
     while stack:
-        node = stack.pop()
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
         for child in (left[node], right[node]):
             if child >= 0:
                 if seen_node[child]:
@@ -532,7 +549,7 @@ def _check_shape(what: str, line: int, n: int, left: list[int], right: list[int]
                         "so prediction would never end",
                     )
                 seen_node[child] = 1
-                stack.append(child)
+                stack.append((child, depth + 1))
             else:
                 leaf = ~child
                 if seen_leaf[leaf]:
@@ -540,6 +557,7 @@ def _check_shape(what: str, line: int, n: int, left: list[int], right: list[int]
                 seen_leaf[leaf] = 1
     if not all(seen_node) or not all(seen_leaf):
         raise refuse(line, f"{what}: some nodes or leaves are not reachable from the root")
+    return deepest
 
 
 def _count(text: str) -> int:

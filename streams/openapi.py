@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from streams.core import refs
+from streams.core.decide import STRATEGIES
 from streams.modelfile import MAX_MODEL_BYTES
 
 # The API's limits are imported lazily by ``document`` (api imports this module).
@@ -17,13 +19,15 @@ _ERROR_STATUSES = {
     403: "Refused: a foreign Origin (a web page of another site) or a foreign Host.",
     404: "Unknown route, model, ref or artifact.",
     405: "The route exists but not with this method (the Allow header lists the methods).",
+    408: "The upload sent nothing for too long and was dropped; send it again.",
     409: "Conflict: the name exists, or expect/expect_head is stale (see `current`).",
     413: "The body is larger than the limit.",
     415: "Writes need Content-Type application/json (uploads: application/octet-stream) "
     "and no Content-Encoding.",
     422: "Invalid input; `field` names the field when there is one.",
     500: "A bug: the server log has the traceback.",
-    503: "Not ready yet (still catching up with the log), or cannot check a model now; retry.",
+    503: "Not ready yet (still catching up with the log), cannot check a model now, or "
+    "too many uploads at once (Retry-After); retry.",
     504: "No answer in time; retry (a command with the same command_id is applied once).",
     507: "The artifact store is full or read-only; the operator must fix it.",
 }
@@ -31,8 +35,11 @@ _ERROR_STATUSES = {
 _WRITE_ERRORS = (400, 403, 404, 409, 413, 415, 422, 500, 504)
 _READ_ERRORS = (400, 403, 404, 422, 500, 504)
 
-_NAME = {"type": "string", "minLength": 1, "maxLength": 1024}
-_NULLABLE_NAME = {"type": ["string", "null"], "maxLength": 1024}
+# A ref expression (a name, a commit id or prefix, with ~N and ^ suffixes).
+_REF_EXPR = {"type": "string", "minLength": 1, "maxLength": refs.MAX_REF_LENGTH}
+_NULLABLE_REF_EXPR = {"type": ["string", "null"], "maxLength": refs.MAX_REF_LENGTH}
+# A model, branch or alias name (refs.NAME, matched whole); other fields take ref expressions.
+_IDENT = {"type": "string", "pattern": f"^{refs.NAME.pattern}$"}
 _DIGEST = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _ID = {"type": "string", "maxLength": 128}
 
@@ -50,7 +57,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 
 def _path_param(name: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": schema or _NAME}
+    return {"name": name, "in": "path", "required": True, "schema": schema or _REF_EXPR}
 
 
 def _query(name: str, schema: dict[str, Any], description: str, required: bool = False) -> Any:
@@ -123,12 +130,131 @@ def _query_op(summary: str, schema: dict[str, Any], params: list[dict[str, Any]]
     }
 
 
-def document() -> dict[str, Any]:
-    from streams import api  # the limits live with the handlers
+OPERATION_IDS = {
+    ("/", "get"): "index",
+    ("/healthz", "get"): "health",
+    ("/v1/openapi.json", "get"): "openapi",
+    ("/v1/models", "get"): "listModels",
+    ("/v1/models", "post"): "createModel",
+    ("/v1/models/{model}/commits", "post"): "commit",
+    ("/v1/models/{model}/branches", "get"): "listBranches",
+    ("/v1/models/{model}/branches", "post"): "createBranch",
+    ("/v1/models/{model}/branches/{branch}", "delete"): "deleteBranch",
+    ("/v1/models/{model}/merges", "post"): "merge",
+    ("/v1/models/{model}/rollbacks", "post"): "rollback",
+    ("/v1/models/{model}/aliases/{alias}", "put"): "moveAlias",
+    ("/v1/models/{model}/log", "get"): "log",
+    ("/v1/models/{model}/refs", "get"): "refs",
+    ("/v1/models/{model}/commits/{ref}", "get"): "showCommit",
+    ("/v1/models/{model}/resolve/{ref}", "get"): "resolve",
+    ("/v1/models/{model}/diff", "get"): "diff",
+    ("/v1/state/digest", "get"): "stateDigest",
+    ("/v1/artifacts", "post"): "uploadArtifact",
+    ("/v1/artifacts/{digest}", "get"): "downloadArtifact",
+}
 
-    model = _path_param("model")
-    message = {"type": "string", "minLength": 1, "maxLength": api.MAX_MESSAGE_BYTES}
-    entries = {"maxProperties": api.MAX_ENTRIES, "propertyNames": {"maxLength": 128}}
+
+def _link(
+    operation_id: str,
+    description: str,
+    parameters: dict[str, str] | None = None,
+    body: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    link: dict[str, Any] = {"operationId": operation_id, "description": description}
+    if parameters:
+        link["parameters"] = parameters
+    if body:
+        link["requestBody"] = body
+    return link
+
+
+# What a 201 receipt names, as OpenAPI runtime expressions. A receipt carries the
+# model, the ref it moved (the default branch for a new model) and its new head,
+# and the event's offset, which `after` takes to read that write.
+_MODEL = {"path.model": "$response.body#/model"}
+_REF = "$response.body#/ref"
+_HEAD = "$response.body#/head"
+_PARENT = "{$response.body#/head}~1"
+_READ_IT = {**_MODEL, "query.after": "{$response.body#/partition}:{$response.body#/offset}"}
+
+# The links between operations (OpenAPI 3.1 `links` on each 201): what a client
+# can do next with what an answer names. Stateful tests (schemathesis) follow them.
+_LINKS: dict[str, dict[str, Any]] = {
+    "createModel": {
+        "CommitToDefaultBranch": _link(
+            "commit", "Commit to the new model.", _MODEL, {"branch": _REF}
+        ),
+        "CreateBranch": _link("createBranch", "Branch the new model.", _MODEL),
+        "ListBranches": _link("listBranches", "Its branches.", _READ_IT),
+        "Refs": _link("refs", "Its refs.", _READ_IT),
+        "Log": _link("log", "Its log.", _READ_IT),
+        "MoveAlias": _link("moveAlias", "Name one of its refs.", _MODEL),
+        "StateDigest": _link(
+            "stateDigest",
+            "The state digest once the model is there.",
+            {"query.after": _READ_IT["query.after"]},
+        ),
+    },
+    "commit": {
+        "ShowCommit": _link("showCommit", "The new commit.", {**_READ_IT, "path.ref": _HEAD}),
+        "Resolve": _link("resolve", "Resolve the new commit.", {**_READ_IT, "path.ref": _HEAD}),
+        "Commit": _link(
+            "commit", "Commit again on top.", _MODEL, {"branch": _REF, "expect_head": _HEAD}
+        ),
+        "Alias": _link("moveAlias", "Point an alias at the new commit.", _MODEL, {"ref": _HEAD}),
+        "Branch": _link("createBranch", "Branch from the new commit.", _MODEL, {"from": _HEAD}),
+        "Rollback": _link(
+            "rollback",
+            "Undo it: its branch back to its parent.",
+            _MODEL,
+            {"branch": _REF, "to": _PARENT, "reason": "undo {$response.body#/head}"},
+        ),
+        "Diff": _link(
+            "diff", "What it changed.", {**_READ_IT, "query.a": _PARENT, "query.b": _HEAD}
+        ),
+        "Log": _link("log", "History up to the commit.", {**_READ_IT, "query.ref": _HEAD}),
+        "Merge": _link("merge", "Merge its branch somewhere.", _MODEL, {"source": _REF}),
+    },
+    "createBranch": {
+        "Commit": _link("commit", "Commit to the new branch.", _MODEL, {"branch": _REF}),
+        "Delete": _link("deleteBranch", "Delete it.", {**_MODEL, "path.branch": _REF}),
+        "Merge": _link("merge", "Merge it.", _MODEL, {"source": _REF}),
+        "ListBranches": _link("listBranches", "The branches now.", _READ_IT),
+    },
+    "merge": {
+        "ShowCommit": _link("showCommit", "The merge's head.", {**_READ_IT, "path.ref": _HEAD}),
+        "Log": _link("log", "The merged branch's log.", {**_READ_IT, "query.ref": _REF}),
+    },
+    "rollback": {
+        "Resolve": _link("resolve", "Where the branch is now.", {**_READ_IT, "path.ref": _REF}),
+    },
+    "moveAlias": {
+        "Resolve": _link("resolve", "What the alias names.", {**_READ_IT, "path.ref": _REF}),
+        "ShowCommit": _link("showCommit", "The aliased commit.", {**_READ_IT, "path.ref": _REF}),
+    },
+    "deleteBranch": {
+        "Branches": _link("listBranches", "The branches without it.", _READ_IT),
+    },
+    "uploadArtifact": {
+        # Nothing of the upload goes into the model; it is the next step of `modelvc
+        # commit` on a new model (and so a stateful run gets to create models).
+        "CreateModel": _link("createModel", "Create a model to commit it to."),
+        "Download": _link(
+            "downloadArtifact", "Read it back.", {"path.digest": "$response.body#/sha256"}
+        ),
+        "Commit": _link(
+            "commit", "Commit it.", None, {"artifact_sha256": "$response.body#/sha256"}
+        ),
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    from streams import parse  # the limits live with the code that enforces them
+
+    model = _path_param("model", _IDENT)
+    message = {"type": "string", "minLength": 1, "maxLength": parse.MAX_MESSAGE_BYTES}
+    entries = {"maxProperties": parse.MAX_ENTRIES, "propertyNames": {"maxLength": 128}}
     schemas: dict[str, Any] = {
         "Error": {
             "type": "object",
@@ -229,7 +355,7 @@ def document() -> dict[str, Any]:
             ),
             "post": _command(
                 "Create a model.",
-                _command_body({"name": _NAME, "default_branch": _NAME}, ["name"]),
+                _command_body({"name": _IDENT, "default_branch": _IDENT}, ["name"]),
                 [],
             ),
         },
@@ -240,13 +366,13 @@ def document() -> dict[str, Any]:
                     {
                         "artifact_sha256": _DIGEST,
                         "message": message,
-                        "branch": _NAME,
+                        "branch": _IDENT,
                         "params": {
                             "type": "object",
                             **entries,
                             "additionalProperties": {
                                 "type": ["string", "number"],
-                                "maxLength": api.MAX_VALUE_BYTES,
+                                "maxLength": parse.MAX_VALUE_BYTES,
                             },
                         },
                         "metrics": {
@@ -254,7 +380,7 @@ def document() -> dict[str, Any]:
                             **entries,
                             "additionalProperties": {"type": "number"},
                         },
-                        "expect_head": _NULLABLE_NAME,
+                        "expect_head": _NULLABLE_REF_EXPR,
                     },
                     ["artifact_sha256", "message"],
                 ),
@@ -273,7 +399,7 @@ def document() -> dict[str, Any]:
             ),
             "post": _command(
                 "Create a branch.",
-                _command_body({"name": _NAME, "from": _NULLABLE_NAME}, ["name"]),
+                _command_body({"name": _IDENT, "from": _NULLABLE_REF_EXPR}, ["name"]),
                 [model],
             ),
         },
@@ -283,7 +409,7 @@ def document() -> dict[str, Any]:
                 None,
                 [
                     model,
-                    _path_param("branch"),
+                    _path_param("branch", _IDENT),
                     _query("command_id", _ID, "Idempotency key."),
                     _query("actor", _ID, "Who asks."),
                 ],
@@ -294,14 +420,17 @@ def document() -> dict[str, Any]:
                 "Merge a branch into another.",
                 _command_body(
                     {
-                        "source": _NAME,
-                        "into": _NAME,
-                        "strategy": _NULLABLE_NAME,
+                        "source": _REF_EXPR,
+                        "into": _IDENT,
+                        "strategy": {"enum": [*STRATEGIES, None]},
                         "artifact_sha256": {
                             "type": ["string", "null"],
                             "pattern": "^[0-9a-f]{64}$",
                         },
-                        "message": {"type": ["string", "null"], "maxLength": api.MAX_MESSAGE_BYTES},
+                        "message": {
+                            "type": ["string", "null"],
+                            "maxLength": parse.MAX_MESSAGE_BYTES,
+                        },
                     },
                     ["source"],
                 ),
@@ -313,8 +442,8 @@ def document() -> dict[str, Any]:
                 "Point a branch back at an earlier commit, with a reason.",
                 _command_body(
                     {
-                        "branch": _NAME,
-                        "to": _NAME,
+                        "branch": _IDENT,
+                        "to": _REF_EXPR,
                         "reason": {"type": "string", "minLength": 1, "maxLength": 4096},
                     },
                     ["branch", "to", "reason"],
@@ -325,8 +454,8 @@ def document() -> dict[str, Any]:
         "/v1/models/{model}/aliases/{alias}": {
             "put": _command(
                 "Point an alias (e.g. production) at a ref.",
-                _command_body({"ref": _NAME, "expect": _NULLABLE_NAME}, ["ref"]),
-                [model, _path_param("alias")],
+                _command_body({"ref": _REF_EXPR, "expect": _NULLABLE_REF_EXPR}, ["ref"]),
+                [model, _path_param("alias", _IDENT)],
             )
         },
         "/v1/models/{model}/log": {
@@ -342,7 +471,7 @@ def document() -> dict[str, Any]:
                 },
                 [
                     model,
-                    _query("ref", {"type": "string", "maxLength": 1024}, "A ref."),
+                    _query("ref", {"type": "string", "maxLength": refs.MAX_REF_LENGTH}, "A ref."),
                     _AS_OF,
                     _AFTER,
                 ],
@@ -386,8 +515,8 @@ def document() -> dict[str, Any]:
                 },
                 [
                     model,
-                    _query("a", _NAME, "The first ref.", required=True),
-                    _query("b", _NAME, "The second ref.", required=True),
+                    _query("a", _REF_EXPR, "The first ref.", required=True),
+                    _query("b", _REF_EXPR, "The second ref.", required=True),
                     _AFTER,
                 ],
             )
@@ -434,7 +563,7 @@ def document() -> dict[str, Any]:
                         },
                         f"Stored (at most {MAX_MODEL_BYTES} bytes).",
                     ),
-                    **_errors(400, 403, 413, 415, 422, 500, 503, 507),
+                    **_errors(400, 403, 408, 413, 415, 422, 500, 503, 507),
                 },
             }
         },
@@ -463,8 +592,12 @@ def document() -> dict[str, Any]:
         },
         "required": ["ready"],
     }
-    for operations in paths.values():
-        for operation in operations.values():
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            operation_id = OPERATION_IDS[(path, method)]
+            operation["operationId"] = operation_id
+            if operation_id in _LINKS:
+                operation["responses"]["201"]["links"] = _LINKS[operation_id]
             # Any route may answer 405 (other methods) and, for a foreign page, 403.
             operation["responses"].setdefault("405", _errors(405)["405"])
             operation["responses"].setdefault("403", _errors(403)["403"])
@@ -477,7 +610,7 @@ def document() -> dict[str, Any]:
                 "Version control for ML models, event-sourced on Kafka. Every error is "
                 "JSON {error, message, ...}. Writes need Content-Type application/json "
                 "(uploads: application/octet-stream); requests with a foreign Origin are "
-                f"refused. JSON bodies are limited to {api.MAX_JSON_BYTES} bytes."
+                f"refused. JSON bodies are limited to {parse.MAX_JSON_BYTES} bytes."
             ),
         },
         "paths": paths,

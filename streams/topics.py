@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
@@ -64,10 +65,13 @@ def ensure_topics(settings: Settings, extra: dict[str, int] | None = None) -> No
             # Another instance may win the race to create it; same outcome.
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics([NewTopic(name, count, 1, topic_configs=config)])
-        described = {
-            t.get("topic", t.get("name")): len(t["partitions"])
-            for t in admin.describe_topics([settings.events_topic, settings.commands_topic])
-        }
+        pair = [settings.events_topic, settings.commands_topic]
+        described = _partition_counts(admin, pair)
+        deadline = time.monotonic() + 15.0
+        while 0 in described.values() and time.monotonic() < deadline:
+            # Apache Kafka may describe a topic it has just created with no partitions yet.
+            time.sleep(0.2)
+            described = _partition_counts(admin, pair)
         if described.get(settings.events_topic) != described.get(settings.commands_topic):
             raise TopicMismatch(
                 f"{settings.commands_topic} has "
@@ -77,3 +81,9 @@ def ensure_topics(settings: Settings, extra: dict[str, int] | None = None) -> No
             )
     finally:
         admin.close()
+
+
+def _partition_counts(admin: KafkaAdminClient, topics: list[str]) -> dict[str, int]:
+    return {
+        t.get("topic", t.get("name")): len(t["partitions"]) for t in admin.describe_topics(topics)
+    }

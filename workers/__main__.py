@@ -8,14 +8,15 @@ import os
 
 
 def main() -> None:
-    # One LightGBM/OpenMP thread per worker process: scale out with processes.
+    # One LightGBM/OpenMP thread per worker process: scale out with processes. Set before
+    # anything imports LightGBM, hence the imports below.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from workers.bootstrap import bootstrap
     from workers.http import serve
-    from workers.loop import Worker
     from workers.settings import WorkerSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    asyncio.run(serve(Worker(WorkerSettings.from_env())))
+    asyncio.run(serve(bootstrap(WorkerSettings.from_env())))
 
 
 if __name__ == "__main__":

@@ -19,8 +19,6 @@ is refused the same way.
 from __future__ import annotations
 
 import hashlib
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,8 @@ import lightgbm
 
 from streams.artifacts import ArtifactStore, check_model
 from streams.errors import ArtifactError, ArtifactRejected, SandboxUnavailable
-from streams.modelfile import ModelSummary
+from streams.http_client import HttpClient, HttpError
+from streams.modelfile import MAX_MODEL_BYTES, ModelSummary
 from streams.sandbox import Sandbox
 from workers.errors import ArtifactLoadFailed
 
@@ -67,25 +66,24 @@ class ArtifactLoader:
             )
         self._store = ArtifactStore(root) if root is not None else None
         self._url = url.rstrip("/") if url else None
-        self._timeout = timeout
+        # The API serves only stored (checked, bounded) artifacts; a larger answer is not one.
+        self._http = HttpClient(url, timeout=timeout, max_bytes=MAX_MODEL_BYTES) if url else None
         self._sandbox = sandbox if sandbox is not None else Sandbox()
         self._cache: dict[str, LoadedModel] = {}
         self._verdicts: dict[str, ModelSummary | str] = {}  # summary, or why it was refused
 
     def fetch(self, digest: str) -> bytes:
-        if self._store is not None and self._store.has(digest):
-            try:
+        try:
+            # has() refuses a digest that is no sha256 (what a forged event may name).
+            if self._store is not None and self._store.has(digest):
                 return self._store.read(digest)  # re-hashes
-            except ArtifactError as exc:
-                raise ArtifactLoadFailed(str(exc)) from exc
-        if self._url is None:
+        except ArtifactError as exc:
+            raise ArtifactLoadFailed(str(exc)) from exc
+        if self._http is None:
             raise ArtifactLoadFailed(f"artifact {digest} is not in the store directory")
         try:
-            with urllib.request.urlopen(
-                f"{self._url}/v1/artifacts/{digest}", timeout=self._timeout
-            ) as response:
-                data: bytes = response.read()
-        except (urllib.error.URLError, OSError) as exc:
+            data = self._http.request("GET", f"/v1/artifacts/{digest}").body
+        except HttpError as exc:
             raise ArtifactLoadFailed(f"cannot fetch artifact {digest}: {exc}") from exc
         if hashlib.sha256(data).hexdigest() != digest:
             raise ArtifactLoadFailed(f"artifact {digest} from {self._url} fails its digest check")

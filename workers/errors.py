@@ -53,12 +53,6 @@ class WrongType(Rejected):
     reason = "wrong_type"
 
 
-class TooManyRefs(Rejected):
-    """Raised when an event names one more (model, ref) than the worker serves at most."""
-
-    reason = "too_many_refs"
-
-
 class ArtifactUnavailable(Rejected):
     """Raised when no version of the ref could be loaded yet (missing or corrupt artifact)."""
 

@@ -8,16 +8,18 @@ bodies are bounded; the server binds to ``MODELVC_WORKER_HOST`` (loopback by def
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from typing import Any
 
 import numpy as np
 from aiohttp import web
 
-from streams.http_edge import JSON, guard, render_errors
+from streams.http_edge import JSON, JsonErrorRunner, guard, render_errors
 from workers import scoring
 from workers.errors import Rejected, UnknownModel, UnknownRef
 from workers.loop import Worker
+from workers.metrics import CONTENT_TYPE_LATEST
 
 # One row of features is small; a bigger body is refused (413) before it is parsed.
 MAX_BODY_BYTES = 1024 * 1024
@@ -27,7 +29,8 @@ def create_app(worker: Worker) -> web.Application:
     async def predict(request: web.Request) -> web.Response:
         model = request.match_info["model"]
         try:
-            body = await request.json()
+            # UTF-8 whatever charset the header names (an unknown one raised LookupError).
+            body = json.loads((await request.read()).decode("utf-8"))
         except (ValueError, RecursionError):
             return web.json_response(
                 {"error": "invalid", "message": "body must be JSON"}, status=422
@@ -52,11 +55,8 @@ def create_app(worker: Worker) -> web.Application:
             return web.json_response({"error": exc.reason, "message": str(exc)}, status=404)
         except Rejected as exc:
             return web.json_response({"error": exc.reason, "message": str(exc)}, status=422)
-        scores = scoring.predict(version, matrix)[0].tolist()
-        worker.metrics.inc(
-            "modelvc_predictions_total",
-            (("model", version.model), ("commit", version.commit_id), ("path", "http")),
-        )
+        scores = (await worker.scorer.predict(version, matrix))[0].tolist()
+        worker.metrics.predicted(version.model, version.commit_id, "http")
         return web.json_response(
             {
                 "model": model,
@@ -68,9 +68,10 @@ def create_app(worker: Worker) -> web.Application:
         )
 
     async def metrics(request: web.Request) -> web.Response:
-        for tp, lag in (await worker.lag()).items():
-            worker.metrics.set("modelvc_consumer_lag", lag, (("partition", str(tp.partition)),))
-        return web.Response(text=worker.metrics.render(), content_type="text/plain")
+        worker.metrics.lag({tp.partition: lag for tp, lag in (await worker.lag()).items()})
+        return web.Response(
+            body=worker.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     async def healthz(request: web.Request) -> web.Response:
         # Ready once the version log is folded and the group gave us partitions to score.
@@ -103,7 +104,7 @@ async def serve(worker: Worker) -> None:
     """Run the worker loop and its HTTP endpoints until SIGTERM/SIGINT."""
     import signal
 
-    runner = web.AppRunner(create_app(worker))
+    runner = JsonErrorRunner(create_app(worker))
     await runner.setup()
     site = web.TCPSite(runner, worker.settings.web_host, worker.settings.web_port)
     await site.start()

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
+import signal
 import time
 from collections import defaultdict
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,11 +26,11 @@ from streams import deadletter
 from streams.codec import FEATURES, PREDICTIONS
 from streams.errors import UndecodableMessage
 from workers import scoring
-from workers.artifacts import ArtifactLoader
 from workers.errors import Rejected, Undecodable
-from workers.metrics import LATENCY_BUCKETS, SIZE_BUCKETS, Metrics
+from workers.metrics import Metrics
+from workers.scoring import Version
 from workers.settings import WorkerSettings
-from workers.versions import Version, VersionTracker
+from workers.versions import VersionTracker
 
 log = logging.getLogger("modelvc.workers")
 
@@ -55,10 +59,23 @@ class Scored:
 class Scorer:
     """Everything between consumed bytes and prediction bytes (no Kafka here)."""
 
-    def __init__(self, tracker: VersionTracker, metrics: Metrics, worker_id: str) -> None:
+    def __init__(
+        self,
+        tracker: VersionTracker,
+        metrics: Metrics,
+        worker_id: str,
+        predictor: Executor | None = None,
+    ) -> None:
         self.tracker = tracker
         self.metrics = metrics
         self.worker_id = worker_id
+        # LightGBM runs on this thread, off the event loop: a large model's batch takes
+        # seconds, and /healthz, /metrics and the group heartbeat must go on meanwhile.
+        self.predictor = predictor or ThreadPoolExecutor(1, thread_name_prefix="predict")
+
+    async def predict(self, version: Version, matrix: np.ndarray) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.predictor, scoring.predict, version, matrix)
 
     async def score(self, batch: list[Incoming]) -> Scored:
         out = Scored()
@@ -82,10 +99,10 @@ class Scorer:
         scored_at = int(time.time() * 1000)
         for key, version in versions.items():
             out.versions[key] = version.commit_id
-            self._score_group(version, groups[key], scored_at, out)
+            await self._score_group(version, groups[key], scored_at, out)
         return out
 
-    def _score_group(
+    async def _score_group(
         self,
         version: Version,
         members: list[tuple[Incoming, dict[str, Any]]],
@@ -112,35 +129,55 @@ class Scorer:
             if not kept:
                 return
         started = time.perf_counter()
-        scores = scoring.predict(version, matrix)
-        self.metrics.observe(
-            "modelvc_predict_seconds", time.perf_counter() - started, LATENCY_BUCKETS
-        )
+        scores = await self.predict(version, matrix)
+        self.metrics.predict_took(time.perf_counter() - started)
         for (item, event), row in zip(kept, scores.tolist(), strict=True):
             source = scoring.Source(item.topic, item.partition, item.offset, item.timestamp_ms)
             record = scoring.prediction_record(
                 event, source, version, row, self.worker_id, scored_at
             )
             out.predictions.append((item.partition, item.key, PREDICTIONS.encode(record)))
-        self.metrics.observe_many(
-            "modelvc_end_to_end_seconds",
-            [max(0.0, (scored_at - item.timestamp_ms) / 1000) for item, _ in kept],
-            LATENCY_BUCKETS,
-        )
-        self.metrics.inc(
-            "modelvc_predictions_total",
-            (("model", version.model), ("commit", version.commit_id)),
-            len(kept),
-        )
+        event_ms = np.fromiter((item.timestamp_ms for item, _ in kept), np.int64, len(kept))
+        self.metrics.end_to_end(np.maximum(0.0, (scored_at - event_ms) / 1000))
+        self.metrics.predicted(version.model, version.commit_id, "stream", len(kept))
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Test-only fault hook, set by ``MODELVC_WORKER_FAULT``; never set it in production.
+
+    ``crash_before_commit:N`` SIGKILLs this process after the Nth batch's predictions
+    and dead letters are acknowledged and before its offsets are committed: the one
+    window where a crash must repeat work (same prediction ids and scores) and lose none.
+    """
+
+    crash_before_commit: int | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> Fault:
+        if not spec:
+            return cls()
+        match = re.fullmatch(r"crash_before_commit:([1-9][0-9]{0,8})", spec)
+        if match is None:
+            raise ValueError(
+                f"MODELVC_WORKER_FAULT={spec[:100]!r} is not a fault hook; it is for tests only: "
+                "unset it, or set it to crash_before_commit:N with N >= 1"
+            )
+        return cls(crash_before_commit=int(match[1]))
 
 
 class Worker:
-    def __init__(self, settings: WorkerSettings, metrics: Metrics | None = None) -> None:
+    """The loop over its collaborators; ``workers.bootstrap`` wires them."""
+
+    def __init__(
+        self, settings: WorkerSettings, tracker: VersionTracker, scorer: Scorer, metrics: Metrics
+    ) -> None:
         self.settings = settings
-        self.metrics = metrics or Metrics()
-        loader = ArtifactLoader(settings.artifact_root, settings.artifact_url)
-        self.tracker = VersionTracker(settings, loader, self.metrics)
-        self.scorer = Scorer(self.tracker, self.metrics, settings.worker_id)
+        self.fault = Fault.parse(settings.fault)
+        self.batches = 0  # handled since start; the fault hook counts them
+        self.metrics = metrics
+        self.tracker = tracker
+        self.scorer = scorer
         self.consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
 
@@ -198,6 +235,9 @@ class Worker:
                 ]
                 await self._handle(batch, producer, out_parts)
                 offsets = {tp: messages[-1].offset + 1 for tp, messages in fetched.items()}
+                self.batches += 1
+                if self.batches == self.fault.crash_before_commit:
+                    self._crash(offsets)
                 try:
                     await consumer.commit(offsets)
                 except (CommitFailedError, KafkaError) as exc:
@@ -211,7 +251,7 @@ class Worker:
     async def _handle(
         self, batch: list[Incoming], producer: AIOKafkaProducer, out_parts: list[int]
     ) -> None:
-        self.metrics.observe("modelvc_batch_size", len(batch), SIZE_BUCKETS)
+        self.metrics.batch(len(batch))
         scored = await self.scorer.score(batch)
         futures: list[asyncio.Future[Any]] = []
         by_partition: dict[int, list[tuple[bytes | None, bytes]]] = defaultdict(list)
@@ -235,7 +275,7 @@ class Worker:
             )
         letters = []
         for item, reason in scored.rejected:
-            self.metrics.inc("modelvc_dead_letters_total", (("reason", reason.reason),))
+            self.metrics.dead_letter(reason.reason)
             letter = deadletter.record(
                 item.topic,
                 item.partition,
@@ -252,11 +292,17 @@ class Worker:
         # and counted, and the batch goes on (a bad event must not block its partition).
         for outcome in await asyncio.gather(*letters):
             if outcome is not deadletter.Outcome.SENT:
-                self.metrics.inc(
-                    "modelvc_dead_letter_failures_total", (("outcome", outcome.value),)
-                )
+                self.metrics.dead_letter_failed(outcome.value)
         if futures:
             await asyncio.gather(*futures)  # acks=all for all of them before the commit
+
+    def _crash(self, offsets: dict[TopicPartition, int]) -> None:
+        log.critical(
+            "MODELVC_WORKER_FAULT crash_before_commit:%d: SIGKILL before committing %s",
+            self.batches,
+            {tp.partition: offset for tp, offset in offsets.items()},
+        )
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def assigned(self) -> bool:
         return self.consumer is not None and bool(self.consumer.assignment())

@@ -13,8 +13,19 @@ from typing import Any
 
 import numpy as np
 
+from workers.artifacts import LoadedModel
 from workers.errors import MissingFeature, NonFiniteValue, Rejected, WrongType
-from workers.versions import Version
+
+
+@dataclass(frozen=True)
+class Version:
+    """The version a batch is scored by: what a ref resolved to, and its loaded model."""
+
+    model: str
+    ref: str  # the ref as requested, or the default ref it stood for
+    commit_id: str
+    artifact_sha256: str
+    loaded: LoadedModel
 
 
 @dataclass(frozen=True)
@@ -28,6 +39,9 @@ class Source:
 def prediction_id(feature_event_id: str, commit_id: str) -> str:
     """Deterministic: a redelivered event scored by the same version keeps its id."""
     return hashlib.sha256(f"{feature_event_id}|{commit_id}".encode()).hexdigest()
+
+
+_FLOAT_MAX = int(np.finfo(np.float64).max)
 
 
 def feature_row(features: Mapping[str, Any], names: Sequence[str]) -> list[float]:
@@ -46,6 +60,9 @@ def feature_row(features: Mapping[str, Any], names: Sequence[str]) -> list[float
             raise WrongType(
                 f"feature {name!r:.200} is {type(value).__name__} {value!r:.200}, not a number"
             )
+        if isinstance(value, int) and not -_FLOAT_MAX < value < _FLOAT_MAX:
+            # JSON (the predict endpoint) has integers of any size; a float64 does not.
+            raise NonFiniteValue(f"feature {name!r:.200} is an integer too large for a float")
     return row
 
 

@@ -18,18 +18,37 @@ class WorkerSettings:
     group_id: str = "modelvc-workers"
     web_host: str = "127.0.0.1"
     web_port: int = 6070
-    artifact_root: Path | None = None  # read the store's files directly when shared
-    artifact_url: str | None = None  # else fetch from the streams API
+    # Read artifacts straight from the store directory (``topics.artifact_root``) when the
+    # worker shares it; fetch them from the streams API otherwise (or when not there).
+    shared_store: bool = False
+    api_url: str | None = None  # the streams API; None: the local one on topics.web_port
     max_batch: int = 5000
-    max_refs: int = 1024  # distinct (model, ref) pairs one worker serves at once
+    max_refs: int = 1024  # distinct (model, ref) pairs served at once; least recently used go
     # Budget for one version: its trees plus a full batch (streams.modelfile estimates both).
     worker_memory_mb: int = 1024
-    fetch_wait_ms: int = 10
     retry_s: float = 1.0
+    fault: str = ""  # test-only fault hook (MODELVC_WORKER_FAULT), see workers.loop.Fault
 
     @property
     def bootstrap(self) -> str:
         return self.topics.bootstrap
+
+    @property
+    def namespace(self) -> str:
+        return self.topics.namespace
+
+    @property
+    def fetch_wait_ms(self) -> int:
+        return self.topics.fetch_wait_ms
+
+    @property
+    def artifact_root(self) -> Path | None:
+        return self.topics.artifact_root if self.shared_store else None
+
+    @property
+    def artifact_url(self) -> str:
+        # The streams API serves every artifact by digest; the store directory is a shortcut.
+        return self.api_url or f"http://127.0.0.1:{self.topics.web_port}"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -37,21 +56,38 @@ class WorkerSettings:
         env = os.environ if env is None else env
         topics = StreamsSettings.from_env(env)
         port = int(env.get("MODELVC_WORKER_PORT", "6070"))
-        namespace = env.get("MODELVC_NAMESPACE", "modelvc")
-        root = env.get("MODELVC_ARTIFACTS")
+        # A worker given a store directory reads it, unless told it is not shared with it.
+        shared = "1" if env.get("MODELVC_ARTIFACTS") else "0"
         return cls(
             topics=topics,
             worker_id=env.get("MODELVC_WORKER_ID", f"{socket.gethostname()}-{port}"),
-            group_id=env.get("MODELVC_WORKER_GROUP", f"{namespace}-workers"),
+            group_id=env.get("MODELVC_WORKER_GROUP", f"{topics.namespace}-workers"),
             web_host=env.get("MODELVC_WORKER_HOST", "127.0.0.1"),
             web_port=port,
-            artifact_root=Path(root) if root else None,
-            # The streams API serves every artifact by digest; the store directory is a shortcut.
-            artifact_url=env.get("MODELVC_ARTIFACT_URL")
-            or env.get("MODELVC_URL")
-            or f"http://127.0.0.1:{env.get('MODELVC_WEB_PORT', '6066')}",
+            shared_store=env.get("MODELVC_WORKER_SHARED_STORE", shared) == "1",
+            api_url=env.get("MODELVC_ARTIFACT_URL") or env.get("MODELVC_URL") or None,
             max_batch=int(env.get("MODELVC_WORKER_MAX_BATCH", "5000")),
             max_refs=int(env.get("MODELVC_WORKER_MAX_REFS", "1024")),
             worker_memory_mb=int(env.get("MODELVC_WORKER_MEMORY_MB", "1024")),
-            fetch_wait_ms=int(env.get("MODELVC_FETCH_WAIT_MS", "10")),
+            retry_s=float(env.get("MODELVC_WORKER_RETRY_S", "1")),
+            fault=env.get("MODELVC_WORKER_FAULT", ""),
         )
+
+    def to_env(self) -> dict[str, str]:
+        """The variables :meth:`from_env` reads back into these very settings (for children)."""
+        env = self.topics.to_env() | {
+            "MODELVC_WORKER_ID": self.worker_id,
+            "MODELVC_WORKER_GROUP": self.group_id,
+            "MODELVC_WORKER_HOST": self.web_host,
+            "MODELVC_WORKER_PORT": str(self.web_port),
+            "MODELVC_WORKER_SHARED_STORE": "1" if self.shared_store else "0",
+            "MODELVC_WORKER_MAX_BATCH": str(self.max_batch),
+            "MODELVC_WORKER_MAX_REFS": str(self.max_refs),
+            "MODELVC_WORKER_MEMORY_MB": str(self.worker_memory_mb),
+            "MODELVC_WORKER_RETRY_S": repr(self.retry_s),
+        }
+        if self.api_url is not None:
+            env["MODELVC_ARTIFACT_URL"] = self.api_url
+        if self.fault:
+            env["MODELVC_WORKER_FAULT"] = self.fault
+        return env

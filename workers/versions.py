@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from streams.codec import decode_event
@@ -28,36 +27,36 @@ from streams.core.fold import Fold
 from streams.errors import UndecodableMessage
 from streams.follow import assigned_consumer
 from streams.topics import misplaced
+from streams.watermarks import at_end_async
 from workers.artifacts import ArtifactLoader, LoadedModel, MemoryBudget
 from workers.errors import (
     ArtifactLoadFailed,
     ArtifactUnavailable,
-    TooManyRefs,
     UnknownModel,
     UnknownRef,
 )
 from workers.metrics import Metrics
+from workers.scoring import Version
 from workers.settings import WorkerSettings
 
 log = logging.getLogger("modelvc.workers")
 DEFAULT_ALIAS = "production"
 
 
-@dataclass(frozen=True)
-class Version:
-    model: str
-    ref: str  # the ref as requested, or the default ref it stood for
-    commit_id: str
-    artifact_sha256: str
-    loaded: LoadedModel
-
-
 class VersionTracker:
-    def __init__(self, settings: WorkerSettings, loader: ArtifactLoader, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        loader: ArtifactLoader,
+        metrics: Metrics,
+        fold: Fold | None = None,
+    ) -> None:
+        """``fold``: the version log folded so far (empty by default: :meth:`follow` reads it
+        from offset 0); a test or a benchmark passes one it built, and need not follow."""
         self.settings = settings
         self.loader = loader
         self.metrics = metrics
-        self.fold = Fold()
+        self.fold = fold if fold is not None else Fold()
         self.serving: dict[tuple[str, str | None], Version] = {}
         self.ready = asyncio.Event()
         self.switches: list[tuple[float, str, str, str]] = []  # (monotonic, model, ref, commit)
@@ -88,19 +87,11 @@ class VersionTracker:
     async def version_for(self, model: str, ref: str | None) -> Version:
         """The served version, loading it on first use of this (model, ref)."""
         key = (model, ref)
-        current = self.serving.get(key)
+        current = self.serving.pop(key, None)
         if current is not None:
+            self.serving[key] = current  # re-inserted last: the dict is in LRU order
             return current
         name, commit_id, digest = self.resolve(model, ref)
-        if len(self.serving) >= self.settings.max_refs:
-            # Each (model, ref) spelling is served, refreshed and labelled in metrics on its
-            # own, and `main~0`, `main~00`, ... all resolve: without a cap a producer could
-            # grow this worker without bound.
-            raise TooManyRefs(
-                f"this worker already serves {len(self.serving)} distinct (model, ref) pairs, "
-                "its limit (MODELVC_WORKER_MAX_REFS); send events with a branch, an alias or a "
-                "commit id that is already served, or raise the limit"
-            )
         try:
             loaded = await self._load(digest)
         except ArtifactLoadFailed as exc:
@@ -108,9 +99,18 @@ class VersionTracker:
             raise ArtifactUnavailable(f"{model}@{name} ({commit_id[:10]}): {exc}") from exc
         self._clear_failure(key, name)
         version = Version(model, name, commit_id, digest, loaded)
-        self.serving.setdefault(key, version)
+        if key in self.serving:  # another batch loaded it meanwhile
+            return self.serving[key]
+        while len(self.serving) >= self.settings.max_refs:
+            # Each (model, ref) spelling is served, refreshed and labelled in metrics on
+            # its own, and `main~0`, `main~00`, ... all resolve: the least recently used
+            # one goes (it is resolved afresh if it comes back), so a producer cannot grow
+            # this worker without bound, nor lock new refs out.
+            oldest = next(iter(self.serving))
+            self._unpublish(self.serving.pop(oldest))
+        self.serving[key] = version
         self._publish(version)
-        return self.serving[key]
+        return version
 
     def _note_failure(
         self, key: tuple[str, str | None], name: str, commit_id: str, digest: str, exc: Exception
@@ -129,18 +129,21 @@ class VersionTracker:
             del self.failures[next(iter(self.failures))]
         self.failures[label] = {**previous, "reason": str(exc)[:1000], "attempts": attempts}
         self._failed[key] = commit_id
-        self.metrics.inc("modelvc_artifact_failures_total", (("model", key[0]),))
+        self.metrics.artifact_failed(key[0])
 
     def _clear_failure(self, key: tuple[str, str | None], name: str) -> None:
         self._failed.pop(key, None)
         self.failures.pop(f"{key[0]}@{name}", None)
 
     def _publish(self, version: Version) -> None:
-        self.metrics.set(
-            "modelvc_serving_info",
-            1.0,
-            (("model", version.model), ("ref", version.ref), ("commit", version.commit_id)),
-        )
+        self.metrics.serving(version.model, version.ref, version.commit_id)
+
+    def _unpublish(self, old: Version) -> None:
+        # Two spellings (the default ref and `main`, say) can share one series: keep it
+        # while any served key still shows it.
+        labels = (old.model, old.ref, old.commit_id)
+        if all((v.model, v.ref, v.commit_id) != labels for v in self.serving.values()):
+            self.metrics.not_serving(*labels)
 
     async def refresh(self) -> None:
         """Move every served ref whose target changed; keep the old one if loading fails."""
@@ -161,15 +164,12 @@ class VersionTracker:
                 self._note_failure(key, name, commit_id, digest, exc)
                 continue
             self._clear_failure(key, name)
-            self.metrics.gauges["modelvc_serving_info"].pop(
-                (("model", current.model), ("ref", current.ref), ("commit", current.commit_id)),
-                None,
-            )
             version = Version(key[0], name, commit_id, digest, loaded)
             self.serving[key] = version
             self._publish(version)
+            self._unpublish(current)
             self.switches.append((time.monotonic(), key[0], name, commit_id))
-            self.metrics.inc("modelvc_version_switches_total", (("model", key[0]),))
+            self.metrics.switched(key[0])
             log.info("%s@%s now serves %s", key[0], name, commit_id[:12])
         self.loader.forget_except({v.artifact_sha256 for v in self.serving.values()})
 
@@ -200,12 +200,9 @@ class VersionTracker:
                             self.fold.apply(event)
                         else:
                             self.fold.void(event.model)
-                if not self.ready.is_set():
-                    marks = [consumer.highwater(tp) for tp in tps]
-                    positions = [await consumer.position(tp) for tp in tps]
-                    if all(m is not None and p >= m for m, p in zip(marks, positions, strict=True)):
-                        self.ready.set()
-                        log.info("version log caught up: %d models", len(self.fold.models))
+                if not self.ready.is_set() and await at_end_async(consumer, tps):
+                    self.ready.set()
+                    log.info("version log caught up: %d models", len(self.fold.models))
                 retry_due = self._failed and time.monotonic() - last_retry >= self.settings.retry_s
                 if batches or retry_due:
                     last_retry = time.monotonic()

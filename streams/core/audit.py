@@ -11,6 +11,9 @@ they do not decode that is damage: a violation. Bytes without it never were an
 event (garbage from a foreign producer, an archive-restore placeholder): they
 are ``skipped`` with their coordinates (the streams app dead-letters them),
 not violations; an event they displaced still shows as a gap in its chain.
+
+When the shell decodes each message with a second, independent decoder, any
+difference between the two decodings is a ``decoder_mismatch`` violation.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ VIOLATIONS = (
     "invalid",
     "reordered",
     "misplaced",
+    "decoder_mismatch",
 )
 
 
@@ -76,6 +80,10 @@ class Auditor:
     def undecodable(self, where: Where, reason: str, garbage: bool = False) -> None:
         """Bytes that did not decode; ``garbage`` when they never claimed to be an event."""
         self.findings.append(Finding(SKIPPED if garbage else "undecodable", "?", 0, where, reason))
+
+    def decoder_mismatch(self, where: Where, detail: str, model: str = "?", seq: int = 0) -> None:
+        """Two independent decoders read the message at ``where`` differently."""
+        self.findings.append(Finding("decoder_mismatch", model, seq, where, detail))
 
     def check(self, event: ModelEvent, where: Where) -> Finding | None:
         """Apply ``event`` if it continues its model's chain; else record and return why not."""

@@ -25,6 +25,7 @@ from streams.codec import PREDICTIONS
 from streams.logreader import read_topic
 from tests.conftest import train_model
 from tests.unit.test_modelfile import edit_header, edit_tree
+from workers.metrics import sample_sum
 
 pytestmark = pytest.mark.broker
 FEATURES = {f"Column_{i}": 0.25 * i for i in range(4)}
@@ -125,9 +126,7 @@ def test_finding_2_poisoned_files_in_the_store_are_refused_by_the_worker(
         return dict(json.loads(body))
 
     def failures() -> float:
-        text = get(worker + "/metrics")[1]
-        lines = [ln for ln in text.splitlines() if ln.startswith("modelvc_artifact_failures_total")]
-        return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines)
+        return sample_sum(get(worker + "/metrics")[1], "modelvc_artifact_failures_total")
 
     assert score_one() == v0
     text = good[0].read_text()

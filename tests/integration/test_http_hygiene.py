@@ -106,6 +106,39 @@ def test_finding_8_client_time_never_moves_as_of(shared: Stack, digest: str) -> 
     assert client.refs("hyg", as_of=now) | {"as_of": None} == client.refs("hyg")
 
 
+def test_finding_8_a_command_written_straight_to_kafka_cannot_set_the_time(
+    shared: Stack, digest: str
+) -> None:
+    """The HTTP edge refuses `at`; the single writer must not trust it from the topic either."""
+    from kafka import KafkaProducer
+
+    from streams.codec import encode_command
+    from streams.core.commands import Command, MakeCommit
+
+    s = shared.settings
+    client = Client(shared.url)
+    client.create("clocked")
+    producer = KafkaProducer(bootstrap_servers=s.bootstrap)
+    try:
+        for at, message in ((32503680000000, "year 3000"), (2**62, "time bomb"), (-1, "1969")):
+            command = Command(f"clock-{at}", "clocked", "mallory", at, MakeCommit(digest, message))
+            producer.send(s.commands_topic, encode_command(command), b"clocked").get(20)
+    finally:
+        producer.close()
+    deadline = time.monotonic() + 30
+    while len(client.log("clocked")["commits"]) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    head = client.commit("clocked", digest, "honest")["head"]
+    commits = client.log("clocked")["commits"]
+    assert commits[0]["message"] == "honest" and len(commits) == 4
+    now_ms = int(time.time() * 1000)
+    assert all(now_ms - 60_000 <= c["at"] <= now_ms + 1000 for c in commits)
+    times = [c["at"] for c in reversed(commits)]
+    assert times == sorted(times)  # a model's times never go backwards
+    now = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    assert client.refs("clocked", as_of=now)["branches"]["main"] == head
+
+
 # -- finding 9: loopback and foreign origins --------------------------------------------
 def listening_addresses(port: int) -> set[str]:
     """Local addresses in LISTEN state on ``port``, from /proc/net/tcp{,6}."""
@@ -311,3 +344,16 @@ def test_finding_10_disconnect_mid_upload_leaves_no_temp_file(shared: Stack) -> 
         time.sleep(0.05)
     assert list(temp_dir.iterdir()) == []
     healthy(shared)
+
+
+def test_attack_an_oversized_request_line_or_header_is_answered_in_json(stack: Stack) -> None:
+    """aiohttp's parser answered these in plain text, echoing the request, before any
+    middleware ran; the API and the worker now answer JSON and echo nothing."""
+    worker = stack.add_worker()
+    for url in (stack.url, f"http://127.0.0.1:{worker.port}"):
+        status, _, body = send(url, "GET", "/v1/models/x/log?ref=" + "a" * 9000)
+        assert status == 400 and "too long" in body["message"] and "aaaa" not in body["message"]
+        status, _, body = send(url, "GET", "/healthz", headers={"X-Big": "b" * 9000})
+        assert status == 400 and body["error"] == "bad_request"
+        status, _, _ = send(url, "GET", "/healthz")
+        assert status == 200  # and the server goes on

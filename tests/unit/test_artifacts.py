@@ -24,6 +24,8 @@ from streams.errors import (
     ArtifactRejected,
     ArtifactStoreUnavailable,
     ArtifactTooLarge,
+    UploadsBusy,
+    UploadStalled,
 )
 from tests.conftest import train_model
 
@@ -220,3 +222,48 @@ def test_finding_2_the_worker_loader_refuses_hand_placed_files_and_models_over_b
     for _ in range(2):  # the verdict is remembered: refused again, without a new check
         with pytest.raises(ArtifactLoadFailed, match="reached twice"):
             loader.load(sha256_of(poison))
+
+
+def test_attack_an_upload_that_stops_sending_is_dropped_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """Slow-loris uploads held connections and temp files open for ever."""
+    store = ArtifactStore(tmp_path / "store", idle_timeout_s=0.2)
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield b"tree\n"
+        await asyncio.sleep(3600)
+
+    async def run() -> None:
+        with pytest.raises(UploadStalled, match="sent nothing"):
+            await store.receive(trickle())
+
+    asyncio.run(run())
+    assert leftovers(store) == []
+
+
+def test_attack_uploads_beyond_the_limit_are_refused_until_one_ends(tmp_path: Path) -> None:
+    """Each upload holds a temp file, a parse and a sandbox child: at most max_uploads."""
+    data = train_model(tmp_path / "m.txt").read_bytes()
+    store = ArtifactStore(tmp_path / "store", max_uploads=1)
+
+    async def run() -> None:
+        release = asyncio.Event()
+
+        async def held() -> AsyncIterator[bytes]:
+            yield data
+            await release.wait()
+
+        async def whole() -> AsyncIterator[bytes]:
+            yield data
+
+        first = asyncio.create_task(store.receive(held()))
+        await asyncio.sleep(0.05)
+        with pytest.raises(UploadsBusy, match="retry"):
+            await store.receive(whole())
+        release.set()
+        assert (await first)[0] == sha256_of(data)
+        assert (await store.receive(whole()))[0] == sha256_of(data)  # a slot is free again
+
+    asyncio.run(run())
+    assert leftovers(store) == []

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from modelvc.audit import replay
 from streams import deadletter
 from streams.archive import PLACEHOLDER_MAGIC
-from streams.codec import DEAD_LETTERS, encode_event
+from streams.codec import DEAD_LETTERS, MAGIC, encode_event
 from tests.unit.test_audit import events, write_archive
 from workers.errors import WrongType
 from workers.scoring import feature_row
@@ -128,12 +128,23 @@ def test_garbage_that_never_was_an_event_is_skipped_by_the_audit_not_a_violation
     """Random bytes and restore placeholders carry no Avro magic: skipped, the chain intact."""
     values = [encode_event(e) for e in events()]
     placeholder = PLACEHOLDER_MAGIC + b'{"refused": "MessageSizeTooLargeError"}'
-    write_archive(tmp_path, [*values[:2], b"\x00random", placeholder, *values[2:]])
+    forged_header = MAGIC + b"\x01" * 8  # the magic, but no release's schema fingerprint
+    garbage = [b"\x00random", placeholder, forged_header]
+    write_archive(tmp_path, [*values[:2], *garbage, *values[2:]])
     result = replay(None, "modelvc.events", tmp_path)
     assert result.clean and result.auditor is not None
-    assert [(f.kind, f.where.offset) for f in result.skipped] == [("skipped", 2), ("skipped", 3)]
+    assert [(f.kind, f.where.offset) for f in result.skipped] == [
+        ("skipped", 2),
+        ("skipped", 3),
+        ("skipped", 4),
+    ]
     assert result.auditor.events == len(values)
     assert result.to_dict()["skipped"][1]["offset"] == 3
+    # Bytes naming a released schema that do not decode are damage, not garbage.
+    damaged = values[2][:12]
+    write_archive(tmp_path / "damaged", [*values[:2], damaged, *values[2:]])
+    hurt = replay(None, "modelvc.events", tmp_path / "damaged")
+    assert [v.kind for v in hurt.violations] == ["undecodable"]
     # Garbage that displaced an event still breaks its chain: that is a violation.
     write_archive(tmp_path / "gap", [*values[:2], b"\x00random", *values[3:]])
     gap = replay(None, "modelvc.events", tmp_path / "gap")

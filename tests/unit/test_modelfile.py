@@ -334,3 +334,49 @@ def test_fuzzed_models_never_escape_as_anything_but_artifact_rejected(
     except ArtifactRejected:
         pass
     assert time.monotonic() - started < 20  # never a hang
+
+
+def chain_trees(text: str, trees: int, leaves: int) -> str:
+    """The first ``trees`` trees made chains: each split sends one side to a leaf."""
+    inner = leaves - 1
+
+    def ints(values: object) -> str:
+        return " ".join(map(str, values))  # type: ignore[call-overload]
+
+    fields = {
+        "num_leaves": str(leaves),
+        "split_feature": ints([0] * inner),
+        "split_gain": ints([1] * inner),
+        "threshold": ints([0.5] * inner),
+        "decision_type": ints([2] * inner),
+        "left_child": ints(~i for i in range(inner)),
+        "right_child": ints([*range(1, inner), ~inner]),
+        "leaf_value": ints([0.01] * leaves),
+        "leaf_weight": ints([1] * leaves),
+        "leaf_count": ints([1] * leaves),
+        "internal_value": ints([0] * inner),
+        "internal_weight": ints([1] * inner),
+        "internal_count": ints([1] * inner),
+    }
+    head, sep, rest = text.partition("\nTree=0\n")
+    blocks = [b for b in re.split(r"(?m)^(?=Tree=\d+$)", "Tree=0\n" + rest) if b]
+    for index in range(trees):
+        lines = blocks[index].split("\n")
+        blocks[index] = "\n".join(
+            f"{key}={fields[key]}" if key in fields else line
+            for line in lines
+            for key in [line.partition("=")[0]]
+        )
+    return with_tree_sizes(head + sep[:1] + "".join(blocks))
+
+
+def test_attack_chain_shaped_trees_that_cost_milliseconds_a_row_are_refused(
+    model_text: str,
+) -> None:
+    """Ten 131,072-leaf chains passed every count check and cost a worker 7.5 ms a row."""
+    text = model_text
+    shallow = chain_trees(text, 1, 1_000)
+    assert modelfile.validate(shallow.encode()).path_splits >= 999  # a deep tree alone is fine
+    deep = chain_trees(text, 4, modelfile.MAX_LEAVES)  # 4 x 131,071 splits: over the bound
+    with pytest.raises(ArtifactRejected, match="splits"):
+        modelfile.validate(deep.encode())

@@ -117,3 +117,10 @@ def test_escape_leaves_nothing_a_terminal_acts_on_and_is_idempotent(text: str) -
     assert render.escape(out) == out
     if text.isprintable():
         assert out == text
+
+
+def test_attack_times_no_calendar_holds_print_instead_of_raising() -> None:
+    """A forged event or prediction with at = 2**62 crashed `log`, `show` and `tail`."""
+    assert render.when(0) == "1970-01-01 00:00:00 UTC"
+    for forged in (2**62, -(2**62), 10**30, float("nan"), "soon", None):
+        assert "not a calendar time" in render.when(forged)

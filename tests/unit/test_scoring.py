@@ -8,15 +8,17 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from streams.codec import FEATURES, PREDICTIONS
-from streams.core import Command, CreateModel, MakeCommit, MoveAlias, decide
+from streams.core import Command, CreateBranch, CreateModel, MakeCommit, MoveAlias, decide
 from streams.core.fold import Fold
 from workers import scoring
 from workers.artifacts import ArtifactLoader
+from workers.bootstrap import bootstrap
 from workers.errors import ArtifactLoadFailed, MissingFeature, WrongType
-from workers.loop import Incoming, Scorer
-from workers.metrics import Metrics
+from workers.loop import Fault, Incoming, Scorer
+from workers.metrics import Metrics, sample_sum
 from workers.settings import WorkerSettings
 from workers.versions import VersionTracker
 
@@ -46,11 +48,9 @@ def tracker_with(
     for i, body in enumerate([CreateModel(), MakeCommit(digest, "v1")]):
         for event in decide(fold.models.get("churn"), Command(f"c{i}", "churn", "t", i, body)):
             fold.apply(event)
-    tracker = VersionTracker(
-        settings or WorkerSettings(), ArtifactLoader(tmp_path / "store"), Metrics()
+    return VersionTracker(
+        settings or WorkerSettings(), ArtifactLoader(tmp_path / "store"), Metrics(), fold
     )
-    tracker.fold = fold
-    return tracker
 
 
 def incoming(event: dict, offset: int) -> Incoming:
@@ -79,7 +79,8 @@ def test_batch_scores_equal_booster_predict_and_bad_rows_are_rejected(
 ) -> None:
     path, booster, x = booster_file
     tracker = tracker_with(tmp_path, path)
-    scorer = Scorer(tracker, Metrics(), "w1")
+    metrics = Metrics()
+    scorer = Scorer(tracker, metrics, "w1")
     good = [
         {
             "event_id": f"e{i}",
@@ -110,6 +111,23 @@ def test_batch_scores_equal_booster_predict_and_bad_rows_are_rejected(
         52: "unknown_ref",
         99: "undecodable",
     }
+    # Counted per batch: one series per (model, commit, path), every scored row's delay.
+    text = metrics.render().decode()
+    commit = tracker.serving[("churn", None)].commit_id
+    assert sample_sum(text, "modelvc_predictions_total") == 50
+    assert sample_sum(text, "modelvc_predictions_total", commit=commit, path="stream") == 50
+    assert sample_sum(text, "modelvc_end_to_end_seconds_count") == 50
+    assert sample_sum(text, "modelvc_predict_seconds_count") == 1
+
+
+def test_the_fault_hook_is_test_only_and_parsed_whole() -> None:
+    assert Fault.parse("") == Fault()
+    assert Fault.parse("crash_before_commit:3").crash_before_commit == 3
+    for spec in ("crash_before_commit:0", "crash_before_commit:3\n", "crash", "crash:3"):
+        with pytest.raises(ValueError, match="tests only"):
+            Fault.parse(spec)
+    with pytest.raises(ValueError, match="crash_before_commit:N"):
+        bootstrap(WorkerSettings(fault="crash_before_commit:x"))
 
 
 def test_default_ref_is_production_when_set_else_the_default_branch(
@@ -123,6 +141,43 @@ def test_default_ref_is_production_when_set_else_the_default_branch(
     assert tracker.resolve("churn", None)[0] == "production"
 
 
+def test_a_switch_drops_the_old_serving_series_unless_another_ref_still_shows_it(
+    tmp_path: Path, booster_file: tuple[Path, lgb.Booster, np.ndarray]
+) -> None:
+    tracker = tracker_with(tmp_path, booster_file[0])
+
+    def serving_series() -> set[tuple[str, str]]:
+        text = tracker.metrics.render().decode()
+        return {
+            (s.labels["ref"], s.labels["commit"])
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "modelvc_serving_info"
+        }
+
+    def run(i: int, body: CreateBranch | MakeCommit | MoveAlias) -> None:
+        for event in decide(tracker.fold.models["churn"], Command(f"c{i}", "churn", "t", i, body)):
+            tracker.fold.apply(event)
+
+    async def scenario() -> None:
+        first = await tracker.version_for("churn", None)  # the default ref: main
+        await tracker.version_for("churn", "main")  # the same series
+        assert serving_series() == {("main", first.commit_id)}
+        run(10, CreateBranch("exp", "main"))
+        run(11, MakeCommit(first.artifact_sha256, "v2", branch="exp"))
+        run(12, MoveAlias("production", "exp"))  # the default ref is production now
+        await tracker.refresh()
+        moved = tracker.serving[("churn", None)]
+        assert (moved.ref, moved.commit_id != first.commit_id) == ("production", True)
+        assert serving_series() == {("main", first.commit_id), ("production", moved.commit_id)}
+        run(13, MakeCommit(first.artifact_sha256, "v3"))  # main moves on: its old series goes
+        await tracker.refresh()
+        main = tracker.serving[("churn", "main")]
+        assert serving_series() == {("main", main.commit_id), ("production", moved.commit_id)}
+
+    asyncio.run(scenario())
+
+
 def test_a_corrupt_artifact_is_never_loaded(tmp_path: Path, booster_file: tuple) -> None:
     loader = ArtifactLoader(tmp_path / "store")
     from streams.artifacts import ArtifactStore
@@ -133,32 +188,83 @@ def test_a_corrupt_artifact_is_never_loaded(tmp_path: Path, booster_file: tuple)
         loader.load(digest)
 
 
-def test_metrics_render_in_prometheus_text_format() -> None:
-    m = Metrics()
-    m.inc("modelvc_predictions_total", (("model", "churn"), ("commit", "abc")), 3)
-    m.observe("modelvc_batch_size", 120, (1, 100, 1000))
-    text = m.render()
-    assert 'modelvc_predictions_total{model="churn",commit="abc"} 3' in text
-    assert 'modelvc_batch_size_bucket{le="100"} 0' in text
-    assert 'modelvc_batch_size_bucket{le="1000"} 1' in text
-    assert "modelvc_batch_size_count 1" in text
-
-
 def test_a_producer_cannot_grow_the_served_refs_without_bound(
     tmp_path: Path, booster_file: tuple[Path, lgb.Booster, np.ndarray]
 ) -> None:
-    """`main~0`, `main~00`, ... all resolve; each would be served, refreshed and labelled."""
-    from workers.errors import TooManyRefs
+    """`main~0`, `main~00`, ... all resolve; each would be served, refreshed and labelled.
 
+    The least recently used spelling goes, so new models and refs are never locked out.
+    """
     path, _, _ = booster_file
     tracker = tracker_with(tmp_path, path, WorkerSettings(max_refs=3))
 
     async def run() -> None:
         for ref in ("main", "main~0", "main~00"):
             await tracker.version_for("churn", ref)
-        with pytest.raises(TooManyRefs, match="MODELVC_WORKER_MAX_REFS"):
-            await tracker.version_for("churn", "main~000")
-        assert (await tracker.version_for("churn", "main")).ref == "main"  # served ones go on
+        await tracker.version_for("churn", "main")  # used again: now the most recent
+        for n in range(3, 50):
+            await tracker.version_for("churn", "main" + "~0" * n)
+        assert len(tracker.serving) == 3
+        await tracker.version_for("churn", None)  # a new ref is always served
+        assert ("churn", None) in tracker.serving and len(tracker.serving) == 3
 
     asyncio.run(run())
-    assert len(tracker.serving) == 3
+    # Evicted spellings leave no metric series behind either.
+    families = text_string_to_metric_families(tracker.metrics.render().decode())
+    serving = [s for f in families if f.name == "modelvc_serving_info" for s in f.samples]
+    assert len(serving) == 3
+    assert {s.labels["ref"] for s in serving} == {v.ref for v in tracker.serving.values()}
+
+
+def test_attack_a_digest_that_is_no_sha256_fails_the_load_not_the_worker(tmp_path: Path) -> None:
+    """A forged commit naming `<64 hex>\\n` once raised ArtifactNotFound out of the loop."""
+    loader = ArtifactLoader(tmp_path / "store")
+    for digest in ("a" * 64 + "\n", "../../etc/passwd", ""):
+        with pytest.raises(ArtifactLoadFailed):
+            loader.load(digest)
+
+
+def test_attack_a_huge_integer_feature_is_refused_not_a_crash() -> None:
+    """JSON integers have no size limit; np.asarray raised OverflowError (a 500)."""
+    from workers.errors import NonFiniteValue
+
+    assert scoring.feature_row({"tenure": 10**300, "spend": 1.0, "age": 1}, NAMES)[0] == 10**300
+    with pytest.raises(NonFiniteValue, match="too large"):
+        scoring.feature_row({"tenure": 10**400, "spend": 1.0, "age": 1.0}, NAMES)
+
+
+def test_attack_a_slow_model_does_not_stall_the_event_loop(
+    tmp_path: Path, booster_file: tuple[Path, lgb.Booster, np.ndarray]
+) -> None:
+    """A large model's batch takes seconds; /healthz and the group heartbeat must go on."""
+    import dataclasses
+    import time
+
+    class SlowBooster:  # a collaborator standing in for a model that takes 0.5 s a batch
+        def predict(self, matrix: np.ndarray, num_threads: int) -> np.ndarray:
+            time.sleep(0.5)
+            return np.zeros(len(matrix))
+
+    path, _, _ = booster_file
+    tracker = tracker_with(tmp_path, path)
+
+    async def run() -> int:
+        version = await tracker.version_for("churn", None)
+        slow = dataclasses.replace(
+            version, loaded=dataclasses.replace(version.loaded, booster=SlowBooster())
+        )
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.02)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        scores = await Scorer(tracker, Metrics(), "w").predict(slow, np.zeros((3, 3)))
+        ticker.cancel()
+        assert scores.shape == (3, 1)
+        return ticks
+
+    assert asyncio.run(run()) >= 10  # the loop ran while the model scored

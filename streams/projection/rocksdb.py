@@ -1,4 +1,4 @@
-"""The read model in RocksDB: the fold of ``modelvc.events``, plus where it stands.
+"""The projection in RocksDB: restarts resume from the stored offsets.
 
 Each applied batch writes the touched models' rows *and* the partition's next
 offset in one RocksDB write batch, so after any crash the stored graph is
@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict
 from pathlib import Path
 
 from rocksdict import Options, Rdict, WriteBatch
@@ -35,10 +35,8 @@ from streams.core.events import (
     commit_from_plain,
     plain_commit,
 )
-from streams.core.fold import Fold
 from streams.core.state import ModelState, Receipt, Reflog, RefMove
-from streams.errors import UndecodableMessage
-from streams.topics import misplaced
+from streams.projection.base import Projection, Transaction
 
 _OFFSET = struct.Struct(">q")
 
@@ -47,28 +45,40 @@ def _dumps(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-@dataclass(frozen=True)
-class Applied:
-    """What happened to one log record."""
+class _Batch(Transaction):
+    def __init__(self, db: Rdict) -> None:
+        self._db = db
+        self._batch = WriteBatch(raw_mode=True)
 
-    offset: int
-    event: ModelEvent | None
-    void_reason: str | None = None
-    undecodable: str | None = None
+    def event(self, offset: int, value: bytes, event: ModelEvent, state: ModelState) -> None:
+        _put_event_rows(self._batch, state, event)
+        # The applied event itself, for point-in-time questions (--as-of).
+        self._batch.put(f"e/{event.model}/{event.seq:012d}".encode(), _OFFSET.pack(offset) + value)
+
+    def void(self, model: str, count: int) -> None:
+        self._batch.put(f"v/{model}".encode(), str(count).encode())
+
+    def commit(self, partition: int, next_offset: int, touched: Mapping[str, ModelState]) -> None:
+        for model, state in touched.items():
+            self._batch.put(f"m/{model}/meta".encode(), _dumps(_meta(state)))
+        self._batch.put(f"o/{partition}".encode(), str(next_offset).encode())
+        self._db.write(self._batch)
 
 
-class Projection:
+class RocksDBProjection(Projection):
     def __init__(self, path: Path) -> None:
+        super().__init__()
         path.parent.mkdir(parents=True, exist_ok=True)
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         self._db = Rdict(str(path), options)
-        self.fold = Fold()
-        self.next_offsets: dict[int, int] = {}
         self._load()
 
     def close(self) -> None:
         self._db.close()
+
+    def _transaction(self) -> Transaction:
+        return _Batch(self._db)
 
     # -- loading -------------------------------------------------------------
     def _load(self) -> None:
@@ -76,7 +86,7 @@ class Projection:
         for key, value in self._scan(b"m/", b"o/", b"v/"):
             parts = key.decode().split("/")
             if parts[0] == "o":
-                self.next_offsets[int(parts[1])] = int(value)
+                self._next_offsets[int(parts[1])] = int(value)
             elif parts[0] == "v":
                 self.fold.void_reasons[parts[1]] = int(value)
                 self.fold.voided += int(value)
@@ -94,64 +104,16 @@ class Projection:
                 yield key, bytes(value)
 
     def history(self, model: str) -> Iterator[tuple[int, ModelEvent]]:
-        """(offset, event) of every applied event of ``model``, in sequence order."""
         for _, value in self._scan(f"e/{model}/".encode()):
             (offset,) = _OFFSET.unpack_from(value)
             yield offset, decode_event(value[_OFFSET.size :])
 
     def event_offset(self, model: str, seq: int) -> int | None:
-        """Offset in the events log of ``model``'s event ``seq`` (None if not applied here)."""
         value = self._db.get(f"e/{model}/{seq:012d}".encode())
         if value is None:
             return None
         (offset,) = _OFFSET.unpack_from(bytes(value))
         return int(offset)
-
-    # -- applying ------------------------------------------------------------
-    def apply(
-        self, partition: int, records: Iterable[tuple[int, bytes]], partitions: int | None = None
-    ) -> list[Applied]:
-        """Fold a fetched batch of (offset, value) and persist it atomically.
-
-        With ``partitions`` (the topic's partition count), an event read from a
-        partition its model does not live on is void, like one that breaks its chain.
-        """
-        batch = WriteBatch(raw_mode=True)
-        results: list[Applied] = []
-        touched: dict[str, ModelState] = {}
-        last = None
-        for offset, value in records:
-            last = offset
-            try:
-                event = decode_event(value)
-            except UndecodableMessage as exc:
-                results.append(Applied(offset, None, undecodable=str(exc)))
-                continue
-            reason = None if partitions is None else misplaced(event.model, partition, partitions)
-            if reason is not None:
-                self.fold.void(event.model)
-            else:
-                reason = self.fold.apply(event)
-            if reason is not None:
-                batch.put(
-                    f"v/{event.model}".encode(), str(self.fold.void_reasons[event.model]).encode()
-                )
-                results.append(Applied(offset, event, void_reason=reason))
-                continue
-            state = self.fold.models[event.model]
-            touched[event.model] = state
-            _put_event_rows(batch, state, event)
-            # The applied event itself, for point-in-time questions (--as-of).
-            batch.put(f"e/{event.model}/{event.seq:012d}".encode(), _OFFSET.pack(offset) + value)
-            results.append(Applied(offset, event))
-        if last is None:
-            return results
-        for model, state in touched.items():
-            batch.put(f"m/{model}/meta".encode(), _dumps(_meta(state)))
-        self.next_offsets[partition] = last + 1
-        batch.put(f"o/{partition}".encode(), str(last + 1).encode())
-        self._db.write(batch)
-        return results
 
 
 def _meta(state: ModelState) -> dict[str, object]:

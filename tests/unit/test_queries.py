@@ -1,0 +1,61 @@
+"""The read side's questions without HTTP: reachability and point-in-time replay."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams import queries
+from streams.core import Command, CreateBranch, CreateModel, MakeCommit, Rollback, decide
+from streams.core.errors import UnknownModel
+from streams.core.events import ModelEvent
+from streams.core.fold import Fold
+
+
+def played() -> tuple[Fold, list[tuple[int, ModelEvent]]]:
+    fold = Fold()
+    history = []
+    bodies = [
+        CreateModel(),
+        MakeCommit("a" * 64, "one"),
+        MakeCommit("b" * 64, "two"),
+        Rollback("main", "main~1", "bad"),
+        CreateBranch("exp"),
+    ]
+    for i, body in enumerate(bodies):
+        for event in decide(
+            fold.models.get("m"), Command(f"c{i}", "m", "t", 1_000 * (i + 1), body)
+        ):
+            fold.apply(event)
+            history.append((10 + i, event))
+    return fold, history
+
+
+def test_log_marks_what_no_ref_reaches() -> None:
+    fold, _ = played()
+    state = queries.model(fold.models, "m")
+    every = queries.log(state, None)["commits"]  # every commit ever made, newest first
+    assert [(c["message"], c["reachable"]) for c in every] == [("two", False), ("one", True)]
+    log = queries.log(state, "exp")
+    assert [c["message"] for c in log["commits"]] == ["one"]
+    assert {m["cause"] for m in log["ref_moves"]} >= {"RolledBack", "BranchCreated"}
+
+
+def test_as_of_replays_the_prefix_up_to_an_offset_or_a_time() -> None:
+    fold, history = played()
+    at_offset = queries.as_of("m", history, ("offset", 11), "11")
+    assert at_offset.seq == 2 and len(at_offset.commits) == 1
+    at_time = queries.as_of("m", history, ("time", 3_000), "then")  # before the rollback
+    assert at_time.seq == 3 and at_time.branches["main"] != fold.models["m"].branches["main"]
+    with pytest.raises(UnknownModel, match="did not exist yet as of early"):
+        queries.as_of("m", history, ("offset", 9), "early")
+    with pytest.raises(UnknownModel):
+        queries.model(fold.models, "nope")
+
+
+def test_refs_and_resolve_answer_from_the_state() -> None:
+    fold, _ = played()
+    state = fold.models["m"]
+    table = queries.ref_table(state)
+    assert set(table["branches"]) == {"main", "exp"} and table["seq"] == state.seq
+    assert queries.resolve(state, "exp")["commit"] == state.branches["exp"]
+    assert queries.list_models(fold.models)["models"][0]["commits"] == 2

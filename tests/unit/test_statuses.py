@@ -1,0 +1,31 @@
+"""HTTP statuses live at the edge: one table covers every code the core and shell raise."""
+
+from __future__ import annotations
+
+from streams.core import errors
+from streams.statuses import STATUS_BY_CODE, status_of
+
+
+def subclasses(cls: type) -> set[type]:
+    found = set(cls.__subclasses__())
+    for sub in list(found):
+        found |= subclasses(sub)
+    return found
+
+
+def test_the_core_carries_codes_not_statuses() -> None:
+    for cls in {errors.VersionGraphError} | subclasses(errors.VersionGraphError):
+        assert not hasattr(cls, "status"), cls
+        assert cls.code in STATUS_BY_CODE, f"{cls.__name__}: add {cls.code!r} to the table"
+
+
+def test_statuses_of_answers() -> None:
+    assert status_of({"event": "Committed", "repeated": False}) == 201
+    assert status_of({"event": "Committed", "repeated": True}) == 200
+    assert status_of(errors.StaleHead("x").to_dict()) == 409
+    assert status_of(errors.UnknownModel("x").to_dict()) == 404
+    assert status_of(errors.CommandIdReused("x").to_dict()) == 422
+    assert status_of({"error": "timeout", "message": "m"}) == 504
+    # A code this instance does not know (a newer writer's): its status from the wire.
+    assert status_of({"error": "from_the_future", "message": "m"}, fallback=418) == 418
+    assert status_of({"error": "from_the_future", "message": "m"}) == 500
