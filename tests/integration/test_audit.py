@@ -34,7 +34,7 @@ def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        timeout=180,
     )
 
 

@@ -13,9 +13,8 @@ import os
 import random
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,8 @@ from streams.codec import DEAD_LETTERS, FEATURES, MAGIC, encode_command
 from streams.core.commands import Command, MakeCommit
 from streams.logreader import read_topic
 from tests.conftest import train_model
-from tests.integration.test_workers import features, predictions, rows, setup_model
+from tests.integration.test_audit import cli
+from tests.integration.test_workers import features, predictions, rows, setup_model, wait_for
 
 pytestmark = pytest.mark.broker
 BIG = 1_200_000  # above the 1 MB default limit of Kafka producers and brokers
@@ -60,15 +60,6 @@ def garbage(rng: random.Random, size: int) -> bytes:
     # Bytes with the Avro magic claim to be a record; on the events log the audit rightly
     # calls those damage. Garbage here must never have been an event.
     return b"\x00" + data[1:] if data[:2] == MAGIC else data
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "it") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := condition():
-            return result
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def letters(stack: Stack) -> list[tuple[int, dict[str, Any]]]:
@@ -205,17 +196,6 @@ def test_random_bytes_on_replies_are_dead_lettered(serving: Stack) -> None:
     assert_bounded(size, letter, value)
     assert letter["stage"] == "reply"
     assert_all_alive(serving)
-
-
-def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MODELVC_HOME": str(stack.home), "MODELVC_URL": stack.url}
-    return subprocess.run(
-        [sys.executable, "-m", "modelvc.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=180,
-    )
 
 
 def test_fuzz_random_and_oversized_messages_on_every_topic(serving: Stack, tmp_path: Path) -> None:

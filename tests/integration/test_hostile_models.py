@@ -9,9 +9,7 @@ the previous version keeps serving and /healthz keeps answering.
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from streams.artifacts import ArtifactStore, sha256_of
 from streams.codec import PREDICTIONS
 from streams.logreader import read_topic
 from tests.conftest import train_model
+from tests.integration.test_workers import wait_for
 from tests.unit.test_modelfile import edit_header, edit_tree
 from workers.metrics import sample_sum
 
@@ -54,16 +53,6 @@ def hostile_files(text: str) -> dict[str, bytes]:
         "num_class=2000000000": two_billion_classes(text).encode(),
         "zero trees": zero_trees(text).encode(),
     }
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def get(url: str) -> tuple[int, str]:
