@@ -6,6 +6,7 @@ recorded (pid and argv) in ``<home>/stack.json`` and stopped by that pid only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -228,6 +229,19 @@ class Stack:
         self.processes[name] = start_worker(self.settings, self.home, name, port)
         self.save()
         return self.processes[name]
+
+    def add_streams(self, name: str) -> tuple[Spawned, str]:
+        """Another streams app on the same topics (own RocksDB, port and instance id): its
+        process and URL. It is stopped with the rest of the stack."""
+        settings = dataclasses.replace(
+            self.settings,
+            web_port=free_port(),
+            instance_id=f"{self.settings.instance_id}-{name}",
+            data_dir=self.home / name,
+        )
+        self.processes[name] = start_streams(settings, self.home, name=name)
+        self.save()
+        return self.processes[name], f"http://{settings.web_host}:{settings.web_port}"
 
     def restart_worker(self, name: str, hard: bool = False) -> None:
         spawned = self.processes.pop(name)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from modelvc.client import Client, ClientError
-from modelvc.processes import free_port, stop
-from modelvc.stack import Stack, start_streams
+from modelvc.stack import Stack
 from streams.codec import REPLIES
 from streams.logreader import read_topic
 
@@ -59,19 +57,9 @@ def test_finding_7_same_command_id_two_models_each_get_their_answer(stack: Stack
 
 
 @pytest.fixture
-def second_instance(stack: Stack, tmp_path: Path) -> Iterator[str]:
-    """Another streams app on the same topics (own RocksDB, port and instance id)."""
-    settings = dataclasses.replace(
-        stack.settings,
-        web_port=free_port(),
-        instance_id=f"{stack.settings.instance_id}-b",
-        data_dir=tmp_path / "streams-b",
-    )
-    spawned = start_streams(settings, stack.home, name="streams-b")
-    try:
-        yield f"http://{settings.web_host}:{settings.web_port}"
-    finally:
-        stop(spawned)
+def second_instance(stack: Stack) -> str:
+    """Another streams app on the same topics, stopped with the stack."""
+    return stack.add_streams("streams-b")[1]
 
 
 def test_finding_7_same_command_id_through_two_instances_each_get_their_answer(

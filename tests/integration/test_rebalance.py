@@ -4,7 +4,6 @@ revocation cleared what it knew), decides on the state the dead one left, and an
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import time
 import uuid
@@ -13,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from modelvc.client import Client, ClientError
-from modelvc.processes import free_port, stop
-from modelvc.stack import Stack, start_streams
+from modelvc.processes import stop
+from modelvc.stack import Stack
 from streams.topics import home_partition
 
 pytestmark = pytest.mark.broker
@@ -52,7 +51,7 @@ def commit(client: Client, model: str, digest: str, message: str, **kwargs: str)
 
 
 def test_the_survivor_takes_over_rechecks_and_decides_on_the_latest_state(
-    stack: Stack, model_file: Path, tmp_path: Path
+    stack: Stack, model_file: Path
 ) -> None:
     partitions = stack.settings.partitions
     models = one_model_per_partition(partitions)
@@ -63,15 +62,9 @@ def test_the_survivor_takes_over_rechecks_and_decides_on_the_latest_state(
     a_log = Path(stack.processes["streams"].log)
 
     # B joins the group: a rebalance revokes A's partitions and splits them.
-    settings = dataclasses.replace(
-        stack.settings,
-        web_port=free_port(),
-        instance_id=f"{stack.settings.instance_id}-b",
-        data_dir=tmp_path / "streams-b",
-    )
-    b_process = start_streams(settings, stack.home, name="streams-b")
+    b_process, b_url = stack.add_streams("streams-b")
     try:
-        b = Client(f"http://{settings.web_host}:{settings.web_port}", timeout=120)
+        b = Client(b_url, timeout=120)
         b_log = Path(b_process.log)
         # Through B, one commit per model: B decides its partitions, A the others, and
         # A's answers reach B over the replies topic.
