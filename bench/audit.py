@@ -25,6 +25,7 @@ from modelvc.stack import Stack, start_broker
 from streams.archive import Archive, Record
 from streams.codec import encode_event
 from streams.core.fold import Fold, state_digest
+from streams.kafka_access import KafkaAccess
 from streams.settings import Settings
 from streams.topics import ensure_topics, home_partition
 
@@ -79,7 +80,7 @@ def replay_child(mode: str, where: str, topic: str, jobs: int) -> None:
 
     started = time.perf_counter()
     if mode == "kafka":
-        result = audit.replay(where, topic, jobs=jobs)
+        result = audit.replay(KafkaAccess(where), topic, jobs=jobs)
     else:
         result = audit.replay(None, topic, Path(where), jobs=jobs)
     seconds = time.perf_counter() - started
@@ -126,7 +127,7 @@ def verify_throughput(tmp: Path, count: int = 20_000) -> float:
             time.sleep(0.5)
         loader = ArtifactLoader(stack.settings.artifact_root)
         result = audit.verify_predictions(
-            stack.settings.bootstrap,
+            stack.settings.access,
             stack.settings.events_topic,
             stack.settings.predictions_topic,
             loader,

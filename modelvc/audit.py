@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import gc
 import json
+import os
 import random
 import subprocess
 import sys
@@ -44,6 +45,7 @@ from streams.core.audit import SKIPPED, Auditor, Finding, Where
 from streams.core.events import ModelEvent
 from streams.core.fold import digest_of_inputs, model_digest_input
 from streams.errors import UndecodableMessage
+from streams.kafka_access import KafkaAccess
 from streams.logreader import log_consumer, read_topic, topic_partitions
 
 Located = tuple[ModelEvent | None, Where, str, bool]
@@ -112,13 +114,13 @@ def cross_checked(auditor: Auditor, reference: ReferenceDecoder | None = None) -
 
 
 def from_kafka(
-    bootstrap: str,
+    kafka: KafkaAccess,
     topic: str,
     ends: dict[int, int],
     partitions: set[int] | None = None,
     locate: Locate = _locate,
 ) -> Iterator[Located]:
-    for r in read_topic(bootstrap, topic, partitions=partitions):
+    for r in read_topic(kafka, topic, partitions=partitions):
         ends[r.partition] = r.offset
         yield locate(topic, r.partition, r.offset, r.value)
 
@@ -253,7 +255,7 @@ class Replay:
 
 
 def _replay_here(
-    bootstrap: str | None,
+    kafka: KafkaAccess | None,
     topic: str,
     archive_dir: Path | None,
     partitions: set[int] | None,
@@ -271,13 +273,13 @@ def _replay_here(
         locate = cross_checked(auditor) if decoder == "reference" else _locate
         auditor.run(from_archive(archive, result.problems, result.ends, partitions, locate))
     else:
-        assert bootstrap is not None
+        assert kafka is not None
         # Kafka knows the partition count, so the partitioning rule can be checked too.
-        count = len(_partitions(bootstrap, topic, None))
+        count = len(_partitions(kafka, topic, None))
         auditor = Auditor(misplaced=functools.partial(topics.misplaced, partitions=count))
-        result = Replay(f"{topic} on {bootstrap}", decoder, auditor=auditor)
+        result = Replay(f"{topic} on {kafka.bootstrap}", decoder, auditor=auditor)
         locate = cross_checked(auditor) if decoder == "reference" else _locate
-        auditor.run(from_kafka(bootstrap, topic, result.ends, partitions, locate))
+        auditor.run(from_kafka(kafka, topic, result.ends, partitions, locate))
     result.events = auditor.events
     result.duplicates = auditor.duplicates()
     result.violations = list(auditor.violations())
@@ -296,10 +298,11 @@ def peak_rss_mb() -> float:
     return 0.0
 
 
-def _partitions(bootstrap: str | None, topic: str, archive_dir: Path | None) -> list[int]:
+def _partitions(kafka: KafkaAccess | None, topic: str, archive_dir: Path | None) -> list[int]:
     if archive_dir is not None:
         return sorted(Archive(archive_dir).segments)
-    consumer = log_consumer(str(bootstrap))
+    assert kafka is not None  # replay() is given one of the two
+    consumer = log_consumer(kafka)
     try:
         return [tp.partition for tp in topic_partitions(consumer, topic)]
     finally:
@@ -307,7 +310,7 @@ def _partitions(bootstrap: str | None, topic: str, archive_dir: Path | None) -> 
 
 
 def replay(
-    bootstrap: str | None,
+    kafka: KafkaAccess | None,
     topic: str,
     archive_dir: Path | None = None,
     jobs: int = 1,
@@ -329,18 +332,20 @@ def replay(
     gc.disable()
     try:
         if jobs <= 1:
-            return _replay_here(bootstrap, topic, archive_dir, partitions, decoder)
-        return _replay_parallel(bootstrap, topic, archive_dir, jobs, decoder)
+            return _replay_here(kafka, topic, archive_dir, partitions, decoder)
+        return _replay_parallel(kafka, topic, archive_dir, jobs, decoder)
     finally:
         if was_enabled:
             gc.enable()
 
 
 def _replay_parallel(
-    bootstrap: str | None, topic: str, archive_dir: Path | None, jobs: int, decoder: str
+    kafka: KafkaAccess | None, topic: str, archive_dir: Path | None, jobs: int, decoder: str
 ) -> Replay:
     started = time.perf_counter()
-    parts = _partitions(bootstrap, topic, archive_dir)
+    parts = _partitions(kafka, topic, archive_dir)
+    # Children read the access from their environment: the credentials path, not a password.
+    env = dict(os.environ) | ({} if kafka is None else kafka.to_env())
     groups = [parts[i::jobs] for i in range(min(jobs, len(parts)))]
     children = []
     for group in groups:
@@ -355,9 +360,15 @@ def _replay_parallel(
             "--decoder",
             decoder,
         ]
-        argv += ["--archive", str(archive_dir)] if archive_dir else ["--bootstrap", str(bootstrap)]
-        children.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    source = f"archive {archive_dir}" if archive_dir else f"{topic} on {bootstrap}"
+        argv += ["--archive", str(archive_dir)] if archive_dir else []
+        children.append(
+            subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        )
+    source = (
+        f"archive {archive_dir}"
+        if archive_dir or kafka is None
+        else f"{topic} on {kafka.bootstrap}"
+    )
     result = Replay(source, decoder)
     for child in children:
         out, err = child.communicate()
@@ -370,9 +381,9 @@ def _replay_parallel(
 
 
 # -- which version served a prediction ----------------------------------------------------
-def _predictions(bootstrap: str, topic: str, needle: bytes = b"") -> Iterator[dict[str, Any]]:
+def _predictions(kafka: KafkaAccess, topic: str, needle: bytes = b"") -> Iterator[dict[str, Any]]:
     """Every decodable prediction (containing ``needle``); anyone may write garbage there."""
-    for r in read_topic(bootstrap, topic):
+    for r in read_topic(kafka, topic):
         if r.value and needle in r.value:
             try:
                 yield PREDICTIONS.decode(r.value)
@@ -380,22 +391,22 @@ def _predictions(bootstrap: str, topic: str, needle: bytes = b"") -> Iterator[di
                 continue
 
 
-def find_prediction(bootstrap: str, topic: str, prediction_id: str) -> list[dict[str, Any]]:
+def find_prediction(kafka: KafkaAccess, topic: str, prediction_id: str) -> list[dict[str, Any]]:
     return [
         p
-        for p in _predictions(bootstrap, topic, prediction_id.encode())
+        for p in _predictions(kafka, topic, prediction_id.encode())
         if p["prediction_id"] == prediction_id
     ]
 
 
 def served(
-    bootstrap: str, events_topic: str, predictions_topic: str, prediction_id: str
+    kafka: KafkaAccess, events_topic: str, predictions_topic: str, prediction_id: str
 ) -> dict[str, Any]:
-    found = find_prediction(bootstrap, predictions_topic, prediction_id)
+    found = find_prediction(kafka, predictions_topic, prediction_id)
     if not found:
         raise LookupError(f"no prediction {prediction_id} in {predictions_topic}")
     p = found[0]
-    auditor = replay(bootstrap, events_topic).auditor
+    auditor = replay(kafka, events_topic).auditor
     assert auditor is not None  # an in-process replay keeps its fold
     state = auditor.fold.models.get(p["model"])
     answer: dict[str, Any] = {"prediction": p, "copies": len(found), "findings": []}
@@ -480,11 +491,11 @@ class Verification:
 
 
 def _fetch_sources(
-    bootstrap: str, wanted: dict[tuple[str, int], set[int]]
+    kafka: KafkaAccess, wanted: dict[tuple[str, int], set[int]]
 ) -> dict[tuple[str, int, int], bytes]:
     """The feature events at the recorded coordinates (read once per partition range)."""
     found: dict[tuple[str, int, int], bytes] = {}
-    consumer = log_consumer(bootstrap, max_poll_records=20_000)
+    consumer = log_consumer(kafka, max_poll_records=20_000)
     try:
         for (topic, partition), offsets in wanted.items():
             tp = TopicPartition(topic, partition)
@@ -502,7 +513,7 @@ def _fetch_sources(
 
 
 def verify_predictions(
-    bootstrap: str,
+    kafka: KafkaAccess,
     events_topic: str,
     predictions_topic: str,
     loader: Any,
@@ -515,17 +526,17 @@ def verify_predictions(
     from workers.errors import Rejected
 
     started = time.perf_counter()
-    predictions = list(_predictions(bootstrap, predictions_topic))
+    predictions = list(_predictions(kafka, predictions_topic))
     if model is not None:
         predictions = [p for p in predictions if p["model"] == model]
     if sample is not None and sample < len(predictions):
         predictions = random.Random(seed).sample(predictions, sample)
-    auditor = replay(bootstrap, events_topic).auditor
+    auditor = replay(kafka, events_topic).auditor
     assert auditor is not None
     wanted: dict[tuple[str, int], set[int]] = defaultdict(set)
     for p in predictions:
         wanted[(p["source_topic"], p["source_partition"])].add(p["source_offset"])
-    sources = _fetch_sources(bootstrap, wanted)
+    sources = _fetch_sources(kafka, wanted)
     result = Verification(checked=len(predictions))
     by_commit: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
     for p in predictions:
@@ -600,13 +611,12 @@ def _child_main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--topic", required=True)
     p.add_argument("--partitions", required=True)
-    p.add_argument("--bootstrap")
     p.add_argument("--archive")
     p.add_argument("--decoder", choices=DECODERS, default="fastavro")
     args = p.parse_args()
     gc.disable()
     result = _replay_here(
-        args.bootstrap,
+        None if args.archive else KafkaAccess.from_env(os.environ),
         args.topic,
         Path(args.archive) if args.archive else None,
         {int(x) for x in args.partitions.split(",")},

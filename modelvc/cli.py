@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 from modelvc import hints, render
 from modelvc.client import Client, ClientError
 from modelvc.processes import StackError
+from streams.kafka_access import KafkaAccess
 
 EXIT_REFUSED = 1
 EXIT_RESTORE_SKIPPED = 4
@@ -157,9 +158,23 @@ def cmd_down(args: argparse.Namespace) -> None:
     print("modelvc is down")
 
 
-def _bootstrap(args: argparse.Namespace) -> str:
-    recorded = _stack_record(args).get("bootstrap")
-    return _setting(args.bootstrap, "KAFKA_BOOTSTRAP", recorded, "127.0.0.1:9092")
+def _kafka(args: argparse.Namespace) -> KafkaAccess:
+    """Where Kafka is and how to log in: each variable from a flag, the environment, the
+    local stack's record or the default, in that order (as :func:`_setting`)."""
+    recorded: dict[str, str] = _stack_record(args).get("env", {})
+    defaults = KafkaAccess().to_env()
+    env = {
+        name: _setting(None, name, recorded.get(name), defaults.get(name, ""))
+        for name in (
+            "KAFKA_BOOTSTRAP",
+            "MODELVC_KAFKA_SECURITY",
+            "MODELVC_KAFKA_CREDENTIALS",
+            "MODELVC_DELIVERY",
+        )
+    }
+    if args.bootstrap:
+        env["KAFKA_BOOTSTRAP"] = args.bootstrap
+    return KafkaAccess.from_env({k: v for k, v in env.items() if v})
 
 
 def _topic(args: argparse.Namespace, kind: str) -> str:
@@ -184,7 +199,7 @@ def cmd_publish(args: argparse.Namespace) -> None:
         events = list(read_feature_file(Path(args.file), _selected_model(args), args.ref))
     except ValueError as exc:
         raise Refused(str(exc)) from None
-    count = publish_features(_bootstrap(args), events, _topic(args, "features"))
+    count = publish_features(_kafka(args), events, _topic(args, "features"))
     _emit(
         args,
         {"published": count, "topic": _topic(args, "features")},
@@ -197,7 +212,7 @@ def cmd_tail(args: argparse.Namespace) -> None:
 
     for shown, p in enumerate(
         subscribe_predictions(
-            _bootstrap(args),
+            _kafka(args),
             model=args.model,
             topic=_topic(args, "predictions"),
             from_beginning=args.from_beginning,
@@ -223,11 +238,11 @@ def cmd_tail(args: argparse.Namespace) -> None:
 def cmd_audit(args: argparse.Namespace) -> None:
     from modelvc import audit
 
-    bootstrap, events_topic = _bootstrap(args), _topic(args, "events")
+    kafka, events_topic = _kafka(args), _topic(args, "events")
     if args.action == "replay":
         archive = Path(args.from_archive) if args.from_archive else None
         result = audit.replay(
-            None if archive else bootstrap,
+            None if archive else kafka,
             events_topic,
             archive,
             jobs=args.jobs or (os.cpu_count() or 1),
@@ -251,7 +266,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
     elif args.action == "served":
         try:
             answer = audit.served(
-                bootstrap, events_topic, _topic(args, "predictions"), args.prediction_id
+                kafka, events_topic, _topic(args, "predictions"), args.prediction_id
             )
         except LookupError as exc:
             raise Refused(str(exc)) from None
@@ -264,7 +279,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
         loader = ArtifactLoader(Path(args.artifacts) if args.artifacts else None, _url(args))
         sample = None if args.all else (args.sample or 100)
         verified = audit.verify_predictions(
-            bootstrap,
+            kafka,
             events_topic,
             _topic(args, "predictions"),
             loader,

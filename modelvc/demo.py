@@ -86,7 +86,7 @@ def serving(home: Path, stack: Stack, events: int = 6000, rate: float = 2000.0) 
 
     def read() -> None:
         for p in subscribe_predictions(
-            stack.settings.bootstrap,
+            stack.settings.access,
             topic=stack.settings.predictions_topic,
             from_beginning=True,
             idle_timeout_s=5,
@@ -101,7 +101,7 @@ def serving(home: Path, stack: Stack, events: int = 6000, rate: float = 2000.0) 
     print(f"publishing {events:,} feature events at ~{rate:,.0f}/s for model churn (ref: default)")
     started = time.time()
     moves = {events // 3: ("promote", promoted), 2 * events // 3: ("rollback", before)}
-    with FeatureProducer(stack.settings.bootstrap, stack.settings.features_topic) as producer:
+    with FeatureProducer(stack.settings.access, stack.settings.features_topic) as producer:
         for i in range(events):
             if i in moves:
                 label, target = moves[i]

@@ -27,6 +27,7 @@ from modelvc.processes import (
 )
 from streams.archive import Archive, ArchiveError, Refused, restore
 from streams.http_client import HttpClient, HttpError
+from streams.kafka_access import Delivery
 from streams.logreader import partition_ends
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -142,11 +143,11 @@ class Stack:
         archive = Archive(self.archive_dir, self.settings.events_topic)
         if archive.empty:
             return 0
-        ends = partition_ends(self.settings.bootstrap, self.settings.events_topic)
+        ends = partition_ends(self.settings.access, self.settings.events_topic)
         if not any(ends.values()):
             result = restore(
                 archive,
-                self.settings.bootstrap,
+                self.settings.access,
                 self.settings.events_topic,
                 self.settings.dead_letter_topic,
             )
@@ -186,8 +187,12 @@ class Stack:
         home = home.resolve()
         home.mkdir(parents=True, exist_ok=True)
         broker = None
+        # The embedded broker has no idempotent producers or transactions: say so up front
+        # rather than have every client ask it; any other Kafka is asked once by each client.
+        delivery: Delivery = "auto"
         if bootstrap is None:
             broker, bootstrap = start_broker(home, broker_port)
+            delivery = "at-least-once"
         settings = Settings(
             namespace=namespace,
             bootstrap=bootstrap,
@@ -197,6 +202,7 @@ class Stack:
             archive_dir=home / "archive",
             web_port=web_port or free_port(),
             instance_id=f"streams-{os.getpid()}",
+            delivery=delivery,
         )
         stack = cls(home, settings, broker)
         try:

@@ -29,6 +29,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from streams.codec import FEATURES, PREDICTIONS
 from streams.errors import UndecodableMessage
+from streams.kafka_access import KafkaAccess, as_access, negotiate_sync
 from streams.settings import FEATURES_TOPIC, PREDICTIONS_TOPIC
 
 log = logging.getLogger("modelvc.streaming")
@@ -65,9 +66,12 @@ def decode_prediction(value: bytes) -> dict[str, Any]:
 
 
 class FeatureProducer:
-    def __init__(self, bootstrap: str, topic: str = FEATURES_TOPIC, linger_ms: int = 5) -> None:
+    def __init__(
+        self, kafka: KafkaAccess | str, topic: str = FEATURES_TOPIC, linger_ms: int = 5
+    ) -> None:
         self.topic = topic
-        self._producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms)
+        access = negotiate_sync(as_access(kafka))
+        self._producer = KafkaProducer(**access.producer(linger_ms=linger_ms))
 
     def publish(
         self,
@@ -104,11 +108,11 @@ class FeatureProducer:
 
 
 def publish_features(
-    bootstrap: str, events: Iterable[Mapping[str, Any]], topic: str = FEATURES_TOPIC
+    kafka: KafkaAccess | str, events: Iterable[Mapping[str, Any]], topic: str = FEATURES_TOPIC
 ) -> int:
     """Publish every event and wait for the broker to acknowledge them; returns the count."""
     count = 0
-    with FeatureProducer(bootstrap, topic) as producer:
+    with FeatureProducer(kafka, topic) as producer:
         for event in events:
             producer.send(event)
             count += 1
@@ -161,7 +165,7 @@ def read_feature_file(
 
 
 def subscribe_predictions(
-    bootstrap: str,
+    kafka: KafkaAccess | str,
     model: str | None = None,
     topic: str = PREDICTIONS_TOPIC,
     from_beginning: bool = False,
@@ -171,17 +175,19 @@ def subscribe_predictions(
 
     Without ``from_beginning`` only predictions scored after the call are
     yielded (filtered on ``scored_at``, which is right on any broker even when
-    its answer for "latest offset" is not).
+    its answer for "latest offset" is not). Reads ``read_committed``: a prediction of
+    an exactly-once worker's aborted transaction is never seen.
     """
     started_ms = int(time.time() * 1000)
     consumer = KafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest" if from_beginning else "latest",
-        fetch_max_wait_ms=50,
-        consumer_timeout_ms=int(idle_timeout_s * 1000) if idle_timeout_s else float("inf"),
+        **as_access(kafka).consumer(
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest" if from_beginning else "latest",
+            fetch_max_wait_ms=50,
+            consumer_timeout_ms=int(idle_timeout_s * 1000) if idle_timeout_s else float("inf"),
+        ),
     )
     try:
         for message in consumer:

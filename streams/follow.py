@@ -10,9 +10,11 @@ from collections.abc import Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.kafka_access import KafkaAccess
+
 
 async def assigned_consumer(
-    bootstrap: str,
+    kafka: KafkaAccess,
     topic: str,
     start: Mapping[int, int],
     fetch_wait_ms: int,
@@ -21,13 +23,14 @@ async def assigned_consumer(
 ) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
     """A started consumer assigned all of ``topic``, each partition at ``start`` (default 0)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=fetch_wait_ms,
-        max_poll_records=max_poll_records,
-        client_id=client_id,
+        **kafka.consumer(
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=fetch_wait_ms,
+            max_poll_records=max_poll_records,
+            client_id=client_id,
+        )
     )
     await consumer.start()
     try:

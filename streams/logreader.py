@@ -13,6 +13,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
+from streams.kafka_access import KafkaAccess
 from streams.watermarks import at_end, wait_for_ends
 
 
@@ -24,14 +25,9 @@ class LogRecord:
     value: bytes | None
 
 
-def log_consumer(bootstrap: str, **overrides: Any) -> KafkaConsumer:
+def log_consumer(kafka: KafkaAccess, **overrides: Any) -> KafkaConsumer:
     """A kafka-python consumer for assigned partitions: no group, no committed offsets."""
-    config: dict[str, Any] = {
-        "bootstrap_servers": bootstrap,
-        "group_id": None,
-        "enable_auto_commit": False,
-        "fetch_max_wait_ms": 10,
-    }
+    config = kafka.consumer(group_id=None, enable_auto_commit=False, fetch_max_wait_ms=10)
     return KafkaConsumer(**(config | overrides))
 
 
@@ -40,11 +36,14 @@ def topic_partitions(consumer: KafkaConsumer, topic: str) -> list[TopicPartition
 
 
 def read_topic(
-    bootstrap: str, topic: str, idle_timeout: float = 30.0, partitions: Iterable[int] | None = None
+    kafka: KafkaAccess,
+    topic: str,
+    idle_timeout: float = 30.0,
+    partitions: Iterable[int] | None = None,
 ) -> Iterator[LogRecord]:
     """Every record of ``topic`` (or of some partitions) from offset 0 up to the high watermark."""
     only = None if partitions is None else set(partitions)
-    consumer = log_consumer(bootstrap, max_poll_records=10000, consumer_timeout_ms=1000)
+    consumer = log_consumer(kafka, max_poll_records=10000, consumer_timeout_ms=1000)
     try:
         tps = [
             tp for tp in topic_partitions(consumer, topic) if only is None or tp.partition in only
@@ -66,9 +65,9 @@ def read_topic(
         consumer.close()
 
 
-def partition_ends(bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, int]:
+def partition_ends(kafka: KafkaAccess, topic: str, timeout: float = 10.0) -> dict[int, int]:
     """Where every partition of ``topic`` ends now (its high watermark, from a fetch)."""
-    consumer = log_consumer(bootstrap)
+    consumer = log_consumer(kafka)
     try:
         tps = topic_partitions(consumer, topic)
         consumer.assign(tps)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streams.kafka_access import DELIVERY, SECURITY, Delivery, KafkaAccess, Security
+
 # A namespace prefixes every topic name and consumer group: Kafka's topic alphabet, bounded.
 NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
@@ -35,6 +37,13 @@ class Settings:
     command_timeout_s: float = 20.0
     # How long a read with ``?after=P:O`` waits for the projection to reach O.
     consistency_timeout_s: float = 10.0
+    # How clients log in (plaintext, or SASL/SCRAM from a credentials file) and what
+    # delivery they ask for (streams.kafka_access says what each means).
+    kafka_security: Security = "plaintext"
+    kafka_credentials: Path | None = None
+    delivery: Delivery = "auto"
+    # Replicas of every topic modelvc creates; None: min(3, brokers in the cluster).
+    replication_factor: int | None = None
 
     def __post_init__(self) -> None:
         if not NAMESPACE.fullmatch(self.namespace):
@@ -42,6 +51,24 @@ class Settings:
                 f"namespace {self.namespace[:80]!r} is not 1-200 letters, digits, '.', '_' "
                 "or '-' starting with a letter or digit; set MODELVC_NAMESPACE to one that is"
             )
+        if self.replication_factor is not None and not 1 <= self.replication_factor <= 32:
+            raise ValueError(
+                f"MODELVC_REPLICATION_FACTOR={self.replication_factor} is not 1-32; "
+                "unset it to use min(3, brokers)"
+            )
+        if self.kafka_security not in SECURITY or self.delivery not in DELIVERY:
+            raise ValueError(
+                f"MODELVC_KAFKA_SECURITY={self.kafka_security[:40]!r} must be one of "
+                f"{', '.join(SECURITY)} and MODELVC_DELIVERY={self.delivery[:40]!r} one of "
+                f"{', '.join(DELIVERY)}"
+            )
+
+    @property
+    def access(self) -> KafkaAccess:
+        """How this process's clients reach Kafka."""
+        return KafkaAccess(
+            self.bootstrap, self.kafka_security, self.kafka_credentials, self.delivery
+        )
 
     @classmethod
     def namespaced(cls, namespace: str, **kwargs: Any) -> Settings:
@@ -87,9 +114,10 @@ class Settings:
         home = Path(env.get("MODELVC_HOME", ".modelvc"))
         port = int(env.get("MODELVC_WEB_PORT", "6066"))
         data_dir = Path(env.get("MODELVC_DATA_DIR", str(home / "streams")))
+        access = KafkaAccess.from_env(env)
         return cls(
             namespace=env.get("MODELVC_NAMESPACE", "modelvc"),
-            bootstrap=env.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+            bootstrap=access.bootstrap,
             partitions=int(env.get("MODELVC_PARTITIONS", "4")),
             data_dir=data_dir,
             artifact_root=Path(env.get("MODELVC_ARTIFACTS", str(home / "artifacts"))),
@@ -100,13 +128,16 @@ class Settings:
             fetch_wait_ms=int(env.get("MODELVC_FETCH_WAIT_MS", "10")),
             command_timeout_s=float(env.get("MODELVC_COMMAND_TIMEOUT_S", "20")),
             consistency_timeout_s=float(env.get("MODELVC_CONSISTENCY_TIMEOUT_S", "10")),
+            kafka_security=access.security,
+            kafka_credentials=access.credentials,
+            delivery=access.delivery,
+            replication_factor=int(rf) if (rf := env.get("MODELVC_REPLICATION_FACTOR")) else None,
         )
 
     def to_env(self) -> dict[str, str]:
         """The variables :meth:`from_env` reads back into these very settings (for children)."""
-        return {
+        env = {
             "MODELVC_NAMESPACE": self.namespace,
-            "KAFKA_BOOTSTRAP": self.bootstrap,
             "MODELVC_PARTITIONS": str(self.partitions),
             "MODELVC_DATA_DIR": str(self.data_dir),
             "MODELVC_ARTIFACTS": str(self.artifact_root),
@@ -118,7 +149,10 @@ class Settings:
             # repr: the shortest text that reads back as the same float
             "MODELVC_COMMAND_TIMEOUT_S": repr(self.command_timeout_s),
             "MODELVC_CONSISTENCY_TIMEOUT_S": repr(self.consistency_timeout_s),
-        }
+        } | self.access.to_env()
+        if self.replication_factor is not None:
+            env["MODELVC_REPLICATION_FACTOR"] = str(self.replication_factor)
+        return env
 
 
 # The default namespace's topics, for clients that take a topic name (modelvc.streaming).

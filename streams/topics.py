@@ -46,7 +46,7 @@ def misplaced(model: str, partition: int, partitions: int) -> str | None:
 
 def ensure_topics(settings: Settings, extra: dict[str, int] | None = None) -> None:
     """Create missing topics; fail if commands and events are partitioned differently."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="modelvc-admin")
+    admin = KafkaAdminClient(**settings.access.admin())
     try:
         wanted = {
             settings.events_topic: (settings.partitions, _FOREVER),

@@ -25,6 +25,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from streams import deadletter
 from streams.codec import FEATURES, PREDICTIONS
 from streams.errors import UndecodableMessage
+from streams.kafka_access import negotiate
 from workers import scoring
 from workers.errors import Rejected, Undecodable
 from workers.metrics import Metrics
@@ -187,25 +188,27 @@ class Worker:
     async def run(self) -> None:
         topics = self.settings.topics
         follower = asyncio.create_task(self.tracker.follow(), name="versions")
+        access = await negotiate(topics.access)
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.bootstrap,
-            acks="all",
-            linger_ms=0,
-            max_batch_size=1 << 20,
-            client_id=f"{self.settings.worker_id}-producer",
+            **access.producer(
+                linger_ms=0,
+                max_batch_size=1 << 20,
+                client_id=f"{self.settings.worker_id}-producer",
+            )
         )
         consumer = AIOKafkaConsumer(
             topics.features_topic,
-            bootstrap_servers=self.settings.bootstrap,
-            group_id=self.settings.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=self.settings.fetch_wait_ms,
-            max_partition_fetch_bytes=4 << 20,
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
-            rebalance_timeout_ms=6000,
-            client_id=self.settings.worker_id,
+            **access.consumer(
+                group_id=self.settings.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                fetch_max_wait_ms=self.settings.fetch_wait_ms,
+                max_partition_fetch_bytes=4 << 20,
+                session_timeout_ms=6000,
+                heartbeat_interval_ms=1000,
+                rebalance_timeout_ms=6000,
+                client_id=self.settings.worker_id,
+            ),
         )
         self.consumer = consumer
         await producer.start()

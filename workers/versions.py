@@ -177,7 +177,7 @@ class VersionTracker:
     async def follow(self) -> None:
         topic = self.settings.topics.events_topic
         consumer, tps = await assigned_consumer(
-            self.settings.bootstrap,
+            self.settings.topics.access,
             topic,
             {},
             self.settings.fetch_wait_ms,

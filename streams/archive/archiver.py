@@ -16,13 +16,14 @@ from typing import Any
 
 from streams.archive.directory import Archive
 from streams.archive.format import ArchiveError, Record
+from streams.kafka_access import KafkaAccess
 from streams.logreader import log_consumer, topic_partitions
 from streams.watermarks import at_end
 
 log = logging.getLogger("modelvc.archive")
 
 
-def run_archiver(archive: Archive, bootstrap: str, topic: str, flush_s: float = 1.0) -> None:
+def run_archiver(archive: Archive, kafka: KafkaAccess, topic: str, flush_s: float = 1.0) -> None:
     """Follow ``topic`` into ``archive`` until SIGTERM; then drain to the end and flush."""
     stopping = False
 
@@ -32,7 +33,7 @@ def run_archiver(archive: Archive, bootstrap: str, topic: str, flush_s: float = 
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    consumer = log_consumer(bootstrap, fetch_max_wait_ms=50, max_poll_records=10_000)
+    consumer = log_consumer(kafka, fetch_max_wait_ms=50, max_poll_records=10_000)
     try:
         tps = topic_partitions(consumer, topic)
         if not tps:
@@ -75,4 +76,4 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = Settings.from_env()
     archive = Archive(settings.archive_dir, settings.events_topic)
-    run_archiver(archive, settings.bootstrap, settings.events_topic)
+    run_archiver(archive, settings.access, settings.events_topic)

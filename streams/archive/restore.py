@@ -28,6 +28,7 @@ from kafka.errors import (
 from streams import deadletter
 from streams.archive.directory import Archive
 from streams.archive.format import ArchiveError, Record
+from streams.kafka_access import KafkaAccess, negotiate_sync
 from streams.logreader import partition_ends
 
 log = logging.getLogger("modelvc.archive")
@@ -78,7 +79,7 @@ class Restored:
 
 
 def restore(
-    archive: Archive, bootstrap: str, topic: str, dead_letter_topic: str | None = None
+    archive: Archive, kafka: KafkaAccess, topic: str, dead_letter_topic: str | None = None
 ) -> Restored:
     """Write the archive back into an empty topic at the same offsets.
 
@@ -88,16 +89,13 @@ def restore(
     result = Restored()
     if archive.empty:
         return result
-    ends = partition_ends(bootstrap, topic)
+    ends = partition_ends(kafka, topic)
     if any(ends.values()):
         raise ArchiveError(
             f"{topic} is not empty ({ends}); restore only into an empty log (a fresh broker)"
         )
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        linger_ms=5,
-        max_in_flight_requests_per_connection=1,
+        **negotiate_sync(kafka).producer(linger_ms=5, max_in_flight_requests_per_connection=1)
     )
     try:
         for record in archive.records():

@@ -35,7 +35,7 @@ class Follower:
     async def run(self) -> None:
         topic = self.settings.events_topic
         consumer, tps = await assigned_consumer(
-            self.settings.bootstrap,
+            self.settings.access,
             topic,
             self.projection.next_offsets,
             self.settings.fetch_wait_ms,

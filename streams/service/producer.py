@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiokafka import AIOKafkaProducer
 
+from streams.kafka_access import KafkaAccess, negotiate
 from streams.settings import Settings
 
 
@@ -13,15 +14,14 @@ class Producer:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._client: AIOKafkaProducer | None = None
+        self.access: KafkaAccess = settings.access  # delivery resolved by start()
 
     async def start(self) -> None:
         if self._client is not None:
             return
+        self.access = await negotiate(self._settings.access)
         client = AIOKafkaProducer(
-            bootstrap_servers=self._settings.bootstrap,
-            acks="all",
-            linger_ms=0,
-            client_id=f"{self._settings.instance_id}-producer",
+            **self.access.producer(linger_ms=0, client_id=f"{self._settings.instance_id}-producer")
         )
         await client.start()
         self._client = client

@@ -107,11 +107,12 @@ class Replies:
         await self.follower.ready.wait()
         consumer = AIOKafkaConsumer(
             self.settings.replies_topic,
-            bootstrap_servers=self.settings.bootstrap,
-            group_id=None,
-            auto_offset_reset="latest",
-            fetch_max_wait_ms=self.settings.fetch_wait_ms,
-            client_id=f"{self.settings.instance_id}-replies",
+            **self.settings.access.consumer(
+                group_id=None,
+                auto_offset_reset="latest",
+                fetch_max_wait_ms=self.settings.fetch_wait_ms,
+                client_id=f"{self.settings.instance_id}-replies",
+            ),
         )
         await consumer.start()
         try:

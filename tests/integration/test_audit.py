@@ -65,7 +65,7 @@ def test_replay_equals_live_before_and_after_a_restart(serving: Stack, tmp_path:
     assert report["violations"] == [] and report["digest"] == report["live_digest"]
     assert report["events"] == 10  # one per command of the history
     serving.restart_streams()
-    after = audit.replay(serving.settings.bootstrap, serving.settings.events_topic)
+    after = audit.replay(serving.settings.access, serving.settings.events_topic)
     assert after.digest == Client(serving.url).digest()["digest"]
 
 
@@ -140,7 +140,7 @@ def test_served_and_verify_predictions(serving: Stack, tmp_path: Path) -> None:
     def preds() -> list[dict[str, Any]]:
         return [
             PREDICTIONS.decode(r.value)
-            for r in read_topic(serving.settings.bootstrap, serving.settings.predictions_topic)
+            for r in read_topic(serving.settings.access, serving.settings.predictions_topic)
             if r.value
         ]
 
@@ -162,7 +162,7 @@ def test_served_and_verify_predictions(serving: Stack, tmp_path: Path) -> None:
     producer.close()
     loader = ArtifactLoader(serving.settings.artifact_root)
     result = audit.verify_predictions(
-        serving.settings.bootstrap,
+        serving.settings.access,
         serving.settings.events_topic,
         serving.settings.predictions_topic,
         loader,
@@ -198,14 +198,14 @@ def test_stopping_and_starting_the_embedded_stack_keeps_history(tmp_path: Path) 
         assert c.digest()["digest"] == before and c.log("churn") == log_before
         nxt = c.commit("churn", digest, "v3", branch="exp")
         assert nxt["seq"] == 6
-        replayed = audit.replay(stack.settings.bootstrap, stack.settings.events_topic)
+        replayed = audit.replay(stack.settings.access, stack.settings.events_topic)
         assert replayed.clean and replayed.digest == c.digest()["digest"]
         with FeatureProducer(stack.settings.bootstrap, stack.settings.features_topic) as p:
             p.publish("churn", {f"Column_{j}": 0.1 for j in range(4)}, event_id="after-restart")
         pred = wait_for(
             lambda: [
                 PREDICTIONS.decode(r.value)
-                for r in read_topic(stack.settings.bootstrap, stack.settings.predictions_topic)
+                for r in read_topic(stack.settings.access, stack.settings.predictions_topic)
                 if r.value
             ]
         )

@@ -65,7 +65,7 @@ def garbage(rng: random.Random, size: int) -> bytes:
 def letters(stack: Stack) -> list[tuple[int, dict[str, Any]]]:
     """(encoded size, record) of every decodable dead letter."""
     out = []
-    for r in read_topic(stack.settings.bootstrap, stack.settings.dead_letter_topic):
+    for r in read_topic(stack.settings.access, stack.settings.dead_letter_topic):
         if r.value and r.value[:2] == MAGIC:
             try:
                 out.append((len(r.value) + len(r.key or b""), DEAD_LETTERS.decode(r.value)))
@@ -310,7 +310,7 @@ def test_finding_4_archive_restore_skips_what_the_broker_refuses(tmp_path: Path)
         assert c.log("churn") == log_before and c.digest()["digest"] == digest_before
         at = {
             r.offset: r.value
-            for r in read_topic(restored.settings.bootstrap, events, partitions=[partition])
+            for r in read_topic(restored.settings.access, events, partitions=[partition])
         }
         assert at[offset] is not None and at[offset].startswith(PLACEHOLDER_MAGIC)
         assert hashlib.sha256(value).hexdigest().encode() in at[offset]

@@ -101,7 +101,7 @@ def test_finding_2_poisoned_files_in_the_store_are_refused_by_the_worker(
             producer.publish("churn", FEATURES, event_id=event_id)
 
         def scored() -> str | None:
-            for record in read_topic(settings.bootstrap, settings.predictions_topic):
+            for record in read_topic(settings.access, settings.predictions_topic):
                 p = PREDICTIONS.decode(record.value) if record.value else None
                 if p and p["feature_event_id"] == event_id:
                     return str(p["commit_id"])

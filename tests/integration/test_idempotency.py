@@ -81,7 +81,7 @@ def test_finding_7_same_command_id_through_two_instances_each_get_their_answer(
     # crossed the replies topic, each with its own request id.
     crossed = [
         REPLIES.decode(r.value)
-        for r in read_topic(stack.settings.bootstrap, stack.settings.replies_topic)
+        for r in read_topic(stack.settings.access, stack.settings.replies_topic)
         if r.value is not None
     ]
     crossed = [r for r in crossed if r["command_id"] == shared_id]

@@ -66,7 +66,7 @@ def test_an_event_on_the_wrong_partition_is_void_for_readers_and_a_violation_for
     head = c.commit("placed", digest, "v1")["head"]
     before = c.digest()["digest"]
     # A correctly chained next event, as its writer would make it, put on another partition.
-    log = [decode_event(r.value) for r in read_topic(s.bootstrap, s.events_topic) if r.value]
+    log = [decode_event(r.value) for r in read_topic(s.access, s.events_topic) if r.value]
     state = fold(log).models["placed"]
     (event,) = decide(state, Command("forged-1", "placed", "mallory", 1, MakeCommit(digest, "x")))
     wrong = _elsewhere("placed", s.partitions)

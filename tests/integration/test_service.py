@@ -21,7 +21,7 @@ pytestmark = pytest.mark.broker
 
 def fold_of_log(stack: Stack) -> Fold:
     result = Fold()
-    for record in read_topic(stack.settings.bootstrap, stack.settings.events_topic):
+    for record in read_topic(stack.settings.access, stack.settings.events_topic):
         assert record.value is not None
         result.apply(decode_event(record.value))
     return result
@@ -192,7 +192,7 @@ def test_undecodable_messages_go_to_the_dead_letter_topic(stack: Stack, model_fi
     while time.monotonic() < deadline and len(letters) < 2:
         letters = [
             DEAD_LETTERS.decode(r.value)
-            for r in read_topic(stack.settings.bootstrap, stack.settings.dead_letter_topic)
+            for r in read_topic(stack.settings.access, stack.settings.dead_letter_topic)
             if r.value
         ]
         time.sleep(0.2)

@@ -60,7 +60,7 @@ def features(row: np.ndarray) -> dict[str, float]:
 def predictions(stack: Stack) -> list[dict[str, Any]]:
     topic = stack.settings.predictions_topic
     return [
-        PREDICTIONS.decode(r.value) for r in read_topic(stack.settings.bootstrap, topic) if r.value
+        PREDICTIONS.decode(r.value) for r in read_topic(stack.settings.access, topic) if r.value
     ]
 
 
@@ -321,7 +321,7 @@ def test_each_kind_of_bad_input_lands_in_the_dead_letter_topic(
     def letters() -> dict[str, dict[str, Any]]:
         found = [
             DEAD_LETTERS.decode(r.value)
-            for r in read_topic(serving.settings.bootstrap, serving.settings.dead_letter_topic)
+            for r in read_topic(serving.settings.access, serving.settings.dead_letter_topic)
             if r.value
         ]
         return {d["reason"].split(":", 1)[0]: d for d in found if d["stage"] == "worker"}
