@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit integration kafka test-unit test-tansu test-kafka \
+.PHONY: setup demo test lint typecheck unit integration kafka kafka-if-java test-unit test-tansu \
+	test-kafka test-cluster \
 	bench up down clean
 
 # Apache Kafka for the third test tier: Maven copies the pinned broker's jars into
@@ -12,11 +13,11 @@ STAMP  := $(VENV)/.installed
 KAFKA_DIR   := brokers/kafka
 KAFKA_LIB   := $(KAFKA_DIR)/target/lib
 KAFKA_STAMP := $(KAFKA_DIR)/target/.copied
-# What the Apache Kafka tier runs (pytest arguments). For now only the launcher's own
-# tests; widen it to the whole broker-backed suite once that passes on Kafka:
-#   make test KAFKA_TIER_TESTS='tests/kafka tests/integration tests/e2e -k kafka'
-# (-k kafka keeps the [kafka] runs; tests that start their own Tansu stay in tier 2).
-KAFKA_TIER_TESTS ?= tests/kafka
+# Tier 3: every broker-backed test on one Apache Kafka broker (-k kafka keeps the [kafka]
+# runs and tests/kafka; tests that need no broker or start their own Tansu stay in tier 2).
+KAFKA_TIER_TESTS ?= tests/kafka tests/integration tests/e2e -k kafka
+# Tier 4: the 3-broker cluster under faults (tests/cluster; MODELVC_CLUSTER_SEED replays one).
+CLUSTER_TIER_TESTS ?= tests/cluster
 PYTEST := $(BIN)/pytest -q -p no:cacheprovider
 # `$(call timed,NAME,COMMAND)`: run COMMAND, then print how long it took, keep its status.
 timed = start=$$(date +%s); $(2); status=$$?; \
@@ -48,27 +49,46 @@ integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration tests/e2e
 
 # Tier 1: pure unit tests. Tier 2: broker-backed tests on the embedded Tansu broker.
-# Tier 3: Apache Kafka (required in CI, where CI=true; skipped, loudly, without Java).
+# Tier 3: the same on Apache Kafka. Tier 4: a 3-broker Apache Kafka cluster under faults.
+# Tiers 3 and 4 are required in CI (CI=true) and skipped, loudly, without Java and Maven.
+# Tiers 2-4 wait on brokers and child processes far more than they compute (about 0.4 of a
+# core each), so they run side by side; --output-sync prints each tier whole as it ends.
 test: lint typecheck $(STAMP)
 	@$(MAKE) --no-print-directory test-unit
-	@$(MAKE) --no-print-directory test-tansu
-	@$(MAKE) --no-print-directory test-kafka
+	@$(MAKE) --no-print-directory kafka-if-java
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory -j3 --output-sync=target test-tansu test-kafka test-cluster; \
+	status=$$?; echo "== tiers 2-4 side by side: $$(( $$(date +%s) - start ))s (exit $$status)"; \
+	exit $$status
 
 test-unit: $(STAMP)
 	@$(call timed,tier 1 (unit),$(PYTEST) tests/unit)
 
 test-tansu: $(STAMP)
-	@$(call timed,tier 2 (Tansu),MODELVC_TEST_BROKERS=tansu $(PYTEST) tests/integration tests/e2e)
+	@$(call timed,tier 2 (Tansu),MODELVC_TEST_BROKERS=tansu MODELVC_TEST_CLUSTER=0 \
+	  $(PYTEST) tests/integration tests/e2e)
 
-test-kafka: $(STAMP)
-	@if [ "$$CI" != "true" ] && ! { command -v java && command -v mvn; } >/dev/null 2>&1; then \
-	  echo "== tier 3 (Apache Kafka): SKIPPED - no java or mvn on PATH. Install Java 17+"; \
-	  echo "   and Maven (apt-get install openjdk-17-jdk-headless maven), then run"; \
-	  echo "   'make test-kafka' (CI=true makes this tier required)."; \
+# `$(call kafka_tier,NAME,COMMAND)`: COMMAND timed when Java and Maven are here (or in CI,
+# where their absence fails the tier); otherwise a plain word that it was skipped and how.
+kafka_tier = if [ "$$CI" != "true" ] && ! { command -v java && command -v mvn; } >/dev/null 2>&1; then \
+	  echo "== $(1): SKIPPED - no java or mvn on PATH. Install Java 17+ and Maven"; \
+	  echo "   (apt-get install openjdk-17-jdk-headless maven), then run 'make test'"; \
+	  echo "   (CI=true makes this tier required)."; \
 	else \
 	  $(MAKE) --no-print-directory kafka || exit 1; \
-	  $(call timed,tier 3 (Apache Kafka),MODELVC_TEST_BROKERS=kafka $(PYTEST) $(KAFKA_TIER_TESTS)); \
+	  $(call timed,$(1),$(2)); \
 	fi
+
+kafka-if-java:
+	@$(call kafka_tier,Apache Kafka jars,true)
+
+test-kafka: $(STAMP)
+	@$(call kafka_tier,tier 3 (Apache Kafka),MODELVC_TEST_BROKERS=kafka MODELVC_TEST_CLUSTER=0 \
+	  $(PYTEST) $(KAFKA_TIER_TESTS))
+
+test-cluster: $(STAMP)
+	@$(call kafka_tier,tier 4 (3-broker Apache Kafka cluster),MODELVC_TEST_BROKERS=kafka \
+	  MODELVC_TEST_CLUSTER=1 $(PYTEST) $(CLUSTER_TIER_TESTS))
 
 # Fetch Apache Kafka (once; the stamp makes it a no-op until the pom changes). The old
 # jars go first, so a version bump never leaves two brokers on the classpath.

@@ -218,7 +218,9 @@ async def paced(
     return sent
 
 
-async def live_phases(stack: Stack, client: Client, artifacts: list[str]) -> dict[str, Any]:
+async def live_phases(
+    stack: Stack, client: Client, artifacts: list[str], switches: int = 20
+) -> dict[str, Any]:
     s = stack.settings
     tap = Tap(s.bootstrap, s.predictions_topic)
     ready = asyncio.Event()
@@ -240,7 +242,7 @@ async def live_phases(stack: Stack, client: Client, artifacts: list[str]) -> dic
     switch_ms: list[float] = []
     flow = asyncio.create_task(paced(s.bootstrap, s.features_topic, 1000, 3600, "sw", "main"))
     loop = asyncio.get_running_loop()
-    for i in range(20):
+    for i in range(switches):
         await loop.run_in_executor(
             None, lambda i=i: client.commit("bench", artifacts[(i + 1) % 2], f"candidate {i}")
         )

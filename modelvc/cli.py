@@ -15,12 +15,16 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from modelvc import hints, render
 from modelvc.client import Client, ClientError
 from modelvc.processes import StackError
-from streams.kafka_access import KafkaAccess
+from streams.errors import StreamsError
+from streams.kafka_access import SECURITY, KafkaAccess, KafkaAccessError, Security
+
+if TYPE_CHECKING:  # imported when used: it takes a second, and most commands never do
+    from modelvc.stack import BrokerKind, Stack
 
 EXIT_REFUSED = 1
 EXIT_RESTORE_SKIPPED = 4
@@ -109,34 +113,91 @@ def _applied(answer: dict[str, Any]) -> str:
 
 
 # -- commands -------------------------------------------------------------------
+def _access_lines(stack: Stack) -> list[str]:
+    creds = stack.settings.kafka_credentials
+    if stack.settings.kafka_security != "sasl" or creds is None:
+        return ["access: plaintext on loopback, no logins (MODELVC_KAFKA_SECURITY=sasl adds them)"]
+    return [
+        f"access: SASL/SCRAM-SHA-512; one login per role in {creds.parent} (streams, worker, "
+        "producer, auditor, admin) and ACLs that allow each role only its job"
+    ]
+
+
+def _broker_lines(stack: Stack) -> list[str]:
+    """Which broker runs, where its data lives, and the delivery every client uses."""
+    from modelvc.stack import kafka_cluster_id, kafka_home
+
+    if stack.broker_kind == "kafka":
+        return [
+            f"broker: Apache Kafka, 1 node (cluster {kafka_cluster_id(stack.home)}); data is "
+            f"durable under {kafka_home(stack.home)}: `modelvc down`/`up` or a crash keeps "
+            "every commit, alias, feature event and prediction",
+            "delivery: exactly-once (Kafka transactions; subscribers read committed records)",
+            *_access_lines(stack),
+        ]
+    if stack.broker_kind == "tansu":
+        return [
+            "broker: embedded Tansu; it keeps data in memory. Model history is archived in "
+            f"{stack.archive_dir} and restored by the next `modelvc up` (features and "
+            "predictions are not); for durable data run `modelvc up --broker kafka`",
+            "delivery: at-least-once (Tansu has no transactions; a repeated prediction "
+            "keeps its id)",
+        ]
+    return [
+        f"broker: the Kafka at {stack.settings.bootstrap} (not started or stopped by modelvc)",
+        "delivery: each process asks the broker (exactly-once where it has transactions)",
+    ]
+
+
+def _security() -> Security:
+    security = os.environ.get("MODELVC_KAFKA_SECURITY", "plaintext")
+    if security not in SECURITY:
+        raise UsageError(
+            f"MODELVC_KAFKA_SECURITY={security[:40]!r}: use one of {', '.join(SECURITY)}"
+        )
+    return security
+
+
 def cmd_up(args: argparse.Namespace) -> None:
-    from modelvc.stack import Stack
+    from modelvc.stack import Stack, clear_exited, default_broker_port, kafka_cluster_id
 
     home = _home(args)
-    if (home / "stack.json").exists():
-        raise StackError(
-            f"a stack is already recorded in {home}/stack.json; run `modelvc down` first"
+    if args.bootstrap and args.broker:
+        raise UsageError(
+            "--bootstrap uses a Kafka you run and --broker starts one: pass one of them"
+        )
+    # An explicit --broker beats KAFKA_BOOTSTRAP from the environment, as flags do.
+    bootstrap = args.bootstrap or (None if args.broker else os.environ.get("KAFKA_BOOTSTRAP"))
+    broker: BrokerKind = args.broker or "tansu"  # argparse checked it is one
+    exited = clear_exited(home, None if bootstrap else broker)
+    if exited:
+        print(
+            f"the stack recorded in {home}/stack.json had lost {', '.join(exited)}; "
+            "stopped the rest and starting it again"
         )
     stack = Stack.up(
         home,
-        bootstrap=args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP"),
+        bootstrap=bootstrap,
         web_port=args.port,
         partitions=args.partitions,
         workers=args.workers,
         worker_port=args.worker_port,
-        broker_port=args.broker_port,
+        broker_port=args.broker_port or default_broker_port(home, broker),
+        broker=broker,
+        security=_security(),
     )
     print(f"modelvc is up: API {stack.url}, broker {stack.settings.bootstrap}")
     for name, spawned in stack.processes.items():
         if name.startswith("worker-"):
             print(f"{name}: http://127.0.0.1:{spawned.port} (predict, /metrics, /healthz)")
+    for line in _broker_lines(stack):
+        print(line)
     if stack.restored:
         print(f"restored {stack.restored:,} events of history from {stack.archive_dir}")
-    if stack.broker:
+    if stack.broker_kind == "tansu" and kafka_cluster_id(stack.home):
         print(
-            f"the embedded broker keeps data in memory; model history is archived in "
-            f"{stack.archive_dir} and restored by the next `modelvc up` "
-            "(features and predictions are not)"
+            f"note: {stack.home / 'kafka'} holds an Apache Kafka cluster with this home's "
+            "data; `modelvc down` then `modelvc up --broker kafka` runs on it"
         )
     print(f"logs in {stack.home / 'logs'}; stop with `modelvc down`")
     if stack.refused:
@@ -158,10 +219,18 @@ def cmd_down(args: argparse.Namespace) -> None:
     print("modelvc is down")
 
 
-def _kafka(args: argparse.Namespace) -> KafkaAccess:
+def _kafka(args: argparse.Namespace, role: str = "auditor") -> KafkaAccess:
     """Where Kafka is and how to log in: each variable from a flag, the environment, the
-    local stack's record or the default, in that order (as :func:`_setting`)."""
-    recorded: dict[str, str] = _stack_record(args).get("env", {})
+    local stack's record or the default, in that order (as :func:`_setting`).
+
+    On a local SASL stack the command logs in as ``role`` ("producer" to publish,
+    "auditor" to read), from the login files `modelvc up` wrote side by side, so the
+    broker allows it no more than that job.
+    """
+    recorded: dict[str, str] = dict(_stack_record(args).get("env", {}))
+    admin = recorded.get("MODELVC_KAFKA_CREDENTIALS")
+    if admin and recorded.get("MODELVC_KAFKA_SECURITY") == "sasl":
+        recorded["MODELVC_KAFKA_CREDENTIALS"] = str(Path(admin).with_name(f"{role}.json"))
     defaults = KafkaAccess().to_env()
     env = {
         name: _setting(None, name, recorded.get(name), defaults.get(name, ""))
@@ -199,7 +268,7 @@ def cmd_publish(args: argparse.Namespace) -> None:
         events = list(read_feature_file(Path(args.file), _selected_model(args), args.ref))
     except ValueError as exc:
         raise Refused(str(exc)) from None
-    count = publish_features(_kafka(args), events, _topic(args, "features"))
+    count = publish_features(_kafka(args, role="producer"), events, _topic(args, "features"))
     _emit(
         args,
         {"published": count, "topic": _topic(args, "features")},
@@ -459,12 +528,26 @@ def parser() -> argparse.ArgumentParser:
         return sp
 
     sp = add(
-        "up", cmd_up, "start the embedded broker, the streams app and a worker in the background"
+        "up",
+        cmd_up,
+        "start a broker, the archiver, the streams app and a worker in the background; "
+        "after a crash, start again what the last `up` recorded",
     )
-    sp.add_argument("--bootstrap", help="use this Kafka instead of starting the embedded broker")
+    sp.add_argument(
+        "--broker",
+        choices=["tansu", "kafka"],  # modelvc.stack.BROKER_KINDS
+        help="tansu (default): embedded, in memory, no JVM; kafka: Apache Kafka, durable "
+        "under $MODELVC_HOME/kafka (needs Java 17+ and `make kafka`)",
+    )
+    sp.add_argument("--bootstrap", help="use this Kafka instead of starting a broker")
     sp.add_argument("--port", type=int, default=6066, help="HTTP port of the API (default 6066)")
     sp.add_argument("--partitions", type=int, default=4)
-    sp.add_argument("--broker-port", type=int, default=9092, help="embedded broker port")
+    sp.add_argument(
+        "--broker-port",
+        type=int,
+        help="broker port (default 9092; Apache Kafka's controller takes the next one); a "
+        "Kafka cluster kept in $MODELVC_HOME keeps the ports it was made with",
+    )
     sp.add_argument("--workers", type=int, default=1, help="inference workers to start (default 1)")
     sp.add_argument("--worker-port", type=int, default=6070, help="HTTP port of the first worker")
     sp = add("worker", cmd_worker, "run one inference worker in the foreground")
@@ -602,8 +685,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(_refusal(exc), file=sys.stderr)
         return 3 if exc.status == 0 else EXIT_REFUSED
-    except StackError as exc:
-        print(f"modelvc: {exc}", file=sys.stderr)
+    except (StackError, StreamsError, KafkaAccessError) as exc:
+        # Kafka unreachable, a topic missing or not readable, a login file unusable.
+        print(f"modelvc: {render.escape(str(exc))}", file=sys.stderr)
         return 3
     except (FileNotFoundError, IsADirectoryError) as exc:
         _usage(args, f"{exc.strerror}: {exc.filename}")

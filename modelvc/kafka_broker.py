@@ -3,9 +3,10 @@
 The jars come from ``brokers/kafka`` (``make kafka`` copies them into
 ``brokers/kafka/target/lib``). A cluster lives under one home::
 
-    <home>/cluster.json          cluster id, node ids, ports and pids
+    <home>/cluster.json          cluster id, security, node ids, ports and pids
     <home>/log4j2.properties     shared logging configuration
-    <home>/node-<id>/server.properties
+    <home>/credentials/<name>.json  SASL logins (security "sasl" only; modelvc.kafka_acl)
+    <home>/node-<id>/server.properties   (mode 0600 with SASL: it holds the brokers' logins)
     <home>/node-<id>/data/       log.dirs (formatted once, never again)
     <home>/node-<id>/logs/       server.log (rolled by log4j2) and the JVM's stdout
 
@@ -14,6 +15,10 @@ bottom half formats storage, spawns the JVMs through ``modelvc.processes`` and
 waits until metadata lists every broker. Starting again on an existing home
 reuses its cluster id, ports and data: nothing is reformatted, so whatever was
 acknowledged before a stop or a kill -9 is still there.
+
+Security "sasl" (``MODELVC_KAFKA_SECURITY=sasl``): clients and brokers log in with
+SCRAM-SHA-512, the users created at format time with random passwords; the
+StandardAuthorizer denies whatever no ACL allows (``modelvc.kafka_acl`` grants them).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import time
@@ -32,6 +38,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelvc.kafka_acl import (
+    BROKER_LOGIN,
+    CONTROLLER_LOGIN,
+    SCRAM_ITERATIONS,
+    SCRAM_USERS,
+    SUPER_USERS,
+    Role,
+    credentials_path,
+    ensure_credentials,
+    read_credentials,
+    scram_argument,
+    write_private,
+)
 from modelvc.processes import (
     Spawned,
     StackError,
@@ -42,6 +61,7 @@ from modelvc.processes import (
     stop,
     wait_for_port,
 )
+from streams.kafka_access import SASL_MECHANISM, SECURITY, KafkaAccess, Security
 
 MIN_JAVA = 17  # Kafka 4.x brokers refuse older JVMs
 LIB_ENV = "MODELVC_KAFKA_LIB"
@@ -56,6 +76,9 @@ START_TIMEOUT_S = 120.0  # a loaded 2-core machine takes 10-20 s per JVM start
 
 _CLUSTER_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{21}")
 _JAVA_VERSION = re.compile(r'version "(\d+)(?:\.(\d+))?')
+# What goes inside a JAAS string: the launcher's own random tokens, nothing to escape.
+_JAAS_SECRET = re.compile(r"[A-Za-z0-9_-]{16,128}")
+AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
 
 
 # ---------------------------------------------------------------------------
@@ -74,6 +97,7 @@ class NodeSpec:
 class ClusterSpec:
     cluster_id: str
     nodes: tuple[NodeSpec, ...]
+    security: Security = "plaintext"  # fixed at format time: the users live in the log
 
     @property
     def bootstrap(self) -> str:
@@ -95,8 +119,12 @@ def cluster_id_from(raw: bytes) -> str:
     return "A" + text[1:] if text.startswith("-") else text
 
 
-def plan_cluster(cluster_id: str, ports: Sequence[tuple[int, int]]) -> ClusterSpec:
+def plan_cluster(
+    cluster_id: str, ports: Sequence[tuple[int, int]], security: Security = "plaintext"
+) -> ClusterSpec:
     """Nodes 1..N, each with its (client port, controller port)."""
+    if security not in SECURITY:
+        raise ValueError(f"security {security[:40]!r} is not one of {', '.join(SECURITY)}")
     if not _CLUSTER_ID.fullmatch(cluster_id):
         raise ValueError(f"not a Kafka cluster id: {cluster_id!r}")
     if not ports:
@@ -105,7 +133,73 @@ def plan_cluster(cluster_id: str, ports: Sequence[tuple[int, int]]) -> ClusterSp
     if len(set(flat)) != len(flat):
         raise ValueError(f"ports must be distinct: {flat}")
     nodes = tuple(NodeSpec(i + 1, client, ctrl) for i, (client, ctrl) in enumerate(ports))
-    return ClusterSpec(cluster_id, nodes)
+    return ClusterSpec(cluster_id, nodes, security)
+
+
+@dataclass(frozen=True)
+class BrokerLogins:
+    """The brokers' own passwords: ``broker`` (inter-broker, SCRAM) and ``controller``
+    (the KRaft controller listener, PLAIN)."""
+
+    broker: str = field(repr=False)
+    controller: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        # They go inside a quoted JAAS value: a quote or ';' there would rewrite it.
+        if not (_JAAS_SECRET.fullmatch(self.broker) and _JAAS_SECRET.fullmatch(self.controller)):
+            raise ValueError(
+                "a broker password must be 16-128 letters, digits, '_' or '-' "
+                "(the launcher writes such ones); move the cluster home aside to start anew"
+            )
+
+
+def security_settings(
+    spec: ClusterSpec, node: NodeSpec, logins: BrokerLogins | None = None
+) -> dict[str, str]:
+    """Listeners, and with "sasl" the logins and the authorizer, of one node."""
+    if spec.security == "plaintext":
+        return {
+            "listeners": (
+                f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}"
+            ),
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        }
+    if logins is None:
+        raise ValueError("a SASL cluster needs the brokers' logins")
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
+    plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
+    ctl = CONTROLLER_LOGIN
+    return {
+        "listeners": (
+            f"SASL_PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}"
+        ),
+        "advertised.listeners": f"SASL_PLAINTEXT://127.0.0.1:{node.port}",
+        "inter.broker.listener.name": "SASL_PLAINTEXT",
+        # The controller listener authenticates too: an anonymous one would need
+        # User:ANONYMOUS as a super user, and admin clients can reach controllers
+        # directly (--bootstrap-controller), so anyone on the host could grant ACLs.
+        "listener.security.protocol.map": "CONTROLLER:SASL_PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+        # Clients and brokers: SCRAM only (no PLAIN, which would send the password).
+        "sasl.enabled.mechanisms": SASL_MECHANISM,
+        "sasl.mechanism.inter.broker.protocol": SASL_MECHANISM,
+        "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": (
+            f'{scram} required username="{BROKER_LOGIN}" password="{logins.broker}";'
+        ),
+        # A controller cannot check SCRAM (the users live in the log it serves), so its
+        # listener takes PLAIN from a user list of one, on loopback only.
+        "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+        "sasl.mechanism.controller.protocol": "PLAIN",
+        "listener.name.controller.plain.sasl.jaas.config": (
+            f'{plain} required username="{ctl}" password="{logins.controller}" '
+            f'user_{ctl}="{logins.controller}";'
+        ),
+        "authorizer.class.name": AUTHORIZER,
+        # Deny what no ACL allows: a topic without ACLs is nobody's, not everybody's.
+        "allow.everyone.if.no.acl.found": "false",
+        "super.users": ";".join(f"User:{name}" for name in SUPER_USERS),
+    }
 
 
 def replication_settings(brokers: int) -> dict[str, str]:
@@ -128,7 +222,9 @@ def replication_settings(brokers: int) -> dict[str, str]:
     }
 
 
-def broker_settings(spec: ClusterSpec, node: NodeSpec, data_dir: Path) -> dict[str, str]:
+def broker_settings(
+    spec: ClusterSpec, node: NodeSpec, data_dir: Path, logins: BrokerLogins | None = None
+) -> dict[str, str]:
     """Every setting of one node; docker-compose.yml repeats the cluster-wide ones."""
     voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in spec.nodes)
     return {
@@ -137,12 +233,7 @@ def broker_settings(spec: ClusterSpec, node: NodeSpec, data_dir: Path) -> dict[s
         "node.id": str(node.node_id),
         "controller.quorum.voters": voters,
         "controller.listener.names": "CONTROLLER",
-        "listeners": (
-            f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}"
-        ),
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        **security_settings(spec, node, logins),
         "log.dirs": str(data_dir),
         **replication_settings(len(spec.nodes)),
         # modelvc creates every topic it uses with its own settings; a typo must fail,
@@ -225,7 +316,16 @@ def server_argv(java: str, lib: Path, heap: str, log4j2: Path, node_dir: Path) -
     ]
 
 
-def format_argv(java: str, lib: Path, log4j2: Path, node_dir: Path, cluster_id: str) -> list[str]:
+def format_argv(
+    java: str,
+    lib: Path,
+    log4j2: Path,
+    node_dir: Path,
+    cluster_id: str,
+    scram: Sequence[str] = (),
+) -> list[str]:
+    """The storage tool's argv; ``scram``: ``--add-scram`` values (:func:`scram_argument`),
+    the users every node's first metadata holds."""
     # A short-lived tool: the C1 compiler and serial GC start it in half the time.
     return [
         java,
@@ -243,6 +343,7 @@ def format_argv(java: str, lib: Path, log4j2: Path, node_dir: Path, cluster_id: 
         cluster_id,
         "--config",
         str(node_dir / "server.properties"),
+        *(arg for value in scram for arg in ("--add-scram", value)),
     ]
 
 
@@ -259,6 +360,7 @@ def spec_to_json(spec: ClusterSpec, pids: Mapping[int, Spawned]) -> str:
     return json.dumps(
         {
             "cluster_id": spec.cluster_id,
+            "security": spec.security,
             "nodes": [
                 {"node_id": n.node_id, "port": n.port, "controller_port": n.controller_port}
                 for n in spec.nodes
@@ -275,7 +377,7 @@ def spec_to_json(spec: ClusterSpec, pids: Mapping[int, Spawned]) -> str:
 def spec_from_json(text: str) -> tuple[ClusterSpec, dict[int, Spawned]]:
     data = json.loads(text)
     ports = [(int(n["port"]), int(n["controller_port"])) for n in data["nodes"]]
-    spec = plan_cluster(str(data["cluster_id"]), ports)
+    spec = plan_cluster(str(data["cluster_id"]), ports, data.get("security", "plaintext"))
     if [n["node_id"] for n in data["nodes"]] != [n.node_id for n in spec.nodes]:
         raise ValueError("node ids must be 1..N in order")
     processes = {
@@ -359,6 +461,21 @@ class KafkaCluster:
         return self.spec.bootstrap
 
     @property
+    def security(self) -> Security:
+        return self.spec.security
+
+    @property
+    def credentials_dir(self) -> Path:
+        return self.home / "credentials"
+
+    def access(self, role: Role = "admin") -> KafkaAccess:
+        """How a client of ``role`` reaches this cluster (delivery negotiated by the client);
+        on a plaintext cluster every role is the same anonymous client."""
+        if self.security == "plaintext":
+            return KafkaAccess(self.bootstrap)
+        return KafkaAccess(self.bootstrap, "sasl", credentials_path(self.credentials_dir, role))
+
+    @property
     def log4j2(self) -> Path:
         return self.home / "log4j2.properties"
 
@@ -385,8 +502,12 @@ class KafkaCluster:
         java: str | None = None,
         lib: Path | None = None,
         heap: str = DEFAULT_HEAP,
+        ports: Sequence[tuple[int, int]] | None = None,
+        security: Security = "plaintext",
     ) -> KafkaCluster:
-        """The cluster recorded in ``home``, or a new plan of ``brokers`` nodes on free ports."""
+        """The cluster recorded in ``home``, or a new plan of ``brokers`` nodes on ``ports``
+        (client, controller) pairs, free ones when None; a recorded cluster keeps its own.
+        ``security`` "sasl": SCRAM logins and an authorizer (see modelvc.kafka_acl)."""
         home = home.resolve()
         home.mkdir(parents=True, exist_ok=True)
         record = home / "cluster.json"
@@ -402,8 +523,16 @@ class KafkaCluster:
                     f"{home} holds a {len(spec.nodes)}-broker cluster, not {brokers}; "
                     f"start it with {len(spec.nodes)} brokers or move {home} aside"
                 )
+            if spec.security != security:
+                raise StackError(
+                    f"{home} holds a cluster formatted with security {spec.security}, not "
+                    f"{security}; set MODELVC_KAFKA_SECURITY={spec.security} or move {home} "
+                    "aside to start a new cluster"
+                )
         else:
-            spec = plan_cluster(cluster_id_from(uuid.uuid4().bytes), _free_port_pairs(brokers))
+            spec = plan_cluster(
+                cluster_id_from(uuid.uuid4().bytes), ports or _free_port_pairs(brokers), security
+            )
             processes = {}
         cluster = cls(home, spec, java or find_java(), find_lib(lib), heap, processes)
         cluster._save()
@@ -419,9 +548,10 @@ class KafkaCluster:
         lib: Path | None = None,
         heap: str = DEFAULT_HEAP,
         timeout: float = START_TIMEOUT_S,
+        security: Security = "plaintext",
     ) -> KafkaCluster:
         """Open ``home``, format what is new, start every node, wait for all brokers."""
-        cluster = cls.open(home, brokers, java=java, lib=lib, heap=heap)
+        cluster = cls.open(home, brokers, java=java, lib=lib, heap=heap, security=security)
         try:
             cluster.start_all(timeout)
         except BaseException:
@@ -430,6 +560,10 @@ class KafkaCluster:
         return cluster
 
     def start_all(self, timeout: float = START_TIMEOUT_S) -> None:
+        if self.security == "sasl":
+            # New passwords only before the first format; afterwards the log holds them.
+            fresh = not any(self.formatted(n.node_id) for n in self.spec.nodes)
+            ensure_credentials(self.credentials_dir, (*SCRAM_USERS, CONTROLLER_LOGIN), fresh)
         self._write_config()
         self._format([n.node_id for n in self.spec.nodes if not self.formatted(n.node_id)])
         for node in self.spec.nodes:
@@ -484,7 +618,7 @@ class KafkaCluster:
             for node_id in expected:
                 if not self.running(node_id):
                     raise self._failed(node_id, "exited while the cluster started")
-            seen = _brokers_in_metadata(self.bootstrap)
+            seen = _brokers_in_metadata(self.access("admin"))
             if seen == expected:
                 return
             time.sleep(0.25)
@@ -500,25 +634,50 @@ class KafkaCluster:
         tmp.write_text(spec_to_json(self.spec, self.processes))
         tmp.replace(self.home / "cluster.json")
 
+    def _logins(self) -> BrokerLogins | None:
+        if self.security == "plaintext":
+            return None
+        return BrokerLogins(
+            broker=read_credentials(self.credentials_dir, BROKER_LOGIN).password,
+            controller=read_credentials(self.credentials_dir, CONTROLLER_LOGIN).password,
+        )
+
     def _write_config(self) -> None:
         self.log4j2.write_text(render_log4j2())
+        logins = self._logins()
         for node in self.spec.nodes:
             node_dir = self.node_dir(node.node_id)
             (node_dir / "logs").mkdir(parents=True, exist_ok=True)
             self.data_dir(node.node_id).mkdir(parents=True, exist_ok=True)
-            settings = broker_settings(self.spec, node, self.data_dir(node.node_id))
-            (node_dir / "server.properties").write_text(render_properties(settings))
+            settings = broker_settings(self.spec, node, self.data_dir(node.node_id), logins)
+            # Written private always: with SASL it holds the brokers' passwords.
+            write_private(node_dir / "server.properties", render_properties(settings).encode())
+
+    def _scram_arguments(self) -> list[str]:
+        """Every SCRAM user with a fresh salt; the same list for every node formatted now."""
+        if self.security == "plaintext":
+            return []
+        return [
+            scram_argument(
+                name,
+                read_credentials(self.credentials_dir, name).password,
+                secrets.token_bytes(32),
+                SCRAM_ITERATIONS,
+            )
+            for name in SCRAM_USERS
+        ]
 
     def _format(self, node_ids: Sequence[int]) -> None:
         """StorageTool format, all new nodes at once (each JVM takes seconds to start)."""
         runs: list[tuple[int, subprocess.Popen[bytes], Path]] = []
+        scram = self._scram_arguments() if node_ids else []
         try:
             for node_id in node_ids:
                 node_dir = self.node_dir(node_id)
                 log = node_dir / "logs" / "format.log"
                 with open(log, "wb") as out:
                     argv = format_argv(
-                        self.java, self.lib, self.log4j2, node_dir, self.spec.cluster_id
+                        self.java, self.lib, self.log4j2, node_dir, self.spec.cluster_id, scram
                     )
                     runs.append(
                         (node_id, subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT), log)
@@ -587,16 +746,15 @@ def _free_port_pairs(count: int) -> list[tuple[int, int]]:
     return [(ports[2 * i], ports[2 * i + 1]) for i in range(count)]
 
 
-def _brokers_in_metadata(bootstrap: str) -> set[int]:
-    """Broker ids the cluster's metadata lists as unfenced; empty while it cannot answer."""
+def _brokers_in_metadata(access: KafkaAccess) -> set[int]:
+    """Broker ids the cluster's metadata lists as unfenced; empty while it cannot answer
+    (with SASL, also until the broker has loaded the users from its log)."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
     try:
         admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap,
-            client_id="modelvc-kafka-launcher",
-            request_timeout_ms=5000,
+            **access.admin(client_id="modelvc-kafka-launcher", request_timeout_ms=5000)
         )
     except (KafkaError, OSError, ValueError):
         return set()
@@ -611,10 +769,15 @@ def _brokers_in_metadata(bootstrap: str) -> set[int]:
 
 @contextlib.contextmanager
 def running_cluster(
-    home: Path, brokers: int = 1, *, lib: Path | None = None, heap: str = DEFAULT_HEAP
+    home: Path,
+    brokers: int = 1,
+    *,
+    lib: Path | None = None,
+    heap: str = DEFAULT_HEAP,
+    security: Security = "plaintext",
 ) -> Iterator[KafkaCluster]:
     """A cluster for the length of a ``with``; every node stopped by pid on the way out."""
-    cluster = KafkaCluster.start(home, brokers, lib=lib, heap=heap)
+    cluster = KafkaCluster.start(home, brokers, lib=lib, heap=heap, security=security)
     try:
         yield cluster
     finally:

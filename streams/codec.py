@@ -155,6 +155,10 @@ CODECS: Sequence[SingleObjectCodec] = (
     PREDICTIONS,
 )
 
+# Twice the largest command the HTTP API accepts (a 256 KiB JSON body): a larger one was
+# written straight to the commands topic, and its event might not fit on the broker.
+MAX_COMMAND_BYTES = 512 * 1024
+
 _EVENT_NS = "modelvc.events."
 _COMMAND_NS = "modelvc.commands."
 _PAYLOADS = {_EVENT_NS + t.__name__: t for t in PAYLOAD_TYPES}
@@ -239,6 +243,11 @@ def encode_command(command: Command, reply_to: str = "", request_id: str = "") -
 
 def decode_command(data: bytes) -> tuple[Command, ReplyTo]:
     """The command and where its reply goes (empty fields for an older writer's command)."""
+    if len(data) > MAX_COMMAND_BYTES:
+        raise UndecodableMessage(
+            f"a command of {len(data):,} bytes; the API never writes one over "
+            f"{MAX_COMMAND_BYTES:,} (send commands through the HTTP API)"
+        )
     record = COMMANDS.decode(data)
     name, fields = record["body"]
     try:

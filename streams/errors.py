@@ -67,3 +67,24 @@ class TopicMismatch(StreamsError):
 
     The single-writer rule maps commands partition N to events partition N.
     """
+
+
+class UnsafeTopic(TopicMismatch):
+    """Raised at start when a topic that already exists would break a guarantee of modelvc.
+
+    An events topic that expires or compacts records, too few replicas, a partition
+    count unlike the commands topic's: the message names each problem and the command
+    that fixes it. Nothing was created, and the topic was not used.
+    """
+
+
+class TopicUnreadable(StreamsError, LookupError):
+    """Kafka lists no partition of the topic: it does not exist, or this login may not read it
+    (a broker hides topics a principal may not describe)."""
+
+
+class ReplicationUnavailable(StreamsError):
+    """Raised at start when MODELVC_REPLICATION_FACTOR asks for more replicas than brokers.
+
+    Only when a topic must be created: existing topics are checked, not recreated.
+    """

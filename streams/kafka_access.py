@@ -142,10 +142,9 @@ class KafkaAccess:
             raise KafkaAccessError(
                 "delivery 'auto' is not resolved; call streams.kafka_access.negotiate() first"
             )
-        config = self.client(acks="all")
-        if self.delivery != "at-least-once":
-            config["enable_idempotence"] = True
-        return config | overrides
+        # Said both ways: kafka-python 3 turns idempotence on by default, aiokafka off.
+        idempotent = self.delivery == "exactly-once"
+        return self.client(acks="all", enable_idempotence=idempotent) | overrides
 
     def consumer(self, **overrides: Any) -> dict[str, Any]:
         """A consumer's arguments: only committed records (aborted transactions are skipped)."""

@@ -9,6 +9,18 @@ has been answered, and each position is at or past its watermark.
 Both Kafka clients keep the last watermark per partition (``highwater(tp)``):
 kafka-python (synchronous: the log reader, the archiver, restore) and aiokafka
 (asynchronous: the streams follower, the workers' version tracker, benchmarks).
+
+Transactions (Apache Kafka; topics an exactly-once worker writes): commit and
+abort markers take offsets, and a ``read_committed`` reader is never given a
+marker nor an aborted record. Both clients still move the position past them
+(kafka-python 3.0.12 sets it to the next batch's offset after a control or an
+aborted batch, even when a fetch returns no record), so a reader reaches the
+high watermark once every transaction below it is decided. While one is open,
+the broker answers up to the last stable offset only: the reader waits there
+until it commits or aborts (at most the producer's transaction timeout). A
+reader of a topic that is being written therefore reads to the ends it saw
+first (:func:`reached` with fixed ends), never chasing a watermark that each
+new open transaction stays ahead of.
 """
 
 from __future__ import annotations
@@ -41,10 +53,15 @@ def reached(ends: Mapping[int, int] | None, positions: Mapping[int, int]) -> boo
     return ends is not None and all(positions.get(p, 0) >= end for p, end in ends.items())
 
 
+def positions(consumer: Any, tps: Iterable[Any]) -> dict[int, int]:
+    """A kafka-python consumer's position in each partition of ``tps``."""
+    return {tp.partition: consumer.position(tp) for tp in tps}
+
+
 def at_end(consumer: Any, tps: Iterable[Any]) -> bool:
-    """A kafka-python consumer has read every partition of ``tps`` to its end."""
+    """A kafka-python consumer has read every partition of ``tps`` to its latest end."""
     tps = list(tps)
-    return reached(fetched_ends(consumer, tps), {tp.partition: consumer.position(tp) for tp in tps})
+    return reached(fetched_ends(consumer, tps), positions(consumer, tps))
 
 
 async def at_end_async(consumer: Any, tps: Iterable[Any]) -> bool:

@@ -18,7 +18,7 @@ from aiohttp import web
 from streams.http_edge import JSON, JsonErrorRunner, guard, render_errors
 from workers import scoring
 from workers.errors import Rejected, UnknownModel, UnknownRef
-from workers.loop import Worker
+from workers.loop import DELIVERY_NOTES, Worker
 from workers.metrics import CONTENT_TYPE_LATEST
 
 # One row of features is small; a bigger body is refused (413) before it is parsed.
@@ -80,6 +80,9 @@ def create_app(worker: Worker) -> web.Application:
             "ready": ready,
             "worker": worker.settings.worker_id,
             "pid": os.getpid(),
+            # What a reader of the predictions may rely on (workers.loop says how each works).
+            "delivery": worker.delivery,
+            "delivery_note": DELIVERY_NOTES[worker.delivery],
             "serving": {f"{v.model}@{v.ref}": v.commit_id for v in worker.tracker.serving.values()},
             # Versions refused or not loadable (never served): why, since when, how often.
             "failures": worker.tracker.failures,

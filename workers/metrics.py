@@ -5,8 +5,8 @@ so several workers, or tests, in one process do not see each other's series.
 
 Label values reach the registry through the methods below only, and each comes
 from a bounded set: models and commits of versions this worker serves (at most
-``MODELVC_WORKER_MAX_REFS`` at once), rejection reasons and dead-letter outcomes
-(fixed sets), partitions of the features topic. A feature event's raw model or
+``MODELVC_WORKER_MAX_REFS`` at once), rejection reasons, dead-letter and transaction outcomes
+and deliveries (fixed sets), partitions of the features topic. A feature event's raw model or
 ref never becomes a label before it resolved to a served version.
 """
 
@@ -32,6 +32,7 @@ SIZE_BUCKETS = (1, 10, 50, 100, 500, 1000, 2000, 5000, 10000)
 _le = cast(Callable[[float], str], floatToGoString)
 
 PredictionPath = Literal["stream", "http"]
+TransactionOutcome = Literal["committed", "aborted"]
 
 
 class BatchHistogram(Collector):
@@ -136,6 +137,32 @@ class Metrics:
             ("partition",),
             registry=r,
         )
+        self._delivery_info = Gauge(
+            "modelvc_delivery_info",
+            "1 for the delivery this worker runs: exactly-once (one Kafka transaction per "
+            "batch) or at-least-once (repeats keep their prediction ids).",
+            ("delivery",),
+            registry=r,
+        )
+        self._transactions = Counter(
+            "modelvc_transactions",
+            "Batch transactions of an exactly-once worker, by outcome (committed, aborted).",
+            ("outcome",),
+            registry=r,
+        )
+        self._commit_seconds = Histogram(
+            "modelvc_commit_seconds",
+            "Seconds to commit one batch once its sends are acknowledged (at-least-once: the "
+            "offset commit; exactly-once: offsets into the transaction and its commit).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._producer_restarts = Counter(
+            "modelvc_producer_restarts",
+            "Transactional producers replaced after a fatal error (fenced by a newer producer "
+            "with this worker's transactional id, or timed out by the transaction coordinator).",
+            registry=r,
+        )
 
     # -- the worker's calls -----------------------------------------------------------
     def predicted(self, model: str, commit: str, path: PredictionPath, count: int = 1) -> None:
@@ -169,6 +196,20 @@ class Metrics:
     def not_serving(self, model: str, ref: str, commit: str) -> None:
         """Drop a series when its ref moved on (no-op when already gone)."""
         self._serving_info.remove(model, ref, commit)
+
+    def delivery(self, delivery: str) -> None:
+        """The delivery negotiated at startup (one series; set once per process)."""
+        self._delivery_info.clear()
+        self._delivery_info.labels(delivery).set(1)
+
+    def transaction(self, outcome: TransactionOutcome) -> None:
+        self._transactions.labels(outcome).inc()
+
+    def commit_took(self, seconds: float) -> None:
+        self._commit_seconds.observe(seconds)
+
+    def producer_restarted(self) -> None:
+        self._producer_restarts.inc()
 
     def lag(self, by_partition: Mapping[int, int]) -> None:
         """The lag of the partitions assigned now; revoked ones disappear."""

@@ -38,6 +38,12 @@ class WorkerSettings:
         return self.topics.namespace
 
     @property
+    def transactional_id(self) -> str:
+        """This worker's transactional id in exactly-once delivery: unique per worker of the
+        group, and the same across its restarts, so a restarted worker fences its zombie."""
+        return f"{self.group_id}-{self.worker_id}"
+
+    @property
     def fetch_wait_ms(self) -> int:
         return self.topics.fetch_wait_ms
 

@@ -20,8 +20,11 @@ from modelvc.stack import Stack
 from modelvc.streaming import FeatureProducer
 from streams.codec import PREDICTIONS, encode_event
 from streams.logreader import read_topic
+from streams.settings import Settings
+from streams.topics import ensure_topics
 from tests.conftest import train_model
 from tests.integration.test_service import history
+from tests.integration.test_workers import wait_for
 from workers.artifacts import ArtifactLoader
 
 pytestmark = pytest.mark.broker
@@ -36,15 +39,6 @@ def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
         env=env,
         timeout=180,
     )
-
-
-def wait_for(condition: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := condition():
-            return result
-        time.sleep(0.2)
-    raise AssertionError("timed out")
 
 
 @pytest.fixture
@@ -78,7 +72,10 @@ def test_a_tampered_log_fails_replay_naming_the_first_bad_event(
     value = bytearray(values[4])
     value[value.index(b"golden")] ^= 0x01
     values[4] = bytes(value)
-    topic = f"{namespace}.events"
+    settings = Settings.namespaced(namespace, bootstrap=bootstrap)
+    topic = settings.events_topic
+    # Created as modelvc creates it: Apache Kafka runs with auto.create.topics.enable=false.
+    ensure_topics(settings)
     producer = KafkaProducer(bootstrap_servers=bootstrap)
     # Keyed by model, as the streams app writes: the model's home partition.
     placed = {producer.send(topic, key=b"churn", value=v).get(10).partition for v in values}

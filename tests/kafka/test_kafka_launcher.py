@@ -18,6 +18,7 @@ from kafka.admin import NewTopic
 
 from modelvc.kafka_broker import KafkaCluster, running_cluster, spec_from_json, stop_recorded
 from modelvc.processes import Spawned, StackError, alive
+from streams.kafka_access import KafkaAccess
 from tests.conftest import BROKERS_ENV, selected_broker_kinds
 
 pytestmark = pytest.mark.skipif(
@@ -47,19 +48,17 @@ def assert_nothing_left(home: Path) -> None:
     assert left == [], f"Kafka processes still running: {left}"
 
 
-def create_topic(bootstrap: str, topic: str, partitions: int, replicas: int) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+def create_topic(access: KafkaAccess, topic: str, partitions: int, replicas: int) -> None:
+    admin = KafkaAdminClient(**access.admin())
     try:
         admin.create_topics([NewTopic(topic, partitions, replicas)])
     finally:
         admin.close()
 
 
-def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+def produce(access: KafkaAccess, topic: str, values: list[bytes]) -> None:
     """acks=all and idempotent, as modelvc writes: each send is acknowledged or raises."""
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, retries=10
-    )
+    producer = KafkaProducer(**access.with_delivery("exactly-once").producer(retries=10))
     try:
         for future in [producer.send(topic, value) for value in values]:
             future.get(timeout=30)
@@ -67,9 +66,9 @@ def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
         producer.close()
 
 
-def read_all(bootstrap: str, topic: str, count: int, timeout: float = 30.0) -> list[bytes]:
+def read_all(access: KafkaAccess, topic: str, count: int, timeout: float = 30.0) -> list[bytes]:
     """Every record from the start of each partition (no group: no rebalance to wait for)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(**access.consumer(enable_auto_commit=False))
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
         consumer.assign(partitions)
@@ -84,8 +83,8 @@ def read_all(bootstrap: str, topic: str, count: int, timeout: float = 30.0) -> l
         consumer.close()
 
 
-def leader_of(bootstrap: str, topic: str, partition: int) -> tuple[int, list[int]]:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+def leader_of(access: KafkaAccess, topic: str, partition: int) -> tuple[int, list[int]]:
+    admin = KafkaAdminClient(**access.admin())
     try:
         (described,) = admin.describe_topics([topic])
         for p in described["partitions"]:
@@ -100,15 +99,15 @@ def test_one_broker_answers_metadata_serves_and_stops_by_pid(kafka_home: Path) -
     with running_cluster(kafka_home, brokers=1) as cluster:
         pid = cluster.processes[1].pid
         assert alive(pid)
-        admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap)
+        admin = KafkaAdminClient(**cluster.access().admin())
         try:
             assert [b["broker_id"] for b in admin.describe_cluster()["brokers"]] == [1]
         finally:
             admin.close()
-        create_topic(cluster.bootstrap, "one", partitions=2, replicas=1)
+        create_topic(cluster.access(), "one", partitions=2, replicas=1)
         values = [f"v{i}".encode() for i in range(20)]
-        produce(cluster.bootstrap, "one", values)
-        assert sorted(read_all(cluster.bootstrap, "one", 20)) == sorted(values)
+        produce(cluster.access(), "one", values)
+        assert sorted(read_all(cluster.access(), "one", 20)) == sorted(values)
     assert not alive(pid)
     assert_nothing_left(kafka_home)
 
@@ -117,24 +116,24 @@ def test_one_broker_keeps_acknowledged_writes_across_down_and_up(kafka_home: Pat
     values = [f"d{i}".encode() for i in range(50)]
     with running_cluster(kafka_home, brokers=1) as cluster:
         first = cluster.bootstrap
-        create_topic(first, "durable", partitions=3, replicas=1)
-        produce(first, "durable", values)
+        create_topic(cluster.access(), "durable", partitions=3, replicas=1)
+        produce(cluster.access(), "durable", values)
     assert_nothing_left(kafka_home)
     cluster_id = (kafka_home / "node-1" / "data" / "meta.properties").read_text()
     with running_cluster(kafka_home, brokers=1) as cluster:
         assert cluster.bootstrap == first  # same ports, same cluster, not reformatted
         assert (kafka_home / "node-1" / "data" / "meta.properties").read_text() == cluster_id
-        assert sorted(read_all(cluster.bootstrap, "durable", 50)) == sorted(values)
+        assert sorted(read_all(cluster.access(), "durable", 50)) == sorted(values)
     assert_nothing_left(kafka_home)
 
 
 def test_three_brokers_survive_kill_9_of_a_leader_and_its_restart(kafka_home: Path) -> None:
     with running_cluster(kafka_home, brokers=3) as cluster:
         assert set(cluster.processes) == {1, 2, 3}
-        create_topic(cluster.bootstrap, "replicated", partitions=1, replicas=3)
+        create_topic(cluster.access(), "replicated", partitions=1, replicas=3)
         before = [f"b{i}".encode() for i in range(30)]
-        produce(cluster.bootstrap, "replicated", before)
-        leader, isr = leader_of(cluster.bootstrap, "replicated", 0)
+        produce(cluster.access(), "replicated", before)
+        leader, isr = leader_of(cluster.access(), "replicated", 0)
         assert isr == [1, 2, 3]
 
         victim = cluster.processes[leader].pid
@@ -142,15 +141,15 @@ def test_three_brokers_survive_kill_9_of_a_leader_and_its_restart(kafka_home: Pa
         assert not alive(victim)
         # min.insync.replicas=2 of 3: acks=all writes go on with one broker down.
         after = [f"a{i}".encode() for i in range(30)]
-        produce(cluster.bootstrap, "replicated", after)
+        produce(cluster.access(), "replicated", after)
 
         cluster.restart_node(leader)  # same data dir: no reformat, it catches up
         assert cluster.processes[leader].pid != victim
         deadline = time.monotonic() + 60
-        while leader_of(cluster.bootstrap, "replicated", 0)[1] != [1, 2, 3]:
+        while leader_of(cluster.access(), "replicated", 0)[1] != [1, 2, 3]:
             assert time.monotonic() < deadline, "the restarted broker never rejoined the ISR"
             time.sleep(0.5)
-        assert sorted(read_all(cluster.bootstrap, "replicated", 60)) == sorted(before + after)
+        assert sorted(read_all(cluster.access(), "replicated", 60)) == sorted(before + after)
     assert_nothing_left(kafka_home)
 
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import stat
 from pathlib import Path
 
 import pytest
 
+from modelvc.kafka_acl import acl_plan, ensure_credentials, scram_argument, settings_as
 from modelvc.kafka_broker import (
     DEFAULT_HEAP,
     KAFKA_MAIN,
     STORAGE_TOOL,
+    BrokerLogins,
     broker_settings,
     cluster_id_from,
     format_argv,
@@ -21,7 +26,9 @@ from modelvc.kafka_broker import (
     spec_from_json,
     spec_to_json,
 )
-from modelvc.processes import Spawned
+from modelvc.processes import Spawned, StackError
+from streams.kafka_access import Credentials
+from streams.settings import Settings
 
 CID = cluster_id_from(bytes(range(16)))
 
@@ -164,3 +171,169 @@ def test_docker_compose_runs_kafka_with_the_launchers_settings(brokers: int) -> 
     image = single["services"]["kafka"]["image"]
     pom = (REPO / "brokers" / "kafka" / "pom.xml").read_text()
     assert f"<kafka.version>{image.split(':')[1]}</kafka.version>" in pom
+
+
+# -- SASL: the brokers' logins, the authorizer, the users created at format time --------------
+
+LOGINS = BrokerLogins(broker="b" * 43, controller="c" * 43)
+
+
+def sasl_properties(node_id: int = 1) -> dict[str, str]:
+    spec = plan_cluster(CID, [(9001, 9101), (9002, 9102)], security="sasl")
+    settings = broker_settings(spec, spec.node(node_id), Path("/d"), LOGINS)
+    return parse_properties(render_properties(settings))
+
+
+def test_a_sasl_node_takes_scram_logins_only_and_denies_what_no_acl_allows() -> None:
+    props = sasl_properties(2)
+    assert props["listeners"] == "SASL_PLAINTEXT://127.0.0.1:9002,CONTROLLER://127.0.0.1:9102"
+    assert props["advertised.listeners"] == "SASL_PLAINTEXT://127.0.0.1:9002"
+    assert props["listener.security.protocol.map"] == (
+        "CONTROLLER:SASL_PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
+    )
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"  # no PLAIN for clients
+    assert props["inter.broker.listener.name"] == "SASL_PLAINTEXT"
+    assert props["sasl.mechanism.inter.broker.protocol"] == "SCRAM-SHA-512"
+    assert (
+        'username="broker" password="' + "b" * 43
+        in props["listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config"]
+    )
+    # The controller listener authenticates too (PLAIN from a list of one user).
+    assert props["listener.name.controller.sasl.enabled.mechanisms"] == "PLAIN"
+    assert props["sasl.mechanism.controller.protocol"] == "PLAIN"
+    controller = props["listener.name.controller.plain.sasl.jaas.config"]
+    assert 'user_controller="' + "c" * 43 + '"' in controller
+    assert props["authorizer.class.name"] == (
+        "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    )
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    assert props["super.users"].split(";") == ["User:admin", "User:broker", "User:controller"]
+    # Everything but the listeners and the security is the plaintext node's.
+    spec = plan_cluster(CID, [(9001, 9101), (9002, 9102)])
+    plain = broker_settings(spec, spec.node(2), Path("/d"))
+    assert "authorizer.class.name" not in plain and "sasl.enabled.mechanisms" not in plain
+    shared = {k for k in plain if "listener" not in k}
+    assert {k: props[k] for k in shared} == {k: plain[k] for k in shared}
+
+
+def test_sasl_needs_the_brokers_logins_and_refuses_ones_that_would_rewrite_jaas() -> None:
+    spec = plan_cluster(CID, [(1, 2)], security="sasl")
+    with pytest.raises(ValueError):
+        broker_settings(spec, spec.node(1), Path("/d"))
+    with pytest.raises(ValueError):
+        BrokerLogins(broker='x" user_admin="x', controller="c" * 43)
+    with pytest.raises(ValueError):
+        plan_cluster(CID, [(1, 2)], security="tls")  # type: ignore[arg-type]
+
+
+def test_format_adds_every_scram_user_and_the_record_keeps_the_security(tmp_path: Path) -> None:
+    args = ['SCRAM-SHA-512=[name=a,iterations=4096,salt="QQ==",saltedpassword="QQ=="]']
+    fmt = format_argv("/usr/bin/java", tmp_path, tmp_path / "l", tmp_path / "n", CID, args)
+    assert fmt[-2:] == ["--add-scram", args[0]]
+    spec = plan_cluster(CID, [(9001, 9101)], security="sasl")
+    assert spec_from_json(spec_to_json(spec, {}))[0].security == "sasl"
+    # A record from before SASL existed is a plaintext cluster.
+    old = json.loads(spec_to_json(plan_cluster(CID, [(9001, 9101)]), {}))
+    del old["security"]
+    assert spec_from_json(json.dumps(old))[0].security == "plaintext"
+
+
+def test_scram_argument_carries_the_salted_password_never_the_password() -> None:
+    salt = bytes(range(32))
+    arg = scram_argument("worker", "secret-password", salt, 4096)
+    fields = dict(
+        part.split("=", 1) for part in arg.removeprefix("SCRAM-SHA-512=[").rstrip("]").split(",")
+    )
+    assert fields["name"] == "worker" and fields["iterations"] == "4096"
+    assert base64.b64decode(fields["salt"].strip('"')) == salt
+    assert len(base64.b64decode(fields["saltedpassword"].strip('"'))) == 64  # SHA-512 sized
+    assert "secret-password" not in arg
+    # A fresh salt gives another stored form of the same password.
+    assert scram_argument("worker", "secret-password", bytes(32), 4096) != arg
+    with pytest.raises(ValueError):
+        scram_argument("worker,name=admin", "p", salt, 4096)
+
+
+def test_credentials_are_private_random_and_never_rotated(tmp_path: Path) -> None:
+    directory = tmp_path / "credentials"
+    ensure_credentials(directory, ["admin", "worker"], create=True)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    first = {p.stem: p.read_text() for p in directory.glob("*.json")}
+    assert set(first) == {"admin", "worker"}
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in directory.glob("*.json"))
+    assert Credentials.read(directory / "worker.json").username == "worker"
+    assert len({json.loads(t)["password"] for t in first.values()}) == 2
+    ensure_credentials(directory, ["admin", "worker"], create=True)
+    assert {p.stem: p.read_text() for p in directory.glob("*.json")} == first
+    # Once formatted, a lost file cannot be made up: the broker knows only the old one.
+    (directory / "worker.json").unlink()
+    with pytest.raises(StackError, match="worker"):
+        ensure_credentials(directory, ["admin", "worker"], create=False)
+
+
+def test_settings_as_a_role_log_in_with_its_file(tmp_path: Path) -> None:
+    settings = settings_as(Settings(namespace="n"), tmp_path, "worker")
+    assert settings.access.security == "sasl"
+    assert settings.access.credentials == tmp_path / "worker.json"
+
+
+# -- the ACL plan, as data ----------------------------------------------------------------------
+
+
+def grants(namespace: str, role: str) -> set[tuple[str, str, str, str]]:
+    return {
+        (g.resource_type, g.resource_name, g.pattern_type, g.operation)
+        for g in acl_plan(namespace)
+        if g.principal == role
+    }
+
+
+def test_only_the_streams_app_may_write_events_and_create_topics() -> None:
+    plan = acl_plan("ns")
+    writers = {
+        g.principal for g in plan if g.operation == "WRITE" and g.resource_name == "ns.events"
+    }
+    assert writers == {"streams"}
+    creators = {g.principal for g in plan if g.operation == "CREATE"}
+    assert creators == {"streams"}
+    assert "admin" not in {g.principal for g in plan}  # a super user needs no ACL
+    assert grants("ns", "streams") >= {
+        ("TOPIC", "ns.events", "LITERAL", "WRITE"),
+        ("TOPIC", "ns.commands", "LITERAL", "READ"),
+        ("TOPIC", "ns.replies", "LITERAL", "WRITE"),
+        ("TOPIC", "ns.dead-letter", "LITERAL", "WRITE"),
+        ("GROUP", "ns-streams", "LITERAL", "READ"),
+    }
+
+
+def test_the_worker_reads_events_and_features_and_writes_predictions_transactionally() -> None:
+    assert grants("ns", "worker") == {
+        ("TOPIC", "ns.events", "LITERAL", "READ"),
+        ("TOPIC", "ns.features", "LITERAL", "READ"),
+        ("TOPIC", "ns.predictions", "LITERAL", "WRITE"),
+        ("TOPIC", "ns.dead-letter", "LITERAL", "WRITE"),
+        ("GROUP", "ns-workers", "LITERAL", "READ"),
+        ("TRANSACTIONAL_ID", "ns-workers", "PREFIXED", "WRITE"),
+        ("TRANSACTIONAL_ID", "ns-workers", "PREFIXED", "DESCRIBE"),
+    }
+
+
+def test_the_producer_writes_features_only_and_the_auditor_only_reads() -> None:
+    assert grants("ns", "producer") == {("TOPIC", "ns.features", "LITERAL", "WRITE")}
+    assert grants("ns", "auditor") == {
+        ("TOPIC", f"ns.{kind}", "LITERAL", "READ")
+        for kind in ("events", "features", "predictions", "dead-letter")
+    }
+
+
+def test_tenants_do_not_share_a_resource() -> None:
+    # "a." would prefix "a.b.events": every topic is named literally.
+    a = {g.resource_name for g in acl_plan("a")}
+    b = {g.resource_name for g in acl_plan("a.b")}
+    assert not a & b
+    assert {g.pattern_type for g in acl_plan("a") if g.resource_type != "TRANSACTIONAL_ID"} == {
+        "LITERAL"
+    }
+    assert acl_plan("a") == acl_plan("a")  # a plan is data: the same every time
+    with pytest.raises(ValueError):
+        acl_plan("bad name")

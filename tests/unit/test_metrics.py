@@ -20,6 +20,10 @@ FAMILIES = {
     "modelvc_version_switches": "counter",
     "modelvc_serving_info": "gauge",
     "modelvc_consumer_lag": "gauge",
+    "modelvc_delivery_info": "gauge",
+    "modelvc_transactions": "counter",
+    "modelvc_commit_seconds": "histogram",
+    "modelvc_producer_restarts": "counter",
 }
 
 

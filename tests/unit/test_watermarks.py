@@ -12,6 +12,7 @@ from streams.watermarks import (
     at_end,
     at_end_async,
     fetched_ends,
+    positions,
     reached,
     wait_for_ends,
     wait_for_ends_async,
@@ -89,6 +90,28 @@ def test_both_clients_consumers_read_to_the_end_the_same_way() -> None:
         assert not done()
         broker.positions[TPS[0]] = 3
         assert done()
+
+
+def test_past_transaction_markers_the_end_is_reached_without_a_record_at_it() -> None:
+    # Records at 0..3, a commit marker at 4: the watermark is 5, and a read_committed
+    # reader's last record is at 3; its position moved past the marker all the same.
+    broker = Broker()
+    broker.answer(TPS[0], 5)
+    broker.answer(TPS[1], 0)
+    broker.positions[TPS[0]] = 4  # after the last record, before the marker
+    assert positions(broker, TPS) == {0: 4, 1: 0} and not at_end(broker, TPS)
+    broker.positions[TPS[0]] = 5
+    assert at_end(broker, TPS)
+
+
+def test_a_reader_of_a_topic_being_written_ends_at_the_ends_it_saw_first() -> None:
+    broker = Broker()
+    broker.answer(TPS[0], 5)
+    broker.answer(TPS[1], 2)
+    first = fetched_ends(broker, TPS)
+    broker.answer(TPS[0], 9)  # an open transaction keeps the watermark ahead of the reader
+    broker.positions.update({TPS[0]: 5, TPS[1]: 2})
+    assert reached(first, positions(broker, TPS)) and not at_end(broker, TPS)
 
 
 def test_waiting_for_the_ends_fetches_until_each_partition_answered() -> None:

@@ -22,6 +22,7 @@ import pytest
 from schemas import RELEASED_DIR
 from streams import codec
 from streams.codec import SingleObjectCodec, decode_event, encode_event, fingerprint, full_name
+from streams.core import Command, MakeCommit
 from streams.core.fold import fold
 from streams.errors import UndecodableMessage
 
@@ -241,3 +242,15 @@ def test_a_built_wheel_carries_the_schemas(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.split() == [str(len(codec.EVENTS.writers)).encode(), b"churn"]
+
+
+def test_a_command_larger_than_the_api_writes_is_refused_before_it_is_decided() -> None:
+    # Written straight to the commands topic: its event might not fit on the broker (Kafka
+    # refuses messages over 1 MiB, Tansu took 1.1 MB), so it is dead-lettered as undecodable.
+    command = Command("c1", "m", "mallory", 0, MakeCommit("a" * 64, "x" * (600 * 1024)))
+    data = codec.encode_command(command)
+    assert len(data) > codec.MAX_COMMAND_BYTES
+    with pytest.raises(UndecodableMessage, match="through the HTTP API"):
+        codec.decode_command(data)
+    fits = Command("c1", "m", "mallory", 0, MakeCommit("a" * 64, "x" * (64 * 1024)))
+    assert codec.decode_command(codec.encode_command(fits))[0] == fits
