@@ -41,8 +41,8 @@ from streams.follow import topic_partitions
 from streams.topics import ensure_topics
 from streams.watermarks import wait_for_ends_async
 from workers.artifacts import ArtifactLoader
-from workers.loop import Incoming, Scorer
 from workers.metrics import Metrics, sample_sum
+from workers.scorer import Incoming, Scorer
 from workers.settings import WorkerSettings
 from workers.versions import VersionTracker
 

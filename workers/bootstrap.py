@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from streams.core.fold import Fold
 from workers.artifacts import ArtifactLoader
-from workers.loop import Scorer, Worker
+from workers.loop import Worker
 from workers.metrics import Metrics
+from workers.scorer import Scorer
 from workers.settings import WorkerSettings
 from workers.versions import VersionTracker
 

@@ -17,8 +17,9 @@ from workers import scoring
 from workers.artifacts import ArtifactLoader
 from workers.bootstrap import bootstrap
 from workers.errors import ArtifactLoadFailed, MissingFeature, WrongType
-from workers.loop import Fault, Incoming, Scorer
+from workers.loop import Fault
 from workers.metrics import Metrics, sample_sum
+from workers.scorer import Incoming, Scorer
 from workers.settings import WorkerSettings
 from workers.versions import VersionTracker
 
