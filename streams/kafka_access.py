@@ -179,14 +179,21 @@ async def negotiate(access: KafkaAccess, timeout_s: float = 10.0) -> KafkaAccess
         return _negotiated[access]
     # Imported here: the CLI imports this module for every command, and needs aiokafka rarely.
     from aiokafka import AIOKafkaProducer
-    from aiokafka.errors import KafkaError
+    from aiokafka.errors import KafkaConnectionError, KafkaError
 
     probe = AIOKafkaProducer(
         **access.with_delivery("exactly-once").producer(client_id="modelvc-delivery-probe")
     )
     try:
         await asyncio.wait_for(probe.start(), timeout_s)
-    except (TimeoutError, KafkaError) as exc:
+    except (TimeoutError, KafkaConnectionError) as exc:
+        # No answer is not a "no": a broker that is down or unreachable must not turn
+        # this process at-least-once for its whole life (the answer is kept).
+        raise KafkaAccessError(
+            f"no answer from Kafka at {access.bootstrap[:200]} ({type(exc).__name__}); check "
+            "KAFKA_BOOTSTRAP and that the brokers run, or set MODELVC_DELIVERY explicitly"
+        ) from exc
+    except KafkaError as exc:
         log.warning(
             "the broker at %s gave no producer id (%s): delivery is at-least-once "
             "(no idempotent producers, no transactions; repeats keep their ids)",

@@ -119,3 +119,10 @@ def test_negotiation_leaves_an_explicit_delivery_alone() -> None:
     # No broker at this address: an explicit choice is never probed.
     access = KafkaAccess("127.0.0.1:1", delivery="at-least-once")
     assert asyncio.run(negotiate(access, timeout_s=0.1)) is access
+
+
+def test_no_answer_from_the_broker_is_an_error_not_a_downgrade() -> None:
+    # Nothing listens on port 1: delivery must not quietly become at-least-once for good.
+    access = KafkaAccess("127.0.0.1:1")
+    with pytest.raises(KafkaAccessError, match="no answer from Kafka"):
+        asyncio.run(negotiate(access, timeout_s=5.0))
