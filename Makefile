@@ -106,6 +106,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.commit_roundtrip
 	$(BIN)/python -m bench.streams_memory
 	$(BIN)/python -m bench.serving
+	$(BIN)/python -m bench.signing
 
 up: $(STAMP)
 	$(BIN)/modelvc up

@@ -100,7 +100,6 @@ def replay_child(mode: str, where: str, topic: str, jobs: int) -> None:
 
 def verify_throughput(tmp: Path, count: int = 20_000) -> float:
     from modelvc import audit
-    from modelvc.client import Client
     from modelvc.streaming import FeatureProducer
     from tests.conftest import train_model
     from workers.artifacts import ArtifactLoader
@@ -108,7 +107,7 @@ def verify_throughput(tmp: Path, count: int = 20_000) -> float:
 
     stack = Stack.up(tmp / "verify-home", workers=1)
     try:
-        c = Client(stack.url)
+        c = stack.client()
         c.create("v")
         c.commit("v", c.upload(train_model(tmp / "v.txt", 1, rounds=100))["sha256"], "v1")
         x = np.random.default_rng(0).normal(size=(1000, 4))

@@ -58,7 +58,7 @@ def broker(kind: str, home: Path) -> Iterator[tuple[str, int]]:
 
 
 def commit_round_trip(stack: Stack, tmp: Path, count: int = 300) -> list[float]:
-    c = Client(stack.url, actor="bench")
+    c = stack.client()
     digest = c.upload(train_model(tmp / "rt.txt"))["sha256"]
     c.create("rt")
     visible: list[float] = []
@@ -142,7 +142,7 @@ def measure(kind: str, tmp: Path, backlog: int, audit_events: int) -> dict[str, 
             rt = commit_round_trip(stack, tmp)
             out["commit p50"], out["commit p99"] = percentile(rt, 50), percentile(rt, 99)
             models = [serving.train(tmp / f"m{i}.txt", i) for i in range(2)]
-            client = Client(stack.url, actor="bench")
+            client = stack.client()
             artifacts = [client.upload(m)["sha256"] for m in models]
             client.create("bench")
             client.commit("bench", artifacts[0], "bench model")

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 from bench.report import percentile, report
-from modelvc.client import Client
 from modelvc.stack import Stack
 from tests.conftest import train_model
 
@@ -21,7 +20,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="modelvc-bench-") as tmp:
         stack = Stack.up(Path(tmp) / "home")
         try:
-            c = Client(stack.url, actor="bench")
+            c = stack.client()
             digest = c.upload(train_model(Path(tmp) / "m.txt"))["sha256"]
             c.create("bench")
             accepted_ms: list[float] = []

@@ -281,7 +281,7 @@ def main() -> None:
         try:
             s = stack.settings
             ensure_topics(s, extra={"bench.naive-predictions": s.partitions})
-            client = Client(stack.url, actor="bench")
+            client = stack.client()
             artifacts = [client.upload(m)["sha256"] for m in models]
             client.create("bench")
             head = client.commit("bench", artifacts[0], "bench model")["head"]

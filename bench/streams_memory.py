@@ -15,7 +15,6 @@ from kafka import KafkaProducer
 
 from bench.history import model_history
 from bench.report import report
-from modelvc.client import Client
 from modelvc.stack import Stack
 from streams.codec import encode_event
 from streams.core.fold import Fold, state_digest
@@ -56,7 +55,7 @@ def main() -> None:
             producer.flush()
             producer.close()
             expected = state_digest(source.models)
-            c = Client(stack.url)
+            c = stack.client()
             deadline = time.monotonic() + 300
             while c.digest()["digest"] != expected:
                 if time.monotonic() > deadline:

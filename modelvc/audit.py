@@ -3,6 +3,14 @@
 Nothing here trusts the running service: the log (Kafka or the archive) is
 read and folded with the same pure core, artifacts are re-hashed, features are
 fetched from their recorded coordinates.
+
+Signatures: every event on a partition whose writer-key ring (``~keys.P``) has a
+key must be signed by an active key of that ring (``unsigned`` / ``bad_signature``
+violations otherwise). Which first key of each ring to believe is the auditor's
+call: the key ids given with ``trusted`` (``--trust-key FILE``, ``--trust-digest
+KEY_ID``), or, without any, whichever came first (trust on first use), reported in
+``Replay.first_keys`` so it can be pinned next time. Predictions signed by a
+worker (``workers.signing``) are checked with the worker public keys given.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,16 +49,21 @@ from streams.codec import (
     PREDICTIONS,
     decode_event,
 )
-from streams.core.audit import SKIPPED, Auditor, Finding, Where
-from streams.core.events import ModelEvent
-from streams.core.fold import digest_of_inputs, model_digest_input
+from streams.core.audit import DUPLICATE, SKIPPED, Auditor, Finding, Where
+from streams.core.events import ModelEvent, WriterKeyAdded
+from streams.core.fold import Fold, digest_of_inputs, model_digest_input
+from streams.core.hashing import SHA256_HEX
+from streams.core.security import keys_partition
 from streams.errors import UndecodableMessage
 from streams.kafka_access import KafkaAccess
 from streams.logreader import log_consumer, read_topic, topic_partitions
+from streams.signing import KeyFileError, key_id_of, read_public_key, verify
+from workers.signing import BAD_SIGNATURE, UNPINNED, UNSIGNED, WorkerKeys, signature_finding
 
 Located = tuple[ModelEvent | None, Where, str, bool]
 Locate = Callable[[str, int, int, bytes | None], Located]
 DECODERS = ("fastavro", "reference")
+MAX_LISTED = 1000  # duplicates listed by coordinates (they are counted all the same)
 
 
 def _locate(topic: str, partition: int, offset: int, value: bytes | None) -> Located:
@@ -150,6 +163,24 @@ def from_archive(
         yield locate(r.topic, r.partition, r.offset, r.value)
 
 
+def finding_dict(f: Finding) -> dict[str, Any]:
+    return {
+        "kind": f.kind,
+        "model": f.model,
+        "seq": f.seq,
+        "topic": f.where.topic,
+        "partition": f.where.partition,
+        "offset": f.where.offset,
+        "detail": f.detail,
+    }
+
+
+def finding_from(d: dict[str, Any]) -> Finding:
+    """A finding back from :func:`finding_dict` (a partition group's JSON)."""
+    where = Where(d["topic"], d["partition"], d["offset"])
+    return Finding(d["kind"], d["model"], d["seq"], where, d["detail"])
+
+
 @dataclass
 class Replay:
     """What a replay found: counts, findings, where it stopped, and the state digest."""
@@ -160,12 +191,17 @@ class Replay:
     duplicates: int = 0
     violations: list[Finding] = field(default_factory=list)
     skipped: list[Finding] = field(default_factory=list)  # garbage that never was an event
+    duplicate_events: list[Finding] = field(default_factory=list)
     problems: list[SegmentProblem] = field(default_factory=list)
     ends: dict[int, int] = field(default_factory=dict)  # last offset read per partition
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-model digest inputs
     seconds: float = 0.0
     auditor: Auditor | None = None  # the fold itself, for in-process replays
     peak_mb: float = 0.0
+    trusted: frozenset[str] | None = None  # pinned writer key ids; None: trust on first use
+    first_keys: dict[int, str] = field(
+        default_factory=dict
+    )  # partition -> key trusted on first use
 
     @property
     def digest(self) -> str:
@@ -183,18 +219,7 @@ class Replay:
             "models": len(self.inputs),
             "last_offsets": {str(p): o for p, o in sorted(self.ends.items())},
             "duplicates": self.duplicates,
-            "violations": [
-                {
-                    "kind": f.kind,
-                    "model": f.model,
-                    "seq": f.seq,
-                    "topic": f.where.topic,
-                    "partition": f.where.partition,
-                    "offset": f.where.offset,
-                    "detail": f.detail,
-                }
-                for f in self.violations
-            ],
+            "violations": [finding_dict(f) for f in self.violations],
             "skipped": [
                 {
                     "topic": f.where.topic,
@@ -204,7 +229,14 @@ class Replay:
                 }
                 for f in self.skipped
             ],
+            # Where each re-emission is (a replayed genuine event looks the same): never
+            # applied twice, but an auditor may want to see when a copy came back.
+            "duplicate_events": [finding_dict(f) for f in self.duplicate_events[:MAX_LISTED]],
             "segment_problems": [p.__dict__ for p in self.problems],
+            "trusted_keys": None if self.trusted is None else sorted(self.trusted),
+            "trusted_on_first_use": [
+                {"partition": p, "key_id": k} for p, k in sorted(self.first_keys.items())
+            ],
             "digest": self.digest,
             "seconds": round(self.seconds, 3),
             "peak_mb": round(self.peak_mb, 1),
@@ -218,16 +250,7 @@ class Replay:
         self.events += part["events"]
         self.peak_mb += part["peak_mb"]  # children run at once: their peaks add up
         self.duplicates += part["duplicates"]
-        self.violations += [
-            Finding(
-                v["kind"],
-                v["model"],
-                v["seq"],
-                Where(v["topic"], v["partition"], v["offset"]),
-                v["detail"],
-            )
-            for v in part["violations"]
-        ]
+        self.violations += [finding_from(v) for v in part["violations"]]
         self.problems += [SegmentProblem(**p) for p in part["segment_problems"]]
         self.skipped += [
             Finding(
@@ -240,6 +263,10 @@ class Replay:
             for s in part["skipped"]
         ]
         self.ends.update({int(p): o for p, o in part["last_offsets"].items()})
+        self.duplicate_events += [finding_from(d) for d in part["duplicate_events"]]
+        self.first_keys.update(
+            {int(k["partition"]): k["key_id"] for k in part["trusted_on_first_use"]}
+        )
         for model, digest_input in part["inputs"].items():
             if model in self.inputs:
                 self.violations.append(
@@ -260,34 +287,101 @@ def _replay_here(
     archive_dir: Path | None,
     partitions: set[int] | None,
     decoder: str = "fastavro",
+    trusted: frozenset[str] | None = None,
 ) -> Replay:
     started = time.perf_counter()
+    fold = Fold(verify=verify, trusted=trusted)
+    seen: dict[int, str] = {}
     if archive_dir is not None:
-        auditor = Auditor()  # the archive does not record the topic's partition count
+        auditor = Auditor(fold=fold)  # the archive does not record the topic's partition count
         archive = Archive(archive_dir)
         if archive.empty:
             raise FileNotFoundError(
                 2, "no archive index (or an empty one)", str(archive_dir / "index.json")
             )
-        result = Replay(f"archive {archive_dir}", decoder, auditor=auditor)
+        result = Replay(f"archive {archive_dir}", decoder, auditor=auditor, trusted=trusted)
         locate = cross_checked(auditor) if decoder == "reference" else _locate
-        auditor.run(from_archive(archive, result.problems, result.ends, partitions, locate))
+        records = from_archive(archive, result.problems, result.ends, partitions, locate)
     else:
         assert kafka is not None
         # Kafka knows the partition count, so the partitioning rule can be checked too.
         count = len(_partitions(kafka, topic, None))
-        auditor = Auditor(misplaced=functools.partial(topics.misplaced, partitions=count))
-        result = Replay(f"{topic} on {kafka.bootstrap}", decoder, auditor=auditor)
+        auditor = Auditor(
+            fold=fold, misplaced=functools.partial(topics.misplaced, partitions=count)
+        )
+        result = Replay(f"{topic} on {kafka.bootstrap}", decoder, auditor=auditor, trusted=trusted)
         locate = cross_checked(auditor) if decoder == "reference" else _locate
-        auditor.run(from_kafka(kafka, topic, result.ends, partitions, locate))
+        records = from_kafka(kafka, topic, result.ends, partitions, locate)
+    auditor.run(_first_keys(records, seen))
+    if trusted is None:
+        result.first_keys = first_use(auditor.fold, seen)
     result.events = auditor.events
     result.duplicates = auditor.duplicates()
     result.violations = list(auditor.violations())
     result.skipped = list(auditor.skipped())
+    result.duplicate_events = [f for f in auditor.findings if f.kind == DUPLICATE][:MAX_LISTED]
     result.inputs = {name: model_digest_input(state) for name, state in auditor.fold.models.items()}
     result.seconds = time.perf_counter() - started
     result.peak_mb = peak_rss_mb()
     return result
+
+
+def _first_keys(located: Iterator[Located], seen: dict[int, str]) -> Iterator[Located]:
+    """``located``, noting in ``seen`` the first key each partition's ring introduces."""
+    for item in located:
+        event, where = item[0], item[1]
+        if (
+            event is not None
+            and event.seq == 1
+            and isinstance(event.payload, WriterKeyAdded)
+            and keys_partition(event.model) == where.partition
+            and where.partition not in seen
+        ):
+            seen[where.partition] = event.payload.key_id
+        yield item
+
+
+def first_use(fold: Fold, seen: dict[int, str]) -> dict[int, str]:
+    """The first keys of ``seen`` the fold took (trust on first use): partition -> key id."""
+    taken = {}
+    for partition, key_id in seen.items():
+        ring = fold.rings.get(partition)
+        if ring is not None and (key_id in ring.active or key_id in ring.retired):
+            taken[partition] = key_id
+    return taken
+
+
+def trusted_keys(files: Sequence[Path], digests: Sequence[str]) -> frozenset[str] | None:
+    """Writer key ids an auditor pins (``--trust-key FILE``, ``--trust-digest KEY_ID``);
+    None when neither is given (trust each ring's first key on first use)."""
+    if not files and not digests:
+        return None
+    ids = {key_id_of(read_public_key(path)) for path in files}
+    for digest in digests:
+        if not SHA256_HEX.fullmatch(digest.lower()):
+            raise ValueError(
+                f"--trust-digest {digest[:80]!r} is not a key id (64 hex digits): see "
+                "`modelvc key list`, or pass the key itself with --trust-key FILE"
+            )
+        ids.add(digest.lower())
+    return frozenset(ids)
+
+
+def worker_keys(files: Sequence[Path], home: Path | None = None) -> WorkerKeys:
+    """The worker public keys to check predictions with: pinned with ``--trust-worker-key
+    FILE``, else those the local stack keeps in ``home/keys`` (found, not pinned)."""
+    if files:
+        publics = [read_public_key(path) for path in files]
+        return WorkerKeys({key_id_of(k): k for k in publics}, pinned=True)
+    found: dict[str, str] = {}
+    if home is not None:
+        for path in sorted((home / "keys").glob("worker-*.pub"))[:1000]:
+            try:
+                public = read_public_key(path)
+            except KeyFileError:
+                continue  # unreadable: the predictions it signed are reported unverified
+            found[key_id_of(public)] = public
+    return WorkerKeys(found)
 
 
 def peak_rss_mb() -> float:
@@ -316,6 +410,7 @@ def replay(
     jobs: int = 1,
     partitions: set[int] | None = None,
     decoder: str = "fastavro",
+    trusted: frozenset[str] | None = None,
 ) -> Replay:
     """Fold and check the whole log; ``jobs`` > 1 replays partition groups in parallel processes.
 
@@ -323,6 +418,8 @@ def replay(
     per-model digest inputs merge into the same digest a single pass would give.
     ``decoder="reference"`` also decodes every message with Apache Avro and reports
     each difference from fastavro as a ``decoder_mismatch`` violation (slower).
+    ``trusted``: the writer key ids a ring's first key must be one of (None: the first
+    key of each ring is trusted on first use, and reported in ``first_keys``).
     """
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; use one of {', '.join(DECODERS)}")
@@ -332,15 +429,20 @@ def replay(
     gc.disable()
     try:
         if jobs <= 1:
-            return _replay_here(kafka, topic, archive_dir, partitions, decoder)
-        return _replay_parallel(kafka, topic, archive_dir, jobs, decoder)
+            return _replay_here(kafka, topic, archive_dir, partitions, decoder, trusted)
+        return _replay_parallel(kafka, topic, archive_dir, jobs, decoder, trusted)
     finally:
         if was_enabled:
             gc.enable()
 
 
 def _replay_parallel(
-    kafka: KafkaAccess | None, topic: str, archive_dir: Path | None, jobs: int, decoder: str
+    kafka: KafkaAccess | None,
+    topic: str,
+    archive_dir: Path | None,
+    jobs: int,
+    decoder: str,
+    trusted: frozenset[str] | None,
 ) -> Replay:
     started = time.perf_counter()
     parts = _partitions(kafka, topic, archive_dir)
@@ -361,6 +463,7 @@ def _replay_parallel(
             decoder,
         ]
         argv += ["--archive", str(archive_dir)] if archive_dir else []
+        argv += [f"--trust={key_id}" for key_id in sorted(trusted or ())]
         children.append(
             subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         )
@@ -369,7 +472,7 @@ def _replay_parallel(
         if archive_dir or kafka is None
         else f"{topic} on {kafka.bootstrap}"
     )
-    result = Replay(source, decoder)
+    result = Replay(source, decoder, trusted=trusted)
     for child in children:
         out, err = child.communicate()
         if child.returncode != 0:
@@ -381,35 +484,105 @@ def _replay_parallel(
 
 
 # -- which version served a prediction ----------------------------------------------------
-def _predictions(kafka: KafkaAccess, topic: str, needle: bytes = b"") -> Iterator[dict[str, Any]]:
+Prediction = tuple[dict[str, Any], Where]  # a decoded prediction and where it was read
+PREDICTION_VIOLATIONS = (UNSIGNED, BAD_SIGNATURE, UNPINNED)
+
+
+def _predictions(kafka: KafkaAccess, topic: str, needle: bytes = b"") -> Iterator[Prediction]:
     """Every decodable prediction (containing ``needle``); anyone may write garbage there."""
     for r in read_topic(kafka, topic):
         if r.value and needle in r.value:
             try:
-                yield PREDICTIONS.decode(r.value)
+                yield PREDICTIONS.decode(r.value), Where(topic, r.partition, r.offset)
             except UndecodableMessage:
                 continue
 
 
-def find_prediction(kafka: KafkaAccess, topic: str, prediction_id: str) -> list[dict[str, Any]]:
+def find_prediction(kafka: KafkaAccess, topic: str, prediction_id: str) -> list[Prediction]:
     return [
-        p
-        for p in _predictions(kafka, topic, prediction_id.encode())
+        (p, where)
+        for p, where in _predictions(kafka, topic, prediction_id.encode())
         if p["prediction_id"] == prediction_id
     ]
 
 
+@dataclass(frozen=True)
+class SignatureFinding:
+    """A prediction whose signature is missing (when keys were pinned), wrong or unpinned."""
+
+    kind: str  # workers.signing: UNSIGNED, BAD_SIGNATURE, UNPINNED or UNKNOWN_KEY
+    prediction_id: str
+    key_id: str
+    where: Where
+    detail: str
+
+    @property
+    def violation(self) -> bool:
+        return self.kind in PREDICTION_VIOLATIONS
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "prediction_id": self.prediction_id,
+            "key_id": self.key_id,
+            "topic": self.where.topic,
+            "partition": self.where.partition,
+            "offset": self.where.offset,
+            "detail": self.detail,
+        }
+
+    def __str__(self) -> str:
+        return f"{self.kind}: prediction {self.prediction_id} at {self.where}: {self.detail}"
+
+
+def check_signature(prediction: Prediction, keys: WorkerKeys) -> SignatureFinding | None:
+    record, where = prediction
+    found = signature_finding(record, keys, verify)
+    if found is None:
+        return None
+    return SignatureFinding(
+        found[0], str(record["prediction_id"]), str(record.get("key_id", "")), where, found[1]
+    )
+
+
+def plain_prediction(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as JSON can carry it: the signature as hex."""
+    return record | {"signature": bytes(record.get("signature") or b"").hex()}
+
+
 def served(
-    kafka: KafkaAccess, events_topic: str, predictions_topic: str, prediction_id: str
+    kafka: KafkaAccess,
+    events_topic: str,
+    predictions_topic: str,
+    prediction_id: str,
+    keys: WorkerKeys | None = None,
+    trusted: frozenset[str] | None = None,
 ) -> dict[str, Any]:
+    """Which version scored ``prediction_id`` and the event that made its ref point there.
+
+    Every copy of the prediction on the topic has its signature checked with ``keys``
+    (a copy a stranger wrote under the same id is how a forged score would look);
+    ``answer["signatures"]`` lists each problem, with the copy's coordinates.
+    """
     found = find_prediction(kafka, predictions_topic, prediction_id)
     if not found:
         raise LookupError(f"no prediction {prediction_id} in {predictions_topic}")
-    p = found[0]
-    auditor = replay(kafka, events_topic).auditor
+    keys = keys if keys is not None else WorkerKeys({})
+    problems = [f for f in map(functools.partial(check_signature, keys=keys), found) if f]
+    # Shown: the first copy whose signature holds, if any does.
+    bad = {(f.where.partition, f.where.offset) for f in problems if f.violation}
+    p, at = next((c for c in found if (c[1].partition, c[1].offset) not in bad), found[0])
+    auditor = replay(kafka, events_topic, trusted=trusted).auditor
     assert auditor is not None  # an in-process replay keeps its fold
     state = auditor.fold.models.get(p["model"])
-    answer: dict[str, Any] = {"prediction": p, "copies": len(found), "findings": []}
+    answer: dict[str, Any] = {
+        "prediction": plain_prediction(p),
+        "at": {"topic": at.topic, "partition": at.partition, "offset": at.offset},
+        "copies": len(found),
+        "signed": bool(p.get("signature")),
+        "signatures": [f.to_dict() for f in problems],
+        "findings": [str(f) for f in problems],
+    }
     if state is None or p["commit_id"] not in state.commits:
         answer["findings"].append(
             f"commit {p['commit_id']} is not in the log of model {p['model']}"
@@ -484,6 +657,12 @@ class Verification:
     checked: int = 0
     mismatches: list[Mismatch] = field(default_factory=list)
     seconds: float = 0.0
+    signed: int = 0  # how many of those checked carry a signature
+    signatures: list[SignatureFinding] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.mismatches and not any(f.violation for f in self.signatures)
 
     @property
     def largest_difference(self) -> float:
@@ -520,24 +699,36 @@ def verify_predictions(
     model: str | None = None,
     sample: int | None = None,
     seed: int = 0,
+    keys: WorkerKeys | None = None,
+    trusted: frozenset[str] | None = None,
 ) -> Verification:
-    """Re-score recorded predictions with the recorded commit's artifact; compare exactly."""
+    """Re-score recorded predictions with the recorded commit's artifact; compare exactly.
+
+    Signed ones also have their signature checked with ``keys`` (``Verification.signatures``).
+    """
     from workers import scoring
     from workers.errors import Rejected
 
     started = time.perf_counter()
-    predictions = list(_predictions(kafka, predictions_topic))
+    located = list(_predictions(kafka, predictions_topic))
     if model is not None:
-        predictions = [p for p in predictions if p["model"] == model]
-    if sample is not None and sample < len(predictions):
-        predictions = random.Random(seed).sample(predictions, sample)
-    auditor = replay(kafka, events_topic).auditor
+        located = [c for c in located if c[0]["model"] == model]
+    if sample is not None and sample < len(located):
+        located = random.Random(seed).sample(located, sample)
+    keys = keys if keys is not None else WorkerKeys({})
+    result = Verification(
+        checked=len(located), signed=sum(bool(p.get("signature")) for p, _ in located)
+    )
+    result.signatures = [
+        f for f in map(functools.partial(check_signature, keys=keys), located) if f
+    ]
+    predictions = [p for p, _ in located]
+    auditor = replay(kafka, events_topic, trusted=trusted).auditor
     assert auditor is not None
     wanted: dict[tuple[str, int], set[int]] = defaultdict(set)
     for p in predictions:
         wanted[(p["source_topic"], p["source_partition"])].add(p["source_offset"])
     sources = _fetch_sources(kafka, wanted)
-    result = Verification(checked=len(predictions))
     by_commit: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
     for p in predictions:
         raw = sources.get((p["source_topic"], p["source_partition"], p["source_offset"]))
@@ -613,6 +804,7 @@ def _child_main() -> None:
     p.add_argument("--partitions", required=True)
     p.add_argument("--archive")
     p.add_argument("--decoder", choices=DECODERS, default="fastavro")
+    p.add_argument("--trust", action="append", default=[])
     args = p.parse_args()
     gc.disable()
     result = _replay_here(
@@ -621,6 +813,7 @@ def _child_main() -> None:
         Path(args.archive) if args.archive else None,
         {int(x) for x in args.partitions.split(",")},
         args.decoder,
+        frozenset(args.trust) if args.trust else None,
     )
     print(json.dumps(result.partial()))
 

@@ -3,16 +3,23 @@
 Exit codes: 0 ok, 1 refused by the service (conflict, unknown ref, invalid
 input), 2 usage error, 3 service unreachable or stack failure, 4 `up` started
 the stack but the broker refused archived messages at restore (skipped,
-dead-lettered, named in a one-line message).
+dead-lettered, named in a one-line message), 5 not allowed: no usable token
+(missing, unknown, expired, revoked, or a token file others can read), a role
+below the one needed, or an --actor that is not the token's.
+
+Every request carries a token: $MODELVC_TOKEN, else the file $MODELVC_TOKEN_FILE,
+else $MODELVC_HOME/admin.token, which `modelvc up` writes (owner-only).
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
+import datetime as dt
 import json
 import os
+import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -20,14 +27,19 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from modelvc import hints, render
 from modelvc.client import Client, ClientError
 from modelvc.processes import StackError
+from streams.core.security import PROTECTING_ROLES, ROLES
 from streams.errors import StreamsError
+from streams.http_client import TokenError, token_from_env
 from streams.kafka_access import SECURITY, KafkaAccess, KafkaAccessError, Security
 
 if TYPE_CHECKING:  # imported when used: it takes a second, and most commands never do
     from modelvc.stack import BrokerKind, Stack
 
 EXIT_REFUSED = 1
+EXIT_UNREACHABLE = 3
 EXIT_RESTORE_SKIPPED = 4
+EXIT_DENIED = 5  # 401/403: who you are (the token) or what your role allows
+SIGN_PREDICTIONS_ENV = "MODELVC_SIGN_PREDICTIONS"  # read by workers.settings
 
 
 class UsageError(Exception):
@@ -169,6 +181,9 @@ def cmd_up(args: argparse.Namespace) -> None:
     # An explicit --broker beats KAFKA_BOOTSTRAP from the environment, as flags do.
     bootstrap = args.bootstrap or (None if args.broker else os.environ.get("KAFKA_BOOTSTRAP"))
     broker: BrokerKind = args.broker or "tansu"  # argparse checked it is one
+    if args.sign_predictions:
+        # The stack's processes inherit this environment: every worker it starts signs.
+        os.environ[SIGN_PREDICTIONS_ENV] = "1"
     exited = clear_exited(home, None if bootstrap else broker)
     if exited:
         print(
@@ -187,6 +202,13 @@ def cmd_up(args: argparse.Namespace) -> None:
         security=_security(),
     )
     print(f"modelvc is up: API {stack.url}, broker {stack.settings.bootstrap}")
+    print(
+        render.terminal(
+            f"admin token: {stack.token_file} (only you can read it; this CLI sends it, as "
+            f"{stack.admin_actor}); give others their own with `modelvc token create NAME "
+            "--role committer`"
+        )
+    )
     for name, spawned in stack.processes.items():
         if name.startswith("worker-"):
             print(f"{name}: http://127.0.0.1:{spawned.port} (predict, /metrics, /healthz)")
@@ -258,7 +280,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
         os.environ["KAFKA_BOOTSTRAP"] = args.bootstrap
     if args.port:
         os.environ["MODELVC_WORKER_PORT"] = str(args.port)
-    worker_main()
+    worker_main(["--sign-predictions"] if args.sign_predictions else [])
 
 
 def cmd_publish(args: argparse.Namespace) -> None:
@@ -290,7 +312,9 @@ def cmd_tail(args: argparse.Namespace) -> None:
         start=1,
     ):
         if args.json:
-            print(json.dumps(p), flush=True)
+            # A signed prediction's signature is bytes: hex, as `audit` shows signatures.
+            plain = {k: v.hex() if isinstance(v, bytes) else v for k, v in p.items()}
+            print(json.dumps(plain), flush=True)
         else:
             # A prediction's ref and event id come from whoever published the feature.
             p = render.escaped(p)
@@ -308,6 +332,11 @@ def cmd_audit(args: argparse.Namespace) -> None:
     from modelvc import audit
 
     kafka, events_topic = _kafka(args), _topic(args, "events")
+    try:
+        trusted = audit.trusted_keys([Path(f) for f in args.trust_key], args.trust_digest)
+        keys = audit.worker_keys([Path(f) for f in args.trust_worker_key], _home(args))
+    except ValueError as exc:  # a digest that is no key id, a file that holds no key
+        raise UsageError(str(exc)) from None
     if args.action == "replay":
         archive = Path(args.from_archive) if args.from_archive else None
         result = audit.replay(
@@ -316,12 +345,20 @@ def cmd_audit(args: argparse.Namespace) -> None:
             archive,
             jobs=args.jobs or (os.cpu_count() or 1),
             decoder=args.decoder,
+            trusted=trusted,
         )
+        for partition, key_id in sorted(result.first_keys.items()):
+            # Trust on first use is only as good as the first key: say which, to pin it.
+            print(
+                f"modelvc: trusted on first use: key {key_id} on partition {partition}; "
+                f"pin it with --trust-digest {key_id}",
+                file=sys.stderr,
+            )
         summary = result.to_dict()
         live_ok = True
         if not args.no_live and archive is None:
             try:
-                client = Client(_url(args))
+                client = Client(_url(args), home=_home(args))
                 client.positions = dict(result.ends)
                 live = client.digest()
                 summary["live_digest"] = live["digest"]
@@ -335,17 +372,27 @@ def cmd_audit(args: argparse.Namespace) -> None:
     elif args.action == "served":
         try:
             answer = audit.served(
-                kafka, events_topic, _topic(args, "predictions"), args.prediction_id
+                kafka,
+                events_topic,
+                _topic(args, "predictions"),
+                args.prediction_id,
+                keys=keys,
+                trusted=trusted,
             )
         except LookupError as exc:
             raise Refused(str(exc)) from None
         _emit(args, answer, render.served)
-        if answer["findings"] and "ref_move" not in answer:
+        forged = any(f["kind"] in audit.PREDICTION_VIOLATIONS for f in answer["signatures"])
+        if forged or (answer["findings"] and "ref_move" not in answer):
             raise SystemExit(1)
     else:
         from workers.artifacts import ArtifactLoader
 
-        loader = ArtifactLoader(Path(args.artifacts) if args.artifacts else None, _url(args))
+        loader = ArtifactLoader(
+            Path(args.artifacts) if args.artifacts else None,
+            _url(args),
+            token=token_from_env(home=_home(args)) or "",
+        )
         sample = None if args.all else (args.sample or 100)
         verified = audit.verify_predictions(
             kafka,
@@ -354,6 +401,8 @@ def cmd_audit(args: argparse.Namespace) -> None:
             loader,
             model=args.model,
             sample=sample,
+            keys=keys,
+            trusted=trusted,
         )
         _emit(
             args,
@@ -364,10 +413,16 @@ def cmd_audit(args: argparse.Namespace) -> None:
                 ],
                 "largest_difference": verified.largest_difference,
                 "seconds": round(verified.seconds, 3),
+                "signed": verified.signed,
+                "signatures": [f.to_dict() for f in verified.signatures],
             },
             render.verification,
         )
-        if verified.mismatches:
+        if not args.json:
+            print(f"signed: {verified.signed}, signature findings: {len(verified.signatures)}")
+            for finding in verified.signatures[:50]:
+                print(render.terminal(render.escape(f"  {finding}")))
+        if not verified.clean:
             raise SystemExit(1)
 
 
@@ -507,16 +562,135 @@ def cmd_digest(args: argparse.Namespace, c: Client) -> None:
     )
 
 
+# -- identity and protection ----------------------------------------------------
+_RELATIVE = re.compile(r"([1-9][0-9]{0,4})([dhm])", re.ASCII)
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
+_UNIT_MS = {"d": 86_400_000, "h": 3_600_000, "m": 60_000}
+EXPIRES_SYNTAX = "30d, 12h, 90m or a date such as 2027-01-31 (00:00 UTC)"
+
+
+def expires_at(text: str, now_ms: int) -> int:
+    """``--expires`` as ms since the epoch: N days, hours or minutes from ``now_ms``, or the
+    start (00:00 UTC) of a date; a time not in the future is a UsageError."""
+    relative = _RELATIVE.fullmatch(text)
+    if relative:
+        return now_ms + int(relative.group(1)) * _UNIT_MS[relative.group(2)]
+    try:
+        if not _DATE.fullmatch(text):
+            raise ValueError
+        day = dt.date.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--expires {text[:40]!r}: use {EXPIRES_SYNTAX}") from None
+    at = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
+    if at <= now_ms:
+        raise UsageError(f"--expires {text}: that is not in the future; use {EXPIRES_SYNTAX}")
+    return at
+
+
+def cmd_whoami(args: argparse.Namespace, c: Client) -> None:
+    _emit(args, c.whoami(), render.whoami)
+
+
+def cmd_token(args: argparse.Namespace, c: Client) -> None:
+    if args.action == "init":
+        # For a deployment `up` does not start (docker-compose, a cluster): the file its
+        # streams app is given as MODELVC_BOOTSTRAP_TOKEN_FILE, and this CLI then sends.
+        from modelvc.stack import ensure_home  # the stack module is heavy: only here
+
+        home = _home(args)
+        home.mkdir(parents=True, exist_ok=True)
+        path = ensure_home(home)
+        _emit(args, {"token_file": str(path)}, lambda a: f"admin token: {a['token_file']}")
+    elif args.action == "create":
+        expires = expires_at(args.expires, int(time.time() * 1000)) if args.expires else None
+        _emit(args, c.create_token(args.target, args.role, expires), render.token_created)
+    elif args.action == "revoke":
+        answer = c.revoke_token(args.target, args.reason or "")
+        _emit(args, answer, lambda a: f"revoked token {args.target}; it is refused from now on")
+    else:
+        _emit(args, c.tokens(), render.tokens)
+
+
+def _scope(args: argparse.Namespace) -> str:
+    """The model a protection rule is for: -M only ("" = every model); never the current
+    model, so a rule's reach is what the command line says."""
+    return str(args.model or "")
+
+
+def cmd_protect(args: argparse.Namespace, c: Client) -> None:
+    model = _scope(args)
+    answer = c.protect(args.kind, args.name, model=model, role=args.role)
+    _emit(
+        args,
+        answer,
+        lambda a: (
+            f"protected {args.kind} {args.name} of {model or 'every model'}: "
+            f"{render.protected_action(args.kind)} needs role {args.role}"
+        ),
+    )
+
+
+def cmd_unprotect(args: argparse.Namespace, c: Client) -> None:
+    model = _scope(args)
+    answer = c.unprotect(args.kind, args.name, model=model)
+    _emit(
+        args,
+        answer,
+        lambda a: f"unprotected {args.kind} {args.name} of {model or 'every model'}",
+    )
+
+
+def cmd_protections(args: argparse.Namespace, c: Client) -> None:
+    _emit(args, c.protections(), render.protections)
+
+
+def cmd_key(args: argparse.Namespace, c: Client) -> None:
+    if args.action == "add":
+        from streams.signing import read_public_key
+
+        try:
+            public_key = read_public_key(Path(args.target))
+        except ValueError as exc:
+            raise Refused(f"{args.target}: {exc}") from None
+        answer = c.add_writer_key(public_key, args.note or "")
+        _emit(args, answer, lambda a: f"added writer key of {args.target} on every partition")
+    elif args.action == "retire":
+        answer = c.retire_writer_key(args.target, args.reason)
+        _emit(args, answer, lambda a: f"retired writer key {args.target}")
+    else:
+        _emit(args, c.writer_keys(), render.writer_keys)
+
+
+def _sign_predictions_flag(sp: argparse.ArgumentParser, what: str) -> None:
+    sp.add_argument(
+        "--sign-predictions",
+        action="store_true",
+        help=f"{what} ($MODELVC_HOME/keys/worker-<id>.key; also {SIGN_PREDICTIONS_ENV}=1); "
+        "`modelvc audit served` verifies the signature",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="modelvc", description="Version control for ML models, on Kafka."
+        prog="modelvc",
+        description="Version control for ML models, on Kafka.",
+        epilog="Every request carries a token: $MODELVC_TOKEN, else the file "
+        "$MODELVC_TOKEN_FILE, else $MODELVC_HOME/admin.token (`modelvc up` writes it). "
+        "Exit status: 0 ok, 1 refused, 2 usage error, 3 service unreachable or stack "
+        "failure, 4 restore skipped messages, 5 not allowed (no usable token, a role too "
+        "low, or an --actor that is not the token's).",
     )
     p.add_argument("--url", help="service URL (default: $MODELVC_URL or the local stack)")
     p.add_argument("--home", help="state directory (default: $MODELVC_HOME or .modelvc)")
     p.add_argument(
         "-M", "--model", help="model name (default: $MODELVC_MODEL or the current model)"
     )
-    p.add_argument("--actor", default=os.environ.get("MODELVC_ACTOR") or getpass.getuser())
+    p.add_argument(
+        "--actor",
+        default=os.environ.get("MODELVC_ACTOR") or None,
+        help="check: refuse unless the token is this actor's (default: $MODELVC_ACTOR; "
+        "none: the token's actor, unchecked). The actor of every event is the token's",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -550,9 +724,11 @@ def parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--workers", type=int, default=1, help="inference workers to start (default 1)")
     sp.add_argument("--worker-port", type=int, default=6070, help="HTTP port of the first worker")
+    _sign_predictions_flag(sp, "each worker it starts signs its predictions with its own key")
     sp = add("worker", cmd_worker, "run one inference worker in the foreground")
     sp.add_argument("--bootstrap", help="Kafka (default: $KAFKA_BOOTSTRAP)")
     sp.add_argument("--port", type=int, help="HTTP port (default: $MODELVC_WORKER_PORT or 6070)")
+    _sign_predictions_flag(sp, "sign each prediction with this worker's own key")
     sp = add("publish", cmd_publish, "publish feature events from a CSV or JSON-lines file")
     sp.add_argument("file")
     sp.add_argument("--ref", help="ref to score with when a row names none")
@@ -629,8 +805,69 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--sample", type=int, help="verify-predictions: check N at random")
     sp.add_argument("--all", action="store_true", help="verify-predictions: check every one")
     sp.add_argument("--artifacts", metavar="DIR", help="artifact store directory (else the API)")
+    sp.add_argument(
+        "--trust-key",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a writer public key (.pub or PEM) whose events to trust; repeatable "
+        "(without it or --trust-digest, each partition's first key is trusted on first use)",
+    )
+    sp.add_argument(
+        "--trust-digest",
+        action="append",
+        default=[],
+        metavar="KEY_ID",
+        help="a writer key id (sha256 of the public key, 64 hex) to trust; repeatable",
+    )
+    sp.add_argument(
+        "--trust-worker-key",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="served/verify-predictions: a worker public key to check prediction signatures "
+        "with; repeatable (then a prediction signed by no such key is reported unpinned)",
+    )
     sp.add_argument("--bootstrap", help="Kafka (default: $KAFKA_BOOTSTRAP or the local stack)")
     add("digest", cmd_digest, "sha256 of the whole version graph, as the service has it")
+    add("whoami", cmd_whoami, "the actor and role of the token this CLI sends")
+    sp = add(
+        "token",
+        cmd_token,
+        "create a token (shown once), list them, or revoke one (admin); `init` writes "
+        "$MODELVC_HOME/admin.token (0600) for a deployment that `up` does not start",
+    )
+    sp.add_argument("action", choices=["create", "list", "revoke", "init"])
+    sp.add_argument("target", nargs="?", metavar="ACTOR|TOKEN_ID")
+    sp.add_argument("--role", choices=ROLES, help="create: the token's role")
+    sp.add_argument("--expires", metavar="WHEN", help=f"create: {EXPIRES_SYNTAX} (default: never)")
+    sp.add_argument("--reason", help="revoke: why, kept in the log")
+    for name, verb in (("protect", "protect"), ("unprotect", "lift the protection of")):
+        sp = add(
+            name,
+            cmd_protect if name == "protect" else cmd_unprotect,
+            f"{verb} a branch or an alias of one model (-M) or of every model (admin); "
+            "list the rules with `modelvc protections`",
+        )
+        sp.add_argument("kind", choices=["alias", "branch"])
+        sp.add_argument("name")
+        # After the name too (as in `protect alias production -M churn`); without it: every model.
+        sp.add_argument(
+            "-M", "--model", default=argparse.SUPPRESS, help="the model (default: every one)"
+        )
+        if name == "protect":
+            sp.add_argument(
+                "--role",
+                choices=PROTECTING_ROLES,
+                default="releaser",
+                help="least role that may move it (default releaser)",
+            )
+    add("protections", cmd_protections, "the protection rules: which ref needs which role")
+    sp = add("key", cmd_key, "list the writer keys, add one, or retire one (admin)")
+    sp.add_argument("action", choices=["list", "add", "retire"])
+    sp.add_argument("target", nargs="?", metavar="PUBFILE|KEY_ID")
+    sp.add_argument("--note", help="add: a note kept with the key")
+    sp.add_argument("--reason", help="retire: why, kept in the log")
     return p
 
 
@@ -643,6 +880,24 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise UsageError("alias set NAME REF needs a REF")
     if args.command == "audit" and args.action == "served" and not args.prediction_id:
         raise UsageError("audit served needs a PREDICTION_ID")
+    needs_target = {
+        ("token", "create"): "ACTOR",
+        ("token", "revoke"): "TOKEN_ID",
+        ("key", "add"): "PUBFILE",
+        ("key", "retire"): "KEY_ID",
+    }
+    what = needs_target.get((args.command, str(getattr(args, "action", ""))))
+    if what and not args.target:
+        raise UsageError(f"{args.command} {args.action} needs a {what}")
+    if args.command == "token" and args.action == "create" and not args.role:
+        raise UsageError(
+            f"token create needs --role, one of {', '.join(ROLES)} "
+            f"(e.g. modelvc token create {args.target} --role committer)"
+        )
+    if args.command == "key" and args.action == "retire" and not args.reason:
+        raise UsageError(
+            f"key retire needs --reason (modelvc key retire {args.target} --reason TEXT)"
+        )
 
 
 def _refusal(exc: ClientError) -> str:
@@ -673,7 +928,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("up", "down", "worker", "publish", "tail", "audit"):
             args.fn(args)
         else:
-            args.fn(args, Client(_url(args), actor=args.actor))
+            args.fn(args, Client(_url(args), actor=args.actor, home=_home(args)))
     except UsageError as exc:
         _usage(args, str(exc))
     except Refused as exc:
@@ -684,11 +939,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(exc.body), file=sys.stderr)
         else:
             print(_refusal(exc), file=sys.stderr)
-        return 3 if exc.status == 0 else EXIT_REFUSED
+        if exc.status == 0:
+            return EXIT_UNREACHABLE
+        return EXIT_DENIED if exc.status in (401, 403) else EXIT_REFUSED
+    except TokenError as exc:
+        print(f"modelvc: {render.escape(str(exc))}", file=sys.stderr)
+        return EXIT_DENIED
     except (StackError, StreamsError, KafkaAccessError) as exc:
         # Kafka unreachable, a topic missing or not readable, a login file unusable.
         print(f"modelvc: {render.escape(str(exc))}", file=sys.stderr)
-        return 3
+        return EXIT_UNREACHABLE
     except (FileNotFoundError, IsADirectoryError) as exc:
         _usage(args, f"{exc.strerror}: {exc.filename}")
     return 0

@@ -1,9 +1,15 @@
 """A small synchronous client of the streams HTTP API (standard library only).
 
     from modelvc.client import Client
-    c = Client("http://127.0.0.1:6066", actor="alice")
+    c = Client("http://127.0.0.1:6066", token="mvc_...")
     digest = c.upload("model.txt")["sha256"]
     c.commit("churn", digest, "first model", params={"lr": "0.1"})
+
+Every request carries ``Authorization: Bearer <token>``: ``token=``, else
+``$MODELVC_TOKEN``, else the file ``$MODELVC_TOKEN_FILE``, else
+``<home>/admin.token`` (``home`` defaults to ``$MODELVC_HOME`` or .modelvc), which
+`modelvc up` writes. The actor of every write is the token's; ``actor=`` only
+claims one, and the service refuses a write whose claim differs (403 actor_mismatch).
 
 Every write sends a fresh ``command_id`` unless given one; re-sending the same
 id after a timeout is safe (a repeated command is never applied twice). Reads
@@ -19,7 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from streams.http_client import HttpClient, HttpError
+from streams.http_client import HttpClient, HttpError, token_from_env
 
 # Raised when the service refuses a request or cannot be reached: ``status`` is the HTTP
 # status (0 when unreachable), ``body`` the JSON answer. One type for every HTTP caller.
@@ -27,7 +33,14 @@ ClientError = HttpError
 
 
 class Client:
-    def __init__(self, url: str, actor: str = "anonymous", timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        actor: str | None = None,
+        timeout: float = 30.0,
+        token: str | None = None,
+        home: Path | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.actor = actor
         self.timeout = timeout
@@ -36,7 +49,12 @@ class Client:
             self.url,
             timeout=timeout,
             unreachable="start the modelvc service with `modelvc up` or set MODELVC_URL",
+            token=token if token is not None else (token_from_env(home=home) or ""),
         )
+
+    @property
+    def token(self) -> str | None:
+        return self._http.token
 
     # -- transport --------------------------------------------------------------
     def request(
@@ -51,7 +69,7 @@ class Client:
         if method == "GET" and self.positions:
             query["after"] = ",".join(f"{p}:{o}" for p, o in sorted(self.positions.items()))
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        headers = {"X-Modelvc-Actor": self.actor}
+        headers = {"X-Modelvc-Actor": self.actor} if self.actor else {}
         if method != "GET":
             # The service refuses a write without its declared content type (415), so a
             # foreign web page cannot pass a form or a blob off as a command.
@@ -66,9 +84,16 @@ class Client:
             self.positions[p] = max(o, self.positions.get(p, -1))
         return answer
 
+    def _claimed(self, command_id: str | None) -> dict[str, str]:
+        """A write's command id (fresh unless given) and the claimed actor, if any."""
+        claim = {"actor": self.actor} if self.actor else {}
+        return {"command_id": command_id or str(uuid.uuid4()), **claim}
+
     def _write(self, method: str, path: str, body: dict[str, Any], command_id: str | None) -> Any:
-        body = {**body, "command_id": command_id or str(uuid.uuid4()), "actor": self.actor}
-        return self.request(method, path, body)
+        return self.request(method, path, {**body, **self._claimed(command_id)})
+
+    def _delete(self, path: str, command_id: str | None, **query: str) -> Any:
+        return self.request("DELETE", path, query={**query, **self._claimed(command_id)})
 
     @staticmethod
     def _q(value: str) -> str:
@@ -122,10 +147,7 @@ class Client:
         )
 
     def delete_branch(self, model: str, name: str, command_id: str | None = None) -> Any:
-        query = {"command_id": command_id or str(uuid.uuid4()), "actor": self.actor}
-        return self.request(
-            "DELETE", f"/v1/models/{self._q(model)}/branches/{self._q(name)}", query=query
-        )
+        return self._delete(f"/v1/models/{self._q(model)}/branches/{self._q(name)}", command_id)
 
     def merge(
         self,
@@ -194,3 +216,63 @@ class Client:
 
     def digest(self) -> Any:
         return self.request("GET", "/v1/state/digest")
+
+    # -- identity and security (admin, except whoami and the listings) ---------------
+    def whoami(self) -> Any:
+        return self.request("GET", "/v1/whoami")
+
+    def create_token(
+        self,
+        actor: str,
+        role: str,
+        expires_at: int | None = None,
+        command_id: str | None = None,
+    ) -> Any:
+        """A new token for ``actor`` (``expires_at`` in ms; None: never); shown only here."""
+        body = {"actor": actor, "role": role, "expires_at": expires_at}
+        # The body's "actor" names the token's owner, so no claimed actor is sent with it.
+        return self.request(
+            "POST", "/v1/tokens", {**body, "command_id": command_id or str(uuid.uuid4())}
+        )
+
+    def tokens(self) -> Any:
+        return self.request("GET", "/v1/tokens")
+
+    def revoke_token(self, token_id: str, reason: str = "", command_id: str | None = None) -> Any:
+        return self._delete(f"/v1/tokens/{self._q(token_id)}", command_id, reason=reason)
+
+    def protections(self) -> Any:
+        return self.request("GET", "/v1/protections")
+
+    def protect(
+        self,
+        kind: str,
+        name: str,
+        model: str = "",
+        role: str = "releaser",
+        command_id: str | None = None,
+    ) -> Any:
+        return self._write(
+            "PUT",
+            f"/v1/protections/{self._q(kind)}/{self._q(name)}",
+            {"model": model, "role": role},
+            command_id,
+        )
+
+    def unprotect(
+        self, kind: str, name: str, model: str = "", command_id: str | None = None
+    ) -> Any:
+        return self._delete(
+            f"/v1/protections/{self._q(kind)}/{self._q(name)}", command_id, model=model
+        )
+
+    def writer_keys(self) -> Any:
+        return self.request("GET", "/v1/writer-keys")
+
+    def add_writer_key(self, public_key: str, note: str = "", command_id: str | None = None) -> Any:
+        return self._write(
+            "POST", "/v1/writer-keys", {"public_key": public_key, "note": note}, command_id
+        )
+
+    def retire_writer_key(self, key_id: str, reason: str, command_id: str | None = None) -> Any:
+        return self._delete(f"/v1/writer-keys/{self._q(key_id)}", command_id, reason=reason)

@@ -70,13 +70,12 @@ def story(home: Path, work: Path) -> None:
 
 def serving(home: Path, stack: Stack, events: int = 6000, rate: float = 2000.0) -> str:
     """Score a stream while production is promoted and rolled back; show the switch."""
-    from modelvc.client import Client
     from modelvc.streaming import FeatureProducer, subscribe_predictions
 
     print("\n--- streaming inference ---", flush=True)
     worker = stack.add_worker()
     print(f"started worker-1 (http://127.0.0.1:{worker.port}/metrics)", flush=True)
-    client = Client(stack.url, actor="demo")
+    client = stack.client(actor="demo")
     before = client.resolve("churn", "production")["commit"]
     promoted = client.resolve("churn", "main")["commit"]  # the retrained baseline
     rng = np.random.default_rng(7)
@@ -165,7 +164,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="modelvc-demo-") as tmp:
         home = Path(tmp) / "home"
         print("starting the embedded stack (Tansu broker on loopback + streams app)…", flush=True)
-        stack = Stack.up(home)
+        # The admin token `up` writes is demo's, so `--actor demo` below is a check that holds.
+        stack = Stack.up(home, admin_actor="demo")
         print(f"API {stack.url}, broker {stack.settings.bootstrap} (memory only)")
         try:
             story(home, Path(tmp))

@@ -28,7 +28,6 @@ also cover another tenant's ``<ns>.x.events``. The group and transactional-id pr
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Literal
 
 from modelvc.processes import StackError
-from streams.files import commit_file
+from streams.files import write_private
 from streams.kafka_access import Credentials, KafkaAccess
 from streams.settings import Settings
 
@@ -162,22 +161,6 @@ def ensure_credentials(directory: Path, principals: Sequence[str], create: bool)
 
 def read_credentials(directory: Path, principal: str) -> Credentials:
     return Credentials.read(credentials_path(directory, principal))
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Only the owner may read it, from the moment it exists."""
-    temp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        temp.unlink()
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        commit_file(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
 
 
 def grant_modelvc_acls(admin: KafkaAccess, namespace: str) -> int:

@@ -49,7 +49,6 @@ from modelvc.kafka_acl import (
     ensure_credentials,
     read_credentials,
     scram_argument,
-    write_private,
 )
 from modelvc.processes import (
     Spawned,
@@ -61,6 +60,7 @@ from modelvc.processes import (
     stop,
     wait_for_port,
 )
+from streams.files import write_private
 from streams.kafka_access import SASL_MECHANISM, SECURITY, KafkaAccess, Security
 
 MIN_JAVA = 17  # Kafka 4.x brokers refuse older JVMs

@@ -302,3 +302,89 @@ def verification(v: dict[str, Any]) -> str:
     if v["mismatches"]:
         lines.append(f"largest difference: {v['largest_difference']}")
     return "\n".join(lines)
+
+
+# -- identity and protection ------------------------------------------------------
+def _expiry(ms: object) -> str:
+    return "never" if not ms else when(ms)
+
+
+@_for_terminal
+def whoami(a: dict[str, Any]) -> str:
+    return (
+        f"{a['actor']} (role {a['role']}, token {a['token_id']}, "
+        f"expires {_expiry(a.get('expires_at'))})"
+    )
+
+
+@_for_terminal
+def token_created(a: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"token {a['token_id']} for {a['actor']} (role {a['role']}, "
+            f"expires {_expiry(a.get('expires_at'))}); shown only this once:",
+            a["token"],
+            "use it with:",
+            f"  export MODELVC_TOKEN={a['token']}",
+            "or keep it in a file only its owner can read (chmod 600 FILE) and set "
+            "MODELVC_TOKEN_FILE=FILE",
+        ]
+    )
+
+
+@_for_terminal
+def tokens(a: dict[str, Any]) -> str:
+    rows = a["tokens"]
+    if not rows:
+        return "no tokens"
+    lines = [f"{'TOKEN ID':<16}  {'ACTOR':<20} {'ROLE':<9} {'STATE':<7}  EXPIRES / WHY"]
+    for t in rows:
+        if t["state"] == "revoked":
+            why = f"revoked by {t.get('revoked_by')} at {when(t.get('revoked_at'))}"
+            why += f": {t['reason']}" if t.get("reason") else ""
+        else:
+            why = _expiry(t.get("expires_at"))
+        lines.append(f"{t['token_id']:<16}  {t['actor']:<20} {t['role']:<9} {t['state']:<7}  {why}")
+        lines.append(f"{'':<16}  issued by {t['issued_by']} at {when(t['issued_at'])}")
+    return "\n".join(lines)
+
+
+def protected_action(kind: str) -> str:
+    """What a protection rule guards, in words."""
+    if kind == "alias":
+        return "moving it"
+    return "committing to it, merging into it, rolling it back or creating it"
+
+
+@_for_terminal
+def protections(a: dict[str, Any]) -> str:
+    rules = a["rules"]
+    if not rules:
+        return "no protected refs (protect one with `modelvc protect alias production`)"
+    return "\n".join(
+        f"{r['kind']:<6} {r['name']:<20} {r['model'] or '(every model)':<20} needs {r['role']}"
+        for r in rules
+    )
+
+
+@_for_terminal
+def writer_keys(a: dict[str, Any]) -> str:
+    """Each key once, with the partitions where it is active or retired."""
+    active: dict[str, list[str]] = {}
+    retired: dict[str, list[str]] = {}
+    for partition, ring in sorted(a["partitions"].items(), key=lambda kv: str(kv[0])):
+        for key_id in ring.get("active", {}):
+            active.setdefault(key_id, []).append(str(partition))
+        for key_id in ring.get("retired", {}):
+            retired.setdefault(key_id, []).append(str(partition))
+    lines = [f"this instance signs with {a.get('instance_key') or '(no key yet)'}"]
+    for key_id in sorted(active.keys() | retired.keys()):
+        where = []
+        if key_id in active:
+            where.append(f"active on partitions {','.join(active[key_id])}")
+        if key_id in retired:
+            where.append(f"retired on {','.join(retired[key_id])}")
+        lines.append(f"  {key_id}  {'; '.join(where)}")
+    if len(lines) == 1:
+        lines.append("  no partition has a key yet (the first write adds this instance's)")
+    return "\n".join(lines)

@@ -5,6 +5,13 @@ lives under ``<home>/kafka`` (durable: a restart finds every topic as it was), o
 when the caller brings its own Kafka. Used by ``modelvc up``/``down``, the demo and the
 tests. Everything started is recorded (pid and argv) in ``<home>/stack.json`` as soon as
 it runs, and stopped by that pid only.
+
+Identity, zero-config: ``up`` writes ``<home>/admin.token`` (0600, kept across runs),
+which every streams instance issues as the first admin's token when the log has none
+yet, and which the CLI reads; writer keys live in ``<home>/keys`` (0700): the stack
+makes the writer key itself and pins its id (``MODELVC_TRUSTED_WRITER_KEYS``) in every
+streams instance and worker it starts. Workers get a reader token of their own
+(``<home>/worker.token``), never the admin's.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 from kafka.errors import KafkaError
 
@@ -34,12 +41,27 @@ from modelvc.processes import (
     wait_for_port,
 )
 from streams.archive import Archive, ArchiveError, Refused, restore
+from streams.auth import new_token
+from streams.core.refs import NAME
 from streams.errors import StreamsError
-from streams.http_client import HttpClient, HttpError
+from streams.files import write_private
+from streams.http_client import (
+    ADMIN_TOKEN_FILE,
+    TOKEN_ENV,
+    TOKEN_FILE_ENV,
+    HttpClient,
+    HttpError,
+    TokenError,
+    read_token_file,
+)
 from streams.kafka_access import Delivery, Security
 from streams.logreader import partition_ends
 from streams.settings import Settings
+from streams.signing import SigningKey
 from streams.topics import ensure_topics
+
+if TYPE_CHECKING:
+    from modelvc.client import Client
 
 BrokerKind = Literal["tansu", "kafka"]
 BROKER_KINDS: tuple[BrokerKind, ...] = ("tansu", "kafka")
@@ -174,9 +196,48 @@ def start_kafka(
     return cluster.processes[node.node_id], cluster.bootstrap
 
 
+WORKER_TOKEN_FILE = "worker.token"
+WORKERS_ACTOR = "workers"  # the reader identity the stack's workers fetch artifacts as
+
+
+def write_token_file(path: Path, token: str) -> None:
+    """``token`` and a newline into ``path``, readable by its owner only, replacing any file."""
+    write_private(path, (token + "\n").encode())
+
+
+def ensure_home(home: Path) -> Path:
+    """``home``/admin.token (a new token unless one is there) and ``home``/keys (0700).
+
+    An existing token file is kept, so the token the log knows stays the one the CLI
+    uses; one that others may read is refused (the StackError says to chmod it).
+    """
+    keys = home / "keys"
+    keys.mkdir(mode=0o700, exist_ok=True)
+    keys.chmod(0o700)  # an older or hand-made directory: private keys live here
+    admin = home / ADMIN_TOKEN_FILE
+    if not admin.exists():
+        write_token_file(admin, new_token()[0])
+    try:
+        read_token_file(admin)
+    except TokenError as exc:
+        raise StackError(str(exc)) from exc
+    return admin
+
+
+def default_admin_actor(environ: dict[str, str] | None = None) -> str:
+    """The actor of the first admin token: $USER when it is a valid name, else "admin"."""
+    user = (os.environ if environ is None else environ).get("USER", "")
+    return user if NAME.fullmatch(user) else "admin"
+
+
 def streams_env(settings: Settings) -> dict[str, str]:
-    """This environment, with ``settings`` in the variables a child process reads them from."""
-    return dict(os.environ) | settings.to_env()
+    """This environment, with ``settings`` in the variables a child process reads them from.
+
+    A token of the caller's (MODELVC_TOKEN, MODELVC_TOKEN_FILE) is not passed on: each
+    process the stack starts is given its own identity explicitly.
+    """
+    inherited = {k: v for k, v in os.environ.items() if k not in (TOKEN_ENV, TOKEN_FILE_ENV)}
+    return inherited | settings.to_env()
 
 
 def wait_healthy(
@@ -184,7 +245,7 @@ def wait_healthy(
 ) -> None:
     deadline = time.monotonic() + timeout
     last = "no answer"
-    http = HttpClient(url, timeout=1.0, deadline_s=5.0, max_bytes=1 << 20)
+    http = HttpClient(url, timeout=1.0, deadline_s=5.0, max_bytes=1 << 20, token="")
     while time.monotonic() < deadline:
         if spawned is not None and not alive(spawned.pid):
             raise StackError(f"{what} exited; see {spawned.log}")
@@ -198,15 +259,25 @@ def wait_healthy(
     raise StackError(f"{url} not ready after {timeout:.0f}s ({last})")
 
 
-def start_worker(settings: Settings, home: Path, name: str, port: int | None = None) -> Spawned:
-    """An inference worker sharing the stack's artifact directory and topics."""
+def start_worker(
+    settings: Settings,
+    home: Path,
+    name: str,
+    port: int | None = None,
+    token_file: Path | None = None,
+) -> Spawned:
+    """An inference worker sharing the stack's artifact directory and topics; it reads
+    the API (artifacts it does not find in the directory) with the token in ``token_file``."""
     port = port or free_port()
     env = streams_env(settings)
     env.update(
         MODELVC_WORKER_ID=name,
         MODELVC_WORKER_PORT=str(port),
         MODELVC_URL=f"http://{settings.web_host}:{settings.web_port}",
+        MODELVC_WORKER_KEY=str(home / "keys" / f"worker-{name}.key"),
     )
+    if token_file is not None:
+        env[TOKEN_FILE_ENV] = str(token_file)
     spawned = spawn([sys.executable, "-m", "workers"], home / "logs" / f"{name}.log", env=env)
     spawned = Spawned(spawned.pid, spawned.argv, spawned.log, port)
     try:
@@ -217,13 +288,62 @@ def start_worker(settings: Settings, home: Path, name: str, port: int | None = N
     return spawned
 
 
+def with_identity(settings: Settings, home: Path, admin_actor: str | None = None) -> Settings:
+    """``settings`` for every streams instance of the stack in ``home``: one writer key for
+    them all (so each is trusted on every partition), made now and pinned as the key every
+    instance and worker trusts (MODELVC_TRUSTED_WRITER_KEYS), the admin token (``ensure_home``) it
+    issues while the log holds no token yet, and whose that token is (default
+    :func:`default_admin_actor`)."""
+    # Made here, before any instance starts, so its id is known: every streams instance
+    # and worker the stack starts trusts only it as a ring's first key.
+    key_path = home / "keys" / "writer.key"
+    writer = SigningKey.load_or_create(key_path)
+    return dataclasses.replace(
+        settings,
+        writer_key=key_path,
+        bootstrap_token_file=home / ADMIN_TOKEN_FILE,
+        admin_actor=admin_actor or default_admin_actor(),
+        trusted_writer_keys=settings.trusted_writer_keys | {writer.key_id},
+    )
+
+
+def wait_admitted(url: str, token_file: Path, timeout: float, spawned: Spawned) -> None:
+    """Wait until the instance at ``url`` accepts the token in ``token_file``.
+
+    Ready is not enough: the first instance issues the admin token by writing an event,
+    and any instance accepts a token once it has folded it; a caller of `up` must be
+    able to use the token the moment `up` returns.
+    """
+    http = HttpClient(url, timeout=2.0, deadline_s=5.0, token=read_token_file(token_file))
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if not alive(spawned.pid):
+            raise StackError(f"the streams app exited; see {spawned.log}")
+        try:
+            http.get_json("/v1/whoami")
+            return
+        except HttpError as exc:
+            last = str(exc)
+        time.sleep(0.1)
+    raise StackError(
+        f"{url} does not accept the token in {token_file} after {timeout:.0f}s ({last}); "
+        "when the log already holds tokens (an earlier admin.token of this home, or a "
+        "restored archive), put that home's admin.token back, or use a token the log knows "
+        f"(MODELVC_TOKEN); see {spawned.log}"
+    )
+
+
 def start_streams(settings: Settings, home: Path, name: str = "streams") -> Spawned:
     spawned = spawn(
         [sys.executable, "-m", "streams"], home / "logs" / f"{name}.log", env=streams_env(settings)
     )
+    url = f"http://{settings.web_host}:{settings.web_port}"
     try:
-        wait_healthy(f"http://{settings.web_host}:{settings.web_port}", 60.0, spawned)
-    except StackError:
+        wait_healthy(url, 60.0, spawned)
+        if settings.bootstrap_token_file is not None:
+            wait_admitted(url, settings.bootstrap_token_file, 60.0, spawned)
+    except (StackError, TokenError):
         stop(spawned, hard=True)
         raise
     return spawned
@@ -298,6 +418,45 @@ class Stack:
     def url(self) -> str:
         return f"http://{self.settings.web_host}:{self.settings.web_port}"
 
+    @property
+    def admin_actor(self) -> str:
+        """Whose the admin token is (the first admin's)."""
+        return self.settings.admin_actor
+
+    @property
+    def token_file(self) -> Path:
+        return self.home / ADMIN_TOKEN_FILE
+
+    @property
+    def token(self) -> str:
+        """The admin token `up` wrote (the first admin's: it can do everything)."""
+        return read_token_file(self.token_file)
+
+    def client(
+        self, url: str | None = None, actor: str | None = None, timeout: float = 30.0
+    ) -> Client:
+        """A client of this stack's API (or of ``url``, another instance) with the admin token."""
+        from modelvc.client import Client
+
+        return Client(url or self.url, actor=actor, timeout=timeout, token=self.token)
+
+    def worker_token_file(self) -> Path:
+        """``home``/worker.token: a reader token for the workers, issued by the admin once
+        and issued again when the service no longer accepts it (e.g. revoked)."""
+        path = self.home / WORKER_TOKEN_FILE
+        if path.exists():
+            try:
+                from modelvc.client import Client
+
+                Client(self.url, token=read_token_file(path)).whoami()
+                return path
+            except (HttpError, TokenError) as exc:
+                if isinstance(exc, HttpError) and exc.status not in (401, 403):
+                    raise StackError(f"cannot check {path} with {self.url}: {exc}") from exc
+        answer = self.client().create_token(WORKERS_ACTOR, "reader")
+        write_token_file(path, str(answer["token"]))
+        return path
+
     @classmethod
     def up(
         cls,
@@ -311,14 +470,17 @@ class Stack:
         broker_port: int | None = None,
         broker: BrokerKind = "tansu",
         security: Security = "plaintext",
+        admin_actor: str | None = None,
     ) -> Stack:
         """Start the stack in ``home`` on ``broker`` (or on the Kafka at ``bootstrap``).
 
         With ``broker="kafka"`` the broker's pid is recorded in stack.json before anything
-        else starts, so a `modelvc down` after any failure stops it.
+        else starts, so a `modelvc down` after any failure stops it. ``admin_actor`` (default
+        :func:`default_admin_actor`) owns the admin token the first streams instance issues.
         """
         home = home.resolve()
         home.mkdir(parents=True, exist_ok=True)
+        ensure_home(home)  # before anything starts: a token others can read stops here
         spawned = None
         kind: BrokerKind | None = None
         # Delivery is known for the brokers we start, so no client has to ask: Tansu has
@@ -343,7 +505,7 @@ class Stack:
             else:
                 spawned, bootstrap = start_broker(home, broker_port)
                 delivery = "at-least-once"
-        settings = Settings(
+        base = Settings(
             namespace=namespace,
             bootstrap=bootstrap,
             partitions=partitions,
@@ -356,6 +518,7 @@ class Stack:
             kafka_security=security,
             kafka_credentials=credentials,
         )
+        settings = with_identity(base, home, admin_actor)
         stack = cls(home, settings, spawned, broker_kind=kind)
         try:
             stack.save()
@@ -390,7 +553,9 @@ class Stack:
 
     def add_worker(self, name: str | None = None, port: int | None = None) -> Spawned:
         name = name or f"worker-{sum(k.startswith('worker-') for k in self.processes) + 1}"
-        self.processes[name] = start_worker(self.as_role("worker"), self.home, name, port)
+        self.processes[name] = start_worker(
+            self.as_role("worker"), self.home, name, port, self.worker_token_file()
+        )
         self.save()
         return self.processes[name]
 
@@ -410,7 +575,9 @@ class Stack:
     def restart_worker(self, name: str, hard: bool = False) -> None:
         spawned = self.processes.pop(name)
         stop(spawned, hard=hard)
-        self.processes[name] = start_worker(self.as_role("worker"), self.home, name, spawned.port)
+        self.processes[name] = start_worker(
+            self.as_role("worker"), self.home, name, spawned.port, self.worker_token_file()
+        )
         self.save()
 
     def worker_url(self, name: str = "worker-1") -> str:

@@ -3,7 +3,9 @@
 Thin handlers: read the request (``streams.parse``), ask the read side
 (``streams.queries``) or submit a command (``streams.service.replies``), and
 answer JSON. Statuses come from one table (``streams.statuses``): 201 applied,
-200 repeated command or query, 400 unreadable request, 403 foreign origin, 404
+200 repeated command or query, 400 unreadable request, 401 no valid token, 403
+foreign origin, a role too low (``forbidden``) or a claimed actor that is not the
+token's (``actor_mismatch``), 404
 unknown model, ref or route, 405 wrong method, 409 conflict (the body carries
 ``current``), 413 too large, 415 wrong content type or encoding, 422 invalid
 input, 504 no answer in time (retry with the same ``command_id``), 507 the
@@ -13,7 +15,10 @@ every route.
 
 Strangers can reach this server (a web page in the user's browser, at least),
 so the edge middleware refuses requests from foreign origins, requires the
-declared content type on every write, and bounds every body and field.
+declared content type on every write, and bounds every body and field; then
+``streams.auth`` wants a bearer token with the route's role, and every command
+is sent as the token's actor and role, signed by this instance's writer key so
+the writer decides only what an API instance vouched for.
 """
 
 from __future__ import annotations
@@ -23,27 +28,35 @@ import errno
 import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from streams import openapi, parse, queries
+from streams import auth, openapi, parse, queries
 from streams.artifacts import ArtifactStore
 from streams.core import refs
 from streams.core.commands import (
+    AddWriterKey,
     Body,
     Command,
     CreateBranch,
     CreateModel,
     DeleteBranch,
+    IssueToken,
     MakeCommit,
     Merge,
     MoveAlias,
+    ProtectRef,
+    RetireWriterKey,
+    RevokeToken,
     Rollback,
+    UnprotectRef,
 )
 from streams.core.errors import InvalidCommand, VersionGraphError
+from streams.core.security import SECURITY_STREAM, keys_stream
 from streams.core.state import ModelState
 from streams.errors import (
     ArtifactCorrupted,
@@ -64,6 +77,7 @@ from streams.service.follower import Follower
 from streams.service.letters import DeadLetters
 from streams.service.replies import Replies
 from streams.settings import Settings
+from streams.signing import WriterKey, key_id_of, sign_command
 from streams.statuses import STATUS_BY_CODE, status_of
 
 UPLOAD_PATH = "/v1/artifacts"
@@ -123,23 +137,51 @@ def _content_type(request: web.Request) -> str:
 
 @web.middleware
 async def _bounded_path(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every path parameter within the text limit, before any handler reads it."""
+    """Every path parameter within the text limit, and the model a valid model name,
+    before any handler reads them: ``~security`` and ``~keys.P`` are chains of the log,
+    not models, so no model route may read or send a command to one."""
     parse.check_path(request.match_info)
+    if "model" in request.match_info:
+        refs.check_name("model", request.match_info["model"])
     return await handler(request)
 
 
-def middlewares(settings: Settings) -> list[Middleware]:
-    """For the Faust app's ``web_application_options``: errors outermost."""
+def middlewares(settings: Settings, security: auth.SecuritySource) -> list[Middleware]:
+    """For the Faust app's ``web_application_options``: errors outermost, then the
+    origin guard (foreign pages and unknown routes), then tokens, then the handlers."""
     return [
         render_errors(domain_error, MAX_JSON_BYTES),
         guard(settings.web_host, settings.web_port, _content_type),
+        auth.require_tokens(security, auth.ROUTE_ROLES, auth.OPEN_PATHS),
         _bounded_path,
     ]
 
 
-def answered(answer: Answer) -> web.Response:
-    """A command's answer, with the status its body calls for."""
-    return web.json_response(answer.body, status=status_of(answer.body, answer.wire_status))
+def answered(answer: Answer, **extra: Any) -> web.Response:
+    """A command's answer, with the status its body calls for (``extra`` joins a receipt)."""
+    body = {**answer.body, **extra} if answer.ok else answer.body
+    return web.json_response(body, status=status_of(answer.body, answer.wire_status))
+
+
+def answered_each(answers: Sequence[Answer], **extra: Any) -> web.Response:
+    """One command sent to every events partition: each partition's answer, under the
+    status of the first refusal (201 when all applied, 200 when all were repeats)."""
+    partitions = {str(p): answer.body for p, answer in enumerate(answers)}
+    refused = [answer for answer in answers if not answer.ok]
+    if refused:
+        first = refused[0]
+        body = {
+            **first.body,
+            "message": f"{first.body.get('message', '')} (partitions that applied it keep "
+            "it; send the request again with the same command_id to finish)",
+            **extra,
+            "partitions": partitions,
+        }
+        return web.json_response(body, status=status_of(first.body, first.wire_status))
+    repeated = all(answer.body.get("repeated") for answer in answers)
+    return web.json_response(
+        {**extra, "repeated": repeated, "partitions": partitions}, status=200 if repeated else 201
+    )
 
 
 class Api:
@@ -153,6 +195,8 @@ class Api:
         replies: Replies,
         letters: DeadLetters,
         store: ArtifactStore,
+        signer: WriterKey,
+        clock: Any = time.time,
     ) -> None:
         self.settings = settings
         self.projection = projection
@@ -160,6 +204,8 @@ class Api:
         self.replies = replies
         self.letters = letters
         self.store = store
+        self.signer = signer  # this instance's writer key: it signs every command sent
+        self.clock = clock
 
     def routes(self) -> list[web.RouteDef]:
         """Every route; ``streams.openapi`` documents exactly these."""
@@ -181,6 +227,16 @@ class Api:
             web.get("/v1/state/digest", self.digest),
             web.post(UPLOAD_PATH, self.upload),
             web.get("/v1/artifacts/{digest}", self.download),
+            web.get("/v1/whoami", self.whoami),
+            web.post("/v1/tokens", self.issue_token),
+            web.get("/v1/tokens", self.tokens),
+            web.delete("/v1/tokens/{token_id}", self.revoke_token),
+            web.get("/v1/protections", self.protections),
+            web.put("/v1/protections/{kind}/{name}", self.protect),
+            web.delete("/v1/protections/{kind}/{name}", self.unprotect),
+            web.get("/v1/writer-keys", self.writer_keys),
+            web.post("/v1/writer-keys", self.add_writer_key),
+            web.delete("/v1/writer-keys/{key_id}", self.retire_writer_key),
             web.get("/v1/openapi.json", self.openapi),
             web.get("/healthz", self.health),
         ]
@@ -261,21 +317,52 @@ class Api:
         )
 
     # -- commands -------------------------------------------------------------------
-    async def _submit(
-        self, request: web.Request, model: str, body: Mapping[str, Any], make: Body
-    ) -> web.Response:
-        actor = body.get("actor") or request.headers.get("X-Modelvc-Actor") or "anonymous"
-        if not isinstance(actor, str):
-            raise InvalidCommand("field 'actor' must be a string", field="actor")
+    def _command(
+        self,
+        request: web.Request,
+        model: str,
+        body: Mapping[str, Any],
+        make: Body,
+        claimed: object = None,
+    ) -> Command:
+        """``make`` on ``model`` as the token's actor and role, signed by this instance.
+
+        ``claimed`` is the actor the body names (None when the body has no such
+        claim); it and the ``X-Modelvc-Actor`` header may only repeat the token's.
+        """
+        identity = auth.identity_of(request)
+        auth.check_actor(identity, claimed, request.headers.get("X-Modelvc-Actor"))
         command_id = parse.opt_text(body, "command_id", parse.MAX_ID_BYTES) or str(uuid.uuid4())
         command = Command(
             command_id=command_id,
             model=parse.utf8(model, "model", parse.MAX_TEXT_BYTES),
-            actor=parse.utf8(actor, "actor", parse.MAX_ID_BYTES),
-            at=int(time.time() * 1000),  # the writer stamps its own; this is a placeholder
+            actor=identity.actor,
+            at=int(self.clock() * 1000),  # the writer stamps its own; this is a placeholder
             body=make,
+            role=identity.role,
         )
+        return sign_command(self.signer, command)
+
+    async def _submit(
+        self, request: web.Request, model: str, body: Mapping[str, Any], make: Body
+    ) -> web.Response:
+        command = self._command(request, model, body, make, body.get("actor"))
         return answered(await self.replies.submit(command))
+
+    async def _submit_each(
+        self, request: web.Request, body: Mapping[str, Any], make: Body, **extra: Any
+    ) -> web.Response:
+        """``make`` once per events partition, to that partition's writer-key ring."""
+        command_id = parse.opt_text(body, "command_id", parse.MAX_ID_BYTES) or str(uuid.uuid4())
+        # One command id for all: each ring keeps its own receipts, so a retry with
+        # the same id repeats what applied and applies the rest.
+        body = {**body, "command_id": command_id}
+        commands = [
+            self._command(request, keys_stream(p), body, make, body.get("actor"))
+            for p in range(self.settings.partitions)
+        ]
+        answers = await asyncio.gather(*(self.replies.submit(c) for c in commands))
+        return answered_each(answers, **extra)
 
     def _stored(self, digest: str | None, field: str) -> None:
         if digest is None:
@@ -343,6 +430,73 @@ class Api:
         alias = request.match_info["alias"]
         make = MoveAlias(alias, parse.text(body, "ref"), parse.opt_text(body, "expect"))
         return await self._submit(request, request.match_info["model"], body, make)
+
+    # -- identity, tokens, protection rules, writer keys ---------------------------------
+    async def whoami(self, request: web.Request) -> web.Response:
+        return web.json_response(asdict(auth.identity_of(request)))
+
+    async def issue_token(self, request: web.Request) -> web.Response:
+        body = await parse.json_body(request)
+        actor = parse.actor(body, "actor")
+        role = parse.role(body, "role")
+        now_ms = int(self.clock() * 1000)
+        expires_at = parse.expires_at(body, "expires_at", now_ms)
+        token, token_id, token_sha256 = auth.new_token()
+        # Only the hash is sent: the token is in this answer and nowhere else.
+        make = IssueToken(token_id, actor, role, token_sha256, expires_at)
+        # The body's "actor" is the new token's holder, not a claim about the caller.
+        command = self._command(request, SECURITY_STREAM, body, make, claimed=None)
+        answer = await self.replies.submit(command)
+        if answer.body.get("repeated"):
+            return answered(answer)  # the token was shown once, when it was issued
+        shown = {"token_id": token_id, "actor": actor, "role": role, "expires_at": expires_at}
+        issued = answered(answer, token=token, **shown)
+        # The token itself is in this answer: no cache on the way may keep a copy.
+        issued.headers["Cache-Control"] = "no-store"
+        return issued
+
+    async def tokens(self, request: web.Request) -> web.Response:
+        security = self.projection.security
+        return web.json_response(queries.tokens(security, int(self.clock() * 1000)))
+
+    async def revoke_token(self, request: web.Request) -> web.Response:
+        token_id = parse.token_id(request.match_info["token_id"], "token_id")
+        reason = parse.text(request.query, "reason", "", parse.MAX_NOTE_BYTES)
+        make = RevokeToken(token_id, reason)
+        return await self._submit(request, SECURITY_STREAM, request.query, make)
+
+    async def protections(self, request: web.Request) -> web.Response:
+        return web.json_response(queries.protections(self.projection.security))
+
+    async def protect(self, request: web.Request) -> web.Response:
+        body = await parse.json_body(request)
+        kind, name = parse.protected_ref(request.match_info["kind"], request.match_info["name"])
+        make = ProtectRef(kind, name, parse.model_or_all(body), parse.protecting_role(body, "role"))
+        return await self._submit(request, SECURITY_STREAM, body, make)
+
+    async def unprotect(self, request: web.Request) -> web.Response:
+        kind, name = parse.protected_ref(request.match_info["kind"], request.match_info["name"])
+        make = UnprotectRef(kind, name, parse.model_or_all(request.query))
+        return await self._submit(request, SECURITY_STREAM, request.query, make)
+
+    async def writer_keys(self, request: web.Request) -> web.Response:
+        rings = self.projection.rings
+        answer = queries.writer_keys(rings, self.settings.partitions, self.signer.key_id)
+        return web.json_response(answer)
+
+    async def add_writer_key(self, request: web.Request) -> web.Response:
+        body = await parse.json_body(request)
+        public_key = parse.public_key(body, "public_key")
+        note = parse.text(body, "note", "", parse.MAX_NOTE_BYTES)
+        key_id = key_id_of(public_key)
+        make = AddWriterKey(public_key, note)
+        return await self._submit_each(request, body, make, key_id=key_id)
+
+    async def retire_writer_key(self, request: web.Request) -> web.Response:
+        key_id = parse.digest(request.match_info["key_id"], "key_id")
+        reason = parse.text(request.query, "reason", "", parse.MAX_NOTE_BYTES)
+        make = RetireWriterKey(key_id, reason)
+        return await self._submit_each(request, request.query, make, key_id=key_id)
 
     # -- artifacts --------------------------------------------------------------
     async def upload(self, request: web.Request) -> web.Response:

@@ -98,7 +98,8 @@ def create_app(streams: Streams) -> ModelvcApp:
         web_stats_enabled=False,
         web_metrics_enabled=False,
         web_application_options={
-            "middlewares": api.middlewares(settings),
+            # Tokens are checked against ~security as this instance folded it.
+            "middlewares": api.middlewares(settings, lambda: streams.projection.security),
             # request.read()/json() refuse larger bodies (413); uploads stream past it
             # with their own limit.
             "client_max_size": MAX_JSON_BYTES,
@@ -158,6 +159,7 @@ def create_app(streams: Streams) -> ModelvcApp:
         streams.replies,
         streams.letters,
         streams.store,
+        streams.signer,
     )
     driver.web_app.router.add_routes(handlers.routes())
     return app

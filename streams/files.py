@@ -1,16 +1,64 @@
-"""Durable file replacement: the one home of fsync-then-rename.
+"""Durable file replacement (the one home of fsync-then-rename) and private-file reading.
 
 A reader (or a process restarted after a crash) sees either the old file or
 the whole new one, never half of it: the bytes are fsynced before the rename,
 and the directory is fsynced after it so the rename itself survives a power
-cut. Used by the artifact store and the archive.
+cut. Used by the artifact store, the archive, key, token and credential files.
+
+Secrets (tokens, private keys) are read by :func:`read_private` only: a regular
+file, not a link, that only its owner can read or write, of bounded size.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from pathlib import Path
+
+
+class PrivateFileError(ValueError):
+    """A secret's file that must not be used; the message says what to do.
+
+    ``exposed``: others may have read it, so the secret in it should be replaced too.
+    """
+
+    def __init__(self, message: str, exposed: bool = False) -> None:
+        super().__init__(message)
+        self.exposed = exposed
+
+
+def read_private(path: Path, limit: int) -> bytes:
+    """The bytes of ``path``, a regular file only its owner can read or write, at most
+    ``limit`` bytes; :class:`PrivateFileError` otherwise.
+
+    The mode checked is that of the file opened (``O_NOFOLLOW`` and ``fstat``), never
+    of a link's target or of a name that may be swapped between a check and the open.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise PrivateFileError(f"{path} does not exist") from None
+    except OSError as exc:
+        raise PrivateFileError(f"cannot open {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise PrivateFileError(f"{path} is not a regular file")
+        if info.st_mode & 0o077:
+            raise PrivateFileError(
+                f"{path} is readable or writable by others (mode "
+                f"{stat.S_IMODE(info.st_mode):04o}); make it private with `chmod 600 {path}`",
+                exposed=True,
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise PrivateFileError(f"{path} is over {limit:,} bytes, larger than what it should hold")
+    return data
 
 
 def fsync_dir(path: Path) -> None:
@@ -43,3 +91,43 @@ def write_atomically(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             temp.unlink(missing_ok=True)
         raise
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Replace ``path`` durably with ``data`` that only its owner may read, from the moment
+    the name exists (tokens, credentials): a 0600 temp file, then :func:`commit_file`."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        commit_file(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+
+
+def create_exclusively(path: Path, data: bytes, mode: int = 0o600) -> bool:
+    """Create ``path`` with ``data`` and ``mode`` unless it exists; False when it did.
+
+    ``mode`` holds from the moment the name exists (a private key is never readable
+    by others, not even briefly), and two processes racing to create it create it
+    once: the loser gets False and reads the winner's file.
+    """
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(temp, path)  # unlike a rename, never replaces an existing name
+        except FileExistsError:
+            return False
+        fsync_dir(path.parent)
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            temp.unlink()

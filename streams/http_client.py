@@ -8,11 +8,17 @@ caller forever). Every failure is one exception type, :class:`HttpError`,
 carrying the HTTP status (0 when the server could not be reached or did not
 answer in time) and the JSON error body the service sent (or one made up in
 the same shape: ``{"error": ..., "message": ...}``).
+
+Every request carries ``Authorization: Bearer <token>`` when a token is known:
+an explicit ``token=``, else ``$MODELVC_TOKEN``, else the file
+``$MODELVC_TOKEN_FILE``, else ``$MODELVC_HOME/admin.token`` when it exists
+(:func:`token_from_env`, the one home of that order and of reading a token file).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.parse
@@ -20,11 +26,82 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.message import Message
+from pathlib import Path
 from typing import Any, Protocol
+
+from streams.core.security import TOKEN, TOKEN_FORMAT
+from streams.files import PrivateFileError, read_private
 
 DEFAULT_MAX_BYTES = 64 << 20
 ERROR_BODY_BYTES = 64 << 10  # an error answer is a short JSON object; more is not read
 _CHUNK = 1 << 16
+
+TOKEN_ENV = "MODELVC_TOKEN"
+TOKEN_FILE_ENV = "MODELVC_TOKEN_FILE"
+ADMIN_TOKEN_FILE = "admin.token"  # in $MODELVC_HOME, written 0600 by `modelvc up`
+MAX_TOKEN_FILE_BYTES = 1024  # a token is 64 characters; a larger file is not one
+_CREATE = "modelvc token create ACTOR --role reader"
+
+
+class TokenError(ValueError):
+    """A token that cannot be used as given: its message says what to do instead."""
+
+
+def checked_token(token: str, source: str) -> str:
+    """``token`` (surrounding whitespace dropped) when it is shaped like a modelvc token."""
+    token = token.strip()
+    if not TOKEN.fullmatch(token):
+        raise TokenError(
+            f"{source} does not hold a modelvc token ({TOKEN_FORMAT}); "
+            f"an admin makes one with `{_CREATE}`"
+        )
+    return token
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path``, which must be a regular file only its owner can read or write.
+
+    A token readable by the group or others is refused, not used: anyone who read it
+    can act as its actor until it is revoked.
+    """
+    try:
+        data = read_private(path, MAX_TOKEN_FILE_BYTES)
+    except PrivateFileError as exc:
+        advice = ", and revoke the token if others may have read it" if exc.exposed else ""
+        raise TokenError(f"token file {exc}{advice}") from None
+    return checked_token(data.decode("ascii", errors="replace"), f"token file {path}")
+
+
+def default_home(environ: Mapping[str, str]) -> Path:
+    """$MODELVC_HOME, else .modelvc (as the CLI's --home)."""
+    return Path(environ.get("MODELVC_HOME") or ".modelvc")
+
+
+def token_from_env(
+    environ: Mapping[str, str] | None = None, home: Path | None = None
+) -> str | None:
+    """The caller's token: $MODELVC_TOKEN, else the file $MODELVC_TOKEN_FILE, else
+    ``home``/admin.token (``home`` defaults to :func:`default_home`) when it exists;
+    None when there is none. A named source that is unusable is a TokenError."""
+    env = os.environ if environ is None else environ
+    if env.get(TOKEN_ENV):
+        return checked_token(env[TOKEN_ENV], TOKEN_ENV)
+    if env.get(TOKEN_FILE_ENV):
+        return read_token_file(Path(env[TOKEN_FILE_ENV]))
+    admin = (home if home is not None else default_home(env)) / ADMIN_TOKEN_FILE
+    return read_token_file(admin) if admin.exists() else None
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Refuses every redirect: our API never redirects, and urllib would send the
+    Authorization header (the bearer token) along to wherever the answer points."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises the 3xx as an HTTPError, answered in HttpClient
+
+
+# The one opener: urlopen's defaults (proxies from the environment, https), no redirects.
+_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 class HttpError(Exception):
@@ -89,8 +166,22 @@ def _error_body(status: int, headers: Message, text: bytes) -> dict[str, Any]:
     return {"error": "http", "message": message}
 
 
+def _redirected(url: str, status: int, headers: Message) -> dict[str, Any]:
+    target = (headers.get("Location") or "elsewhere")[:200]
+    return {
+        "error": "redirect",
+        "message": f"{url} answered {status}, a redirect to {target!r}; modelvc does not "
+        "follow redirects (the token would go along): use the server's own address as the "
+        "URL (MODELVC_URL or --url)",
+    }
+
+
 class HttpClient:
-    """Requests to one base URL; ``unreachable`` is what to do when the server does not answer."""
+    """Requests to one base URL; ``unreachable`` is what to do when the server does not answer.
+
+    ``token``: the bearer token every request carries; None finds it with
+    :func:`token_from_env`, "" sends none (for open routes such as /healthz).
+    """
 
     def __init__(
         self,
@@ -99,8 +190,13 @@ class HttpClient:
         deadline_s: float = 120.0,
         max_bytes: int = DEFAULT_MAX_BYTES,
         unreachable: str = "",
+        token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        if token is None:
+            self.token: str | None = token_from_env()
+        else:
+            self.token = checked_token(token, "the token given") if token else None
         self.timeout = timeout
         self.deadline_s = deadline_s
         self.max_bytes = max_bytes
@@ -118,11 +214,14 @@ class HttpClient:
     ) -> Response:
         """Send one request; the answer when its status is 2xx, else HttpError."""
         url = self.base_url + path + ("?" + urllib.parse.urlencode(query) if query else "")
-        request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+        sent = dict(headers or {})
+        if self.token:
+            sent["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(url, data=data, method=method, headers=sent)
         deadline = time.monotonic() + self.deadline_s
         limit = self.max_bytes if max_bytes is None else max_bytes
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
+            with _OPENER.open(request, timeout=self.timeout) as answer:
                 body, more = _read(answer, limit, deadline, url)
                 if more:
                     raise HttpError(
@@ -134,6 +233,9 @@ class HttpClient:
                     )
                 return Response(answer.status, answer.headers.get_content_type(), body)
         except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:
+                exc.close()
+                raise HttpError(exc.code, _redirected(url, exc.code, exc.headers)) from None
             refused = exc  # a status >= 400: its body says why, read below
         except (urllib.error.URLError, OSError) as exc:  # refused, reset, DNS, timeout
             hint = f"; {self.unreachable}" if self.unreachable else ""

@@ -2,21 +2,39 @@
 
 A test checks that every route the app registers is described here and that
 nothing else is, and schemathesis checks the answers against it; so a route
-added without its entry here fails the tests. The limits are the API's own.
+added without its entry here fails the tests. The limits are the API's own, and
+so is the role each route needs (``streams.auth.ROUTE_ROLES``): every route
+outside ``streams.auth.OPEN_PATHS`` documents ``bearerAuth`` and its 401/403.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from streams import auth
 from streams.core import refs
 from streams.core.decide import STRATEGIES
+from streams.core.security import (
+    MAX_TEXT,
+    PROTECTING_ROLES,
+    PUBLIC_KEY,
+    ROLES,
+    TOKEN,
+    TOKEN_FORMAT,
+    TOKEN_ID,
+)
 from streams.modelfile import MAX_MODEL_BYTES
 
 # The API's limits are imported lazily by ``document`` (api imports this module).
 _ERROR_STATUSES = {
-    400: "The request cannot be read (a body that does not decode, a closed connection).",
-    403: "Refused: a foreign Origin (a web page of another site) or a foreign Host.",
+    400: "The request cannot be read (a body that does not decode, a closed connection, "
+    "a repeated Authorization or X-Modelvc-Actor header).",
+    401: "No valid token (missing, malformed, unknown, revoked or expired): send "
+    "`Authorization: Bearer <token>` (WWW-Authenticate says so).",
+    403: "Refused: a foreign Origin (a web page of another site) or a foreign Host; "
+    "`forbidden`: the token's role is below the one needed (`needed`, `role`, `actor` "
+    "say which; protected refs need more); `actor_mismatch`: a claimed actor that is "
+    "not the token's.",
     404: "Unknown route, model, ref or artifact.",
     405: "The route exists but not with this method (the Allow header lists the methods).",
     408: "The upload sent nothing for too long and was dropped; send it again.",
@@ -24,7 +42,8 @@ _ERROR_STATUSES = {
     413: "The body is larger than the limit.",
     415: "Writes need Content-Type application/json (uploads: application/octet-stream) "
     "and no Content-Encoding.",
-    422: "Invalid input; `field` names the field when there is one.",
+    422: "Invalid input; `field` names the field when there is one (a model in the path "
+    "must be a model name: 1-128 letters, digits, '.', '_' or '-').",
     500: "A bug: the server log has the traceback.",
     503: "Not ready yet (still catching up with the log), cannot check a model now, or "
     "too many uploads at once (Retry-After); retry.",
@@ -42,6 +61,10 @@ _NULLABLE_REF_EXPR = {"type": ["string", "null"], "maxLength": refs.MAX_REF_LENG
 _IDENT = {"type": "string", "pattern": f"^{refs.NAME.pattern}$"}
 _DIGEST = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _ID = {"type": "string", "maxLength": 128}
+_ROLE = {"enum": list(ROLES)}
+_TOKEN_ID = {"type": "string", "pattern": f"^{TOKEN_ID.pattern}$"}
+_PUBLIC_KEY = {"type": "string", "pattern": f"^{PUBLIC_KEY.pattern}$"}
+_NOTE = {"type": "string", "maxLength": MAX_TEXT}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -80,23 +103,24 @@ _AS_OF = _query(
     {"type": "string", "maxLength": 64},
     "The state as of an event offset (e.g. 42) or an ISO-8601 time (server clock).",
 )
-_ACTOR_HEADER = {
-    "name": "X-Modelvc-Actor",
-    "in": "header",
-    "required": False,
-    "schema": {"type": "string", "maxLength": 128, "pattern": "^[\\x20-\\x7e]*$"},
-}
+_COMMAND_ID = _query("command_id", _ID, "Idempotency key; a retry reuses it.")
 
 
 def _command(
-    summary: str, body: dict[str, Any] | None, params: list[dict[str, Any]]
+    summary: str,
+    body: dict[str, Any] | None,
+    params: list[dict[str, Any]],
+    receipt: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    # The actor is the token's: an `actor` field or X-Modelvc-Actor header is still
+    # accepted when it repeats it (older clients), so neither is documented.
+    receipt = receipt or _ref("Receipt")
     operation: dict[str, Any] = {
         "summary": summary,
-        "parameters": [*params, _ACTOR_HEADER],
+        "parameters": params,
         "responses": {
-            "201": _json(_ref("Receipt"), "Applied."),
-            "200": _json(_ref("Receipt"), "A repeat of an applied command (same command_id)."),
+            "201": _json(receipt, "Applied."),
+            "200": _json(receipt, "A repeat of an applied command (same command_id)."),
             **_errors(*_WRITE_ERRORS),
         },
     }
@@ -114,7 +138,6 @@ def _command_body(properties: dict[str, Any], required: list[str]) -> dict[str, 
         "properties": {
             **properties,
             "command_id": {**_ID, "description": "Idempotency key; a retry reuses it."},
-            "actor": _ID,
         },
         "required": required,
         # The server stamps every event with its own clock (finding 8).
@@ -151,6 +174,16 @@ OPERATION_IDS = {
     ("/v1/state/digest", "get"): "stateDigest",
     ("/v1/artifacts", "post"): "uploadArtifact",
     ("/v1/artifacts/{digest}", "get"): "downloadArtifact",
+    ("/v1/whoami", "get"): "whoami",
+    ("/v1/tokens", "get"): "listTokens",
+    ("/v1/tokens", "post"): "issueToken",
+    ("/v1/tokens/{token_id}", "delete"): "revokeToken",
+    ("/v1/protections", "get"): "listProtections",
+    ("/v1/protections/{kind}/{name}", "put"): "protectRef",
+    ("/v1/protections/{kind}/{name}", "delete"): "unprotectRef",
+    ("/v1/writer-keys", "get"): "listWriterKeys",
+    ("/v1/writer-keys", "post"): "addWriterKey",
+    ("/v1/writer-keys/{key_id}", "delete"): "retireWriterKey",
 }
 
 
@@ -235,6 +268,10 @@ _LINKS: dict[str, dict[str, Any]] = {
     "deleteBranch": {
         "Branches": _link("listBranches", "The branches without it.", _READ_IT),
     },
+    "issueToken": {
+        "Revoke": _link("revokeToken", "Revoke it.", {"path.token_id": "$response.body#/token_id"}),
+        "List": _link("listTokens", "The tokens with it."),
+    },
     "uploadArtifact": {
         # Nothing of the upload goes into the model; it is the next step of `modelvc
         # commit` on a new model (and so a stateful run gets to create models).
@@ -247,6 +284,214 @@ _LINKS: dict[str, dict[str, Any]] = {
         ),
     },
 }
+
+
+_IDENTITY: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "actor": {"type": "string"},
+        "role": _ROLE,
+        "token_id": {"type": "string"},
+        "expires_at": {"type": "integer", "description": "ms since the epoch; 0 = never"},
+    },
+    "required": ["actor", "role", "token_id", "expires_at"],
+}
+_RECEIPT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "model": {"type": "string"},
+        "command_id": {"type": "string"},
+        "event": {"type": "string"},
+        "seq": {"type": "integer"},
+        "ref": {"type": ["string", "null"]},
+        "head": {"type": ["string", "null"]},
+        "partition": {"type": "integer"},
+        "offset": {"type": "integer"},
+        "repeated": {"type": "boolean"},
+    },
+    "required": ["model", "command_id", "event", "seq"],
+}
+_KEYS = {"type": "object", "additionalProperties": {"type": "string"}}
+_KEY_RECEIPTS = {
+    "type": "object",
+    "properties": {
+        "key_id": {"type": "string"},
+        "repeated": {"type": "boolean"},
+        "partitions": {
+            "type": "object",
+            "description": "Each events partition's receipt (one command per partition).",
+            "additionalProperties": _ref("Receipt"),
+        },
+    },
+    "required": ["key_id", "partitions"],
+}
+
+
+def _security_paths(max_expires_at: int) -> dict[str, Any]:
+    """Identity, tokens, protection rules and writer keys (issue 10)."""
+    kind = _path_param("kind", {"enum": ["branch", "alias"]})
+    token = {
+        "type": "object",
+        "properties": {
+            **_IDENTITY["properties"],
+            "issued_at": {"type": "integer"},
+            "issued_by": {"type": "string"},
+            "revoked_at": {"type": ["integer", "null"]},
+            "revoked_by": {"type": ["string", "null"]},
+            "reason": {"type": "string"},
+            "state": {"enum": ["active", "revoked", "expired"]},
+        },
+        "required": ["token_id", "actor", "role", "expires_at", "state"],
+    }
+    issued = {
+        "type": "object",
+        "properties": {
+            **_RECEIPT["properties"],
+            "token": {
+                "type": "string",
+                "pattern": f"^{TOKEN.pattern}$",
+                "description": "Shown once: only its sha256 is kept.",
+            },
+            "token_id": {"type": "string"},
+            "actor": {"type": "string"},
+            "role": _ROLE,
+            "expires_at": {"type": "integer"},
+        },
+        "required": ["model", "command_id", "event", "seq"],
+    }
+    reason = _query("reason", _NOTE, "Why (kept in the event).")
+    return {
+        "/v1/whoami": {"get": _query_op("Who the token is.", _IDENTITY, [])},
+        "/v1/tokens": {
+            "get": _query_op(
+                "Every token issued (never its hash).",
+                {
+                    "type": "object",
+                    "properties": {"tokens": {"type": "array", "items": token}},
+                    "required": ["tokens"],
+                },
+                [],
+            ),
+            "post": _command(
+                "Issue a token; the answer shows it once (Cache-Control: no-store).",
+                _command_body(
+                    {
+                        "actor": _IDENT,
+                        "role": _ROLE,
+                        "expires_at": {
+                            "type": ["integer", "null"],
+                            "minimum": 0,
+                            "maximum": max_expires_at,
+                            "description": "ms since the epoch, in the future; null or 0: never.",
+                        },
+                    },
+                    ["actor", "role"],
+                ),
+                [],
+                issued,
+            ),
+        },
+        "/v1/tokens/{token_id}": {
+            "delete": _command(
+                "Revoke a token.", None, [_path_param("token_id", _TOKEN_ID), reason, _COMMAND_ID]
+            )
+        },
+        "/v1/protections": {
+            "get": _query_op(
+                "The protection rules: the least role that may move each protected ref.",
+                {
+                    "type": "object",
+                    "properties": {
+                        "rules": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "kind": {"enum": ["branch", "alias"]},
+                                    "model": {"type": "string"},
+                                    "name": {"type": "string"},
+                                    "role": _ROLE,
+                                },
+                                "required": ["kind", "model", "name", "role"],
+                            },
+                        }
+                    },
+                    "required": ["rules"],
+                },
+                [],
+            )
+        },
+        "/v1/protections/{kind}/{name}": {
+            "put": _command(
+                "Protect a branch or alias (of one model, or of every model).",
+                _command_body(
+                    {
+                        "model": {**_IDENT, "pattern": f"^({refs.NAME.pattern})?$"},
+                        "role": {"enum": list(PROTECTING_ROLES)},
+                    },
+                    [],
+                ),
+                [kind, _path_param("name", _IDENT)],
+            ),
+            "delete": _command(
+                "Drop a protection rule.",
+                None,
+                [
+                    kind,
+                    _path_param("name", _IDENT),
+                    _query("model", {"type": "string"}, "The rule's model (none: every model)."),
+                    _COMMAND_ID,
+                ],
+            ),
+        },
+        "/v1/writer-keys": {
+            "get": _query_op(
+                "The writer keys of each events partition, and this instance's own.",
+                {
+                    "type": "object",
+                    "properties": {
+                        "instance_key": {"type": "string"},
+                        "partitions": {
+                            "type": "object",
+                            "additionalProperties": {
+                                "type": "object",
+                                "properties": {"active": _KEYS, "retired": _KEYS},
+                                "required": ["active", "retired"],
+                            },
+                        },
+                    },
+                    "required": ["instance_key", "partitions"],
+                },
+                [],
+            ),
+            "post": _command(
+                "Trust another writer key on every events partition.",
+                _command_body({"public_key": _PUBLIC_KEY, "note": _NOTE}, ["public_key"]),
+                [],
+                _KEY_RECEIPTS,
+            ),
+        },
+        "/v1/writer-keys/{key_id}": {
+            "delete": _command(
+                "Retire a writer key on every events partition.",
+                None,
+                [_path_param("key_id", _PUBLIC_KEY), reason, _COMMAND_ID],
+                _KEY_RECEIPTS,
+            )
+        },
+    }
+
+
+def _secure(path: str, method: str, operation: dict[str, Any]) -> None:
+    """The route's token requirement, from the one table (``streams.auth``)."""
+    if path in auth.OPEN_PATHS:
+        operation["security"] = []  # open to anyone who can reach the server
+        return
+    needed = auth.needed_role(auth.ROUTE_ROLES, path, method)
+    operation["security"] = [{"bearerAuth": []}]
+    operation["description"] = f"Needs a token of role {needed} or above."
+    operation["responses"].setdefault("401", _errors(401)["401"])
+    operation["responses"].setdefault("403", _errors(403)["403"])
 
 
 def document() -> dict[str, Any]:
@@ -262,24 +507,16 @@ def document() -> dict[str, Any]:
                 "error": {"type": "string", "description": "A stable code, e.g. stale_head."},
                 "message": {"type": "string", "description": "What happened and what to do."},
                 "field": {"type": "string"},
+                "needed": {
+                    "type": ["string", "null"],
+                    "description": "401/403: the role the request needs.",
+                },
+                "role": {"type": ["string", "null"], "description": "403: the token's role."},
+                "actor": {"type": ["string", "null"], "description": "403: the token's actor."},
             },
             "required": ["error", "message"],
         },
-        "Receipt": {
-            "type": "object",
-            "properties": {
-                "model": {"type": "string"},
-                "command_id": {"type": "string"},
-                "event": {"type": "string"},
-                "seq": {"type": "integer"},
-                "ref": {"type": ["string", "null"]},
-                "head": {"type": ["string", "null"]},
-                "partition": {"type": "integer"},
-                "offset": {"type": "integer"},
-                "repeated": {"type": "boolean"},
-            },
-            "required": ["model", "command_id", "event", "seq"],
-        },
+        "Receipt": _RECEIPT,
         "Commit": {
             "type": "object",
             "properties": {
@@ -410,8 +647,7 @@ def document() -> dict[str, Any]:
                 [
                     model,
                     _path_param("branch", _IDENT),
-                    _query("command_id", _ID, "Idempotency key."),
-                    _query("actor", _ID, "Who asks."),
+                    _COMMAND_ID,
                 ],
             )
         },
@@ -581,6 +817,7 @@ def document() -> dict[str, Any]:
             }
         },
     }
+    paths.update(_security_paths(parse.MAX_EXPIRES_AT))
     schemas["Health"] = {
         "type": "object",
         "properties": {
@@ -601,6 +838,7 @@ def document() -> dict[str, Any]:
             # Any route may answer 405 (other methods) and, for a foreign page, 403.
             operation["responses"].setdefault("405", _errors(405)["405"])
             operation["responses"].setdefault("403", _errors(403)["403"])
+            _secure(path, method, operation)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -610,9 +848,25 @@ def document() -> dict[str, Any]:
                 "Version control for ML models, event-sourced on Kafka. Every error is "
                 "JSON {error, message, ...}. Writes need Content-Type application/json "
                 "(uploads: application/octet-stream); requests with a foreign Origin are "
-                f"refused. JSON bodies are limited to {parse.MAX_JSON_BYTES} bytes."
+                f"refused. JSON bodies are limited to {parse.MAX_JSON_BYTES} bytes. Every "
+                "route but /healthz and this document needs `Authorization: Bearer <token>` "
+                "of the role it names (reader < committer < releaser < admin; protected refs "
+                "need the role of their rule); the actor of every event is the token's. "
+                "An admin issues tokens: `modelvc token create ACTOR --role ROLE`."
             ),
         },
         "paths": paths,
-        "components": {"schemas": schemas},
+        "security": [{"bearerAuth": []}],
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": TOKEN_FORMAT,
+                    "description": "A token from `modelvc token create` (or "
+                    "$MODELVC_HOME/admin.token on a local stack).",
+                }
+            },
+        },
     }

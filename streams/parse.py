@@ -16,7 +16,16 @@ from typing import Any
 
 from aiohttp import web
 
+from streams.core import refs
 from streams.core.errors import InvalidCommand
+from streams.core.security import (
+    MAX_TEXT,
+    PROTECTING_ROLES,
+    PUBLIC_KEY,
+    REF_KINDS,
+    ROLES,
+    TOKEN_ID,
+)
 from streams.queries import Cutoff
 
 # A JSON body becomes one event on the broker, whose message limit is ~1 MB; a
@@ -36,6 +45,9 @@ MAX_METRIC_CHARS = 64  # a metric sent as text, e.g. "0.81"
 _OFFSET = re.compile(r"[0-9]{1,18}", re.ASCII)
 _AFTER_ITEM = re.compile(r"([0-9]{1,9}):([0-9]{1,18})", re.ASCII)
 DIGEST = re.compile(r"[0-9a-f]{64}", re.ASCII)
+# Token expiry: epoch ms, no later than the last millisecond of year 9999.
+MAX_EXPIRES_AT = 253_402_300_799_999
+MAX_NOTE_BYTES = MAX_TEXT  # reasons and notes of security commands: the core's bound
 
 
 def utf8(value: str, field: str, limit: int) -> str:
@@ -184,3 +196,81 @@ def after(value: str, partitions: int) -> list[tuple[int, int]]:
             )
         pairs.append((partition, offset))
     return pairs
+
+
+# -- tokens, protection rules and writer keys ------------------------------------------
+def actor(body: Mapping[str, Any], key: str) -> str:
+    """An actor's name: the rule of model names (``refs.NAME``, matched whole)."""
+    return refs.check_name(key, text(body, key))
+
+
+def role(body: Mapping[str, Any], key: str, among: tuple[str, ...] = ROLES) -> str:
+    value = body.get(key)
+    if value not in among:
+        raise InvalidCommand(
+            f"field {key!r} must be one of {', '.join(among)} (got {str(value)[:40]!r})",
+            field=key,
+        )
+    return str(value)
+
+
+def protecting_role(body: Mapping[str, Any], key: str) -> str:
+    """The role a protection rule asks for: releaser unless the body names another."""
+    return role({key: body.get(key, "releaser")}, key, PROTECTING_ROLES)
+
+
+def expires_at(body: Mapping[str, Any], key: str, now_ms: int) -> int:
+    """Epoch ms in the future, or 0 (never) for an absent, null or 0 value."""
+    value = body.get(key)
+    if value is None or value == 0:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_EXPIRES_AT:
+        raise InvalidCommand(
+            f"field {key!r} must be a time in epoch milliseconds (at most {MAX_EXPIRES_AT}), "
+            "or null for a token that never expires",
+            field=key,
+        )
+    if value <= now_ms:
+        raise InvalidCommand(
+            f"field {key!r} is {now_ms - value} ms in the past; a token must expire later",
+            field=key,
+        )
+    return value
+
+
+def token_id(value: str, field: str) -> str:
+    """A token's id: the 16 hex digits after ``mvc_`` (``modelvc token list`` shows them)."""
+    if not TOKEN_ID.fullmatch(value):
+        raise InvalidCommand(
+            f"{field} {value[:40]!r} is not a token id: 16 lowercase hex digits, as "
+            "`modelvc token list` shows them",
+            field=field,
+        )
+    return value
+
+
+def protected_ref(kind: str, name: str) -> tuple[str, str]:
+    """The ``{kind}/{name}`` of a protection rule: a branch or alias name."""
+    if kind not in REF_KINDS:
+        raise InvalidCommand(
+            f"{kind[:40]!r} cannot be protected: use branch or alias", field="kind"
+        )
+    return kind, refs.check_name(kind, name)
+
+
+def model_or_all(body: Mapping[str, Any]) -> str:
+    """The ``model`` a rule is for: a model name, or "" (absent) for every model."""
+    model = text(body, "model", "")
+    return model and refs.check_name("model", model)
+
+
+def public_key(body: Mapping[str, Any], key: str) -> str:
+    """A raw Ed25519 public key: 64 lowercase hex digits (the writer key's ``.pub`` file)."""
+    value = body.get(key)
+    if not isinstance(value, str) or not PUBLIC_KEY.fullmatch(value):
+        raise InvalidCommand(
+            f"field {key!r} must be a raw Ed25519 public key in 64 lowercase hex digits "
+            "(the contents of a writer.key.pub file)",
+            field=key,
+        )
+    return value

@@ -13,6 +13,7 @@ from streams.core import refs
 from streams.core.errors import UnknownModel
 from streams.core.events import ModelEvent, plain_commit
 from streams.core.fold import Fold, state_digest
+from streams.core.security import KeyRing, SecurityState
 from streams.core.state import ModelState
 
 # Where to cut a model's history: at an event offset, or at a time (epoch ms).
@@ -129,3 +130,50 @@ def digest(
         "offsets": {str(p): o for p, o in sorted(offsets.items())},
         "void_events": voided,
     }
+
+
+# -- the security chain and the writer-key rings ---------------------------------------
+def tokens(security: SecurityState | None, now_ms: int) -> dict[str, Any]:
+    """Every token issued, oldest first, without its hash (the hash is kept, never shown)."""
+    issued = sorted(
+        security.tokens.values() if security else [], key=lambda t: (t.issued_at, t.token_id)
+    )
+    return {
+        "tokens": [
+            {
+                "token_id": t.token_id,
+                "actor": t.actor,
+                "role": t.role,
+                "expires_at": t.expires_at,
+                "issued_at": t.issued_at,
+                "issued_by": t.issued_by,
+                "revoked_at": t.revoked_at,
+                "revoked_by": t.revoked_by,
+                "reason": t.reason,
+                "state": t.status(now_ms),
+            }
+            for t in issued
+        ]
+    }
+
+
+def protections(security: SecurityState | None) -> dict[str, Any]:
+    rules = sorted(security.rules.items()) if security else []
+    return {
+        "rules": [
+            {"kind": kind, "model": model, "name": name, "role": role}
+            for (kind, model, name), role in rules
+        ]
+    }
+
+
+def writer_keys(rings: Mapping[int, KeyRing], partitions: int, instance_key: str) -> dict[str, Any]:
+    """Each events partition's writer keys (none yet: its events are legacy, unsigned)."""
+    out: dict[str, Any] = {}
+    for p in range(partitions):
+        ring = rings.get(p)
+        out[str(p)] = {
+            "active": dict(sorted(ring.active.items())) if ring else {},
+            "retired": dict(sorted(ring.retired.items())) if ring else {},
+        }
+    return {"instance_key": instance_key, "partitions": out}

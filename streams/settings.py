@@ -10,10 +10,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streams.core import refs
+from streams.core.hashing import SHA256_HEX
 from streams.kafka_access import DELIVERY, SECURITY, Delivery, KafkaAccess, Security
 
 # A namespace prefixes every topic name and consumer group: Kafka's topic alphabet, bounded.
 NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+# Key ids an operator pins: a few writer keys per deployment, never hundreds.
+MAX_TRUSTED_KEYS = 64
+TRUSTED_KEYS_ENV = "MODELVC_TRUSTED_WRITER_KEYS"
+# A path field left unset, resolved from the others in __post_init__ (no one means "."
+# for a key file).
+_UNSET_PATH = Path()
 
 
 @dataclass(frozen=True)
@@ -44,13 +52,33 @@ class Settings:
     delivery: Delivery = "auto"
     # Replicas of every topic modelvc creates; None: min(3, brokers in the cluster).
     replication_factor: int | None = None
+    # The Ed25519 key this instance signs events and commands with (made at first start,
+    # mode 0600, with its public half in <path>.pub); unset: data_dir / "writer.key".
+    writer_key: Path = _UNSET_PATH
+    # A file holding the token this instance issues as the first admin's, while the
+    # security chain holds no token yet (`modelvc up` writes $MODELVC_HOME/admin.token).
+    bootstrap_token_file: Path | None = None
+    admin_actor: str = "admin"
+    # Writer key ids (64 hex) readers accept as a partition ring's first key; the streams
+    # app adds its own. Empty: a worker trusts each ring's first key on first use.
+    trusted_writer_keys: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
+        if self.writer_key == _UNSET_PATH:
+            object.__setattr__(self, "writer_key", self.data_dir / "writer.key")
         if not NAMESPACE.fullmatch(self.namespace):
             raise ValueError(
                 f"namespace {self.namespace[:80]!r} is not 1-200 letters, digits, '.', '_' "
                 "or '-' starting with a letter or digit; set MODELVC_NAMESPACE to one that is"
             )
+        if not refs.NAME.fullmatch(self.admin_actor):
+            raise ValueError(
+                f"MODELVC_ADMIN_ACTOR={self.admin_actor[:80]!r} is not an actor name (1-128 "
+                "letters, digits, '.', '_' or '-' starting with a letter or digit); set one that is"
+            )
+        problem = trusted_keys_problem(self.trusted_writer_keys)
+        if problem is not None:
+            raise ValueError(problem)
         if self.replication_factor is not None and not 1 <= self.replication_factor <= 32:
             raise ValueError(
                 f"MODELVC_REPLICATION_FACTOR={self.replication_factor} is not 1-32; "
@@ -132,6 +160,12 @@ class Settings:
             kafka_credentials=access.credentials,
             delivery=access.delivery,
             replication_factor=int(rf) if (rf := env.get("MODELVC_REPLICATION_FACTOR")) else None,
+            writer_key=Path(env.get("MODELVC_WRITER_KEY") or data_dir / "writer.key"),
+            bootstrap_token_file=(
+                Path(token) if (token := env.get("MODELVC_BOOTSTRAP_TOKEN_FILE")) else None
+            ),
+            admin_actor=env.get("MODELVC_ADMIN_ACTOR", "admin"),
+            trusted_writer_keys=parse_trusted_keys(env.get(TRUSTED_KEYS_ENV, "")),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -149,10 +183,36 @@ class Settings:
             # repr: the shortest text that reads back as the same float
             "MODELVC_COMMAND_TIMEOUT_S": repr(self.command_timeout_s),
             "MODELVC_CONSISTENCY_TIMEOUT_S": repr(self.consistency_timeout_s),
+            "MODELVC_WRITER_KEY": str(self.writer_key),
+            "MODELVC_ADMIN_ACTOR": self.admin_actor,
         } | self.access.to_env()
+        if self.trusted_writer_keys:
+            env[TRUSTED_KEYS_ENV] = ",".join(sorted(self.trusted_writer_keys))
+        if self.bootstrap_token_file is not None:
+            env["MODELVC_BOOTSTRAP_TOKEN_FILE"] = str(self.bootstrap_token_file)
         if self.replication_factor is not None:
             env["MODELVC_REPLICATION_FACTOR"] = str(self.replication_factor)
         return env
+
+
+def parse_trusted_keys(text: str) -> frozenset[str]:
+    """The key ids in ``MODELVC_TRUSTED_WRITER_KEYS`` (comma-separated; blanks ignored)."""
+    # Bounded before it is split: the value comes from whoever set the environment.
+    if len(text) > MAX_TRUSTED_KEYS * 66:
+        raise ValueError(f"{TRUSTED_KEYS_ENV} is over {MAX_TRUSTED_KEYS} key ids long")
+    return frozenset(part.strip().lower() for part in text.split(",") if part.strip())
+
+
+def trusted_keys_problem(keys: frozenset[str]) -> str | None:
+    if len(keys) > MAX_TRUSTED_KEYS:
+        return f"{TRUSTED_KEYS_ENV} names {len(keys)} keys; at most {MAX_TRUSTED_KEYS} are allowed"
+    for key in sorted(keys):
+        if not isinstance(key, str) or not SHA256_HEX.fullmatch(key):
+            return (
+                f"{TRUSTED_KEYS_ENV} holds {str(key)[:80]!r}, not a writer key id (64 hex "
+                "digits); list the ids `modelvc key list` shows, separated by commas"
+            )
+    return None
 
 
 # The default namespace's topics, for clients that take a topic name (modelvc.streaming).

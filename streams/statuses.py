@@ -29,10 +29,19 @@ STATUS_BY_CODE: Mapping[str, int] = {
     errors.NothingToDo.code: 409,
     errors.WriteRaced.code: 409,
     errors.CommandIdReused.code: 422,
+    # Who may do what (issue 10): no valid token, a role too low (a protected ref
+    # included: the writer refuses it), a claimed actor that is not the token's.
+    # streams.auth answers its own 401/403 at the edge with the same statuses.
+    errors.Unauthenticated.code: 401,
+    errors.Forbidden.code: 403,
+    errors.ActorMismatch.code: 403,
     # The service's own answers.
     "misrouted": 422,  # a command on a partition its model does not live on
     "timeout": 504,  # no answer in time; the same command id may be sent again
     "internal": 500,  # a bug
+    # This instance's writer key is not in the partition's ring: the operator adds it
+    # (modelvc key add) or gives the instance the deployment's key; nothing the client can fix.
+    "untrusted_writer": 503,
     # The artifact store's refusals.
     "unknown_artifact": 404,
     "digest_mismatch": 422,

@@ -35,6 +35,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
 
+from streams.core.security import keys_partition
 from streams.errors import ReplicationUnavailable, UnsafeTopic
 from streams.settings import Settings
 
@@ -117,7 +118,15 @@ def home_partition(model: str, partitions: int) -> int:
     Kafka's default partitioner for a keyed record (murmur2 of the key, as the Java,
     kafka-python and aiokafka clients all compute it): commands are keyed by model,
     and the single writer of commands partition N appends to events partition N.
+    The one exception is ``~keys.P``, the writer-key ring of partition P, which lives
+    on P itself (so "was this key active when the event was written" is decided by
+    offset order in one partition); its producers name the partition explicitly.
+    A ring of a partition the topic does not have (P >= partitions) has no home:
+    ``misplaced`` refuses it on every partition, and this returns P all the same.
     """
+    ring = keys_partition(model)
+    if ring is not None:
+        return ring
     hashed: int = murmur2(model.encode("utf-8", "surrogatepass"))
     return (hashed & 0x7FFFFFFF) % partitions
 
@@ -129,8 +138,18 @@ def misplaced(model: str, partition: int, partitions: int) -> str | None:
     depend on which partition a reader fetched first, and readers would disagree.
     """
     home = home_partition(model, partitions)
-    if home == partition:
+    if home == partition and home < partitions:
         return None
+    if keys_partition(model) is not None:
+        if home >= partitions:
+            return (
+                f"{model[:64]!r} is the writer-key ring of partition {home}, which a topic "
+                f"of {partitions} partitions does not have; no reader trusts it"
+            )
+        return (
+            f"{model[:64]!r} is the writer-key ring of partition {home}, not {partition}; "
+            f"its commands and events must be produced to partition {home} explicitly"
+        )
     return (
         f"model {model[:64]!r} lives on partition {home} of {partitions}, not {partition}; "
         "a producer must key commands by the model name (Kafka's default partitioner)"

@@ -1,13 +1,30 @@
-"""`python -m workers` (`modelvc worker`): one inference worker, set up from the environment."""
+"""`python -m workers` (`modelvc worker`): one inference worker, set up from the environment.
+
+``--sign-predictions`` (or ``MODELVC_SIGN_PREDICTIONS=1``) signs every prediction
+with the worker's own key, ``MODELVC_WORKER_KEY`` (default
+``$MODELVC_HOME/keys/worker-<worker id>.key``, created 0600 at first start).
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import dataclasses
 import logging
 import os
+import sys
+from collections.abc import Sequence
 
 
-def main() -> None:
+def main(argv: Sequence[str] = ()) -> None:
+    """Run the worker; ``argv`` are this module's own flags (`modelvc worker` passes none)."""
+    parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
+    parser.add_argument(
+        "--sign-predictions",
+        action="store_true",
+        help="sign each prediction with this worker's key (also MODELVC_SIGN_PREDICTIONS=1)",
+    )
+    args = parser.parse_args(list(argv))
     # One LightGBM/OpenMP thread per worker process: scale out with processes. Set before
     # anything imports LightGBM, hence the imports below.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -16,8 +33,11 @@ def main() -> None:
     from workers.settings import WorkerSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    asyncio.run(serve(bootstrap(WorkerSettings.from_env())))
+    settings = WorkerSettings.from_env()
+    if args.sign_predictions:
+        settings = dataclasses.replace(settings, sign_predictions=True)
+    asyncio.run(serve(bootstrap(settings)))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

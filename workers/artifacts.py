@@ -58,6 +58,7 @@ class ArtifactLoader:
         url: str | None = None,
         timeout: float = 10.0,
         sandbox: Sandbox | None = None,
+        token: str | None = None,  # None: from the environment (streams.http_client)
     ):
         if root is None and url is None:
             raise ArtifactLoadFailed(
@@ -67,7 +68,11 @@ class ArtifactLoader:
         self._store = ArtifactStore(root) if root is not None else None
         self._url = url.rstrip("/") if url else None
         # The API serves only stored (checked, bounded) artifacts; a larger answer is not one.
-        self._http = HttpClient(url, timeout=timeout, max_bytes=MAX_MODEL_BYTES) if url else None
+        self._http = (
+            HttpClient(url, timeout=timeout, max_bytes=MAX_MODEL_BYTES, token=token)
+            if url
+            else None
+        )
         self._sandbox = sandbox if sandbox is not None else Sandbox()
         self._cache: dict[str, LoadedModel] = {}
         self._verdicts: dict[str, ModelSummary | str] = {}  # summary, or why it was refused

@@ -8,11 +8,13 @@ internals.
 from __future__ import annotations
 
 from streams.core.fold import Fold
+from streams.signing import SigningKey
 from workers.artifacts import ArtifactLoader
 from workers.loop import Worker
 from workers.metrics import Metrics
 from workers.scorer import Scorer
 from workers.settings import WorkerSettings
+from workers.signing import Signer
 from workers.versions import VersionTracker
 
 
@@ -22,10 +24,13 @@ def bootstrap(
     metrics: Metrics | None = None,
     loader: ArtifactLoader | None = None,
     fold: Fold | None = None,
+    signer: Signer | None = None,
 ) -> Worker:
     metrics = metrics if metrics is not None else Metrics()
     if loader is None:
         loader = ArtifactLoader(settings.artifact_root, settings.artifact_url)
+    if signer is None and settings.sign_predictions:
+        signer = SigningKey.load_or_create(settings.worker_key_path)
     tracker = VersionTracker(settings, loader, metrics, fold)
-    scorer = Scorer(tracker, metrics, settings.worker_id)
+    scorer = Scorer(tracker, metrics, settings.worker_id, signer=signer)
     return Worker(settings, tracker, scorer, metrics)

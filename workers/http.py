@@ -3,6 +3,8 @@
 The same hygiene as the streams API (``streams.http_edge``): errors are JSON,
 POST needs ``Content-Type: application/json``, foreign origins are refused and
 bodies are bounded; the server binds to ``MODELVC_WORKER_HOST`` (loopback by default).
+Predicting needs a reader token (``streams.auth``), checked against ``~security``
+as this worker folded it from the same log; /healthz and /metrics stay open.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
+from streams import auth
 from streams.http_edge import JSON, JsonErrorRunner, guard, render_errors
 from workers import scoring
 from workers.errors import Rejected, UnknownModel, UnknownRef
@@ -95,6 +98,11 @@ def create_app(worker: Worker) -> web.Application:
         middlewares=[
             render_errors(lambda exc: None, MAX_BODY_BYTES),
             guard(settings.web_host, settings.web_port, lambda request: JSON),
+            auth.require_tokens(
+                lambda: worker.tracker.fold.security,
+                auth.WORKER_ROUTE_ROLES,
+                auth.WORKER_OPEN_PATHS,
+            ),
         ],
     )
     app.router.add_post("/v1/models/{model}/predict", predict)

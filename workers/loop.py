@@ -71,6 +71,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from streams import deadletter
 from streams.kafka_access import Delivery, negotiate
+from streams.signing import public_path
 from workers.metrics import Metrics
 from workers.scorer import Incoming, Scored, Scorer
 from workers.settings import WorkerSettings
@@ -187,6 +188,14 @@ class Worker:
             self.delivery,
             DELIVERY_NOTES[self.delivery],
         )
+        if self.scorer.signer is not None:
+            # Auditors pin this key (`modelvc audit served --trust-worker-key FILE`).
+            log.info(
+                "worker %s signs its predictions with key %s (public key: %s)",
+                self.settings.worker_id,
+                self.scorer.signer.key_id,
+                public_path(self.settings.worker_key_path),
+            )
         self._producer_config = access.producer(
             linger_ms=0,
             max_batch_size=1 << 20,

@@ -20,6 +20,7 @@ from workers import scoring
 from workers.errors import Rejected, Undecodable
 from workers.metrics import Metrics
 from workers.scoring import Version
+from workers.signing import Signer, sign_prediction
 
 
 class Versions(Protocol):
@@ -59,10 +60,12 @@ class Scorer:
         metrics: Metrics,
         worker_id: str,
         predictor: Executor | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.tracker = tracker
         self.metrics = metrics
         self.worker_id = worker_id
+        self.signer = signer  # signs each prediction (workers.signing) when given
         # LightGBM runs on this thread, off the event loop: a large model's batch takes
         # seconds, and /healthz, /metrics and the group heartbeat must go on meanwhile.
         self.predictor = predictor or ThreadPoolExecutor(1, thread_name_prefix="predict")
@@ -125,12 +128,35 @@ class Scorer:
         started = time.perf_counter()
         scores = await self.predict(version, matrix)
         self.metrics.predict_took(time.perf_counter() - started)
+        if self.signer is None:
+            out.predictions += self._encode(version, kept, scores, scored_at)
+        else:
+            # Signing costs tens of microseconds a record: on the predict thread, so a large
+            # batch does not hold up /healthz and the group heartbeat on the event loop.
+            loop = asyncio.get_running_loop()
+            out.predictions += await loop.run_in_executor(
+                self.predictor, self._encode, version, kept, scores, scored_at
+            )
+        event_ms = np.fromiter((item.timestamp_ms for item, _ in kept), np.int64, len(kept))
+        self.metrics.end_to_end(np.maximum(0.0, (scored_at - event_ms) / 1000))
+        self.metrics.predicted(version.model, version.commit_id, "stream", len(kept))
+
+    def _encode(
+        self,
+        version: Version,
+        kept: list[tuple[Incoming, dict[str, Any]]],
+        scores: np.ndarray,
+        scored_at: int,
+    ) -> list[tuple[int, bytes | None, bytes]]:
+        encoded = []
         for (item, event), row in zip(kept, scores.tolist(), strict=True):
             source = scoring.Source(item.topic, item.partition, item.offset, item.timestamp_ms)
             record = scoring.prediction_record(
                 event, source, version, row, self.worker_id, scored_at
             )
-            out.predictions.append((item.partition, item.key, PREDICTIONS.encode(record)))
-        event_ms = np.fromiter((item.timestamp_ms for item, _ in kept), np.int64, len(kept))
-        self.metrics.end_to_end(np.maximum(0.0, (scored_at - event_ms) / 1000))
-        self.metrics.predicted(version.model, version.commit_id, "stream", len(kept))
+            # Said explicitly: fastavro would write the schema's default for bytes as a str.
+            record |= {"key_id": "", "signature": b""}
+            if self.signer is not None:
+                sign_prediction(record, self.signer)
+            encoded.append((item.partition, item.key, PREDICTIONS.encode(record)))
+        return encoded

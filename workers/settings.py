@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ class WorkerSettings:
     worker_memory_mb: int = 1024
     retry_s: float = 1.0
     fault: str = ""  # test-only fault hook (MODELVC_WORKER_FAULT), see workers.loop.Fault
+    # Sign every prediction with this worker's own Ed25519 key (workers.signing).
+    sign_predictions: bool = False
+    worker_key: Path | None = None  # None: $MODELVC_HOME/keys/worker-<worker id>.key
 
     @property
     def bootstrap(self) -> str:
@@ -42,6 +46,20 @@ class WorkerSettings:
         """This worker's transactional id in exactly-once delivery: unique per worker of the
         group, and the same across its restarts, so a restarted worker fences its zombie."""
         return f"{self.group_id}-{self.worker_id}"
+
+    @property
+    def worker_key_path(self) -> Path:
+        """The private key predictions are signed with (created 0600 at first start)."""
+        if self.worker_key is not None:
+            return self.worker_key
+        # The worker id is a file name here: anything else would let it point elsewhere.
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.worker_id):
+            raise ValueError(
+                f"MODELVC_WORKER_ID={self.worker_id[:100]!r} cannot name a key file: set "
+                "MODELVC_WORKER_KEY to the key's path, or use letters, digits, '.', '_', '-'"
+            )
+        # data_dir is $MODELVC_HOME/streams unless moved; keys live beside it, as the writer's.
+        return self.topics.data_dir.parent / "keys" / f"worker-{self.worker_id}.key"
 
     @property
     def fetch_wait_ms(self) -> int:
@@ -77,6 +95,8 @@ class WorkerSettings:
             worker_memory_mb=int(env.get("MODELVC_WORKER_MEMORY_MB", "1024")),
             retry_s=float(env.get("MODELVC_WORKER_RETRY_S", "1")),
             fault=env.get("MODELVC_WORKER_FAULT", ""),
+            sign_predictions=_flag(env, "MODELVC_SIGN_PREDICTIONS"),
+            worker_key=Path(key) if (key := env.get("MODELVC_WORKER_KEY")) else None,
         )
 
     def to_env(self) -> dict[str, str]:
@@ -96,4 +116,15 @@ class WorkerSettings:
             env["MODELVC_ARTIFACT_URL"] = self.api_url
         if self.fault:
             env["MODELVC_WORKER_FAULT"] = self.fault
+        if self.sign_predictions:
+            env["MODELVC_SIGN_PREDICTIONS"] = "1"
+        if self.worker_key is not None:
+            env["MODELVC_WORKER_KEY"] = str(self.worker_key)
         return env
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "0")
+    if value not in ("0", "1", ""):
+        raise ValueError(f"{name}={value[:20]!r}: set it to 1 (on) or 0 (off)")
+    return value == "1"

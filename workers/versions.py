@@ -9,8 +9,13 @@ two batches. A failed load keeps the old version and is retried.
 Loading includes re-checking the artifact (our parser, LightGBM in a sandbox,
 the memory budget ``MODELVC_WORKER_MEMORY_MB`` for a batch of
 ``MODELVC_WORKER_MAX_BATCH`` rows), so a file put in the store by hand cannot
-poison a worker. Each failure is counted (``modelvc_artifact_failures_total``)
-and kept in :attr:`VersionTracker.failures` until that ref loads, for /healthz.
+poison a worker. The fold checks the writers' signatures (``streams.signing.verify``)
+as the streams app's does, so an event forged straight into the log moves nothing
+a worker serves; a ring may start only with a key of ``MODELVC_TRUSTED_WRITER_KEYS``
+(the stack sets it), so a forger cannot claim a partition by writing its first key.
+It also folds ``~security``, whose tokens the worker's REST endpoints accept. Each
+failure is counted (``modelvc_artifact_failures_total``) and kept in
+:attr:`VersionTracker.failures` until that ref loads, for /healthz.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from streams.core.errors import VersionGraphError
 from streams.core.fold import Fold
 from streams.errors import UndecodableMessage
 from streams.follow import assigned_consumer
+from streams.settings import TRUSTED_KEYS_ENV
+from streams.signing import verify
 from streams.topics import misplaced
 from streams.watermarks import at_end_async
 from workers.artifacts import ArtifactLoader, LoadedModel, MemoryBudget
@@ -43,6 +50,20 @@ log = logging.getLogger("modelvc.workers")
 DEFAULT_ALIAS = "production"
 
 
+def trusted_keys(settings: WorkerSettings) -> frozenset[str] | None:
+    """The writer keys a ring may start with; None (trust on first use, with a warning)
+    when none are configured: then whoever writes a ring's first key to Kafka is trusted."""
+    keys = settings.topics.trusted_writer_keys
+    if keys:
+        return keys
+    log.warning(
+        "%s is not set: this worker trusts the first writer key of each events partition, "
+        "whoever wrote it; set it to the streams instances' key id (`modelvc key list`)",
+        TRUSTED_KEYS_ENV,
+    )
+    return None
+
+
 class VersionTracker:
     def __init__(
         self,
@@ -56,7 +77,9 @@ class VersionTracker:
         self.settings = settings
         self.loader = loader
         self.metrics = metrics
-        self.fold = fold if fold is not None else Fold()
+        self.fold = (
+            fold if fold is not None else Fold(verify=verify, trusted=trusted_keys(settings))
+        )
         self.serving: dict[tuple[str, str | None], Version] = {}
         self.ready = asyncio.Event()
         self.switches: list[tuple[float, str, str, str]] = []  # (monotonic, model, ref, commit)
@@ -197,7 +220,7 @@ class VersionTracker:
                             continue
                         # The streams app's rule too: a model's history lives on one partition.
                         if misplaced(event.model, tp.partition, len(tps)) is None:
-                            self.fold.apply(event)
+                            self.fold.apply(event, tp.partition)
                         else:
                             self.fold.void(event.model)
                 if not self.ready.is_set() and await at_end_async(consumer, tps):

@@ -14,6 +14,13 @@ not violations; an event they displaced still shows as a gap in its chain.
 
 When the shell decodes each message with a second, independent decoder, any
 difference between the two decodings is a ``decoder_mismatch`` violation.
+
+On a partition whose key ring has had a key, an event that is not signed by a
+key active there is ``unsigned`` or ``bad_signature``, checked before the
+chain: a forged but correctly chained event is reported as what it is. A
+partition's first key outside the keys an auditor pinned is ``untrusted_key``,
+and every event that key signed is then ``bad_signature`` (signed, on a
+partition whose ring holds no key), so a wrong pin shows all it would trust.
 """
 
 from __future__ import annotations
@@ -22,8 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from streams.core.events import ModelEvent
-from streams.core.evolve import evolve
-from streams.core.fold import Fold, void_reason
+from streams.core.fold import Fold
 
 DUPLICATE = "duplicate"
 SKIPPED = "skipped"
@@ -36,6 +42,9 @@ VIOLATIONS = (
     "reordered",
     "misplaced",
     "decoder_mismatch",
+    "unsigned",
+    "bad_signature",
+    "untrusted_key",
 )
 
 
@@ -85,23 +94,31 @@ class Auditor:
         """Two independent decoders read the message at ``where`` differently."""
         self.findings.append(Finding("decoder_mismatch", model, seq, where, detail))
 
+    def _report(self, finding: Finding) -> Finding:
+        """Record ``finding``; a violation is an event readers void, so the fold counts it."""
+        self.findings.append(finding)
+        if finding.violation:
+            self.fold.void(finding.model)
+        return finding
+
     def check(self, event: ModelEvent, where: Where) -> Finding | None:
-        """Apply ``event`` if it continues its model's chain; else record and return why not."""
+        """Apply ``event`` if it continues its chain; else record and return why not."""
         self.events += 1
-        model = event.model
-        wrong_place = None if self.misplaced is None else self.misplaced(model, where.partition)
+        model, partition = event.model, where.partition
+        wrong_place = None if self.misplaced is None else self.misplaced(model, partition)
         if wrong_place is not None:
             # Readers void it (their order would otherwise depend on which partition came first).
-            misplaced = Finding("misplaced", model, event.seq, where, wrong_place)
-            self.findings.append(misplaced)
-            self.fold.voided += 1
-            return misplaced
-        state = self.fold.models.get(model)
+            return self._report(Finding("misplaced", model, event.seq, where, wrong_place))
+        event_hash = event.hash()
+        signature = self.fold.signature_void(event, partition, event_hash)
+        if signature is not None:
+            return self._report(Finding(signature[0], model, event.seq, where, signature[1]))
+        state = self.fold.chain(model, partition)
         applied = 0 if state is None else state.seq
         hashes = self.hashes.setdefault(model, [])
         finding: Finding | None = None
         if event.seq <= applied:
-            if event.hash() == hashes[event.seq - 1]:
+            if event_hash == hashes[event.seq - 1]:
                 finding = Finding(
                     DUPLICATE,
                     model,
@@ -127,8 +144,8 @@ class Auditor:
                 f"seq {applied + 1}..{event.seq - 1} missing before this event",
             )
         else:
-            reason = void_reason(state, event)
-            if reason is not None and event.prev_hash != (
+            problem = self.fold.chain_void(event, partition)
+            if problem is not None and event.prev_hash != (
                 hashes[-1] if hashes else event.prev_hash
             ):
                 culprit = self.places[model][-1] if hashes else where
@@ -140,19 +157,15 @@ class Auditor:
                     f"the event at {culprit} does not hash to the prev_hash that seq "
                     f"{event.seq} at {where} records (altered after it was written?)",
                 )
-            elif reason is not None:
-                finding = Finding("invalid", model, event.seq, where, reason)
+            elif problem is not None:
+                finding = Finding(problem[0], model, event.seq, where, problem[1])
         if finding is not None and finding.kind == "gap":
             self._gaps[(model, applied + 1)] = len(self.findings)
         if finding is not None:
-            self.findings.append(finding)
-            if finding.violation:
-                self.fold.voided += 1
-            return finding
-        # void_reason was checked above: evolve directly instead of Fold.apply checking again.
-        new_state = evolve(state, event)
-        self.fold.models[model] = new_state
-        hashes.append(new_state.last_hash)
+            return self._report(finding)
+        # chain_void was checked above: admit directly instead of Fold.apply checking again.
+        self.fold.admit(event, partition, event_hash)
+        hashes.append(event_hash)
         self.places.setdefault(model, []).append(where)
         index = self._gaps.pop((model, event.seq), None)
         if index is not None:

@@ -63,7 +63,64 @@ class MoveAlias:
     expect: str | None = None
 
 
-Body = CreateModel | MakeCommit | CreateBranch | DeleteBranch | Merge | Rollback | MoveAlias
+# -- admin commands: the security chain and the writer-key rings ---------------------
+@dataclass(frozen=True)
+class IssueToken:
+    token_id: str
+    actor: str
+    role: str
+    token_sha256: str
+    expires_at: int = 0
+
+
+@dataclass(frozen=True)
+class RevokeToken:
+    token_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ProtectRef:
+    kind: str
+    name: str
+    model: str = ""
+    role: str = "releaser"
+
+
+@dataclass(frozen=True)
+class UnprotectRef:
+    kind: str
+    name: str
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class AddWriterKey:
+    public_key: str  # 64 hex; sent once per events partition, to security.keys_stream(p)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class RetireWriterKey:
+    key_id: str
+    reason: str
+
+
+Body = (
+    CreateModel
+    | MakeCommit
+    | CreateBranch
+    | DeleteBranch
+    | Merge
+    | Rollback
+    | MoveAlias
+    | IssueToken
+    | RevokeToken
+    | ProtectRef
+    | UnprotectRef
+    | AddWriterKey
+    | RetireWriterKey
+)
 BODY_TYPES: tuple[type, ...] = (
     CreateModel,
     MakeCommit,
@@ -72,6 +129,12 @@ BODY_TYPES: tuple[type, ...] = (
     Merge,
     Rollback,
     MoveAlias,
+    IssueToken,
+    RevokeToken,
+    ProtectRef,
+    UnprotectRef,
+    AddWriterKey,
+    RetireWriterKey,
 )
 
 
@@ -82,6 +145,11 @@ class Command:
     actor: str
     at: int  # milliseconds since the epoch, stamped at the edge
     body: Body
+    # Who the API authenticated (the token's role), and its instance's signature over
+    # security.command_message(self): the writer decides only commands an API signed.
+    role: str = ""
+    key_id: str = ""
+    signature: bytes = b""
 
 
 def _digest_number(value: object) -> object:

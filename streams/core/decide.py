@@ -2,24 +2,34 @@
 
 Pure: no clock, no random ids, no I/O. The same command against the same
 state yields byte-identical events, which makes retries and replays safe.
+
+The system chains (``~security``, ``~keys.P``; see :mod:`streams.core.security`)
+are decided here too, by the same envelope rules. Authorization is not:
+the writer calls ``security.authorize`` first.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from streams.core import refs
+from streams.core import refs, security
 from streams.core.commands import (
+    AddWriterKey,
     Command,
     CreateBranch,
     CreateModel,
     DeleteBranch,
+    IssueToken,
     MakeCommit,
     Merge,
     MoveAlias,
+    ProtectRef,
+    RetireWriterKey,
+    RevokeToken,
     Rollback,
+    UnprotectRef,
     command_digest,
 )
 from streams.core.errors import (
@@ -47,10 +57,20 @@ from streams.core.events import (
     ModelCreated,
     ModelEvent,
     Payload,
+    RefProtected,
+    RefUnprotected,
     RolledBack,
+    TokenIssued,
+    TokenRevoked,
+    WriterKeyAdded,
+    WriterKeyRetired,
 )
 from streams.core.hashing import GENESIS_HASH, SHA256_HEX, commit_id
+from streams.core.security import KeyRing, SecurityState
 from streams.core.state import ModelState, Receipt
+
+if TYPE_CHECKING:
+    from streams.core.fold import Fold
 
 STRATEGIES = ("theirs", "ours")
 
@@ -291,6 +311,122 @@ def move_alias(state: ModelState, command: Command) -> Payload:
     return AliasMoved(body.alias, current, target)
 
 
+# -- the security chain ------------------------------------------------------------
+
+
+def _tokens(state: SecurityState | None) -> Mapping[str, security.Token]:
+    return {} if state is None else state.tokens
+
+
+def _refused(problem: str | None, field: str) -> None:
+    if problem is not None:
+        raise InvalidCommand(problem, field=field)
+
+
+def issue_token(state: SecurityState | None, command: Command) -> Payload:
+    body: IssueToken = command.body  # type: ignore[assignment]
+    _refused(
+        security.token_problem(
+            _tokens(state), body.token_id, body.actor, body.role, body.token_sha256, body.expires_at
+        ),
+        "token",
+    )
+    if body.expires_at != 0 and body.expires_at <= command.at:
+        raise InvalidCommand(
+            "the token would expire before it is issued; give an expiry in the future "
+            f"(modelvc token create {body.actor} --role {body.role} --expires 30d)",
+            field="expires_at",
+        )
+    return TokenIssued(body.token_id, body.actor, body.role, body.token_sha256, body.expires_at)
+
+
+def revoke_token(state: SecurityState | None, command: Command) -> Payload:
+    body: RevokeToken = command.body  # type: ignore[assignment]
+    _refused(security.text_problem("reason", body.reason), "reason")
+    token = _tokens(state).get(body.token_id)
+    if token is None:
+        raise InvalidCommand(
+            f"there is no token {refs.shown(body.token_id)}; see the token ids: modelvc token list",
+            field="token_id",
+        )
+    if token.revoked_at is not None:
+        raise NothingToDo(f"token {body.token_id} is already revoked", token_id=body.token_id)
+    if _last_admin(_tokens(state), token, command.at):
+        # Only an admin token can issue tokens: without one nobody could administer again.
+        raise InvalidCommand(
+            f"token {body.token_id} is the last active admin token; issue another admin first "
+            "(modelvc token create NAME --role admin), then revoke this one",
+            field="token_id",
+        )
+    return TokenRevoked(body.token_id, body.reason)
+
+
+def _last_admin(tokens: Mapping[str, security.Token], token: security.Token, now_ms: int) -> bool:
+    def admin(t: security.Token) -> bool:
+        return t.role == "admin" and t.status(now_ms) == "active"
+
+    return admin(token) and not any(
+        admin(t) for t in tokens.values() if t.token_id != token.token_id
+    )
+
+
+def _rules(state: SecurityState | None) -> Mapping[tuple[str, str, str], str]:
+    return {} if state is None else state.rules
+
+
+def _rule_shown(kind: str, model: str, name: str) -> str:
+    return f"{kind} {name!r} of {f'model {model!r}' if model else 'every model'}"
+
+
+def protect_ref(state: SecurityState | None, command: Command) -> Payload:
+    body: ProtectRef = command.body  # type: ignore[assignment]
+    _refused(security.rule_problem(body.kind, body.model, body.name, body.role), "protection")
+    if _rules(state).get((body.kind, body.model, body.name)) == body.role:
+        raise NothingToDo(
+            f"{_rule_shown(body.kind, body.model, body.name)} is already protected ({body.role})"
+        )
+    return RefProtected(body.kind, body.model, body.name, body.role)
+
+
+def unprotect_ref(state: SecurityState | None, command: Command) -> Payload:
+    body: UnprotectRef = command.body  # type: ignore[assignment]
+    _refused(security.rule_problem(body.kind, body.model, body.name, "admin"), "protection")
+    if (body.kind, body.model, body.name) not in _rules(state):
+        raise NothingToDo(
+            f"{_rule_shown(body.kind, body.model, body.name)} has no protection rule "
+            "(a rule for every model is removed without -M)"
+        )
+    return RefUnprotected(body.kind, body.model, body.name)
+
+
+# -- a partition's writer-key ring ------------------------------------------------------
+
+
+def add_writer_key(ring: KeyRing | None, command: Command, signer: str) -> Payload:
+    body: AddWriterKey = command.body  # type: ignore[assignment]
+    _refused(security.public_key_problem(body.public_key), "public_key")
+    _refused(security.text_problem("note", body.note), "note")
+    key_id = security.key_id_of(body.public_key)
+    problem = security.add_key_problem(ring, key_id, signer)
+    if problem is not None and ring is not None and ring.signed and signer not in ring.active:
+        problem += (
+            "; add this instance's key from an instance whose key is active: "
+            "modelvc key add <pub file>"
+        )
+    _refused(problem, "public_key")
+    return WriterKeyAdded(key_id, body.public_key, body.note)
+
+
+def retire_writer_key(ring: KeyRing | None, command: Command, signer: str) -> Payload:
+    body: RetireWriterKey = command.body  # type: ignore[assignment]
+    _refused(security.text_problem("reason", body.reason), "reason")
+    problem = security.retire_key_problem(ring, body.key_id, signer)
+    if problem is not None and (ring is None or body.key_id not in ring.active):
+        problem += "; see the active keys: modelvc key list"
+    _refused(problem, "key_id")
+    return WriterKeyRetired(body.key_id, body.reason)
+
+
 _DECIDERS: dict[type, Callable[[Any, Command], Payload]] = {
     CreateModel: create_model,
     MakeCommit: make_commit,
@@ -300,41 +436,81 @@ _DECIDERS: dict[type, Callable[[Any, Command], Payload]] = {
     Rollback: rollback,
     MoveAlias: move_alias,
 }
+_SECURITY_DECIDERS: dict[type, Callable[[Any, Command], Payload]] = {
+    IssueToken: issue_token,
+    RevokeToken: revoke_token,
+    ProtectRef: protect_ref,
+    UnprotectRef: unprotect_ref,
+}
+_KEY_DECIDERS: dict[type, Callable[[Any, Command, str], Payload]] = {
+    AddWriterKey: add_writer_key,
+    RetireWriterKey: retire_writer_key,
+}
+
+State = ModelState | SecurityState | KeyRing
 
 
-def _check_repeat(state: ModelState, command: Command, receipt: Receipt, digest: str) -> None:
+def _check_repeat(command: Command, receipt: Receipt, digest: str) -> None:
     # An empty receipt digest comes from an event older than digests: nothing to
     # compare with, so it keeps the old rule (any reuse is a repeat).
     if receipt.digest and receipt.digest != digest:
         raise CommandIdReused(
-            f"command id {command.command_id!r} was already used on model {state.name!r} "
+            f"command id {command.command_id!r} was already used on model {command.model!r} "
             f"by another request, which became event {receipt.seq} ({receipt.event}); "
             "this request was not applied. Send it with a new command id (the client "
             "makes one when you give none), or repeat the first request exactly to "
             "read its result",
             command_id=command.command_id,
-            model=state.name,
+            model=command.model,
             seq=receipt.seq,
             event=receipt.event,
         )
 
 
-def decide(state: ModelState | None, command: Command) -> tuple[ModelEvent, ...]:
+def _wrong_stream(command: Command, takes: str) -> InvalidCommand:
+    return InvalidCommand(
+        f"{type(command.body).__name__} cannot be sent to {refs.shown(command.model)}, "
+        f"which takes {takes}",
+        field="model",
+    )
+
+
+def _payload(state: State | None, command: Command, key_id: str) -> Payload:
+    body_type, model = type(command.body), command.model
+    if model == security.SECURITY_STREAM:
+        if body_type not in _SECURITY_DECIDERS:
+            raise _wrong_stream(command, "token and protection commands")
+        return _SECURITY_DECIDERS[body_type](state, command)
+    if security.keys_partition(model) is not None:
+        if body_type not in _KEY_DECIDERS:
+            raise _wrong_stream(command, "writer-key commands")
+        return _KEY_DECIDERS[body_type](state, command, key_id)
+    if body_type not in _DECIDERS:
+        raise _wrong_stream(command, "model commands")
+    if state is None and body_type is not CreateModel:
+        raise refs.unknown_model(model)
+    return _DECIDERS[body_type](state, command)
+
+
+def decide(state: State | None, command: Command, key_id: str = "") -> tuple[ModelEvent, ...]:
     """Events that ``command`` produces on ``state``; () when it was already applied.
 
+    ``state`` is the command's chain: a model's state, or for the system chains
+    the :class:`SecurityState` (``~security``) or the partition's
+    :class:`KeyRing` (``~keys.P``). ``key_id`` is the writer key that will sign
+    the events: it is stamped on each, so the chain hash covers it.
+
     The idempotency key is (model, command id): a state holds the receipts of
-    its own model only. A repeat of the same request (same
+    its own chain only. A repeat of the same request (same
     :func:`~streams.core.commands.command_digest`) yields (); another request
     under a used key raises :class:`~streams.core.errors.CommandIdReused`.
     Raises a :class:`~streams.core.errors.VersionGraphError` when it is refused.
     """
     digest = command_digest(command)
     if state is not None and command.command_id in state.receipts:
-        _check_repeat(state, command, state.receipts[command.command_id], digest)
+        _check_repeat(command, state.receipts[command.command_id], digest)
         return ()
-    if state is None and not isinstance(command.body, CreateModel):
-        raise refs.unknown_model(command.model)
-    payload = _DECIDERS[type(command.body)](state, command)
+    payload = _payload(state, command, key_id)
     return (
         ModelEvent(
             model=command.model,
@@ -345,5 +521,20 @@ def decide(state: ModelState | None, command: Command) -> tuple[ModelEvent, ...]
             at=command.at,
             payload=payload,
             command_digest=digest,
+            key_id=key_id,
         ),
     )
+
+
+def decide_on(
+    fold: Fold, partition: int, command: Command, key_id: str = ""
+) -> tuple[ModelEvent, ...]:
+    """:func:`decide` on the chain ``command`` names, as ``fold`` holds it on ``partition``."""
+    ring_partition = security.keys_partition(command.model)
+    if ring_partition is not None and ring_partition != partition:
+        raise InvalidCommand(
+            f"{command.model} is the key ring of partition {ring_partition}; "
+            f"it cannot be written on partition {partition}",
+            field="model",
+        )
+    return decide(fold.chain(command.model, partition), command, key_id)

@@ -177,3 +177,21 @@ class CommandIdReused(VersionGraphError):
     """
 
     code = "command_id_reused"
+
+
+class Unauthenticated(VersionGraphError):
+    """No valid credentials: a missing, unknown, expired or revoked token."""
+
+    code = "unauthenticated"
+
+
+class Forbidden(VersionGraphError):
+    """Authenticated, but the role does not allow this (fields: needed, role, actor)."""
+
+    code = "forbidden"
+
+
+class ActorMismatch(VersionGraphError):
+    """The request claims an actor other than the token's identity."""
+
+    code = "actor_mismatch"

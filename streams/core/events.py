@@ -78,8 +78,65 @@ class AliasMoved:
     to_commit: str
 
 
+# -- the security chain (``~security``): who may do what ------------------------------
+@dataclass(frozen=True)
+class TokenIssued:
+    token_id: str
+    actor: str
+    role: str
+    token_sha256: str  # sha256 hex of the whole token: the secret itself is never written
+    expires_at: int  # milliseconds since the epoch; 0 = never
+
+
+@dataclass(frozen=True)
+class TokenRevoked:
+    token_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RefProtected:
+    kind: str  # "branch" | "alias"
+    model: str  # "" = every model
+    name: str
+    role: str  # the least role that may move it
+
+
+@dataclass(frozen=True)
+class RefUnprotected:
+    kind: str
+    model: str
+    name: str
+
+
+# -- a partition's writer-key ring (``~keys.P``) --------------------------------------
+@dataclass(frozen=True)
+class WriterKeyAdded:
+    key_id: str  # sha256 hex of the raw public key
+    public_key: str  # the raw Ed25519 public key, 64 lowercase hex
+    note: str
+
+
+@dataclass(frozen=True)
+class WriterKeyRetired:
+    key_id: str
+    reason: str
+
+
 Payload = (
-    ModelCreated | Committed | BranchCreated | BranchDeleted | Merged | RolledBack | AliasMoved
+    ModelCreated
+    | Committed
+    | BranchCreated
+    | BranchDeleted
+    | Merged
+    | RolledBack
+    | AliasMoved
+    | TokenIssued
+    | TokenRevoked
+    | RefProtected
+    | RefUnprotected
+    | WriterKeyAdded
+    | WriterKeyRetired
 )
 PAYLOAD_TYPES: tuple[type, ...] = (
     ModelCreated,
@@ -89,6 +146,12 @@ PAYLOAD_TYPES: tuple[type, ...] = (
     Merged,
     RolledBack,
     AliasMoved,
+    TokenIssued,
+    TokenRevoked,
+    RefProtected,
+    RefUnprotected,
+    WriterKeyAdded,
+    WriterKeyRetired,
 )
 
 
@@ -104,6 +167,11 @@ class ModelEvent:
     # sha256 of the request that caused the event (commands.command_digest); "" in
     # events written before it existed, which every reader treats as "unknown".
     command_digest: str = ""
+    # The writer key that signed the event (sha256 hex of its public key): hashed when
+    # set, so the chain covers which key signed. "" in unsigned (legacy) history.
+    key_id: str = ""
+    # Ed25519 over security.event_message(self.hash()); never part of the hash itself.
+    signature: bytes = b""
 
     @property
     def type(self) -> str:
@@ -123,6 +191,10 @@ class ModelEvent:
         }
         if self.command_digest:
             plain["command_digest"] = self.command_digest
+        if self.key_id:
+            plain["key_id"] = self.key_id
+        if self.signature:
+            plain["signature"] = self.signature.hex()
         return plain
 
     def hash(self) -> str:
@@ -153,6 +225,8 @@ class ModelEvent:
         }
         if self.command_digest:
             hashed["command_digest"] = self.command_digest
+        if self.key_id:
+            hashed["key_id"] = self.key_id
         return sha256_hex(canonical(hashed))
 
 

@@ -9,6 +9,7 @@ event costs O(1) whatever the size of its model (a replay is linear).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from streams.core.events import (
@@ -20,8 +21,15 @@ from streams.core.events import (
     Merged,
     ModelCreated,
     ModelEvent,
+    RefProtected,
+    RefUnprotected,
     RolledBack,
+    TokenIssued,
+    TokenRevoked,
+    WriterKeyAdded,
+    WriterKeyRetired,
 )
+from streams.core.security import KeyRing, SecurityState, Token
 from streams.core.state import ModelState, PersistentMap, Receipt, Reflog, RefMove
 
 K = TypeVar("K")
@@ -197,4 +205,67 @@ def evolve(
     """The state after ``event``; ``event_hash`` may be passed when already computed."""
     return _EVOLVERS[type(event.payload)](
         state, event, event.hash() if event_hash is None else event_hash
+    )
+
+
+# -- the system chains: rare events, so one function each keeps them readable -----------
+
+
+def evolve_security(
+    state: SecurityState | None, event: ModelEvent, event_hash: str | None = None
+) -> SecurityState:
+    """The ``~security`` state after ``event`` (admissible: see ``fold.security_void_reason``)."""
+    tokens: Mapping[str, Token] = PersistentMap() if state is None else state.tokens
+    rules: Mapping[tuple[str, str, str], str] = PersistentMap() if state is None else state.rules
+    p = event.payload
+    ref: str
+    if isinstance(p, TokenIssued):
+        token = Token(
+            p.token_id, p.actor, p.role, p.token_sha256, p.expires_at, event.at, event.actor
+        )
+        tokens, ref = _persistent(tokens).set(p.token_id, token), p.token_id
+    elif isinstance(p, TokenRevoked):
+        revoked = replace(
+            tokens[p.token_id], revoked_at=event.at, revoked_by=event.actor, reason=p.reason
+        )
+        tokens, ref = _persistent(tokens).set(p.token_id, revoked), p.token_id
+    elif isinstance(p, RefProtected):
+        rules, ref = _persistent(rules).set((p.kind, p.model, p.name), p.role), p.name
+    else:
+        assert isinstance(p, RefUnprotected)
+        rules, ref = _persistent(rules).without((p.kind, p.model, p.name)), p.name
+    receipts: Mapping[str, Receipt] = PersistentMap() if state is None else state.receipts
+    receipt = Receipt(event.seq, event.type, ref, None, event.command_digest)
+    return SecurityState(
+        event.seq,
+        event.hash() if event_hash is None else event_hash,
+        tokens,
+        rules,
+        _persistent(receipts).set(event.command_id, receipt),
+    )
+
+
+def evolve_ring(
+    ring: KeyRing | None, event: ModelEvent, partition: int, event_hash: str | None = None
+) -> KeyRing:
+    """Partition ``partition``'s key ring after ``event`` (admissible: ``fold.ring_void``)."""
+    active: Mapping[str, str] = PersistentMap() if ring is None else ring.active
+    retired: Mapping[str, str] = PersistentMap() if ring is None else ring.retired
+    p = event.payload
+    if isinstance(p, WriterKeyAdded):
+        active = _persistent(active).set(p.key_id, p.public_key)
+    else:
+        assert isinstance(p, WriterKeyRetired)
+        public_key = active[p.key_id]
+        active = _persistent(active).without(p.key_id)
+        retired = _persistent(retired).set(p.key_id, public_key)
+    receipts: Mapping[str, Receipt] = PersistentMap() if ring is None else ring.receipts
+    receipt = Receipt(event.seq, event.type, p.key_id, None, event.command_digest)
+    return KeyRing(
+        partition,
+        event.seq,
+        event.hash() if event_hash is None else event_hash,
+        active,
+        retired,
+        _persistent(receipts).set(event.command_id, receipt),
     )

@@ -5,6 +5,12 @@ previous hash) or does not make sense on the state (a commit whose id is not
 its content hash, a move from a head that is not current...) is *void*: the
 fold ignores and counts it. That settles a race between two writers the same
 way for every reader, without transactions.
+
+On a partition whose key ring (``~keys.P``) has had a key, every event must
+first be signed by a key active there (``security.signature_problem``); on one
+that has not, only unsigned user-model events are legacy history. The system
+chains (``~security``, ``~keys.P``) fold into ``Fold.security`` and
+``Fold.rings``, never into ``Fold.models``.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.core import refs
+from streams.core import refs, security
 from streams.core.events import (
     AliasMoved,
     BranchCreated,
@@ -23,11 +29,21 @@ from streams.core.events import (
     Merged,
     ModelCreated,
     ModelEvent,
+    RefProtected,
+    RefUnprotected,
     RolledBack,
+    TokenIssued,
+    TokenRevoked,
+    WriterKeyAdded,
+    WriterKeyRetired,
 )
-from streams.core.evolve import evolve
+from streams.core.evolve import evolve, evolve_ring, evolve_security
 from streams.core.hashing import GENESIS_HASH, SHA256_HEX, canonical, commit_id, sha256_hex
+from streams.core.security import KeyRing, SecurityState, Verify
 from streams.core.state import ModelState
+
+# A void reason's kind, as the audit names it: (kind, detail).
+Problem = tuple[str, str]
 
 
 def _bad_commit(state: ModelState, commit: Commit, parents: tuple[str, ...]) -> str | None:
@@ -120,23 +136,126 @@ _CHECKS: dict[type, Callable[[ModelState, Any], str | None]] = {
 }
 
 
+def chain_problem(seq: int, last_hash: str, event: ModelEvent) -> str | None:
+    """Why ``event`` does not continue a chain at ``seq``/``last_hash`` (0/GENESIS: empty)."""
+    if event.seq != seq + 1:
+        return f"sequence number {event.seq}, expected {seq + 1}"
+    if event.prev_hash != last_hash:
+        return f"previous hash {event.prev_hash[:12]}… does not match {last_hash[:12]}…"
+    return None
+
+
 def void_reason(state: ModelState | None, event: ModelEvent) -> str | None:
     """Why ``event`` cannot extend ``state`` (None when it can)."""
-    expected_seq = 1 if state is None else state.seq + 1
-    expected_prev = GENESIS_HASH if state is None else state.last_hash
-    if event.seq != expected_seq:
-        return f"sequence number {event.seq}, expected {expected_seq}"
-    if event.prev_hash != expected_prev:
-        return f"previous hash {event.prev_hash[:12]}… does not match {expected_prev[:12]}…"
     if state is None:
+        problem = chain_problem(0, GENESIS_HASH, event)
+        if problem is not None:
+            return problem
         if not isinstance(event.payload, ModelCreated):
             return "the first event of a model must be ModelCreated"
         return refs.name_problem("model", event.model) or refs.name_problem(
             "branch", event.payload.default_branch
         )
-    if isinstance(event.payload, ModelCreated):
-        return "model already created"
-    return _CHECKS[type(event.payload)](state, event.payload)
+    problem = chain_problem(state.seq, state.last_hash, event)
+    if problem is not None:
+        return problem
+    check = _CHECKS.get(type(event.payload))
+    if check is None:
+        if isinstance(event.payload, ModelCreated):
+            return "model already created"
+        return f"a {event.type} is no model event"
+    return check(state, event.payload)
+
+
+def security_void_reason(state: SecurityState | None, event: ModelEvent) -> str | None:
+    """Why ``event`` cannot extend the ``~security`` chain ``state`` (None when it can)."""
+    problem = (
+        chain_problem(0, GENESIS_HASH, event)
+        if state is None
+        else chain_problem(state.seq, state.last_hash, event)
+    )
+    if problem is not None:
+        return problem
+    p = event.payload
+    tokens = {} if state is None else state.tokens
+    if isinstance(p, TokenIssued):
+        return security.token_problem(
+            tokens, p.token_id, p.actor, p.role, p.token_sha256, p.expires_at
+        )
+    if isinstance(p, TokenRevoked):
+        token = tokens.get(p.token_id)
+        if token is None or token.revoked_at is not None:
+            return f"token {refs.shown(p.token_id)} is not an unrevoked token"
+        return security.text_problem("reason", p.reason)
+    if isinstance(p, RefProtected):
+        return security.rule_problem(p.kind, p.model, p.name, p.role)
+    if isinstance(p, RefUnprotected):
+        if state is None or (p.kind, p.model, p.name) not in state.rules:
+            return f"{p.kind} {refs.shown(p.name)} has no protection rule to remove"
+        return None
+    return f"a {event.type} is no {security.SECURITY_STREAM} event"
+
+
+def ring_void(
+    ring: KeyRing | None,
+    event: ModelEvent,
+    partition: int,
+    verify: Verify | None,
+    trusted: frozenset[str] | None,
+) -> Problem | None:
+    """Why ``event`` cannot extend ``partition``'s key ring: (kind, detail), None when it can.
+
+    The first key vouches for itself (trust on first use): it must be signed by
+    itself, and be one of ``trusted`` when a reader pinned keys. An untrusted one
+    leaves the ring empty, so a trusted key can still start it later (what the
+    untrusted key signed is void anyway: signed, on a partition without keys).
+    Every later ring event was already checked against the ring's active keys.
+    """
+    named = security.keys_partition(event.model)
+    if named != partition:
+        return "invalid", f"{event.model} belongs on partition {named}, not {partition}"
+    problem = (
+        chain_problem(0, GENESIS_HASH, event)
+        if ring is None
+        else chain_problem(ring.seq, ring.last_hash, event)
+    )
+    if problem is not None:
+        return "invalid", problem
+    p = event.payload
+    if isinstance(p, WriterKeyRetired):
+        problem = security.retire_key_problem(ring, p.key_id, event.key_id)
+        problem = problem or security.text_problem("reason", p.reason)
+        return None if problem is None else ("invalid", problem)
+    if not isinstance(p, WriterKeyAdded):
+        return "invalid", f"a {event.type} is no key-ring event"
+    problem = security.public_key_problem(p.public_key) or security.text_problem("note", p.note)
+    if problem is None and security.key_id_of(p.public_key) != p.key_id:
+        problem = f"key id {security.shown_key(p.key_id)} is not the sha256 of its public key"
+    problem = problem or security.add_key_problem(ring, p.key_id, event.key_id)
+    if problem is not None:
+        return "invalid", problem
+    if ring is not None and ring.signed:
+        return None
+    if trusted is not None and p.key_id not in trusted:
+        return "untrusted_key", (
+            f"the first key of partition {partition}, {p.key_id}, is not one of the pinned keys"
+        )
+    # Without a verifier the key is taken unchecked, which is fail-closed: every later
+    # event of the partition is then void for want of a verifier.
+    if verify is not None and not (
+        len(event.signature) == security.SIGNATURE_BYTES
+        and verify(p.public_key, security.event_message(event.hash()), event.signature)
+    ):
+        return "bad_signature", (
+            f"the first key of partition {partition}, {security.shown_key(p.key_id)}, "
+            "is not signed by itself"
+        )
+    return None
+
+
+def _reason(problem: Problem) -> str:
+    kind, detail = problem
+    return security.VOID_PREFIX.get(kind, "") + detail
 
 
 @dataclass
@@ -145,30 +264,100 @@ class Fold:
 
     Mutable on purpose: it is the imperative holder of immutable model states
     (one per model), so applying an event costs O(that model), not O(graph).
+
+    ``verify`` checks signatures (the shell's ``streams.signing.verify``);
+    ``trusted`` pins the key ids a reader accepts as a partition's first key
+    (None: trust each ring's first key on first use).
     """
 
     models: dict[str, ModelState] = field(default_factory=dict)
     voided: int = 0
     void_reasons: dict[str, int] = field(default_factory=dict)
+    verify: Verify | None = None
+    trusted: frozenset[str] | None = None
+    security: SecurityState | None = None
+    rings: dict[int, KeyRing] = field(default_factory=dict)
 
     def void(self, model: str) -> None:
         """Count an event of ``model`` that was not applied (here, or by the shell's rules)."""
         self.voided += 1
         self.void_reasons[model] = self.void_reasons.get(model, 0) + 1
 
-    def apply(self, event: ModelEvent) -> str | None:
-        """Apply one event; returns None when applied, or why it was void."""
-        state = self.models.get(event.model)
-        reason = void_reason(state, event)
-        if reason is not None:
-            self.void(event.model)
-            return reason
-        self.models[event.model] = evolve(state, event)
+    def chain(self, name: str, partition: int = 0) -> ModelState | SecurityState | KeyRing | None:
+        """The state of the chain called ``name`` (a model, ``~security`` or ``~keys.P``)."""
+        if name == security.SECURITY_STREAM:
+            return self.security
+        ring_partition = security.keys_partition(name)
+        if ring_partition is not None:
+            return self.rings.get(ring_partition)
+        return self.models.get(name)
+
+    def signature_void(
+        self, event: ModelEvent, partition: int, event_hash: str | None = None
+    ) -> Problem | None:
+        """Why ``event`` is not vouched for on ``partition`` (see signature_problem)."""
+        return security.signature_problem(
+            self.rings.get(partition), event, self.verify, event_hash, partition
+        )
+
+    def chain_void(self, event: ModelEvent, partition: int) -> Problem | None:
+        """Why ``event`` cannot extend its chain: (kind, detail); kind "invalid" or a key's."""
+        name = event.model
+        if name == security.SECURITY_STREAM:
+            reason = security_void_reason(self.security, event)
+        elif security.keys_partition(name) is not None:
+            return ring_void(self.rings.get(partition), event, partition, self.verify, self.trusted)
+        else:
+            reason = void_reason(self.models.get(name), event)
+        return None if reason is None else ("invalid", reason)
+
+    def admit(self, event: ModelEvent, partition: int, event_hash: str | None = None) -> None:
+        """Extend ``event``'s chain with it; only after ``chain_void`` found nothing."""
+        name = event.model
+        if name == security.SECURITY_STREAM:
+            self.security = evolve_security(self.security, event, event_hash)
+        elif security.keys_partition(name) is not None:
+            self.rings[partition] = evolve_ring(
+                self.rings.get(partition), event, partition, event_hash
+            )
+        else:
+            self.models[name] = evolve(self.models.get(name), event, event_hash)
+
+    def apply(self, event: ModelEvent, partition: int = 0) -> str | None:
+        """Apply one event read from ``partition``; None when applied, else why it was void."""
+        model = event.model
+        event_hash = None
+        # Legacy logs have no ring and unsigned events: their hot path skips this.
+        checked = self.rings or event.key_id or event.signature
+        if checked:
+            ring = self.rings.get(partition)
+            if ring is not None and ring.signed:
+                event_hash = event.hash()  # once: for the signature and for the chain
+            problem = self.signature_void(event, partition, event_hash)
+            if problem is not None:
+                self.void(model)
+                return _reason(problem)
+        if model[:1] != "~":
+            state = self.models.get(model)
+            reason = void_reason(state, event)
+            if reason is not None:
+                self.void(model)
+                return reason
+            self.models[model] = evolve(state, event, event_hash)
+            return None
+        # Unless checked above, this is an unsigned system event before any key.
+        problem = None if checked else self.signature_void(event, partition)
+        problem = problem or self.chain_void(event, partition)
+        if problem is not None:
+            self.void(model)
+            return _reason(problem)
+        self.admit(event, partition, event_hash)
         return None
 
 
-def fold(events: Iterable[ModelEvent]) -> Fold:
-    result = Fold()
+def fold(events: Iterable[ModelEvent], verify: Verify | None = None) -> Fold:
+    """Fold ``events`` as read from partition 0."""
+    result = Fold(verify=verify)
     for event in events:
         result.apply(event)
     return result

@@ -6,6 +6,11 @@ the service and the API ask of it: the folded models (with their receipts),
 each partition's next offset, a model's applied events for point-in-time
 questions, the log offset of an event, and the void counts.
 
+The system chains (``~security``, each partition's ``~keys.P``) are folded
+into the same :class:`Fold`, which voids an unsigned or badly signed event on a
+partition that has a writer key (``verify`` checks the signatures); they are
+exposed read-only as :attr:`Projection.security` and :attr:`Projection.rings`.
+
 The folding itself is written once, here; an implementation only says how a
 batch is kept, through a :class:`Transaction`. ``rocksdb.py`` keeps it on
 disk (a restart resumes from the stored offsets), ``memory.py`` in memory
@@ -21,8 +26,10 @@ from dataclasses import dataclass
 from streams.codec import decode_event
 from streams.core.events import ModelEvent
 from streams.core.fold import Fold
+from streams.core.security import KeyRing, SecurityState, Verify, is_system_stream
 from streams.core.state import ModelState, Receipt
 from streams.errors import UndecodableMessage
+from streams.signing import verify as verify_signature
 from streams.topics import misplaced
 
 
@@ -40,8 +47,11 @@ class Transaction(ABC):
     """What one batch changes; nothing is visible to readers before :meth:`commit`."""
 
     @abstractmethod
-    def event(self, offset: int, value: bytes, event: ModelEvent, state: ModelState) -> None:
-        """``event`` (read as ``value`` at ``offset``) was applied; ``state`` is its model after."""
+    def event(
+        self, partition: int, offset: int, value: bytes, event: ModelEvent, state: ModelState | None
+    ) -> None:
+        """``event`` (read as ``value`` at ``offset``) was applied; ``state`` is its model after
+        (None for an event of a system chain: the fold keeps their state)."""
 
     @abstractmethod
     def void(self, model: str, count: int) -> None:
@@ -55,14 +65,29 @@ class Transaction(ABC):
 class Projection(ABC):
     """The fold of the events log; one instance is written by one follower task."""
 
-    def __init__(self) -> None:
-        self.fold = Fold()
+    def __init__(
+        self, verify: Verify | None = verify_signature, trusted: frozenset[str] | None = None
+    ) -> None:
+        # Without a verifier every signed partition's events would be void: only a test
+        # of that very rule passes None. ``trusted``: the key ids a ring may start with
+        # (None: trust on first use).
+        self.fold = Fold(verify=verify, trusted=trusted)
         self._next_offsets: dict[int, int] = {}
 
     # -- what readers ask -------------------------------------------------------------
     @property
     def models(self) -> Mapping[str, ModelState]:
         return self.fold.models
+
+    @property
+    def security(self) -> SecurityState | None:
+        """The ``~security`` chain folded so far: tokens (hashes) and protection rules."""
+        return self.fold.security
+
+    @property
+    def rings(self) -> Mapping[int, KeyRing]:
+        """Each events partition's writer-key ring (absent: no key yet, legacy history)."""
+        return self.fold.rings
 
     @property
     def next_offsets(self) -> Mapping[int, int]:
@@ -126,14 +151,17 @@ class Projection(ABC):
             if reason is not None:
                 self.fold.void(event.model)
             else:
-                reason = self.fold.apply(event)
+                reason = self.fold.apply(event, partition)
             if reason is not None:
                 transaction.void(event.model, self.fold.void_reasons[event.model])
                 results.append(Applied(offset, event, void_reason=reason))
                 continue
-            state = self.fold.models[event.model]
-            touched[event.model] = state
-            transaction.event(offset, value, event, state)
+            if is_system_stream(event.model):
+                transaction.event(partition, offset, value, event, None)
+            else:
+                state = self.fold.models[event.model]
+                touched[event.model] = state
+                transaction.event(partition, offset, value, event, state)
             results.append(Applied(offset, event))
         if last is None:
             return results

@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from streams.core.events import ModelEvent
+from streams.core.security import Verify
 from streams.core.state import ModelState
 from streams.projection.base import Projection, Transaction
+from streams.signing import verify as verify_signature
 
 
 class _Staged(Transaction):
@@ -18,7 +20,9 @@ class _Staged(Transaction):
         self._target = target
         self._events: list[tuple[int, ModelEvent]] = []
 
-    def event(self, offset: int, value: bytes, event: ModelEvent, state: ModelState) -> None:
+    def event(
+        self, partition: int, offset: int, value: bytes, event: ModelEvent, state: ModelState | None
+    ) -> None:
         self._events.append((offset, event))
 
     def void(self, model: str, count: int) -> None:
@@ -31,8 +35,10 @@ class _Staged(Transaction):
 
 
 class MemoryProjection(Projection):
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(
+        self, verify: Verify | None = verify_signature, trusted: frozenset[str] | None = None
+    ) -> None:
+        super().__init__(verify, trusted)
         self._history: dict[str, list[tuple[int, ModelEvent]]] = {}
         self._offsets: dict[tuple[str, int], int] = {}
 

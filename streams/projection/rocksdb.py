@@ -14,11 +14,18 @@ Layout (raw bytes keys, JSON values):
   m/<model>/l/<seq:012>         reflog entry of event <seq>
   v/<model>                     count of void events seen for the model
   e/<model>/<seq:012>           offset + bytes of each applied event (point-in-time queries)
+  s/<chain>                     the partition of a system chain (~security, ~keys.P)
+
+A system chain keeps only its applied events (e/<chain>/...): they are few (tokens,
+rules, writer keys), so loading re-folds them in (partition, offset) order, the order
+they were applied in (a signature check depends on the ring as it was then), which
+keeps their state in one place: the core's fold, never a second encoding of it here.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict
@@ -35,8 +42,12 @@ from streams.core.events import (
     commit_from_plain,
     plain_commit,
 )
+from streams.core.security import Verify
 from streams.core.state import ModelState, Receipt, Reflog, RefMove
 from streams.projection.base import Projection, Transaction
+from streams.signing import verify as verify_signature
+
+log = logging.getLogger("modelvc.streams")
 
 _OFFSET = struct.Struct(">q")
 
@@ -50,8 +61,13 @@ class _Batch(Transaction):
         self._db = db
         self._batch = WriteBatch(raw_mode=True)
 
-    def event(self, offset: int, value: bytes, event: ModelEvent, state: ModelState) -> None:
-        _put_event_rows(self._batch, state, event)
+    def event(
+        self, partition: int, offset: int, value: bytes, event: ModelEvent, state: ModelState | None
+    ) -> None:
+        if state is None:
+            self._batch.put(f"s/{event.model}".encode(), str(partition).encode())
+        else:
+            _put_event_rows(self._batch, state, event)
         # The applied event itself, for point-in-time questions (--as-of).
         self._batch.put(f"e/{event.model}/{event.seq:012d}".encode(), _OFFSET.pack(offset) + value)
 
@@ -66,8 +82,13 @@ class _Batch(Transaction):
 
 
 class RocksDBProjection(Projection):
-    def __init__(self, path: Path) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        path: Path,
+        verify: Verify | None = verify_signature,
+        trusted: frozenset[str] | None = None,
+    ) -> None:
+        super().__init__(verify, trusted)
         path.parent.mkdir(parents=True, exist_ok=True)
         options = Options(raw_mode=True)
         options.create_if_missing(True)
@@ -94,6 +115,23 @@ class RocksDBProjection(Projection):
                 per_model.setdefault(parts[1], {}).setdefault(parts[2], []).append((key, value))
         for model, rows in per_model.items():
             self.fold.models[model] = _state_from_rows(model, rows)
+        chains = {bytes(k).decode()[2:]: int(v) for k, v in self._scan(b"s/")}
+        stored = [
+            (chains[name], offset, event) for name in chains for offset, event in self.history(name)
+        ]
+        # In the live order, (partition, offset): whether an event verifies depends on
+        # its partition's ring as it was then, not as it ended (a retired key's events).
+        stored.sort(key=lambda row: (row[0], row[1]))
+        for partition, offset, event in stored:
+            reason = self.fold.apply(event, partition)
+            if reason is not None:  # applied once, so only a changed trust rule gets here
+                log.warning(
+                    "stored %s#%d (offset %d) is void now: %s",
+                    event.model,
+                    event.seq,
+                    offset,
+                    reason,
+                )
 
     def _scan(self, *prefixes: bytes) -> Iterator[tuple[bytes, bytes]]:
         for prefix in prefixes:

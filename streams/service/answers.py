@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streams.core.errors import VersionGraphError
-from streams.core.state import ModelState, Receipt
+from streams.core.state import Receipt
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ def refused(exc: VersionGraphError, **extra: Any) -> Answer:
 
 
 def receipt_body(
-    state: ModelState,
+    model: str,
     receipt: Receipt,
     command_id: str,
     partition: int,
@@ -37,7 +37,7 @@ def receipt_body(
     repeated: bool,
 ) -> dict[str, Any]:
     return {
-        "model": state.name,
+        "model": model,
         "command_id": command_id,
         "event": receipt.event,
         "seq": receipt.seq,

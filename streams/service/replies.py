@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer
 
 from streams.codec import REPLIES, ReplyTo, encode_command
 from streams.core.commands import Command
+from streams.core.security import keys_partition
 from streams.errors import UndecodableMessage
 from streams.service.answers import Answer
 from streams.service.follower import Follower
@@ -54,6 +55,9 @@ class Replies:
                 value=encode_command(
                     command, reply_to=self.settings.instance_id, request_id=request_id
                 ),
+                # A ring's command goes to the writer of its own partition, which the
+                # default partitioner (a hash of the key) would not pick.
+                partition=keys_partition(command.model),
             )
             answer = await asyncio.wait_for(future, self.settings.command_timeout_s)
         except TimeoutError:

@@ -241,9 +241,16 @@ class Writers:
     ones compare-and-set (``expect_head``); now and then each moves the production alias."""
 
     def __init__(
-        self, url: str, models: list[str], digest: str, rng: random.Random, threads: int = 8
+        self,
+        url: str,
+        token: str,
+        models: list[str],
+        digest: str,
+        rng: random.Random,
+        threads: int = 8,
     ) -> None:
         self.url = url
+        self.token = token
         self.models = models
         self.digest = digest
         self.threads = threads
@@ -275,7 +282,7 @@ class Writers:
         log = self.logs[i]
         model = self.models[i % len(self.models)]
         cas = i % 2 == 1
-        client = Client(self.url, actor=f"writer-{i}", timeout=30.0)
+        client = Client(self.url, timeout=30.0, token=self.token)
         n = 0
         head: str | None = None
         try:
@@ -551,7 +558,7 @@ def replay_matches_live(
     """``audit replay`` is clean and its digest is the live service's (once it caught up)."""
     replayed = audit.replay(stack.settings.access, stack.settings.events_topic)
     assert replayed.clean, f"audit replay: {replayed.violations[:5]} {replayed.problems[:5]}"
-    client = Client(url or stack.url, timeout=30.0)
+    client = stack.client(url, timeout=30.0)
     deadline = time.monotonic() + timeout
     live = ""
     while time.monotonic() < deadline:

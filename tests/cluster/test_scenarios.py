@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
-from modelvc.client import Client
 from modelvc.kafka_broker import KafkaCluster
 from modelvc.processes import stop
 from modelvc.stack import Stack
@@ -80,7 +79,7 @@ class Load:
         threads: int = 8,
     ) -> Load:
         setup = WriteLog()
-        client = Client(stack.url, actor="setup", timeout=30.0)
+        client = stack.client(timeout=30.0)
         digest = client.upload(model_path)["sha256"]
         models = [f"m{i}" for i in range(max(1, threads // 2))]
         for model in [SCORED, *models]:
@@ -98,7 +97,7 @@ class Load:
         assert not setup.failures, setup.failures
         s = stack.settings
         stream = FeatureStream(s.access, s.features_topic, SCORED, events, seconds, rng)
-        writers = Writers(stack.url, models, digest, rng, threads) if threads else None
+        writers = Writers(stack.url, stack.token, models, digest, rng, threads) if threads else None
         load = cls(stack, writers, stream, setup)  # type: ignore[arg-type]
         stream.start()
         if writers is not None:
@@ -188,13 +187,13 @@ def test_4_two_streams_apps_one_killed_the_other_serves_its_partitions(
     partitions = stack.settings.partitions
     log = WriteLog()
     models = one_model_per_partition(partitions)
-    a = Client(stack.url, actor="via-a", timeout=60.0)
+    a = stack.client(timeout=60.0)
     digest = a.upload(model_path)["sha256"]
     for model in models.values():
         send(lambda cid, m=model: a.create(m, command_id=cid), log, what="create")
     load = Load.start(stack, model_path, rng, events=2_000, seconds=10.0, threads=0)
     b_process, b_url = stack.add_streams("streams-b")
-    b = Client(b_url, actor="via-b", timeout=60.0)
+    b = stack.client(b_url, timeout=60.0)
     heads: dict[int, str] = {}
     # Through B, one commit per model: B decides its partitions, A the others, and A's
     # answers reach B over the replies topic.
@@ -214,7 +213,7 @@ def test_4_two_streams_apps_one_killed_the_other_serves_its_partitions(
 
     victim = rng.choice(["streams", "streams-b"])
     dead = owned_by_b if victim == "streams-b" else set(range(partitions)) - owned_by_b
-    survivor = Client(stack.url if victim == "streams-b" else b_url, actor="survivor", timeout=60.0)
+    survivor = stack.client(stack.url if victim == "streams-b" else b_url, timeout=60.0)
     print(f"kill -9 of {victim}, which owned commands partitions {sorted(dead)}")
     stop(stack.processes[victim], hard=True)
     for p in sorted(dead):
@@ -245,7 +244,7 @@ def test_5_every_broker_stopped_and_restarted_history_from_kafka(
         time.sleep(rng.uniform(2.0, 6.0))
         log = load.finish()
         settle(stack, log, [load.stream])
-        client = Client(stack.url)
+        client = stack.client()
         before = client.digest()["digest"]
         history = {m["name"]: client.log(m["name"]) for m in client.models()["models"]}
     finally:
@@ -261,7 +260,7 @@ def test_5_every_broker_stopped_and_restarted_history_from_kafka(
     try:
         assert stack.restored == 0
         wait_fully_replicated(stack.settings.access, all_topics(stack.settings))
-        client = Client(stack.url)
+        client = stack.client()
         assert read(lambda: client.digest(), log)["digest"] == before
         assert {m["name"]: client.log(m["name"]) for m in client.models()["models"]} == history
         settle(stack, log, [load.stream])

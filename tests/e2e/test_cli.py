@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from modelvc.client import Client, ClientError
+from modelvc.client import ClientError
 from modelvc.stack import Stack
 from tests.conftest import train_model
 
@@ -32,18 +32,18 @@ def run_cli(
     )
 
 
-def modelvc(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "MODELVC_URL": stack.url,
-        "MODELVC_HOME": str(stack.home),
-        "MODELVC_ACTOR": "e2e",
-    }
-    return run_cli(env, *args)
+# Who the CLI is comes from the home's admin.token unless a test says otherwise.
+IDENTITY_ENV = ("MODELVC_ACTOR", "MODELVC_TOKEN", "MODELVC_TOKEN_FILE")
 
 
-def ok(stack: Stack, *args: str) -> str:
-    done = modelvc(stack, *args)
+def modelvc(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as the user of the stack's home; ``env`` adds variables (e.g. MODELVC_TOKEN)."""
+    base = {k: v for k, v in os.environ.items() if k not in IDENTITY_ENV}
+    return run_cli(base | {"MODELVC_URL": stack.url, "MODELVC_HOME": str(stack.home)} | env, *args)
+
+
+def ok(stack: Stack, *args: str, **env: str) -> str:
+    done = modelvc(stack, *args, **env)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -254,7 +254,7 @@ def test_finding_6_names_like_commit_ids_are_refused_and_output_is_escaped(
     assert newline.returncode == 1 and "control, format and bidi" in newline.stderr
     assert "\n" not in newline.stderr.rstrip("\n")  # the refusal quotes it escaped
 
-    client = Client(stack.url)
+    client = stack.client()
     assert client.resolve("churn", first)["commit"] == first
     assert client.resolve("churn", second)["commit"] == second
     assert json.loads(ok(stack, "--json", "show", first))["id"] == first
@@ -271,7 +271,7 @@ def test_finding_6_names_like_commit_ids_are_refused_and_output_is_escaped(
 def test_finding_5_caret_flood_over_http_is_refused_quickly(stack: Stack, tmp_path: Path) -> None:
     ok(stack, "create", "churn")
     ok(stack, "commit", str(train_model(tmp_path / "v1.txt", seed=1)), "-m", "v1")
-    client = Client(stack.url, timeout=30)
+    client = stack.client(timeout=30)
     floods = [
         lambda: client.rollback("churn", "main", "main" + "^" * 40_000, "flood"),
         # 2,000 carets: past the ref limit, within an HTTP request line once quoted (%5E).

@@ -11,7 +11,6 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from modelvc.client import Client
 from modelvc.stack import Stack
 
 pytestmark = pytest.mark.broker
@@ -40,7 +39,7 @@ def test_streaming_example(tmp_path: Path, bootstrap: str, namespace: str) -> No
             num_boost_round=5,
         )
         booster.save_model(str(tmp_path / "churn.txt"))
-        c = Client(stack.url)
+        c = stack.client()
         c.create("churn")
         head = c.commit("churn", c.upload(tmp_path / "churn.txt")["sha256"], "v1")["head"]
         code = readme_block("streaming")

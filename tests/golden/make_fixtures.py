@@ -5,16 +5,26 @@ they are the bytes that earlier releases put on the wire, and every future
 schema must still read them (tests/unit/test_wire_compat.py). It also adds
 every current writer schema to ``schemas/released`` (the set every codec
 reads), which a schema change must do before it ships.
+
+``v1/`` holds unsigned history (before issue 10); ``signed-v1/`` a signed log of
+events partition 0: its writer-key ring ``~keys.0`` (a first key trusted on
+first use, a second one added, the first retired), the ``~security`` chain (a
+token issued and revoked, refs protected and unprotected) and a model whose
+events are signed by either key. The keys come from fixed seeds and Ed25519
+signatures are deterministic, so regenerating it writes the same bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from schemas import RELEASED_DIR
-from streams import codec
+from streams import codec, signing
 from streams.core import (
     Command,
     CreateBranch,
@@ -25,10 +35,32 @@ from streams.core import (
     MoveAlias,
     Rollback,
     decide,
+    security,
 )
-from streams.core.fold import Fold
+from streams.core.commands import (
+    AddWriterKey,
+    IssueToken,
+    ProtectRef,
+    RetireWriterKey,
+    RevokeToken,
+    UnprotectRef,
+)
+from streams.core.decide import decide_on
+from streams.core.events import ModelEvent
+from streams.core.fold import Fold, state_digest
+from workers.signing import sign_prediction
 
 HERE = Path(__file__).parent
+SIGNED = HERE / "signed-v1"
+# Stand-ins for the secrets: in a fixture they must be public to be reproducible.
+GOLDEN_TOKEN = "mvc_0123456789abcdef_" + "g" * 43
+REVOKED_TOKEN = "mvc_fedcba9876543210_" + "r" * 43
+
+
+def golden_key(name: str) -> signing.SigningKey:
+    """A writer key from a fixed seed (sha256 of ``name``), the same on every run."""
+    seed = hashlib.sha256(f"modelvc golden writer key {name}".encode()).digest()
+    return signing.SigningKey(Ed25519PrivateKey.from_private_bytes(seed))
 
 
 def history() -> list[Command]:
@@ -82,6 +114,95 @@ def serving_records() -> dict[str, tuple[codec.SingleObjectCodec, dict[str, Any]
     }
 
 
+def signed_history() -> list[tuple[Command, str]]:
+    """The commands of the signed log, each with the name of the golden key that signs it."""
+    first, second = golden_key("first"), golden_key("second")
+    keys, sec, a, b, c = security.keys_stream(0), security.SECURITY_STREAM, *"abc"
+    steps: list[tuple[str, Any, str]] = [
+        (keys, AddWriterKey(first.public_key, "golden writer"), "first"),
+        (sec, IssueToken("0123456789abcdef", "admin", "admin", _sha(GOLDEN_TOKEN)), "first"),
+        (sec, ProtectRef("alias", "production", model="churn"), "first"),
+        (sec, ProtectRef("branch", "main", role="admin"), "first"),
+        ("churn", CreateModel(), "first"),
+        ("churn", MakeCommit(a * 64, "baseline", metrics={"auc": 0.81}), "first"),
+        ("churn", MoveAlias("production", "main"), "first"),
+        (
+            sec,
+            IssueToken(
+                "fedcba9876543210", "bob", "releaser", _sha(REVOKED_TOKEN), 1_900_000_000_000
+            ),
+            "first",
+        ),
+        (keys, AddWriterKey(second.public_key, "rotation"), "first"),
+        (sec, RevokeToken("fedcba9876543210", "bob left"), "second"),
+        (sec, UnprotectRef("branch", "main"), "second"),
+        ("churn", MakeCommit(b * 64, "signed by the second key"), "second"),
+        (keys, RetireWriterKey(first.key_id, "rotated"), "second"),
+        ("churn", MakeCommit(c * 64, "after the rotation"), "second"),
+    ]
+    return [
+        (
+            Command(
+                f"sig-{i:02d}", model, "admin", 1_850_000_000_000 + i * 1000, body, role="admin"
+            ),
+            key,
+        )
+        for i, (model, body, key) in enumerate(steps)
+    ]
+
+
+def _sha(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def signed_log() -> tuple[list[ModelEvent], Fold]:
+    """The signed events in partition-0 order, and the fold that verified each of them."""
+    keys = {name: golden_key(name) for name in ("first", "second")}
+    state = Fold(verify=signing.verify, trusted=frozenset({keys["first"].key_id}))
+    log: list[ModelEvent] = []
+    for command, key_name in signed_history():
+        key = keys[key_name]
+        for event in signed_events(state, command, key):
+            reason = state.apply(event, 0)
+            assert reason is None, f"{command.command_id}: {reason}"
+            log.append(event)
+    return log, state
+
+
+def signed_events(state: Fold, command: Command, key: signing.SigningKey) -> list[ModelEvent]:
+    """What the writer appends for ``command``: decided with ``key``'s id, then signed."""
+    return [
+        ModelEvent(**{**e.__dict__, "signature": key.sign(security.event_message(e.hash()))})
+        for e in decide_on(state, 0, command, key.key_id)
+    ]
+
+
+def write_signed() -> None:
+    SIGNED.mkdir(exist_ok=True)
+    log, state = signed_log()
+    for offset, event in enumerate(log):
+        stem = f"event-{offset:02d}-{event.type}"
+        _write_new(SIGNED / f"{stem}.bin", codec.encode_event(event))
+        plain = json.dumps(event.to_plain(), indent=1, sort_keys=True)
+        _write_new(SIGNED / f"{stem}.json", plain.encode())
+    # A command as the API sends it now: with the role and the instance's signature.
+    command, key_name = signed_history()[6]
+    signed = signing.sign_command(golden_key(key_name), command)
+    _write_new(SIGNED / "command-01.bin", codec.encode_command(signed, "golden", "req-01"))
+    prediction = dict(serving_records()["prediction-01"][1])
+    sign_prediction(prediction, golden_key("worker"))
+    _write_new(SIGNED / "prediction-01.bin", codec.PREDICTIONS.encode(prediction))
+    plain_prediction = {k: v.hex() if isinstance(v, bytes) else v for k, v in prediction.items()}
+    _write_new(SIGNED / "prediction-01.json", json.dumps(plain_prediction, indent=1).encode())
+    summary = {
+        "partition": 0,
+        "trusted": [golden_key("first").key_id],
+        "state_digest": state_digest(state.models),
+        "events": len(log),
+    }
+    _write_new(SIGNED / "index.json", (json.dumps(summary, indent=1) + "\n").encode())
+
+
 def _write_new(path: Path, data: bytes) -> None:
     # Old fixtures are history: never rewrite one.
     if not path.exists():
@@ -106,6 +227,7 @@ def main() -> None:
     for stem, (record_codec, record) in serving_records().items():
         _write_new(out / f"{stem}.bin", record_codec.encode(record))
         _write_new(out / f"{stem}.json", json.dumps(record, indent=1, sort_keys=True).encode())
+    write_signed()
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import pytest
 from kafka import KafkaProducer
 from kafka.errors import MessageSizeTooLargeError
 
-from modelvc.client import Client
 from modelvc.processes import alive, free_port
 from modelvc.stack import Stack
 from modelvc.streaming import feature_event
@@ -178,7 +177,7 @@ def test_finding_4_random_bytes_on_events_leave_the_streams_app_serving(
     size, letter = letter_for(serving, serving.settings.events_topic, 1, offset)
     assert_bounded(size, letter, value)
     assert letter["stage"] == "fold"
-    c = Client(serving.url)
+    c = serving.client()
     c.create("after-events-garbage")
     digest = c.upload(train_model(tmp_path / "m.txt"))["sha256"]
     assert c.commit("after-events-garbage", digest, "still serving")["seq"] == 2
@@ -202,7 +201,7 @@ def test_finding_4_random_bytes_on_commands_are_dead_lettered_and_commands_still
         size, letter = letter_for(serving, serving.settings.commands_topic, partition, offset)
         assert_bounded(size, letter, value)
         assert letter["stage"] == "decode"
-    c = Client(serving.url)
+    c = serving.client()
     c.create("after-commands-garbage")
     digest = c.upload(train_model(tmp_path / "m.txt"))["sha256"]
     assert c.commit("after-commands-garbage", digest, "still deciding")["seq"] == 2
@@ -231,7 +230,7 @@ def test_fuzz_random_and_oversized_messages_on_every_topic(
     the audit is clean, and every commit acknowledged before or after is in the log."""
     s = serving.settings
     big = oversized(broker_kind, serving, s.features_topic)
-    c = Client(serving.url)
+    c = serving.client()
     digest = c.upload(train_model(tmp_path / "m.txt"))["sha256"]
     c.create("fuzzed")
     acknowledged = [c.commit("fuzzed", digest, f"before-{i}")["head"] for i in range(3)]
@@ -306,7 +305,7 @@ def test_finding_4_archive_restore_skips_what_the_broker_refuses(tmp_path: Path)
     home = tmp_path / "home"
     stack = Stack.up(home)  # its own embedded broker: memory only, history in the archive
     try:
-        c = Client(stack.url)
+        c = stack.client()
         digest = c.upload(train_model(tmp_path / "m.txt"))["sha256"]
         c.create("churn")
         partition = c.commit("churn", digest, "one")["partition"]
@@ -339,7 +338,7 @@ def test_finding_4_archive_restore_skips_what_the_broker_refuses(tmp_path: Path)
         (line,) = [ln for ln in up.stderr.splitlines() if "refused" in ln]
         assert f"{partition}@{offset} (" in line and "1,200,000 bytes" in line
         restored = Stack.load(home)
-        c = Client(restored.url)
+        c = restored.client()
         assert c.log("churn") == log_before and c.digest()["digest"] == digest_before
         at = {
             r.offset: r.value

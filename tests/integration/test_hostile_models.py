@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from modelvc.client import Client, ClientError
+from modelvc.client import ClientError
 from modelvc.stack import Stack
 from modelvc.streaming import FeatureProducer
 from streams.artifacts import ArtifactStore, sha256_of
@@ -63,7 +63,7 @@ def get(url: str) -> tuple[int, str]:
 def test_finding_1_hostile_uploads_are_refused_and_the_api_stays_up(
     stack: Stack, model_file: Path, tmp_path: Path
 ) -> None:
-    c = Client(stack.url)
+    c = stack.client()
     pid = stack.processes["streams"].pid
     for name, data in hostile_files(model_file.read_text()).items():
         path = tmp_path / "hostile.txt"
@@ -81,7 +81,7 @@ def test_finding_1_hostile_uploads_are_refused_and_the_api_stays_up(
 def test_finding_2_poisoned_files_in_the_store_are_refused_by_the_worker(
     stack: Stack, tmp_path: Path
 ) -> None:
-    c = Client(stack.url)
+    c = stack.client()
     c.create("churn")
     good = [train_model(tmp_path / f"v{i}.txt", seed=i) for i in range(2)]
     v0 = c.commit("churn", c.upload(good[0])["sha256"], "v0")["head"]

@@ -1,5 +1,9 @@
 """Issue 7, findings 8-10: server time, loopback binding, foreign origins, JSON errors,
-and uploads that leave nothing behind, against a real broker."""
+and uploads that leave nothing behind, against a real broker.
+
+Requests that must get past the token check carry the stack's admin token
+(``authed``); the origin and content-type guard answers before any token is
+asked for, so its refusals are checked without one."""
 
 from __future__ import annotations
 
@@ -18,7 +22,6 @@ from typing import Any
 
 import pytest
 
-from modelvc.client import Client
 from modelvc.stack import Stack
 from streams.api import MAX_JSON_BYTES
 
@@ -34,6 +37,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory, bootstrap: str) -> Iterator
     home = tmp_path_factory.mktemp("hygiene") / "home"
     stack = Stack.up(home, bootstrap=bootstrap, namespace=f"t{uuid.uuid4().hex[:10]}")
     try:
+        admin_ready(stack)
         yield stack
     finally:
         stack.down()
@@ -44,7 +48,7 @@ def digest(shared: Stack, tmp_path_factory: pytest.TempPathFactory) -> str:
     from tests.conftest import train_model
 
     path = train_model(tmp_path_factory.mktemp("model") / "model.txt")
-    client = Client(shared.url)
+    client = shared.client()
     client.create("hyg")
     sha = str(client.upload(path)["sha256"])
     client.commit("hyg", sha, "first")
@@ -74,6 +78,24 @@ def send(
     return response.status, answer_headers, None
 
 
+def authed(stack: Stack, headers: dict[str, str] | None = None) -> dict[str, str]:
+    """``headers`` with the stack's admin token."""
+    return {**(headers or {}), "Authorization": f"Bearer {stack.token}"}
+
+
+def admin_ready(stack: Stack, url: str | None = None, path: str = "/v1/whoami") -> None:
+    """Wait until ``url`` (the API by default) knows the admin token: the first streams
+    instance issues it once it follows the log, and a worker folds it from there."""
+    target = url or stack.url
+    deadline = time.monotonic() + 60
+    while True:
+        status = send(target, "GET" if url is None else "POST", path, None, authed(stack))[0]
+        if status != 401:
+            return
+        assert time.monotonic() < deadline, f"{target} never accepted the admin token"
+        time.sleep(0.2)
+
+
 def assert_error(answer: tuple[int, dict[str, str], Any], status: int, field: str = "") -> Any:
     code, _, body = answer
     assert code == status, body
@@ -91,11 +113,12 @@ def healthy(stack: Stack) -> None:
 def test_finding_8_client_time_never_moves_as_of(shared: Stack, digest: str) -> None:
     year_3000 = {"artifact_sha256": digest, "message": "from the future", "at": 32503680000000}
     body = json.dumps(year_3000).encode()
-    assert_error(send(shared.url, "POST", "/v1/models/hyg/commits", body, JSON_TYPE), 422, "at")
+    json_type = authed(shared, JSON_TYPE)
+    assert_error(send(shared.url, "POST", "/v1/models/hyg/commits", body, json_type), 422, "at")
     huge = json.dumps({"name": "timeless", "at": 10**30}).encode()
-    assert_error(send(shared.url, "POST", "/v1/models", huge, JSON_TYPE), 422, "at")
+    assert_error(send(shared.url, "POST", "/v1/models", huge, json_type), 422, "at")
 
-    client = Client(shared.url)
+    client = shared.client()
     before = int(time.time() * 1000)
     head = client.commit("hyg", digest, "now")["head"]
     after = int(time.time() * 1000)
@@ -109,20 +132,29 @@ def test_finding_8_client_time_never_moves_as_of(shared: Stack, digest: str) -> 
 def test_finding_8_a_command_written_straight_to_kafka_cannot_set_the_time(
     shared: Stack, digest: str
 ) -> None:
-    """The HTTP edge refuses `at`; the single writer must not trust it from the topic either."""
+    """The HTTP edge refuses `at`; the single writer must not trust it from the topic
+    either, not even from a command signed with the instance's own key (issue 10: an
+    unsigned one is not decided at all)."""
     from kafka import KafkaProducer
 
     from streams.codec import encode_command
     from streams.core.commands import Command, MakeCommit
+    from streams.kafka_access import negotiate_sync
+    from streams.signing import WriterKey, sign_command
 
     s = shared.settings
-    client = Client(shared.url)
+    signer = WriterKey.load_or_create(s.writer_key)  # the stack's key: it exists already
+    client = shared.client()
     client.create("clocked")
-    producer = KafkaProducer(bootstrap_servers=s.bootstrap)
+    producer = KafkaProducer(**negotiate_sync(s.access).producer())
     try:
         for at, message in ((32503680000000, "year 3000"), (2**62, "time bomb"), (-1, "1969")):
-            command = Command(f"clock-{at}", "clocked", "mallory", at, MakeCommit(digest, message))
-            producer.send(s.commands_topic, encode_command(command), b"clocked").get(20)
+            body = MakeCommit(digest, message)
+            command = Command(f"clock-{at}", "clocked", "mallory", at, body, role="committer")
+            signed = encode_command(sign_command(signer, command))
+            producer.send(s.commands_topic, signed, b"clocked").get(20)
+        unsigned = Command("clock-unsigned", "clocked", "mallory", 1, MakeCommit(digest, "x"))
+        producer.send(s.commands_topic, encode_command(unsigned), b"clocked").get(20)
     finally:
         producer.close()
     deadline = time.monotonic() + 30
@@ -130,7 +162,7 @@ def test_finding_8_a_command_written_straight_to_kafka_cannot_set_the_time(
         time.sleep(0.2)
     head = client.commit("clocked", digest, "honest")["head"]
     commits = client.log("clocked")["commits"]
-    assert commits[0]["message"] == "honest" and len(commits) == 4
+    assert commits[0]["message"] == "honest" and len(commits) == 4, commits
     now_ms = int(time.time() * 1000)
     assert all(now_ms - 60_000 <= c["at"] <= now_ms + 1000 for c in commits)
     times = [c["at"] for c in reversed(commits)]
@@ -154,6 +186,7 @@ def listening_addresses(port: int) -> set[str]:
 
 
 def test_finding_9_api_binds_loopback(stack: Stack) -> None:
+    admin_ready(stack)
     assert listening_addresses(stack.settings.web_port) == {"0100007F"}  # 127.0.0.1 only
     worker = stack.add_worker()
     assert listening_addresses(worker.port) == {"0100007F"}
@@ -166,7 +199,10 @@ def test_finding_9_api_binds_loopback(stack: Stack) -> None:
     assert_error(send(url, "POST", path, features, {"Content-Type": "text/plain"}), 415)
     assert_error(send(url, "GET", "/nope"), 404)
     assert_error(send(url, "PUT", path, features, JSON_TYPE), 405)
-    assert_error(send(url, "POST", path, b"[" * 2_000_000, JSON_TYPE), 413)
+    # Past the guard, a token first (the worker folds ~security from the log), then the body.
+    assert_error(send(url, "POST", path, features, JSON_TYPE), 401)
+    admin_ready(stack, url, path)
+    assert_error(send(url, "POST", path, b"[" * 2_000_000, authed(stack, JSON_TYPE)), 413)
 
 
 def test_finding_9_compose_publishes_on_loopback() -> None:
@@ -191,9 +227,11 @@ def test_finding_9_foreign_origin_refused(shared: Stack) -> None:
     # no origin, but not declared as JSON: refused all the same
     assert_error(send(url, "POST", "/v1/models", create, {"Content-Type": "text/plain"}), 415)
     assert_error(send(url, "POST", "/v1/models", create, {}), 415)
-    assert "csrf" not in {m["name"] for m in Client(url).models()["models"]}
-    # the same origin, and JSON: accepted
+    assert "csrf" not in {m["name"] for m in shared.client().models()["models"]}
+    # the same origin, and JSON: past the guard, then a token is needed
     same = {**JSON_TYPE, "Origin": url}
+    assert_error(send(url, "POST", "/v1/models", create, same), 401)
+    same = authed(shared, same)
     status, _, body = send(url, "POST", "/v1/models", create, same)
     assert status == 201, body
 
@@ -210,16 +248,19 @@ def test_finding_10_lying_gzip_is_refused_as_json(shared: Stack) -> None:
 def test_finding_10_at_out_of_range_is_422(shared: Stack) -> None:
     for at in (2**64, -(2**70), "soon"):
         body = json.dumps({"name": "when", "at": at}).encode()
-        assert_error(send(shared.url, "POST", "/v1/models", body, JSON_TYPE), 422, "at")
+        assert_error(
+            send(shared.url, "POST", "/v1/models", body, authed(shared, JSON_TYPE)), 422, "at"
+        )
 
 
 def test_finding_10_400_digit_metric_is_422(shared: Stack, digest: str) -> None:
+    json_type = authed(shared, JSON_TYPE)
     for value in ("1" * 400, "1e400", "-1e400", "NaN", "true", '"1e999"'):
         raw = f'{{"artifact_sha256": "{digest}", "message": "m", "metrics": {{"auc": {value}}}}}'
-        answer = send(shared.url, "POST", "/v1/models/hyg/commits", raw.encode(), JSON_TYPE)
+        answer = send(shared.url, "POST", "/v1/models/hyg/commits", raw.encode(), json_type)
         assert_error(answer, 422, "metrics.auc")
     params = json.dumps({"artifact_sha256": digest, "message": "m", "params": {"n": 10**400}})
-    answer = send(shared.url, "POST", "/v1/models/hyg/commits", params.encode(), JSON_TYPE)
+    answer = send(shared.url, "POST", "/v1/models/hyg/commits", params.encode(), json_type)
     assert answer[0] in (201, 422), answer  # a big int param is text, or refused: never a 500
 
 
@@ -233,7 +274,6 @@ def test_finding_10_lone_surrogate_is_422(shared: Stack, digest: str) -> None:
         ("/v1/models/hyg/commits", f'{{{art}, "message": "m", "params": {{"{lone}": "x"}}}}', ""),
         ("/v1/models/hyg/commits", f'{{{art}, "message": "m", "params": {{"k": "{lone}"}}}}', ""),
         ("/v1/models/hyg/branches", f'{{"name": "b", "command_id": "{lone}"}}', "command_id"),
-        ("/v1/models/hyg/branches", f'{{"name": "b", "actor": "{lone}"}}', "actor"),
         (
             "/v1/models/hyg/rollbacks",
             f'{{"branch": "main", "to": "main", "reason": "{lone}"}}',
@@ -241,9 +281,15 @@ def test_finding_10_lone_surrogate_is_422(shared: Stack, digest: str) -> None:
         ),
     ]
     for path, raw, field in cases:
-        body = assert_error(send(url, "POST", path, raw.encode(), JSON_TYPE), 422)
+        body = assert_error(send(url, "POST", path, raw.encode(), authed(shared, JSON_TYPE)), 422)
         if field:
             assert body["field"] == field, body
+    # A claimed actor is never read as a name: only compared with the token's (403).
+    raw = f'{{"name": "b", "actor": "{lone}"}}'
+    body = assert_error(
+        send(url, "POST", "/v1/models/hyg/branches", raw.encode(), authed(shared, JSON_TYPE)), 403
+    )
+    assert body["error"] == "actor_mismatch"
     healthy(shared)
 
 
@@ -251,9 +297,10 @@ def test_finding_10_bad_after_and_as_of_are_422(shared: Stack) -> None:
     url = shared.url
     for after in ("1:2:3", "x", "1:", ":1", "99:0", "1:" + "9" * 40):
         query = f"/v1/models/hyg/refs?after={after}"
-        assert_error(send(url, "GET", query), 422, "after")
+        assert_error(send(url, "GET", query, headers=authed(shared)), 422, "after")
     for as_of in ("%C2%B2", "9999-99-99", "1:2", "x" * 100):
-        assert_error(send(url, "GET", f"/v1/models/hyg/refs?as_of={as_of}"), 422, "as_of")
+        query = f"/v1/models/hyg/refs?as_of={as_of}"
+        assert_error(send(url, "GET", query, headers=authed(shared)), 422, "as_of")
 
 
 def test_finding_10_routes_methods_and_sizes_answer_json(shared: Stack) -> None:
@@ -263,13 +310,14 @@ def test_finding_10_routes_methods_and_sizes_answer_json(shared: Stack) -> None:
     status, headers, body = send(url, "PATCH", "/v1/models", b"{}", JSON_TYPE)
     assert status == 405 and "GET" in headers["allow"] and body["error"] == "method_not_allowed"
     assert_error(send(url, "GET", "/v1/models/hyg/commits"), 405)
+    json_type = authed(shared, JSON_TYPE)
     big = json.dumps({"name": "big", "pad": "x" * MAX_JSON_BYTES}).encode()
-    assert_error(send(url, "POST", "/v1/models", big, JSON_TYPE), 413)
+    assert_error(send(url, "POST", "/v1/models", big, json_type), 413)
     long_message = json.dumps({"branch": "main", "to": "main", "reason": "r" * 5000}).encode()
-    answer = send(url, "POST", "/v1/models/hyg/rollbacks", long_message, JSON_TYPE)
+    answer = send(url, "POST", "/v1/models/hyg/rollbacks", long_message, json_type)
     assert_error(answer, 422, "reason")
     many = json.dumps({"name": "b", "params": {str(i): "v" for i in range(300)}}).encode()
-    assert send(url, "POST", "/v1/models/hyg/branches", many, JSON_TYPE)[0] != 500
+    assert send(url, "POST", "/v1/models/hyg/branches", many, json_type)[0] != 500
     healthy(shared)
 
 
@@ -301,7 +349,7 @@ def test_finding_10_full_store_is_507_and_leaves_no_temp_file(
     from tests.conftest import train_model
 
     small = train_model(tmp_path / "small.txt", seed=7).read_bytes()
-    octet = {"Content-Type": "application/octet-stream"}
+    octet = authed(shared, {"Content-Type": "application/octet-stream"})
     with tiny_filesystem(shared.settings.artifact_root) as root:
         big = b"tree\n" + b"x" * 200_000
         body = assert_error(send(shared.url, "POST", "/v1/artifacts", big, octet), 507)
@@ -318,7 +366,7 @@ def test_finding_10_read_only_store_is_507(shared: Stack, tmp_path: Path) -> Non
     from tests.conftest import train_model
 
     data = train_model(tmp_path / "ro.txt", seed=8).read_bytes()
-    octet = {"Content-Type": "application/octet-stream"}
+    octet = authed(shared, {"Content-Type": "application/octet-stream"})
     with tiny_filesystem(shared.settings.artifact_root, "1m") as root:
         subprocess.run(["mount", "-o", "remount,ro", str(root)], check=True)
         body = assert_error(send(shared.url, "POST", "/v1/artifacts", data, octet), 507)
@@ -332,6 +380,7 @@ def test_finding_10_disconnect_mid_upload_leaves_no_temp_file(shared: Stack) -> 
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(
             f"POST /v1/artifacts HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Authorization: Bearer {shared.token}\r\n"
             "Content-Type: application/octet-stream\r\nContent-Length: 10000000\r\n\r\n".encode()
         )
         sock.sendall(b"tree\n" + b"x" * 300_000)

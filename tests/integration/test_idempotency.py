@@ -49,10 +49,10 @@ def test_finding_7_same_command_id_two_models_each_get_their_answer(stack: Stack
     shared_id = f"shared-{uuid.uuid4().hex[:8]}"
     models = [f"twin{i}" for i in range(4)]
     answers = all_at_once(
-        [lambda m=m: Client(stack.url).create(m, command_id=shared_id) for m in models]
+        [lambda m=m: stack.client().create(m, command_id=shared_id) for m in models]
     )
     assert_each_got_its_own_answer(models, answers)
-    listed = {m["name"] for m in Client(stack.url).models()["models"]}
+    listed = {m["name"] for m in stack.client().models()["models"]}
     assert set(models) <= listed
 
 
@@ -72,7 +72,7 @@ def test_finding_7_same_command_id_through_two_instances_each_get_their_answer(
     urls = [stack.url if i % 2 else second_instance for i in range(len(models))]
     answers = all_at_once(
         [
-            lambda m=m, u=u: Client(u).create(m, command_id=shared_id)
+            lambda m=m, u=u: stack.client(u).create(m, command_id=shared_id)
             for m, u in zip(models, urls, strict=True)
         ]
     )
@@ -93,7 +93,7 @@ def test_finding_7_same_command_id_through_two_instances_each_get_their_answer(
 def test_finding_7_reused_command_id_with_different_body_is_refused(
     stack: Stack, model_file: Path
 ) -> None:
-    c = Client(stack.url, actor="tester")
+    c = stack.client()
     digest = c.upload(model_file)["sha256"]
     c.create("reuse")
     first = c.commit("reuse", digest, "first", metrics={"auc": 0.8}, command_id="job-42")
@@ -108,11 +108,10 @@ def test_finding_7_reused_command_id_with_different_body_is_refused(
     assert (body["partition"], body["offset"]) == (first["partition"], first["offset"])
     assert "job-42" in body["message"] and "new command id" in body["message"]
 
-    # Another actor sending the same id is another request too.
+    # Another actor (another token) sending the same id is another request too.
+    mallory = Client(stack.url, token=c.create_token("mallory", "committer")["token"])
     with pytest.raises(ClientError) as other_actor:
-        Client(stack.url, actor="mallory").commit(
-            "reuse", digest, "first", metrics={"auc": 0.8}, command_id="job-42"
-        )
+        mallory.commit("reuse", digest, "first", metrics={"auc": 0.8}, command_id="job-42")
     assert other_actor.value.status == 422
 
     again = c.commit("reuse", digest, "first", metrics={"auc": 0.8}, command_id="job-42")

@@ -16,14 +16,13 @@ from typing import Any
 import pytest
 from kafka import KafkaProducer
 
-from modelvc.client import Client
 from modelvc.stack import Stack
-from streams.codec import decode_event, encode_command, encode_event
-from streams.core import Command, MakeCommit, decide, fold
-from streams.logreader import read_topic
+from streams.codec import encode_command, encode_event
+from streams.core import Command, MakeCommit, decide
 from streams.topics import home_partition
 from tests.conftest import train_model
 from tests.integration.test_hostile_messages import assert_all_alive, cli, healthz, letter_for
+from tests.integration.test_service import fold_of_log
 
 pytestmark = pytest.mark.broker
 
@@ -36,7 +35,7 @@ def test_a_command_on_the_wrong_partition_is_dead_lettered_not_decided(
     stack: Stack, tmp_path: Path
 ) -> None:
     s = stack.settings
-    c = Client(stack.url)
+    c = stack.client()
     digest = c.upload(train_model(tmp_path / "m.txt"))["sha256"]
     c.create("placed")
     head = c.commit("placed", digest, "v1")["head"]
@@ -60,14 +59,13 @@ def test_an_event_on_the_wrong_partition_is_void_for_readers_and_a_violation_for
 ) -> None:
     s = stack.settings
     stack.add_worker()
-    c = Client(stack.url)
+    c = stack.client()
     digest = c.upload(train_model(tmp_path / "m.txt"))["sha256"]
     c.create("placed")
     head = c.commit("placed", digest, "v1")["head"]
     before = c.digest()["digest"]
     # A correctly chained next event, as its writer would make it, put on another partition.
-    log = [decode_event(r.value) for r in read_topic(s.access, s.events_topic) if r.value]
-    state = fold(log).models["placed"]
+    state = fold_of_log(stack).models["placed"]
     (event,) = decide(state, Command("forged-1", "placed", "mallory", 1, MakeCommit(digest, "x")))
     wrong = _elsewhere("placed", s.partitions)
     producer = KafkaProducer(bootstrap_servers=s.bootstrap)
@@ -87,16 +85,16 @@ def test_an_event_on_the_wrong_partition_is_void_for_readers_and_a_violation_for
     assert kinds == {"misplaced"}, summary["violations"]
     assert summary["live_digest"] == summary["digest"]  # the auditor folds as readers do
     # The worker's fold voids it too: main serves the rightful writer's commit.
-    answer = predict(stack.worker_url(), "placed", {f"Column_{i}": 0.5 for i in range(4)})
+    answer = predict(stack, "placed", {f"Column_{i}": 0.5 for i in range(4)})
     assert answer["commit_id"] == v2["head"]
     assert_all_alive(stack)
 
 
-def predict(url: str, model: str, features: dict[str, float]) -> dict[str, Any]:
+def predict(stack: Stack, model: str, features: dict[str, float]) -> dict[str, Any]:
     request = urllib.request.Request(
-        f"{url}/v1/models/{model}/predict",
+        f"{stack.worker_url()}/v1/models/{model}/predict",
         data=json.dumps({"features": features, "ref": "main"}).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {stack.token}"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return dict(json.load(response))

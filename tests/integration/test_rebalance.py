@@ -55,7 +55,7 @@ def test_the_survivor_takes_over_rechecks_and_decides_on_the_latest_state(
 ) -> None:
     partitions = stack.settings.partitions
     models = one_model_per_partition(partitions)
-    a = Client(stack.url, timeout=120)
+    a = stack.client(timeout=120)
     digest = a.upload(model_file)["sha256"]
     for model in models.values():
         a.create(model)  # A alone owns every partition and has caught up on each
@@ -64,7 +64,7 @@ def test_the_survivor_takes_over_rechecks_and_decides_on_the_latest_state(
     # B joins the group: a rebalance revokes A's partitions and splits them.
     b_process, b_url = stack.add_streams("streams-b")
     try:
-        b = Client(b_url, timeout=120)
+        b = stack.client(b_url, timeout=120)
         b_log = Path(b_process.log)
         # Through B, one commit per model: B decides its partitions, A the others, and
         # A's answers reach B over the replies topic.

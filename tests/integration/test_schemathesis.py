@@ -3,7 +3,10 @@ bounded schemathesis runs against a real stack find no 5xx and no answer that
 breaks the document (status, content type or body schema): one operation at a
 time, and stateful, following the document's links from one answer to the next
 request (a new model's name to its commits, a commit's head to show, resolve,
-alias, branch and rollback, an upload's digest to a commit and a download)."""
+alias, branch and rollback, an upload's digest to a commit and a download).
+
+Every request carries the stack's admin token (the document's ``bearerAuth``), so
+every route is reachable; the 401/403 answers are tested in test_roles."""
 
 from __future__ import annotations
 
@@ -21,7 +24,6 @@ from schemathesis import checks
 from schemathesis.config import SchemathesisConfig
 from schemathesis.core.result import Ok
 
-from modelvc.client import Client
 from modelvc.stack import Stack
 from streams import openapi
 from streams.app import create_app
@@ -29,6 +31,7 @@ from streams.bootstrap import bootstrap
 from streams.projection import MemoryProjection
 from streams.settings import Settings
 from tests.conftest import train_model
+from tests.integration.test_http_hygiene import admin_ready
 
 Operation = schemathesis.APIOperation[Any, Any, Any, Any]
 Case = schemathesis.Case[Operation]
@@ -94,7 +97,9 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     stack: Stack, model_file: Path
 ) -> None:
     url = stack.url
-    client = Client(url)
+    admin_ready(stack)
+    client = stack.client()
+    auth = {"Authorization": f"Bearer {stack.token}"}
     digest = client.upload(model_file)["sha256"]
     client.create("churn")
     client.commit("churn", digest, "first", params={"lr": "0.1"}, metrics={"auc": 0.8})
@@ -129,7 +134,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
             # in a 504 by design (test_service covers `after`), which is not a bug.
             if case.query:
                 case.query.pop("after", None)
-            case.call_and_validate(base_url=url, checks=_CHECKS, timeout=30)
+            case.call_and_validate(base_url=url, checks=_CHECKS, timeout=30, headers=auth)
             calls[operation.label] = calls.get(operation.label, 0) + 1
 
         with contextlib.suppress(_BudgetSpent):
@@ -145,7 +150,9 @@ def test_schemathesis_stateful_run_follows_links_without_server_error_or_schema_
     stack: Stack, tmp_path: Path
 ) -> None:
     url = stack.url
-    client = Client(url)
+    admin_ready(stack)
+    client = stack.client()
+    auth = {"Authorization": f"Bearer {stack.token}"}
     # Schemathesis cannot generate a LightGBM model, so real ones are uploaded first;
     # the hooks below put them into uploads and commits (the links carry the rest).
     files = [train_model(tmp_path / f"m{seed}.txt", seed=seed) for seed in range(2)]
@@ -196,7 +203,7 @@ def test_schemathesis_stateful_run_follows_links_without_server_error_or_schema_
                     case.body = {**case.body, "name": self.prefix + name}
 
         def get_call_kwargs(self, case: Case) -> dict[str, Any]:
-            return {"timeout": 30}
+            return {"timeout": 30, "headers": auth}
 
         def step(self, input: Any) -> Any:
             if time.monotonic() > budget_ends:

@@ -12,6 +12,7 @@ from kafka import KafkaProducer
 
 from modelvc.client import Client, ClientError
 from modelvc.stack import Stack
+from streams import signing
 from streams.codec import DEAD_LETTERS, decode_event
 from streams.core.fold import Fold, state_digest
 from streams.logreader import read_topic
@@ -20,10 +21,11 @@ pytestmark = pytest.mark.broker
 
 
 def fold_of_log(stack: Stack) -> Fold:
-    result = Fold()
+    """The log folded as the service folds it: by partition, every signature checked."""
+    result = Fold(verify=signing.verify)
     for record in read_topic(stack.settings.access, stack.settings.events_topic):
         assert record.value is not None
-        result.apply(decode_event(record.value))
+        result.apply(decode_event(record.value), record.partition)
     return result
 
 
@@ -42,7 +44,7 @@ def history(c: Client, model: str, files: list[Path]) -> None:
 
 
 def test_api_answers_with_clear_statuses(stack: Stack, model_file: Path, tmp_path: Path) -> None:
-    c = Client(stack.url, actor="tester")
+    c = stack.client()
     digest = c.upload(model_file)["sha256"]
     assert c.create("fraud")["event"] == "ModelCreated"
     with pytest.raises(ClientError) as exists:
@@ -78,7 +80,7 @@ def test_api_answers_with_clear_statuses(stack: Stack, model_file: Path, tmp_pat
 
 
 def test_repeated_command_is_answered_once_and_applied_once(stack: Stack, model_file: Path) -> None:
-    c = Client(stack.url)
+    c = stack.client()
     digest = c.upload(model_file)["sha256"]
     c.create("dup")
     first = c.commit("dup", digest, "once", command_id="fixed-id")
@@ -90,23 +92,23 @@ def test_repeated_command_is_answered_once_and_applied_once(stack: Stack, model_
 def test_deleting_rocksdb_rebuilds_the_same_graph(stack: Stack, tmp_path: Path) -> None:
     from tests.conftest import train_model
 
-    c = Client(stack.url)
+    c = stack.client()
     history(c, "churn", [train_model(tmp_path / "a.txt", 1), train_model(tmp_path / "b.txt", 2)])
     before = c.digest()
     log_before = c.log("churn")
     stack.restart_streams(wipe=True)
-    c = Client(stack.url)
+    c = stack.client()
     after = c.digest()
     assert after["digest"] == before["digest"]
     assert c.log("churn") == log_before
     assert after["digest"] == state_digest(fold_of_log(stack).models)
     # and a restart that keeps RocksDB resumes from its stored offsets
     stack.restart_streams()
-    assert Client(stack.url).digest()["digest"] == before["digest"]
+    assert stack.client().digest()["digest"] == before["digest"]
 
 
 def test_concurrent_writers_with_expect_head_lose_no_update(stack: Stack, model_file: Path) -> None:
-    c = Client(stack.url)
+    c = stack.client()
     digest = c.upload(model_file)["sha256"]
     c.create("busy")
     c.commit("busy", digest, "root")
@@ -115,7 +117,7 @@ def test_concurrent_writers_with_expect_head_lose_no_update(stack: Stack, model_
     lock = threading.Lock()
 
     def writer(n: int) -> None:
-        client = Client(stack.url, actor=f"writer-{n}")
+        client = stack.client()
         for i in range(25):
             head = client.refs("busy")["branches"]["main"]
             try:
@@ -145,7 +147,7 @@ def test_concurrent_writers_with_expect_head_lose_no_update(stack: Stack, model_
 def test_kill_9_while_commands_flow_applies_each_command_once(
     stack: Stack, model_file: Path
 ) -> None:
-    c = Client(stack.url, timeout=60)
+    c = stack.client(timeout=60)
     digest = c.upload(model_file)["sha256"]
     c.create("crashy")
     ids = [f"cmd-{uuid.uuid4()}" for _ in range(60)]
@@ -157,7 +159,7 @@ def test_kill_9_while_commands_flow_applies_each_command_once(
             while not stop_flag.is_set():
                 try:
                     # A client per attempt: the restarted service may answer elsewhere.
-                    client = Client(stack.url, timeout=60)
+                    client = stack.client(timeout=60)
                     client.commit("crashy", digest, f"c{i}", command_id=command_id)
                     done.append(command_id)
                     break
@@ -172,7 +174,7 @@ def test_kill_9_while_commands_flow_applies_each_command_once(
     worker.join(timeout=240)
     stop_flag.set()
     assert done == ids
-    c = Client(stack.url)
+    c = stack.client()
     replayed = fold_of_log(stack)
     assert c.digest()["digest"] == state_digest(replayed.models)
     messages = [commit["message"] for commit in c.log("crashy")["commits"]]
@@ -184,7 +186,7 @@ def test_undecodable_messages_go_to_the_dead_letter_topic(stack: Stack, model_fi
     producer.send(stack.settings.commands_topic, key=b"m", value=b"not avro at all").get(10)
     producer.send(stack.settings.events_topic, key=b"m", value=b"\xc3\x01garbage").get(10)
     producer.close()
-    c = Client(stack.url)
+    c = stack.client()
     c.create("after-garbage")
     c.commit("after-garbage", c.upload(model_file)["sha256"], "still serving")
     deadline = time.monotonic() + 20
@@ -206,7 +208,7 @@ def test_undecodable_messages_go_to_the_dead_letter_topic(stack: Stack, model_fi
 def test_sigterm_stops_cleanly_and_the_restart_resumes_from_the_stored_offsets(
     stack: Stack, model_file: Path
 ) -> None:
-    c = Client(stack.url)
+    c = stack.client()
     c.create("tidy")
     c.commit("tidy", c.upload(model_file)["sha256"], "one")
     offsets = {int(p): o for p, o in c.digest()["offsets"].items()}
@@ -219,4 +221,4 @@ def test_sigterm_stops_cleanly_and_the_restart_resumes_from_the_stored_offsets(
     assert f"{stack.settings.instance_id} stopped cleanly at offsets {offsets}" in text
     # ... and the new process resumed from the offsets stored with the graph.
     assert f"following {stack.settings.events_topic} from {offsets}" in text
-    assert Client(stack.url).log("tidy")["commits"][0]["message"] == "one"
+    assert stack.client().log("tidy")["commits"][0]["message"] == "one"

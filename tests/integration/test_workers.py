@@ -91,7 +91,7 @@ def serving_commit(stack: Stack, worker: str = "worker-1") -> dict[str, str]:
 
 
 def setup_model(stack: Stack, tmp_path: Path) -> tuple[Client, list[str], list[lgb.Booster]]:
-    c = Client(stack.url)
+    c = stack.client()
     c.create("churn")
     heads, boosters = [], []
     for i, seed in enumerate((1, 2)):
@@ -133,7 +133,7 @@ def test_predictions_carry_the_commit_and_equal_booster_predict(
     request = urllib.request.Request(
         serving.worker_url() + "/v1/models/churn/predict",
         data=body,
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {serving.token}"},
     )
     with urllib.request.urlopen(request, timeout=5) as response:
         answer = json.load(response)

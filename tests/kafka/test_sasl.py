@@ -40,10 +40,11 @@ from modelvc.client import Client
 from modelvc.kafka_acl import Role, acl_plan, grant_modelvc_acls, settings_as, worker_group
 from modelvc.kafka_broker import KafkaCluster, running_cluster, stop_recorded
 from modelvc.processes import Spawned, free_port, stop
-from modelvc.stack import start_streams, start_worker
+from modelvc.stack import ensure_home, start_streams, start_worker, with_identity
 from modelvc.streaming import FeatureProducer
 from streams.codec import PREDICTIONS
 from streams.errors import TopicUnreadable
+from streams.http_client import read_token_file
 from streams.kafka_access import KafkaAccess
 from streams.logreader import read_topic
 from streams.settings import Settings
@@ -331,13 +332,18 @@ def test_streams_app_and_worker_serve_a_model_each_with_its_own_login(
         web_port=free_port(),
         instance_id="streams-sasl",
     )
+    home.mkdir()
+    ensure_home(home)
+    base = with_identity(base, home)  # it issues home/admin.token as the first admin's
     started: list[Spawned] = []
     try:
         # The streams app creates its topics (ensure_topics) as "streams", not as admin.
         started.append(start_streams(settings_as(base, cluster.credentials_dir, "streams"), home))
         worker = settings_as(base, cluster.credentials_dir, "worker")
         started.append(start_worker(worker, home, "worker-1"))
-        client = Client(f"http://127.0.0.1:{base.web_port}")
+        client = Client(
+            f"http://127.0.0.1:{base.web_port}", token=read_token_file(home / "admin.token")
+        )
         client.create("churn")
         path = train_model(tmp_path / "m.txt", 1)
         head = client.commit("churn", client.upload(path)["sha256"], "v1")["head"]

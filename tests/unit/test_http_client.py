@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
+from modelvc.cli import UsageError, expires_at
 from modelvc.client import Client, ClientError
-from streams.http_client import HttpClient, HttpError
+from modelvc.processes import StackError
+from modelvc.stack import ensure_home, write_token_file
+from streams.auth import new_token
+from streams.core.security import TOKEN as SECURITY_TOKEN
+from streams.http_client import HttpClient, HttpError, TokenError, read_token_file
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -29,6 +38,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/ok":
             self.answer(200, b'{"ready": true}')
+        elif self.path == "/auth":
+            self.answer(200, json.dumps({"sent": self.headers.get("Authorization")}).encode())
         elif self.path == "/missing":
             self.answer(404, b'{"error": "not_found", "message": "no such model"}')
         elif self.path == "/crash":
@@ -120,3 +131,145 @@ def test_the_api_client_returns_bytes_for_non_json_and_json_otherwise(url: str) 
     assert json.dumps(refused.value.body) == json.dumps(
         {"error": "not_found", "message": "no such model"}
     )
+
+
+TOKEN = "mvc_0123456789abcdef_" + "A" * 43
+OTHER = "mvc_fedcba9876543210_" + "B" * 43
+
+
+def test_the_token_goes_in_a_bearer_header_and_none_is_sent_when_told(url: str) -> None:
+    assert HttpClient(url, token=TOKEN).get_json("/auth") == {"sent": f"Bearer {TOKEN}"}
+    assert HttpClient(url, token="").get_json("/auth") == {"sent": None}
+    assert Client(url, token=TOKEN).request("GET", "/auth") == {"sent": f"Bearer {TOKEN}"}
+
+
+def test_a_token_that_is_not_one_is_refused_before_it_is_sent(url: str) -> None:
+    with pytest.raises(TokenError, match="modelvc token create"):
+        HttpClient(url, token=TOKEN + "\r\nX-Injected: 1")
+
+
+def test_clients_find_the_token_in_the_documented_order(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("MODELVC_TOKEN", "MODELVC_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MODELVC_HOME", str(tmp_path / "home"))
+    assert Client(url).request("GET", "/auth") == {"sent": None}  # no token anywhere
+    (tmp_path / "home").mkdir()
+    write_token_file(tmp_path / "home" / "admin.token", TOKEN)
+    assert Client(url).request("GET", "/auth") == {"sent": f"Bearer {TOKEN}"}
+    write_token_file(tmp_path / "other.token", OTHER)
+    monkeypatch.setenv("MODELVC_TOKEN_FILE", str(tmp_path / "other.token"))
+    assert HttpClient(url).get_json("/auth") == {"sent": f"Bearer {OTHER}"}
+    monkeypatch.setenv("MODELVC_TOKEN", TOKEN)
+    assert HttpClient(url).get_json("/auth") == {"sent": f"Bearer {TOKEN}"}
+    assert Client(url, token=OTHER).request("GET", "/auth") == {"sent": f"Bearer {OTHER}"}
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o660])
+def test_a_token_file_others_may_read_or_write_is_refused(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "t.token"
+    write_token_file(path, TOKEN)
+    path.chmod(mode)
+    with pytest.raises(TokenError, match=re.escape(f"chmod 600 {path}")):
+        read_token_file(path)
+    path.chmod(0o600)
+    assert read_token_file(path) == TOKEN
+
+
+def test_a_token_file_must_be_a_private_regular_file_holding_a_token(tmp_path: Path) -> None:
+    real = tmp_path / "real.token"
+    write_token_file(real, TOKEN)
+    (tmp_path / "link.token").symlink_to(real)
+    with pytest.raises(TokenError, match="cannot open"):
+        read_token_file(tmp_path / "link.token")  # a link could point the check elsewhere
+    for name, text in [("junk", "not a token\n"), ("big", TOKEN * 100)]:
+        write_token_file(tmp_path / name, text)
+        with pytest.raises(TokenError, match=r"modelvc token|larger"):
+            read_token_file(tmp_path / name)
+    with pytest.raises(TokenError, match="does not exist"):
+        read_token_file(tmp_path / "missing")
+
+
+def test_up_makes_a_private_admin_token_and_keys_directory_once(tmp_path: Path) -> None:
+    admin = ensure_home(tmp_path)
+    assert stat.S_IMODE(admin.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700
+    first = admin.read_text()
+    assert first.endswith("\n") and SECURITY_TOKEN.fullmatch(first[:-1])
+    assert ensure_home(tmp_path).read_text() == first  # kept: the log knows this one
+    admin.chmod(0o644)
+    with pytest.raises(StackError, match="chmod 600"):
+        ensure_home(tmp_path)
+    assert new_token()[0] != new_token()[0] and SECURITY_TOKEN.fullmatch(new_token()[0])
+
+
+@pytest.mark.parametrize(
+    ("text", "after_ms"),
+    [("30d", 30 * 86_400_000), ("12h", 12 * 3_600_000), ("90m", 90 * 60_000)],
+)
+def test_expires_is_relative_to_now(text: str, after_ms: int) -> None:
+    assert expires_at(text, 1_000) == 1_000 + after_ms
+
+
+def test_expires_on_a_date_is_its_start_in_utc_and_must_be_ahead() -> None:
+    assert expires_at("2027-01-31", 0) == 1_801_353_600_000
+    for bad in ("2001-01-01", "0d", "1y", "2027-02-30", "2027-1-31", "30d ", "1" * 100 + "d"):
+        with pytest.raises(UsageError):
+            expires_at(bad, 1_700_000_000_000)
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """Another origin: it records every request that reaches it."""
+
+    seen: ClassVar[list[dict[str, str]]] = []
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        Recorder.seen.append(dict(self.headers))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+
+def serving(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_not_followed_so_the_token_never_reaches_another_host(status: int) -> None:
+    elsewhere, target = serving(Recorder)
+
+    class Redirector(BaseHTTPRequestHandler):
+        def log_message(self, *_: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("Location", f"{target}/steal")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server, url = serving(Redirector)
+    Recorder.seen.clear()
+    try:
+        with pytest.raises(HttpError) as raised:
+            HttpClient(url, token=TOKEN).get_json("/v1/models")
+        assert raised.value.status == status
+        assert raised.value.body["error"] == "redirect"
+        assert f"{target}/steal" in str(raised.value) and "MODELVC_URL" in str(raised.value)
+        assert TOKEN not in str(raised.value)
+        assert Recorder.seen == []  # neither the token nor anything else went there
+        # The recorder does record (so the empty list above means something).
+        HttpClient(target, token=TOKEN).get_json("/")
+        assert Recorder.seen[0]["Authorization"] == f"Bearer {TOKEN}"
+    finally:
+        for running in (server, elsewhere):
+            running.shutdown()
+            running.server_close()

@@ -1,9 +1,11 @@
 """One suite over both projections (RocksDB and in memory): the same batches give the
-same read model, and RocksDB reopened gives back what it had."""
+same read model, and RocksDB reopened gives back what it had, the security chain and
+the writer-key rings included; a forged event on a signed partition is void."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,8 +21,14 @@ from streams.core import (
     decide,
     state_digest,
 )
+from streams.core.commands import AddWriterKey, IssueToken, ProtectRef, RetireWriterKey
+from streams.core.decide import decide_on
+from streams.core.events import AliasMoved
 from streams.core.fold import Fold
+from streams.core.hashing import GENESIS_HASH
+from streams.core.security import SECURITY_STREAM, event_message, keys_stream
 from streams.projection import MemoryProjection, Projection, RocksDBProjection
+from streams.signing import SigningKey, sign_event, verify
 from streams.topics import home_partition
 
 PARTITIONS = 4
@@ -173,5 +181,147 @@ def test_rocksdb_reopened_resumes_where_it_stopped(tmp_path: Path) -> None:
         reference = MemoryProjection()
         apply_all(reference, records)
         assert snapshot(reopened) == snapshot(reference)
+    finally:
+        reopened.close()
+
+
+KEY = SigningKey.generate()
+SUCCESSOR = SigningKey.generate()
+SIGNED_MODEL = "signed"
+
+
+def signed_log(rotate: bool = False) -> tuple[Records, Fold]:
+    """A signed log: rings on the partitions of ~security and of a model, a token and a
+    rule in ~security, the model's history; and the fold that wrote it. ``rotate``: then
+    KEY is replaced by SUCCESSOR on both rings, which signs what follows."""
+    fold = Fold(verify=verify)
+    records: Records = {p: [] for p in range(PARTITIONS)}
+
+    def run(
+        partition: int, model: str, body: object, role: str = "admin", key: SigningKey = KEY
+    ) -> None:
+        command = Command(f"{model}-{len(records[partition])}", model, "admin", 5, body, role=role)  # type: ignore[arg-type]
+        for event in decide_on(fold, partition, command, key.key_id):
+            event = sign_event(key, event)
+            assert fold.apply(event, partition) is None
+            records[partition].append((len(records[partition]), encode_event(event)))
+
+    security = home_partition(SECURITY_STREAM, PARTITIONS)
+    model = home_partition(SIGNED_MODEL, PARTITIONS)
+    for partition in sorted({security, model}):
+        run(partition, keys_stream(partition), AddWriterKey(KEY.public_key, "first"))
+    run(security, SECURITY_STREAM, IssueToken("0123456789abcdef", "ann", "admin", "a" * 64))
+    run(security, SECURITY_STREAM, ProtectRef("alias", "production"))
+    run(model, SIGNED_MODEL, CreateModel())
+    run(model, SIGNED_MODEL, MakeCommit(DIGEST, "one"))
+    run(model, SIGNED_MODEL, MoveAlias("production", "main"))
+    run(model, SIGNED_MODEL, MakeCommit(DIGEST, "two", params={"n": "2"}))
+    if rotate:
+        for partition in sorted({security, model}):
+            run(partition, keys_stream(partition), AddWriterKey(SUCCESSOR.public_key))
+            retire = RetireWriterKey(KEY.key_id, "rotated")
+            run(partition, keys_stream(partition), retire, key=SUCCESSOR)
+        token = IssueToken("fedcba9876543210", "bob", "reader", "b" * 64)
+        run(security, SECURITY_STREAM, token, key=SUCCESSOR)
+    return records, fold
+
+
+def forged_move(projection: Projection, signer: SigningKey | None) -> bytes:
+    """A correctly chained AliasMoved of the signed model, unsigned or signed by ``signer``."""
+    state = projection.models[SIGNED_MODEL]
+    event = ModelEvent(
+        SIGNED_MODEL,
+        state.seq + 1,
+        state.last_hash or GENESIS_HASH,
+        "forged",
+        "mallory",
+        10,
+        AliasMoved("production", state.aliases["production"], state.branches["main"]),
+        key_id="" if signer is None else KEY.key_id,
+    )
+    if signer is None:
+        return encode_event(event)
+    # Under our key id, whoever signs: a stranger's signature cannot borrow our key.
+    return encode_event(replace(event, signature=signer.sign(event_message(event.hash()))))
+
+
+def test_signed_events_fold_and_the_system_chains_are_exposed(
+    make: Callable[[], Projection],
+) -> None:
+    records, expected = signed_log()
+    projection = make()
+    assert set(apply_all(projection, records)) == {"applied"}
+    assert projection.security == expected.security and projection.security is not None
+    assert set(projection.security.tokens) == {"0123456789abcdef"}
+    assert dict(projection.rings) == expected.rings
+    assert dict(projection.rings[home_partition(SIGNED_MODEL, PARTITIONS)].active) == {
+        KEY.key_id: KEY.public_key
+    }
+    assert state_digest(projection.models) == state_digest(expected.models)
+    assert [e.seq for _, e in projection.history(SECURITY_STREAM)] == [1, 2]
+
+
+@pytest.mark.parametrize("signer", [None, SigningKey.generate()], ids=["unsigned", "other-key"])
+def test_a_forged_event_on_a_signed_partition_is_void(
+    make: Callable[[], Projection], signer: SigningKey | None
+) -> None:
+    records, _ = signed_log()
+    projection = make()
+    apply_all(projection, records)
+    before = state_digest(projection.models)
+    partition = home_partition(SIGNED_MODEL, PARTITIONS)
+    offset = projection.next_offsets[partition]
+    (applied,) = projection.apply(
+        partition, [(offset, forged_move(projection, signer))], PARTITIONS
+    )
+    prefix = "unsigned: " if signer is None else "bad signature: "
+    assert applied.void_reason is not None and applied.void_reason.startswith(prefix)
+    assert state_digest(projection.models) == before
+    assert projection.void_counts()[SIGNED_MODEL] == 1
+    # The genuine writer's next event (same seq as the forgery) still applies.
+    genuine = forged_move(projection, KEY)
+    (applied,) = projection.apply(partition, [(offset + 1, genuine)], PARTITIONS)
+    assert applied.void_reason is None
+
+
+def test_rocksdb_reopened_keeps_the_security_chain_and_the_rings(tmp_path: Path) -> None:
+    records, expected = signed_log()
+    first = {p: items[: len(items) // 2 + 1] for p, items in records.items()}
+    rest = {p: items[len(items) // 2 + 1 :] for p, items in records.items()}
+    projection = RocksDBProjection(tmp_path / "db")
+    apply_all(projection, first)
+    security, rings = projection.security, dict(projection.rings)
+    assert rings  # the halves cut through the rings' partitions
+    projection.close()
+    reopened = RocksDBProjection(tmp_path / "db")
+    try:
+        assert reopened.security == security and dict(reopened.rings) == rings
+        apply_all(reopened, rest)  # signed events after the restart still verify
+        assert reopened.security == expected.security and dict(reopened.rings) == expected.rings
+        assert state_digest(reopened.models) == state_digest(expected.models)
+        partition = home_partition(SIGNED_MODEL, PARTITIONS)
+        offset = reopened.next_offsets[partition]
+        (applied,) = reopened.apply(partition, [(offset, forged_move(reopened, None))], PARTITIONS)
+        assert applied.void_reason is not None  # the ring came back: still a signed partition
+        assert reopened.voided == 1
+    finally:
+        reopened.close()
+
+
+def test_rocksdb_reopened_after_a_key_rotation_keeps_tokens_and_rules(tmp_path: Path) -> None:
+    # The ~security events KEY signed were valid when applied; the reload must judge
+    # them by the ring as it was then, not by the ring in which KEY is retired.
+    records, expected = signed_log(rotate=True)
+    projection = RocksDBProjection(tmp_path / "db")
+    assert set(apply_all(projection, records)) == {"applied"}
+    projection.close()
+    reopened = RocksDBProjection(tmp_path / "db")
+    try:
+        assert reopened.security == expected.security and reopened.security is not None
+        assert set(reopened.security.tokens) == {"0123456789abcdef", "fedcba9876543210"}
+        assert reopened.security.rules == {("alias", "", "production"): "releaser"}
+        assert dict(reopened.rings) == expected.rings and reopened.voided == 0
+        for ring in reopened.rings.values():
+            assert set(ring.active) == {SUCCESSOR.key_id} and set(ring.retired) == {KEY.key_id}
     finally:
         reopened.close()

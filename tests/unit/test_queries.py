@@ -59,3 +59,41 @@ def test_refs_and_resolve_answer_from_the_state() -> None:
     assert set(table["branches"]) == {"main", "exp"} and table["seq"] == state.seq
     assert queries.resolve(state, "exp")["commit"] == state.branches["exp"]
     assert queries.list_models(fold.models)["models"][0]["commits"] == 2
+
+
+def test_token_list_shows_state_and_never_a_hash() -> None:
+    from dataclasses import replace
+
+    from streams.core.security import SecurityState, Token
+
+    def token(token_id: str, **changes: object) -> Token:
+        return replace(Token(token_id, "alice", "reader", "f" * 64, 0, 1_000, "admin"), **changes)
+
+    security = SecurityState(
+        seq=3,
+        last_hash="0" * 64,
+        tokens={
+            "a" * 16: token("a" * 16),
+            "b" * 16: token("b" * 16, issued_at=2_000, revoked_at=3_000, revoked_by="admin"),
+            "c" * 16: token("c" * 16, issued_at=3_000, expires_at=4_000),
+        },
+        rules={("alias", "", "production"): "releaser", ("branch", "churn", "main"): "admin"},
+        receipts={},
+    )
+    listed = queries.tokens(security, now_ms=5_000)["tokens"]
+    assert [(t["token_id"][0], t["state"]) for t in listed] == [
+        ("a", "active"),
+        ("b", "revoked"),
+        ("c", "expired"),
+    ]
+    assert "f" * 64 not in repr(listed) and all("token_sha256" not in t for t in listed)
+    assert queries.tokens(None, 0) == {"tokens": []}
+    assert queries.protections(security)["rules"] == [
+        {"kind": "alias", "model": "", "name": "production", "role": "releaser"},
+        {"kind": "branch", "model": "churn", "name": "main", "role": "admin"},
+    ]
+    keys = queries.writer_keys({}, 2, "k" * 64)
+    assert keys == {
+        "instance_key": "k" * 64,
+        "partitions": {"0": {"active": {}, "retired": {}}, "1": {"active": {}, "retired": {}}},
+    }

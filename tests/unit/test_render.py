@@ -124,3 +124,48 @@ def test_attack_times_no_calendar_holds_print_instead_of_raising() -> None:
     assert render.when(0) == "1970-01-01 00:00:00 UTC"
     for forged in (2**62, -(2**62), 10**30, float("nan"), "soon", None):
         assert "not a calendar time" in render.when(forged)
+
+
+def test_identity_and_protection_renderers_escape_what_the_service_sends() -> None:
+    """Actors, reasons and key notes come from whoever holds a token: shown escaped."""
+    token = "mvc_0123456789abcdef_" + "A" * 43
+    outputs = [
+        render.whoami({"actor": HOSTILE, "role": "admin", "token_id": "0" * 16, "expires_at": 0}),
+        render.token_created(
+            {"token": token, "token_id": "0123456789abcdef", "actor": HOSTILE, "role": "reader"}
+        ),
+        render.tokens(
+            {
+                "tokens": [
+                    {
+                        "token_id": "0123456789abcdef",
+                        "actor": HOSTILE,
+                        "role": "committer",
+                        "state": "revoked",
+                        "expires_at": 0,
+                        "issued_at": 1_700_000_000_000,
+                        "issued_by": "root\x1b[31m",
+                        "revoked_at": 1_700_000_100_000,
+                        "revoked_by": "admin",
+                        "reason": HOSTILE,
+                    }
+                ]
+            }
+        ),
+        render.protections(
+            {"rules": [{"kind": "alias", "model": "", "name": HOSTILE, "role": "releaser"}]}
+        ),
+        render.writer_keys(
+            {
+                "instance_key": "k\u202e",
+                "partitions": {"0": {"active": {HOSTILE: "00"}, "retired": {}}},
+            }
+        ),
+    ]
+    for out in outputs:
+        _assert_terminal_safe(out)
+    assert "expires never" in outputs[0]
+    assert f"\n{token}\n" in outputs[1] and f"export MODELVC_TOKEN={token}" in outputs[1]
+    assert "revoked by admin" in outputs[2] and "root\\x1b[31m" in outputs[2]
+    assert "(every model)" in outputs[3] and "needs releaser" in outputs[3]
+    assert "active on partitions 0" in outputs[4]

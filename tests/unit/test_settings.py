@@ -33,6 +33,10 @@ settings = st.builds(
     fetch_wait_ms=st.integers(0, 100_000),
     command_timeout_s=seconds,
     consistency_timeout_s=seconds,
+    writer_key=paths,
+    bootstrap_token_file=st.none() | paths,
+    admin_actor=names,
+    trusted_writer_keys=st.frozensets(st.from_regex(r"[0-9a-f]{64}", fullmatch=True), max_size=3),
 )
 worker_settings = st.builds(
     WorkerSettings,
@@ -105,3 +109,34 @@ def test_a_worker_reads_a_store_directory_only_when_given_one() -> None:
     assert apart.artifact_root is None
     told = WorkerSettings.from_env({"MODELVC_URL": "http://api:1", "MODELVC_ARTIFACT_URL": ""})
     assert told.artifact_url == "http://api:1"
+
+
+def test_the_writer_key_lives_in_the_data_directory_unless_told() -> None:
+    assert Settings.from_env({"MODELVC_DATA_DIR": "/srv/s"}).writer_key == Path("/srv/s/writer.key")
+    assert Settings(data_dir=Path("/d")).writer_key == Path("/d/writer.key")
+    told = Settings.from_env({"MODELVC_WRITER_KEY": "/k/w.key", "MODELVC_ADMIN_ACTOR": "ops"})
+    assert told.writer_key == Path("/k/w.key") and told.admin_actor == "ops"
+    assert told.bootstrap_token_file is None
+
+
+@pytest.mark.parametrize("actor", ["", "a b", "~security", "x" * 200])
+def test_an_admin_actor_that_is_no_name_is_refused(actor: str) -> None:
+    with pytest.raises(ValueError, match="MODELVC_ADMIN_ACTOR"):
+        Settings.from_env({"MODELVC_ADMIN_ACTOR": actor})
+
+
+def test_trusted_writer_keys_are_key_ids_separated_by_commas() -> None:
+    one, two = "ab" * 32, "cd" * 32
+    told = Settings.from_env({"MODELVC_TRUSTED_WRITER_KEYS": f" {one},{two.upper()}, "})
+    assert told.trusted_writer_keys == {one, two}
+    assert WorkerSettings.from_env(told.to_env()).topics.trusted_writer_keys == {one, two}
+    assert Settings.from_env({}).trusted_writer_keys == frozenset()
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["ab" * 31, "ab" * 32 + "x", "ab" * 32 + ";rm", ",".join(f"{i:064x}" for i in range(65))],
+)
+def test_a_trusted_writer_key_that_is_no_key_id_is_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="MODELVC_TRUSTED_WRITER_KEYS"):
+        Settings.from_env({"MODELVC_TRUSTED_WRITER_KEYS": value})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from streams.core import errors
+from streams.service.writer import UNTRUSTED_WRITER
 from streams.statuses import STATUS_BY_CODE, status_of
 
 
@@ -26,6 +27,12 @@ def test_statuses_of_answers() -> None:
     assert status_of(errors.UnknownModel("x").to_dict()) == 404
     assert status_of(errors.CommandIdReused("x").to_dict()) == 422
     assert status_of({"error": "timeout", "message": "m"}) == 504
+    # Who may do what: the writer's refusals of a protected ref are 403, like the edge's.
+    assert status_of(errors.Unauthenticated("x").to_dict()) == 401
+    assert status_of(errors.Forbidden("x", needed="releaser").to_dict()) == 403
+    assert status_of(errors.ActorMismatch("x").to_dict()) == 403
+    # A writer whose key the partition's ring does not hold: the operator's to fix.
+    assert status_of({"error": UNTRUSTED_WRITER, "message": "m"}) == 503
     # A code this instance does not know (a newer writer's): its status from the wire.
     assert status_of({"error": "from_the_future", "message": "m"}, fallback=418) == 418
     assert status_of({"error": "from_the_future", "message": "m"}) == 500

@@ -7,6 +7,7 @@ is what the running service reads.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -17,19 +18,33 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import fastavro
 import pytest
 
 from schemas import RELEASED_DIR
-from streams import codec
-from streams.codec import SingleObjectCodec, decode_event, encode_event, fingerprint, full_name
+from streams import codec, signing
+from streams.codec import (
+    SingleObjectCodec,
+    appended_defaults,
+    decode_event,
+    encode_event,
+    fingerprint,
+    full_name,
+)
 from streams.core import Command, MakeCommit
-from streams.core.fold import fold
+from streams.core.events import PAYLOAD_TYPES, ModelEvent
+from streams.core.fold import Fold, fold, state_digest
 from streams.errors import UndecodableMessage
+from tests.golden.make_fixtures import golden_key
+from workers.signing import prediction_message
 
 REPO = Path(__file__).parents[2]
 GOLDEN = Path(__file__).parents[1] / "golden"
+# Unsigned history (v1: before issue 10) and a signed log of partition 0 (signed-v1).
 EVENT_FIXTURES = sorted((GOLDEN).glob("v*/event-*.bin"))
 COMMAND_FIXTURES = sorted((GOLDEN).glob("v*/command-*.bin"))
+SIGNED = GOLDEN / "signed-v1"
+SIGNED_EVENTS = sorted(SIGNED.glob("event-*.bin"))
 
 
 def released_files() -> list[Path]:
@@ -68,6 +83,204 @@ def test_golden_log_folds_into_a_valid_chain() -> None:
 def test_current_schema_reads_every_golden_command(fixture: Path) -> None:
     command, _ = codec.decode_command(fixture.read_bytes())
     assert command.model == "churn" and command.command_id == f"cmd-{fixture.stem[-2:]}"
+    # Written before tokens and signatures: read as unauthenticated and unsigned.
+    assert (command.role, command.key_id, command.signature) == ("", "", b"")
+    assert type(command.signature) is bytes
+
+
+@pytest.mark.parametrize("fixture", EVENT_FIXTURES, ids=lambda p: p.parent.name + "/" + p.stem)
+def test_unsigned_history_reads_as_unsigned_with_its_hash_unchanged(fixture: Path) -> None:
+    event = decode_event(fixture.read_bytes())
+    assert (event.key_id, event.signature) == ("", b"") and type(event.signature) is bytes
+    # The chain an auditor recomputes: key_id and signature add nothing to an old hash.
+    assert encode_event(event)[2:10] == codec.EVENTS.fingerprint
+    assert decode_event(encode_event(event)).hash() == event.hash()
+
+
+def test_the_old_unsigned_log_folds_to_the_same_state_with_a_verifier() -> None:
+    """Legacy history stays valid: a reader that verifies signatures voids none of it."""
+    events = [decode_event(f.read_bytes()) for f in sorted(GOLDEN.glob("v1/event-*.bin"))]
+    checking = Fold(verify=signing.verify)
+    assert [checking.apply(e, 0) for e in events] == [None] * len(events)
+    assert state_digest(checking.models) == state_digest(fold(events).models)
+
+
+# -- reading a writer the reader only appends to, without resolution ----------------------
+def _schema(fields: list[Any]) -> dict[str, Any]:
+    return {"type": "record", "name": "R", "namespace": "t", "fields": fields}
+
+
+UNION = [{"type": "record", "name": "A", "fields": [{"name": "a", "type": "long"}]}, "string"]
+
+
+def test_appended_fields_and_branches_are_read_by_the_writer_alone() -> None:
+    writer = _schema([{"name": "x", "type": UNION}])
+    reader = _schema(
+        [
+            {"name": "x", "type": [*UNION, "long"]},
+            {"name": "k", "type": "string", "default": ""},
+            {"name": "s", "type": "bytes", "default": "\u00ff"},
+        ]
+    )
+    assert appended_defaults(writer, reader) == {"k": "", "s": b"\xff"}
+    reading = SingleObjectCodec(reader)
+    reading.add_writer(writer)
+    data = SingleObjectCodec(writer).encode({"x": ("t.A", {"a": 7})})
+    assert reading.decode(data) == {"x": ("t.A", {"a": 7}), "k": "", "s": b"\xff"}
+
+
+@pytest.mark.parametrize(
+    "reader_fields",
+    [
+        [{"name": "y", "type": UNION}],  # renamed
+        [{"name": "k", "type": "string", "default": ""}, {"name": "x", "type": UNION}],
+        [{"name": "x", "type": ["long", *UNION]}],  # a branch inserted before the old ones
+        [{"name": "x", "type": UNION}, {"name": "k", "type": "string"}],  # no default
+        [{"name": "x", "type": UNION}, {"name": "m", "type": "string", "default": {"a": 1}}],
+        [{"name": "x", "type": [UNION[0], "bytes"]}],  # a branch retyped
+    ],
+)
+def test_anything_but_appending_is_left_to_avro_resolution(reader_fields: list[Any]) -> None:
+    assert (
+        appended_defaults(_schema([{"name": "x", "type": UNION}]), _schema(reader_fields)) is None
+    )
+
+
+def test_each_released_writer_reads_the_same_with_or_without_resolution() -> None:
+    """The fast path (decode by the writer alone, then add defaults) against fastavro's
+    own schema resolution, on every golden message of every record."""
+    fixtures = {
+        "event": codec.EVENTS,
+        "command": codec.COMMANDS,
+        "prediction": codec.PREDICTIONS,
+        "dead-letter": codec.DEAD_LETTERS,
+        "reply": codec.REPLIES,
+        "feature": codec.FEATURES,
+    }
+    seen = 0
+    for kind, current in fixtures.items():
+        for path in sorted(GOLDEN.glob(f"*/{kind}-*.bin")):
+            data = path.read_bytes()
+            if data[2:10] not in current.prefixes:
+                continue
+            resolved = fastavro.schemaless_reader(
+                io.BytesIO(data[10:]),
+                current.writers[data[2:10]],
+                current.parsed,
+                return_record_name=True,
+            )
+            assert isinstance(resolved, dict)
+            for name, default in current.bytes_defaults:
+                resolved[name] = default if resolved[name] == "" else resolved[name]
+            assert current.decode(data) == resolved, path
+            seen += 1
+    assert seen > len(EVENT_FIXTURES)  # every v1 event, and more
+
+
+# -- the signed log (issue 10) -------------------------------------------------------------
+def signed_index() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((SIGNED / "index.json").read_text())
+    return loaded
+
+
+def test_there_are_signed_golden_events_of_every_event_type() -> None:
+    kinds = {p.stem.split("-", 2)[2] for p in SIGNED_EVENTS}
+    assert {"TokenIssued", "TokenRevoked", "RefProtected", "RefUnprotected"} <= kinds
+    assert {"WriterKeyAdded", "WriterKeyRetired", "ModelCreated", "Committed"} <= kinds
+    assert {t.__name__ for t in PAYLOAD_TYPES} <= kinds | {
+        p.stem.split("-", 2)[2] for p in EVENT_FIXTURES
+    }
+
+
+@pytest.mark.parametrize("fixture", SIGNED_EVENTS, ids=lambda p: p.stem)
+def test_current_schema_reads_every_signed_golden_event(fixture: Path) -> None:
+    event = decode_event(fixture.read_bytes())
+    assert event.to_plain() == json.loads(fixture.with_suffix(".json").read_text())
+    assert len(event.signature) == 64 and len(event.key_id) == 64
+
+
+def test_signed_events_round_trip_bit_exact() -> None:
+    for fixture in SIGNED_EVENTS:
+        event = decode_event(fixture.read_bytes())
+        again = encode_event(event)
+        assert decode_event(again) == event
+        assert encode_event(decode_event(again)) == again
+        if fixture.read_bytes()[2:10] == codec.EVENTS.fingerprint:
+            assert again == fixture.read_bytes()
+
+
+def test_the_signed_golden_log_verifies_and_folds_to_its_recorded_digest() -> None:
+    index = signed_index()
+    events = [decode_event(f.read_bytes()) for f in SIGNED_EVENTS]
+    reader = Fold(verify=signing.verify, trusted=frozenset(index["trusted"]))
+    assert [reader.apply(e, index["partition"]) for e in events] == [None] * len(events)
+    assert state_digest(reader.models) == index["state_digest"]
+    assert reader.models["churn"].seq == sum(e.model == "churn" for e in events)
+    ring = reader.rings[index["partition"]]
+    assert set(ring.active) == {golden_key("second").key_id}
+    assert set(ring.retired) == {golden_key("first").key_id}
+    assert reader.security is not None
+    assert reader.security.tokens["fedcba9876543210"].revoked_at is not None
+    assert dict(reader.security.rules) == {("alias", "churn", "production"): "releaser"}
+
+
+def test_a_signature_damaged_on_the_wire_is_voided_not_folded() -> None:
+    """Only the fold decides validity: flip one bit of a signature, the event is void."""
+    data = bytearray(SIGNED_EVENTS[5].read_bytes())
+    event = decode_event(bytes(data))
+    at = bytes(data).rindex(event.signature)
+    data[at] ^= 1
+    damaged = decode_event(bytes(data))
+    assert damaged.signature != event.signature and damaged.hash() == event.hash()
+    reader = Fold(verify=signing.verify)
+    for e in [decode_event(f.read_bytes()) for f in SIGNED_EVENTS[:5]]:
+        assert reader.apply(e, 0) is None
+    reason = reader.apply(damaged, 0)
+    assert reason is not None and reason.startswith("bad signature: ")
+
+
+@pytest.mark.parametrize(
+    ("key_id", "signature"),
+    [("zz", b"\x00" * 200), ("a" * 65, b""), ("", b"\x01"), ("k" * 4096, b"\xff" * 4096)],
+)
+def test_a_malformed_key_id_or_signature_still_decodes(key_id: str, signature: bytes) -> None:
+    """Validity is the fold's job: a forged event must be reported with its coordinates,
+    not skipped as undecodable."""
+    event = decode_event(SIGNED_EVENTS[5].read_bytes())
+    forged = ModelEvent(**{**event.__dict__, "key_id": key_id, "signature": signature})
+    assert decode_event(encode_event(forged)) == forged
+
+
+def test_a_signed_command_round_trips_and_verifies() -> None:
+    command, reply_to = codec.decode_command((SIGNED / "command-01.bin").read_bytes())
+    signer = golden_key("first")
+    assert (command.role, command.key_id, reply_to) == (
+        "admin",
+        signer.key_id,
+        ("golden", "req-01"),
+    )
+    assert signing.command_verifies(signer.public_key, command)
+    data = codec.encode_command(command, *reply_to)
+    assert codec.decode_command(data) == (command, reply_to)
+    assert codec.encode_command(codec.decode_command(data)[0], *reply_to) == data
+
+
+def test_the_old_prediction_reads_unsigned_and_the_signed_one_verifies() -> None:
+    (old,) = GOLDEN.glob("v1/prediction-*.bin")
+    unsigned = codec.PREDICTIONS.decode(old.read_bytes())
+    assert (unsigned["key_id"], unsigned["signature"]) == ("", b"")
+    assert type(unsigned["signature"]) is bytes
+    signed = codec.PREDICTIONS.decode((SIGNED / "prediction-01.bin").read_bytes())
+    worker = golden_key("worker")
+    assert signed["key_id"] == worker.key_id
+    assert signing.verify(worker.public_key, prediction_message(signed), signed["signature"])
+    # A worker that does not sign leaves both fields out: they are written as empty.
+    written = {k: v for k, v in signed.items() if k not in ("key_id", "signature")}
+    assert codec.PREDICTIONS.decode(codec.PREDICTIONS.encode(written)) == {
+        **written,
+        "key_id": "",
+        "signature": b"",
+    }
 
 
 # -- the released set: every writer schema ever shipped -------------------------------------

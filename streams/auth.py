@@ -1,0 +1,230 @@
+"""Who is calling: bearer tokens at the HTTP edge, and the least role of every route.
+
+Every request but a few open ones (health, the OpenAPI document) carries
+``Authorization: Bearer <token>``. The token is checked against the
+``~security`` chain as folded from the log (only its sha256 is there), and the
+caller's :class:`~streams.core.security.Identity` is put on the request
+(``request[IDENTITY]``, read with :func:`identity_of`); handlers take the actor
+from it, never from the body.
+
+The route table below is the one home of "which role does this route need":
+the middleware enforces it and ``streams.openapi`` documents it. A route missing
+from the table needs ``admin`` (closed by default, and the OpenAPI test finds
+the gap). Roles of individual refs (a protected ``production``) are the
+writer's business (``streams.core.security.authorize``): the route's role is
+only the floor.
+
+The statuses 401 and 403 are chosen here, at the edge; the workers use this
+module too, and must not import the streams service's status table.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from multidict import CIMultiDictProxy
+
+from streams.core.errors import ActorMismatch, Forbidden, Unauthenticated
+from streams.core.security import (
+    ROLES,
+    TOKEN_FORMAT,
+    Identity,
+    SecurityState,
+    at_least,
+    authenticate,
+    token_sha256,
+)
+from streams.http_edge import Handler, error_response
+
+IDENTITY = web.RequestKey("identity", Identity)  # where the caller is kept on a request
+# "Bearer " and a token (mvc_ + 16 + _ + 43 = 64 characters), with room for spaces;
+# anything longer is not one of ours and is not looked at further.
+MAX_AUTHORIZATION_CHARS = 128
+CHALLENGE = 'Bearer realm="modelvc"'
+IDENTITY_HEADERS = ("Authorization", "X-Modelvc-Actor")  # each at most once per request
+
+# Open to anyone who can reach the server: nothing in them needs hiding, and a
+# load balancer or a client must read them before it has a token. "/" is Faust's
+# index page, which Faust always mounts.
+OPEN_PATHS = frozenset({"/", "/healthz", "/v1/openapi.json"})
+
+# (route path as registered, method) -> the least role it needs.
+ROUTE_ROLES: Mapping[tuple[str, str], str] = {
+    ("/v1/whoami", "get"): "reader",
+    ("/v1/models", "get"): "reader",
+    ("/v1/models", "post"): "committer",
+    ("/v1/models/{model}/commits", "post"): "committer",
+    ("/v1/models/{model}/branches", "get"): "reader",
+    ("/v1/models/{model}/branches", "post"): "committer",
+    ("/v1/models/{model}/branches/{branch}", "delete"): "committer",
+    ("/v1/models/{model}/merges", "post"): "committer",
+    ("/v1/models/{model}/rollbacks", "post"): "committer",
+    ("/v1/models/{model}/aliases/{alias}", "put"): "committer",
+    ("/v1/models/{model}/log", "get"): "reader",
+    ("/v1/models/{model}/refs", "get"): "reader",
+    ("/v1/models/{model}/commits/{ref}", "get"): "reader",
+    ("/v1/models/{model}/resolve/{ref}", "get"): "reader",
+    ("/v1/models/{model}/diff", "get"): "reader",
+    ("/v1/state/digest", "get"): "reader",
+    # Uploading stores bytes but moves nothing: the commit that names them needs committer.
+    ("/v1/artifacts", "post"): "committer",
+    ("/v1/artifacts/{digest}", "get"): "reader",
+    ("/v1/tokens", "get"): "admin",
+    ("/v1/tokens", "post"): "admin",
+    ("/v1/tokens/{token_id}", "delete"): "admin",
+    ("/v1/protections", "get"): "reader",
+    ("/v1/protections/{kind}/{name}", "put"): "admin",
+    ("/v1/protections/{kind}/{name}", "delete"): "admin",
+    ("/v1/writer-keys", "get"): "reader",
+    ("/v1/writer-keys", "post"): "admin",
+    ("/v1/writer-keys/{key_id}", "delete"): "admin",
+}
+# The workers' one guarded route (their /healthz and /metrics are open).
+WORKER_ROUTE_ROLES: Mapping[tuple[str, str], str] = {
+    ("/v1/models/{model}/predict", "post"): "reader",
+}
+WORKER_OPEN_PATHS = frozenset({"/healthz", "/metrics"})
+
+# Where the security state comes from: the projection's fold of ``~security``
+# (None before the first token is issued: then nobody is let in).
+SecuritySource = Callable[[], SecurityState | None]
+
+
+def create_command(actor: str, role: str) -> str:
+    """The CLI line an admin runs to give ``actor`` a token of ``role``."""
+    return f"modelvc token create {actor} --role {role}"
+
+
+def needed_role(roles: Mapping[tuple[str, str], str], path: str, method: str) -> str:
+    """The least role for ``method`` on the route registered as ``path`` (admin if unlisted)."""
+    method = "get" if method.upper() == "HEAD" else method.lower()
+    return roles.get((path, method), ROLES[-1])
+
+
+def bearer(header: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header; Unauthenticated else."""
+    if header is None:
+        raise Unauthenticated(
+            "this request needs a token: send the header 'Authorization: Bearer <token>' "
+            f"(an admin creates one with `{create_command('ACTOR', 'reader')}`; the CLI "
+            "reads MODELVC_TOKEN, MODELVC_TOKEN_FILE or $MODELVC_HOME/admin.token)"
+        )
+    if len(header) > MAX_AUTHORIZATION_CHARS:
+        raise Unauthenticated(
+            f"the Authorization header is {len(header)} characters; a modelvc token is "
+            f"'Bearer mvc_…' (64 characters after 'Bearer '), from "
+            f"`{create_command('ACTOR', 'reader')}`"
+        )
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise Unauthenticated(
+            f"the Authorization header must be 'Bearer {TOKEN_FORMAT}', a token "
+            f"from `{create_command('ACTOR', 'reader')}`"
+        )
+    return token.strip()  # its form is checked by security.authenticate
+
+
+def repeated_header(headers: CIMultiDictProxy[str]) -> str | None:
+    """Why the request is refused when it names its token or actor twice; None if it does not.
+
+    Proxies and frameworks disagree on which of two copies wins, so one that
+    checks the first and one that reads the last could see different callers.
+    """
+    for name in IDENTITY_HEADERS:
+        count = len(headers.getall(name, ()))
+        if count > 1:
+            return f"the request has {count} {name} headers: send exactly one"
+    return None
+
+
+def check_role(identity: Identity, needed: str, what: str) -> None:
+    """Forbidden (naming the missing role and how to get it) unless ``identity`` has ``needed``."""
+    if at_least(identity.role, needed):
+        return
+    raise Forbidden(
+        f"{what} needs role {needed}; the token of {identity.actor!r} has role {identity.role}. "
+        f"Ask an admin for a {needed} token: `{create_command(identity.actor, needed)}`",
+        needed=needed,
+        role=identity.role,
+        actor=identity.actor,
+    )
+
+
+def refusal(exc: Unauthenticated | Forbidden, needed: str) -> web.Response:
+    """The JSON answer to a refused request: 401 with a challenge, or 403."""
+    details: dict[str, Any] = {"needed": needed, "role": None, "actor": None, **exc.details}
+    if isinstance(exc, Forbidden):
+        return error_response(403, exc.code, exc.message, **details)
+    answer = error_response(401, exc.code, exc.message, **details)
+    answer.headers["WWW-Authenticate"] = CHALLENGE
+    return answer
+
+
+def require_tokens(
+    security: SecuritySource,
+    roles: Mapping[tuple[str, str], str],
+    open_paths: frozenset[str],
+    clock: Callable[[], float] = time.time,
+) -> Middleware:
+    """Authenticate every request outside ``open_paths`` and check its route's role.
+
+    Placed after the origin guard (which answers unknown routes and foreign pages
+    first) and before the handlers, which find the caller in ``request["identity"]``.
+    """
+
+    @web.middleware
+    async def tokens(request: web.Request, handler: Handler) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        path = resource.canonical if resource is not None else request.path
+        if path in open_paths:
+            return await handler(request)
+        needed = needed_role(roles, path, request.method)
+        repeated = repeated_header(request.headers)
+        if repeated is not None:
+            return error_response(400, "bad_request", repeated)
+        try:
+            token = bearer(request.headers.get("Authorization"))
+            identity = authenticate(security(), token, int(clock() * 1000))
+            check_role(identity, needed, f"{request.method} {path}")
+        except (Unauthenticated, Forbidden) as exc:
+            return refusal(exc, needed)
+        request[IDENTITY] = identity
+        return await handler(request)
+
+    return tokens
+
+
+def identity_of(request: web.Request) -> Identity:
+    """The caller, as the middleware authenticated it."""
+    try:
+        return request[IDENTITY]
+    except KeyError:
+        # An open route reached a handler that needs a caller: a bug of the route table.
+        raise RuntimeError(f"{request.path} was not authenticated; add it to ROUTE_ROLES") from None
+
+
+def check_actor(identity: Identity, *claims: object) -> None:
+    """ActorMismatch unless every claimed actor (None: no claim) is the token's own."""
+    for claim in claims:
+        if claim is not None and claim != identity.actor:
+            shown = claim[:64] if isinstance(claim, str) else type(claim).__name__
+            raise ActorMismatch(
+                f"this token belongs to {identity.actor!r}, but the request claims actor "
+                f"{shown!r}: the token says who you are, so drop the 'actor' field and the "
+                "X-Modelvc-Actor header (`modelvc whoami` shows who your token is), or "
+                f"send that actor's own token (`{create_command('ACTOR', identity.role)}`)",
+                actor=identity.actor,
+                claimed=shown,
+            )
+
+
+def new_token() -> tuple[str, str, str]:
+    """A fresh token, its id and its sha256 (the only part of it that is kept)."""
+    token_id = secrets.token_hex(8)
+    token = f"mvc_{token_id}_{secrets.token_urlsafe(32)}"
+    return token, token_id, token_sha256(token)
