@@ -29,7 +29,7 @@ from streams.core.commands import AddWriterKey, Command
 from streams.core.decide import decide_on
 from streams.core.events import ModelEvent
 from streams.core.fold import Fold
-from streams.core.security import command_message, event_message, keys_stream
+from streams.core.signatures import command_message, event_message, keys_stream
 from streams.signing import SigningKey, sign_event, verify
 from tests.conftest import train_model
 

@@ -11,6 +11,8 @@ call: the key ids given with ``trusted`` (``--trust-key FILE``, ``--trust-digest
 KEY_ID``), or, without any, whichever came first (trust on first use), reported in
 ``Replay.first_keys`` so it can be pinned next time. Predictions signed by a
 worker (``workers.signing``) are checked with the worker public keys given.
+Which keys to believe, and what a prediction's signature says against them, is
+:mod:`modelvc.trust`; this module reads, folds and re-scores.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from typing import Any
 import numpy as np
 from kafka import TopicPartition
 
+from modelvc import trust
 from modelvc.reference_decoder import (
     MAX_DETAIL,
     ReferenceDecodeError,
@@ -50,15 +53,13 @@ from streams.codec import (
     decode_event,
 )
 from streams.core.audit import DUPLICATE, SKIPPED, Auditor, Finding, Where
-from streams.core.events import ModelEvent, WriterKeyAdded
+from streams.core.events import ModelEvent
 from streams.core.fold import Fold, digest_of_inputs, model_digest_input
-from streams.core.hashing import SHA256_HEX
-from streams.core.security import keys_partition
 from streams.errors import UndecodableMessage
 from streams.kafka_access import KafkaAccess
 from streams.logreader import log_consumer, read_topic, topic_partitions
-from streams.signing import KeyFileError, key_id_of, read_public_key, verify
-from workers.signing import BAD_SIGNATURE, UNPINNED, UNSIGNED, WorkerKeys, signature_finding
+from streams.signing import verify
+from workers.signing import WorkerKeys
 
 Located = tuple[ModelEvent | None, Where, str, bool]
 Locate = Callable[[str, int, int, bytes | None], Located]
@@ -312,9 +313,9 @@ def _replay_here(
         result = Replay(f"{topic} on {kafka.bootstrap}", decoder, auditor=auditor, trusted=trusted)
         locate = cross_checked(auditor) if decoder == "reference" else _locate
         records = from_kafka(kafka, topic, result.ends, partitions, locate)
-    auditor.run(_first_keys(records, seen))
+    auditor.run(trust.noting_first_keys(records, seen))
     if trusted is None:
-        result.first_keys = first_use(auditor.fold, seen)
+        result.first_keys = trust.first_use(auditor.fold, seen)
     result.events = auditor.events
     result.duplicates = auditor.duplicates()
     result.violations = list(auditor.violations())
@@ -324,64 +325,6 @@ def _replay_here(
     result.seconds = time.perf_counter() - started
     result.peak_mb = peak_rss_mb()
     return result
-
-
-def _first_keys(located: Iterator[Located], seen: dict[int, str]) -> Iterator[Located]:
-    """``located``, noting in ``seen`` the first key each partition's ring introduces."""
-    for item in located:
-        event, where = item[0], item[1]
-        if (
-            event is not None
-            and event.seq == 1
-            and isinstance(event.payload, WriterKeyAdded)
-            and keys_partition(event.model) == where.partition
-            and where.partition not in seen
-        ):
-            seen[where.partition] = event.payload.key_id
-        yield item
-
-
-def first_use(fold: Fold, seen: dict[int, str]) -> dict[int, str]:
-    """The first keys of ``seen`` the fold took (trust on first use): partition -> key id."""
-    taken = {}
-    for partition, key_id in seen.items():
-        ring = fold.rings.get(partition)
-        if ring is not None and (key_id in ring.active or key_id in ring.retired):
-            taken[partition] = key_id
-    return taken
-
-
-def trusted_keys(files: Sequence[Path], digests: Sequence[str]) -> frozenset[str] | None:
-    """Writer key ids an auditor pins (``--trust-key FILE``, ``--trust-digest KEY_ID``);
-    None when neither is given (trust each ring's first key on first use)."""
-    if not files and not digests:
-        return None
-    ids = {key_id_of(read_public_key(path)) for path in files}
-    for digest in digests:
-        if not SHA256_HEX.fullmatch(digest.lower()):
-            raise ValueError(
-                f"--trust-digest {digest[:80]!r} is not a key id (64 hex digits): see "
-                "`modelvc key list`, or pass the key itself with --trust-key FILE"
-            )
-        ids.add(digest.lower())
-    return frozenset(ids)
-
-
-def worker_keys(files: Sequence[Path], home: Path | None = None) -> WorkerKeys:
-    """The worker public keys to check predictions with: pinned with ``--trust-worker-key
-    FILE``, else those the local stack keeps in ``home/keys`` (found, not pinned)."""
-    if files:
-        publics = [read_public_key(path) for path in files]
-        return WorkerKeys({key_id_of(k): k for k in publics}, pinned=True)
-    found: dict[str, str] = {}
-    if home is not None:
-        for path in sorted((home / "keys").glob("worker-*.pub"))[:1000]:
-            try:
-                public = read_public_key(path)
-            except KeyFileError:
-                continue  # unreadable: the predictions it signed are reported unverified
-            found[key_id_of(public)] = public
-    return WorkerKeys(found)
 
 
 def peak_rss_mb() -> float:
@@ -485,7 +428,6 @@ def _replay_parallel(
 
 # -- which version served a prediction ----------------------------------------------------
 Prediction = tuple[dict[str, Any], Where]  # a decoded prediction and where it was read
-PREDICTION_VIOLATIONS = (UNSIGNED, BAD_SIGNATURE, UNPINNED)
 
 
 def _predictions(kafka: KafkaAccess, topic: str, needle: bytes = b"") -> Iterator[Prediction]:
@@ -504,45 +446,6 @@ def find_prediction(kafka: KafkaAccess, topic: str, prediction_id: str) -> list[
         for p, where in _predictions(kafka, topic, prediction_id.encode())
         if p["prediction_id"] == prediction_id
     ]
-
-
-@dataclass(frozen=True)
-class SignatureFinding:
-    """A prediction whose signature is missing (when keys were pinned), wrong or unpinned."""
-
-    kind: str  # workers.signing: UNSIGNED, BAD_SIGNATURE, UNPINNED or UNKNOWN_KEY
-    prediction_id: str
-    key_id: str
-    where: Where
-    detail: str
-
-    @property
-    def violation(self) -> bool:
-        return self.kind in PREDICTION_VIOLATIONS
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "prediction_id": self.prediction_id,
-            "key_id": self.key_id,
-            "topic": self.where.topic,
-            "partition": self.where.partition,
-            "offset": self.where.offset,
-            "detail": self.detail,
-        }
-
-    def __str__(self) -> str:
-        return f"{self.kind}: prediction {self.prediction_id} at {self.where}: {self.detail}"
-
-
-def check_signature(prediction: Prediction, keys: WorkerKeys) -> SignatureFinding | None:
-    record, where = prediction
-    found = signature_finding(record, keys, verify)
-    if found is None:
-        return None
-    return SignatureFinding(
-        found[0], str(record["prediction_id"]), str(record.get("key_id", "")), where, found[1]
-    )
 
 
 def plain_prediction(record: dict[str, Any]) -> dict[str, Any]:
@@ -568,7 +471,7 @@ def served(
     if not found:
         raise LookupError(f"no prediction {prediction_id} in {predictions_topic}")
     keys = keys if keys is not None else WorkerKeys({})
-    problems = [f for f in map(functools.partial(check_signature, keys=keys), found) if f]
+    problems = [f for f in map(functools.partial(trust.check_signature, keys=keys), found) if f]
     # Shown: the first copy whose signature holds, if any does.
     bad = {(f.where.partition, f.where.offset) for f in problems if f.violation}
     p, at = next((c for c in found if (c[1].partition, c[1].offset) not in bad), found[0])
@@ -658,7 +561,7 @@ class Verification:
     mismatches: list[Mismatch] = field(default_factory=list)
     seconds: float = 0.0
     signed: int = 0  # how many of those checked carry a signature
-    signatures: list[SignatureFinding] = field(default_factory=list)
+    signatures: list[trust.SignatureFinding] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -720,7 +623,7 @@ def verify_predictions(
         checked=len(located), signed=sum(bool(p.get("signature")) for p, _ in located)
     )
     result.signatures = [
-        f for f in map(functools.partial(check_signature, keys=keys), located) if f
+        f for f in map(functools.partial(trust.check_signature, keys=keys), located) if f
     ]
     predictions = [p for p, _ in located]
     auditor = replay(kafka, events_topic, trusted=trusted).auditor

@@ -329,12 +329,12 @@ def cmd_tail(args: argparse.Namespace) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
-    from modelvc import audit
+    from modelvc import audit, trust
 
     kafka, events_topic = _kafka(args), _topic(args, "events")
     try:
-        trusted = audit.trusted_keys([Path(f) for f in args.trust_key], args.trust_digest)
-        keys = audit.worker_keys([Path(f) for f in args.trust_worker_key], _home(args))
+        trusted = trust.trusted_keys([Path(f) for f in args.trust_key], args.trust_digest)
+        keys = trust.worker_keys([Path(f) for f in args.trust_worker_key], _home(args))
     except ValueError as exc:  # a digest that is no key id, a file that holds no key
         raise UsageError(str(exc)) from None
     if args.action == "replay":
@@ -358,7 +358,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
         live_ok = True
         if not args.no_live and archive is None:
             try:
-                client = Client(_url(args), home=_home(args))
+                client = Client(_url(args), token=token_from_env(home=_home(args)))
                 client.positions = dict(result.ends)
                 live = client.digest()
                 summary["live_digest"] = live["digest"]
@@ -382,7 +382,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
         except LookupError as exc:
             raise Refused(str(exc)) from None
         _emit(args, answer, render.served)
-        forged = any(f["kind"] in audit.PREDICTION_VIOLATIONS for f in answer["signatures"])
+        forged = any(f["kind"] in trust.PREDICTION_VIOLATIONS for f in answer["signatures"])
         if forged or (answer["findings"] and "ref_move" not in answer):
             raise SystemExit(1)
     else:
@@ -391,7 +391,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
         loader = ArtifactLoader(
             Path(args.artifacts) if args.artifacts else None,
             _url(args),
-            token=token_from_env(home=_home(args)) or "",
+            token=token_from_env(home=_home(args)),
         )
         sample = None if args.all else (args.sample or 100)
         verified = audit.verify_predictions(
@@ -928,7 +928,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("up", "down", "worker", "publish", "tail", "audit"):
             args.fn(args)
         else:
-            args.fn(args, Client(_url(args), actor=args.actor, home=_home(args)))
+            token = token_from_env(home=_home(args))  # the environment, read once here
+            args.fn(args, Client(_url(args), actor=args.actor, token=token))
     except UsageError as exc:
         _usage(args, str(exc))
     except Refused as exc:

@@ -5,11 +5,13 @@
     digest = c.upload("model.txt")["sha256"]
     c.commit("churn", digest, "first model", params={"lr": "0.1"})
 
-Every request carries ``Authorization: Bearer <token>``: ``token=``, else
-``$MODELVC_TOKEN``, else the file ``$MODELVC_TOKEN_FILE``, else
-``<home>/admin.token`` (``home`` defaults to ``$MODELVC_HOME`` or .modelvc), which
-`modelvc up` writes. The actor of every write is the token's; ``actor=`` only
-claims one, and the service refuses a write whose claim differs (403 actor_mismatch).
+Every request carries ``Authorization: Bearer <token>`` with the ``token=`` given
+(None: no token, for open routes only). The client never reads the environment:
+its caller finds the token, e.g. ``token_from_env()`` from ``streams.http_client``
+($MODELVC_TOKEN, else the file $MODELVC_TOKEN_FILE, else $MODELVC_HOME/admin.token,
+which `modelvc up` writes), or ``Stack.client()``. The actor of every write is the
+token's; ``actor=`` only claims one, and the service refuses a write whose claim
+differs (403 actor_mismatch).
 
 Every write sends a fresh ``command_id`` unless given one; re-sending the same
 id after a timeout is safe (a repeated command is never applied twice). Reads
@@ -25,7 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from streams.http_client import HttpClient, HttpError, token_from_env
+from streams.http_client import HttpClient, HttpError
 
 # Raised when the service refuses a request or cannot be reached: ``status`` is the HTTP
 # status (0 when unreachable), ``body`` the JSON answer. One type for every HTTP caller.
@@ -39,7 +41,6 @@ class Client:
         actor: str | None = None,
         timeout: float = 30.0,
         token: str | None = None,
-        home: Path | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.actor = actor
@@ -49,7 +50,7 @@ class Client:
             self.url,
             timeout=timeout,
             unreachable="start the modelvc service with `modelvc up` or set MODELVC_URL",
-            token=token if token is not None else (token_from_env(home=home) or ""),
+            token=token,
         )
 
     @property

@@ -245,7 +245,7 @@ def wait_healthy(
 ) -> None:
     deadline = time.monotonic() + timeout
     last = "no answer"
-    http = HttpClient(url, timeout=1.0, deadline_s=5.0, max_bytes=1 << 20, token="")
+    http = HttpClient(url, timeout=1.0, deadline_s=5.0, max_bytes=1 << 20, token=None)
     while time.monotonic() < deadline:
         if spawned is not None and not alive(spawned.pid):
             raise StackError(f"{what} exited; see {spawned.log}")

@@ -56,7 +56,8 @@ from streams.core.commands import (
     UnprotectRef,
 )
 from streams.core.errors import InvalidCommand, VersionGraphError
-from streams.core.security import SECURITY_STREAM, keys_stream
+from streams.core.security import SECURITY_STREAM
+from streams.core.signatures import keys_stream
 from streams.core.state import ModelState
 from streams.errors import (
     ArtifactCorrupted,

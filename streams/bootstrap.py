@@ -177,7 +177,7 @@ class Streams:
         try:
             await self.producer.stop()
         finally:
-            offsets = dict(self.projection.next_offsets)
+            offsets = dict(sorted(self.projection.next_offsets.items()))  # logged: stable order
             self.projection.close()
             log.info("%s stopped cleanly at offsets %s", self.settings.instance_id, offsets)
 

@@ -9,10 +9,13 @@ carrying the HTTP status (0 when the server could not be reached or did not
 answer in time) and the JSON error body the service sent (or one made up in
 the same shape: ``{"error": ..., "message": ...}``).
 
-Every request carries ``Authorization: Bearer <token>`` when a token is known:
-an explicit ``token=``, else ``$MODELVC_TOKEN``, else the file
-``$MODELVC_TOKEN_FILE``, else ``$MODELVC_HOME/admin.token`` when it exists
-(:func:`token_from_env`, the one home of that order and of reading a token file).
+Every request carries ``Authorization: Bearer <token>`` when the client is given
+one (``token=``; None sends none): constructors never read the environment. The
+edges (the CLI, the embedded stack, a worker's bootstrap) find the token once:
+``$MODELVC_TOKEN``, else the file ``$MODELVC_TOKEN_FILE``, else
+``$MODELVC_HOME/admin.token`` when it exists (:func:`resolve_token`, the one home of
+that order, :func:`token_from_env` its reading of the environment, and
+:func:`read_token_file` the one reading of a token file).
 """
 
 from __future__ import annotations
@@ -77,19 +80,31 @@ def default_home(environ: Mapping[str, str]) -> Path:
     return Path(environ.get("MODELVC_HOME") or ".modelvc")
 
 
+def resolve_token(
+    token: str | None, token_file: Path | None, admin_file: Path | None
+) -> str | None:
+    """The caller's token: ``token`` (as $MODELVC_TOKEN gives it), else the one in
+    ``token_file`` ($MODELVC_TOKEN_FILE), else the one in ``admin_file``
+    ($MODELVC_HOME/admin.token) when that file exists; None when there is none.
+    A named source that is unusable is a TokenError."""
+    if token:
+        return checked_token(token, TOKEN_ENV)
+    if token_file is not None:
+        return read_token_file(token_file)
+    if admin_file is not None and admin_file.exists():
+        return read_token_file(admin_file)
+    return None
+
+
 def token_from_env(
     environ: Mapping[str, str] | None = None, home: Path | None = None
 ) -> str | None:
-    """The caller's token: $MODELVC_TOKEN, else the file $MODELVC_TOKEN_FILE, else
-    ``home``/admin.token (``home`` defaults to :func:`default_home`) when it exists;
-    None when there is none. A named source that is unusable is a TokenError."""
+    """:func:`resolve_token` of the environment (``home`` defaults to :func:`default_home`);
+    call only at an edge, and pass the answer to the clients it builds."""
     env = os.environ if environ is None else environ
-    if env.get(TOKEN_ENV):
-        return checked_token(env[TOKEN_ENV], TOKEN_ENV)
-    if env.get(TOKEN_FILE_ENV):
-        return read_token_file(Path(env[TOKEN_FILE_ENV]))
+    token_file = Path(env[TOKEN_FILE_ENV]) if env.get(TOKEN_FILE_ENV) else None
     admin = (home if home is not None else default_home(env)) / ADMIN_TOKEN_FILE
-    return read_token_file(admin) if admin.exists() else None
+    return resolve_token(env.get(TOKEN_ENV) or None, token_file, admin)
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -179,8 +194,8 @@ def _redirected(url: str, status: int, headers: Message) -> dict[str, Any]:
 class HttpClient:
     """Requests to one base URL; ``unreachable`` is what to do when the server does not answer.
 
-    ``token``: the bearer token every request carries; None finds it with
-    :func:`token_from_env`, "" sends none (for open routes such as /healthz).
+    ``token``: the bearer token every request carries; None (or "") sends none, as
+    for open routes such as /healthz. The caller finds it (:func:`token_from_env`).
     """
 
     def __init__(
@@ -193,10 +208,7 @@ class HttpClient:
         token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        if token is None:
-            self.token: str | None = token_from_env()
-        else:
-            self.token = checked_token(token, "the token given") if token else None
+        self.token = checked_token(token, "the token given") if token else None
         self.timeout = timeout
         self.deadline_s = deadline_s
         self.max_bytes = max_bytes

@@ -14,15 +14,8 @@ from typing import Any
 from streams import auth
 from streams.core import refs
 from streams.core.decide import STRATEGIES
-from streams.core.security import (
-    MAX_TEXT,
-    PROTECTING_ROLES,
-    PUBLIC_KEY,
-    ROLES,
-    TOKEN,
-    TOKEN_FORMAT,
-    TOKEN_ID,
-)
+from streams.core.security import MAX_TEXT, PROTECTING_ROLES, ROLES, TOKEN, TOKEN_FORMAT, TOKEN_ID
+from streams.core.signatures import PUBLIC_KEY
 from streams.modelfile import MAX_MODEL_BYTES
 
 # The API's limits are imported lazily by ``document`` (api imports this module).

@@ -18,14 +18,8 @@ from aiohttp import web
 
 from streams.core import refs
 from streams.core.errors import InvalidCommand
-from streams.core.security import (
-    MAX_TEXT,
-    PROTECTING_ROLES,
-    PUBLIC_KEY,
-    REF_KINDS,
-    ROLES,
-    TOKEN_ID,
-)
+from streams.core.security import MAX_TEXT, PROTECTING_ROLES, REF_KINDS, ROLES, TOKEN_ID
+from streams.core.signatures import PUBLIC_KEY
 from streams.queries import Cutoff
 
 # A JSON body becomes one event on the broker, whose message limit is ~1 MB; a

@@ -12,8 +12,10 @@ from typing import Any, Literal
 from streams.core import refs
 from streams.core.errors import UnknownModel
 from streams.core.events import ModelEvent, plain_commit
-from streams.core.fold import Fold, state_digest
-from streams.core.security import KeyRing, SecurityState
+from streams.core.evolve import evolve
+from streams.core.fold import state_digest
+from streams.core.security import SecurityState
+from streams.core.signatures import KeyRing
 from streams.core.state import ModelState
 
 # Where to cut a model's history: at an event offset, or at a time (epoch ms).
@@ -38,14 +40,16 @@ def as_of(
     as the caller wrote it, for the error.
     """
     kind, limit = cutoff
-    past = Fold()
+    past: ModelState | None = None
     for offset, event in history:
         if (event.at if kind == "time" else offset) > limit:
             break
-        past.apply(event)
-    if name not in past.models:
+        # The history holds only events the projection applied (their chain and signature
+        # checked then, against the partition's ring, which this one model's events lack).
+        past = evolve(past, event)
+    if past is None:
         raise UnknownModel(f"model {name!r} did not exist yet as of {label}", model=name)
-    return past.models[name]
+    return past
 
 
 def commit_json(state: ModelState, commit_id: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Ed25519 keys and signatures: the shell side of ``streams.core.security``.
+"""Ed25519 keys and signatures: the shell side of ``streams.core.signatures``.
 
 The core decides *what* is signed (``event_message``, ``command_message``) and
 which keys count (the rings); this module holds the cryptography: a private key
@@ -24,10 +24,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from streams.core import security
+from streams.core import signatures
 from streams.core.commands import Command
 from streams.core.events import ModelEvent
-from streams.core.security import key_id_of as key_id_of  # the id rule's home; re-exported
+from streams.core.signatures import key_id_of as key_id_of  # the id rule's home; re-exported
 from streams.files import PrivateFileError, create_exclusively, read_private, write_atomically
 
 # A PEM key is a few hundred bytes: anything far larger is not one, so it is not read whole.
@@ -138,7 +138,7 @@ def _load_private(path: Path) -> Ed25519PrivateKey:
 def _public(public_key_hex: str) -> Ed25519PublicKey | None:
     # Cached, invalid ones too (as None): a ring holds a handful of keys, and a hostile
     # event naming fresh junk costs one parse each, bounded by the cache's size.
-    if not security.PUBLIC_KEY.fullmatch(public_key_hex):
+    if not signatures.PUBLIC_KEY.fullmatch(public_key_hex):
         return None
     try:
         return Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex))
@@ -153,7 +153,7 @@ def verify(public_key_hex: str, message: bytes, signature: bytes) -> bool:
         not isinstance(public_key_hex, str)
         or not isinstance(signature, bytes)
         or not isinstance(message, bytes)
-        or len(signature) != security.SIGNATURE_BYTES
+        or len(signature) != signatures.SIGNATURE_BYTES
     ):
         return False
     public = _public(public_key_hex)
@@ -173,7 +173,7 @@ def read_public_key(path: Path) -> str:
     except OSError as exc:
         raise KeyFileError(f"cannot read the public key file {path}: {exc.strerror}") from exc
     text = data.decode("ascii", "replace").strip()
-    if security.PUBLIC_KEY.fullmatch(text.lower()):
+    if signatures.PUBLIC_KEY.fullmatch(text.lower()):
         return text.lower()
     if text.startswith("-----BEGIN PUBLIC KEY-----"):
         try:
@@ -193,12 +193,12 @@ def sign_event(signer: SigningKey, event: ModelEvent) -> ModelEvent:
     """``event`` signed by ``signer``: over its hash, which covers its ``key_id``."""
     # A key id naming another key would make a signature no reader can check.
     assert event.key_id == signer.key_id, (event.key_id, signer.key_id)
-    return replace(event, signature=signer.sign(security.event_message(event.hash())))
+    return replace(event, signature=signer.sign(signatures.event_message(event.hash())))
 
 
 def sign_command(signer: SigningKey, command: Command) -> Command:
     """``command`` signed by ``signer`` (the API's instance key): what the writer checks."""
-    message = security.command_message(command)
+    message = signatures.command_message(command)
     return replace(command, key_id=signer.key_id, signature=signer.sign(message))
 
 
@@ -206,4 +206,4 @@ def command_verifies(public_key_hex: str | None, command: Command) -> bool:
     """Whether ``command`` carries ``public_key_hex``'s signature (None: no such key)."""
     if public_key_hex is None or not command.signature:
         return False
-    return verify(public_key_hex, security.command_message(command), command.signature)
+    return verify(public_key_hex, signatures.command_message(command), command.signature)

@@ -35,7 +35,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
 
-from streams.core.security import keys_partition
+from streams.core.signatures import keys_partition
 from streams.errors import ReplicationUnavailable, UnsafeTopic
 from streams.settings import Settings
 

@@ -58,7 +58,7 @@ class ArtifactLoader:
         url: str | None = None,
         timeout: float = 10.0,
         sandbox: Sandbox | None = None,
-        token: str | None = None,  # None: from the environment (streams.http_client)
+        token: str | None = None,  # the API's bearer token; None: send none
     ):
         if root is None and url is None:
             raise ArtifactLoadFailed(

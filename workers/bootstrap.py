@@ -8,6 +8,7 @@ internals.
 from __future__ import annotations
 
 from streams.core.fold import Fold
+from streams.http_client import resolve_token
 from streams.signing import SigningKey
 from workers.artifacts import ArtifactLoader
 from workers.loop import Worker
@@ -28,7 +29,8 @@ def bootstrap(
 ) -> Worker:
     metrics = metrics if metrics is not None else Metrics()
     if loader is None:
-        loader = ArtifactLoader(settings.artifact_root, settings.artifact_url)
+        token = resolve_token(settings.token, settings.token_file, settings.admin_token_file)
+        loader = ArtifactLoader(settings.artifact_root, settings.artifact_url, token=token)
     if signer is None and settings.sign_predictions:
         signer = SigningKey.load_or_create(settings.worker_key_path)
     tracker = VersionTracker(settings, loader, metrics, fold)

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streams.http_client import ADMIN_TOKEN_FILE, TOKEN_ENV, TOKEN_FILE_ENV, default_home
 from streams.settings import Settings as StreamsSettings
 
 
@@ -32,6 +33,12 @@ class WorkerSettings:
     # Sign every prediction with this worker's own Ed25519 key (workers.signing).
     sign_predictions: bool = False
     worker_key: Path | None = None  # None: $MODELVC_HOME/keys/worker-<worker id>.key
+    # The reader token artifacts are fetched from the API with, found at bootstrap in
+    # streams.http_client's one order: token (MODELVC_TOKEN), else the file token_file
+    # (MODELVC_TOKEN_FILE), else admin_token_file ($MODELVC_HOME/admin.token) if it exists.
+    token: str | None = field(default=None, repr=False)
+    token_file: Path | None = None
+    admin_token_file: Path = default_home({}) / ADMIN_TOKEN_FILE
 
     @property
     def bootstrap(self) -> str:
@@ -97,6 +104,9 @@ class WorkerSettings:
             fault=env.get("MODELVC_WORKER_FAULT", ""),
             sign_predictions=_flag(env, "MODELVC_SIGN_PREDICTIONS"),
             worker_key=Path(key) if (key := env.get("MODELVC_WORKER_KEY")) else None,
+            token=env.get(TOKEN_ENV) or None,
+            token_file=Path(file) if (file := env.get(TOKEN_FILE_ENV)) else None,
+            admin_token_file=default_home(env) / ADMIN_TOKEN_FILE,
         )
 
     def to_env(self) -> dict[str, str]:
@@ -120,6 +130,11 @@ class WorkerSettings:
             env["MODELVC_SIGN_PREDICTIONS"] = "1"
         if self.worker_key is not None:
             env["MODELVC_WORKER_KEY"] = str(self.worker_key)
+        if self.token:
+            env[TOKEN_ENV] = self.token
+        if self.token_file is not None:
+            env[TOKEN_FILE_ENV] = str(self.token_file)
+        env["MODELVC_HOME"] = str(self.admin_token_file.parent)  # from_env: home/admin.token
         return env
 
 

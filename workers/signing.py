@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from streams.core.hashing import canonical
-from streams.core.security import Verify
+from streams.core.signatures import Verify
 
 PREDICTION_CONTEXT = b"modelvc prediction v1\x00"
 SIGNED_FIELDS = (

@@ -96,7 +96,7 @@ class UnprotectRef:
 
 @dataclass(frozen=True)
 class AddWriterKey:
-    public_key: str  # 64 hex; sent once per events partition, to security.keys_stream(p)
+    public_key: str  # 64 hex; sent once per events partition, to signatures.keys_stream(p)
     note: str = ""
 
 
@@ -146,7 +146,7 @@ class Command:
     at: int  # milliseconds since the epoch, stamped at the edge
     body: Body
     # Who the API authenticated (the token's role), and its instance's signature over
-    # security.command_message(self): the writer decides only commands an API signed.
+    # signatures.command_message(self): the writer decides only commands an API signed.
     role: str = ""
     key_id: str = ""
     signature: bytes = b""

@@ -3,9 +3,9 @@
 Pure: no clock, no random ids, no I/O. The same command against the same
 state yields byte-identical events, which makes retries and replays safe.
 
-The system chains (``~security``, ``~keys.P``; see :mod:`streams.core.security`)
-are decided here too, by the same envelope rules. Authorization is not:
-the writer calls ``security.authorize`` first.
+The system chains (``~security``, ``~keys.P``; see :mod:`streams.core.security`
+and :mod:`streams.core.signatures`) are decided here too, by the same envelope
+rules. Authorization is not: the writer calls ``security.authorize`` first.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from streams.core import refs, security
+from streams.core import refs, security, signatures
 from streams.core.commands import (
     AddWriterKey,
     Command,
@@ -66,7 +66,8 @@ from streams.core.events import (
     WriterKeyRetired,
 )
 from streams.core.hashing import GENESIS_HASH, SHA256_HEX, commit_id
-from streams.core.security import KeyRing, SecurityState
+from streams.core.security import SecurityState
+from streams.core.signatures import KeyRing
 from streams.core.state import ModelState, Receipt
 
 if TYPE_CHECKING:
@@ -404,10 +405,10 @@ def unprotect_ref(state: SecurityState | None, command: Command) -> Payload:
 
 def add_writer_key(ring: KeyRing | None, command: Command, signer: str) -> Payload:
     body: AddWriterKey = command.body  # type: ignore[assignment]
-    _refused(security.public_key_problem(body.public_key), "public_key")
+    _refused(signatures.public_key_problem(body.public_key), "public_key")
     _refused(security.text_problem("note", body.note), "note")
-    key_id = security.key_id_of(body.public_key)
-    problem = security.add_key_problem(ring, key_id, signer)
+    key_id = signatures.key_id_of(body.public_key)
+    problem = signatures.add_key_problem(ring, key_id, signer)
     if problem is not None and ring is not None and ring.signed and signer not in ring.active:
         problem += (
             "; add this instance's key from an instance whose key is active: "
@@ -420,7 +421,7 @@ def add_writer_key(ring: KeyRing | None, command: Command, signer: str) -> Paylo
 def retire_writer_key(ring: KeyRing | None, command: Command, signer: str) -> Payload:
     body: RetireWriterKey = command.body  # type: ignore[assignment]
     _refused(security.text_problem("reason", body.reason), "reason")
-    problem = security.retire_key_problem(ring, body.key_id, signer)
+    problem = signatures.retire_key_problem(ring, body.key_id, signer)
     if problem is not None and (ring is None or body.key_id not in ring.active):
         problem += "; see the active keys: modelvc key list"
     _refused(problem, "key_id")
@@ -481,7 +482,7 @@ def _payload(state: State | None, command: Command, key_id: str) -> Payload:
         if body_type not in _SECURITY_DECIDERS:
             raise _wrong_stream(command, "token and protection commands")
         return _SECURITY_DECIDERS[body_type](state, command)
-    if security.keys_partition(model) is not None:
+    if signatures.keys_partition(model) is not None:
         if body_type not in _KEY_DECIDERS:
             raise _wrong_stream(command, "writer-key commands")
         return _KEY_DECIDERS[body_type](state, command, key_id)
@@ -530,7 +531,7 @@ def decide_on(
     fold: Fold, partition: int, command: Command, key_id: str = ""
 ) -> tuple[ModelEvent, ...]:
     """:func:`decide` on the chain ``command`` names, as ``fold`` holds it on ``partition``."""
-    ring_partition = security.keys_partition(command.model)
+    ring_partition = signatures.keys_partition(command.model)
     if ring_partition is not None and ring_partition != partition:
         raise InvalidCommand(
             f"{command.model} is the key ring of partition {ring_partition}; "

@@ -170,7 +170,7 @@ class ModelEvent:
     # The writer key that signed the event (sha256 hex of its public key): hashed when
     # set, so the chain covers which key signed. "" in unsigned (legacy) history.
     key_id: str = ""
-    # Ed25519 over security.event_message(self.hash()); never part of the hash itself.
+    # Ed25519 over signatures.event_message(self.hash()); never part of the hash itself.
     signature: bytes = b""
 
     @property

@@ -29,7 +29,8 @@ from streams.core.events import (
     WriterKeyAdded,
     WriterKeyRetired,
 )
-from streams.core.security import KeyRing, SecurityState, Token
+from streams.core.security import SecurityState, Token
+from streams.core.signatures import KeyRing
 from streams.core.state import ModelState, PersistentMap, Receipt, Reflog, RefMove
 
 K = TypeVar("K")

@@ -7,7 +7,7 @@ fold ignores and counts it. That settles a race between two writers the same
 way for every reader, without transactions.
 
 On a partition whose key ring (``~keys.P``) has had a key, every event must
-first be signed by a key active there (``security.signature_problem``); on one
+first be signed by a key active there (``signatures.signature_problem``); on one
 that has not, only unsigned user-model events are legacy history. The system
 chains (``~security``, ``~keys.P``) fold into ``Fold.security`` and
 ``Fold.rings``, never into ``Fold.models``.
@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.core import refs, security
+from streams.core import refs, security, signatures
 from streams.core.events import (
     AliasMoved,
     BranchCreated,
@@ -39,7 +39,8 @@ from streams.core.events import (
 )
 from streams.core.evolve import evolve, evolve_ring, evolve_security
 from streams.core.hashing import GENESIS_HASH, SHA256_HEX, canonical, commit_id, sha256_hex
-from streams.core.security import KeyRing, SecurityState, Verify
+from streams.core.security import SecurityState
+from streams.core.signatures import KeyRing, Verify
 from streams.core.state import ModelState
 
 # A void reason's kind, as the audit names it: (kind, detail).
@@ -211,7 +212,7 @@ def ring_void(
     untrusted key signed is void anyway: signed, on a partition without keys).
     Every later ring event was already checked against the ring's active keys.
     """
-    named = security.keys_partition(event.model)
+    named = signatures.keys_partition(event.model)
     if named != partition:
         return "invalid", f"{event.model} belongs on partition {named}, not {partition}"
     problem = (
@@ -223,15 +224,15 @@ def ring_void(
         return "invalid", problem
     p = event.payload
     if isinstance(p, WriterKeyRetired):
-        problem = security.retire_key_problem(ring, p.key_id, event.key_id)
+        problem = signatures.retire_key_problem(ring, p.key_id, event.key_id)
         problem = problem or security.text_problem("reason", p.reason)
         return None if problem is None else ("invalid", problem)
     if not isinstance(p, WriterKeyAdded):
         return "invalid", f"a {event.type} is no key-ring event"
-    problem = security.public_key_problem(p.public_key) or security.text_problem("note", p.note)
-    if problem is None and security.key_id_of(p.public_key) != p.key_id:
-        problem = f"key id {security.shown_key(p.key_id)} is not the sha256 of its public key"
-    problem = problem or security.add_key_problem(ring, p.key_id, event.key_id)
+    problem = signatures.public_key_problem(p.public_key) or security.text_problem("note", p.note)
+    if problem is None and signatures.key_id_of(p.public_key) != p.key_id:
+        problem = f"key id {signatures.shown_key(p.key_id)} is not the sha256 of its public key"
+    problem = problem or signatures.add_key_problem(ring, p.key_id, event.key_id)
     if problem is not None:
         return "invalid", problem
     if ring is not None and ring.signed:
@@ -243,11 +244,11 @@ def ring_void(
     # Without a verifier the key is taken unchecked, which is fail-closed: every later
     # event of the partition is then void for want of a verifier.
     if verify is not None and not (
-        len(event.signature) == security.SIGNATURE_BYTES
-        and verify(p.public_key, security.event_message(event.hash()), event.signature)
+        len(event.signature) == signatures.SIGNATURE_BYTES
+        and verify(p.public_key, signatures.event_message(event.hash()), event.signature)
     ):
         return "bad_signature", (
-            f"the first key of partition {partition}, {security.shown_key(p.key_id)}, "
+            f"the first key of partition {partition}, {signatures.shown_key(p.key_id)}, "
             "is not signed by itself"
         )
     return None
@@ -255,7 +256,7 @@ def ring_void(
 
 def _reason(problem: Problem) -> str:
     kind, detail = problem
-    return security.VOID_PREFIX.get(kind, "") + detail
+    return signatures.VOID_PREFIX.get(kind, "") + detail
 
 
 @dataclass
@@ -287,7 +288,7 @@ class Fold:
         """The state of the chain called ``name`` (a model, ``~security`` or ``~keys.P``)."""
         if name == security.SECURITY_STREAM:
             return self.security
-        ring_partition = security.keys_partition(name)
+        ring_partition = signatures.keys_partition(name)
         if ring_partition is not None:
             return self.rings.get(ring_partition)
         return self.models.get(name)
@@ -296,7 +297,7 @@ class Fold:
         self, event: ModelEvent, partition: int, event_hash: str | None = None
     ) -> Problem | None:
         """Why ``event`` is not vouched for on ``partition`` (see signature_problem)."""
-        return security.signature_problem(
+        return signatures.signature_problem(
             self.rings.get(partition), event, self.verify, event_hash, partition
         )
 
@@ -305,7 +306,7 @@ class Fold:
         name = event.model
         if name == security.SECURITY_STREAM:
             reason = security_void_reason(self.security, event)
-        elif security.keys_partition(name) is not None:
+        elif signatures.keys_partition(name) is not None:
             return ring_void(self.rings.get(partition), event, partition, self.verify, self.trusted)
         else:
             reason = void_reason(self.models.get(name), event)
@@ -316,7 +317,7 @@ class Fold:
         name = event.model
         if name == security.SECURITY_STREAM:
             self.security = evolve_security(self.security, event, event_hash)
-        elif security.keys_partition(name) is not None:
+        elif signatures.keys_partition(name) is not None:
             self.rings[partition] = evolve_ring(
                 self.rings.get(partition), event, partition, event_hash
             )

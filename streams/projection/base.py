@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from streams.codec import decode_event
 from streams.core.events import ModelEvent
 from streams.core.fold import Fold
-from streams.core.security import KeyRing, SecurityState, Verify, is_system_stream
+from streams.core.security import SecurityState
+from streams.core.signatures import KeyRing, Verify, is_system_stream
 from streams.core.state import ModelState, Receipt
 from streams.errors import UndecodableMessage
 from streams.signing import verify as verify_signature

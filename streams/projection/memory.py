@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from streams.core.events import ModelEvent
-from streams.core.security import Verify
+from streams.core.signatures import Verify
 from streams.core.state import ModelState
 from streams.projection.base import Projection, Transaction
 from streams.signing import verify as verify_signature

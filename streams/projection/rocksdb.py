@@ -42,7 +42,7 @@ from streams.core.events import (
     commit_from_plain,
     plain_commit,
 )
-from streams.core.security import Verify
+from streams.core.signatures import Verify
 from streams.core.state import ModelState, Receipt, Reflog, RefMove
 from streams.projection.base import Projection, Transaction
 from streams.signing import verify as verify_signature

@@ -43,9 +43,14 @@ class Follower:
         )
         self.partitions = len(tps)
         try:
-            log.info("following %s from %s", topic, dict(self.projection.next_offsets))
+            log.info(
+                "following %s from %s", topic, dict(sorted(self.projection.next_offsets.items()))
+            )
             while True:
-                batches = await consumer.getmany(timeout_ms=200)
+                # Short: a writer's catch-up waits for the ends one of these rounds reports
+                # after it asked (up to two rounds), and at startup every partition's first
+                # command, its writer-key ring included, pays that wait in turn.
+                batches = await consumer.getmany(timeout_ms=50)
                 for tp, messages in batches.items():
                     applied = self.projection.apply(
                         tp.partition, [(m.offset, m.value) for m in messages], len(tps)
@@ -72,7 +77,11 @@ class Follower:
                             )
                 self.ends.observe(consumer, tps)
                 if not self.ready.is_set() and await at_end_async(consumer, tps):
-                    log.info("caught up with %s at %s", topic, dict(self.projection.next_offsets))
+                    log.info(
+                        "caught up with %s at %s",
+                        topic,
+                        dict(sorted(self.projection.next_offsets.items())),
+                    )
                     self.ready.set()
                 async with self._progress:
                     self._progress.notify_all()

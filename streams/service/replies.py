@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer
 
 from streams.codec import REPLIES, ReplyTo, encode_command
 from streams.core.commands import Command
-from streams.core.security import keys_partition
+from streams.core.signatures import keys_partition
 from streams.errors import UndecodableMessage
 from streams.service.answers import Answer
 from streams.service.follower import Follower

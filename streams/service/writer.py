@@ -34,13 +34,8 @@ from streams.core.errors import (
     WriteRaced,
 )
 from streams.core.events import ModelEvent
-from streams.core.security import (
-    WRITER_ACTOR,
-    KeyRing,
-    SecurityState,
-    authorize,
-    keys_stream,
-)
+from streams.core.security import WRITER_ACTOR, SecurityState, authorize
+from streams.core.signatures import KeyRing, keys_stream
 from streams.core.state import ModelState
 from streams.errors import UndecodableMessage
 from streams.service.answers import Answer, receipt_body, refused

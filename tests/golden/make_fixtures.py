@@ -36,6 +36,7 @@ from streams.core import (
     Rollback,
     decide,
     security,
+    signatures,
 )
 from streams.core.commands import (
     AddWriterKey,
@@ -117,7 +118,7 @@ def serving_records() -> dict[str, tuple[codec.SingleObjectCodec, dict[str, Any]
 def signed_history() -> list[tuple[Command, str]]:
     """The commands of the signed log, each with the name of the golden key that signs it."""
     first, second = golden_key("first"), golden_key("second")
-    keys, sec, a, b, c = security.keys_stream(0), security.SECURITY_STREAM, *"abc"
+    keys, sec, a, b, c = signatures.keys_stream(0), security.SECURITY_STREAM, *"abc"
     steps: list[tuple[str, Any, str]] = [
         (keys, AddWriterKey(first.public_key, "golden writer"), "first"),
         (sec, IssueToken("0123456789abcdef", "admin", "admin", _sha(GOLDEN_TOKEN)), "first"),
@@ -172,7 +173,7 @@ def signed_log() -> tuple[list[ModelEvent], Fold]:
 def signed_events(state: Fold, command: Command, key: signing.SigningKey) -> list[ModelEvent]:
     """What the writer appends for ``command``: decided with ``key``'s id, then signed."""
     return [
-        ModelEvent(**{**e.__dict__, "signature": key.sign(security.event_message(e.hash()))})
+        ModelEvent(**{**e.__dict__, "signature": key.sign(signatures.event_message(e.hash()))})
         for e in decide_on(state, 0, command, key.key_id)
     ]
 

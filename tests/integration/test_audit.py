@@ -18,12 +18,11 @@ import pytest
 from kafka import KafkaProducer
 
 from modelvc import audit
-from modelvc.client import Client
 from modelvc.stack import Stack
 from modelvc.streaming import FeatureProducer
 from streams.codec import PREDICTIONS, decode_event, encode_event
 from streams.core.events import AliasMoved, ModelEvent
-from streams.core.security import event_message
+from streams.core.signatures import event_message
 from streams.kafka_access import KafkaAccess, negotiate_sync
 from streams.logreader import read_topic
 from streams.settings import Settings
@@ -58,7 +57,7 @@ def serving(tmp_path: Path, bootstrap: str, namespace: str) -> Any:
 
 
 def test_replay_equals_live_before_and_after_a_restart(serving: Stack, tmp_path: Path) -> None:
-    c = Client(serving.url, home=serving.home)
+    c = serving.client()
     history(c, "churn", [train_model(tmp_path / "a.txt", 1), train_model(tmp_path / "b.txt", 2)])
     done = cli(serving, "--json", "audit", "replay")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -67,7 +66,7 @@ def test_replay_equals_live_before_and_after_a_restart(serving: Stack, tmp_path:
     assert len(chain(serving, "churn")) == 10  # one per command of the history
     serving.restart_streams()
     after = audit.replay(serving.settings.access, serving.settings.events_topic)
-    assert after.digest == Client(serving.url, home=serving.home).digest()["digest"]
+    assert after.digest == serving.client().digest()["digest"]
 
 
 def test_a_tampered_log_fails_replay_naming_the_first_bad_event(
@@ -106,7 +105,7 @@ def test_a_tampered_log_fails_replay_naming_the_first_bad_event(
 
 
 def test_point_in_time_log_and_refs(serving: Stack, model_file: Path) -> None:
-    c = Client(serving.url, home=serving.home)
+    c = serving.client()
     digest = c.upload(model_file)["sha256"]
     c.create("pit")
     first = c.commit("pit", digest, "one")
@@ -129,7 +128,7 @@ def test_point_in_time_log_and_refs(serving: Stack, model_file: Path) -> None:
 def test_served_and_verify_predictions(serving: Stack, tmp_path: Path) -> None:
     import numpy as np
 
-    c = Client(serving.url, home=serving.home)
+    c = serving.client()
     c.create("churn")
     path = train_model(tmp_path / "m.txt", 3)
     head = c.commit("churn", c.upload(path)["sha256"], "v1")["head"]
@@ -181,7 +180,7 @@ def test_stopping_and_starting_the_embedded_stack_keeps_history(tmp_path: Path) 
     home = tmp_path / "home"
     stack = Stack.up(home, workers=1)  # its own embedded broker: memory only
     try:
-        c = Client(stack.url, home=home)
+        c = stack.client()
         c.create("churn")
         path = train_model(tmp_path / "m.txt", 1)
         digest = c.upload(path)["sha256"]
@@ -198,7 +197,7 @@ def test_stopping_and_starting_the_embedded_stack_keeps_history(tmp_path: Path) 
     stack = Stack.up(home, workers=1)  # a fresh, empty broker: history comes from the archive
     try:
         assert stack.restored == logged
-        c = Client(stack.url, home=home)
+        c = stack.client()
         assert c.digest()["digest"] == before and c.log("churn") == log_before
         nxt = c.commit("churn", digest, "v3", branch="exp")
         assert nxt["seq"] == 6
@@ -254,7 +253,7 @@ def released(tmp_path: Path, bootstrap: str, namespace: str) -> Any:
     """A stack whose model has had production moved twice by its (signed) writer."""
     s = Stack.up(tmp_path / "home", bootstrap=bootstrap, namespace=namespace)
     try:
-        c = Client(s.url, home=s.home)
+        c = s.client()
         c.create("churn")
         for seed in (1, 2):
             digest = c.upload(train_model(tmp_path / f"m{seed}.txt", seed))["sha256"]
@@ -307,7 +306,7 @@ def test_a_forged_correctly_chained_event_is_void_and_reported_at_its_offset(
     assert f"trusted on first use: key {key} on partition {partition}" in stderr
     assert f"--trust-digest {key}" in stderr
     # The live projection ignored it: production still serves what it served.
-    c = Client(released.url, home=released.home)
+    c = released.client()
     c.positions = {partition: offset}
     assert c.refs("churn")["aliases"]["production"] == production
     human = cli(released, "audit", "replay", "--no-live", "--jobs", "2")
@@ -335,7 +334,7 @@ def test_pinned_writer_keys_decide_whose_first_key_counts(released: Stack, tmp_p
 
 
 def test_an_event_signed_by_a_retired_key_is_caught(released: Stack) -> None:
-    c = Client(released.url, home=released.home)
+    c = released.client()
     old = SigningKey.generate()
     c.add_writer_key(old.public_key, note="a second writer, since decommissioned")
     c.retire_writer_key(old.key_id, reason="host decommissioned")
@@ -379,7 +378,7 @@ def test_a_replayed_genuine_event_and_a_reordered_pair_are_caught(
     assert code == 0 and report["violations"] == []
     (dup,) = report["duplicate_events"]
     assert (dup["seq"], dup["partition"], dup["offset"]) == (first_move.seq, partition, offset)
-    c = Client(released.url, home=released.home)
+    c = released.client()
     c.positions = {partition: offset}
     assert c.refs("churn")["aliases"]["production"] == second_move.payload.to_commit
     # Reordered: a mirror of the log with two genuine, signed events swapped.
@@ -426,7 +425,7 @@ def test_signed_predictions_verify_in_audit_served_and_a_tampered_one_does_not(
     monkeypatch.setenv("MODELVC_SIGN_PREDICTIONS", "1")  # the stack's workers inherit it
     stack = Stack.up(tmp_path / "home", bootstrap=bootstrap, namespace=namespace, workers=1)
     try:
-        c = Client(stack.url, home=stack.home)
+        c = stack.client()
         c.create("churn")
         c.commit("churn", c.upload(train_model(tmp_path / "m.txt", 3))["sha256"], "v1")
         c.set_alias("churn", "production", "main")

@@ -15,7 +15,7 @@ from kafka import KafkaProducer
 
 from modelvc.stack import Stack
 from streams.codec import decode_event
-from streams.core.security import is_system_stream
+from streams.core.signatures import is_system_stream
 from streams.errors import UndecodableMessage
 from streams.logreader import read_topic
 from tests.conftest import train_model

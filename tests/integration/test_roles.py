@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from modelvc.stack import Stack
-from streams.core.security import ROLES, at_least, key_id_of
+from streams.core.security import ROLES, at_least
+from streams.core.signatures import key_id_of
 from tests.conftest import train_model
 from tests.integration.test_http_hygiene import admin_ready, send
 from tests.integration.test_workers import wait_for

@@ -211,7 +211,7 @@ def test_sigterm_stops_cleanly_and_the_restart_resumes_from_the_stored_offsets(
     c = stack.client()
     c.create("tidy")
     c.commit("tidy", c.upload(model_file)["sha256"], "one")
-    offsets = {int(p): o for p, o in c.digest()["offsets"].items()}
+    offsets = dict(sorted((int(p), o) for p, o in c.digest()["offsets"].items()))
     log = Path(stack.processes["streams"].log)
     mark = log.stat().st_size
     stack.restart_streams()  # SIGTERM, then start again on the same RocksDB

@@ -34,7 +34,8 @@ from streams.core.decide import decide
 from streams.core.events import AliasMoved, TokenIssued, WriterKeyAdded
 from streams.core.fold import Fold
 from streams.core.hashing import GENESIS_HASH
-from streams.core.security import SECURITY_STREAM, keys_stream
+from streams.core.security import SECURITY_STREAM
+from streams.core.signatures import keys_stream
 from streams.http_client import HttpError
 from streams.logreader import read_topic
 from streams.settings import Settings

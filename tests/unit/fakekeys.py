@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from streams.core.events import ModelEvent
 from streams.core.hashing import sha256_hex
-from streams.core.security import event_message, key_id_of
+from streams.core.signatures import event_message, key_id_of
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from streams.app import create_app
 from streams.bootstrap import bootstrap
 from streams.core.commands import AddWriterKey, Command
 from streams.core.decide import decide
-from streams.core.security import keys_stream
+from streams.core.signatures import keys_stream
 from streams.projection import MemoryProjection, RocksDBProjection
 from streams.settings import Settings
 from streams.signing import SigningKey, public_path, read_public_key, sign_event

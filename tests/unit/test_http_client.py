@@ -21,7 +21,16 @@ from modelvc.processes import StackError
 from modelvc.stack import ensure_home, write_token_file
 from streams.auth import new_token
 from streams.core.security import TOKEN as SECURITY_TOKEN
-from streams.http_client import HttpClient, HttpError, TokenError, read_token_file
+from streams.http_client import (
+    HttpClient,
+    HttpError,
+    TokenError,
+    read_token_file,
+    resolve_token,
+    token_from_env,
+)
+from workers.bootstrap import bootstrap
+from workers.settings import WorkerSettings
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -148,22 +157,54 @@ def test_a_token_that_is_not_one_is_refused_before_it_is_sent(url: str) -> None:
         HttpClient(url, token=TOKEN + "\r\nX-Injected: 1")
 
 
-def test_clients_find_the_token_in_the_documented_order(
-    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for name in ("MODELVC_TOKEN", "MODELVC_TOKEN_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MODELVC_HOME", str(tmp_path / "home"))
-    assert Client(url).request("GET", "/auth") == {"sent": None}  # no token anywhere
-    (tmp_path / "home").mkdir()
-    write_token_file(tmp_path / "home" / "admin.token", TOKEN)
-    assert Client(url).request("GET", "/auth") == {"sent": f"Bearer {TOKEN}"}
+def test_the_token_is_found_in_the_documented_order(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert token_from_env({}, home) is None  # no token anywhere
+    home.mkdir()
+    write_token_file(home / "admin.token", TOKEN)
+    assert token_from_env({}, home) == TOKEN
+    assert token_from_env({"MODELVC_HOME": str(home)}) == TOKEN
     write_token_file(tmp_path / "other.token", OTHER)
-    monkeypatch.setenv("MODELVC_TOKEN_FILE", str(tmp_path / "other.token"))
-    assert HttpClient(url).get_json("/auth") == {"sent": f"Bearer {OTHER}"}
-    monkeypatch.setenv("MODELVC_TOKEN", TOKEN)
-    assert HttpClient(url).get_json("/auth") == {"sent": f"Bearer {TOKEN}"}
+    env = {"MODELVC_TOKEN_FILE": str(tmp_path / "other.token")}
+    assert token_from_env(env, home) == OTHER
+    assert token_from_env(env | {"MODELVC_TOKEN": TOKEN}, home) == TOKEN
+    with pytest.raises(TokenError, match="does not exist"):  # a named file must be usable
+        token_from_env({"MODELVC_TOKEN_FILE": str(tmp_path / "missing")}, home)
+    with pytest.raises(TokenError, match="MODELVC_TOKEN does not hold"):
+        token_from_env({"MODELVC_TOKEN": "junk"}, home)
+
+
+def test_resolve_token_is_the_one_order() -> None:
+    assert resolve_token(None, None, None) is None
+    assert resolve_token(TOKEN, None, Path("/nonexistent/admin.token")) == TOKEN
+    assert resolve_token(None, None, Path("/nonexistent/admin.token")) is None
+
+
+def test_clients_send_only_the_token_they_are_given(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELVC_TOKEN", TOKEN)  # read at the edges, never by a constructor
+    assert Client(url).request("GET", "/auth") == {"sent": None}
+    assert HttpClient(url).get_json("/auth") == {"sent": None}
     assert Client(url, token=OTHER).request("GET", "/auth") == {"sent": f"Bearer {OTHER}"}
+
+
+def test_a_worker_reads_its_token_sources_at_the_edge_and_bootstrap_resolves_them(
+    url: str, tmp_path: Path
+) -> None:
+    write_token_file(tmp_path / "other.token", OTHER)
+    env = {
+        "MODELVC_HOME": str(tmp_path),
+        "MODELVC_URL": url,
+        "MODELVC_TOKEN_FILE": str(tmp_path / "other.token"),
+    }
+    settings = WorkerSettings.from_env(env)
+    assert settings.token_file == tmp_path / "other.token"
+    assert settings.admin_token_file == tmp_path / "admin.token"
+    assert TOKEN not in repr(WorkerSettings.from_env(env | {"MODELVC_TOKEN": TOKEN}))
+    worker = bootstrap(settings)
+    assert worker.tracker.loader._http is not None
+    assert worker.tracker.loader._http.get_json("/auth") == {"sent": f"Bearer {OTHER}"}
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o660])

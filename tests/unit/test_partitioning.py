@@ -7,7 +7,8 @@ from aiokafka.producer.producer import _DEFAULT_PARTITIONER
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from streams.core.security import SECURITY_STREAM, keys_stream
+from streams.core.security import SECURITY_STREAM
+from streams.core.signatures import keys_stream
 from streams.topics import home_partition, misplaced
 
 

@@ -26,7 +26,8 @@ from streams.core.decide import decide_on
 from streams.core.events import AliasMoved
 from streams.core.fold import Fold
 from streams.core.hashing import GENESIS_HASH
-from streams.core.security import SECURITY_STREAM, event_message, keys_stream
+from streams.core.security import SECURITY_STREAM
+from streams.core.signatures import event_message, keys_stream
 from streams.projection import MemoryProjection, Projection, RocksDBProjection
 from streams.signing import SigningKey, sign_event, verify
 from streams.topics import home_partition

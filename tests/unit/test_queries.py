@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from streams import queries
@@ -50,6 +52,16 @@ def test_as_of_replays_the_prefix_up_to_an_offset_or_a_time() -> None:
         queries.as_of("m", history, ("offset", 9), "early")
     with pytest.raises(UnknownModel):
         queries.model(fold.models, "nope")
+
+
+def test_as_of_replays_signed_history_the_projection_already_checked() -> None:
+    """A signed model's history carries key ids and signatures whose ring lives in another
+    chain (``~keys.P``): the replay must not judge them again without it."""
+    fold, history = played()
+    signed = [(o, replace(e, key_id="ab" * 32, signature=b"s" * 64)) for o, e in history]
+    then = queries.as_of("m", signed, ("offset", 11), "11")
+    assert then.seq == 2 and len(then.commits) == 1
+    assert queries.as_of("m", signed, ("offset", 99), "now").branches == fold.models["m"].branches
 
 
 def test_refs_and_resolve_answer_from_the_state() -> None:

@@ -38,19 +38,21 @@ from streams.core.security import (
     ROLES,
     SECURITY_STREAM,
     WRITER_ACTOR,
-    KeyRing,
     SecurityState,
     at_least,
     authenticate,
     authorize,
+    protection,
+    required_role,
+    token_sha256,
+)
+from streams.core.signatures import (
+    KeyRing,
     command_message,
     is_system_stream,
     keys_partition,
     keys_stream,
-    protection,
-    required_role,
     signature_problem,
-    token_sha256,
 )
 from tests.unit.fakekeys import FakeKey, fake_verify
 

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.core import Command, CreateModel
-from streams.core.security import command_message, key_id_of
+from streams.core.signatures import command_message, key_id_of
 from streams.signing import (
     KeyFileError,
     SigningKey,

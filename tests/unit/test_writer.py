@@ -13,7 +13,7 @@ from streams.codec import ReplyTo, decode_event, encode_command
 from streams.core import Command, CreateModel, MakeCommit
 from streams.core.commands import AddWriterKey
 from streams.core.events import WriterKeyAdded
-from streams.core.security import event_message, keys_stream
+from streams.core.signatures import event_message, keys_stream
 from streams.projection import MemoryProjection
 from streams.service.answers import Answer
 from streams.service.writer import UNTRUSTED_WRITER, Writer, introduce_key
