@@ -14,7 +14,7 @@ import pytest
 from streams.codec import PREDICTIONS
 from streams.settings import Settings
 from streams.signing import SigningKey, public_path, verify
-from tests.unit.test_scoring import NAMES, booster_file, incoming, tracker_with
+from tests.unit.test_scoring import booster_file, feature_events, incoming, tracker_with
 from workers.bootstrap import bootstrap
 from workers.metrics import Metrics
 from workers.scorer import Scorer
@@ -124,17 +124,7 @@ def test_the_scorer_signs_every_prediction_it_encodes(
     path, _, x = booster_file
     key = SigningKey.generate()
     scorer = Scorer(tracker_with(tmp_path, path), Metrics(), "w1", signer=key)
-    events = [
-        {
-            "event_id": f"e{i}",
-            "model": "churn",
-            "ref": None,
-            "entity_key": "k",
-            "event_time": 1,
-            "features": dict(zip(NAMES, map(float, x[i]), strict=True)),
-        }
-        for i in range(20)
-    ]
+    events = feature_events(x, 20)
     scored = asyncio.run(scorer.score([incoming(e, i) for i, e in enumerate(events)]))
     predictions = [PREDICTIONS.decode(v) for _, _, v in scored.predictions]
     assert len(predictions) == 20

@@ -54,6 +54,21 @@ def tracker_with(
     )
 
 
+def feature_events(x: np.ndarray, count: int) -> list[dict[str, object]]:
+    """``count`` feature events of model churn (default ref), one per row of ``x``."""
+    return [
+        {
+            "event_id": f"e{i}",
+            "model": "churn",
+            "ref": None,
+            "entity_key": "k",
+            "event_time": 1,
+            "features": dict(zip(NAMES, map(float, x[i]), strict=True)),
+        }
+        for i in range(count)
+    ]
+
+
 def incoming(event: dict, offset: int) -> Incoming:
     return Incoming("modelvc.features", 0, offset, 1_000, b"k", FEATURES.encode(event))
 
@@ -82,17 +97,7 @@ def test_batch_scores_equal_booster_predict_and_bad_rows_are_rejected(
     tracker = tracker_with(tmp_path, path)
     metrics = Metrics()
     scorer = Scorer(tracker, metrics, "w1")
-    good = [
-        {
-            "event_id": f"e{i}",
-            "model": "churn",
-            "ref": None,
-            "entity_key": "k",
-            "event_time": 1,
-            "features": dict(zip(NAMES, map(float, x[i]), strict=True)),
-        }
-        for i in range(50)
-    ]
+    good = feature_events(x, 50)
     bad = [
         {**good[0], "event_id": "nan", "features": {**good[0]["features"], "age": float("nan")}},
         {**good[0], "event_id": "ghost", "model": "ghost"},
