@@ -31,6 +31,7 @@ from streams.core.security import PROTECTING_ROLES, ROLES
 from streams.errors import StreamsError
 from streams.http_client import TokenError, token_from_env
 from streams.kafka_access import SECURITY, KafkaAccess, KafkaAccessError, Security
+from workers.settings import SIGN_PREDICTIONS_ENV
 
 if TYPE_CHECKING:  # imported when used: it takes a second, and most commands never do
     from modelvc.stack import BrokerKind, Stack
@@ -39,7 +40,6 @@ EXIT_REFUSED = 1
 EXIT_UNREACHABLE = 3
 EXIT_RESTORE_SKIPPED = 4
 EXIT_DENIED = 5  # 401/403: who you are (the token) or what your role allows
-SIGN_PREDICTIONS_ENV = "MODELVC_SIGN_PREDICTIONS"  # read by workers.settings
 
 
 class UsageError(Exception):
@@ -181,9 +181,6 @@ def cmd_up(args: argparse.Namespace) -> None:
     # An explicit --broker beats KAFKA_BOOTSTRAP from the environment, as flags do.
     bootstrap = args.bootstrap or (None if args.broker else os.environ.get("KAFKA_BOOTSTRAP"))
     broker: BrokerKind = args.broker or "tansu"  # argparse checked it is one
-    if args.sign_predictions:
-        # The stack's processes inherit this environment: every worker it starts signs.
-        os.environ[SIGN_PREDICTIONS_ENV] = "1"
     exited = clear_exited(home, None if bootstrap else broker)
     if exited:
         print(
@@ -200,6 +197,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         broker_port=args.broker_port or default_broker_port(home, broker),
         broker=broker,
         security=_security(),
+        sign_predictions=args.sign_predictions,
     )
     print(f"modelvc is up: API {stack.url}, broker {stack.settings.bootstrap}")
     print(

@@ -59,6 +59,7 @@ from streams.logreader import partition_ends
 from streams.settings import Settings
 from streams.signing import SigningKey
 from streams.topics import ensure_topics
+from workers.settings import SIGN_PREDICTIONS_ENV
 
 if TYPE_CHECKING:
     from modelvc.client import Client
@@ -265,6 +266,7 @@ def start_worker(
     name: str,
     port: int | None = None,
     token_file: Path | None = None,
+    sign_predictions: bool = False,
 ) -> Spawned:
     """An inference worker sharing the stack's artifact directory and topics; it reads
     the API (artifacts it does not find in the directory) with the token in ``token_file``."""
@@ -278,6 +280,8 @@ def start_worker(
     )
     if token_file is not None:
         env[TOKEN_FILE_ENV] = str(token_file)
+    if sign_predictions:
+        env[SIGN_PREDICTIONS_ENV] = "1"
     spawned = spawn([sys.executable, "-m", "workers"], home / "logs" / f"{name}.log", env=env)
     spawned = Spawned(spawned.pid, spawned.argv, spawned.log, port)
     try:
@@ -358,6 +362,7 @@ class Stack:
     broker_kind: BrokerKind | None = None  # None: a Kafka the caller brought (--bootstrap)
     restored: int = 0
     refused: list[Refused] = field(default_factory=list)  # archived messages the broker refused
+    sign_predictions: bool = False  # every worker this stack starts signs its predictions
 
     @property
     def archive_dir(self) -> Path:
@@ -471,6 +476,7 @@ class Stack:
         broker: BrokerKind = "tansu",
         security: Security = "plaintext",
         admin_actor: str | None = None,
+        sign_predictions: bool = False,
     ) -> Stack:
         """Start the stack in ``home`` on ``broker`` (or on the Kafka at ``bootstrap``).
 
@@ -519,7 +525,7 @@ class Stack:
             kafka_credentials=credentials,
         )
         settings = with_identity(base, home, admin_actor)
-        stack = cls(home, settings, spawned, broker_kind=kind)
+        stack = cls(home, settings, spawned, broker_kind=kind, sign_predictions=sign_predictions)
         try:
             stack.save()
             try:
@@ -554,7 +560,12 @@ class Stack:
     def add_worker(self, name: str | None = None, port: int | None = None) -> Spawned:
         name = name or f"worker-{sum(k.startswith('worker-') for k in self.processes) + 1}"
         self.processes[name] = start_worker(
-            self.as_role("worker"), self.home, name, port, self.worker_token_file()
+            self.as_role("worker"),
+            self.home,
+            name,
+            port,
+            self.worker_token_file(),
+            self.sign_predictions,
         )
         self.save()
         return self.processes[name]
@@ -576,7 +587,12 @@ class Stack:
         spawned = self.processes.pop(name)
         stop(spawned, hard=hard)
         self.processes[name] = start_worker(
-            self.as_role("worker"), self.home, name, spawned.port, self.worker_token_file()
+            self.as_role("worker"),
+            self.home,
+            name,
+            spawned.port,
+            self.worker_token_file(),
+            self.sign_predictions,
         )
         self.save()
 
@@ -608,6 +624,7 @@ class Stack:
             "broker": asdict(self.broker) if self.broker else None,
             "processes": {k: asdict(v) for k, v in self.processes.items()},
             "env": self.settings.to_env(),
+            "sign_predictions": self.sign_predictions,
         }
         (self.home / "stack.json").write_text(json.dumps(record, indent=2))
 
@@ -635,7 +652,14 @@ class Stack:
         kind = record.get("broker_kind", "tansu" if broker else None)
         if kind not in (*BROKER_KINDS, None):
             raise StackError(f"{path} names an unknown broker {str(kind)[:40]!r}; remove it")
-        return cls(home.resolve(), settings, broker, processes, cast(BrokerKind | None, kind))
+        return cls(
+            home.resolve(),
+            settings,
+            broker,
+            processes,
+            cast(BrokerKind | None, kind),
+            sign_predictions=record.get("sign_predictions") is True,
+        )
 
 
 def clear_exited(home: Path, broker: BrokerKind | None) -> list[str]:

@@ -12,6 +12,8 @@ from pathlib import Path
 from streams.http_client import ADMIN_TOKEN_FILE, TOKEN_ENV, TOKEN_FILE_ENV, default_home
 from streams.settings import Settings as StreamsSettings
 
+SIGN_PREDICTIONS_ENV = "MODELVC_SIGN_PREDICTIONS"  # 1: sign every prediction
+
 
 @dataclass(frozen=True)
 class WorkerSettings:
@@ -102,7 +104,7 @@ class WorkerSettings:
             worker_memory_mb=int(env.get("MODELVC_WORKER_MEMORY_MB", "1024")),
             retry_s=float(env.get("MODELVC_WORKER_RETRY_S", "1")),
             fault=env.get("MODELVC_WORKER_FAULT", ""),
-            sign_predictions=_flag(env, "MODELVC_SIGN_PREDICTIONS"),
+            sign_predictions=_flag(env, SIGN_PREDICTIONS_ENV),
             worker_key=Path(key) if (key := env.get("MODELVC_WORKER_KEY")) else None,
             token=env.get(TOKEN_ENV) or None,
             token_file=Path(file) if (file := env.get(TOKEN_FILE_ENV)) else None,
@@ -127,7 +129,7 @@ class WorkerSettings:
         if self.fault:
             env["MODELVC_WORKER_FAULT"] = self.fault
         if self.sign_predictions:
-            env["MODELVC_SIGN_PREDICTIONS"] = "1"
+            env[SIGN_PREDICTIONS_ENV] = "1"
         if self.worker_key is not None:
             env["MODELVC_WORKER_KEY"] = str(self.worker_key)
         if self.token:
