@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test lint typecheck unit integration kafka kafka-if-java test-unit test-tansu \
-	test-kafka test-cluster \
+	test-kafka test-cluster test-store \
 	bench up down clean
 
 # Apache Kafka for the third test tier: Maven copies the pinned broker's jars into
@@ -50,19 +50,24 @@ integration: $(STAMP)
 
 # Tier 1: pure unit tests. Tier 2: broker-backed tests on the embedded Tansu broker.
 # Tier 3: the same on Apache Kafka. Tier 4: a 3-broker Apache Kafka cluster under faults.
+# Tier 5: one artifact-store suite over local disk and a real S3 API (moto's server).
 # Tiers 3 and 4 are required in CI (CI=true) and skipped, loudly, without Java and Maven.
-# Tiers 2-4 wait on brokers and child processes far more than they compute (about 0.4 of a
+# Tiers 2-5 wait on brokers and child processes far more than they compute (about 0.4 of a
 # core each), so they run side by side; --output-sync prints each tier whole as it ends.
 test: lint typecheck $(STAMP)
 	@$(MAKE) --no-print-directory test-unit
 	@$(MAKE) --no-print-directory kafka-if-java
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory -j3 --output-sync=target test-tansu test-kafka test-cluster; \
-	status=$$?; echo "== tiers 2-4 side by side: $$(( $$(date +%s) - start ))s (exit $$status)"; \
+	$(MAKE) --no-print-directory -j4 --output-sync=target test-tansu test-kafka test-cluster \
+	  test-store; \
+	status=$$?; echo "== tiers 2-5 side by side: $$(( $$(date +%s) - start ))s (exit $$status)"; \
 	exit $$status
 
 test-unit: $(STAMP)
 	@$(call timed,tier 1 (unit),$(PYTEST) tests/unit)
+
+test-store: $(STAMP)
+	@$(call timed,tier 5 (artifact stores: local disk and S3),$(PYTEST) tests/store)
 
 test-tansu: $(STAMP)
 	@$(call timed,tier 2 (Tansu),MODELVC_TEST_BROKERS=tansu MODELVC_TEST_CLUSTER=0 \
@@ -107,6 +112,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.streams_memory
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.signing
+	$(BIN)/python -m bench.artifacts
 
 up: $(STAMP)
 	$(BIN)/modelvc up

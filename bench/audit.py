@@ -101,6 +101,7 @@ def replay_child(mode: str, where: str, topic: str, jobs: int) -> None:
 def verify_throughput(tmp: Path, count: int = 20_000) -> float:
     from modelvc import audit
     from modelvc.streaming import FeatureProducer
+    from streams.artifacts import open_store
     from tests.conftest import train_model
     from workers.artifacts import ArtifactLoader
     from workers.metrics import sample_sum
@@ -124,7 +125,7 @@ def verify_throughput(tmp: Path, count: int = 20_000) -> float:
             if done >= count:
                 break
             time.sleep(0.5)
-        loader = ArtifactLoader(stack.settings.artifact_root)
+        loader = ArtifactLoader(open_store(stack.settings.artifacts, stack.settings.s3_endpoint))
         result = audit.verify_predictions(
             stack.settings.access,
             stack.settings.events_topic,

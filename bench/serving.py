@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import sys
@@ -33,7 +34,7 @@ from modelvc.client import Client
 from modelvc.processes import spawn, stop
 from modelvc.stack import Stack, streams_env
 from modelvc.streaming import encode_feature_event, feature_event
-from streams.artifacts import ArtifactStore
+from streams.artifacts import LocalStore, sha256_of
 from streams.codec import PREDICTIONS
 from streams.core import Command, CreateModel, MakeCommit, decide
 from streams.core.fold import Fold
@@ -49,7 +50,7 @@ from workers.versions import VersionTracker
 NAMES = [f"f{i:02d}" for i in range(20)]
 
 
-def train(path: Path, seed: int) -> Path:
+def train(path: Path, seed: int, rounds: int = 100) -> Path:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(5000, len(NAMES)))
     y = (x[:, 0] + x[:, 1] * x[:, 2] - x[:, seed % 20] + rng.normal(size=5000) > 0).astype(int)
@@ -61,7 +62,7 @@ def train(path: Path, seed: int) -> Path:
         "min_data_in_leaf": 5,
         "seed": seed,
     }
-    lgb.train(params, lgb.Dataset(x, y, feature_name=NAMES), num_boost_round=100).save_model(
+    lgb.train(params, lgb.Dataset(x, y, feature_name=NAMES), num_boost_round=rounds).save_model(
         str(path)
     )
     return path
@@ -92,15 +93,15 @@ def metric(url: str, name: str) -> float:
 
 # -- 1 ------------------------------------------------------------------------
 def ceiling(tmp: Path, model: Path, n: int = 100_000, batch: int = 5000) -> float:
-    store = ArtifactStore(tmp / "ceiling-store")
-    digest, _ = store.put(model.read_bytes())
+    store = LocalStore(tmp / "ceiling-store")
+    data = model.read_bytes()
+    digest = sha256_of(data)
+    store.put(io.BytesIO(data), digest)
     fold = Fold()
     for i, body in enumerate([CreateModel(), MakeCommit(digest, "bench")]):
         for event in decide(fold.models.get("bench"), Command(f"c{i}", "bench", "b", i, body)):
             fold.apply(event)
-    tracker = VersionTracker(
-        WorkerSettings(), ArtifactLoader(tmp / "ceiling-store"), Metrics(), fold
-    )
+    tracker = VersionTracker(WorkerSettings(), ArtifactLoader(store), Metrics(), fold)
     scorer = Scorer(tracker, Metrics(), "ceiling")
     values = events(n, None, "c")
     incoming = [Incoming("t", i % 4, i, 0, b"k", v) for i, v in enumerate(values)]

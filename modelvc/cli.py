@@ -20,7 +20,8 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -35,6 +36,7 @@ from workers.settings import SIGN_PREDICTIONS_ENV
 
 if TYPE_CHECKING:  # imported when used: it takes a second, and most commands never do
     from modelvc.stack import BrokerKind, Stack
+    from streams.artifacts import ArtifactStore, StoredObject
 
 EXIT_REFUSED = 1
 EXIT_UNREACHABLE = 3
@@ -198,6 +200,8 @@ def cmd_up(args: argparse.Namespace) -> None:
         broker=broker,
         security=_security(),
         sign_predictions=args.sign_predictions,
+        artifacts=os.environ.get("MODELVC_ARTIFACTS") or None,
+        s3_endpoint=os.environ.get("MODELVC_S3_ENDPOINT") or None,
     )
     print(f"modelvc is up: API {stack.url}, broker {stack.settings.bootstrap}")
     print(
@@ -386,11 +390,10 @@ def cmd_audit(args: argparse.Namespace) -> None:
     else:
         from workers.artifacts import ArtifactLoader
 
-        loader = ArtifactLoader(
-            Path(args.artifacts) if args.artifacts else None,
-            _url(args),
-            token=token_from_env(home=_home(args)),
-        )
+        store = None
+        if args.artifacts:
+            store = _open_store(args.artifacts, _s3_endpoint(args), "--artifacts", "--artifacts")
+        loader = ArtifactLoader(store=store, url=_url(args), token=token_from_env(home=_home(args)))
         sample = None if args.all else (args.sample or 100)
         verified = audit.verify_predictions(
             kafka,
@@ -422,6 +425,130 @@ def cmd_audit(args: argparse.Namespace) -> None:
                 print(render.terminal(render.escape(f"  {finding}")))
         if not verified.clean:
             raise SystemExit(1)
+
+
+# -- the artifact store ------------------------------------------------------------
+def _s3_endpoint(args: argparse.Namespace) -> str | None:
+    recorded = _stack_record(args).get("env", {}).get("MODELVC_S3_ENDPOINT")
+    return os.environ.get("MODELVC_S3_ENDPOINT") or recorded or None
+
+
+def _open_store(location: str, endpoint: str | None, source: str, flag: str) -> ArtifactStore:
+    """The store at ``location`` (from ``source``; ``flag`` names another), reached once:
+    settings that cannot work fail here with what to fix, before any work."""
+    from streams.artifacts import open_store, parse_location
+    from streams.settings import artifacts_problem
+
+    try:
+        where = parse_location(location)
+    except ValueError as exc:
+        raise UsageError(f"{source} {location[:80]!r}: {exc}") from None
+    problem = artifacts_problem(location, endpoint)
+    if problem is not None:
+        raise UsageError(problem)
+    if isinstance(where, Path) and not where.is_dir():
+        # Reading commands never make a store: a mistyped path is said, not created.
+        raise Refused(
+            f"no artifact store at {where}; pass {flag} DIR or {flag} s3://BUCKET/PREFIX"
+            + (", or set MODELVC_ARTIFACTS" if flag == "--store" else "")
+            + " (a stack's store is $MODELVC_HOME/artifacts)"
+        )
+    store = open_store(location, endpoint)
+    store.check()
+    return store
+
+
+def _artifact_store(args: argparse.Namespace) -> ArtifactStore:
+    """--store, else $MODELVC_ARTIFACTS, else the local stack's store, else the home's."""
+    recorded = _stack_record(args).get("env", {}).get("MODELVC_ARTIFACTS")
+    location = _setting(args.store, "MODELVC_ARTIFACTS", recorded, str(_home(args) / "artifacts"))
+    source = "--store" if args.store else "MODELVC_ARTIFACTS"
+    return _open_store(location, _s3_endpoint(args), source, "--store")
+
+
+def _stored(o: StoredObject, now: float) -> dict[str, Any]:
+    return {"digest": o.digest, "size": o.size, "modified": o.modified, "age_s": now - o.modified}
+
+
+@dataclass(frozen=True)
+class _EventsTopic:
+    """The events topic as `artifacts gc` reads it (:class:`modelvc.artifacts_gc.EventLog`)."""
+
+    kafka: KafkaAccess
+    topic: str
+
+    def ends(self) -> dict[int, int]:
+        from streams.logreader import partition_ends
+
+        return partition_ends(self.kafka, self.topic)
+
+    def values(self, partitions: Iterable[int] | None = None) -> Iterator[bytes | None]:
+        from streams.logreader import read_topic
+
+        return (r.value for r in read_topic(self.kafka, self.topic, partitions=partitions))
+
+
+def cmd_artifacts(args: argparse.Namespace) -> None:
+    now = time.time()
+    # A mistyped age is said before the store or Kafka is reached.
+    cutoff = older_than(args.older_than, int(now * 1000)) / 1000 if args.action == "gc" else now
+    store = _artifact_store(args)
+    if args.action == "ls":
+        objects = [_stored(o, now) for o in store.list()]
+        listed = {
+            "store": store.location,
+            "objects": objects,
+            "count": len(objects),
+            "total_bytes": sum(o["size"] for o in objects),
+        }
+        _emit(args, listed, render.artifacts)
+    elif args.action == "verify":
+        _verify_store(args, store)
+    else:
+        from modelvc import artifacts_gc
+
+        log = _EventsTopic(_kafka(args), _topic(args, "events"))
+        result = artifacts_gc.collect(store, log, cutoff, args.dry_run)
+        collected = {
+            "store": store.location,
+            "dry_run": args.dry_run,
+            "older_than": args.older_than,
+            "objects": result.objects,
+            "chosen": [_stored(o, now) for o in result.chosen],
+            "spared": [_stored(o, now) for o in result.spared],
+            "total_bytes": result.total_bytes,
+        }
+        _emit(args, collected, render.artifacts_gc)
+
+
+def _verify_store(args: argparse.Namespace, store: ArtifactStore) -> None:
+    """Re-hash every object as it streams (never whole in memory); exit 1 naming each bad one."""
+    from streams.errors import ArtifactCorrupted, ArtifactNotFound
+
+    failures: list[dict[str, str]] = []
+    checked = total = gone = 0
+    started = time.perf_counter()
+    with open(os.devnull, "wb") as sink:
+        for o in store.list():
+            try:
+                total += store.get(o.digest, sink)
+            except ArtifactCorrupted as exc:
+                failures.append({"digest": o.digest, "problem": str(exc)})
+            except ArtifactNotFound:
+                gone += 1  # deleted since the listing (by `artifacts gc`): nothing to check
+                continue
+            checked += 1
+    verified = {
+        "store": store.location,
+        "checked": checked,
+        "bytes": total,
+        "gone": gone,
+        "failures": failures,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    _emit(args, verified, render.artifacts_verified)
+    if failures:
+        raise SystemExit(EXIT_REFUSED)
 
 
 def cmd_create(args: argparse.Namespace, c: Client) -> None:
@@ -561,28 +688,41 @@ def cmd_digest(args: argparse.Namespace, c: Client) -> None:
 
 
 # -- identity and protection ----------------------------------------------------
-_RELATIVE = re.compile(r"([1-9][0-9]{0,4})([dhm])", re.ASCII)
+_RELATIVE = re.compile(r"(0|[1-9][0-9]{0,4})([dhm])", re.ASCII)
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
 _UNIT_MS = {"d": 86_400_000, "h": 3_600_000, "m": 60_000}
 EXPIRES_SYNTAX = "30d, 12h, 90m or a date such as 2027-01-31 (00:00 UTC)"
+OLDER_THAN_SYNTAX = "30d, 12h, 90m (0d: any age) or a date such as 2026-01-31 (00:00 UTC)"
 
 
-def expires_at(text: str, now_ms: int) -> int:
-    """``--expires`` as ms since the epoch: N days, hours or minutes from ``now_ms``, or the
-    start (00:00 UTC) of a date; a time not in the future is a UsageError."""
+def _moment(text: str, now_ms: int, sign: int, flag: str, syntax: str) -> int:
+    """``text`` as ms since the epoch: N days, hours or minutes after (``sign`` 1) or before
+    (-1) ``now_ms``, or the start (00:00 UTC) of a date; a UsageError naming ``flag``."""
     relative = _RELATIVE.fullmatch(text)
     if relative:
-        return now_ms + int(relative.group(1)) * _UNIT_MS[relative.group(2)]
+        return now_ms + sign * int(relative.group(1)) * _UNIT_MS[relative.group(2)]
     try:
         if not _DATE.fullmatch(text):
             raise ValueError
         day = dt.date.fromisoformat(text)
     except ValueError:
-        raise UsageError(f"--expires {text[:40]!r}: use {EXPIRES_SYNTAX}") from None
-    at = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
+        raise UsageError(f"{flag} {text[:40]!r}: use {syntax}") from None
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
+
+
+def expires_at(text: str, now_ms: int) -> int:
+    """``--expires`` as ms since the epoch (:func:`_moment`); a time not in the future is a
+    UsageError."""
+    at = _moment(text, now_ms, 1, "--expires", EXPIRES_SYNTAX)
     if at <= now_ms:
         raise UsageError(f"--expires {text}: that is not in the future; use {EXPIRES_SYNTAX}")
     return at
+
+
+def older_than(text: str, now_ms: int) -> int:
+    """``--older-than`` as the cutoff in ms since the epoch: that long before ``now_ms``, or
+    the start of a date (:func:`_moment`)."""
+    return _moment(text, now_ms, -1, "--older-than", OLDER_THAN_SYNTAX)
 
 
 def cmd_whoami(args: argparse.Namespace, c: Client) -> None:
@@ -666,6 +806,51 @@ def _sign_predictions_flag(sp: argparse.ArgumentParser, what: str) -> None:
         help=f"{what} ($MODELVC_HOME/keys/worker-<id>.key; also {SIGN_PREDICTIONS_ENV}=1); "
         "`modelvc audit served` verifies the signature",
     )
+
+
+def _artifacts_parser(
+    add: Callable[[str, Callable[..., None], str], argparse.ArgumentParser],
+) -> None:
+    art = add(
+        "artifacts",
+        cmd_artifacts,
+        "list, verify or garbage-collect the artifact store itself (a directory or "
+        "s3://BUCKET/PREFIX), without the service",
+    )
+    art.epilog = (
+        "The store is --store, else $MODELVC_ARTIFACTS, else the local stack's "
+        "($MODELVC_HOME/artifacts); an S3 store's endpoint is $MODELVC_S3_ENDPOINT (none: "
+        "AWS), its credentials and region those boto3 finds (AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, AWS_REGION, ~/.aws)."
+    )
+    actions = art.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        sp = actions.add_parser(name, help=help, description=help, epilog=art.epilog)
+        sp.set_defaults(command_parser=sp)
+        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+        sp.add_argument("--store", metavar="LOC", help="a directory or s3://BUCKET/PREFIX")
+        return sp
+
+    action("ls", "every object in the store: digest, size, last modified; and the totals")
+    action(
+        "verify",
+        "re-hash every object in the store and name each one whose bytes no longer match "
+        "its digest (exit 1 if any)",
+    )
+    sp = action(
+        "gc",
+        "delete objects that no event of the log mentions and that are older than "
+        "--older-than (an upload not yet committed is young); --dry-run lists them",
+    )
+    sp.add_argument(
+        "--older-than",
+        default="30d",
+        metavar="AGE",
+        help=f"only objects last modified before this: {OLDER_THAN_SYNTAX} (default 30d)",
+    )
+    sp.add_argument("--dry-run", action="store_true", help="list what would go; delete nothing")
+    sp.add_argument("--bootstrap", help="Kafka (default: $KAFKA_BOOTSTRAP or the local stack)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -802,7 +987,13 @@ def parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--sample", type=int, help="verify-predictions: check N at random")
     sp.add_argument("--all", action="store_true", help="verify-predictions: check every one")
-    sp.add_argument("--artifacts", metavar="DIR", help="artifact store directory (else the API)")
+    sp.add_argument(
+        "--artifacts",
+        metavar="LOC",
+        help="verify-predictions: read artifacts from this store, a directory or "
+        "s3://BUCKET/PREFIX (endpoint: $MODELVC_S3_ENDPOINT; credentials: AWS_* or "
+        "~/.aws), instead of the API",
+    )
     sp.add_argument(
         "--trust-key",
         action="append",
@@ -827,6 +1018,7 @@ def parser() -> argparse.ArgumentParser:
         "with; repeatable (then a prediction signed by no such key is reported unpinned)",
     )
     sp.add_argument("--bootstrap", help="Kafka (default: $KAFKA_BOOTSTRAP or the local stack)")
+    _artifacts_parser(add)
     add("digest", cmd_digest, "sha256 of the whole version graph, as the service has it")
     add("whoami", cmd_whoami, "the actor and role of the token this CLI sends")
     sp = add(
@@ -923,7 +1115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         _check_arguments(args)
-        if args.command in ("up", "down", "worker", "publish", "tail", "audit"):
+        if args.command in ("up", "down", "worker", "publish", "tail", "audit", "artifacts"):
             args.fn(args)
         else:
             token = token_from_env(home=_home(args))  # the environment, read once here

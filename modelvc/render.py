@@ -388,3 +388,58 @@ def writer_keys(a: dict[str, Any]) -> str:
     if len(lines) == 1:
         lines.append("  no partition has a key yet (the first write adds this instance's)")
     return "\n".join(lines)
+
+
+# -- the artifact store -------------------------------------------------------------
+def age(seconds: float) -> str:
+    """A duration, coarse: 3d 4h, 5h 12m, 7m, 40s (a clock behind the store's: 0s)."""
+    whole = max(0, int(seconds))
+    days, rest = divmod(whole, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m" if minutes else f"{secs}s"
+
+
+def _object_line(o: dict[str, Any]) -> str:
+    return f"{o['digest']}  {o['size']:>15,}  {when(o['modified'] * 1000)}  ({age(o['age_s'])} old)"
+
+
+@_for_terminal
+def artifacts(a: dict[str, Any]) -> str:
+    lines = [_object_line(o) for o in a["objects"]]
+    lines.append(f"{a['count']:,} objects, {a['total_bytes']:,} bytes in {a['store']}")
+    return "\n".join(lines)
+
+
+@_for_terminal
+def artifacts_verified(v: dict[str, Any]) -> str:
+    lines = [f"{f['digest']}: {f['problem']}" for f in v["failures"]]
+    gone = f" ({v['gone']:,} deleted meanwhile)" if v["gone"] else ""
+    lines.append(
+        f"checked {v['checked']:,} objects ({v['bytes']:,} bytes) in {v['store']} in "
+        f"{v['seconds']:.2f}s{gone}: {len(v['failures'])} damaged"
+    )
+    if v["failures"]:
+        lines.append(
+            "remove each damaged object from the store (key sha256/<first two hex>/<digest>), "
+            "then upload its original model file again: commits keep naming the same digest"
+        )
+    return "\n".join(lines)
+
+
+@_for_terminal
+def artifacts_gc(g: dict[str, Any]) -> str:
+    verb = "would delete" if g["dry_run"] else "deleted"
+    lines = [f"{verb} {_object_line(o)}" for o in g["chosen"]]
+    lines += [f"kept {o['digest']}: an event written during this run names it" for o in g["spared"]]
+    lines.append(
+        f"{verb} {len(g['chosen']):,} of {g['objects']:,} objects ({g['total_bytes']:,} bytes) "
+        f"in {g['store']}: none that an event mentions, none younger than {g['older_than']}"
+    )
+    if g["dry_run"] and g["chosen"]:
+        lines.append("run it again without --dry-run to delete them")
+    return "\n".join(lines)

@@ -41,9 +41,10 @@ from modelvc.processes import (
     wait_for_port,
 )
 from streams.archive import Archive, ArchiveError, Refused, restore
+from streams.artifacts import open_store
 from streams.auth import new_token
 from streams.core.refs import NAME
-from streams.errors import StreamsError
+from streams.errors import ArtifactStoreUnavailable, StreamsError
 from streams.files import write_private
 from streams.http_client import (
     ADMIN_TOKEN_FILE,
@@ -56,7 +57,7 @@ from streams.http_client import (
 )
 from streams.kafka_access import Delivery, Security
 from streams.logreader import partition_ends
-from streams.settings import Settings
+from streams.settings import Settings, artifacts_problem
 from streams.signing import SigningKey
 from streams.topics import ensure_topics
 from workers.settings import SIGN_PREDICTIONS_ENV
@@ -292,6 +293,17 @@ def start_worker(
     return spawned
 
 
+def check_store(artifacts: str, s3_endpoint: str | None) -> None:
+    """Reach the artifact store the stack is to share; StackError saying what to fix."""
+    problem = artifacts_problem(artifacts, s3_endpoint)
+    if problem is not None:
+        raise StackError(problem)
+    try:
+        open_store(artifacts, s3_endpoint).check()
+    except ArtifactStoreUnavailable as exc:
+        raise StackError(exc.strerror or str(exc)) from exc
+
+
 def with_identity(settings: Settings, home: Path, admin_actor: str | None = None) -> Settings:
     """``settings`` for every streams instance of the stack in ``home``: one writer key for
     them all (so each is trusted on every partition), made now and pinned as the key every
@@ -477,16 +489,23 @@ class Stack:
         security: Security = "plaintext",
         admin_actor: str | None = None,
         sign_predictions: bool = False,
+        artifacts: str | None = None,
+        s3_endpoint: str | None = None,
     ) -> Stack:
         """Start the stack in ``home`` on ``broker`` (or on the Kafka at ``bootstrap``).
 
         With ``broker="kafka"`` the broker's pid is recorded in stack.json before anything
         else starts, so a `modelvc down` after any failure stops it. ``admin_actor`` (default
         :func:`default_admin_actor`) owns the admin token the first streams instance issues.
+        ``artifacts`` (default ``home``/artifacts; or ``s3://bucket/prefix`` at ``s3_endpoint``)
+        is the store every process of the stack shares; it is recorded in stack.json and
+        reached once before anything starts, so a wrong credential stops `up` right away.
         """
         home = home.resolve()
         home.mkdir(parents=True, exist_ok=True)
         ensure_home(home)  # before anything starts: a token others can read stops here
+        artifacts = artifacts or str(home / "artifacts")
+        check_store(artifacts, s3_endpoint)
         spawned = None
         kind: BrokerKind | None = None
         # Delivery is known for the brokers we start, so no client has to ask: Tansu has
@@ -516,7 +535,8 @@ class Stack:
             bootstrap=bootstrap,
             partitions=partitions,
             data_dir=home / "streams",
-            artifact_root=home / "artifacts",
+            artifacts=artifacts,
+            s3_endpoint=s3_endpoint,
             archive_dir=home / "archive",
             web_port=web_port or free_port(),
             instance_id=f"streams-{os.getpid()}",

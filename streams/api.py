@@ -8,8 +8,9 @@ foreign origin, a role too low (``forbidden``) or a claimed actor that is not th
 token's (``actor_mismatch``), 404
 unknown model, ref or route, 405 wrong method, 409 conflict (the body carries
 ``current``), 413 too large, 415 wrong content type or encoding, 422 invalid
-input, 504 no answer in time (retry with the same ``command_id``), 507 the
-artifact store cannot take the upload. Every error is a JSON object
+input, 503 the artifact store does not answer (retry once it is back), 504 no
+answer in time (retry with the same ``command_id``), 507 the artifact store
+cannot take the upload (full, read-only, refused). Every error is a JSON object
 ``{"error": code, "message": text, ...}``; ``/v1/openapi.json`` describes
 every route.
 
@@ -36,7 +37,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from streams import auth, openapi, parse, queries
-from streams.artifacts import ArtifactStore
+from streams.artifacts import ArtifactStore, Intake
+from streams.artifacts.store import read
 from streams.core import refs
 from streams.core.commands import (
     AddWriterKey,
@@ -71,6 +73,7 @@ from streams.errors import (
     UploadStalled,
 )
 from streams.http_edge import JSON, OCTET_STREAM, Handler, error_response, guard, render_errors
+from streams.modelfile import MAX_MODEL_BYTES
 from streams.parse import MAX_JSON_BYTES
 from streams.projection import Projection
 from streams.service.answers import Answer
@@ -84,7 +87,9 @@ from streams.statuses import STATUS_BY_CODE, status_of
 UPLOAD_PATH = "/v1/artifacts"
 # What a full, read-only or refused artifact directory raises; the client cannot
 # fix it, the operator can, so it is 507 and never a 500.
-STORE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM})
+STORE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM, errno.EFBIG}
+)
 # The code of each fault of the artifact store (first match wins: subclasses first).
 ARTIFACT_CODES: tuple[tuple[type[Exception], str], ...] = (
     (ArtifactNotFound, "unknown_artifact"),
@@ -115,11 +120,15 @@ def domain_error(exc: Exception) -> web.Response | None:
             if code == "sandbox_unavailable":
                 message += "; nothing was stored, retry"
             answer = coded(code, message)
+            if isinstance(exc, ArtifactStoreUnavailable) and exc.errno not in STORE_ERRNOS:
+                # Not out of room or refused but not answering (an unreachable endpoint, a
+                # network fault): the same code, and a status that says retry later.
+                answer.set_status(503)
             if code == "busy":
                 answer.headers["Retry-After"] = "5"
             return answer
     if isinstance(exc, OSError) and exc.errno in STORE_ERRNOS:
-        # A store fault that escaped ArtifactStore's own translation.
+        # A store fault that escaped the store's own translation.
         return coded(
             "store_unavailable",
             f"the artifact store cannot take this upload ({os.strerror(exc.errno or 0)}); "
@@ -196,6 +205,7 @@ class Api:
         replies: Replies,
         letters: DeadLetters,
         store: ArtifactStore,
+        intake: Intake,
         signer: WriterKey,
         clock: Any = time.time,
     ) -> None:
@@ -205,6 +215,7 @@ class Api:
         self.replies = replies
         self.letters = letters
         self.store = store
+        self.intake = intake
         self.signer = signer  # this instance's writer key: it signs every command sent
         self.clock = clock
 
@@ -365,10 +376,13 @@ class Api:
         answers = await asyncio.gather(*(self.replies.submit(c) for c in commands))
         return answered_each(answers, **extra)
 
-    def _stored(self, digest: str | None, field: str) -> None:
+    async def _stored(self, digest: str | None, field: str) -> None:
         if digest is None:
             return
-        if not self.store.has(parse.digest(digest, field)):
+        checked = parse.digest(digest, field)
+        # In a thread: an S3 store answers with a network round trip.
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(None, self.store.has, checked):
             raise InvalidCommand(
                 f"artifact {digest} is not in the store; upload it first (POST /v1/artifacts)",
                 field=field,
@@ -384,7 +398,7 @@ class Api:
     async def commit(self, request: web.Request) -> web.Response:
         body = await parse.json_body(request)
         digest = parse.text(body, "artifact_sha256")
-        self._stored(digest, "artifact_sha256")
+        await self._stored(digest, "artifact_sha256")
         make = MakeCommit(
             artifact_sha256=digest,
             message=parse.text(body, "message", limit=parse.MAX_MESSAGE_BYTES),
@@ -407,7 +421,7 @@ class Api:
     async def merge(self, request: web.Request) -> web.Response:
         body = await parse.json_body(request)
         artifact = parse.opt_text(body, "artifact_sha256")
-        self._stored(artifact, "artifact_sha256")
+        await self._stored(artifact, "artifact_sha256")
         make = Merge(
             source=parse.text(body, "source"),
             target=parse.text(body, "into", "main"),
@@ -504,16 +518,16 @@ class Api:
         """Stream the body into the store; it validates, and removes its temp file on failure.
 
         A full or read-only disk, a client that disconnects (the read raises) and a
-        cancelled handler all leave nothing behind (``ArtifactStore.receive``).
+        cancelled handler all leave nothing behind (``Intake.receive``).
         """
         expected = request.query.get("sha256")
         if expected is not None:
             parse.digest(expected, "sha256")
         declared = request.content_length
-        if declared is not None and declared > self.store.max_bytes:
-            raise ArtifactTooLarge(f"artifacts are limited to {self.store.max_bytes} bytes")
+        if declared is not None and declared > self.intake.max_bytes:
+            raise ArtifactTooLarge(f"artifacts are limited to {self.intake.max_bytes} bytes")
         chunks = request.content.iter_chunked(1 << 16)
-        digest, summary, size = await self.store.receive(chunks, expected)
+        digest, summary, size = await self.intake.receive(chunks, expected)
         return web.json_response({"sha256": digest, "size": size, **summary.__dict__}, status=201)
 
     async def download(self, request: web.Request) -> web.Response:
@@ -521,7 +535,9 @@ class Api:
         if not parse.DIGEST.fullmatch(digest):
             raise ArtifactNotFound(f"{digest[:80]!r} is not a sha256 hex digest")
         try:
-            data = await asyncio.get_running_loop().run_in_executor(None, self.store.read, digest)
+            data = await asyncio.get_running_loop().run_in_executor(
+                None, read, self.store, digest, MAX_MODEL_BYTES
+            )
         except ArtifactCorrupted as exc:
             # Stored bytes that no longer hash to their name: the store's fault, not the client's.
             return coded("artifact_corrupted", str(exc))

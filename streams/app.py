@@ -159,6 +159,7 @@ def create_app(streams: Streams) -> ModelvcApp:
         streams.replies,
         streams.letters,
         streams.store,
+        streams.intake,
         streams.signer,
     )
     driver.web_app.router.add_routes(handlers.routes())

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from streams.artifacts import ArtifactStore
+from streams.artifacts import ArtifactStore, Intake, open_store
 from streams.core.commands import Command, IssueToken
 from streams.core.security import SECURITY_STREAM, TOKEN_FORMAT, token_id_of, token_sha256
 from streams.projection import Projection, RocksDBProjection
@@ -54,7 +54,8 @@ class Streams:
     follower: Follower
     replies: Replies
     writer: Writer
-    store: ArtifactStore  # the HTTP API's: uploads and downloads
+    store: ArtifactStore  # shared by every instance and worker: commits check it, downloads read it
+    intake: Intake  # uploads: bounded, checked, then put into the store
     signer: SigningKey  # this instance's writer key: signs its events and the API's commands
     clock: Callable[[], float] = time.time
     _tasks: set[asyncio.Task[bool]] = field(default_factory=set)
@@ -190,8 +191,9 @@ def bootstrap(
     clock: Callable[[], float] = time.time,
     signer: SigningKey | None = None,
 ) -> Streams:
-    """The collaborators for ``settings``; RocksDB, the artifact store and the writer key
-    (made at first start) on disk by default."""
+    """The collaborators for ``settings``; RocksDB and the writer key (made at first start)
+    on disk, and the store MODELVC_ARTIFACTS names, by default. Nothing is reached yet:
+    ``python -m streams`` checks the store before it serves."""
     signer = signer if signer is not None else WriterKey.load_or_create(settings.writer_key)
     if projection is None:
         # A ring may start only with a key this deployment uses: a forger's is void.
@@ -201,6 +203,8 @@ def bootstrap(
     letters = DeadLetters(producer, settings.dead_letter_topic)
     follower = Follower(settings, projection, letters)
     replies = Replies(follower, producer, letters)
+    if store is None:
+        store = open_store(settings.artifacts, settings.s3_endpoint)
     return Streams(
         settings=settings,
         projection=projection,
@@ -209,7 +213,8 @@ def bootstrap(
         follower=follower,
         replies=replies,
         writer=Writer(follower, producer, replies, letters, signer, clock),
-        store=store if store is not None else ArtifactStore(settings.artifact_root),
+        store=store,
+        intake=Intake(store, settings.staging_dir),
         signer=signer,
         clock=clock,
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import time
 from pathlib import Path
 
 
@@ -131,3 +132,13 @@ def create_exclusively(path: Path, data: bytes, mode: int = 0o600) -> bool:
     finally:
         with contextlib.suppress(OSError):
             temp.unlink()
+
+
+def remove_stale(directory: Path, older_than_s: float) -> None:
+    """Remove the files in ``directory`` untouched for ``older_than_s``: the temp files a
+    killed process left (an upload, a put) that no failure path got to remove."""
+    cutoff = time.time() - older_than_s
+    for path in directory.iterdir():
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streams.artifacts.location import S3Location, parse_location
 from streams.core import refs
 from streams.core.hashing import SHA256_HEX
 from streams.kafka_access import DELIVERY, SECURITY, Delivery, KafkaAccess, Security
@@ -19,6 +20,12 @@ NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 # Key ids an operator pins: a few writer keys per deployment, never hundreds.
 MAX_TRUSTED_KEYS = 64
 TRUSTED_KEYS_ENV = "MODELVC_TRUSTED_WRITER_KEYS"
+# Where an S3-compatible store answers (MinIO, Ceph, moto): a scheme, a host and maybe a
+# port, nothing else (no credentials in a URL, no path to smuggle a key prefix through).
+S3_ENDPOINT = re.compile(
+    r"https?://(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])"
+    r"(?::(?P<port>[0-9]{1,5}))?/?"
+)
 # A path field left unset, resolved from the others in __post_init__ (no one means "."
 # for a key file).
 _UNSET_PATH = Path()
@@ -32,7 +39,11 @@ class Settings:
     bootstrap: str = "127.0.0.1:9092"
     partitions: int = 4
     data_dir: Path = Path(".modelvc/streams")
-    artifact_root: Path = Path(".modelvc/artifacts")
+    # The artifact store every instance and worker shares: a directory, or
+    # s3://bucket/prefix (credentials and region as boto3 finds them: AWS_* variables,
+    # ~/.aws), at s3_endpoint when it is not AWS.
+    artifacts: str = ".modelvc/artifacts"
+    s3_endpoint: str | None = None
     archive_dir: Path = Path(".modelvc/archive")
     # The address the HTTP API binds to, and its canonical host: loopback unless an
     # operator says otherwise (a container sets 0.0.0.0 and publishes the port).
@@ -77,6 +88,9 @@ class Settings:
                 "letters, digits, '.', '_' or '-' starting with a letter or digit); set one that is"
             )
         problem = trusted_keys_problem(self.trusted_writer_keys)
+        if problem is not None:
+            raise ValueError(problem)
+        problem = artifacts_problem(self.artifacts, self.s3_endpoint)
         if problem is not None:
             raise ValueError(problem)
         if self.replication_factor is not None and not 1 <= self.replication_factor <= 32:
@@ -135,6 +149,15 @@ class Settings:
     def rocksdb_path(self) -> Path:
         return self.data_dir / "projection.rocksdb"
 
+    @property
+    def staging_dir(self) -> Path:
+        """Where uploads stream while they are checked: inside a store directory (one
+        filesystem, so storing is a rename), else on this instance's own disk."""
+        location = parse_location(self.artifacts)
+        if isinstance(location, S3Location):
+            return self.data_dir / "uploads"
+        return location / "tmp"
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read ``MODELVC_*`` / ``KAFKA_BOOTSTRAP`` variables; call only at the edge."""
@@ -148,7 +171,8 @@ class Settings:
             bootstrap=access.bootstrap,
             partitions=int(env.get("MODELVC_PARTITIONS", "4")),
             data_dir=data_dir,
-            artifact_root=Path(env.get("MODELVC_ARTIFACTS", str(home / "artifacts"))),
+            artifacts=env.get("MODELVC_ARTIFACTS") or str(home / "artifacts"),
+            s3_endpoint=env.get("MODELVC_S3_ENDPOINT") or None,
             archive_dir=Path(env.get("MODELVC_ARCHIVE_DIR", str(data_dir.parent / "archive"))),
             web_host=env.get("MODELVC_WEB_HOST", "127.0.0.1"),
             web_port=port,
@@ -174,7 +198,9 @@ class Settings:
             "MODELVC_NAMESPACE": self.namespace,
             "MODELVC_PARTITIONS": str(self.partitions),
             "MODELVC_DATA_DIR": str(self.data_dir),
-            "MODELVC_ARTIFACTS": str(self.artifact_root),
+            "MODELVC_ARTIFACTS": self.artifacts,
+            # Always set (empty: none), so a child never inherits another store's endpoint.
+            "MODELVC_S3_ENDPOINT": self.s3_endpoint or "",
             "MODELVC_ARCHIVE_DIR": str(self.archive_dir),
             "MODELVC_WEB_HOST": self.web_host,
             "MODELVC_WEB_PORT": str(self.web_port),
@@ -193,6 +219,24 @@ class Settings:
         if self.replication_factor is not None:
             env["MODELVC_REPLICATION_FACTOR"] = str(self.replication_factor)
         return env
+
+
+def artifacts_problem(artifacts: str, s3_endpoint: str | None) -> str | None:
+    """What is wrong with MODELVC_ARTIFACTS / MODELVC_S3_ENDPOINT, or None."""
+    try:
+        parse_location(artifacts)
+    except ValueError as exc:
+        return f"MODELVC_ARTIFACTS={artifacts[:80]!r}: {exc}"
+    if s3_endpoint is None:
+        return None
+    endpoint = S3_ENDPOINT.fullmatch(s3_endpoint)
+    if endpoint is None or not 1 <= int(endpoint["port"] or 443) <= 65535:
+        return (
+            f"MODELVC_S3_ENDPOINT={s3_endpoint[:80]!r} is not an endpoint URL: set it to "
+            "http(s)://host[:port], e.g. http://127.0.0.1:9000 for a local MinIO, or unset "
+            "it for AWS"
+        )
+    return None
 
 
 def parse_trusted_keys(text: str) -> frozenset[str]:

@@ -13,6 +13,7 @@ import pytest
 from modelvc.kafka_broker import running_cluster
 from modelvc.processes import stop
 from modelvc.stack import Stack, start_broker
+from tests.s3server import S3Server, running_s3
 
 # Which brokers the broker-backed tests run on: MODELVC_TEST_BROKERS=tansu (default),
 # kafka, or tansu,kafka. Each test that uses `bootstrap` (directly or through `stack`)
@@ -58,6 +59,13 @@ def bootstrap(broker_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield address
     finally:
         stop(broker)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 API (moto's server, IAM enforced) with the bucket made; stopped by pid."""
+    with running_s3(tmp_path_factory.mktemp("s3")) as server:
+        yield server
 
 
 @pytest.fixture

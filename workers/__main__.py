@@ -3,6 +3,12 @@
 ``--sign-predictions`` (or ``MODELVC_SIGN_PREDICTIONS=1``) signs every prediction
 with the worker's own key, ``MODELVC_WORKER_KEY`` (default
 ``$MODELVC_HOME/keys/worker-<worker id>.key``, created 0600 at first start).
+
+Artifacts fetched over the network (``MODELVC_ARTIFACTS=s3://…``, or the streams
+API) are cached in ``MODELVC_WORKER_CACHE`` (default ``$MODELVC_HOME/cache/<worker
+id>``), at most ``MODELVC_WORKER_CACHE_MB`` (2048). A store that cannot be reached
+at start (credentials, bucket, endpoint, directory) stops the worker with one line
+saying what to fix, and exit status 2, before it consumes anything.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ def main(argv: Sequence[str] = ()) -> None:
     # One LightGBM/OpenMP thread per worker process: scale out with processes. Set before
     # anything imports LightGBM, hence the imports below.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from streams.errors import ArtifactStoreUnavailable
     from workers.bootstrap import bootstrap
     from workers.http import serve
     from workers.settings import WorkerSettings
@@ -36,7 +43,13 @@ def main(argv: Sequence[str] = ()) -> None:
     settings = WorkerSettings.from_env()
     if args.sign_predictions:
         settings = dataclasses.replace(settings, sign_predictions=True)
-    asyncio.run(serve(bootstrap(settings)))
+    try:
+        worker = bootstrap(settings)
+    except ArtifactStoreUnavailable as exc:
+        # A setting to fix, not a bug: its one line says what to do, without a traceback.
+        logging.getLogger("modelvc.workers").error("cannot start: %s", exc.strerror or exc)
+        raise SystemExit(2) from None
+    asyncio.run(serve(worker))
 
 
 if __name__ == "__main__":

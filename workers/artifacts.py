@@ -1,10 +1,13 @@
 """Fetch an artifact by digest, verify it, check it, load it as a LightGBM booster (cached).
 
-The digest is checked on every fetch, whether the bytes come from a shared
-store directory or from the streams API: a worker never scores with a model
-whose bytes differ from what the commit names.
+Where the bytes come from, in order: the worker's local cache
+(:mod:`workers.cache`, when it has one), the artifact store it reads directly
+(S3, or a directory it shares), then the streams API. Bytes from the store or
+the API are kept in the cache. The digest is checked on every fetch, whatever
+the source: a worker never scores with a model whose bytes differ from what
+the commit names.
 
-The store directory is not trusted either: a file placed there by hand, under
+The store is not trusted either: an object placed there by hand, under
 a digest a commit names, went through no upload check. So before LightGBM
 loads anything in this process, the bytes pass the same two checks as an
 upload (our parser, then LightGBM in a sandboxed child, see
@@ -20,16 +23,23 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import lightgbm
 
 from streams.artifacts import ArtifactStore, check_model
-from streams.errors import ArtifactError, ArtifactRejected, SandboxUnavailable
+from streams.artifacts.store import check_digest, read
+from streams.errors import (
+    ArtifactError,
+    ArtifactNotFound,
+    ArtifactRejected,
+    ArtifactStoreUnavailable,
+    SandboxUnavailable,
+)
 from streams.http_client import HttpClient, HttpError
 from streams.modelfile import MAX_MODEL_BYTES, ModelSummary
 from streams.sandbox import Sandbox
+from workers.cache import ArtifactCache
 from workers.errors import ArtifactLoadFailed
 
 MAX_VERDICTS = 4096  # digests whose check result is remembered
@@ -54,18 +64,21 @@ class MemoryBudget:
 class ArtifactLoader:
     def __init__(
         self,
-        root: Path | None = None,
+        store: ArtifactStore | None = None,
         url: str | None = None,
+        *,
+        cache: ArtifactCache | None = None,
         timeout: float = 10.0,
         sandbox: Sandbox | None = None,
         token: str | None = None,  # the API's bearer token; None: send none
     ):
-        if root is None and url is None:
+        if store is None and url is None:
             raise ArtifactLoadFailed(
-                "no artifact source: set MODELVC_ARTIFACTS (a store directory) "
-                "or MODELVC_ARTIFACT_URL"
+                "no artifact source: set MODELVC_ARTIFACTS (a store directory or "
+                "s3://bucket/prefix) or MODELVC_ARTIFACT_URL"
             )
-        self._store = ArtifactStore(root) if root is not None else None
+        self._store = store
+        self._files = cache
         self._url = url.rstrip("/") if url else None
         # The API serves only stored (checked, bounded) artifacts; a larger answer is not one.
         self._http = (
@@ -78,14 +91,31 @@ class ArtifactLoader:
         self._verdicts: dict[str, ModelSummary | str] = {}  # summary, or why it was refused
 
     def fetch(self, digest: str) -> bytes:
+        """The bytes of ``digest``, verified: from the cache, the store, or the API."""
+        cache = self._files
         try:
-            # has() refuses a digest that is no sha256 (what a forged event may name).
-            if self._store is not None and self._store.has(digest):
-                return self._store.read(digest)  # re-hashes
-        except ArtifactError as exc:
+            # A forged event may name anything: only a sha256 reaches a path, key or URL.
+            check_digest(digest)
+            if cache is not None and (data := cache.get(digest)) is not None:
+                return data
+            if self._store is not None:
+                try:
+                    if cache is not None:
+                        return cache.fill(digest, self._store)
+                    return read(self._store, digest, MAX_MODEL_BYTES)
+                except ArtifactNotFound:
+                    if self._http is None:
+                        raise
+            data = self._from_api(digest)
+            if cache is not None:
+                cache.add(digest, data)
+            return data
+        except (ArtifactError, ArtifactStoreUnavailable) as exc:
             raise ArtifactLoadFailed(str(exc)) from exc
+
+    def _from_api(self, digest: str) -> bytes:
         if self._http is None:
-            raise ArtifactLoadFailed(f"artifact {digest} is not in the store directory")
+            raise ArtifactNotFound(f"artifact {digest} is not in the store and no API is set")
         try:
             data = self._http.request("GET", f"/v1/artifacts/{digest}").body
         except HttpError as exc:

@@ -3,14 +3,21 @@
 ``python -m workers`` uses :func:`bootstrap`; tests and benchmarks pass their
 own metrics, loader or an already folded version log instead of overwriting
 internals.
+
+The artifact store the worker reads directly is reached once here
+(``store.check()``): wrong credentials, a missing bucket or an unreachable
+endpoint raise :class:`~streams.errors.ArtifactStoreUnavailable` before the
+worker consumes anything, not at its first load.
 """
 
 from __future__ import annotations
 
+from streams.artifacts import ArtifactStore, open_store
 from streams.core.fold import Fold
 from streams.http_client import resolve_token
 from streams.signing import SigningKey
 from workers.artifacts import ArtifactLoader
+from workers.cache import ArtifactCache
 from workers.loop import Worker
 from workers.metrics import Metrics
 from workers.scorer import Scorer
@@ -29,10 +36,23 @@ def bootstrap(
 ) -> Worker:
     metrics = metrics if metrics is not None else Metrics()
     if loader is None:
-        token = resolve_token(settings.token, settings.token_file, settings.admin_token_file)
-        loader = ArtifactLoader(settings.artifact_root, settings.artifact_url, token=token)
+        loader = open_loader(settings)
     if signer is None and settings.sign_predictions:
         signer = SigningKey.load_or_create(settings.worker_key_path)
     tracker = VersionTracker(settings, loader, metrics, fold)
     scorer = Scorer(tracker, metrics, settings.worker_id, signer=signer)
     return Worker(settings, tracker, scorer, metrics)
+
+
+def open_loader(settings: WorkerSettings, store: ArtifactStore | None = None) -> ArtifactLoader:
+    """The loader ``settings`` describe: the store read directly (opened and checked here
+    unless given), the API, and the local cache when artifacts come over the network."""
+    location = settings.artifact_store
+    if store is None and location is not None:
+        store = open_store(location, settings.topics.s3_endpoint)
+        store.check()
+    token = resolve_token(settings.token, settings.token_file, settings.admin_token_file)
+    cache = (
+        ArtifactCache(settings.cache_path, settings.cache_mb << 20) if settings.uses_cache else None
+    )
+    return ArtifactLoader(store, settings.artifact_url, cache=cache, token=token)

@@ -9,10 +9,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streams.artifacts import S3Location, parse_location
 from streams.http_client import ADMIN_TOKEN_FILE, TOKEN_ENV, TOKEN_FILE_ENV, default_home
 from streams.settings import Settings as StreamsSettings
 
 SIGN_PREDICTIONS_ENV = "MODELVC_SIGN_PREDICTIONS"  # 1: sign every prediction
+CACHE_ENV = "MODELVC_WORKER_CACHE"  # the artifact cache's directory
+CACHE_MB_ENV = "MODELVC_WORKER_CACHE_MB"  # its bound, in MiB
+MAX_CACHE_MB = 1 << 24  # 16 TiB: past any disk, so a typo is caught, not a real size
 
 
 @dataclass(frozen=True)
@@ -22,14 +26,19 @@ class WorkerSettings:
     group_id: str = "modelvc-workers"
     web_host: str = "127.0.0.1"
     web_port: int = 6070
-    # Read artifacts straight from the store directory (``topics.artifact_root``) when the
-    # worker shares it; fetch them from the streams API otherwise (or when not there).
+    # Where artifacts are read from: the store (``topics.artifacts``) directly when it is
+    # S3, or a directory this worker shares (shared_store); the streams API otherwise (and
+    # for an artifact the store does not have).
     shared_store: bool = False
     api_url: str | None = None  # the streams API; None: the local one on topics.web_port
     max_batch: int = 5000
     max_refs: int = 1024  # distinct (model, ref) pairs served at once; least recently used go
     # Budget for one version: its trees plus a full batch (streams.modelfile estimates both).
     worker_memory_mb: int = 1024
+    # The local cache of artifacts fetched over the network (S3 or the API), bounded in
+    # bytes; None: $MODELVC_HOME/cache/<worker id> (beside data_dir, as keys are).
+    cache_dir: Path | None = None
+    cache_mb: int = 2048
     retry_s: float = 1.0
     fault: str = ""  # test-only fault hook (MODELVC_WORKER_FAULT), see workers.loop.Fault
     # Sign every prediction with this worker's own Ed25519 key (workers.signing).
@@ -41,6 +50,13 @@ class WorkerSettings:
     token: str | None = field(default=None, repr=False)
     token_file: Path | None = None
     admin_token_file: Path = default_home({}) / ADMIN_TOKEN_FILE
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.cache_mb <= MAX_CACHE_MB:
+            raise ValueError(
+                f"{CACHE_MB_ENV}={self.cache_mb} is not 0-{MAX_CACHE_MB} (MiB); "
+                "0 keeps no artifact on local disk"
+            )
 
     @property
     def bootstrap(self) -> str:
@@ -61,27 +77,52 @@ class WorkerSettings:
         """The private key predictions are signed with (created 0600 at first start)."""
         if self.worker_key is not None:
             return self.worker_key
+        # data_dir is $MODELVC_HOME/streams unless moved; keys live beside it, as the writer's.
+        name = self._file_name("a key file", "MODELVC_WORKER_KEY to the key's path")
+        return self.topics.data_dir.parent / "keys" / f"worker-{name}.key"
+
+    @property
+    def cache_path(self) -> Path:
+        """The directory of this worker's artifact cache (see :mod:`workers.cache`)."""
+        if self.cache_dir is not None:
+            return self.cache_dir
+        name = self._file_name("a cache directory", "MODELVC_WORKER_CACHE to a directory")
+        return self.topics.data_dir.parent / "cache" / name
+
+    def _file_name(self, what: str, instead: str) -> str:
         # The worker id is a file name here: anything else would let it point elsewhere.
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.worker_id):
             raise ValueError(
-                f"MODELVC_WORKER_ID={self.worker_id[:100]!r} cannot name a key file: set "
-                "MODELVC_WORKER_KEY to the key's path, or use letters, digits, '.', '_', '-'"
+                f"MODELVC_WORKER_ID={self.worker_id[:100]!r} cannot name {what}: set "
+                f"{instead}, or use letters, digits, '.', '_', '-'"
             )
-        # data_dir is $MODELVC_HOME/streams unless moved; keys live beside it, as the writer's.
-        return self.topics.data_dir.parent / "keys" / f"worker-{self.worker_id}.key"
+        return self.worker_id
 
     @property
     def fetch_wait_ms(self) -> int:
         return self.topics.fetch_wait_ms
 
     @property
-    def artifact_root(self) -> Path | None:
-        return self.topics.artifact_root if self.shared_store else None
+    def artifact_store(self) -> str | None:
+        """The store this worker reads directly (``topics.artifacts``), or None: the API only.
+
+        An S3 store is reachable from anywhere; a directory only when shared with this worker.
+        """
+        artifacts = self.topics.artifacts
+        is_s3 = isinstance(parse_location(artifacts), S3Location)
+        return artifacts if is_s3 or self.shared_store else None
 
     @property
     def artifact_url(self) -> str:
-        # The streams API serves every artifact by digest; the store directory is a shortcut.
+        # The streams API serves every artifact by digest; the store is a shortcut.
         return self.api_url or f"http://127.0.0.1:{self.topics.web_port}"
+
+    @property
+    def uses_cache(self) -> bool:
+        """Whether artifacts are cached locally: they are when they come over the network
+        (S3, the API), not when they are read from a directory already on this machine."""
+        store = self.artifact_store
+        return store is None or isinstance(parse_location(store), S3Location)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -102,6 +143,8 @@ class WorkerSettings:
             max_batch=int(env.get("MODELVC_WORKER_MAX_BATCH", "5000")),
             max_refs=int(env.get("MODELVC_WORKER_MAX_REFS", "1024")),
             worker_memory_mb=int(env.get("MODELVC_WORKER_MEMORY_MB", "1024")),
+            cache_dir=Path(cache) if (cache := env.get(CACHE_ENV)) else None,
+            cache_mb=int(env.get(CACHE_MB_ENV, "2048")),
             retry_s=float(env.get("MODELVC_WORKER_RETRY_S", "1")),
             fault=env.get("MODELVC_WORKER_FAULT", ""),
             sign_predictions=_flag(env, SIGN_PREDICTIONS_ENV),
@@ -122,12 +165,15 @@ class WorkerSettings:
             "MODELVC_WORKER_MAX_BATCH": str(self.max_batch),
             "MODELVC_WORKER_MAX_REFS": str(self.max_refs),
             "MODELVC_WORKER_MEMORY_MB": str(self.worker_memory_mb),
+            CACHE_MB_ENV: str(self.cache_mb),
             "MODELVC_WORKER_RETRY_S": repr(self.retry_s),
         }
         if self.api_url is not None:
             env["MODELVC_ARTIFACT_URL"] = self.api_url
         if self.fault:
             env["MODELVC_WORKER_FAULT"] = self.fault
+        if self.cache_dir is not None:
+            env[CACHE_ENV] = str(self.cache_dir)
         if self.sign_predictions:
             env[SIGN_PREDICTIONS_ENV] = "1"
         if self.worker_key is not None:

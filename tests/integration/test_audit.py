@@ -20,6 +20,7 @@ from kafka import KafkaProducer
 from modelvc import audit
 from modelvc.stack import Stack
 from modelvc.streaming import FeatureProducer
+from streams.artifacts import open_store
 from streams.codec import PREDICTIONS, decode_event, encode_event
 from streams.core.events import AliasMoved, ModelEvent
 from streams.core.signatures import event_message
@@ -161,7 +162,7 @@ def test_served_and_verify_predictions(serving: Stack, tmp_path: Path) -> None:
     altered = dict(got[7])
     altered["scores"] = [altered["scores"][0] + 1e-12]
     append(serving.settings.access, serving.settings.predictions_topic, PREDICTIONS.encode(altered))
-    loader = ArtifactLoader(serving.settings.artifact_root)
+    loader = ArtifactLoader(open_store(serving.settings.artifacts))
     result = audit.verify_predictions(
         serving.settings.access,
         serving.settings.events_topic,

@@ -25,6 +25,7 @@ from kafka.admin import NewTopic
 from modelvc import audit
 from modelvc.stack import Stack
 from modelvc.streaming import FeatureProducer, subscribe_predictions
+from streams.artifacts import open_store
 from streams.codec import PREDICTIONS
 from streams.kafka_access import KafkaAccess
 from streams.logreader import log_consumer, partition_ends, read_topic, topic_partitions
@@ -149,7 +150,7 @@ def test_a_worker_killed_mid_transaction_leaves_each_prediction_exactly_once(
         settings.access,
         settings.events_topic,
         settings.predictions_topic,
-        ArtifactLoader(settings.artifact_root),
+        ArtifactLoader(open_store(settings.artifacts, settings.s3_endpoint)),
     )
     assert verified.checked == EVENTS and verified.mismatches == []
 

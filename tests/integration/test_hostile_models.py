@@ -18,7 +18,7 @@ import pytest
 from modelvc.client import ClientError
 from modelvc.stack import Stack
 from modelvc.streaming import FeatureProducer
-from streams.artifacts import ArtifactStore, sha256_of
+from streams.artifacts import LocalStore, open_store, sha256_of
 from streams.codec import PREDICTIONS
 from streams.logreader import read_topic
 from tests.conftest import train_model
@@ -72,10 +72,10 @@ def test_finding_1_hostile_uploads_are_refused_and_the_api_stays_up(
             c.upload(path)
         assert refused.value.status == 422, name
         assert refused.value.body["error"] == "artifact_rejected", name
-        assert not ArtifactStore(stack.settings.artifact_root).has(sha256_of(data)), name
+        assert not open_store(stack.settings.artifacts).has(sha256_of(data)), name
     assert stack.processes["streams"].pid == pid and get(stack.url + "/healthz")[0] == 200
     assert c.upload(model_file)["num_trees"] == 5  # and it still takes good models
-    assert not list((stack.settings.artifact_root / "tmp").iterdir())  # no temp file left
+    assert not list(stack.settings.staging_dir.iterdir())  # no temp file left
 
 
 def test_finding_2_poisoned_files_in_the_store_are_refused_by_the_worker(
@@ -89,7 +89,7 @@ def test_finding_2_poisoned_files_in_the_store_are_refused_by_the_worker(
     stack.add_worker("worker-1")
     worker = stack.worker_url("worker-1")
     settings = stack.settings
-    store = ArtifactStore(settings.artifact_root)
+    store = LocalStore(Path(settings.artifacts))
     sent = 0
 
     def score_one() -> str:

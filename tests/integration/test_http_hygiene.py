@@ -357,7 +357,7 @@ def test_finding_10_full_store_is_507_and_leaves_no_temp_file(
 
     small = train_model(tmp_path / "small.txt", seed=7).read_bytes()
     octet = authed(shared, {"Content-Type": "application/octet-stream"})
-    with tiny_filesystem(shared.settings.artifact_root) as root:
+    with tiny_filesystem(Path(shared.settings.artifacts)) as root:
         big = b"tree\n" + b"x" * 200_000
         body = assert_error(send(shared.url, "POST", "/v1/artifacts", big, octet), 507)
         assert body["error"] == "store_unavailable"
@@ -374,7 +374,7 @@ def test_finding_10_read_only_store_is_507(shared: Stack, tmp_path: Path) -> Non
 
     data = train_model(tmp_path / "ro.txt", seed=8).read_bytes()
     octet = authed(shared, {"Content-Type": "application/octet-stream"})
-    with tiny_filesystem(shared.settings.artifact_root, "1m") as root:
+    with tiny_filesystem(Path(shared.settings.artifacts), "1m") as root:
         subprocess.run(["mount", "-o", "remount,ro", str(root)], check=True)
         body = assert_error(send(shared.url, "POST", "/v1/artifacts", data, octet), 507)
         assert "MODELVC_ARTIFACTS" in body["message"]
@@ -382,7 +382,7 @@ def test_finding_10_read_only_store_is_507(shared: Stack, tmp_path: Path) -> Non
 
 
 def test_finding_10_disconnect_mid_upload_leaves_no_temp_file(shared: Stack) -> None:
-    temp_dir = shared.settings.artifact_root / "tmp"
+    temp_dir = shared.settings.staging_dir
     port = shared.settings.web_port
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(

@@ -60,7 +60,7 @@ _TAKES_ARTIFACT = {"POST /v1/models/{model}/commits", "POST /v1/models/{model}/m
 
 
 def test_openapi_documents_every_route_and_nothing_else(tmp_path: Path) -> None:
-    settings = Settings.namespaced("routes", data_dir=tmp_path / "s", artifact_root=tmp_path / "a")
+    settings = Settings.namespaced("routes", data_dir=tmp_path / "s", artifacts=str(tmp_path / "a"))
     app = create_app(bootstrap(settings, projection=MemoryProjection()))
     app.web.init_server()
     served = {

@@ -21,6 +21,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from modelvc.client import Client
 from modelvc.stack import Stack
 from modelvc.streaming import FeatureProducer, feature_event
+from streams.artifacts.store import key_for
 from streams.codec import DEAD_LETTERS, PREDICTIONS
 from streams.logreader import read_topic
 from workers.metrics import CONTENT_TYPE_LATEST, sample_sum
@@ -194,7 +195,7 @@ def test_a_missing_artifact_keeps_the_old_version_and_is_retried(
         p.publish("churn", features(rows(1)[0]))
     wait_for(lambda: serving_commit(serving).get("churn@production") == heads[0], what="v0")
     digest = c.show("churn", heads[1])["artifact_sha256"]
-    stored = serving.settings.artifact_root / "sha256" / digest[:2] / digest
+    stored = Path(serving.settings.artifacts) / key_for(digest)
     original = stored.read_bytes()
     stored.write_bytes(original + b"tampered")
     c.set_alias("churn", "production", heads[1])

@@ -327,7 +327,7 @@ def test_streams_app_and_worker_serve_a_model_each_with_its_own_login(
         namespace=namespace,
         bootstrap=cluster.bootstrap,
         data_dir=home / "streams",
-        artifact_root=home / "artifacts",
+        artifacts=str(home / "artifacts"),
         archive_dir=home / "archive",
         web_port=free_port(),
         instance_id="streams-sasl",

@@ -1,22 +1,28 @@
-"""The artifact store keeps LightGBM text models by digest, and nothing else.
+"""The upload intake keeps LightGBM text models by digest, and nothing else.
 
-Temp files never outlive a failed upload (issue 7, finding 10).
+Over a real local store (the intake is store-agnostic; tests/store runs the store
+contract over both stores). Temp files never outlive a failed upload (issue 7,
+finding 10).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import json
 import os
 import resource
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from streams.artifacts import ArtifactStore, sha256_of
+from streams.artifacts import MAX_MODEL_BYTES, Intake, LocalStore, sha256_of
+from streams.artifacts.store import read
 from streams.errors import (
     ArtifactCorrupted,
     ArtifactEmpty,
@@ -30,16 +36,25 @@ from streams.errors import (
 from tests.conftest import train_model
 
 
+def intake_at(root: Path, **limits: Any) -> Intake:
+    """An intake over a local store at ``root``, staging where the streams app does."""
+    return Intake(LocalStore(root), root / "tmp", **limits)
+
+
+def stored(intake: Intake, digest: str) -> bytes:
+    return read(intake.store, digest, MAX_MODEL_BYTES)
+
+
 def test_put_is_idempotent_and_reads_verify_the_digest(tmp_path: Path) -> None:
-    store = ArtifactStore(tmp_path / "store")
+    intake = intake_at(tmp_path / "store")
     data = train_model(tmp_path / "m.txt").read_bytes()
-    digest, summary = store.put(data)
+    digest, summary = intake.put(data)
     assert digest == sha256_of(data) and summary.num_features == 4
-    assert store.put(data)[0] == digest
-    assert store.read(digest) == data
-    store.path_for(digest).write_bytes(data + b"\n")
+    assert intake.put(data)[0] == digest
+    assert stored(intake, digest) == data
+    (tmp_path / "store" / "sha256" / digest[:2] / digest).write_bytes(data + b"\n")
     with pytest.raises(ArtifactCorrupted):
-        store.read(digest)
+        stored(intake, digest)
 
 
 @pytest.mark.parametrize(
@@ -56,30 +71,28 @@ def test_anything_but_a_lightgbm_text_model_is_refused(
     tmp_path: Path, data: bytes, why: str
 ) -> None:
     with pytest.raises(ArtifactRejected, match=why):
-        ArtifactStore(tmp_path).put(data)
-    assert not list((tmp_path / "tmp").iterdir())  # nothing left behind
+        intake_at(tmp_path).put(data)
+    assert not (tmp_path / "sha256").exists()  # nothing stored
 
 
 def test_user_input_never_becomes_a_path(tmp_path: Path) -> None:
-    store = ArtifactStore(tmp_path)
+    intake = intake_at(tmp_path)
     for bad in ("../../etc/passwd", "a" * 63, "A" * 64, ""):
         with pytest.raises(ArtifactNotFound):
-            store.read(bad)
+            stored(intake, bad)
 
 
 def test_an_upload_that_does_not_hash_to_its_claim_is_not_stored(tmp_path: Path) -> None:
-    store = ArtifactStore(tmp_path / "store")
+    intake = intake_at(tmp_path / "store")
     data = train_model(tmp_path / "m.txt").read_bytes()
-    with store.temp_file() as handle:
-        handle.write(data)
     with pytest.raises(ArtifactCorrupted, match="re-send"):
-        store.commit_temp(Path(handle.name), expected="0" * 64)
-    assert not store.has(sha256_of(data))
-    assert not list((tmp_path / "store" / "tmp").iterdir())
+        asyncio.run(intake.receive(chunks_of(data), expected="0" * 64))
+    assert not intake.store.has(sha256_of(data))
+    assert not leftovers(intake)
 
 
-def leftovers(store: ArtifactStore) -> list[Path]:
-    tmp = store.root / "tmp"
+def leftovers(intake: Intake) -> list[Path]:
+    tmp = intake.staging
     return list(tmp.iterdir()) if tmp.is_dir() else []
 
 
@@ -90,11 +103,11 @@ async def chunks_of(data: bytes, size: int = 1000) -> AsyncIterator[bytes]:
 
 
 def test_receive_streams_checks_and_stores_an_upload(tmp_path: Path) -> None:
-    store = ArtifactStore(tmp_path / "store")
+    intake = intake_at(tmp_path / "store")
     data = train_model(tmp_path / "m.txt").read_bytes()
-    digest, summary, size = asyncio.run(store.receive(chunks_of(data), sha256_of(data)))
+    digest, summary, size = asyncio.run(intake.receive(chunks_of(data), sha256_of(data)))
     assert (digest, size, summary.num_trees) == (sha256_of(data), len(data), 5)
-    assert store.read(digest) == data and not leftovers(store)
+    assert stored(intake, digest) == data and not leftovers(intake)
 
 
 @contextlib.contextmanager
@@ -111,37 +124,37 @@ def file_size_limit() -> Iterator[None]:
 
 
 def test_finding_10_a_full_store_is_unavailable_and_leaves_no_temp_file(tmp_path: Path) -> None:
-    store = ArtifactStore(tmp_path / "store")
+    intake = intake_at(tmp_path / "store")
     data = train_model(tmp_path / "m.txt").read_bytes()
     assert len(data) > 4096
     with pytest.raises(ArtifactStoreUnavailable, match="free space") as caught, file_size_limit():
-        store.put(data)
+        intake.put(data)
     assert isinstance(caught.value, OSError) and caught.value.errno
-    assert not leftovers(store)
+    assert not leftovers(intake)
     with pytest.raises(ArtifactStoreUnavailable), file_size_limit():
-        asyncio.run(store.receive(chunks_of(data)))
-    assert not leftovers(store)
-    assert store.put(data)[0] == sha256_of(data)  # space back: uploads work again
+        asyncio.run(intake.receive(chunks_of(data)))
+    assert not leftovers(intake)
+    assert intake.put(data)[0] == sha256_of(data)  # space back: uploads work again
 
 
 def test_finding_10_an_unwritable_store_is_unavailable_and_leaves_no_temp_file(
     tmp_path: Path,
 ) -> None:
-    store = ArtifactStore(tmp_path / "store")
+    intake = intake_at(tmp_path / "store")
     data = train_model(tmp_path / "m.txt").read_bytes()
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / "sha256").write_bytes(b"")  # the final directory cannot be made
     with pytest.raises(ArtifactStoreUnavailable, match="MODELVC_ARTIFACTS"):
-        store.put(data)
-    assert not leftovers(store)
+        intake.put(data)
+    assert not leftovers(intake)
     with pytest.raises(ArtifactStoreUnavailable):
-        ArtifactStore(tmp_path / "store" / "sha256").put(data)  # its tmp/ cannot be made
+        intake_at(tmp_path / "store" / "sha256").put(data)  # its tmp/ cannot be made
 
 
 def test_finding_10_a_client_that_disconnects_mid_upload_leaks_no_temp_file(
     tmp_path: Path,
 ) -> None:
-    store = ArtifactStore(tmp_path / "store")
+    intake = intake_at(tmp_path / "store")
     data = train_model(tmp_path / "m.txt").read_bytes()
 
     async def cut_off() -> AsyncIterator[bytes]:
@@ -149,8 +162,8 @@ def test_finding_10_a_client_that_disconnects_mid_upload_leaks_no_temp_file(
         raise ConnectionResetError("client went away")
 
     with pytest.raises(ConnectionResetError):
-        asyncio.run(store.receive(cut_off()))
-    assert not leftovers(store)
+        asyncio.run(intake.receive(cut_off()))
+    assert not leftovers(intake)
 
     async def cancelled_mid_upload() -> None:
         stalled = asyncio.Event()
@@ -161,41 +174,41 @@ def test_finding_10_a_client_that_disconnects_mid_upload_leaks_no_temp_file(
             await asyncio.Event().wait()
             yield b""  # never reached
 
-        task = asyncio.create_task(store.receive(stall()))
+        task = asyncio.create_task(intake.receive(stall()))
         await stalled.wait()
-        assert len(leftovers(store)) == 1  # the partial upload exists while it streams
+        assert len(leftovers(intake)) == 1  # the partial upload exists while it streams
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(cancelled_mid_upload())
-    assert not leftovers(store)
+    assert not leftovers(intake)
 
 
 def test_too_large_empty_and_refused_uploads_leave_no_temp_file(tmp_path: Path) -> None:
     data = train_model(tmp_path / "m.txt").read_bytes()
-    small = ArtifactStore(tmp_path / "store", max_bytes=2000)
+    small = intake_at(tmp_path / "store", max_bytes=2000)
     with pytest.raises(ArtifactTooLarge):
         asyncio.run(small.receive(chunks_of(data)))
-    store = ArtifactStore(tmp_path / "store")
+    intake = intake_at(tmp_path / "store")
     with pytest.raises(ArtifactEmpty):
-        asyncio.run(store.receive(chunks_of(b"")))
+        asyncio.run(intake.receive(chunks_of(b"")))
     with pytest.raises(ArtifactRejected):
-        asyncio.run(store.receive(chunks_of(data[:3622])))
+        asyncio.run(intake.receive(chunks_of(data[:3622])))
     with pytest.raises(ArtifactCorrupted):
-        asyncio.run(store.receive(chunks_of(data), "0" * 64))
-    assert not leftovers(store)
+        asyncio.run(intake.receive(chunks_of(data), "0" * 64))
+    assert not leftovers(intake)
 
 
 def test_temp_files_a_killed_process_left_are_swept_on_the_next_write(tmp_path: Path) -> None:
-    store = ArtifactStore(tmp_path / "store")
+    intake = intake_at(tmp_path / "store")
     (tmp_path / "store" / "tmp").mkdir(parents=True)
     stale, fresh = tmp_path / "store" / "tmp" / "upload-old", tmp_path / "store" / "tmp" / "x"
     stale.write_bytes(b"half an upload")
     fresh.write_bytes(b"an upload in progress")
     old = time.time() - 2 * 3600
     os.utime(stale, (old, old))
-    store.put(train_model(tmp_path / "m.txt").read_bytes())
+    intake.put(train_model(tmp_path / "m.txt").read_bytes())
     assert not stale.exists() and fresh.exists()
 
 
@@ -206,17 +219,17 @@ def test_finding_2_the_worker_loader_refuses_hand_placed_files_and_models_over_b
     from workers.artifacts import ArtifactLoader, MemoryBudget
     from workers.errors import ArtifactLoadFailed
 
-    store = ArtifactStore(tmp_path / "store")
+    intake = intake_at(tmp_path / "store")
     data = train_model(tmp_path / "m.txt").read_bytes()
-    digest, summary = store.put(data)
-    loader = ArtifactLoader(tmp_path / "store")
+    digest, summary = intake.put(data)
+    loader = ArtifactLoader(intake.store)
     assert loader.load(digest, MemoryBudget(1 << 30, 5000)).summary == summary
     need = summary.scoring_bytes(5000)
     with pytest.raises(ArtifactLoadFailed, match="MODELVC_WORKER_MEMORY_MB"):
-        ArtifactLoader(tmp_path / "store").load(digest, MemoryBudget(need - 1, 5000))
+        ArtifactLoader(intake.store).load(digest, MemoryBudget(need - 1, 5000))
     # A cyclic tree written straight into the store, under its own digest.
     poison = edit_tree(data.decode(), 0, "left_child", "0 -1 -2").encode()
-    path = store.path_for(sha256_of(poison))
+    path = LocalStore(tmp_path / "store").path_for(sha256_of(poison))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(poison)
     for _ in range(2):  # the verdict is remembered: refused again, without a new check
@@ -228,7 +241,7 @@ def test_attack_an_upload_that_stops_sending_is_dropped_and_leaves_nothing(
     tmp_path: Path,
 ) -> None:
     """Slow-loris uploads held connections and temp files open for ever."""
-    store = ArtifactStore(tmp_path / "store", idle_timeout_s=0.2)
+    intake = intake_at(tmp_path / "store", idle_timeout_s=0.2)
 
     async def trickle() -> AsyncIterator[bytes]:
         yield b"tree\n"
@@ -236,16 +249,16 @@ def test_attack_an_upload_that_stops_sending_is_dropped_and_leaves_nothing(
 
     async def run() -> None:
         with pytest.raises(UploadStalled, match="sent nothing"):
-            await store.receive(trickle())
+            await intake.receive(trickle())
 
     asyncio.run(run())
-    assert leftovers(store) == []
+    assert leftovers(intake) == []
 
 
 def test_attack_uploads_beyond_the_limit_are_refused_until_one_ends(tmp_path: Path) -> None:
     """Each upload holds a temp file, a parse and a sandbox child: at most max_uploads."""
     data = train_model(tmp_path / "m.txt").read_bytes()
-    store = ArtifactStore(tmp_path / "store", max_uploads=1)
+    intake = intake_at(tmp_path / "store", max_uploads=1)
 
     async def run() -> None:
         release = asyncio.Event()
@@ -257,13 +270,23 @@ def test_attack_uploads_beyond_the_limit_are_refused_until_one_ends(tmp_path: Pa
         async def whole() -> AsyncIterator[bytes]:
             yield data
 
-        first = asyncio.create_task(store.receive(held()))
+        first = asyncio.create_task(intake.receive(held()))
         await asyncio.sleep(0.05)
         with pytest.raises(UploadsBusy, match="retry"):
-            await store.receive(whole())
+            await intake.receive(whole())
         release.set()
         assert (await first)[0] == sha256_of(data)
-        assert (await store.receive(whole()))[0] == sha256_of(data)  # a slot is free again
+        assert (await intake.receive(whole()))[0] == sha256_of(data)  # a slot is free again
 
     asyncio.run(run())
-    assert leftovers(store) == []
+    assert leftovers(intake) == []
+
+
+def test_a_store_out_of_room_is_507_and_one_that_does_not_answer_503() -> None:
+    from streams.api import domain_error
+
+    full = domain_error(ArtifactStoreUnavailable(errno.ENOSPC, "free space"))
+    gone = domain_error(ArtifactStoreUnavailable(errno.EHOSTUNREACH, "check the endpoint"))
+    assert full is not None and gone is not None
+    assert (full.status, gone.status) == (507, 503)  # the operator fixes it / retry later
+    assert {json.loads(a.text or "")["error"] for a in (full, gone)} == {"store_unavailable"}

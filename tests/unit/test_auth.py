@@ -66,7 +66,7 @@ def served(
     tmp_path: Path,
 ) -> None:
     """Run ``check`` against an app with the streams API's own middlewares."""
-    settings = Settings.namespaced("auth", data_dir=tmp_path / "s", artifact_root=tmp_path / "a")
+    settings = Settings.namespaced("auth", data_dir=tmp_path / "s", artifacts=str(tmp_path / "a"))
     middlewares = api.middlewares(settings, security)
     # The real stack, with a fixed clock for the token middleware (expiry is tested).
     middlewares[2] = auth.require_tokens(

@@ -29,6 +29,7 @@ from streams.http_client import (
     resolve_token,
     token_from_env,
 )
+from tests.httpserver import running_http
 from workers.bootstrap import bootstrap
 from workers.settings import WorkerSettings
 
@@ -69,14 +70,8 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with running_http(Handler) as url:
+        yield url
 
 
 def test_a_json_answer_reads_back(url: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from pathlib import Path
 
 import lightgbm as lgb
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.artifacts import LocalStore, sha256_of
 from streams.codec import FEATURES, PREDICTIONS
 from streams.core import Command, CreateBranch, CreateModel, MakeCommit, MoveAlias, decide
 from streams.core.fold import Fold
@@ -41,17 +43,15 @@ def booster_file(tmp_path: Path) -> tuple[Path, lgb.Booster, np.ndarray]:
 def tracker_with(
     tmp_path: Path, model_path: Path, settings: WorkerSettings | None = None
 ) -> VersionTracker:
-    from streams.artifacts import ArtifactStore
-
-    store = ArtifactStore(tmp_path / "store")
-    digest, _ = store.put(model_path.read_bytes())
+    store = LocalStore(tmp_path / "store")
+    data = model_path.read_bytes()
+    digest = sha256_of(data)
+    store.put(io.BytesIO(data), digest)
     fold = Fold()
     for i, body in enumerate([CreateModel(), MakeCommit(digest, "v1")]):
         for event in decide(fold.models.get("churn"), Command(f"c{i}", "churn", "t", i, body)):
             fold.apply(event)
-    return VersionTracker(
-        settings or WorkerSettings(), ArtifactLoader(tmp_path / "store"), Metrics(), fold
-    )
+    return VersionTracker(settings or WorkerSettings(), ArtifactLoader(store), Metrics(), fold)
 
 
 def feature_events(x: np.ndarray, count: int) -> list[dict[str, object]]:
@@ -185,12 +185,13 @@ def test_a_switch_drops_the_old_serving_series_unless_another_ref_still_shows_it
 
 
 def test_a_corrupt_artifact_is_never_loaded(tmp_path: Path, booster_file: tuple) -> None:
-    loader = ArtifactLoader(tmp_path / "store")
-    from streams.artifacts import ArtifactStore
-
-    digest, _ = ArtifactStore(tmp_path / "store").put(booster_file[0].read_bytes())
-    ArtifactStore(tmp_path / "store").path_for(digest).write_bytes(b"tree\ntampered")
-    with pytest.raises(ArtifactLoadFailed, match="digest"):
+    store = LocalStore(tmp_path / "store")
+    loader = ArtifactLoader(store)
+    data = booster_file[0].read_bytes()
+    digest = sha256_of(data)
+    store.put(io.BytesIO(data), digest)
+    store.path_for(digest).write_bytes(b"tree\ntampered")
+    with pytest.raises(ArtifactLoadFailed, match="altered"):
         loader.load(digest)
 
 
@@ -224,7 +225,7 @@ def test_a_producer_cannot_grow_the_served_refs_without_bound(
 
 def test_attack_a_digest_that_is_no_sha256_fails_the_load_not_the_worker(tmp_path: Path) -> None:
     """A forged commit naming `<64 hex>\\n` once raised ArtifactNotFound out of the loop."""
-    loader = ArtifactLoader(tmp_path / "store")
+    loader = ArtifactLoader(LocalStore(tmp_path / "store"))
     for digest in ("a" * 64 + "\n", "../../etc/passwd", ""):
         with pytest.raises(ArtifactLoadFailed):
             loader.load(digest)

@@ -18,6 +18,12 @@ paths = st.builds(
     Path, st.from_regex(r"/?[a-z0-9_.-]{1,12}(/[a-z0-9_-]{1,12}){0,3}", fullmatch=True)
 )
 seconds = st.floats(min_value=0.001, max_value=1e6, allow_nan=False)
+buckets = st.from_regex(
+    r"s3://[a-z0-9][a-z0-9-]{1,20}[a-z0-9](/[A-Za-z0-9_-]{1,10}){0,3}/?", fullmatch=True
+)
+endpoints = st.from_regex(
+    r"https?://[a-z0-9]{1,10}(\.[a-z0-9]{1,10}){0,2}(:[1-9][0-9]{0,3})?/?", fullmatch=True
+)
 
 settings = st.builds(
     Settings,
@@ -25,7 +31,8 @@ settings = st.builds(
     bootstrap=text,
     partitions=st.integers(1, 10_000),
     data_dir=paths,
-    artifact_root=paths,
+    artifacts=paths.map(str) | buckets,
+    s3_endpoint=st.none() | endpoints,
     archive_dir=paths,
     web_host=text,
     web_port=st.integers(1, 65535),
@@ -99,14 +106,14 @@ def test_the_archive_directory_is_read_at_the_edge() -> None:
 
 def test_a_worker_reads_a_store_directory_only_when_given_one() -> None:
     local = WorkerSettings.from_env({})
-    assert local.artifact_root is None and local.artifact_url == "http://127.0.0.1:6066"
+    assert local.artifact_store is None and local.artifact_url == "http://127.0.0.1:6066"
     shared = WorkerSettings.from_env({"MODELVC_ARTIFACTS": "/srv/store", "MODELVC_WEB_PORT": "7"})
-    assert shared.artifact_root == Path("/srv/store")
+    assert shared.artifact_store == "/srv/store"
     assert shared.artifact_url == "http://127.0.0.1:7"
     apart = WorkerSettings.from_env(
         {"MODELVC_ARTIFACTS": "/srv/store", "MODELVC_WORKER_SHARED_STORE": "0"}
     )
-    assert apart.artifact_root is None
+    assert apart.artifact_store is None
     told = WorkerSettings.from_env({"MODELVC_URL": "http://api:1", "MODELVC_ARTIFACT_URL": ""})
     assert told.artifact_url == "http://api:1"
 
@@ -140,3 +147,78 @@ def test_trusted_writer_keys_are_key_ids_separated_by_commas() -> None:
 def test_a_trusted_writer_key_that_is_no_key_id_is_refused(value: str) -> None:
     with pytest.raises(ValueError, match="MODELVC_TRUSTED_WRITER_KEYS"):
         Settings.from_env({"MODELVC_TRUSTED_WRITER_KEYS": value})
+
+
+@pytest.mark.parametrize(
+    "location",
+    ["s3://modelvc-artifacts", "s3://my.bucket-1/teams/churn/v1", "s3://b01/models/", "/srv/a"],
+)
+def test_artifacts_are_a_directory_or_an_s3_bucket_and_prefix(location: str) -> None:
+    endpoint = "http://127.0.0.1:9000"
+    told = Settings.from_env({"MODELVC_ARTIFACTS": location, "MODELVC_S3_ENDPOINT": endpoint})
+    assert (told.artifacts, told.s3_endpoint) == (location, endpoint)
+    assert Settings.from_env(told.to_env()) == told
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "ftp://bucket/models",
+        "file:///etc/passwd",
+        "http://169.254.169.254/latest/meta-data",
+        "s3://",
+        "s3:///models",
+        "s3://UPPER/models",
+        "s3://bu..cket/models",
+        "s3://ab",
+        "s3://" + "b" * 64,
+        "s3://bucket/../../etc",
+        "s3://bucket/a/./b",
+        "s3://bucket/a//b",
+        "s3://bucket/pre fix",
+        "s3://bucket/" + "p/" * 300,
+        "s3://bucket/x\x00y",
+        "s3://bucket\n/x",
+        "/srv/a\x00b",
+    ],
+)
+def test_an_artifact_location_that_is_neither_form_is_refused(location: str) -> None:
+    with pytest.raises(ValueError, match="MODELVC_ARTIFACTS") as refused:
+        Settings.from_env({"MODELVC_ARTIFACTS": location})
+    assert len(str(refused.value)) < 400  # bounded, whatever was sent
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://user:password@minio:9000",
+        "http://minio:9000/other-bucket",
+        "http://minio:99999",
+        "http://minio:0",
+        "ftp://minio",
+        "javascript:alert(1)",
+        "http://",
+        "http://-minio",
+        "minio:9000",
+        "http://minio:9000\n",
+        "http://" + "a" * 300,
+    ],
+)
+def test_an_s3_endpoint_that_is_not_scheme_host_and_port_is_refused(endpoint: str) -> None:
+    with pytest.raises(ValueError, match="MODELVC_S3_ENDPOINT"):
+        Settings.from_env({"MODELVC_ARTIFACTS": "s3://bucket", "MODELVC_S3_ENDPOINT": endpoint})
+
+
+def test_a_child_never_inherits_an_endpoint_its_parent_did_not_set() -> None:
+    env = Settings.from_env({"MODELVC_HOME": "/h"}).to_env()
+    assert env["MODELVC_ARTIFACTS"] == "/h/artifacts" and env["MODELVC_S3_ENDPOINT"] == ""
+    assert Settings.from_env(env).s3_endpoint is None
+    assert Settings.from_env({"MODELVC_ARTIFACTS": ""}).artifacts == ".modelvc/artifacts"
+
+
+def test_uploads_stage_inside_a_store_directory_and_on_local_disk_for_s3() -> None:
+    assert Settings().staging_dir == Path(".modelvc/artifacts/tmp")
+    local = Settings.from_env({"MODELVC_ARTIFACTS": "/srv/a", "MODELVC_DATA_DIR": "/d/one"})
+    assert local.staging_dir == Path("/srv/a/tmp")  # one filesystem: storing is a rename
+    s3 = Settings.from_env({"MODELVC_ARTIFACTS": "s3://bucket/p", "MODELVC_DATA_DIR": "/d/two"})
+    assert s3.staging_dir == Path("/d/two/uploads")  # this instance's own disk

@@ -1,0 +1,232 @@
+"""What an upload goes through before any store holds it: bounds, a digest, validation.
+
+An upload streams into a temporary file under a staging directory (inside a store
+directory, or on this instance's own disk in front of S3), bounded as it arrives.
+Nothing reaches the store that has not passed :func:`check_model`: our own parser
+(:mod:`streams.modelfile`), then LightGBM in a sandboxed child
+(:mod:`streams.sandbox`). This process never loads a model itself. The bytes that
+were checked name the digest :meth:`ArtifactStore.put` is given, and the store
+makes the file visible under it only once the bytes it sends hash to it.
+
+Temporary files are removed on every failure path: a write that fails (full or
+read-only directory), a refused model, a client that goes away mid-upload
+(cancellation). A full or unwritable staging directory raises
+:class:`~streams.errors.ArtifactStoreUnavailable`, never a bare ``OSError``.
+Leftovers of a killed process are swept on the next upload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import tempfile
+from collections.abc import AsyncIterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO
+
+from streams import modelfile
+from streams.artifacts.store import ArtifactStore
+from streams.errors import (
+    ArtifactCorrupted,
+    ArtifactEmpty,
+    ArtifactStoreUnavailable,
+    ArtifactTooLarge,
+    UploadsBusy,
+    UploadStalled,
+)
+from streams.files import remove_stale
+from streams.modelfile import MAX_MODEL_BYTES, ModelSummary
+from streams.sandbox import Sandbox
+
+__all__ = ["MAX_MODEL_BYTES", "Intake", "ModelSummary", "check_model", "sha256_of"]
+
+STALE_TEMP_SECONDS = 3600.0  # an upload older than this was abandoned by a killed process
+
+
+def check_model(data: bytes, sandbox: Sandbox) -> ModelSummary:
+    """Parse ``data`` with our validator, then load and smoke-score it in ``sandbox``.
+
+    Raises ArtifactRejected with the reason; LightGBM never sees what the parser refuses.
+    """
+    summary = modelfile.validate(data)
+    sandbox.check(data, summary)
+    return summary
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _unavailable(staging: Path, exc: OSError) -> ArtifactStoreUnavailable:
+    why = exc.strerror or str(exc)
+    return ArtifactStoreUnavailable(
+        exc.errno or 0,
+        f"the upload staging directory {staging} cannot take this file ({why}); free space "
+        "there or make it writable (it is MODELVC_ARTIFACTS/tmp, or MODELVC_DATA_DIR/uploads "
+        "with an s3:// store), then upload again",
+    )
+
+
+def _discard(handle: IO[bytes]) -> None:
+    """Close and remove a temp file; a second failure changes nothing."""
+    with contextlib.suppress(OSError):
+        handle.close()  # may fail again flushing what a full disk refused: it is closed anyway
+    with contextlib.suppress(OSError):
+        Path(handle.name).unlink(missing_ok=True)
+
+
+class Intake:
+    """Takes uploads into ``store``, bounded in size, time, number and checks at once."""
+
+    def __init__(
+        self,
+        store: ArtifactStore,
+        staging: Path,
+        sandbox: Sandbox | None = None,
+        max_bytes: int = MAX_MODEL_BYTES,
+        max_uploads: int = 8,
+        max_checks: int = 2,
+        idle_timeout_s: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.staging = staging
+        self.sandbox = sandbox if sandbox is not None else Sandbox()
+        self.max_bytes = max_bytes
+        # Each upload holds a connection and a temp file, and each check a parse (the
+        # API's CPU) and a sandbox child (up to its memory limit): both are bounded, and
+        # a client that stops sending is dropped.
+        self.max_uploads = max_uploads
+        self.idle_timeout_s = idle_timeout_s
+        self._uploads = 0
+        self._checks = asyncio.Semaphore(max_checks)
+        self._checker = ThreadPoolExecutor(max_checks, thread_name_prefix="artifact-check")
+        # Puts wait on the store (an S3 round trip, an fsync), not on the CPU: their own
+        # threads, so a slow store never holds a check slot.
+        self._storer = ThreadPoolExecutor(max_uploads, thread_name_prefix="artifact-put")
+        self._swept = False
+
+    def _temp_file(self) -> IO[bytes]:
+        """A temporary file under ``staging``; the caller removes it (:func:`_discard`)."""
+        try:
+            # Made on first upload only, so readers can mount a store directory read-only.
+            self.staging.mkdir(parents=True, exist_ok=True)
+            self._sweep()
+            return tempfile.NamedTemporaryFile(dir=self.staging, prefix="upload-", delete=False)
+        except OSError as exc:
+            raise _unavailable(self.staging, exc) from exc
+
+    def _sweep(self) -> None:
+        """Remove temp files a killed process left behind (once per intake)."""
+        if self._swept:
+            return
+        self._swept = True
+        remove_stale(self.staging, STALE_TEMP_SECONDS)
+
+    def _check(self, data: bytes) -> ModelSummary:
+        if len(data) > self.max_bytes:
+            raise ArtifactTooLarge(f"artifacts are limited to {self.max_bytes} bytes")
+        return check_model(data, self.sandbox)
+
+    def _check_staged(self, temp: Path, expected: str | None) -> tuple[str, ModelSummary]:
+        """The staged upload's digest and summary (read once, bounded, then let go)."""
+        try:
+            with open(temp, "rb") as handle:
+                data = handle.read(self.max_bytes + 1)
+        except OSError as exc:
+            raise _unavailable(self.staging, exc) from exc
+        digest = sha256_of(data)
+        if expected is not None and expected != digest:
+            raise ArtifactCorrupted(
+                f"upload hashes to {digest}, not the {expected} you sent; re-send the file"
+            )
+        return digest, self._check(data)
+
+    def _store_staged(self, temp: Path, digest: str) -> None:
+        # The store makes the file visible only if it hashes to ``digest``, the hash of
+        # the bytes that were checked: what is served under it is what passed.
+        try:
+            handle = open(temp, "rb")  # noqa: SIM115 (closed below, after a put that may raise)
+        except OSError as exc:
+            raise _unavailable(self.staging, exc) from exc
+        with handle:
+            self.store.put(handle, digest)
+
+    def put(self, data: bytes) -> tuple[str, ModelSummary]:
+        """Check and store ``data`` (tests, bench): (digest, summary)."""
+        digest = sha256_of(data)
+        summary = self._check(data)
+        self.store.put(io.BytesIO(data), digest)
+        return digest, summary
+
+    async def receive(
+        self, chunks: AsyncIterable[bytes], expected: str | None = None
+    ) -> tuple[str, ModelSummary, int]:
+        """Stream an upload into a temp file, then check and store it: (digest, summary, size).
+
+        Raises ArtifactTooLarge past ``max_bytes`` (stopping the read there),
+        ArtifactEmpty, ArtifactCorrupted (``expected`` differs), ArtifactRejected
+        (not a model LightGBM loads safely), UploadStalled, UploadsBusy or
+        ArtifactStoreUnavailable. The temp file is removed on each of those, on
+        success, and on cancellation (a client gone).
+        """
+        if self._uploads >= self.max_uploads:
+            raise UploadsBusy(
+                f"{self._uploads} uploads are under way, the most this server takes at once; "
+                "retry in a few seconds"
+            )
+        self._uploads += 1
+        try:
+            return await self._receive(chunks, expected)
+        finally:
+            self._uploads -= 1
+
+    async def _receive(
+        self, chunks: AsyncIterable[bytes], expected: str | None
+    ) -> tuple[str, ModelSummary, int]:
+        handle = self._temp_file()
+        temp = Path(handle.name)
+        try:
+            size = await self._stream(chunks, handle)
+            loop = asyncio.get_running_loop()
+            async with self._checks:
+                digest, summary = await loop.run_in_executor(
+                    self._checker, self._check_staged, temp, expected
+                )
+            # Cancelled from here on, the put still ends in its thread: it stores the
+            # checked bytes under their digest, or nothing.
+            await loop.run_in_executor(self._storer, self._store_staged, temp, digest)
+            return digest, summary, size
+        finally:
+            # Removed on every path; a thread still reading it keeps its open handle.
+            _discard(handle)
+
+    async def _stream(self, chunks: AsyncIterable[bytes], handle: IO[bytes]) -> int:
+        """Write ``chunks`` to ``handle`` within the bounds, then close it: the size."""
+        reading = aiter(chunks)
+        size = 0
+        while True:  # the client's faults (a reset) pass through as they are
+            try:
+                chunk = await asyncio.wait_for(anext(reading), self.idle_timeout_s)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise UploadStalled(
+                    f"the upload sent nothing for {self.idle_timeout_s:g} s; send it again"
+                ) from None
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise ArtifactTooLarge(f"artifacts are limited to {self.max_bytes} bytes")
+            try:
+                handle.write(chunk)
+            except OSError as exc:
+                raise _unavailable(self.staging, exc) from exc
+        try:
+            handle.close()  # flushes: a full disk may only show here
+        except OSError as exc:
+            raise _unavailable(self.staging, exc) from exc
+        if size == 0:
+            raise ArtifactEmpty("the upload was empty; send the model file as the body")
+        return size

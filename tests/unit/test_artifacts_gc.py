@@ -1,0 +1,151 @@
+"""`modelvc artifacts gc`: what an event mentions is kept, whatever the event; only old
+objects go; an event written while it runs spares what it names."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pytest
+
+from modelvc.artifacts_gc import candidates, collect, mentioned, referenced
+from modelvc.cli import UsageError, main, older_than
+from streams.artifacts import LocalStore, StoredObject
+from streams.codec import encode_event
+from streams.core import decide
+from streams.core.fold import Fold
+from tests.golden.make_fixtures import history
+
+DAY = 86_400.0
+NOW = 1_800_000_000.0
+
+
+def digest(n: int) -> str:
+    return hashlib.sha256(f"model {n}".encode()).hexdigest()
+
+
+def committed_log() -> tuple[list[bytes], set[str]]:
+    """The encoded events of a history with every command kind, and the artifacts it commits."""
+    state, values = Fold(), []
+    for command in history():
+        for event in decide(state.models.get("churn"), command):
+            state.apply(event)
+            values.append(encode_event(event))
+    artifacts = {c.artifact_sha256 for c in state.models["churn"].commits.values()}
+    return values, artifacts
+
+
+def test_every_artifact_a_real_commit_names_is_found_in_the_encoded_events() -> None:
+    values, artifacts = committed_log()
+    unrelated = {digest(n) for n in range(5)}
+    assert artifacts and referenced(values, artifacts | unrelated) == artifacts
+
+
+def test_a_mention_counts_anywhere_in_any_bytes_in_either_case() -> None:
+    d = digest(1)
+    wanted = {d, digest(2)}
+    assert mentioned(b"\x00\xff" + d.encode() + b"\x01", wanted) == {d}
+    assert mentioned(d.upper().encode(), wanted) == {d}  # undecodable or forged: still kept
+    assert mentioned(b"cafe" + d.encode() + b"beef", wanted) == {d}  # inside a longer hex run
+    assert mentioned(d.encode()[:63], wanted) == set()
+    assert mentioned(None, wanted) == mentioned(b"", wanted) == set()
+    assert mentioned(d.encode(), set()) == set()
+
+
+def obj(n: int, age_days: float, size: int = 10) -> StoredObject:
+    return StoredObject(digest(n), size, NOW - age_days * DAY)
+
+
+def test_candidates_are_unreferenced_and_at_least_as_old_as_the_cutoff() -> None:
+    objects = [obj(1, 40), obj(2, 40), obj(3, 1), obj(4, 30)]
+    chosen = candidates(objects, {digest(2)}, NOW - 30 * DAY)
+    assert [o.digest for o in chosen] == [digest(1), digest(4)]
+    assert candidates(objects, set(), NOW) == objects  # --older-than 0d: any age
+
+
+class Log:
+    """The events topic: partitions of raw values; ``written_meanwhile`` lands on partition 1
+    just after the first scan has read to its end, before anything is deleted."""
+
+    def __init__(self, values: list[bytes], written_meanwhile: bytes | None = None) -> None:
+        self.partitions: dict[int, list[bytes | None]] = {0: list(values), 1: []}
+        self.meanwhile = written_meanwhile
+        self.reads: list[list[int] | None] = []
+
+    def ends(self) -> dict[int, int]:
+        return {p: len(v) for p, v in self.partitions.items()}
+
+    def values(self, partitions: Iterable[int] | None = None) -> Iterator[bytes | None]:
+        wanted = None if partitions is None else list(partitions)
+        self.reads.append(wanted)
+        for p, values in self.partitions.items():
+            if wanted is None or p in wanted:
+                yield from list(values)
+        if self.meanwhile is not None:
+            self.partitions[1].append(self.meanwhile)
+            self.meanwhile = None
+
+
+def stored(tmp_path: Path, *ages_days: float) -> tuple[LocalStore, list[str]]:
+    store = LocalStore(tmp_path / "artifacts")
+    digests = []
+    for n, days in enumerate(ages_days):
+        data = f"model {n}".encode()
+        d = hashlib.sha256(data).hexdigest()
+        store.put(io.BytesIO(data), d)
+        os.utime(store.path_for(d), (NOW - days * DAY, NOW - days * DAY))
+        digests.append(d)
+    return store, digests
+
+
+def test_gc_deletes_only_old_objects_no_event_mentions(tmp_path: Path) -> None:
+    store, (kept, orphan, young) = stored(tmp_path, 40, 40, 1)
+    values, _ = committed_log()
+    log = Log([*values, b"commit of " + kept.encode()])
+    dry = collect(store, log, NOW - 30 * DAY, dry_run=True)
+    assert [o.digest for o in dry.chosen] == [orphan] and dry.total_bytes == len(b"model 1")
+    assert {o.digest for o in store.list()} == {kept, orphan, young}  # a dry run deletes nothing
+    done = collect(store, log, NOW - 30 * DAY, dry_run=False)
+    assert [o.digest for o in done.chosen] == [orphan] and done.objects == 3
+    assert {o.digest for o in store.list()} == {kept, young}
+    assert collect(store, log, NOW - 30 * DAY, dry_run=False).chosen == []
+
+
+def test_an_event_written_during_the_scan_spares_what_it_names(tmp_path: Path) -> None:
+    store, (named_late, orphan) = stored(tmp_path, 40, 40)
+    log = Log([b"nothing here"], written_meanwhile=b"commit of " + named_late.encode())
+    result = collect(store, log, NOW, dry_run=False)
+    assert [o.digest for o in result.spared] == [named_late]
+    assert [o.digest for o in result.chosen] == [orphan]
+    assert {o.digest for o in store.list()} == {named_late}
+    assert log.reads == [None, [1]]  # the whole log, then only the partition that moved
+
+
+def test_when_nothing_is_old_enough_the_log_is_not_read(tmp_path: Path) -> None:
+    store, _ = stored(tmp_path, 1, 2)
+    log = Log([])
+    assert collect(store, log, NOW - 30 * DAY, dry_run=False).chosen == []
+    assert log.reads == []
+
+
+def test_older_than_takes_what_token_expiry_takes_and_zero() -> None:
+    now_ms = int(NOW * 1000)
+    assert older_than("30d", now_ms) == now_ms - 30 * 86_400_000
+    assert older_than("12h", now_ms) == now_ms - 12 * 3_600_000
+    assert older_than("0d", now_ms) == now_ms
+    assert older_than("2027-01-31", now_ms) == 1_801_353_600_000
+    for bad in ("30", "-1d", "1y", "00d", "2027-02-30", "30d ", "1" * 100 + "d"):
+        with pytest.raises(UsageError, match="--older-than"):
+            older_than(bad, now_ms)
+
+
+def test_artifacts_help_describes_each_action(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["artifacts", "--help"])
+    shown = capsys.readouterr().out
+    assert exited.value.code == 0
+    for action, words in (("ls", "every object"), ("verify", "re-hash"), ("gc", "delete")):
+        assert f"    {action}  " in shown and words in shown

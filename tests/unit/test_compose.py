@@ -1,0 +1,160 @@
+"""docker-compose.yml's object store: the tests' settings, names the code reads, no secrets.
+
+There is no Docker here, so the compose file is held to the code instead: its store is
+the one tests/s3server.py serves (bucket, prefix, region), every variable it sets is
+read by modelvc's settings (changing the value changes the setting), the endpoint names
+the s3 service's own port, and the one-shot that makes the bucket runs, as written,
+against a real S3 API (moto).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from streams.artifacts import S3Location, parse_location
+from streams.settings import Settings
+from tests.s3server import BUCKET, PREFIX, REGION, S3Server, running_s3
+from workers.settings import WorkerSettings
+
+yaml = pytest.importorskip("yaml")
+
+REPO = Path(__file__).resolve().parents[2]
+ENV_FILE = "${MODELVC_HOME:-.modelvc}/s3.env"
+SECRETS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+USERS = ("streams", "worker", "s3-bucket")  # the services that talk to the store
+
+
+def compose() -> dict[str, Any]:
+    loaded = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def environment(service: str) -> dict[str, str]:
+    return {k: str(v) for k, v in compose()["services"][service]["environment"].items()}
+
+
+def flag(command: list[str], name: str) -> str:
+    values = [arg.split("=", 1)[1] for arg in command if arg.startswith(f"-{name}=")]
+    assert len(values) == 1, (name, command)
+    return values[0]
+
+
+def test_every_store_user_has_the_tests_bucket_prefix_and_region() -> None:
+    for service in USERS:
+        env = environment(service)
+        assert env["MODELVC_ARTIFACTS"] == f"s3://{BUCKET}/{PREFIX}", service
+        assert parse_location(env["MODELVC_ARTIFACTS"]) == S3Location(BUCKET, PREFIX)
+        assert env["AWS_DEFAULT_REGION"] == REGION, service
+        assert env["MODELVC_S3_ENDPOINT"] == "http://s3:8333", service
+
+
+def test_the_endpoint_is_the_s3_services_own_port() -> None:
+    services = compose()["services"]
+    endpoint = urlsplit(environment("streams")["MODELVC_S3_ENDPOINT"])
+    server = services[endpoint.hostname]
+    port = str(endpoint.port)
+    assert flag(server["command"], "s3.port") == port
+    assert flag(server["command"], "ip") == endpoint.hostname
+    assert f"127.0.0.1:{port}/" in " ".join(server["healthcheck"]["test"])
+    assert server["ports"] == [f"${{MODELVC_PUBLISH_HOST:-127.0.0.1}}:{port}:{port}"]
+
+
+def test_compose_sets_what_a_test_process_is_given() -> None:
+    """The store's variables in compose, plus the env file's key pair, are exactly those
+    tests/s3server.py hands every modelvc process it starts."""
+    server_env_names = {
+        "MODELVC_ARTIFACTS",
+        "MODELVC_S3_ENDPOINT",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_DEFAULT_REGION",
+    }
+    tests_give = S3Server("http://x:1", 0, "k", "s", Path("log")).env()
+    assert set(tests_give) == server_env_names
+    anchor = compose()["x-artifact-store"]
+    assert set(anchor) | {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} == set(tests_give)
+
+
+def test_the_streams_app_reads_the_names_compose_sets() -> None:
+    env = environment("streams")
+    settings = Settings.from_env(env)
+    assert settings.artifacts == f"s3://{BUCKET}/{PREFIX}"
+    assert settings.s3_endpoint == "http://s3:8333"
+    # With an S3 store, uploads are checked on the instance's own disk: the data volume.
+    assert settings.staging_dir == Path("/data/streams/uploads")
+    moved = Settings.from_env(
+        env | {"MODELVC_ARTIFACTS": "s3://other-bucket/p", "MODELVC_S3_ENDPOINT": "http://o:1"}
+    )
+    assert (moved.artifacts, moved.s3_endpoint) == ("s3://other-bucket/p", "http://o:1")
+
+
+def test_the_worker_reads_the_names_compose_sets() -> None:
+    env = environment("worker")
+    settings = WorkerSettings.from_env(env)
+    assert settings.topics.artifacts == f"s3://{BUCKET}/{PREFIX}"
+    assert settings.topics.s3_endpoint == "http://s3:8333"
+    assert settings.cache_mb == int(env["MODELVC_WORKER_CACHE_MB"])
+    assert WorkerSettings.from_env(env | {"MODELVC_WORKER_CACHE_MB": "17"}).cache_mb == 17
+    # No cache directory is set: each replica of `--scale worker=N` keeps its own.
+    assert "MODELVC_WORKER_CACHE" not in env
+    assert WorkerSettings.from_env(env | {"MODELVC_WORKER_CACHE": "/c"}).cache_dir == Path("/c")
+
+
+def test_no_credentials_are_written_in_compose() -> None:
+    services = compose()["services"]
+    for name, service in services.items():
+        assert not SECRETS & set(service.get("environment", {})), name
+    for name in (*USERS, "s3"):
+        assert services[name]["env_file"] == ENV_FILE, name
+
+
+def test_the_s3_image_is_a_pinned_release() -> None:
+    image = compose()["services"]["s3"]["image"]
+    name, _, tag = image.partition(":")
+    assert name == "chrislusf/seaweedfs"
+    assert tag.replace(".", "").isdigit(), f"{image}: pin a release, not a moving tag"
+
+
+def test_nothing_starts_before_the_bucket_exists() -> None:
+    services = compose()["services"]
+    for name in ("streams", "worker"):
+        assert services[name]["depends_on"]["s3-bucket"] == {
+            "condition": "service_completed_successfully"
+        }
+        assert not any("artifacts" in v for v in services[name].get("volumes", [])), name
+    assert services["s3-bucket"]["depends_on"]["s3"] == {"condition": "service_healthy"}
+
+
+def test_the_bucket_one_shot_runs_as_written(tmp_path: Path) -> None:
+    """The compose command against moto: the bucket, then the lifecycle rule that aborts
+    uploads a killed process left; run twice, as on every `docker compose up`."""
+    command = compose()["services"]["s3-bucket"]["command"]
+    assert command[:2] == ["python", "-c"]
+    bucket = "compose-one-shot"
+    with running_s3(tmp_path) as s3:
+        env = {**os.environ, **s3.env()} | {"MODELVC_ARTIFACTS": f"s3://{bucket}/{PREFIX}"}
+        for _ in range(2):
+            done = subprocess.run(
+                [sys.executable, "-c", command[2]],
+                env=env,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, done.stderr
+            assert f"s3://{bucket}/{PREFIX}" in done.stdout
+        client = s3.client()
+        client.head_bucket(Bucket=bucket)
+        (rule,) = client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+        assert rule["Status"] == "Enabled"
+        assert rule["Filter"] == {"Prefix": f"{PREFIX}/"}
+        assert rule["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
