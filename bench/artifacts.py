@@ -106,17 +106,29 @@ def loads(
         return ArtifactCache(work / f"cold-{next(made)}", CACHE_BYTES)
 
     warm_root = work / "warm"
-    ArtifactLoader(store, cache=ArtifactCache(warm_root, CACHE_BYTES)).fetch(digest)
+    with ArtifactCache(warm_root, CACHE_BYTES) as filled:
+        ArtifactLoader(store, cache=filled).fetch(digest)
 
     def warm_cache() -> ArtifactCache:
         # A new cache over the same directory: what a restarted worker finds.
         return ArtifactCache(warm_root, CACHE_BYTES)
 
+    def through(cache: Callable[[], ArtifactCache], load: bool) -> Callable[[], object]:
+        def run() -> object:
+            # Closed after each run: a cache locks its directory while open, as one
+            # worker's does, so the next run's "restarted worker" may take it.
+            with cache() as opened:
+                loader = ArtifactLoader(store, cache=opened)
+                return loader.load(digest) if load else loader.fetch(digest)
+
+        return run
+
     cases: dict[str, Case] = {"local load": (lambda: ArtifactLoader(local).load(digest), None)}
     for name, cache in (("cold", empty_cache), ("warm", warm_cache)):
-        fetch = lambda c=cache: ArtifactLoader(store, cache=c()).fetch(digest)  # noqa: E731
-        load = lambda c=cache: ArtifactLoader(store, cache=c()).load(digest)  # noqa: E731
-        cases |= {f"{name} fetch": (fetch, None), f"{name} load": (load, None)}
+        cases |= {
+            f"{name} fetch": (through(cache, load=False), None),
+            f"{name} load": (through(cache, load=True), None),
+        }
     return medians_s(runs, cases)
 
 

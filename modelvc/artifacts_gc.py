@@ -10,9 +10,18 @@ Age is the second guard: an upload is visible in the store before the commit tha
 names it reaches the log, so only objects older than the cutoff (30 days by default)
 are ever candidates.
 
-The log keeps moving while the command runs. :func:`collect` reads where it ends
-before scanning and again right before deleting; partitions written in between are
-scanned again, and a candidate they now mention is spared.
+Both topics are scanned: a commit the API accepted but the streams app has not decided
+yet names its digest only on the commands topic. The logs keep moving while the
+command runs. :func:`collect` reads where they end before scanning and again right
+before deleting; partitions written in between are scanned again, and a candidate
+they now mention is spared. What remains is a commit whose command lands between that
+last look and the delete: it must name an object older than the cutoff that no event
+and no pending command named, within the milliseconds between the two; uploading the
+same model file again puts the object back under the digest the commit names.
+
+An events topic with no record at all, next to a store that holds objects, means the
+wrong cluster or namespace (every object would look unreferenced): :func:`collect`
+refuses (:class:`LogEmpty`) and deletes nothing.
 """
 
 from __future__ import annotations
@@ -65,7 +74,7 @@ def candidates(
 
 
 class EventLog(Protocol):
-    """The events topic as :func:`collect` reads it."""
+    """One topic (events or commands) as :func:`collect` reads it."""
 
     def ends(self) -> dict[int, int]:
         """Where each partition ends now (its high watermark)."""
@@ -76,11 +85,20 @@ class EventLog(Protocol):
         ...
 
 
+class LogEmpty(Exception):
+    """The events topic holds no record while the store holds old objects: most likely
+    the wrong cluster or namespace, so nothing is deleted."""
+
+    def __init__(self, objects: int) -> None:
+        super().__init__(f"the events topic holds no record, the store {objects} objects")
+        self.objects = objects
+
+
 @dataclass
 class Collected:
     objects: int = 0  # in the store
     chosen: list[StoredObject] = field(default_factory=list)  # deleted, or would be (dry run)
-    spared: list[StoredObject] = field(default_factory=list)  # named by events written meanwhile
+    spared: list[StoredObject] = field(default_factory=list)  # named by records written meanwhile
 
     @property
     def total_bytes(self) -> int:
@@ -89,12 +107,14 @@ class Collected:
 
 def collect(
     store: ArtifactStore,
-    log: EventLog,
+    events: EventLog,
+    commands: EventLog,
     cutoff: float,
     dry_run: bool,
 ) -> Collected:
-    """List the store, scan the log, then delete (unless ``dry_run``) each object chosen.
+    """List the store, scan both topics, then delete (unless ``dry_run``) each object chosen.
 
+    :class:`LogEmpty` when ``events`` holds no record and the store holds old objects.
     A failure of the store part-way leaves what was deleted deleted and the rest in
     place: running the command again finishes the job.
     """
@@ -102,16 +122,24 @@ def collect(
     result = Collected(objects=len(objects))
     old = {o.digest for o in objects if o.modified <= cutoff}
     if not old:
-        return result  # nothing is old enough: the log need not be read
-    before = log.ends()
-    chosen = candidates(objects, referenced(log.values(), old), cutoff)
+        return result  # nothing is old enough: the logs need not be read
+    logs = (events, commands)
+    before = [log.ends() for log in logs]
+    if not any(before[0].values()):
+        raise LogEmpty(len(objects))
+    found: set[str] = set()
+    for log in logs:
+        found |= referenced(log.values(), old)
+    chosen = candidates(objects, found, cutoff)
     if chosen and not dry_run:
-        now = log.ends()
-        moved = sorted(p for p, end in now.items() if before.get(p) != end)
-        if moved:
-            late = referenced(log.values(moved), {o.digest for o in chosen})
-            result.spared = [o for o in chosen if o.digest in late]
-            chosen = [o for o in chosen if o.digest not in late]
+        wanted = {o.digest for o in chosen}
+        late: set[str] = set()
+        for log, ends in zip(logs, before, strict=True):
+            moved = sorted(p for p, end in log.ends().items() if ends.get(p) != end)
+            if moved:
+                late |= referenced(log.values(moved), wanted)
+        result.spared = [o for o in chosen if o.digest in late]
+        chosen = [o for o in chosen if o.digest not in late]
     for o in chosen:
         if not dry_run:
             store.delete(o.digest)

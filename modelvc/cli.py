@@ -36,12 +36,15 @@ from workers.settings import SIGN_PREDICTIONS_ENV
 
 if TYPE_CHECKING:  # imported when used: it takes a second, and most commands never do
     from modelvc.stack import BrokerKind, Stack
-    from streams.artifacts import ArtifactStore, StoredObject
+    from streams.artifacts import ArtifactStore, S3Location, StoredObject
 
 EXIT_REFUSED = 1
 EXIT_UNREACHABLE = 3
 EXIT_RESTORE_SKIPPED = 4
 EXIT_DENIED = 5  # 401/403: who you are (the token) or what your role allows
+# `artifacts init`: multipart uploads a killed process left are aborted by the bucket after
+# this many days (the services abort their own failed ones at once).
+INIT_ABORT_DAYS = 1
 
 
 class UsageError(Exception):
@@ -433,10 +436,10 @@ def _s3_endpoint(args: argparse.Namespace) -> str | None:
     return os.environ.get("MODELVC_S3_ENDPOINT") or recorded or None
 
 
-def _open_store(location: str, endpoint: str | None, source: str, flag: str) -> ArtifactStore:
-    """The store at ``location`` (from ``source``; ``flag`` names another), reached once:
-    settings that cannot work fail here with what to fix, before any work."""
-    from streams.artifacts import open_store, parse_location
+def _located(location: str, endpoint: str | None, source: str) -> Path | S3Location:
+    """``location`` (from ``source``) parsed; settings that cannot work are a usage error
+    saying what to fix, before any store is reached."""
+    from streams.artifacts import parse_location
     from streams.settings import artifacts_problem
 
     try:
@@ -446,6 +449,15 @@ def _open_store(location: str, endpoint: str | None, source: str, flag: str) -> 
     problem = artifacts_problem(location, endpoint)
     if problem is not None:
         raise UsageError(problem)
+    return where
+
+
+def _open_store(location: str, endpoint: str | None, source: str, flag: str) -> ArtifactStore:
+    """The store at ``location`` (from ``source``; ``flag`` names another), reached once:
+    settings that cannot work fail here with what to fix, before any work."""
+    from streams.artifacts import open_store
+
+    where = _located(location, endpoint, source)
     if isinstance(where, Path) and not where.is_dir():
         # Reading commands never make a store: a mistyped path is said, not created.
         raise Refused(
@@ -458,12 +470,47 @@ def _open_store(location: str, endpoint: str | None, source: str, flag: str) -> 
     return store
 
 
-def _artifact_store(args: argparse.Namespace) -> ArtifactStore:
-    """--store, else $MODELVC_ARTIFACTS, else the local stack's store, else the home's."""
+def _store_location(args: argparse.Namespace) -> tuple[str, str]:
+    """--store, else $MODELVC_ARTIFACTS, else the local stack's store, else the home's; and
+    where it came from."""
     recorded = _stack_record(args).get("env", {}).get("MODELVC_ARTIFACTS")
     location = _setting(args.store, "MODELVC_ARTIFACTS", recorded, str(_home(args) / "artifacts"))
-    source = "--store" if args.store else "MODELVC_ARTIFACTS"
+    return location, "--store" if args.store else "MODELVC_ARTIFACTS"
+
+
+def _artifact_store(args: argparse.Namespace) -> ArtifactStore:
+    location, source = _store_location(args)
     return _open_store(location, _s3_endpoint(args), source, "--store")
+
+
+def _init_store(args: argparse.Namespace) -> None:
+    """Make the store ready for the services: a directory created; a bucket created when
+    missing, with the lifecycle rule that aborts multipart uploads a killed process left;
+    then checked as a streams app checks it (reachable and writable)."""
+    from streams.artifacts import open_store
+
+    location, source = _store_location(args)
+    endpoint = _s3_endpoint(args)
+    where = _located(location, endpoint, source)
+    store = open_store(location, endpoint)
+    done: dict[str, Any] = {"store": store.location}
+    if isinstance(where, Path):
+        done["created"] = not where.is_dir()
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise Refused(
+                f"cannot create the store directory {where}: {exc.strerror}; pass "
+                "--store DIR with a directory you may write, or --store s3://BUCKET/PREFIX"
+            ) from None
+    else:
+        from streams.artifacts.s3 import S3Store  # boto3: only for an S3 store
+
+        assert isinstance(store, S3Store)  # open_store's answer for an s3:// location
+        done["created"] = store.ensure_bucket(abort_incomplete_days=INIT_ABORT_DAYS)
+        done["abort_incomplete_days"] = INIT_ABORT_DAYS
+    store.check(writable=True)
+    _emit(args, done, render.artifacts_ready)
 
 
 def _stored(o: StoredObject, now: float) -> dict[str, Any]:
@@ -471,8 +518,8 @@ def _stored(o: StoredObject, now: float) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class _EventsTopic:
-    """The events topic as `artifacts gc` reads it (:class:`modelvc.artifacts_gc.EventLog`)."""
+class _Topic:
+    """A topic as `artifacts gc` reads it (:class:`modelvc.artifacts_gc.EventLog`)."""
 
     kafka: KafkaAccess
     topic: str
@@ -492,6 +539,9 @@ def cmd_artifacts(args: argparse.Namespace) -> None:
     now = time.time()
     # A mistyped age is said before the store or Kafka is reached.
     cutoff = older_than(args.older_than, int(now * 1000)) / 1000 if args.action == "gc" else now
+    if args.action == "init":
+        _init_store(args)
+        return
     store = _artifact_store(args)
     if args.action == "ls":
         objects = [_stored(o, now) for o in store.list()]
@@ -507,8 +557,17 @@ def cmd_artifacts(args: argparse.Namespace) -> None:
     else:
         from modelvc import artifacts_gc
 
-        log = _EventsTopic(_kafka(args), _topic(args, "events"))
-        result = artifacts_gc.collect(store, log, cutoff, args.dry_run)
+        kafka = _kafka(args)
+        events, commands = (_Topic(kafka, _topic(args, kind)) for kind in ("events", "commands"))
+        try:
+            result = artifacts_gc.collect(store, events, commands, cutoff, args.dry_run)
+        except artifacts_gc.LogEmpty as exc:
+            raise Refused(
+                f"{events.topic} on {kafka.bootstrap} holds no event, yet {store.location} "
+                f"holds {exc.objects:,} objects: every one would look unreferenced. Nothing "
+                "was deleted. Check that KAFKA_BOOTSTRAP (or --bootstrap) and "
+                "MODELVC_NAMESPACE are those of the deployment that uses this store"
+            ) from None
         collected = {
             "store": store.location,
             "dry_run": args.dry_run,
@@ -808,13 +867,29 @@ def _sign_predictions_flag(sp: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+GC_RULES = (
+    "Kept: every object whose digest (64 hex) appears anywhere in any record of the events "
+    "topic or of the commands topic (a commit accepted but not yet decided is only there), "
+    "read to their ends, and anything younger than --older-than. Uploading a model that is "
+    "already stored makes its object young again. Refused (exit 1, nothing deleted) when the "
+    "events topic holds no record while the store holds old objects: a wrong KAFKA_BOOTSTRAP "
+    "or MODELVC_NAMESPACE. gc knows only its own namespace's log: give each namespace its "
+    "own store (bucket or prefix), or objects of another are deleted. On a versioned bucket "
+    "a deleted object stays as a noncurrent version until a lifecycle rule "
+    "(NoncurrentVersionExpiration) frees it. The logs are read again right before deleting "
+    "and an object named meanwhile is kept; what remains is a commit of an object older than "
+    "--older-than that no record named, landing in the milliseconds between that last read "
+    "and the delete. Uploading the same model file again restores it."
+)
+
+
 def _artifacts_parser(
     add: Callable[[str, Callable[..., None], str], argparse.ArgumentParser],
 ) -> None:
     art = add(
         "artifacts",
         cmd_artifacts,
-        "list, verify or garbage-collect the artifact store itself (a directory or "
+        "make ready, list, verify or garbage-collect the artifact store itself (a directory or "
         "s3://BUCKET/PREFIX), without the service",
     )
     art.epilog = (
@@ -825,13 +900,22 @@ def _artifacts_parser(
     )
     actions = art.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    def action(name: str, help: str) -> argparse.ArgumentParser:
-        sp = actions.add_parser(name, help=help, description=help, epilog=art.epilog)
+    def action(name: str, help: str, more: str = "") -> argparse.ArgumentParser:
+        sp = actions.add_parser(
+            name, help=help, description=f"{help}. {more}" if more else help, epilog=art.epilog
+        )
         sp.set_defaults(command_parser=sp)
         sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
         sp.add_argument("--store", metavar="LOC", help="a directory or s3://BUCKET/PREFIX")
         return sp
 
+    action(
+        "init",
+        "make the store ready: create the directory, or the bucket when missing with a "
+        f"lifecycle rule aborting multipart uploads left unfinished for {INIT_ABORT_DAYS} day "
+        "under the prefix; then check it is reachable and writable",
+        "Safe to run again (docker-compose's s3-bucket service runs it on every start).",
+    )
     action("ls", "every object in the store: digest, size, last modified; and the totals")
     action(
         "verify",
@@ -840,8 +924,9 @@ def _artifacts_parser(
     )
     sp = action(
         "gc",
-        "delete objects that no event of the log mentions and that are older than "
+        "delete objects that no record of the logs mentions and that are older than "
         "--older-than (an upload not yet committed is young); --dry-run lists them",
+        GC_RULES,
     )
     sp.add_argument(
         "--older-than",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import shlex
 import unicodedata
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec
@@ -416,6 +417,16 @@ def artifacts(a: dict[str, Any]) -> str:
 
 
 @_for_terminal
+def artifacts_ready(r: dict[str, Any]) -> str:
+    if "abort_incomplete_days" in r:
+        made = "created the bucket" if r["created"] else "the bucket exists"
+        rule = f"; multipart uploads unfinished after {r['abort_incomplete_days']} day are aborted"
+    else:
+        made, rule = ("created the directory" if r["created"] else "the directory exists"), ""
+    return f"{made}{rule}; {r['store']} is ready (reachable and writable)"
+
+
+@_for_terminal
 def artifacts_verified(v: dict[str, Any]) -> str:
     lines = [f"{f['digest']}: {f['problem']}" for f in v["failures"]]
     gone = f" ({v['gone']:,} deleted meanwhile)" if v["gone"] else ""
@@ -425,8 +436,9 @@ def artifacts_verified(v: dict[str, Any]) -> str:
     )
     if v["failures"]:
         lines.append(
-            "remove each damaged object from the store (key sha256/<first two hex>/<digest>), "
-            "then upload its original model file again: commits keep naming the same digest"
+            "upload each one's original model file again (POST /v1/artifacts, or "
+            "modelvc.client.Client.upload): the service finds the stored copy damaged and "
+            "stores the checked bytes in its place; commits keep naming the same digest"
         )
     return "\n".join(lines)
 
@@ -435,11 +447,15 @@ def artifacts_verified(v: dict[str, Any]) -> str:
 def artifacts_gc(g: dict[str, Any]) -> str:
     verb = "would delete" if g["dry_run"] else "deleted"
     lines = [f"{verb} {_object_line(o)}" for o in g["chosen"]]
-    lines += [f"kept {o['digest']}: an event written during this run names it" for o in g["spared"]]
+    lines += [f"kept {o['digest']}: a record written during this run names it" for o in g["spared"]]
     lines.append(
         f"{verb} {len(g['chosen']):,} of {g['objects']:,} objects ({g['total_bytes']:,} bytes) "
-        f"in {g['store']}: none that an event mentions, none younger than {g['older_than']}"
+        f"in {g['store']}: none that an event or command mentions, "
+        f"none younger than {g['older_than']}"
     )
     if g["dry_run"] and g["chosen"]:
-        lines.append("run it again without --dry-run to delete them")
+        lines.append(
+            f"to delete them: modelvc artifacts gc --older-than {shlex.quote(g['older_than'])} "
+            f"--store {shlex.quote(g['store'])}"
+        )
     return "\n".join(lines)

@@ -41,7 +41,7 @@ from modelvc.processes import (
     wait_for_port,
 )
 from streams.archive import Archive, ArchiveError, Refused, restore
-from streams.artifacts import open_store
+from streams.artifacts import open_checked_store
 from streams.auth import new_token
 from streams.core.refs import NAME
 from streams.errors import ArtifactStoreUnavailable, StreamsError
@@ -294,12 +294,13 @@ def start_worker(
 
 
 def check_store(artifacts: str, s3_endpoint: str | None) -> None:
-    """Reach the artifact store the stack is to share; StackError saying what to fix."""
+    """Reach the artifact store the stack is to share, for writing (its streams instances
+    store uploads); StackError saying what to fix."""
     problem = artifacts_problem(artifacts, s3_endpoint)
     if problem is not None:
         raise StackError(problem)
     try:
-        open_store(artifacts, s3_endpoint).check()
+        open_checked_store(artifacts, s3_endpoint, writable=True)
     except ArtifactStoreUnavailable as exc:
         raise StackError(exc.strerror or str(exc)) from exc
 

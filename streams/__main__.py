@@ -1,8 +1,8 @@
 """`python -m streams`: run one streams app instance (settings from the environment).
 
 What the environment gets wrong (a setting, the artifact store's credentials, bucket
-or directory) ends the process before it serves anyone: one error line saying what
-to fix, and exit status 1.
+or directory, a store it may not write) ends the process before it serves anyone:
+one error line saying what to fix, and exit status 1 (as ``python -m workers``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 import faust
 
 from streams.app import create_app
-from streams.artifacts import ArtifactStore, open_store
+from streams.artifacts import ArtifactStore, open_checked_store
 from streams.bootstrap import bootstrap
 from streams.errors import ArtifactStoreUnavailable
 from streams.settings import Settings
@@ -21,17 +21,15 @@ from streams.topics import ensure_topics
 log = logging.getLogger("modelvc.streams")
 
 
-def checked_store(settings: Settings, store: ArtifactStore | None = None) -> ArtifactStore:
-    """The store ``settings`` name (or ``store``), reached once; SystemExit(1) after one
-    error line when it cannot be, so a wrong credential fails the start, not a commit."""
-    if store is None:
-        store = open_store(settings.artifacts, settings.s3_endpoint)
+def checked_store(settings: Settings) -> ArtifactStore:
+    """The store ``settings`` name, opened and reached once, for writing (this app stores
+    uploads); SystemExit(1) after one error line when it cannot be, so a wrong credential
+    or a read-only store fails the start, not an upload."""
     try:
-        store.check()
+        return open_checked_store(settings.artifacts, settings.s3_endpoint, writable=True)
     except ArtifactStoreUnavailable as exc:
         log.error("cannot start: %s", exc.strerror or exc)
         raise SystemExit(1) from None
-    return store
 
 
 def main() -> None:
@@ -41,7 +39,7 @@ def main() -> None:
     except ValueError as exc:
         log.error("cannot start: %s", exc)
         raise SystemExit(1) from None
-    store = checked_store(settings)
+    store = checked_store(settings)  # the one store of this process: bootstrap takes it
     ensure_topics(settings)
     # The app stops its collaborators on shutdown (ModelvcApp.on_shutdown -> Streams.stop).
     app = create_app(bootstrap(settings, store=store))

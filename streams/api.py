@@ -8,11 +8,17 @@ foreign origin, a role too low (``forbidden``) or a claimed actor that is not th
 token's (``actor_mismatch``), 404
 unknown model, ref or route, 405 wrong method, 409 conflict (the body carries
 ``current``), 413 too large, 415 wrong content type or encoding, 422 invalid
-input, 503 the artifact store does not answer (retry once it is back), 504 no
-answer in time (retry with the same ``command_id``), 507 the artifact store
-cannot take the upload (full, read-only, refused). Every error is a JSON object
-``{"error": code, "message": text, ...}``; ``/v1/openapi.json`` describes
-every route.
+input, 503 not ready, busy, or an artifact store that does not answer in time
+(``store_unreachable``, Retry-After) or refuses this server's credentials
+(``store_refused``: the operator fixes them; retry then), 504 no answer in time
+(retry with the same ``command_id``), 507 a store directory that is full or
+read-only (``store_full``: the operator frees space or fixes its permissions).
+Every error is a JSON object ``{"error": code, "message": text, ...}``;
+``/v1/openapi.json`` describes every route.
+
+The store is reached (a lookup for a commit, a download) in the API's own few
+threads, each call under a deadline: a store that hangs answers 503 and cannot take
+the threads the rest of the server shares.
 
 Strangers can reach this server (a web page in the user's browser, at least),
 so the edge middleware refuses requests from foreign origins, requires the
@@ -29,9 +35,10 @@ import errno
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -66,6 +73,7 @@ from streams.errors import (
     ArtifactEmpty,
     ArtifactError,
     ArtifactNotFound,
+    ArtifactStoreRefused,
     ArtifactStoreUnavailable,
     ArtifactTooLarge,
     SandboxUnavailable,
@@ -73,7 +81,6 @@ from streams.errors import (
     UploadStalled,
 )
 from streams.http_edge import JSON, OCTET_STREAM, Handler, error_response, guard, render_errors
-from streams.modelfile import MAX_MODEL_BYTES
 from streams.parse import MAX_JSON_BYTES
 from streams.projection import Projection
 from streams.service.answers import Answer
@@ -84,13 +91,28 @@ from streams.settings import Settings
 from streams.signing import WriterKey, key_id_of, sign_command
 from streams.statuses import STATUS_BY_CODE, status_of
 
+T = TypeVar("T")
+
 UPLOAD_PATH = "/v1/artifacts"
-# What a full, read-only or refused artifact directory raises; the client cannot
-# fix it, the operator can, so it is 507 and never a 500.
+# What a store directory (or the staging directory) that is full or read-only raises:
+# the client cannot fix it, the operator can (free space, fix permissions), so it is
+# store_full, never a 500. A store's other faults (an endpoint that does not answer, a
+# network fault, a deadline passed) are store_unreachable, and credentials the store
+# refuses (ArtifactStoreRefused, whatever its errno) store_refused.
 STORE_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM, errno.EFBIG}
 )
-# The code of each fault of the artifact store (first match wins: subclasses first).
+# Store calls run in the API's own threads (a lookup is an S3 round trip, a download
+# reads a whole model): a few, so a hung store holds those and nothing else.
+STORE_THREADS = 8
+# How long a store call may take, retries included, before the client is told to retry:
+# boto3 bounds each attempt, nothing bounds them all (nor a directory on a hung mount).
+STORE_DEADLINE_S = 30.0
+# A download gets more time, at this slowest rate for the largest model it may read.
+MIN_STORE_RATE = 8 << 20  # bytes per second
+# Answers that go away on their own say when to try again.
+RETRY_AFTER = {"busy": "5", "store_unreachable": "10"}
+# The code of each fault of an upload (first match wins: subclasses first).
 ARTIFACT_CODES: tuple[tuple[type[Exception], str], ...] = (
     (ArtifactNotFound, "unknown_artifact"),
     (ArtifactCorrupted, "digest_mismatch"),
@@ -100,7 +122,6 @@ ARTIFACT_CODES: tuple[tuple[type[Exception], str], ...] = (
     (UploadStalled, "upload_stalled"),
     (SandboxUnavailable, "sandbox_unavailable"),
     (ArtifactError, "artifact_rejected"),
-    (ArtifactStoreUnavailable, "store_unavailable"),
 )
 
 
@@ -110,27 +131,37 @@ def coded(code: str, message: str, **extra: Any) -> web.Response:
     return error_response(STATUS_BY_CODE[code], code, message, **extra)
 
 
+def store_code(exc: ArtifactStoreUnavailable) -> str:
+    """The code of a fault of the artifact store itself (the request was fine)."""
+    if isinstance(exc, ArtifactStoreRefused):
+        return "store_refused"
+    return "store_full" if exc.errno in STORE_ERRNOS else "store_unreachable"
+
+
+def _answer(code: str, message: str) -> web.Response:
+    answer = coded(code, message)
+    if code in RETRY_AFTER:
+        answer.headers["Retry-After"] = RETRY_AFTER[code]
+    return answer
+
+
 def domain_error(exc: Exception) -> web.Response | None:
     """The answer to a fault of ours (the core's, the store's), or None for a bug."""
     if isinstance(exc, VersionGraphError):
         return web.json_response(exc.to_dict(), status=STATUS_BY_CODE[exc.code])
+    if isinstance(exc, ArtifactStoreUnavailable):
+        # Its own text: str() of an OSError starts "[Errno N]", which helps nobody.
+        return _answer(store_code(exc), exc.strerror or str(exc))
     for kind, code in ARTIFACT_CODES:
         if isinstance(exc, kind):
             message = str(exc)
             if code == "sandbox_unavailable":
                 message += "; nothing was stored, retry"
-            answer = coded(code, message)
-            if isinstance(exc, ArtifactStoreUnavailable) and exc.errno not in STORE_ERRNOS:
-                # Not out of room or refused but not answering (an unreachable endpoint, a
-                # network fault): the same code, and a status that says retry later.
-                answer.set_status(503)
-            if code == "busy":
-                answer.headers["Retry-After"] = "5"
-            return answer
+            return _answer(code, message)
     if isinstance(exc, OSError) and exc.errno in STORE_ERRNOS:
         # A store fault that escaped the store's own translation.
         return coded(
-            "store_unavailable",
+            "store_full",
             f"the artifact store cannot take this upload ({os.strerror(exc.errno or 0)}); "
             "free space or fix the permissions of MODELVC_ARTIFACTS, then upload again",
         )
@@ -208,6 +239,8 @@ class Api:
         intake: Intake,
         signer: WriterKey,
         clock: Any = time.time,
+        store_threads: int = STORE_THREADS,
+        store_deadline_s: float = STORE_DEADLINE_S,
     ) -> None:
         self.settings = settings
         self.projection = projection
@@ -218,6 +251,28 @@ class Api:
         self.intake = intake
         self.signer = signer  # this instance's writer key: it signs every command sent
         self.clock = clock
+        self.store_deadline_s = store_deadline_s
+        self._store_io = ThreadPoolExecutor(store_threads, thread_name_prefix="artifact-store")
+
+    async def close(self) -> None:
+        """Let the store's threads go (a call still running ends on its own)."""
+        self._store_io.shutdown(wait=False, cancel_futures=True)
+
+    async def _in_store(self, deadline_s: float, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)`` in the store's threads; ArtifactStoreUnavailable past the deadline
+        (the call may still end in its thread: its answer is dropped)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self._store_io, call, *args), deadline_s
+            )
+        except TimeoutError:
+            raise ArtifactStoreUnavailable(
+                errno.ETIMEDOUT,
+                f"the artifact store {self.store.location} did not answer within "
+                f"{deadline_s:g} s; retry in a moment (if it goes on, the operator checks "
+                "MODELVC_ARTIFACTS, MODELVC_S3_ENDPOINT and the network)",
+            ) from None
 
     def routes(self) -> list[web.RouteDef]:
         """Every route; ``streams.openapi`` documents exactly these."""
@@ -380,9 +435,7 @@ class Api:
         if digest is None:
             return
         checked = parse.digest(digest, field)
-        # In a thread: an S3 store answers with a network round trip.
-        loop = asyncio.get_running_loop()
-        if not await loop.run_in_executor(None, self.store.has, checked):
+        if not await self._in_store(self.store_deadline_s, self.store.has, checked):
             raise InvalidCommand(
                 f"artifact {digest} is not in the store; upload it first (POST /v1/artifacts)",
                 field=field,
@@ -517,8 +570,10 @@ class Api:
     async def upload(self, request: web.Request) -> web.Response:
         """Stream the body into the store; it validates, and removes its temp file on failure.
 
-        A full or read-only disk, a client that disconnects (the read raises) and a
-        cancelled handler all leave nothing behind (``Intake.receive``).
+        A full or read-only disk, a store that does not answer or refuses, a client that
+        disconnects (the read raises) and a cancelled handler all leave nothing behind
+        (``Intake.receive``). ``stored`` is false when the store already held these bytes
+        (checked intact on the way: nothing was written).
         """
         expected = request.query.get("sha256")
         if expected is not None:
@@ -527,17 +582,24 @@ class Api:
         if declared is not None and declared > self.intake.max_bytes:
             raise ArtifactTooLarge(f"artifacts are limited to {self.intake.max_bytes} bytes")
         chunks = request.content.iter_chunked(1 << 16)
-        digest, summary, size = await self.intake.receive(chunks, expected)
-        return web.json_response({"sha256": digest, "size": size, **summary.__dict__}, status=201)
+        received = await self.intake.receive(chunks, expected)
+        body = {
+            "sha256": received.digest,
+            "size": received.size,
+            "stored": received.stored,
+            **received.summary.__dict__,
+        }
+        return web.json_response(body, status=201)
 
     async def download(self, request: web.Request) -> web.Response:
         digest = request.match_info["digest"]
         if not parse.DIGEST.fullmatch(digest):
             raise ArtifactNotFound(f"{digest[:80]!r} is not a sha256 hex digest")
+        limit = self.settings.max_model_bytes
         try:
-            data = await asyncio.get_running_loop().run_in_executor(
-                None, read, self.store, digest, MAX_MODEL_BYTES
-            )
+            # A whole model is read: the deadline grows with the most it may be.
+            deadline_s = self.store_deadline_s + limit / MIN_STORE_RATE
+            data = await self._in_store(deadline_s, read, self.store, digest, limit)
         except ArtifactCorrupted as exc:
             # Stored bytes that no longer hash to their name: the store's fault, not the client's.
             return coded("artifact_corrupted", str(exc))

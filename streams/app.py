@@ -76,6 +76,22 @@ def broker_credentials(settings: Settings) -> faust.SASLCredentials | None:
     )
 
 
+def api_of(streams: Streams, **options: Any) -> api.Api:
+    """The HTTP handlers over ``streams``' collaborators (``options``: the API's own
+    bounds, e.g. ``store_deadline_s``)."""
+    return api.Api(
+        streams.settings,
+        streams.projection,
+        streams.follower,
+        streams.replies,
+        streams.letters,
+        streams.store,
+        streams.intake,
+        streams.signer,
+        **options,
+    )
+
+
 def create_app(streams: Streams) -> ModelvcApp:
     settings = streams.settings
     app = ModelvcApp(
@@ -152,15 +168,7 @@ def create_app(streams: Streams) -> ModelvcApp:
         streams.writer.on_partitions_revoked()
 
     app.shutdown_hooks.append(streams.stop)
-    handlers = api.Api(
-        settings,
-        streams.projection,
-        streams.follower,
-        streams.replies,
-        streams.letters,
-        streams.store,
-        streams.intake,
-        streams.signer,
-    )
+    handlers = api_of(streams)
+    app.shutdown_hooks.append(handlers.close)
     driver.web_app.router.add_routes(handlers.routes())
     return app

@@ -192,8 +192,8 @@ def bootstrap(
     signer: SigningKey | None = None,
 ) -> Streams:
     """The collaborators for ``settings``; RocksDB and the writer key (made at first start)
-    on disk, and the store MODELVC_ARTIFACTS names, by default. Nothing is reached yet:
-    ``python -m streams`` checks the store before it serves."""
+    on disk, and the store MODELVC_ARTIFACTS names, by default. Nothing is reached here:
+    ``python -m streams`` passes the store it opened and checked before it serves."""
     signer = signer if signer is not None else WriterKey.load_or_create(settings.writer_key)
     if projection is None:
         # A ring may start only with a key this deployment uses: a forger's is void.
@@ -214,7 +214,7 @@ def bootstrap(
         replies=replies,
         writer=Writer(follower, producer, replies, letters, signer, clock),
         store=store,
-        intake=Intake(store, settings.staging_dir),
+        intake=Intake(store, settings.staging_dir, max_bytes=settings.max_model_bytes),
         signer=signer,
         clock=clock,
     )

@@ -35,10 +35,19 @@ class ArtifactEmpty(ArtifactRejected):
 
 
 class ArtifactStoreUnavailable(StreamsError, OSError):
-    """Raised when the store's directory is full, read-only or refused (HTTP 507).
+    """Raised when the store cannot do its part: a directory full, read-only or refused
+    (HTTP 507), an S3 endpoint unreachable or not answering (HTTP 503).
 
     An ``OSError`` carrying the original ``errno``, but not an ``ArtifactError``:
     the upload was fine, the operator must free space or fix permissions.
+    """
+
+
+class ArtifactStoreRefused(ArtifactStoreUnavailable):
+    """Raised when the store refuses this process's credentials or permissions (an S3 403:
+    unknown key, wrong secret, a policy that forbids the action) (HTTP 503).
+
+    Retrying changes nothing until the operator fixes the credentials or the policy.
     """
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import tempfile
 import time
 from pathlib import Path
 
@@ -132,6 +133,30 @@ def create_exclusively(path: Path, data: bytes, mode: int = 0o600) -> bool:
     finally:
         with contextlib.suppress(OSError):
             temp.unlink()
+
+
+STALE_TEMP_SECONDS = 3600.0  # a temp file untouched this long was left by a killed process
+
+
+class TempFiles:
+    """Temp files in one directory (an upload's staging, a store's ``tmp``), made on first
+    use only, so a directory mounted read-only serves readers; the leftovers of a killed
+    process are swept then, once per object.
+
+    :meth:`create` raises OSError as the filesystem does; the caller removes the file.
+    """
+
+    def __init__(self, directory: Path, stale_after_s: float = STALE_TEMP_SECONDS) -> None:
+        self.directory = directory
+        self.stale_after_s = stale_after_s
+        self._swept = False
+
+    def create(self, prefix: str = "upload-") -> tempfile._TemporaryFileWrapper[bytes]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self._swept:
+            self._swept = True
+            remove_stale(self.directory, self.stale_after_s)
+        return tempfile.NamedTemporaryFile(dir=self.directory, prefix=prefix, delete=False)
 
 
 def remove_stale(directory: Path, older_than_s: float) -> None:

@@ -17,6 +17,7 @@ from streams.core.decide import STRATEGIES
 from streams.core.security import MAX_TEXT, PROTECTING_ROLES, ROLES, TOKEN, TOKEN_FORMAT, TOKEN_ID
 from streams.core.signatures import PUBLIC_KEY
 from streams.modelfile import MAX_MODEL_BYTES
+from streams.settings import MIB
 
 # The API's limits are imported lazily by ``document`` (api imports this module).
 _ERROR_STATUSES = {
@@ -38,13 +39,19 @@ _ERROR_STATUSES = {
     422: "Invalid input; `field` names the field when there is one (a model in the path "
     "must be a model name: 1-128 letters, digits, '.', '_' or '-').",
     500: "A bug: the server log has the traceback.",
-    503: "Not ready yet (still catching up with the log), cannot check a model now, or "
-    "too many uploads at once (Retry-After); retry.",
+    503: "Retry later: not ready yet (still catching up with the log), cannot check a model "
+    "now, too many uploads at once (`busy`, Retry-After), the artifact store does not answer "
+    "in time (`store_unreachable`, Retry-After) or refuses this server's credentials "
+    "(`store_refused`: the operator fixes them), or this instance's writer key is not "
+    "trusted (`untrusted_writer`: the operator adds it).",
     504: "No answer in time; retry (a command with the same command_id is applied once).",
-    507: "The artifact store is full or read-only; the operator must fix it.",
+    507: "`store_full`: the artifact store's directory is full or read-only; the operator "
+    "frees space or fixes its permissions, then the request can be sent again.",
 }
 
-_WRITE_ERRORS = (400, 403, 404, 409, 413, 415, 422, 500, 504)
+_WRITE_ERRORS = (400, 403, 404, 409, 413, 415, 422, 500, 503, 504)
+# Commits and merges first look their artifact up in the store.
+_STORE_WRITE_ERRORS = (*_WRITE_ERRORS, 507)
 _READ_ERRORS = (400, 403, 404, 422, 500, 504)
 
 # A ref expression (a name, a commit id or prefix, with ~N and ^ suffixes).
@@ -104,6 +111,7 @@ def _command(
     body: dict[str, Any] | None,
     params: list[dict[str, Any]],
     receipt: dict[str, Any] | None = None,
+    errors: tuple[int, ...] = _WRITE_ERRORS,
 ) -> dict[str, Any]:
     # The actor is the token's: an `actor` field or X-Modelvc-Actor header is still
     # accepted when it repeats it (older clients), so neither is documented.
@@ -114,7 +122,7 @@ def _command(
         "responses": {
             "201": _json(receipt, "Applied."),
             "200": _json(receipt, "A repeat of an applied command (same command_id)."),
-            **_errors(*_WRITE_ERRORS),
+            **_errors(*errors),
         },
     }
     if body is not None:
@@ -615,6 +623,7 @@ def document() -> dict[str, Any]:
                     ["artifact_sha256", "message"],
                 ),
                 [model],
+                errors=_STORE_WRITE_ERRORS,
             )
         },
         "/v1/models/{model}/branches": {
@@ -664,6 +673,7 @@ def document() -> dict[str, Any]:
                     ["source"],
                 ),
                 [model],
+                errors=_STORE_WRITE_ERRORS,
             )
         },
         "/v1/models/{model}/rollbacks": {
@@ -787,10 +797,16 @@ def document() -> dict[str, Any]:
                             "properties": {
                                 "sha256": {"type": "string"},
                                 "size": {"type": "integer"},
+                                "stored": {
+                                    "type": "boolean",
+                                    "description": "false: the store already held these "
+                                    "bytes (checked intact); nothing was written",
+                                },
                             },
-                            "required": ["sha256", "size"],
+                            "required": ["sha256", "size", "stored"],
                         },
-                        f"Stored (at most {MAX_MODEL_BYTES} bytes).",
+                        "Checked and in the store (at most the server's MODELVC_MAX_MODEL_MB "
+                        f"MiB: {MAX_MODEL_BYTES // MIB} unless its operator set it).",
                     ),
                     **_errors(400, 403, 408, 413, 415, 422, 500, 503, 507),
                 },
@@ -805,7 +821,7 @@ def document() -> dict[str, Any]:
                         "description": "The model file.",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
-                    **_errors(404, 500),
+                    **_errors(404, 500, 503, 507),
                 },
             }
         },

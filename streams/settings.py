@@ -10,22 +10,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streams.artifacts.location import S3Location, parse_location
+from streams.artifacts.location import S3Location, endpoint_problem, parse_location
 from streams.core import refs
 from streams.core.hashing import SHA256_HEX
 from streams.kafka_access import DELIVERY, SECURITY, Delivery, KafkaAccess, Security
+from streams.modelfile import MAX_MODEL_BYTES
 
 # A namespace prefixes every topic name and consumer group: Kafka's topic alphabet, bounded.
 NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 # Key ids an operator pins: a few writer keys per deployment, never hundreds.
 MAX_TRUSTED_KEYS = 64
 TRUSTED_KEYS_ENV = "MODELVC_TRUSTED_WRITER_KEYS"
-# Where an S3-compatible store answers (MinIO, Ceph, moto): a scheme, a host and maybe a
-# port, nothing else (no credentials in a URL, no path to smuggle a key prefix through).
-S3_ENDPOINT = re.compile(
-    r"https?://(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])"
-    r"(?::(?P<port>[0-9]{1,5}))?/?"
-)
+# The largest model a deployment takes, in MiB (MODELVC_MAX_MODEL_MB): checking one reads
+# it whole into memory (our parser, then the sandbox child), so this is also what one
+# check holds.
+MIB = 1 << 20
+MAX_MODEL_MB = 4096
 # A path field left unset, resolved from the others in __post_init__ (no one means "."
 # for a key file).
 _UNSET_PATH = Path()
@@ -44,6 +44,9 @@ class Settings:
     # ~/.aws), at s3_endpoint when it is not AWS.
     artifacts: str = ".modelvc/artifacts"
     s3_endpoint: str | None = None
+    # The largest model an upload may be and a download or a worker may read: a whole
+    # number of MiB, 1 to MAX_MODEL_MB (MODELVC_MAX_MODEL_MB; default 64).
+    max_model_bytes: int = MAX_MODEL_BYTES
     archive_dir: Path = Path(".modelvc/archive")
     # The address the HTTP API binds to, and its canonical host: loopback unless an
     # operator says otherwise (a container sets 0.0.0.0 and publishes the port).
@@ -93,6 +96,12 @@ class Settings:
         problem = artifacts_problem(self.artifacts, self.s3_endpoint)
         if problem is not None:
             raise ValueError(problem)
+        if self.max_model_bytes % MIB or not 1 <= self.max_model_bytes // MIB <= MAX_MODEL_MB:
+            raise ValueError(
+                f"the model size limit {self.max_model_bytes} bytes is not 1-{MAX_MODEL_MB} "
+                f"MiB; set MODELVC_MAX_MODEL_MB to a whole number from 1 to {MAX_MODEL_MB} "
+                f"(default {MAX_MODEL_BYTES // MIB})"
+            )
         if self.replication_factor is not None and not 1 <= self.replication_factor <= 32:
             raise ValueError(
                 f"MODELVC_REPLICATION_FACTOR={self.replication_factor} is not 1-32; "
@@ -151,8 +160,11 @@ class Settings:
 
     @property
     def staging_dir(self) -> Path:
-        """Where uploads stream while they are checked: inside a store directory (one
-        filesystem, so storing is a rename), else on this instance's own disk."""
+        """Where uploads stream while they are checked: inside a store directory (its
+        tmp, made on the first upload: the store's own disk), else on this instance's
+        own disk. Storing copies the checked file into the store (a write, an fsync and
+        a link for a directory; an upload for S3), so the staged file is never what is
+        served."""
         location = parse_location(self.artifacts)
         if isinstance(location, S3Location):
             return self.data_dir / "uploads"
@@ -173,6 +185,7 @@ class Settings:
             data_dir=data_dir,
             artifacts=env.get("MODELVC_ARTIFACTS") or str(home / "artifacts"),
             s3_endpoint=env.get("MODELVC_S3_ENDPOINT") or None,
+            max_model_bytes=max_model_mb(env.get("MODELVC_MAX_MODEL_MB")) * MIB,
             archive_dir=Path(env.get("MODELVC_ARCHIVE_DIR", str(data_dir.parent / "archive"))),
             web_host=env.get("MODELVC_WEB_HOST", "127.0.0.1"),
             web_port=port,
@@ -201,6 +214,7 @@ class Settings:
             "MODELVC_ARTIFACTS": self.artifacts,
             # Always set (empty: none), so a child never inherits another store's endpoint.
             "MODELVC_S3_ENDPOINT": self.s3_endpoint or "",
+            "MODELVC_MAX_MODEL_MB": str(self.max_model_bytes // MIB),
             "MODELVC_ARCHIVE_DIR": str(self.archive_dir),
             "MODELVC_WEB_HOST": self.web_host,
             "MODELVC_WEB_PORT": str(self.web_port),
@@ -227,16 +241,21 @@ def artifacts_problem(artifacts: str, s3_endpoint: str | None) -> str | None:
         parse_location(artifacts)
     except ValueError as exc:
         return f"MODELVC_ARTIFACTS={artifacts[:80]!r}: {exc}"
-    if s3_endpoint is None:
-        return None
-    endpoint = S3_ENDPOINT.fullmatch(s3_endpoint)
-    if endpoint is None or not 1 <= int(endpoint["port"] or 443) <= 65535:
-        return (
-            f"MODELVC_S3_ENDPOINT={s3_endpoint[:80]!r} is not an endpoint URL: set it to "
-            "http(s)://host[:port], e.g. http://127.0.0.1:9000 for a local MinIO, or unset "
-            "it for AWS"
+    return None if s3_endpoint is None else endpoint_problem(s3_endpoint)
+
+
+def max_model_mb(text: str | None) -> int:
+    """MODELVC_MAX_MODEL_MB as a number (unset or empty: the default); ValueError saying
+    the accepted range for text that is not a whole number (the range is checked with
+    the settings)."""
+    if not text:
+        return MAX_MODEL_BYTES // MIB
+    if not re.fullmatch(r"[0-9]{1,9}", text.strip()):
+        raise ValueError(
+            f"MODELVC_MAX_MODEL_MB={text[:40]!r} is not a whole number of MiB; set it to "
+            f"1-{MAX_MODEL_MB} (default {MAX_MODEL_BYTES // MIB})"
         )
-    return None
+    return int(text)
 
 
 def parse_trusted_keys(text: str) -> frozenset[str]:

@@ -51,7 +51,11 @@ STATUS_BY_CODE: Mapping[str, int] = {
     "upload_stalled": 408,
     "sandbox_unavailable": 503,
     "artifact_rejected": 422,
-    "store_unavailable": 507,
+    # The store itself: a directory full or read-only is the operator's to fix (507); a
+    # store that does not answer, or refuses this server's credentials, may come back (503).
+    "store_full": 507,
+    "store_unreachable": 503,
+    "store_refused": 503,
     "artifact_corrupted": 500,  # stored bytes no longer match their digest: ours to fix
 }
 

@@ -1,8 +1,10 @@
 """A real S3 API on a loopback port for the tests: moto's server, started and stopped by pid.
 
 IAM is enforced once the server is set up (``INITIAL_NO_AUTH_ACTION_COUNT``): the first
-requests create a user, its access key and a policy allowing S3, then the bucket (with
-that key); from then on a wrong key is refused as AWS refuses it (InvalidAccessKeyId).
+requests create a user, its access key and a policy allowing S3, a second user allowed to
+read only (what a worker needs, not what the streams app needs), then the bucket (with
+the first key); from then on a wrong key is refused as AWS refuses it (InvalidAccessKeyId),
+and a write with the reader's key too (AccessDenied).
 """
 
 from __future__ import annotations
@@ -27,13 +29,17 @@ BUCKET = "modelvc-artifacts"
 PREFIX = "models"
 REGION = "us-east-1"
 # Requests moto serves before it checks credentials: exactly those of the setup below
-# (create_user, create_access_key, put_user_policy, create_bucket).
-SETUP_REQUESTS = 4
+# (create_user, create_access_key, put_user_policy for each of two users, create_bucket).
+SETUP_REQUESTS = 7
 START_TIMEOUT_S = 30.0
 
 _ALLOW_S3 = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+}
+_READ_S3 = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": ["s3:Get*", "s3:List*"], "Resource": "*"}],
 }
 
 
@@ -44,6 +50,8 @@ class S3Server:
     access_key: str
     secret_key: str
     log: Path
+    reader_key: str = ""  # a key that may read the bucket, never write it
+    reader_secret: str = ""
 
     def env(self, prefix: str = PREFIX) -> dict[str, str]:
         """What a modelvc process needs to use the bucket under ``prefix``."""
@@ -86,13 +94,19 @@ def running_s3(tmp: Path) -> Iterator[S3Server]:
             aws_access_key_id="setup",
             aws_secret_access_key="setup",
         )
-        iam.create_user(UserName="modelvc")
-        key = iam.create_access_key(UserName="modelvc")["AccessKey"]
-        iam.put_user_policy(
-            UserName="modelvc", PolicyName="s3", PolicyDocument=json.dumps(_ALLOW_S3)
-        )
+        keys = {}
+        for user, policy in (("modelvc", _ALLOW_S3), ("reader", _READ_S3)):
+            iam.create_user(UserName=user)
+            keys[user] = iam.create_access_key(UserName=user)["AccessKey"]
+            iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps(policy))
         s3 = S3Server(
-            endpoint, server.pid, key["AccessKeyId"], key["SecretAccessKey"], Path(server.log)
+            endpoint,
+            server.pid,
+            keys["modelvc"]["AccessKeyId"],
+            keys["modelvc"]["SecretAccessKey"],
+            Path(server.log),
+            reader_key=keys["reader"]["AccessKeyId"],
+            reader_secret=keys["reader"]["SecretAccessKey"],
         )
         s3.client().create_bucket(Bucket=BUCKET)
         yield s3

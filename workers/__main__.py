@@ -8,7 +8,8 @@ Artifacts fetched over the network (``MODELVC_ARTIFACTS=s3://…``, or the strea
 API) are cached in ``MODELVC_WORKER_CACHE`` (default ``$MODELVC_HOME/cache/<worker
 id>``), at most ``MODELVC_WORKER_CACHE_MB`` (2048). A store that cannot be reached
 at start (credentials, bucket, endpoint, directory) stops the worker with one line
-saying what to fix, and exit status 2, before it consumes anything.
+saying what to fix, and exit status 1 (as ``python -m streams``), before it consumes
+anything; so do a setting it cannot read and a cache directory another worker uses.
 """
 
 from __future__ import annotations
@@ -40,15 +41,16 @@ def main(argv: Sequence[str] = ()) -> None:
     from workers.settings import WorkerSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = WorkerSettings.from_env()
-    if args.sign_predictions:
-        settings = dataclasses.replace(settings, sign_predictions=True)
     try:
+        settings = WorkerSettings.from_env()
+        if args.sign_predictions:
+            settings = dataclasses.replace(settings, sign_predictions=True)
         worker = bootstrap(settings)
-    except ArtifactStoreUnavailable as exc:
+    except (ValueError, ArtifactStoreUnavailable) as exc:
         # A setting to fix, not a bug: its one line says what to do, without a traceback.
-        logging.getLogger("modelvc.workers").error("cannot start: %s", exc.strerror or exc)
-        raise SystemExit(2) from None
+        message = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        logging.getLogger("modelvc.workers").error("cannot start: %s", message)
+        raise SystemExit(1) from None
     asyncio.run(serve(worker))
 
 

@@ -5,14 +5,15 @@ own metrics, loader or an already folded version log instead of overwriting
 internals.
 
 The artifact store the worker reads directly is reached once here
-(``store.check()``): wrong credentials, a missing bucket or an unreachable
+(``open_checked_store``): wrong credentials, a missing bucket or an unreachable
 endpoint raise :class:`~streams.errors.ArtifactStoreUnavailable` before the
-worker consumes anything, not at its first load.
+worker consumes anything, not at its first load. So does a cache directory
+another worker holds (:mod:`workers.cache`).
 """
 
 from __future__ import annotations
 
-from streams.artifacts import ArtifactStore, open_store
+from streams.artifacts import ArtifactStore, open_checked_store
 from streams.core.fold import Fold
 from streams.http_client import resolve_token
 from streams.signing import SigningKey
@@ -36,7 +37,7 @@ def bootstrap(
 ) -> Worker:
     metrics = metrics if metrics is not None else Metrics()
     if loader is None:
-        loader = open_loader(settings)
+        loader = open_loader(settings, metrics=metrics)
     if signer is None and settings.sign_predictions:
         signer = SigningKey.load_or_create(settings.worker_key_path)
     tracker = VersionTracker(settings, loader, metrics, fold)
@@ -44,15 +45,25 @@ def bootstrap(
     return Worker(settings, tracker, scorer, metrics)
 
 
-def open_loader(settings: WorkerSettings, store: ArtifactStore | None = None) -> ArtifactLoader:
+def open_loader(
+    settings: WorkerSettings,
+    store: ArtifactStore | None = None,
+    *,
+    metrics: Metrics | None = None,
+) -> ArtifactLoader:
     """The loader ``settings`` describe: the store read directly (opened and checked here
-    unless given), the API, and the local cache when artifacts come over the network."""
+    unless given), the API, and the local cache when artifacts come over the network;
+    every read bounded by the model size limit (MODELVC_MAX_MODEL_MB)."""
     location = settings.artifact_store
     if store is None and location is not None:
-        store = open_store(location, settings.topics.s3_endpoint)
-        store.check()
+        store = open_checked_store(location, settings.topics.s3_endpoint, writable=False)
     token = resolve_token(settings.token, settings.token_file, settings.admin_token_file)
+    limit = settings.topics.max_model_bytes
     cache = (
-        ArtifactCache(settings.cache_path, settings.cache_mb << 20) if settings.uses_cache else None
+        ArtifactCache(settings.cache_path, settings.cache_mb << 20, max_entry_bytes=limit)
+        if settings.uses_cache
+        else None
     )
-    return ArtifactLoader(store, settings.artifact_url, cache=cache, token=token)
+    return ArtifactLoader(
+        store, settings.artifact_url, cache=cache, token=token, metrics=metrics, max_bytes=limit
+    )

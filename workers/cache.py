@@ -13,45 +13,83 @@ order lives on disk and is recovered at construction, after a restart.
 Entries are written to a temp file in ``root`` and renamed into place, so a reader
 never sees half a file. They are not fsynced: a cache is rebuilt from the store,
 and an entry a power cut truncated fails its hash and is fetched again. Temp files
-a killed process left are swept at construction (the directory is this worker's).
+a killed process left are swept at construction.
+
+The directory is one worker's: each bounds only the entries it knows, and sweeps
+temp files at start, so two workers sharing one would evict and delete each
+other's. An exclusive ``flock`` on ``<root>/.lock``, held for the cache's life
+(released by the kernel when the process dies), makes a second one fail at start.
+A directory others may read or write is made private when it is ours, refused
+when another user owns it (they could swap entries between our hash and our read).
+
+A read never holds more than ``max_entry_bytes`` (the model size limit): the
+file's size is checked before it is read, and a larger entry is deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import os
+import stat
 import tempfile
 import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import BinaryIO
 
-from streams.artifacts.store import ArtifactStore, check_digest, read
+from streams.artifacts.store import check_digest
 from streams.core.hashing import SHA256_HEX
 from streams.errors import ArtifactStoreUnavailable
 from streams.modelfile import MAX_MODEL_BYTES
 
 TEMP_PREFIX = ".fill-"
+LOCK_NAME = ".lock"
 
 
 class ArtifactCache:
-    def __init__(self, root: Path, max_bytes: int) -> None:
+    def __init__(
+        self, root: Path, max_bytes: int, *, max_entry_bytes: int = MAX_MODEL_BYTES
+    ) -> None:
         if max_bytes < 0:
             raise ValueError(f"a cache of {max_bytes} bytes: set MODELVC_WORKER_CACHE_MB >= 0")
         self.root = root
         self.max_bytes = max_bytes
+        # No entry is bigger than a model may be, nor than the whole cache.
+        self.max_entry_bytes = min(max_entry_bytes, max_bytes)
         # Loads run in executor threads, several at once: the index is shared.
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, int] = OrderedDict()  # digest -> size, oldest first
         self._last_ns = 0  # the newest stamp given: the next one is later, even within a tick
         try:
             root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _make_private(root)
+            # Before the sweep below: it deletes temp files, which are only ours once locked.
+            self._lock_file = _lock(root)
+        except ArtifactStoreUnavailable:
+            raise
+        except OSError as exc:
+            raise _unavailable(root, exc) from exc
+        try:
             self._recover()
         except OSError as exc:
+            self.close()
             raise _unavailable(root, exc) from exc
         with self._lock:
             self._evict()
+
+    def close(self) -> None:
+        """Release the directory (another cache may then open it)."""
+        self._lock_file.close()
+
+    def __enter__(self) -> ArtifactCache:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     @property
     def total_bytes(self) -> int:
@@ -67,16 +105,19 @@ class ArtifactCache:
         """The verified bytes of ``digest``, or None when it is not cached (or was damaged:
         the entry is then deleted)."""
         path = self.root / check_digest(digest)
+        limit = self.max_entry_bytes
         try:
             with open(path, "rb") as handle:
-                data = handle.read(self.max_bytes + 1)
+                # An entry past the limit is not ours (we never keep one): not even read.
+                too_big = os.fstat(handle.fileno()).st_size > limit
+                data = b"" if too_big else handle.read(limit + 1)
         except FileNotFoundError:
             with self._lock:
                 self._entries.pop(digest, None)
             return None
         except OSError as exc:
             raise _unavailable(self.root, exc) from exc
-        if len(data) > self.max_bytes or hashlib.sha256(data).hexdigest() != digest:
+        if too_big or len(data) > limit or hashlib.sha256(data).hexdigest() != digest:
             with self._lock:
                 self._entries.pop(digest, None)
                 with contextlib.suppress(OSError):
@@ -86,18 +127,11 @@ class ArtifactCache:
             self._used(digest, len(data))
         return data
 
-    def fill(self, digest: str, store: ArtifactStore, limit: int = MAX_MODEL_BYTES) -> bytes:
-        """Fetch ``digest`` from ``store`` (verified, at most ``limit`` bytes), keep it, and
-        return it. An artifact larger than the whole cache is returned but not kept."""
-        data = read(store, check_digest(digest), limit)
-        self.add(digest, data)
-        return data
-
     def add(self, digest: str, data: bytes) -> None:
         """Keep ``data``, bytes the caller has verified hash to ``digest``."""
         target = self.root / check_digest(digest)
-        if len(data) > self.max_bytes:
-            return  # it would evict everything and still not fit
+        if len(data) > self.max_entry_bytes:
+            return  # it would evict everything and still not fit (or get refuses it)
         try:
             fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.root)  # mode 0600
         except OSError as exc:
@@ -144,6 +178,41 @@ class ArtifactCache:
             with contextlib.suppress(OSError):
                 (self.root / digest).unlink(missing_ok=True)
             total -= size
+
+
+def _make_private(root: Path) -> None:
+    """0700 for a directory of ours others may use; refused when another user owns it."""
+    info = os.stat(root)
+    if info.st_uid != os.getuid():
+        raise ArtifactStoreUnavailable(
+            errno.EPERM,
+            f"the worker's artifact cache {root} belongs to another user (uid {info.st_uid}): "
+            "set MODELVC_WORKER_CACHE to a directory of this worker's own",
+        )
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(root, 0o700)
+
+
+def _lock(root: Path) -> BinaryIO:
+    """The open ``.lock`` file, flocked; refused while another process holds it."""
+    # Read-only is enough for flock, and opens on a read-only disk once the file exists.
+    flags = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    opener = lambda path, _: os.open(path, flags, 0o600)  # noqa: E731
+    # Not a `with`: the file stays open, and the lock held, for the cache's life.
+    handle = open(root / LOCK_NAME, "rb", opener=opener)  # noqa: SIM115
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ArtifactStoreUnavailable(
+            errno.EBUSY,
+            f"the worker's artifact cache {root} is in use by another worker: give each worker "
+            "its own MODELVC_WORKER_CACHE (a directory per worker)",
+        ) from None
+    except OSError:
+        handle.close()
+        raise
+    return handle
 
 
 def _unavailable(root: Path, exc: OSError) -> ArtifactStoreUnavailable:

@@ -5,9 +5,10 @@ so several workers, or tests, in one process do not see each other's series.
 
 Label values reach the registry through the methods below only, and each comes
 from a bounded set: models and commits of versions this worker serves (at most
-``MODELVC_WORKER_MAX_REFS`` at once), rejection reasons, dead-letter and transaction outcomes
-and deliveries (fixed sets), partitions of the features topic. A feature event's raw model or
-ref never becomes a label before it resolved to a served version.
+``MODELVC_WORKER_MAX_REFS`` at once), rejection reasons, dead-letter and transaction
+outcomes, deliveries and artifact cache operations (fixed sets), partitions of the
+features topic. A feature event's raw model or ref never becomes a label before it
+resolved to a served version.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ _le = cast(Callable[[float], str], floatToGoString)
 
 PredictionPath = Literal["stream", "http"]
 TransactionOutcome = Literal["committed", "aborted"]
+CacheOperation = Literal["read", "write"]
 
 
 class BatchHistogram(Collector):
@@ -119,6 +121,13 @@ class Metrics:
             ("model",),
             registry=r,
         )
+        self._artifact_cache_errors = Counter(
+            "modelvc_artifact_cache_errors",
+            "Faults of the worker's local artifact cache (disk full, read-only, gone), by "
+            "operation (read, write); the load went on without it.",
+            ("operation",),
+            registry=r,
+        )
         self._version_switches = Counter(
             "modelvc_version_switches",
             "Times a served ref moved to another commit.",
@@ -186,6 +195,9 @@ class Metrics:
 
     def artifact_failed(self, model: str) -> None:
         self._artifact_failures.labels(model).inc()
+
+    def cache_error(self, operation: CacheOperation) -> None:
+        self._artifact_cache_errors.labels(operation).inc()
 
     def switched(self, model: str) -> None:
         self._version_switches.labels(model).inc()

@@ -16,6 +16,7 @@ from streams.settings import Settings as StreamsSettings
 SIGN_PREDICTIONS_ENV = "MODELVC_SIGN_PREDICTIONS"  # 1: sign every prediction
 CACHE_ENV = "MODELVC_WORKER_CACHE"  # the artifact cache's directory
 CACHE_MB_ENV = "MODELVC_WORKER_CACHE_MB"  # its bound, in MiB
+SHARED_STORE_ENV = "MODELVC_WORKER_SHARED_STORE"  # 1: read the store directly; 0: the API only
 MAX_CACHE_MB = 1 << 24  # 16 TiB: past any disk, so a typo is caught, not a real size
 
 
@@ -26,10 +27,12 @@ class WorkerSettings:
     group_id: str = "modelvc-workers"
     web_host: str = "127.0.0.1"
     web_port: int = 6070
-    # Where artifacts are read from: the store (``topics.artifacts``) directly when it is
-    # S3, or a directory this worker shares (shared_store); the streams API otherwise (and
-    # for an artifact the store does not have).
-    shared_store: bool = False
+    # Where artifacts are read from: the store (``topics.artifacts``) directly, or the
+    # streams API (also for an artifact the store does not have). True: the store directly;
+    # False: the API only (say, workers given no store credentials); None, decided at
+    # construction: directly when it is S3, the API for a directory (not known to be
+    # shared with this worker).
+    shared_store: bool | None = None
     api_url: str | None = None  # the streams API; None: the local one on topics.web_port
     max_batch: int = 5000
     max_refs: int = 1024  # distinct (model, ref) pairs served at once; least recently used go
@@ -52,6 +55,9 @@ class WorkerSettings:
     admin_token_file: Path = default_home({}) / ADMIN_TOKEN_FILE
 
     def __post_init__(self) -> None:
+        if self.shared_store is None:
+            is_s3 = isinstance(parse_location(self.topics.artifacts), S3Location)
+            object.__setattr__(self, "shared_store", is_s3)  # frozen: set once, here
         if not 0 <= self.cache_mb <= MAX_CACHE_MB:
             raise ValueError(
                 f"{CACHE_MB_ENV}={self.cache_mb} is not 0-{MAX_CACHE_MB} (MiB); "
@@ -106,11 +112,10 @@ class WorkerSettings:
     def artifact_store(self) -> str | None:
         """The store this worker reads directly (``topics.artifacts``), or None: the API only.
 
-        An S3 store is reachable from anywhere; a directory only when shared with this worker.
+        An S3 store is reachable from anywhere, a directory only when shared with this
+        worker; either is read only through the API when ``shared_store`` is False.
         """
-        artifacts = self.topics.artifacts
-        is_s3 = isinstance(parse_location(artifacts), S3Location)
-        return artifacts if is_s3 or self.shared_store else None
+        return self.topics.artifacts if self.shared_store else None
 
     @property
     def artifact_url(self) -> str:
@@ -120,9 +125,11 @@ class WorkerSettings:
     @property
     def uses_cache(self) -> bool:
         """Whether artifacts are cached locally: they are when they come over the network
-        (S3, the API), not when they are read from a directory already on this machine."""
+        (S3, the API), not when they are read from a directory already on this machine,
+        nor when the cache has no room (MODELVC_WORKER_CACHE_MB=0)."""
         store = self.artifact_store
-        return store is None or isinstance(parse_location(store), S3Location)
+        remote = store is None or isinstance(parse_location(store), S3Location)
+        return remote and self.cache_mb > 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -130,15 +137,16 @@ class WorkerSettings:
         env = os.environ if env is None else env
         topics = StreamsSettings.from_env(env)
         port = int(env.get("MODELVC_WORKER_PORT", "6070"))
-        # A worker given a store directory reads it, unless told it is not shared with it.
-        shared = "1" if env.get("MODELVC_ARTIFACTS") else "0"
+        # A worker given a store reads it directly, unless told to use the API only.
+        given = bool(env.get("MODELVC_ARTIFACTS"))
+        shared = _flag(env, SHARED_STORE_ENV) if env.get(SHARED_STORE_ENV) else given
         return cls(
             topics=topics,
             worker_id=env.get("MODELVC_WORKER_ID", f"{socket.gethostname()}-{port}"),
             group_id=env.get("MODELVC_WORKER_GROUP", f"{topics.namespace}-workers"),
             web_host=env.get("MODELVC_WORKER_HOST", "127.0.0.1"),
             web_port=port,
-            shared_store=env.get("MODELVC_WORKER_SHARED_STORE", shared) == "1",
+            shared_store=shared,
             api_url=env.get("MODELVC_ARTIFACT_URL") or env.get("MODELVC_URL") or None,
             max_batch=int(env.get("MODELVC_WORKER_MAX_BATCH", "5000")),
             max_refs=int(env.get("MODELVC_WORKER_MAX_REFS", "1024")),
@@ -161,7 +169,7 @@ class WorkerSettings:
             "MODELVC_WORKER_GROUP": self.group_id,
             "MODELVC_WORKER_HOST": self.web_host,
             "MODELVC_WORKER_PORT": str(self.web_port),
-            "MODELVC_WORKER_SHARED_STORE": "1" if self.shared_store else "0",
+            SHARED_STORE_ENV: "1" if self.shared_store else "0",
             "MODELVC_WORKER_MAX_BATCH": str(self.max_batch),
             "MODELVC_WORKER_MAX_REFS": str(self.max_refs),
             "MODELVC_WORKER_MEMORY_MB": str(self.worker_memory_mb),

@@ -13,6 +13,10 @@ read-only directory), a refused model, a client that goes away mid-upload
 (cancellation). A full or unwritable staging directory raises
 :class:`~streams.errors.ArtifactStoreUnavailable`, never a bare ``OSError``.
 Leftovers of a killed process are swept on the next upload.
+
+An upload of what the store already holds stores nothing new, but the object is read
+back and verified: a damaged one (altered, truncated) is deleted and replaced by the
+checked bytes, so uploading the model again really repairs it.
 """
 
 from __future__ import annotations
@@ -21,37 +25,51 @@ import asyncio
 import contextlib
 import hashlib
 import io
-import tempfile
+import logging
 from collections.abc import AsyncIterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
 from streams import modelfile
-from streams.artifacts.store import ArtifactStore
+from streams.artifacts.store import ArtifactStore, verify
 from streams.errors import (
     ArtifactCorrupted,
     ArtifactEmpty,
+    ArtifactNotFound,
     ArtifactStoreUnavailable,
     ArtifactTooLarge,
     UploadsBusy,
     UploadStalled,
 )
-from streams.files import remove_stale
+from streams.files import TempFiles
 from streams.modelfile import MAX_MODEL_BYTES, ModelSummary
 from streams.sandbox import Sandbox
 
-__all__ = ["MAX_MODEL_BYTES", "Intake", "ModelSummary", "check_model", "sha256_of"]
+__all__ = ["MAX_MODEL_BYTES", "Intake", "ModelSummary", "Received", "check_model", "sha256_of"]
 
-STALE_TEMP_SECONDS = 3600.0  # an upload older than this was abandoned by a killed process
+log = logging.getLogger("modelvc.artifacts")
 
 
-def check_model(data: bytes, sandbox: Sandbox) -> ModelSummary:
+@dataclass(frozen=True)
+class Received:
+    """An upload the store holds: ``stored`` is False when the object was already there
+    (verified, and repaired if it was damaged)."""
+
+    digest: str
+    summary: ModelSummary
+    size: int
+    stored: bool
+
+
+def check_model(data: bytes, sandbox: Sandbox, max_bytes: int = MAX_MODEL_BYTES) -> ModelSummary:
     """Parse ``data`` with our validator, then load and smoke-score it in ``sandbox``.
 
     Raises ArtifactRejected with the reason; LightGBM never sees what the parser refuses.
+    ``max_bytes`` is the deployment's model limit (MODELVC_MAX_MODEL_MB).
     """
-    summary = modelfile.validate(data)
+    summary = modelfile.validate(data, max_bytes)
     sandbox.check(data, summary)
     return summary
 
@@ -106,29 +124,19 @@ class Intake:
         # Puts wait on the store (an S3 round trip, an fsync), not on the CPU: their own
         # threads, so a slow store never holds a check slot.
         self._storer = ThreadPoolExecutor(max_uploads, thread_name_prefix="artifact-put")
-        self._swept = False
+        self._temp = TempFiles(staging)
 
     def _temp_file(self) -> IO[bytes]:
         """A temporary file under ``staging``; the caller removes it (:func:`_discard`)."""
         try:
-            # Made on first upload only, so readers can mount a store directory read-only.
-            self.staging.mkdir(parents=True, exist_ok=True)
-            self._sweep()
-            return tempfile.NamedTemporaryFile(dir=self.staging, prefix="upload-", delete=False)
+            return self._temp.create()
         except OSError as exc:
             raise _unavailable(self.staging, exc) from exc
-
-    def _sweep(self) -> None:
-        """Remove temp files a killed process left behind (once per intake)."""
-        if self._swept:
-            return
-        self._swept = True
-        remove_stale(self.staging, STALE_TEMP_SECONDS)
 
     def _check(self, data: bytes) -> ModelSummary:
         if len(data) > self.max_bytes:
             raise ArtifactTooLarge(f"artifacts are limited to {self.max_bytes} bytes")
-        return check_model(data, self.sandbox)
+        return check_model(data, self.sandbox, self.max_bytes)
 
     def _check_staged(self, temp: Path, expected: str | None) -> tuple[str, ModelSummary]:
         """The staged upload's digest and summary (read once, bounded, then let go)."""
@@ -144,7 +152,7 @@ class Intake:
             )
         return digest, self._check(data)
 
-    def _store_staged(self, temp: Path, digest: str) -> None:
+    def _store_staged(self, temp: Path, digest: str) -> bool:
         # The store makes the file visible only if it hashes to ``digest``, the hash of
         # the bytes that were checked: what is served under it is what passed.
         try:
@@ -152,19 +160,44 @@ class Intake:
         except OSError as exc:
             raise _unavailable(self.staging, exc) from exc
         with handle:
-            self.store.put(handle, digest)
+            return self._store(handle, digest)
 
-    def put(self, data: bytes) -> tuple[str, ModelSummary]:
-        """Check and store ``data`` (tests, bench): (digest, summary)."""
+    def _store(self, checked: BinaryIO, digest: str) -> bool:
+        """Put ``checked`` (seekable; it hashes to ``digest``): whether it was stored.
+
+        An object already there is verified and, when damaged, replaced by these bytes.
+        """
+        if self.store.put(checked, digest):
+            return True
+        try:
+            verify(self.store, digest)
+            return False
+        except ArtifactNotFound:
+            pass  # deleted since the put looked (artifacts gc): store it again
+        except ArtifactCorrupted:
+            log.warning(
+                "artifact %s in %s was damaged; replacing it with the checked upload",
+                digest,
+                self.store.location,
+            )
+            self.store.delete(digest)
+        checked.seek(0)
+        if self.store.put(checked, digest):
+            return True
+        # Someone else stored it meanwhile, or the damaged copy could not be removed
+        # (a link in a directory store): ArtifactCorrupted if it is still wrong.
+        verify(self.store, digest)
+        return False
+
+    def put(self, data: bytes) -> Received:
+        """Check and store ``data`` (tests, bench)."""
         digest = sha256_of(data)
         summary = self._check(data)
-        self.store.put(io.BytesIO(data), digest)
-        return digest, summary
+        stored = self._store(io.BytesIO(data), digest)
+        return Received(digest, summary, len(data), stored)
 
-    async def receive(
-        self, chunks: AsyncIterable[bytes], expected: str | None = None
-    ) -> tuple[str, ModelSummary, int]:
-        """Stream an upload into a temp file, then check and store it: (digest, summary, size).
+    async def receive(self, chunks: AsyncIterable[bytes], expected: str | None = None) -> Received:
+        """Stream an upload into a temp file, then check and store it.
 
         Raises ArtifactTooLarge past ``max_bytes`` (stopping the read there),
         ArtifactEmpty, ArtifactCorrupted (``expected`` differs), ArtifactRejected
@@ -183,9 +216,7 @@ class Intake:
         finally:
             self._uploads -= 1
 
-    async def _receive(
-        self, chunks: AsyncIterable[bytes], expected: str | None
-    ) -> tuple[str, ModelSummary, int]:
+    async def _receive(self, chunks: AsyncIterable[bytes], expected: str | None) -> Received:
         handle = self._temp_file()
         temp = Path(handle.name)
         try:
@@ -197,8 +228,8 @@ class Intake:
                 )
             # Cancelled from here on, the put still ends in its thread: it stores the
             # checked bytes under their digest, or nothing.
-            await loop.run_in_executor(self._storer, self._store_staged, temp, digest)
-            return digest, summary, size
+            stored = await loop.run_in_executor(self._storer, self._store_staged, temp, digest)
+            return Received(digest, summary, size, stored)
         finally:
             # Removed on every path; a thread still reading it keeps its open handle.
             _discard(handle)

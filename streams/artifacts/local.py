@@ -5,39 +5,41 @@ moves it into place only when the name is free, so a reader never sees half a fi
 and an object is never replaced. Temp files go on every failure path; those a killed
 process left are swept on the first write. Readers (workers sharing the directory)
 need read access only: ``tmp`` is made on first write.
+
+Only what lies in the root's own directories is an object: a shard directory or an
+entry that is a symbolic link is skipped by :meth:`LocalStore.list` and left alone by
+:meth:`LocalStore.delete`, so ``artifacts gc`` never removes a file outside the root.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
-import tempfile
-import time
+import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from streams.artifacts.store import (
     CHUNK,
     HashingReader,
     StoredObject,
-    check_digest,
     copy_hashed,
     digest_of_key,
     key_for,
 )
 from streams.errors import ArtifactNotFound, ArtifactStoreUnavailable
-from streams.files import fsync_dir
+from streams.files import TempFiles, fsync_dir
 
-STALE_TEMP_SECONDS = 3600.0  # a temp file older than this was left by a killed process
+log = logging.getLogger("modelvc.artifacts")
 
 
 class LocalStore:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._tmp = root / "tmp"
-        self._swept = False
+        self._temp = TempFiles(root / "tmp")
 
     @property
     def location(self) -> str:
@@ -46,7 +48,7 @@ class LocalStore:
     def path_for(self, digest: str) -> Path:
         return self.root / key_for(digest)
 
-    def check(self) -> None:
+    def check(self, writable: bool = False) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise ArtifactStoreUnavailable(
                 errno.ENOTDIR,
@@ -58,13 +60,20 @@ class LocalStore:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise self._unavailable(exc, "cannot be created") from exc
+        if writable and not os.access(self.root, os.W_OK | os.X_OK):
+            raise ArtifactStoreUnavailable(
+                errno.EACCES,
+                f"the artifact store {self.root} is not writable by this process; make it "
+                "writable (chmod/chown, or mount it read-write) or point MODELVC_ARTIFACTS at "
+                "a directory it may write",
+            )
 
     def has(self, digest: str) -> bool:
         return self.path_for(digest).is_file()
 
     def put(self, stream: BinaryIO, digest: str) -> bool:
         target = self.path_for(digest)
-        if target.exists():
+        if self._refresh(target):
             return False
         handle = self._temp_file()
         temp = Path(handle.name)
@@ -121,46 +130,81 @@ class LocalStore:
 
     def list(self) -> Iterator[StoredObject]:
         try:
-            paths = sorted(self.root.glob("sha256/*/*"))
+            names = sorted(self._real_entries(self.root / "sha256", directories=True))
         except OSError as exc:
             raise self._unavailable(exc, "cannot be listed") from exc
-        for path in paths:
-            digest = digest_of_key(path.relative_to(self.root).as_posix())
-            if digest is None:
-                continue
+        for shard in names:
             try:
-                info = path.stat()
+                entries = sorted(self._real_entries(self.root / "sha256" / shard))
             except FileNotFoundError:
-                continue  # deleted since the listing
+                continue  # removed since the listing
             except OSError as exc:
                 raise self._unavailable(exc, "cannot be listed") from exc
-            yield StoredObject(digest, info.st_size, info.st_mtime)
+            for name in entries:
+                digest = digest_of_key(f"sha256/{shard}/{name}")
+                if digest is None:
+                    continue
+                try:
+                    info = (self.root / "sha256" / shard / name).lstat()
+                except FileNotFoundError:
+                    continue  # deleted since the listing
+                except OSError as exc:
+                    raise self._unavailable(exc, "cannot be listed") from exc
+                yield StoredObject(digest, info.st_size, info.st_mtime)
 
     def delete(self, digest: str) -> None:
-        check_digest(digest)
+        path = self.path_for(digest)
+        if not self._inside(path):
+            # Someone linked it in from elsewhere: removing it might remove what is not ours.
+            log.warning("not deleting %s: it is a symbolic link, not an object of the store", path)
+            return
         try:
-            self.path_for(digest).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
         except OSError as exc:
             raise self._unavailable(exc, "cannot delete this object") from exc
 
-    def _temp_file(self) -> tempfile._TemporaryFileWrapper[bytes]:
+    def _real_entries(self, directory: Path, directories: bool = False) -> Iterator[str]:
+        """The names in ``directory`` that are regular files (or directories), never links;
+        nothing when ``directory`` is absent."""
         try:
-            self._tmp.mkdir(parents=True, exist_ok=True)
-            self._sweep()
-            return tempfile.NamedTemporaryFile(dir=self._tmp, prefix="upload-", delete=False)
+            scan = os.scandir(directory)
+        except FileNotFoundError:
+            return
+        with scan:
+            for entry in scan:
+                if entry.is_symlink():
+                    continue
+                if entry.is_dir(follow_symlinks=False) if directories else entry.is_file():
+                    yield entry.name
+
+    def _inside(self, path: Path) -> bool:
+        """Whether ``path`` (an object's path) reaches no link below the root."""
+        for step in (path.parent.parent, path.parent, path):
+            try:
+                if stat.S_ISLNK(step.lstat().st_mode):
+                    return False
+            except FileNotFoundError:
+                return True
+            except OSError:
+                return False
+        return True
+
+    def _refresh(self, target: Path) -> bool:
+        """Whether ``target`` exists; if so its modified time becomes now (a re-upload makes
+        the object new to ``artifacts gc``; its bytes are never touched)."""
+        try:
+            os.utime(target, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return target.exists()  # read-only: it still exists, just not refreshed
+        return True
+
+    def _temp_file(self) -> IO[bytes]:
+        try:
+            return self._temp.create()
         except OSError as exc:
             raise self._unavailable(exc, "cannot take this file") from exc
-
-    def _sweep(self) -> None:
-        """Remove temp files a killed process left behind (once per store object)."""
-        if self._swept:
-            return
-        self._swept = True
-        cutoff = time.time() - STALE_TEMP_SECONDS
-        for path in self._tmp.iterdir():
-            with contextlib.suppress(OSError):
-                if path.is_file() and path.stat().st_mtime < cutoff:
-                    path.unlink()
 
     def _unavailable(self, exc: OSError, what: str) -> ArtifactStoreUnavailable:
         why = exc.strerror or str(exc)

@@ -1,7 +1,8 @@
 """Where the artifacts are (MODELVC_ARTIFACTS): a directory, or ``s3://bucket/prefix``.
 
-:func:`parse_location` is pure (settings validate with it; no boto3 import);
-:func:`open_store` builds the store, importing boto3 only for a bucket.
+:func:`parse_location` and :func:`endpoint_problem` are pure (settings validate with
+them; no boto3 import); :func:`open_store` builds the store, importing boto3 only for a
+bucket, and :func:`open_checked_store` also reaches it once (a process's startup).
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,100}")
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)
 FORMS = "a directory (/var/lib/modelvc/artifacts) or s3://bucket/prefix"
+# Where an S3-compatible store answers (MinIO, Ceph, moto): a scheme, a host and maybe a
+# port, nothing else (no credentials in a URL, no path to smuggle a key prefix through).
+S3_ENDPOINT = re.compile(
+    r"https?://(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])"
+    r"(?::(?P<port>[0-9]{1,5}))?/?"
+)
+USERINFO = re.compile(r"//[^/?#]*@")  # the user:secret@ a URL may carry
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,22 @@ def parse_location(text: str) -> Path | S3Location:
     return S3Location(bucket, prefix)
 
 
+def endpoint_problem(url: str, setting: str = "MODELVC_S3_ENDPOINT") -> str | None:
+    """What is wrong with an S3 endpoint URL that ``setting`` gave, or None.
+
+    The message never repeats credentials written into the URL (``user:secret@``).
+    """
+    endpoint = S3_ENDPOINT.fullmatch(url)
+    if endpoint is not None and 1 <= int(endpoint["port"] or 443) <= 65535:
+        return None
+    shown = USERINFO.sub("//…@", url[:200])[:80]
+    return (
+        f"{setting}={shown!r} is not an endpoint URL: set it to http(s)://host[:port], e.g. "
+        "http://127.0.0.1:9000 for a local MinIO (credentials go in AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY, never in the URL), or unset it for AWS"
+    )
+
+
 def open_store(text: str, s3_endpoint: str | None = None) -> ArtifactStore:
     """The store ``text`` (MODELVC_ARTIFACTS) names; ``s3_endpoint`` (MODELVC_S3_ENDPOINT)
     for an S3-compatible server that is not AWS."""
@@ -68,3 +92,12 @@ def open_store(text: str, s3_endpoint: str | None = None) -> ArtifactStore:
     from streams.artifacts.s3 import S3Store  # boto3 only for a bucket
 
     return S3Store.from_location(where.bucket, where.prefix, s3_endpoint)
+
+
+def open_checked_store(text: str, s3_endpoint: str | None, *, writable: bool) -> ArtifactStore:
+    """:func:`open_store`, then reached once (:meth:`ArtifactStore.check`): a process's
+    startup fails here, saying what to fix, rather than at its first upload or load.
+    ``writable`` for a process that writes (the streams app)."""
+    store = open_store(text, s3_endpoint)
+    store.check(writable=writable)
+    return store

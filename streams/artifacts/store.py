@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from streams.core.hashing import SHA256_HEX
-from streams.errors import ArtifactCorrupted, ArtifactNotFound, ArtifactTooLarge
+from streams.errors import ArtifactCorrupted, ArtifactNotFound
 
 CHUNK = 1 << 20  # bytes read or sent at a time: a 2 GB artifact never sits in memory
 
@@ -75,18 +76,23 @@ class ArtifactStore(Protocol):
         """Where the store is, for messages: ``/path/to/artifacts`` or ``s3://bucket/prefix``."""
         ...
 
-    def check(self) -> None:
+    def check(self, writable: bool = False) -> None:
         """Reach the store once (credentials, bucket, directory) at startup: raises
-        ArtifactStoreUnavailable saying what to fix, so a wrong setting fails the
-        process's start rather than its first commit or load."""
+        ArtifactStoreUnavailable (ArtifactStoreRefused for credentials) saying what to fix,
+        so a wrong setting fails the process's start rather than its first commit or load.
+        ``writable``: also make sure this process may write (the streams app; readers such
+        as workers need read access only). Bounded in time: a store that does not answer
+        fails the check within seconds."""
         ...
 
     def has(self, digest: str) -> bool: ...
 
     def put(self, stream: BinaryIO, digest: str) -> bool:
         """Store what ``stream`` yields under ``digest``: True when stored, False when the
-        object was already there (left untouched). ArtifactCorrupted when the bytes hash
-        to something else; nothing is visible then, nor after any other failure."""
+        object was already there (its bytes untouched, its modified time refreshed so
+        ``artifacts gc`` sees it as new; the caller may verify it). ArtifactCorrupted when
+        the bytes hash to something else; nothing is visible then, nor after any other
+        failure."""
         ...
 
     def get(self, digest: str, into: BinaryIO) -> int:
@@ -105,22 +111,38 @@ class ArtifactStore(Protocol):
 
 def read(store: ArtifactStore, digest: str, limit: int) -> bytes:
     """The verified bytes of ``digest``, refused past ``limit`` (nothing above it is
-    held in memory: a limit-sized buffer raises as soon as it overflows)."""
-    buffer = _Bounded(limit, digest)
+    held in memory: a limit-sized buffer raises as soon as it overflows).
+
+    ``limit`` is the most any upload may be, so a stored object above it was not put
+    there by an upload: ArtifactCorrupted (the store's fault), not ArtifactTooLarge
+    (which says the client sent too much).
+    """
+    buffer = _Bounded(limit, digest, store.location)
     store.get(digest, buffer)
     return buffer.getvalue()
 
 
+def verify(store: ArtifactStore, digest: str) -> int:
+    """Re-hash ``digest`` as it streams (never whole in memory): its size, or
+    ArtifactCorrupted / ArtifactNotFound."""
+    with open(os.devnull, "wb") as sink:
+        return store.get(digest, sink)
+
+
 class _Bounded(io.BytesIO):
-    def __init__(self, limit: int, digest: str) -> None:
+    def __init__(self, limit: int, digest: str, where: str) -> None:
         super().__init__()
         self._limit = limit
         self._digest = digest
+        self._where = where
 
     def write(self, data: bytes) -> int:  # type: ignore[override]
         if self.tell() + len(data) > self._limit:
-            raise ArtifactTooLarge(
-                f"artifact {self._digest} is over {self._limit} bytes, more than this reader takes"
+            raise ArtifactCorrupted(
+                f"artifact {self._digest} in {self._where} is over {self._limit} bytes, more "
+                "than any upload may be: it was altered (or MODELVC_MAX_MODEL_MB was lowered "
+                "since it was uploaded). `modelvc artifacts verify` lists every damaged "
+                "object; delete this one from the store, then upload the model again"
             )
         return super().write(data)
 

@@ -7,6 +7,7 @@ store and the command, not the broker.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import uuid
@@ -16,6 +17,7 @@ import pytest
 
 from modelvc.stack import Stack
 from streams.artifacts.store import key_for
+from streams.topics import ensure_topics
 from tests.conftest import train_model
 from tests.e2e.test_cli import IDENTITY_ENV, run_cli
 from tests.s3server import BUCKET, S3Server
@@ -96,6 +98,19 @@ def test_ls_verify_and_gc_keep_every_committed_artifact(
         assert code == 0, err
         assert f"would delete {orphan}" in out and "would delete 1 of 3 objects" in out
         assert not any(d in out for d in committed)
+        # A namespace whose events topic is empty (a wrong MODELVC_NAMESPACE): every object
+        # would look orphaned, so gc refuses and deletes nothing, dry run or not.
+        empty = dataclasses.replace(stack.settings, namespace=f"{stack.settings.namespace}-x")
+        ensure_topics(empty)
+        for dry_run in ((), ("--dry-run",)):
+            done = run_cli(
+                cli_env | {"MODELVC_NAMESPACE": empty.namespace},
+                *("artifacts", "gc", "--older-than", "0d", *dry_run),
+            )
+            assert done.returncode == 1, done.stdout + done.stderr
+            assert "Nothing was deleted" in done.stderr and "MODELVC_NAMESPACE" in done.stderr
+        assert listed() == {*committed, orphan}
+
         code, out, err = modelvc("gc", "--older-than", "0d")  # "of 3": the dry run kept all
         assert code == 0 and f"deleted {orphan}" in out and "deleted 1 of 3" in out, out + err
         assert listed() == set(committed)  # the altered one too: an event names it
@@ -104,6 +119,7 @@ def test_ls_verify_and_gc_keep_every_committed_artifact(
             # The audit opens an s3:// store given on its command line, and reaches it first.
             missing = f"s3://{BUCKET}-missing/models"
             done = run_cli(cli_env, "audit", "verify-predictions", "--artifacts", missing)
-            assert done.returncode == 3 and "aws s3 mb" in done.stderr, done.stderr
+            assert done.returncode == 3, done.stderr
+            assert f"{BUCKET}-missing" in done.stderr and "does not exist" in done.stderr
     finally:
         stack.down()

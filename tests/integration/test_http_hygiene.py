@@ -24,6 +24,7 @@ import pytest
 
 from modelvc.stack import Stack
 from streams.api import MAX_JSON_BYTES
+from tests.mounts import tiny_filesystem
 
 pytestmark = pytest.mark.broker
 
@@ -329,23 +330,6 @@ def test_finding_10_routes_methods_and_sizes_answer_json(shared: Stack) -> None:
 
 
 # -- finding 10: uploads leave nothing behind ---------------------------------------------
-@contextlib.contextmanager
-def tiny_filesystem(path: Path, size: str = "64k") -> Iterator[Path]:
-    """A tmpfs of ``size`` mounted over ``path`` (the tests run as root)."""
-    path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()})")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 def files_under(path: Path) -> list[Path]:
     return [p for p in path.rglob("*") if p.is_file()]
 
@@ -360,7 +344,7 @@ def test_finding_10_full_store_is_507_and_leaves_no_temp_file(
     with tiny_filesystem(Path(shared.settings.artifacts)) as root:
         big = b"tree\n" + b"x" * 200_000
         body = assert_error(send(shared.url, "POST", "/v1/artifacts", big, octet), 507)
-        assert body["error"] == "store_unavailable"
+        assert body["error"] == "store_full"
         assert files_under(root) == []
         # the space was given back, so a small upload fits again
         status, _, answer = send(shared.url, "POST", "/v1/artifacts", small, octet)

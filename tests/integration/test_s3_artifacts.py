@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -54,6 +55,7 @@ class SharedStore:
     s3: S3Server
     prefix: str
     second_url: str  # the second streams instance (its own data_dir)
+    second_staging: Path  # where that instance stages uploads being checked
     worker_url: str
     worker_disk: Path  # the worker's data directory (its cache lives beside it)
 
@@ -107,6 +109,8 @@ def shared(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
                 s3_endpoint=s3.endpoint,
             )
             _, second_url = stack.add_streams("streams-b")
+            # add_streams gives the instance the data directory home/<name>.
+            second = dataclasses.replace(stack.settings, data_dir=stack.home / "streams-b")
             worker_disk = tmp / "worker-disk"
             settings = dataclasses.replace(stack.settings, data_dir=worker_disk / "streams")
             env.setenv("MODELVC_ARTIFACT_URL", dead_api)
@@ -117,6 +121,7 @@ def shared(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
                 s3,
                 prefix,
                 second_url,
+                second.staging_dir,
                 f"http://127.0.0.1:{worker.port}",
                 worker_disk,
             )
@@ -219,29 +224,49 @@ def test_an_object_altered_in_the_bucket_is_refused_and_the_previous_version_ser
     wait_for(lambda: serving(shared).get("fraud@main") == head1, what="recovery once repaired")
 
 
-def test_an_upload_interrupted_mid_body_leaves_nothing(shared: SharedStore) -> None:
-    staging = shared.stack.settings.staging_dir
-    before = shared.objects()
-    port = shared.stack.settings.web_port
+def interrupt_an_upload(url: str, token: str, staging: Path) -> None:
+    """Start an upload to ``url``, wait until its body is being staged in ``staging``, then
+    close the connection mid-body (8 MiB of a body that never ends)."""
+    host, port = urlsplit(url).hostname or "127.0.0.1", urlsplit(url).port or 80
     chunk = b"x" * (1 << 20)
-    with socket.create_connection(("127.0.0.1", port)) as sock:
+    with socket.create_connection((host, port)) as sock:
         sock.sendall(
-            f"POST /v1/artifacts HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Authorization: Bearer {shared.stack.token}\r\n"
+            f"POST /v1/artifacts HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Authorization: Bearer {token}\r\n"
             "Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
         )
         sock.sendall(b"5\r\ntree\n\r\n")
-        for _ in range(8):  # 8 MiB of a body that never ends
+        for _ in range(8):
             sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
         wait_for(
             lambda: staging.is_dir() and any(staging.iterdir()),
             timeout=10,
             what=f"the upload staged in {staging}",
         )
-    wait_for(lambda: not any(staging.iterdir()), timeout=10, what="the staging file removed")
+
+
+def test_an_interrupted_upload_is_staged_locally_and_removed_never_reaching_the_bucket(
+    shared: SharedStore,
+) -> None:
+    """An upload's body goes to the receiving instance's own disk first; a client gone
+    mid-body must leave no staged file on either instance, and nothing in the bucket."""
+    before = shared.objects()
+    instances = [
+        (shared.stack.url, shared.stack.settings.staging_dir),
+        (shared.second_url, shared.second_staging),
+    ]
+    assert instances[0][1] != instances[1][1]  # separate local disks
+    for url, staging in instances:
+        interrupt_an_upload(url, shared.stack.token, staging)
+    for url, staging in instances:
+        wait_for(
+            lambda staging=staging: not any(staging.iterdir()),
+            timeout=10,
+            what=f"the staged file removed from {staging}",
+        )
+        assert healthz(url)["ready"] is True
     assert shared.objects() == before
     assert shared.uploads() == []
-    assert healthz(shared.stack.url)["ready"] is True
 
 
 def test_wrong_credentials_stop_streams_and_worker_at_startup(

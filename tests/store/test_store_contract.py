@@ -11,17 +11,37 @@ import functools
 import hashlib
 import io
 import os
+import re
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import boto3
 import pytest
 
 from modelvc.processes import free_port
-from streams.artifacts import ArtifactStore, LocalStore, S3Location, open_store, parse_location
+from streams.artifacts import (
+    ArtifactStore,
+    Intake,
+    LocalStore,
+    S3Location,
+    open_checked_store,
+    open_store,
+    parse_location,
+)
 from streams.artifacts.s3 import S3Store
 from streams.artifacts.store import key_for, read
-from streams.errors import ArtifactCorrupted, ArtifactNotFound, ArtifactStoreUnavailable
+from streams.errors import (
+    ArtifactCorrupted,
+    ArtifactNotFound,
+    ArtifactStoreRefused,
+    ArtifactStoreUnavailable,
+)
+from tests.conftest import train_model
 from tests.s3server import BUCKET, REGION, S3Server
 
 MiB = 1 << 20
@@ -146,10 +166,10 @@ class Backend:
         return 1
 
 
-def s3_store(s3: S3Server, part_size: int = SMALL_PART) -> S3Store:
+def s3_store(s3: S3Server, part_size: int = SMALL_PART, client: Any = None) -> S3Store:
     prefix = f"contract-{uuid.uuid4().hex[:10]}"  # each test its own prefix
     return S3Store(
-        s3.client(),
+        client or s3.client(),
         BUCKET,
         prefix,
         part_size=part_size,
@@ -232,6 +252,35 @@ def test_an_existing_object_is_never_overwritten(backend: Backend, size: int) ->
     assert backend.raw(digest) == b"already there"
 
 
+def test_a_put_of_an_object_there_refreshes_its_time_not_its_bytes(backend: Backend) -> None:
+    # `artifacts gc` spares what is younger than --older-than: a model uploaded again
+    # must count as new, or gc deletes what a commit is about to reference.
+    store = backend.store
+    digest = digest_of(1000)
+    backend.plant(digest, b"already there")
+    [before] = list(store.list())
+    time.sleep(1.1)  # S3's LastModified has whole seconds
+    assert store.put(Generated(1000), digest) is False
+    [after] = list(store.list())
+    assert after.modified >= before.modified + 1
+    assert backend.raw(digest) == b"already there"
+
+
+def test_an_upload_of_a_damaged_object_repairs_it(
+    backend: Backend, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    intake = Intake(backend.store, tmp_path / "staging")
+    data = train_model(tmp_path / "m.txt").read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    backend.plant(digest, data[: len(data) // 2])  # truncated by an accident
+    with caplog.at_level("WARNING", logger="modelvc.artifacts"):
+        received = intake.put(data)
+    assert (received.digest, received.stored) == (digest, True)
+    assert backend.raw(digest) == data
+    assert f"artifact {digest} in {backend.store.location} was damaged" in caplog.text
+    assert intake.put(data).stored is False  # intact now: left as it is
+
+
 @SIZES
 def test_a_writer_that_wins_the_race_is_not_overwritten(backend: Backend, size: int) -> None:
     # The object appears after the put looked for it (another instance's upload):
@@ -310,6 +359,52 @@ def test_a_200_mib_model_streams_both_ways_in_parts(
 
 def test_check_accepts_a_reachable_store(backend: Backend) -> None:
     backend.store.check()
+    backend.store.check(writable=True)  # the write probe leaves nothing behind
+    assert backend.leftovers() == []
+    assert list(backend.store.list()) == []
+
+
+def read_only_directory(tmp_path: Path) -> Path:
+    """A directory this process may read but not write (root ignores modes: /proc/sys)."""
+    if os.geteuid() == 0:
+        return Path("/proc/sys")
+    path = tmp_path / "read-only"
+    path.mkdir(mode=0o555)
+    return path
+
+
+def test_open_checked_store_checks_writes_only_for_a_writer(tmp_path: Path) -> None:
+    where = read_only_directory(tmp_path)
+    assert open_checked_store(str(where), None, writable=False).location == str(where)
+    with pytest.raises(ArtifactStoreUnavailable, match=r"not writable.*MODELVC_ARTIFACTS"):
+        open_checked_store(str(where), None, writable=True)
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(ArtifactStoreUnavailable, match="not a directory"):
+        open_checked_store(str(tmp_path / "file"), None, writable=False)
+
+
+def test_list_and_delete_never_reach_outside_the_root_through_a_link(tmp_path: Path) -> None:
+    # gc deletes what list() names: a shard directory or an entry linked to elsewhere
+    # must name nothing, and a delete must not follow it.
+    store = LocalStore(tmp_path / "artifacts")
+    kept = put_bytes(store, b"a real object")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    linked_shard = hashlib.sha256(b"outside 1").hexdigest()
+    linked_file = hashlib.sha256(b"outside 2").hexdigest()
+    (elsewhere / linked_shard).write_bytes(b"outside 1")
+    (elsewhere / linked_file).write_bytes(b"outside 2")
+    shard = store.root / "sha256" / linked_shard[:2]
+    assert not shard.exists()
+    shard.symlink_to(elsewhere, target_is_directory=True)
+    entry = store.path_for(linked_file)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    entry.symlink_to(elsewhere / linked_file)
+    assert [o.digest for o in store.list()] == [kept]
+    store.delete(linked_shard)
+    store.delete(linked_file)
+    assert sorted(p.name for p in elsewhere.iterdir()) == sorted([linked_shard, linked_file])
+    assert entry.is_symlink()  # refused, not removed
 
 
 def test_local_check_makes_the_directory_and_refuses_a_file(tmp_path: Path) -> None:
@@ -352,7 +447,7 @@ def test_wrong_credentials_are_refused_by_check(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG1")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-0123456789")
     store = open_store(f"s3://{BUCKET}/models", s3.endpoint)
-    with pytest.raises(ArtifactStoreUnavailable) as caught:
+    with pytest.raises(ArtifactStoreRefused) as caught:
         store.check()
     message = str(caught.value.strerror)
     assert f"credentials refused by {s3.endpoint} for s3://{BUCKET}/models" in message
@@ -360,8 +455,24 @@ def test_wrong_credentials_are_refused_by_check(
     assert "not-the-secret" not in message and "AKIAWRONG" not in message
     # A wrong secret for a real key is refused too.
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
-    with pytest.raises(ArtifactStoreUnavailable, match="SignatureDoesNotMatch"):
-        open_store(f"s3://{BUCKET}/models", s3.endpoint).check()
+    with pytest.raises(ArtifactStoreRefused, match="SignatureDoesNotMatch"):
+        open_store(f"s3://{BUCKET}/models", s3.endpoint).check(writable=True)
+
+
+def test_a_key_that_may_only_read_passes_a_readers_check_and_fails_a_writers(
+    s3: S3Server, aws_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker needs to read; the streams app must find out at startup that it cannot
+    # write, not at its first upload.
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.reader_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.reader_secret)
+    assert open_checked_store(f"s3://{BUCKET}/models", s3.endpoint, writable=False)
+    with pytest.raises(ArtifactStoreRefused, match=r"AccessDenied.*write to the store"):
+        open_checked_store(f"s3://{BUCKET}/models", s3.endpoint, writable=True)
+    uploads = s3.client().list_multipart_uploads(Bucket=BUCKET, Prefix="models/")
+    assert uploads.get("Uploads", []) == []
 
 
 def test_missing_credentials_say_which_variables_to_set(s3: S3Server, aws_env: None) -> None:
@@ -391,6 +502,94 @@ def test_an_unreachable_endpoint_names_the_setting(
         store.check()
 
 
+@pytest.fixture
+def silent_endpoint() -> Iterator[str]:
+    """A loopback port that takes connections and never answers (a hung proxy, a
+    firewall that swallows packets after the handshake)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        for connection in held:
+            connection.close()
+        server.close()
+
+
+def test_an_endpoint_that_never_answers_fails_the_check_within_seconds(
+    s3: S3Server, aws_env: None, monkeypatch: pytest.MonkeyPatch, silent_endpoint: str
+) -> None:
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    store = open_store(f"s3://{BUCKET}/models", silent_endpoint)
+    failed: list[BaseException] = []
+
+    def check() -> None:
+        try:
+            store.check(writable=True)
+        except BaseException as exc:
+            failed.append(exc)
+
+    # In a thread, so a check that hangs fails this test instead of hanging it.
+    thread = threading.Thread(target=check, daemon=True)
+    thread.start()
+    thread.join(15)
+    assert not thread.is_alive(), "check() still waiting after 15 s"
+    [fault] = failed
+    assert isinstance(fault, ArtifactStoreUnavailable)
+    assert re.search(r"did not answer.*MODELVC_S3_ENDPOINT", str(fault.strerror))
+    # Lookups and deletes give up sooner than transfers, and the pool takes every part
+    # the intake's uploads send at once (8 uploads × 4 parts).
+    assert isinstance(store, S3Store)
+    assert store.metadata.meta.config.read_timeout <= 10
+    assert store.metadata.meta.config.retries["total_max_attempts"] <= 3
+    assert store.client.meta.config.max_pool_connections >= 8 * store.workers
+
+
+def test_the_region_comes_from_aws_region_too(
+    aws_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # boto3 reads AWS_DEFAULT_REGION only; the AWS CLI and the other SDKs take AWS_REGION.
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    store = open_store(f"s3://{BUCKET}/models")
+    assert isinstance(store, S3Store) and store.client.meta.region_name == "eu-west-3"
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-central-1")
+    store = open_store(f"s3://{BUCKET}/models")
+    assert isinstance(store, S3Store) and store.client.meta.region_name == "eu-central-1"
+    monkeypatch.delenv("AWS_REGION")
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    store = open_store(f"s3://{BUCKET}/models")
+    assert isinstance(store, S3Store) and store.client.meta.region_name == "us-east-1"
+
+
+@pytest.mark.parametrize("source", ["AWS_ENDPOINT_URL_S3", "MODELVC_S3_ENDPOINT"])
+def test_an_endpoint_from_anywhere_is_held_to_the_rule_and_its_secret_never_shown(
+    aws_env: None, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    url = "http://minio:hunter2secret@127.0.0.1:9000/"
+    if source == "AWS_ENDPOINT_URL_S3":
+        monkeypatch.setenv(source, url)  # boto3 reads it when MODELVC_S3_ENDPOINT is unset
+    with pytest.raises(ArtifactStoreUnavailable, match=f"{source}.*not an endpoint URL") as caught:
+        open_store(f"s3://{BUCKET}/models", url if source == "MODELVC_S3_ENDPOINT" else None)
+    assert "hunter2" not in str(caught.value) and "minio" not in str(caught.value)
+
+
 def test_uploads_a_killed_process_left_are_swept(s3: S3Server) -> None:
     store = s3_store(s3)
     key = store.key("b" * 64)
@@ -398,6 +597,57 @@ def test_uploads_a_killed_process_left_are_swept(s3: S3Server) -> None:
     assert store.sweep_uploads(older_than_s=0) == 1
     answer = s3.client().list_multipart_uploads(Bucket=BUCKET, Prefix=store.prefix + "/")
     assert answer.get("Uploads", []) == []
+
+
+def test_a_sweep_goes_on_past_an_upload_another_instance_aborted_first(s3: S3Server) -> None:
+    client = s3.client()
+    store = s3_store(s3, client=client)
+    keys = [store.key(c * 64) for c in "bcd"]
+    uploads = [s3.client().create_multipart_upload(Bucket=BUCKET, Key=k) for k in keys]
+    other = s3.client()
+
+    def other_instance_first(params: dict[str, Any], **_: Any) -> None:
+        # Another instance's sweep aborts the first upload just before this one does.
+        if params["Key"] == keys[0]:
+            other.abort_multipart_upload(
+                Bucket=BUCKET, Key=keys[0], UploadId=uploads[0]["UploadId"]
+            )
+
+    client.meta.events.register(
+        "provide-client-params.s3.AbortMultipartUpload", other_instance_first
+    )
+    assert store.sweep_uploads(older_than_s=0) == 2
+    answer = other.list_multipart_uploads(Bucket=BUCKET, Prefix=store.prefix + "/")
+    assert answer.get("Uploads", []) == []
+
+
+def test_ensure_bucket_creates_it_in_the_region_and_keeps_other_rules(s3: S3Server) -> None:
+    # Outside us-east-1 a bucket is created with its region named (CreateBucketConfiguration).
+    bucket = f"ensure-{uuid.uuid4().hex[:10]}"
+    eu = boto3.client(
+        "s3",
+        endpoint_url=s3.endpoint,
+        region_name="eu-west-1",
+        aws_access_key_id=s3.access_key,
+        aws_secret_access_key=s3.secret_key,
+    )
+    store = S3Store(eu, bucket, "team/models", location=f"s3://{bucket}/team/models")
+    assert store.ensure_bucket(abort_incomplete_days=2) is True
+    client = s3.client()
+    assert client.get_bucket_location(Bucket=bucket)["LocationConstraint"] == "eu-west-1"
+    # The operator's own rules survive a second run (which replaces only its own rule).
+    [ours] = client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    theirs: Any = {"ID": "keep-me", "Filter": {"Prefix": "logs/"}, "Status": "Enabled"}
+    theirs["Expiration"] = {"Days": 30}
+    client.put_bucket_lifecycle_configuration(
+        Bucket=bucket, LifecycleConfiguration={"Rules": [theirs, ours]}
+    )
+    assert ours["Filter"] == {"Prefix": "team/models/"}
+    assert ours["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 2}
+    assert store.ensure_bucket(abort_incomplete_days=3) is False
+    rules = client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert [r["ID"] for r in rules] == ["keep-me", ours["ID"]]
+    assert rules[1]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 3}
 
 
 # -- where a store is (MODELVC_ARTIFACTS): pure, no store reached

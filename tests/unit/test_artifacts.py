@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import io
 import json
 import os
 import resource
@@ -21,18 +22,20 @@ from typing import Any
 
 import pytest
 
-from streams.artifacts import MAX_MODEL_BYTES, Intake, LocalStore, sha256_of
+from streams.artifacts import MAX_MODEL_BYTES, Intake, LocalStore, check_model, sha256_of
 from streams.artifacts.store import read
 from streams.errors import (
     ArtifactCorrupted,
     ArtifactEmpty,
     ArtifactNotFound,
     ArtifactRejected,
+    ArtifactStoreRefused,
     ArtifactStoreUnavailable,
     ArtifactTooLarge,
     UploadsBusy,
     UploadStalled,
 )
+from streams.sandbox import Sandbox
 from tests.conftest import train_model
 
 
@@ -48,13 +51,50 @@ def stored(intake: Intake, digest: str) -> bytes:
 def test_put_is_idempotent_and_reads_verify_the_digest(tmp_path: Path) -> None:
     intake = intake_at(tmp_path / "store")
     data = train_model(tmp_path / "m.txt").read_bytes()
-    digest, summary = intake.put(data)
-    assert digest == sha256_of(data) and summary.num_features == 4
-    assert intake.put(data)[0] == digest
+    first = intake.put(data)
+    digest = first.digest
+    assert digest == sha256_of(data) and first.summary.num_features == 4
+    assert (first.size, first.stored) == (len(data), True)
+    again = intake.put(data)
+    assert (again.digest, again.stored) == (digest, False)
     assert stored(intake, digest) == data
     (tmp_path / "store" / "sha256" / digest[:2] / digest).write_bytes(data + b"\n")
     with pytest.raises(ArtifactCorrupted):
         stored(intake, digest)
+
+
+def test_uploading_a_damaged_model_again_repairs_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The store held altered bytes under the digest: a put alone answers "already there";
+    # the intake reads it back, finds it damaged, and replaces it with the checked upload.
+    intake = intake_at(tmp_path / "store")
+    data = train_model(tmp_path / "m.txt").read_bytes()
+    digest = intake.put(data).digest
+    path = intake.store.path_for(digest)  # type: ignore[attr-defined]
+    path.write_bytes(data[:-10])
+    with caplog.at_level("WARNING", logger="modelvc.artifacts"):
+        assert intake.put(data).stored is True
+    assert stored(intake, digest) == data
+    assert f"artifact {digest} in {tmp_path / 'store'} was damaged" in caplog.text
+    path.write_bytes(b"altered")
+    received = asyncio.run(intake.receive(chunks_of(data)))
+    assert (received.digest, received.stored) == (digest, True)
+    assert stored(intake, digest) == data and not leftovers(intake)
+    # Intact: nothing is replaced, and the answer says so.
+    assert asyncio.run(intake.receive(chunks_of(data))).stored is False
+
+
+def test_a_stored_object_over_the_read_limit_is_corrupted_not_too_large(tmp_path: Path) -> None:
+    # No upload may exceed the limit, so a stored object above it was altered: the
+    # store's fault (ArtifactCorrupted), not a client that sent too much (ArtifactTooLarge).
+    store = LocalStore(tmp_path / "store")
+    data = b"x" * 5000
+    digest = sha256_of(data)
+    assert store.put(io.BytesIO(data), digest)
+    with pytest.raises(ArtifactCorrupted, match=f"{digest} in {store.root} is over 4000 bytes"):
+        read(store, digest, 4000)
+    assert read(store, digest, 5000) == data
 
 
 @pytest.mark.parametrize(
@@ -105,9 +145,14 @@ async def chunks_of(data: bytes, size: int = 1000) -> AsyncIterator[bytes]:
 def test_receive_streams_checks_and_stores_an_upload(tmp_path: Path) -> None:
     intake = intake_at(tmp_path / "store")
     data = train_model(tmp_path / "m.txt").read_bytes()
-    digest, summary, size = asyncio.run(intake.receive(chunks_of(data), sha256_of(data)))
-    assert (digest, size, summary.num_trees) == (sha256_of(data), len(data), 5)
-    assert stored(intake, digest) == data and not leftovers(intake)
+    received = asyncio.run(intake.receive(chunks_of(data), sha256_of(data)))
+    assert (received.digest, received.size, received.summary.num_trees, received.stored) == (
+        sha256_of(data),
+        len(data),
+        5,
+        True,
+    )
+    assert stored(intake, received.digest) == data and not leftovers(intake)
 
 
 @contextlib.contextmanager
@@ -134,7 +179,7 @@ def test_finding_10_a_full_store_is_unavailable_and_leaves_no_temp_file(tmp_path
     with pytest.raises(ArtifactStoreUnavailable), file_size_limit():
         asyncio.run(intake.receive(chunks_of(data)))
     assert not leftovers(intake)
-    assert intake.put(data)[0] == sha256_of(data)  # space back: uploads work again
+    assert intake.put(data).digest == sha256_of(data)  # space back: uploads work again
 
 
 def test_finding_10_an_unwritable_store_is_unavailable_and_leaves_no_temp_file(
@@ -221,7 +266,8 @@ def test_finding_2_the_worker_loader_refuses_hand_placed_files_and_models_over_b
 
     intake = intake_at(tmp_path / "store")
     data = train_model(tmp_path / "m.txt").read_bytes()
-    digest, summary = intake.put(data)
+    received = intake.put(data)
+    digest, summary = received.digest, received.summary
     loader = ArtifactLoader(intake.store)
     assert loader.load(digest, MemoryBudget(1 << 30, 5000)).summary == summary
     need = summary.scoring_bytes(5000)
@@ -275,8 +321,8 @@ def test_attack_uploads_beyond_the_limit_are_refused_until_one_ends(tmp_path: Pa
         with pytest.raises(UploadsBusy, match="retry"):
             await intake.receive(whole())
         release.set()
-        assert (await first)[0] == sha256_of(data)
-        assert (await intake.receive(whole()))[0] == sha256_of(data)  # a slot is free again
+        assert (await first).digest == sha256_of(data)
+        assert (await intake.receive(whole())).digest == sha256_of(data)  # a slot is free again
 
     asyncio.run(run())
     assert leftovers(intake) == []
@@ -287,6 +333,20 @@ def test_a_store_out_of_room_is_507_and_one_that_does_not_answer_503() -> None:
 
     full = domain_error(ArtifactStoreUnavailable(errno.ENOSPC, "free space"))
     gone = domain_error(ArtifactStoreUnavailable(errno.EHOSTUNREACH, "check the endpoint"))
-    assert full is not None and gone is not None
-    assert (full.status, gone.status) == (507, 503)  # the operator fixes it / retry later
-    assert {json.loads(a.text or "")["error"] for a in (full, gone)} == {"store_unavailable"}
+    refused = domain_error(ArtifactStoreRefused(errno.EACCES, "fix the credentials"))
+    assert full is not None and gone is not None and refused is not None
+    # The operator frees space / retry later / the operator fixes the credentials.
+    assert (full.status, gone.status, refused.status) == (507, 503, 503)
+    assert [json.loads(a.text or "")["error"] for a in (full, gone, refused)] == [
+        "store_full",
+        "store_unreachable",
+        "store_refused",
+    ]
+
+
+def test_the_validator_is_held_to_the_deployments_model_limit(tmp_path: Path) -> None:
+    """check_model passes its limit to our parser: MODELVC_MAX_MODEL_MB above 64 must not
+    be undone by the parser's own default, nor a lower one ignored."""
+    data = train_model(tmp_path / "m.txt").read_bytes()
+    with pytest.raises(ArtifactTooLarge):
+        check_model(data, Sandbox(), max_bytes=len(data) - 1)

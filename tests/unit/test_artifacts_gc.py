@@ -1,22 +1,27 @@
-"""`modelvc artifacts gc`: what an event mentions is kept, whatever the event; only old
-objects go; an event written while it runs spares what it names."""
+"""`modelvc artifacts gc`: what a record of the events or commands topic mentions is kept,
+whatever the record; only old objects go; a record written while it runs spares what it
+names; an empty events topic (a wrong cluster or namespace) deletes nothing."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import re
+import shlex
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
 
-from modelvc.artifacts_gc import candidates, collect, mentioned, referenced
-from modelvc.cli import UsageError, main, older_than
+from modelvc import render
+from modelvc.artifacts_gc import LogEmpty, candidates, collect, mentioned, referenced
+from modelvc.cli import UsageError, main, older_than, parser
 from streams.artifacts import LocalStore, StoredObject
 from streams.codec import encode_event
 from streams.core import decide
 from streams.core.fold import Fold
+from streams.statuses import STATUS_BY_CODE
 from tests.golden.make_fixtures import history
 
 DAY = 86_400.0
@@ -67,8 +72,8 @@ def test_candidates_are_unreferenced_and_at_least_as_old_as_the_cutoff() -> None
 
 
 class Log:
-    """The events topic: partitions of raw values; ``written_meanwhile`` lands on partition 1
-    just after the first scan has read to its end, before anything is deleted."""
+    """A topic: partitions of raw values; ``written_meanwhile`` lands on partition 1 just
+    after the first scan has read to its end, before anything is deleted."""
 
     def __init__(self, values: list[bytes], written_meanwhile: bytes | None = None) -> None:
         self.partitions: dict[int, list[bytes | None]] = {0: list(values), 1: []}
@@ -104,31 +109,56 @@ def stored(tmp_path: Path, *ages_days: float) -> tuple[LocalStore, list[str]]:
 def test_gc_deletes_only_old_objects_no_event_mentions(tmp_path: Path) -> None:
     store, (kept, orphan, young) = stored(tmp_path, 40, 40, 1)
     values, _ = committed_log()
-    log = Log([*values, b"commit of " + kept.encode()])
-    dry = collect(store, log, NOW - 30 * DAY, dry_run=True)
+    log, commands = Log([*values, b"commit of " + kept.encode()]), Log([])
+    dry = collect(store, log, commands, NOW - 30 * DAY, dry_run=True)
     assert [o.digest for o in dry.chosen] == [orphan] and dry.total_bytes == len(b"model 1")
     assert {o.digest for o in store.list()} == {kept, orphan, young}  # a dry run deletes nothing
-    done = collect(store, log, NOW - 30 * DAY, dry_run=False)
+    done = collect(store, log, commands, NOW - 30 * DAY, dry_run=False)
     assert [o.digest for o in done.chosen] == [orphan] and done.objects == 3
     assert {o.digest for o in store.list()} == {kept, young}
-    assert collect(store, log, NOW - 30 * DAY, dry_run=False).chosen == []
+    assert collect(store, log, commands, NOW - 30 * DAY, dry_run=False).chosen == []
 
 
-def test_an_event_written_during_the_scan_spares_what_it_names(tmp_path: Path) -> None:
+def test_a_commit_accepted_but_not_yet_decided_keeps_its_object(tmp_path: Path) -> None:
+    """Between the API writing a commit command and the streams app deciding it, only the
+    commands topic names the digest."""
+    store, (pending, orphan) = stored(tmp_path, 40, 40)
+    events, commands = Log([b"an unrelated event"]), Log([b"commit of " + pending.encode()])
+    result = collect(store, events, commands, NOW, dry_run=False)
+    assert [o.digest for o in result.chosen] == [orphan]
+    assert {o.digest for o in store.list()} == {pending}
+
+
+@pytest.mark.parametrize("topic", ["events", "commands"])
+def test_a_record_written_during_the_scan_spares_what_it_names(tmp_path: Path, topic: str) -> None:
     store, (named_late, orphan) = stored(tmp_path, 40, 40)
-    log = Log([b"nothing here"], written_meanwhile=b"commit of " + named_late.encode())
-    result = collect(store, log, NOW, dry_run=False)
+    late = b"commit of " + named_late.encode()
+    logs = {
+        "events": Log([b"nothing here"], written_meanwhile=late if topic == "events" else None),
+        "commands": Log([], written_meanwhile=late if topic == "commands" else None),
+    }
+    result = collect(store, logs["events"], logs["commands"], NOW, dry_run=False)
     assert [o.digest for o in result.spared] == [named_late]
     assert [o.digest for o in result.chosen] == [orphan]
     assert {o.digest for o in store.list()} == {named_late}
-    assert log.reads == [None, [1]]  # the whole log, then only the partition that moved
+    assert logs[topic].reads == [None, [1]]  # the whole topic, then the partition that moved
+
+
+def test_an_empty_events_topic_deletes_nothing(tmp_path: Path) -> None:
+    """A wrong cluster or namespace shows an empty log: every object would look orphaned."""
+    store, digests = stored(tmp_path, 40, 40)
+    for dry_run in (True, False):
+        with pytest.raises(LogEmpty) as refused:
+            collect(store, Log([]), Log([b"a command"]), NOW, dry_run=dry_run)
+        assert refused.value.objects == 2
+    assert {o.digest for o in store.list()} == set(digests)
 
 
 def test_when_nothing_is_old_enough_the_log_is_not_read(tmp_path: Path) -> None:
     store, _ = stored(tmp_path, 1, 2)
-    log = Log([])
-    assert collect(store, log, NOW - 30 * DAY, dry_run=False).chosen == []
-    assert log.reads == []
+    events, commands = Log([]), Log([])
+    assert collect(store, events, commands, NOW - 30 * DAY, dry_run=False).chosen == []
+    assert events.reads == commands.reads == []
 
 
 def test_older_than_takes_what_token_expiry_takes_and_zero() -> None:
@@ -149,3 +179,81 @@ def test_artifacts_help_describes_each_action(capsys: pytest.CaptureFixture[str]
     assert exited.value.code == 0
     for action, words in (("ls", "every object"), ("verify", "re-hash"), ("gc", "delete")):
         assert f"    {action}  " in shown and words in shown
+
+
+def test_gc_help_states_what_is_kept_and_the_limits() -> None:
+    shown = parser().parse_args(["artifacts", "gc"]).command_parser.format_help()
+    flat = " ".join(shown.split())
+    for words in (
+        "commands topic",
+        "makes its object young again",
+        "KAFKA_BOOTSTRAP or MODELVC_NAMESPACE",
+        "its own store (bucket or prefix)",
+        "noncurrent version",
+        "between that last read and the delete",
+    ):
+        assert words in flat, words
+
+
+def test_the_command_a_dry_run_suggests_parses_as_the_delete() -> None:
+    store = "s3://modelvc-artifacts/some prefix"  # quoted as a shell would need it
+    shown = render.artifacts_gc(
+        {
+            "store": store,
+            "dry_run": True,
+            "older_than": "12h",
+            "objects": 1,
+            "chosen": [{"digest": digest(1), "size": 3, "modified": NOW, "age_s": DAY}],
+            "spared": [],
+            "total_bytes": 3,
+        }
+    )
+    (suggested,) = [line for line in shown.splitlines() if "modelvc " in line]
+    argv = shlex.split(suggested.split("modelvc ", 1)[1])
+    args = parser().parse_args(argv)
+    assert (args.command, args.action, args.older_than, args.store) == (
+        "artifacts",
+        "gc",
+        "12h",
+        store,
+    )
+    assert not args.dry_run
+
+
+# -- the README says what the artifacts code does ---------------------------------------
+REPO = Path(__file__).resolve().parents[2]
+
+
+def readme() -> str:
+    return " ".join((REPO / "README.md").read_text().split())
+
+
+def test_the_readme_lists_every_benchmark_make_bench_runs() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    target = makefile.split("\nbench:", 1)[1].split("\n\n", 1)[0]
+    benches = re.findall(r"-m (bench\.\w+)", target)
+    assert "bench.artifacts" in benches
+    text = readme()
+    for bench in benches:
+        assert f"| `python -m {bench}` —" in text, f"README's benchmark table lacks {bench}"
+
+
+def test_the_readme_names_every_store_error_code_and_the_gc_limits() -> None:
+    text = readme()
+    for code in STATUS_BY_CODE:
+        if code.startswith("store_"):
+            assert f"`{code}`" in text, code
+    for words in (
+        "modelvc artifacts init",
+        "`MODELVC_MAX_MODEL_MB`",
+        "`modelvc.commands`",
+        "One store per namespace",
+        "NoncurrentVersionExpiration",
+        "One window remains",
+        "`MODELVC_WORKER_SHARED_STORE=0`",
+        "tier 5 (`tests/store`",
+        "five timed test tiers",
+    ):
+        assert words in text, words
+    # Claims that were not true: a model "never in memory", leftovers aborted "at startup".
+    assert "2 GB" not in text and "aborts, at startup" not in text

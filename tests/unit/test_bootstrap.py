@@ -4,29 +4,26 @@ and `python -m streams` does not start with an artifact store it cannot reach.""
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import pytest
 
 from streams.__main__ import checked_store
 from streams.app import create_app
-from streams.artifacts import LocalStore, StoredObject
+from streams.artifacts import LocalStore
 from streams.bootstrap import bootstrap
 from streams.core.commands import AddWriterKey, Command
 from streams.core.decide import decide
 from streams.core.signatures import keys_stream
-from streams.errors import ArtifactStoreUnavailable
 from streams.projection import MemoryProjection, RocksDBProjection
 from streams.settings import Settings
 from streams.signing import SigningKey, public_path, read_public_key, sign_event
+from tests.mounts import read_only_directory
 
 
 def test_bootstrap_injects_one_set_of_collaborators(tmp_path: Path) -> None:
@@ -84,11 +81,14 @@ def test_the_projection_trusts_only_this_instances_key_and_the_pinned_ones(tmp_p
 
 def test_the_store_and_the_intake_come_from_the_settings(tmp_path: Path) -> None:
     local = bootstrap(
-        Settings.namespaced("boot", data_dir=tmp_path / "s", artifacts=str(tmp_path / "a")),
+        Settings.namespaced(
+            "boot", data_dir=tmp_path / "s", artifacts=str(tmp_path / "a"), max_model_bytes=3 << 20
+        ),
         projection=MemoryProjection(),
     )
     assert isinstance(local.store, LocalStore) and local.store.location == str(tmp_path / "a")
     assert local.intake.store is local.store and local.intake.staging == tmp_path / "a" / "tmp"
+    assert local.intake.max_bytes == 3 << 20  # MODELVC_MAX_MODEL_MB bounds every upload
     remote = bootstrap(
         Settings.namespaced("boot", data_dir=tmp_path / "s", artifacts="s3://bucket/models"),
         projection=MemoryProjection(),
@@ -98,51 +98,39 @@ def test_the_store_and_the_intake_come_from_the_settings(tmp_path: Path) -> None
     assert not (tmp_path / "a").exists()  # nor made: the start checks it
 
 
-UNREACHABLE = (
-    "cannot reach http://127.0.0.1:9 to list s3://bucket/models: check MODELVC_S3_ENDPOINT "
-    "and the network, then retry"
-)
-
-
-class Unreachable:
-    """A store whose endpoint never answers, as an S3 store behind a wrong endpoint."""
-
-    location = "s3://bucket/models"
-
-    def _fail(self) -> ArtifactStoreUnavailable:
-        return ArtifactStoreUnavailable(errno.EHOSTUNREACH, UNREACHABLE)
-
-    def check(self) -> None:
-        raise self._fail()
-
-    def has(self, digest: str) -> bool:
-        raise self._fail()
-
-    def put(self, stream: BinaryIO, digest: str) -> bool:
-        raise self._fail()
-
-    def get(self, digest: str, into: BinaryIO) -> int:
-        raise self._fail()
-
-    def list(self) -> Iterator[StoredObject]:
-        raise self._fail()
-
-    def delete(self, digest: str) -> None:
-        raise self._fail()
-
-
-def test_a_store_that_cannot_be_reached_stops_the_start_with_one_line(
+def test_a_store_this_app_cannot_write_stops_the_start_with_one_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = Settings.namespaced("boot", data_dir=tmp_path / "s", artifacts=str(tmp_path / "a"))
-    with caplog.at_level(logging.ERROR, "modelvc.streams"), pytest.raises(SystemExit) as exited:
-        checked_store(settings, Unreachable())
+    with read_only_directory(tmp_path / "ro") as ro:
+        settings = Settings.namespaced("boot", data_dir=tmp_path / "s", artifacts=str(ro))
+        with caplog.at_level(logging.ERROR, "modelvc.streams"), pytest.raises(SystemExit) as exited:
+            checked_store(settings)
     assert exited.value.code == 1
-    assert [r.getMessage() for r in caplog.records] == [f"cannot start: {UNREACHABLE}"]
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"cannot start: the artifact store {ro} is not writable"), line
+    assert "MODELVC_ARTIFACTS" in line and "[Errno" not in line
     caplog.clear()
+    settings = Settings.namespaced("boot", data_dir=tmp_path / "s", artifacts=str(tmp_path / "a"))
     reachable = checked_store(settings)  # the settings' own store: a directory, made
     assert reachable.location == str(tmp_path / "a") and (tmp_path / "a").is_dir()
     assert caplog.records == []
+
+
+def test_modelvc_up_refuses_a_store_its_streams_instances_could_not_write(tmp_path: Path) -> None:
+    from modelvc.stack import StackError, check_store
+
+    with read_only_directory(tmp_path / "ro") as ro, pytest.raises(StackError) as refused:
+        check_store(str(ro), None)
+    assert f"the artifact store {ro} is not writable" in str(refused.value)
+    check_store(str(tmp_path / "a"), None)  # a directory it may write: made, and fine
+
+
+def start_streams(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python -m streams`` with ``env`` and no broker: a start past the checks would hang."""
+    env = os.environ | {"MODELVC_WEB_PORT": "9", "KAFKA_BOOTSTRAP": "127.0.0.1:9"} | env
+    return subprocess.run(
+        [sys.executable, "-m", "streams"], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.parametrize(
@@ -157,15 +145,22 @@ def test_python_m_streams_exits_before_serving_with_one_clear_line(
 ) -> None:
     blocker = tmp_path / "file"
     blocker.write_bytes(b"")
-    env = os.environ | {
-        "MODELVC_ARTIFACTS": artifacts.format(file=blocker),
-        "MODELVC_DATA_DIR": str(tmp_path / "s"),
-        "MODELVC_WEB_PORT": "9",
-        "KAFKA_BOOTSTRAP": "127.0.0.1:9",  # nothing there: a start past the check would hang
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "streams"], env=env, capture_output=True, text=True, timeout=60
+    done = start_streams(
+        {
+            "MODELVC_ARTIFACTS": artifacts.format(file=blocker),
+            "MODELVC_DATA_DIR": str(tmp_path / "s"),
+        }
     )
     assert done.returncode == 1, done.stderr
     (line,) = done.stderr.strip().splitlines()  # one line, no traceback
     assert "ERROR cannot start: " in line and says in line, line
+
+
+def test_python_m_streams_does_not_start_on_a_store_it_cannot_write(tmp_path: Path) -> None:
+    with read_only_directory(tmp_path / "ro") as ro:
+        done = start_streams(
+            {"MODELVC_ARTIFACTS": str(ro), "MODELVC_DATA_DIR": str(tmp_path / "s")}
+        )
+    assert done.returncode == 1, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert f"ERROR cannot start: the artifact store {ro} is not writable" in line, line

@@ -3,24 +3,23 @@
 There is no Docker here, so the compose file is held to the code instead: its store is
 the one tests/s3server.py serves (bucket, prefix, region), every variable it sets is
 read by modelvc's settings (changing the value changes the setting), the endpoint names
-the s3 service's own port, and the one-shot that makes the bucket runs, as written,
-against a real S3 API (moto).
+the s3 service's own port, and the one-shot that makes the bucket is `modelvc artifacts
+init` (run against a real S3 API, moto, in tests/store/test_init.py).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
+from modelvc.cli import parser
 from streams.artifacts import S3Location, parse_location
 from streams.settings import Settings
-from tests.s3server import BUCKET, PREFIX, REGION, S3Server, running_s3
+from tests.s3server import BUCKET, PREFIX, REGION, S3Server
 from workers.settings import WorkerSettings
 
 yaml = pytest.importorskip("yaml")
@@ -133,28 +132,13 @@ def test_nothing_starts_before_the_bucket_exists() -> None:
     assert services["s3-bucket"]["depends_on"]["s3"] == {"condition": "service_healthy"}
 
 
-def test_the_bucket_one_shot_runs_as_written(tmp_path: Path) -> None:
-    """The compose command against moto: the bucket, then the lifecycle rule that aborts
-    uploads a killed process left; run twice, as on every `docker compose up`."""
+def test_the_bucket_one_shot_is_modelvcs_own_init() -> None:
+    """The one-shot runs `modelvc artifacts init` on the store its environment names (no
+    --store: MODELVC_ARTIFACTS), so the bucket, its lifecycle rule and the write check come
+    from the store code the services use (tests/store/test_init.py runs it against moto)."""
     command = compose()["services"]["s3-bucket"]["command"]
-    assert command[:2] == ["python", "-c"]
-    bucket = "compose-one-shot"
-    with running_s3(tmp_path) as s3:
-        env = {**os.environ, **s3.env()} | {"MODELVC_ARTIFACTS": f"s3://{bucket}/{PREFIX}"}
-        for _ in range(2):
-            done = subprocess.run(
-                [sys.executable, "-c", command[2]],
-                env=env,
-                cwd=REPO,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            assert done.returncode == 0, done.stderr
-            assert f"s3://{bucket}/{PREFIX}" in done.stdout
-        client = s3.client()
-        client.head_bucket(Bucket=bucket)
-        (rule,) = client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
-        assert rule["Status"] == "Enabled"
-        assert rule["Filter"] == {"Prefix": f"{PREFIX}/"}
-        assert rule["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    assert command[0] == "modelvc"
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["modelvc"] == "modelvc.cli:main"
+    args = parser().parse_args(command[1:])
+    assert (args.command, args.action, args.store) == ("artifacts", "init", None)

@@ -17,6 +17,7 @@ FAMILIES = {
     "modelvc_dead_letters": "counter",
     "modelvc_dead_letter_failures": "counter",
     "modelvc_artifact_failures": "counter",
+    "modelvc_artifact_cache_errors": "counter",
     "modelvc_version_switches": "counter",
     "modelvc_serving_info": "gauge",
     "modelvc_consumer_lag": "gauge",

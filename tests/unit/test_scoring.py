@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lightgbm as lgb
@@ -15,8 +16,10 @@ from streams.artifacts import LocalStore, sha256_of
 from streams.codec import FEATURES, PREDICTIONS
 from streams.core import Command, CreateBranch, CreateModel, MakeCommit, MoveAlias, decide
 from streams.core.fold import Fold
+from streams.settings import Settings
+from tests.unit.test_worker_loader import CountingStore
 from workers import scoring
-from workers.artifacts import ArtifactLoader
+from workers.artifacts import ArtifactLoader, MemoryBudget
 from workers.bootstrap import bootstrap
 from workers.errors import ArtifactLoadFailed, MissingFeature, WrongType
 from workers.loop import Fault
@@ -126,14 +129,16 @@ def test_batch_scores_equal_booster_predict_and_bad_rows_are_rejected(
     assert sample_sum(text, "modelvc_predict_seconds_count") == 1
 
 
-def test_the_fault_hook_is_test_only_and_parsed_whole() -> None:
+def test_the_fault_hook_is_test_only_and_parsed_whole(tmp_path: Path) -> None:
     assert Fault.parse("") == Fault()
     assert Fault.parse("crash_before_commit:3").crash_before_commit == 3
     for spec in ("crash_before_commit:0", "crash_before_commit:3\n", "crash", "crash:3"):
         with pytest.raises(ValueError, match="tests only"):
             Fault.parse(spec)
     with pytest.raises(ValueError, match="crash_before_commit:N"):
-        bootstrap(WorkerSettings(fault="crash_before_commit:x"))
+        # Its own home: the worker's artifact cache is locked by one process at a time.
+        topics = Settings(data_dir=tmp_path / "streams")
+        bootstrap(WorkerSettings(topics=topics, fault="crash_before_commit:x"))
 
 
 def test_default_ref_is_production_when_set_else_the_default_branch(
@@ -193,6 +198,37 @@ def test_a_corrupt_artifact_is_never_loaded(tmp_path: Path, booster_file: tuple)
     store.path_for(digest).write_bytes(b"tree\ntampered")
     with pytest.raises(ArtifactLoadFailed, match="altered"):
         loader.load(digest)
+
+
+def counting_store_with(tmp_path: Path, model_path: Path) -> tuple[CountingStore, str]:
+    store = CountingStore(tmp_path / "store")
+    data = model_path.read_bytes()
+    digest = sha256_of(data)
+    store.put(io.BytesIO(data), digest)
+    return store, digest
+
+
+def test_concurrent_loads_of_one_digest_fetch_and_build_it_once(
+    tmp_path: Path, booster_file: tuple[Path, lgb.Booster, np.ndarray]
+) -> None:
+    """Eight batches needing a new 64 MiB version must not hold eight copies of it."""
+    store, digest = counting_store_with(tmp_path, booster_file[0])
+    loader = ArtifactLoader(store)  # a shared directory: no disk cache to hide a second read
+    with ThreadPoolExecutor(8) as pool:
+        loaded = list(pool.map(lambda _: loader.load(digest), range(8)))
+    assert store.gets == 1 and all(model is loaded[0] for model in loaded)
+
+
+def test_a_model_over_the_budget_is_refused_again_without_a_fetch(
+    tmp_path: Path, booster_file: tuple[Path, lgb.Booster, np.ndarray]
+) -> None:
+    store, digest = counting_store_with(tmp_path, booster_file[0])
+    loader = ArtifactLoader(store)
+    for _ in range(3):  # the worker retries it every second
+        with pytest.raises(ArtifactLoadFailed, match="MODELVC_WORKER_MEMORY_MB"):
+            loader.load(digest, MemoryBudget(1, 5000))
+    assert store.gets == 1
+    assert loader.load(digest).digest == digest and store.gets == 2
 
 
 def test_a_producer_cannot_grow_the_served_refs_without_bound(

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given
+from hypothesis import settings as examples
 from hypothesis import strategies as st
 
 from streams.settings import Settings
@@ -33,6 +34,7 @@ settings = st.builds(
     data_dir=paths,
     artifacts=paths.map(str) | buckets,
     s3_endpoint=st.none() | endpoints,
+    max_model_bytes=st.sampled_from([1, 64, 4096]).map(lambda mb: mb << 20),
     archive_dir=paths,
     web_host=text,
     web_port=st.integers(1, 65535),
@@ -61,11 +63,17 @@ worker_settings = st.builds(
 )
 
 
+# Many text fields: on a busy machine drawing them is slow, which is not what this checks.
+roomy = examples(suppress_health_check=[HealthCheck.too_slow])
+
+
+@roomy
 @given(settings)
 def test_settings_come_back_from_their_environment(s: Settings) -> None:
     assert Settings.from_env(s.to_env()) == s
 
 
+@roomy
 @given(worker_settings)
 def test_worker_settings_come_back_from_their_environment(w: WorkerSettings) -> None:
     assert WorkerSettings.from_env(w.to_env()) == w
@@ -219,6 +227,25 @@ def test_a_child_never_inherits_an_endpoint_its_parent_did_not_set() -> None:
 def test_uploads_stage_inside_a_store_directory_and_on_local_disk_for_s3() -> None:
     assert Settings().staging_dir == Path(".modelvc/artifacts/tmp")
     local = Settings.from_env({"MODELVC_ARTIFACTS": "/srv/a", "MODELVC_DATA_DIR": "/d/one"})
-    assert local.staging_dir == Path("/srv/a/tmp")  # one filesystem: storing is a rename
+    assert local.staging_dir == Path("/srv/a/tmp")  # the store's own disk, not the instance's
     s3 = Settings.from_env({"MODELVC_ARTIFACTS": "s3://bucket/p", "MODELVC_DATA_DIR": "/d/two"})
     assert s3.staging_dir == Path("/d/two/uploads")  # this instance's own disk
+
+
+def test_the_model_size_limit_is_a_whole_number_of_mib_from_1_to_4096() -> None:
+    assert Settings.from_env({}).max_model_bytes == 64 << 20
+    told = Settings.from_env({"MODELVC_MAX_MODEL_MB": "2048"})
+    assert told.max_model_bytes == 2048 << 20
+    assert told.to_env()["MODELVC_MAX_MODEL_MB"] == "2048"
+    # A worker reads the same limit from the same variable.
+    assert WorkerSettings.from_env(told.to_env()).topics.max_model_bytes == 2048 << 20
+    assert Settings.from_env({"MODELVC_MAX_MODEL_MB": "1"}).max_model_bytes == 1 << 20
+
+
+@pytest.mark.parametrize("value", ["0", "4097", "-1", "1.5", "64MB", "1e3", "9" * 40, " "])
+def test_a_model_size_limit_outside_1_to_4096_mib_is_refused(value: str) -> None:
+    with pytest.raises(ValueError, match=r"MODELVC_MAX_MODEL_MB.*1.*4096") as refused:
+        Settings.from_env({"MODELVC_MAX_MODEL_MB": value})
+    assert len(str(refused.value)) < 300
+    with pytest.raises(ValueError, match="MODELVC_MAX_MODEL_MB"):
+        Settings(max_model_bytes=(64 << 20) + 1)  # not a whole number of MiB
