@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test lint typecheck unit integration kafka kafka-if-java test-unit test-tansu \
-	test-kafka test-cluster test-store \
+	test-kafka test-cluster test-store test-cluster-then-store \
 	bench up down clean
 
 # Apache Kafka for the third test tier: Maven copies the pinned broker's jars into
@@ -16,6 +16,9 @@ KAFKA_STAMP := $(KAFKA_DIR)/target/.copied
 # Tier 3: every broker-backed test on one Apache Kafka broker (-k kafka keeps the [kafka]
 # runs and tests/kafka; tests that need no broker or start their own Tansu stay in tier 2).
 KAFKA_TIER_TESTS ?= tests/kafka tests/integration tests/e2e -k kafka
+# Tier 5: the artifact stores over local disk and moto's S3 server, and the end-to-end tests
+# that start their own Tansu stack on S3 (tier 2 leaves those out).
+STORE_TIER_TESTS ?= tests/store tests/integration/test_s3_artifacts.py tests/e2e/test_cli_artifacts.py
 # Tier 4: the 3-broker cluster under faults (tests/cluster; MODELVC_CLUSTER_SEED replays one).
 CLUSTER_TIER_TESTS ?= tests/cluster
 PYTEST := $(BIN)/pytest -q -p no:cacheprovider
@@ -54,24 +57,31 @@ integration: $(STAMP)
 # Tiers 3 and 4 are required in CI (CI=true) and skipped, loudly, without Java and Maven.
 # Tiers 2-5 wait on brokers and child processes far more than they compute (about 0.4 of a
 # core each), so they run side by side; --output-sync prints each tier whole as it ends.
-test: lint typecheck $(STAMP)
-	@$(MAKE) --no-print-directory test-unit
+test: $(STAMP)
+	@$(MAKE) --no-print-directory -j3 --output-sync=target lint typecheck test-unit
 	@$(MAKE) --no-print-directory kafka-if-java
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory -j4 --output-sync=target test-tansu test-kafka test-cluster \
-	  test-store; \
+	$(MAKE) --no-print-directory -j3 --output-sync=target test-tansu test-kafka \
+	  test-cluster-then-store; \
 	status=$$?; echo "== tiers 2-5 side by side: $$(( $$(date +%s) - start ))s (exit $$status)"; \
 	exit $$status
+
+# Tier 5 is CPU-bound (moto parses every byte sent to it) while tier 4's three brokers are
+# busiest early: running it once tier 4 is done keeps the 2 cores from being oversubscribed.
+test-cluster-then-store: $(STAMP)
+	@$(MAKE) --no-print-directory test-cluster; cluster=$$?; \
+	$(MAKE) --no-print-directory test-store; store=$$?; \
+	[ $$cluster -eq 0 ] && [ $$store -eq 0 ]
 
 test-unit: $(STAMP)
 	@$(call timed,tier 1 (unit),$(PYTEST) tests/unit)
 
 test-store: $(STAMP)
-	@$(call timed,tier 5 (artifact stores: local disk and S3),$(PYTEST) tests/store)
+	@$(call timed,tier 5 (artifact stores: local disk and S3),$(PYTEST) $(STORE_TIER_TESTS))
 
 test-tansu: $(STAMP)
 	@$(call timed,tier 2 (Tansu),MODELVC_TEST_BROKERS=tansu MODELVC_TEST_CLUSTER=0 \
-	  $(PYTEST) tests/integration tests/e2e)
+	  $(PYTEST) tests/integration tests/e2e $(STORE_TIER_TESTS:%=--ignore=%))
 
 # `$(call kafka_tier,NAME,COMMAND)`: COMMAND timed when Java and Maven are here (or in CI,
 # where their absence fails the tier); otherwise a plain word that it was skipped and how.
