@@ -21,7 +21,8 @@ KAFKA_TIER_TESTS ?= tests/kafka tests/integration tests/e2e -k kafka
 STORE_TIER_TESTS ?= tests/store tests/integration/test_s3_artifacts.py tests/e2e/test_cli_artifacts.py
 # Tier 4: the 3-broker cluster under faults (tests/cluster; MODELVC_CLUSTER_SEED replays one).
 CLUSTER_TIER_TESTS ?= tests/cluster
-PYTEST := $(BIN)/pytest -q -p no:cacheprovider
+# --durations: each tier names its 10 slowest tests, where the time budget goes.
+PYTEST := $(BIN)/pytest -q -p no:cacheprovider --durations=10
 # `$(call timed,NAME,COMMAND)`: run COMMAND, then print how long it took, keep its status.
 timed = start=$$(date +%s); $(2); status=$$?; \
 	echo "== $(1): $$(( $$(date +%s) - start ))s (exit $$status)"; exit $$status
