@@ -54,10 +54,11 @@ integration: $(STAMP)
 
 # Tier 1: pure unit tests. Tier 2: broker-backed tests on the embedded Tansu broker.
 # Tier 3: the same on Apache Kafka. Tier 4: a 3-broker Apache Kafka cluster under faults.
-# Tier 5: one artifact-store suite over local disk and a real S3 API (moto's server).
+# Tier 5: the artifact stores over local disk and a real S3 API (moto's server).
 # Tiers 3 and 4 are required in CI (CI=true) and skipped, loudly, without Java and Maven.
-# Tiers 2-5 wait on brokers and child processes far more than they compute (about 0.4 of a
-# core each), so they run side by side; --output-sync prints each tier whole as it ends.
+# Tiers 2-4 wait on brokers and child processes far more than they compute (about 0.4 of a
+# core each), so they run side by side, tier 5 in tier 4's slot once it ends;
+# --output-sync prints each tier whole as it ends.
 test: $(STAMP)
 	@$(MAKE) --no-print-directory -j3 --output-sync=target lint typecheck test-unit
 	@$(MAKE) --no-print-directory kafka-if-java
