@@ -9,10 +9,11 @@ never strands earlier history. Schemas are parsed once, at import.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,7 +23,14 @@ import fastavro.schema
 
 from schemas import RELEASED_DIR, SCHEMA_DIR
 from streams.core.commands import BODY_TYPES, Command
-from streams.core.events import PAYLOAD_TYPES, ModelEvent, commit_from_plain, plain_payload
+from streams.core.events import (
+    PAYLOAD_TYPES,
+    ModelEvent,
+    commit_from_plain,
+    plain_payload,
+    signature_from_plain,
+)
+from streams.core.model_signature import ModelSignature
 from streams.errors import UndecodableMessage
 
 MAGIC = b"\xc3\x01"
@@ -63,8 +71,9 @@ class SingleObjectCodec:
 
     schema: dict[str, Any]
     writers: dict[bytes, Any] = field(default_factory=dict)
-    # Writers the reader only appends to (see appended_defaults), with what they lack.
-    prefixes: dict[bytes, dict[str, object]] = field(default_factory=dict)
+    # Writers the reader only appends to (see appended_defaults), with how to fill in
+    # what they lack (None: nothing, the writer only lacks union branches).
+    prefixes: dict[bytes, Fill | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.parsed = fastavro.parse_schema(self.schema)
@@ -92,9 +101,10 @@ class SingleObjectCodec:
         fp = fingerprint(schema)
         if fp != self.fingerprint:  # the reader's own schema needs no resolution step
             self.writers[fp] = fastavro.parse_schema(dict(schema))
-            defaults = appended_defaults(schema, self.schema)
-            if defaults is not None:
-                self.prefixes[fp] = defaults
+            appended = appended_defaults(schema, self.schema)
+            if appended is not None:
+                with contextlib.suppress(_NotAppended):  # else resolved by Avro's rules
+                    self.prefixes[fp] = appended_fill(schema, appended)
         return fp
 
     def encode(self, record: Mapping[str, Any]) -> bytes:
@@ -112,14 +122,15 @@ class SingleObjectCodec:
             raise UndecodableMessage(
                 f"not Avro single-object encoded {self.name} (expected magic C3 01)"
             )
-        writer = self.writers.get(bytes(data[2:HEADER_SIZE]))
+        key = bytes(data[2:HEADER_SIZE])
+        writer = self.writers.get(key)
         if writer is None:
             raise UndecodableMessage(
-                f"unknown schema fingerprint {bytes(data[2:HEADER_SIZE]).hex()} for {self.name}; "
+                f"unknown schema fingerprint {key.hex()} for {self.name}; "
                 "upgrade modelvc or register the writer schema"
             )
-        added = self.prefixes.get(bytes(data[2:HEADER_SIZE]))
-        resolve = writer is not self.parsed and added is None
+        resolve = writer is not self.parsed and key not in self.prefixes
+        fill = None if resolve else self.prefixes.get(key)
         buf = io.BytesIO(data)
         buf.seek(HEADER_SIZE)
         try:
@@ -129,6 +140,8 @@ class SingleObjectCodec:
                 self.parsed if resolve else None,
                 return_record_name=True,
             )
+            if fill is not None:
+                fill(record)
         except Exception as exc:  # fastavro raises many types for corrupt bytes
             # At most 500 characters: some exceptions quote the bytes they choked on.
             raise UndecodableMessage(f"corrupt {self.name} body: {exc!r:.500}") from exc
@@ -136,9 +149,7 @@ class SingleObjectCodec:
             raise UndecodableMessage(
                 f"{len(data) - buf.tell()} trailing bytes after the {self.name} record"
             )
-        if added:
-            record.update(added)
-        elif resolve:
+        if resolve:
             # fastavro fills a field the writer lacked with its JSON default as written,
             # a str even for bytes; the Avro spec (and Apache Avro) make it bytes.
             for name, default in self.bytes_defaults:
@@ -148,40 +159,173 @@ class SingleObjectCodec:
 
 
 _SCALARS = (str, int, float, bool, type(None))
+# Fills in, in place, what a record decoded by its writer schema alone lacks.
+Fill = Callable[[Any], None]
+
+
+def _pending(_: Any) -> None:
+    """Stands for a record whose fill is still being built (a reference to it is a cycle)."""
+
+
+class _NotAppended(Exception):
+    """The writer is not the reader minus appended parts (or not in a form we fill)."""
 
 
 def appended_defaults(
     writer: Mapping[str, Any], reader: Mapping[str, Any]
-) -> dict[str, object] | None:
-    """What a ``writer`` record lacks, when ``reader`` is it plus appended parts; else None.
+) -> dict[str, dict[str, object]] | None:
+    """What ``writer`` lacks, when ``reader`` is it plus appended parts; else None.
 
-    Appended parts: fields at the end (each with a scalar default) and branches at the
-    end of a field's union. Then the writer's bytes mean the same under the reader with
-    no resolution at all: decoded by the writer schema alone, plus these defaults, they
-    give what Avro schema resolution gives, at the speed of the current schema (fastavro
-    resolves about twice as slowly), so a log written by the previous release replays
-    as fast as one written today. Decided by comparing canonical forms: anything else
-    (a renamed, reordered or retyped field, a nested change) is resolved as Avro says.
+    Appended parts: fields at the end of a record (each with a scalar default), at any
+    depth, and branches at the end of a union. Then the writer's bytes mean the same
+    under the reader with no resolution at all: decoded by the writer schema alone, plus
+    these defaults (by record full name), they give what Avro schema resolution gives,
+    at the speed of the current schema (fastavro resolves about twice as slowly), so a
+    log written by the previous release replays as fast as one written today. Decided by
+    comparing canonical forms: anything else (a renamed, reordered or retyped field) is
+    resolved as Avro says.
     """
-    written, read = list(writer["fields"]), list(reader["fields"])
-    extra = read[len(written) :]
-    if len(read) < len(written) or any(
+    appended: dict[str, dict[str, object]] = {}
+    try:
+        prefix = _strip(reader, writer, None, appended)
+        same = fingerprint(prefix) == fingerprint(writer)
+    except (_NotAppended, fastavro.schema.SchemaParseException, ValueError, TypeError, KeyError):
+        return None  # the prefix is no schema (a dropped branch defined a name used later)
+    return appended if same else None
+
+
+def _full(name: str, namespace: str | None) -> str:
+    return name if "." in name or not namespace else f"{namespace}.{name}"
+
+
+def _strip(read: Any, written: Any, namespace: str | None, appended: dict[str, Any]) -> Any:
+    """``read`` without what it appends to ``written``, noting each record's added defaults."""
+    if isinstance(read, list) and isinstance(written, list):
+        return [_strip(r, w, namespace, appended) for r, w in zip(read, written, strict=False)]
+    if not (isinstance(read, dict) and isinstance(written, dict)):
+        return read
+    kind = read.get("type")
+    if kind != written.get("type"):
+        return read
+    if kind in ("array", "map"):
+        part = "items" if kind == "array" else "values"
+        return {**read, part: _strip(read[part], written[part], namespace, appended)}
+    if kind not in ("record", "error"):
+        return read
+    name = _full(str(read["name"]), read.get("namespace", namespace))
+    inner = name.rpartition(".")[0] or None
+    fields, written_fields = list(read["fields"]), list(written["fields"])
+    extra = fields[len(written_fields) :]
+    if len(fields) < len(written_fields) or any(
         "default" not in f or not isinstance(f["default"], _SCALARS) for f in extra
     ):
+        raise _NotAppended(name)
+    if extra:
+        appended[name] = {str(f["name"]): default_value(f) for f in extra}
+    return {
+        **read,
+        "fields": [
+            {**r, "type": _strip(r["type"], w["type"], inner, appended)}
+            for r, w in zip(fields, written_fields, strict=False)
+        ],
+    }
+
+
+def appended_fill(
+    writer: Mapping[str, Any], appended: Mapping[str, Mapping[str, object]]
+) -> Fill | None:
+    """How to complete, in place, a record ``writer`` decoded (``return_record_name``):
+    each record named in ``appended`` gets its defaults, wherever it sits. None when there
+    is nothing to add; raises _NotAppended when a default sits where this cannot reach it
+    (then the reader resolves)."""
+    return _fill(writer, None, appended, {})
+
+
+def _fill(
+    schema: Any,
+    namespace: str | None,
+    appended: Mapping[str, Mapping[str, object]],
+    named: dict[str, Fill | None],
+) -> Fill | None:
+    if isinstance(schema, str):  # a primitive, or a named type defined earlier
+        fill = named.get(_full(schema, namespace))
+        if fill is _pending:
+            raise _NotAppended(f"{schema} is recursive")
+        return fill
+    if isinstance(schema, list):
+        branches: dict[str, Fill] = {}
+        for branch in schema:
+            fill = _fill(branch, namespace, appended, named)
+            if fill is not None:
+                # Only a record branch decodes as (name, datum), which says where it went.
+                branches[_record_name(branch, namespace, named)] = fill
+        return _union_fill(branches) if branches else None
+    if not isinstance(schema, dict):
         return None
-    prefix = [
-        {**r, "type": r["type"][: len(w["type"])]}
-        if isinstance(r["type"], list) and isinstance(w["type"], list)
-        else r
-        for r, w in zip(read, written, strict=False)
+    kind = schema.get("type")
+    if isinstance(kind, dict | list):  # {"type": {...}}: the type itself, nested
+        return _fill(kind, namespace, appended, named)
+    if kind in ("array", "map"):
+        inner = _fill(schema["items" if kind == "array" else "values"], namespace, appended, named)
+        if inner is None:
+            return None
+        return _items_fill(inner) if kind == "array" else _values_fill(inner)
+    if kind not in ("record", "error"):
+        return None
+    name = _full(str(schema["name"]), schema.get("namespace", namespace))
+    named[name] = _pending
+    scope = name.rpartition(".")[0] or None
+    nested = [
+        (str(f["name"]), fill)
+        for f in schema["fields"]
+        if (fill := _fill(f["type"], scope, appended, named)) is not None
     ]
-    try:
-        same = fingerprint({**reader, "fields": prefix}) == fingerprint(writer)
-    except (fastavro.schema.SchemaParseException, ValueError, TypeError, KeyError):
-        return None  # the prefix is no schema (a dropped branch defined a name used later)
-    if not same:
-        return None
-    return {str(f["name"]): default_value(f) for f in extra}
+    defaults = dict(appended.get(name, {}))
+    named[name] = _record_fill(tuple(nested), defaults) if nested or defaults else None
+    return named[name]
+
+
+def _record_name(branch: Any, namespace: str | None, named: Mapping[str, Any]) -> str:
+    if isinstance(branch, str) and _full(branch, namespace) in named:
+        return _full(branch, namespace)
+    if isinstance(branch, dict) and branch.get("type") in ("record", "error"):
+        return _full(str(branch["name"]), branch.get("namespace", namespace))
+    raise _NotAppended("a union branch other than a record needs defaults")
+
+
+def _record_fill(nested: tuple[tuple[str, Fill], ...], defaults: dict[str, object]) -> Fill:
+    def fill(record: Any) -> None:
+        for name, inner in nested:
+            inner(record[name])
+        record.update(defaults)
+
+    return fill
+
+
+def _union_fill(branches: Mapping[str, Fill]) -> Fill:
+    def fill(datum: Any) -> None:
+        if type(datum) is tuple:
+            inner = branches.get(datum[0])
+            if inner is not None:
+                inner(datum[1])
+
+    return fill
+
+
+def _items_fill(inner: Fill) -> Fill:
+    def fill(items: Any) -> None:
+        for item in items:
+            inner(item)
+
+    return fill
+
+
+def _values_fill(inner: Fill) -> Fill:
+    def fill(values: Any) -> None:
+        for value in values.values():
+            inner(value)
+
+    return fill
 
 
 def default_value(spec: Mapping[str, Any]) -> object:
@@ -312,6 +456,9 @@ def encode_command(command: Command, reply_to: str = "", request_id: str = "") -
     for key in ("params", "metrics"):
         if key in body:
             body[key] = dict(body[key])
+    signature = body.get("signature")
+    if isinstance(signature, ModelSignature):
+        body["signature"] = signature.plain()
     return COMMANDS.encode(
         {
             "command_id": command.command_id,
@@ -338,8 +485,10 @@ def decode_command(data: bytes) -> tuple[Command, ReplyTo]:
     record = COMMANDS.decode(data)
     name, fields = record["body"]
     try:
+        if fields.get("signature") is not None:
+            fields = {**fields, "signature": signature_from_plain(fields["signature"])}
         body = _BODIES[name](**fields)
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise UndecodableMessage(
             f"command body {name:.100} does not map onto the core: {exc!r:.500}"
         ) from exc

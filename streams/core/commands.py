@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from streams.core.hashing import canonical, sha256_hex
+from streams.core.model_signature import ModelSignature
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class MakeCommit:
     params: Mapping[str, str] = field(default_factory=dict)
     metrics: Mapping[str, float] = field(default_factory=dict)
     expect_head: str | None = None
+    # Read by the API from the uploaded file itself, never taken from the request body.
+    signature: ModelSignature | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ class Merge:
     strategy: str | None = None  # "theirs" | "ours"
     artifact_sha256: str | None = None
     message: str | None = None
+    # The signature of ``artifact_sha256`` (read by the API from the file) when the merge
+    # gives a new model file; a merge that keeps a parent's file keeps its signature.
+    signature: ModelSignature | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,9 @@ class MoveAlias:
     alias: str
     ref: str
     expect: str | None = None
+    # Move even though the target needs features producers for the current commit do not
+    # send (modelvc alias set NAME REF --allow-signature-change).
+    allow_signature_change: bool = False
 
 
 # -- admin commands: the security chain and the writer-key rings ---------------------
@@ -172,9 +181,17 @@ def command_digest(command: Command) -> str:
     The input is the canonical JSON of the model, the actor, the body type and
     the body's fields. ``command_id`` is the key itself, and ``at`` is left out
     because the server stamps it on every send: a retry after a timeout is the
-    same request although it arrives later.
+    same request although it arrives later. The fields issue 11 added (a
+    ``signature``, ``allow_signature_change``) enter only when set, so a request
+    sent before them digests as it did and its retry is still a repeat.
     """
     fields = dict(command.body.__dict__)
+    if "signature" in fields:
+        signature = fields.pop("signature")
+        if signature is not None:
+            fields["signature"] = signature.plain()
+    if fields.get("allow_signature_change") is False:
+        del fields["allow_signature_change"]
     if "params" in fields:
         fields["params"] = dict(fields["params"])
     if "metrics" in fields:

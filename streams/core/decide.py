@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from streams.core import refs, security, signatures
+from streams.core import model_signature, refs, security, signatures
 from streams.core.commands import (
     AddWriterKey,
     Command,
@@ -44,6 +44,7 @@ from streams.core.errors import (
     NotAnAncestor,
     NothingToDo,
     ProtectedBranch,
+    SignatureChangeRefused,
     StaleHead,
     UnknownRef,
 )
@@ -65,7 +66,8 @@ from streams.core.events import (
     WriterKeyAdded,
     WriterKeyRetired,
 )
-from streams.core.hashing import GENESIS_HASH, SHA256_HEX, commit_id
+from streams.core.hashing import GENESIS_HASH, SHA256_HEX, canonical, commit_id
+from streams.core.model_signature import ModelSignature
 from streams.core.security import SecurityState
 from streams.core.signatures import KeyRing
 from streams.core.state import ModelState, Receipt
@@ -74,6 +76,11 @@ if TYPE_CHECKING:
     from streams.core.fold import Fold
 
 STRATEGIES = ("theirs", "ours")
+# A commit's signature travels in its command and its event, and a Kafka message holds
+# 1 MiB: this leaves room for the rest of either (the API bounds its bodies at 256 KiB).
+MAX_SIGNATURE_BYTES = 192 * 1024
+# Features a refused alias move names in its message (the body carries all of them).
+SHOWN_FEATURES = 10
 
 
 def _check_digest(digest: str) -> str:
@@ -106,6 +113,7 @@ def _make_commit(
     params: Mapping[str, str],
     metrics: Mapping[str, float],
     message: str,
+    signature: ModelSignature | None,
 ) -> Commit:
     fields: dict[str, Any] = {
         "parents": parents,
@@ -116,7 +124,20 @@ def _make_commit(
         "author": command.actor,
         "at": command.at,
     }
-    return Commit(id=commit_id(**fields), **fields)
+    plain = None if signature is None else _check_signature(signature).plain()
+    return Commit(id=commit_id(**fields, signature=plain), **fields, signature=signature)
+
+
+def _check_signature(signature: ModelSignature) -> ModelSignature:
+    size = len(canonical(signature.plain()))
+    if size > MAX_SIGNATURE_BYTES:
+        raise InvalidCommand(
+            f"the model's signature ({len(signature.inputs)} inputs) takes {size:,} bytes, "
+            f"over the {MAX_SIGNATURE_BYTES:,} a commit records; train it with shorter "
+            "feature names (LightGBM's feature_name) and commit that file",
+            field="signature",
+        )
+    return signature
 
 
 def _branch_head(state: ModelState, branch: str, *, to_write: bool = False) -> str | None:
@@ -180,6 +201,7 @@ def make_commit(state: ModelState, command: Command) -> Payload:
         body.params,
         _check_metrics(body.metrics),
         body.message,
+        body.signature,
     )
     if commit.id in state.commits:
         raise InvalidCommand(
@@ -252,6 +274,12 @@ def merge(state: ModelState, command: Command) -> Payload:
         _check_digest(body.artifact_sha256) if body.artifact_sha256 else picked.artifact_sha256
     )
     strategy = body.strategy if body.strategy is not None else "artifact"
+    signature = body.signature
+    if signature is None:
+        # The merge keeps a parent's file: it keeps what that file was recorded with.
+        signature = next(
+            (c.signature for c in (picked, ours, theirs) if c.artifact_sha256 == artifact), None
+        )
     commit = _make_commit(
         command,
         (target_head, source_head),
@@ -259,6 +287,7 @@ def merge(state: ModelState, command: Command) -> Payload:
         picked.params,
         picked.metrics,
         body.message or f"Merge {body.source} into {body.target} ({strategy})",
+        signature,
     )
     return Merged(body.source, body.target, source_head, target_head, False, strategy, commit)
 
@@ -309,7 +338,35 @@ def move_alias(state: ModelState, command: Command) -> Payload:
     target = refs.resolve(state, body.ref)
     if target == current:
         raise NothingToDo(f"alias {body.alias!r} already points at {target}", head=target)
-    return AliasMoved(body.alias, current, target)
+    if current is not None and not body.allow_signature_change:
+        _check_signature_change(state, body.alias, current, target)
+    return AliasMoved(body.alias, current, target, body.allow_signature_change)
+
+
+def _check_signature_change(state: ModelState, alias: str, current: str, target: str) -> None:
+    """Refuse a move whose target needs features the current commit's producers do not send.
+
+    A commit recorded before signatures existed (either side) has none to compare: such a
+    move is not checked, as it was not before.
+    """
+    was, will = state.commits[current].signature, state.commits[target].signature
+    if was is None or will is None:
+        return
+    added = model_signature.required_missing(was, will)
+    if not added:
+        return
+    shown = ", ".join(repr(name) for name in added[:SHOWN_FEATURES])
+    if len(added) > SHOWN_FEATURES:
+        shown += f" and {len(added) - SHOWN_FEATURES} more"
+    raise SignatureChangeRefused(
+        f"moving alias {alias} from {current[:12]} to {target[:12]} would require "
+        f"feature(s) {shown} that producers for {current[:12]} do not send; publish them "
+        f"first, or run: modelvc -M {state.name} alias set {alias} {target[:12]} "
+        "--allow-signature-change",
+        features=added,
+        current=current,
+        target=target,
+    )
 
 
 # -- the security chain ------------------------------------------------------------

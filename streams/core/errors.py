@@ -134,6 +134,18 @@ class MergeConflict(VersionGraphError):
     code = "merge_conflict"
 
 
+class SignatureChangeRefused(VersionGraphError):
+    """Raised when an alias would move to a commit that requires features its current
+    commit does not (``model_signature.required_missing``): producers feeding the alias
+    do not send them, so their events would be dead-lettered.
+
+    The body carries ``features`` (the added ones), ``current`` and ``target`` (commit
+    ids); the mover may accept it with ``allow_signature_change``.
+    """
+
+    code = "signature_change"
+
+
 class NotAnAncestor(VersionGraphError):
     """Raised when a rollback target is not on the branch's first-parent history."""
 

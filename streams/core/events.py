@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streams.core.hashing import canonical, sha256_hex
+from streams.core.model_signature import ModelSignature
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class Commit:
     message: str
     author: str
     at: int
+    # The model's input signature, read from the file by the server (issue 11). None in
+    # commits written before signatures existed: their ids hash no signature at all.
+    signature: ModelSignature | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,9 @@ class AliasMoved:
     alias: str
     from_commit: str | None
     to_commit: str
+    # The mover accepted a target that needs features the current commit's producers do not
+    # send (--allow-signature-change). Hashed only when true, so older events keep their hash.
+    allow_signature_change: bool = False
 
 
 # -- the security chain (``~security``): who may do what ------------------------------
@@ -207,12 +214,15 @@ class ModelEvent:
 
         A commit enters by its id alone: the id is itself the hash of the
         commit's content (checked by the fold), so hashing the content twice
-        would add nothing but time.
+        would add nothing but time. ``allow_signature_change`` enters only when
+        true, as ``command_digest`` does only when set.
         """
         payload = dict(self.payload.__dict__)
         commit = payload.get("commit")
         if isinstance(commit, Commit):
             payload["commit"] = commit.id
+        elif payload.get("allow_signature_change") is False:
+            del payload["allow_signature_change"]
         hashed: dict[str, object] = {
             "model": self.model,
             "seq": self.seq,
@@ -231,6 +241,7 @@ class ModelEvent:
 
 
 def plain_commit(commit: Commit) -> dict[str, object]:
+    """The commit's plain form; ``signature`` is None for a commit recorded without one."""
     return {
         "id": commit.id,
         "parents": list(commit.parents),
@@ -240,11 +251,16 @@ def plain_commit(commit: Commit) -> dict[str, object]:
         "message": commit.message,
         "author": commit.author,
         "at": commit.at,
+        "signature": None if commit.signature is None else commit.signature.plain(),
     }
 
 
 def commit_from_plain(plain: Mapping[str, Any]) -> Commit:
-    """Inverse of :func:`plain_commit` (for the codec and the projection)."""
+    """Inverse of :func:`plain_commit` (for the codec and the projection).
+
+    The signature may be absent (an older projection or JSON form); ValueError when it
+    is junk.
+    """
     return Commit(
         id=plain["id"],
         parents=tuple(plain["parents"]),
@@ -254,13 +270,35 @@ def commit_from_plain(plain: Mapping[str, Any]) -> Commit:
         message=plain["message"],
         author=plain["author"],
         at=plain["at"],
+        signature=signature_from_plain(plain.get("signature")),
     )
 
 
+def signature_from_plain(value: object) -> ModelSignature | None:
+    """A recorded signature: None, its plain form, or the ``(name, record)`` pair an Avro
+    union branch decodes to (``return_record_name``). ValueError when it is junk."""
+    if value is None:
+        return None
+    if isinstance(value, tuple) and len(value) == 2:
+        value = value[1]
+    if not isinstance(value, Mapping):
+        raise ValueError(f"not a model signature: {type(value).__name__}")
+    return ModelSignature.from_plain(value)
+
+
 def plain_payload(payload: Payload) -> dict[str, object]:
+    """The payload's plain form (the event's JSON and Avro record).
+
+    Fields added since the first release are left out at their defaults (the Avro
+    writer fills them in), so an old event reads back to the JSON it was written as.
+    """
     # Shallow on purpose (hot in replay): only a nested Commit needs converting.
     plain = dict(payload.__dict__)
     commit = plain.get("commit")
     if isinstance(commit, Commit):
-        plain["commit"] = plain_commit(commit)
+        plain["commit"] = converted = plain_commit(commit)
+        if converted["signature"] is None:
+            del converted["signature"]
+    elif plain.get("allow_signature_change") is False:
+        del plain["allow_signature_change"]
     return plain

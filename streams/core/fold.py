@@ -63,6 +63,7 @@ def _bad_commit(state: ModelState, commit: Commit, parents: tuple[str, ...]) -> 
         message=commit.message,
         author=commit.author,
         at=commit.at,
+        signature=None if commit.signature is None else commit.signature.plain(),
     )
     if recomputed != commit.id:
         return f"commit id {commit.id} is not the hash of its content ({recomputed})"

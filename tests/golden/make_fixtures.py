@@ -6,7 +6,10 @@ schema must still read them (tests/unit/test_wire_compat.py). It also adds
 every current writer schema to ``schemas/released`` (the set every codec
 reads), which a schema change must do before it ships.
 
-``v1/`` holds unsigned history (before issue 10); ``signed-v1/`` a signed log of
+``v1/`` holds unsigned history (before issue 10); ``signature-v1/`` a log whose
+commits record model signatures (issue 11: a move refused without, then allowed with
+``allow_signature_change``, merges that keep or take a signature, a legacy commit
+without one); ``signed-v1/`` a signed log of
 events partition 0: its writer-key ring ``~keys.0`` (a first key trusted on
 first use, a second one added, the first retired), the ``~security`` chain (a
 token issued and revoked, refs protected and unprotected) and a model whose
@@ -49,10 +52,12 @@ from streams.core.commands import (
 from streams.core.decide import decide_on
 from streams.core.events import ModelEvent
 from streams.core.fold import Fold, state_digest
+from streams.core.model_signature import CATEGORICAL, DOUBLE, Feature, ModelSignature
 from workers.signing import sign_prediction
 
 HERE = Path(__file__).parent
 SIGNED = HERE / "signed-v1"
+SIGNATURE = HERE / "signature-v1"
 # Stand-ins for the secrets: in a fixture they must be public to be reproducible.
 GOLDEN_TOKEN = "mvc_0123456789abcdef_" + "g" * 43
 REVOKED_TOKEN = "mvc_fedcba9876543210_" + "r" * 43
@@ -83,6 +88,58 @@ def history() -> list[Command]:
         Command(f"cmd-{i:02d}", "churn", "golden", 1_800_000_000_000 + i * 1000, body)
         for i, body in enumerate(bodies)
     ]
+
+
+def _signature(*inputs: tuple[str, str], outputs: int = 1) -> ModelSignature:
+    return ModelSignature("lightgbm", tuple(Feature(n, t) for n, t in inputs), outputs)
+
+
+# x, y; then "a b" added (a name Avro does not allow; the move needs
+# --allow-signature-change); then "a b" removed, x retyped and 3 outputs: a move that
+# needs nothing new is allowed.
+SIGNATURE_1 = _signature(("x", DOUBLE), ("y", CATEGORICAL))
+SIGNATURE_2 = _signature(("x", DOUBLE), ("y", CATEGORICAL), ("a b", DOUBLE))
+SIGNATURE_3 = _signature(("x", CATEGORICAL), ("y", CATEGORICAL), outputs=3)
+
+
+def signature_history() -> list[Command]:
+    a, b, c, d, e = (ch * 64 for ch in "abcde")
+    bodies = [
+        CreateModel(),
+        MakeCommit(a, "baseline", signature=SIGNATURE_1),
+        MoveAlias("production", "main"),
+        MakeCommit(b, "adds a b", signature=SIGNATURE_2),
+        MoveAlias("production", "main", allow_signature_change=True),
+        CreateBranch("exp", from_ref="main~1"),
+        MakeCommit(c, "a legacy commit: no signature", branch="exp"),
+        Merge("exp", strategy="ours"),  # keeps main's file, so its signature
+        MakeCommit(d, "more", branch="exp", signature=SIGNATURE_1),
+        Merge("exp", artifact_sha256=e, signature=SIGNATURE_3, message="retrained"),
+        MoveAlias("production", "main"),  # "a b" removed, x retyped: allowed
+    ]
+    return [
+        Command(f"sgn-{i:02d}", "fraud", "golden", 1_860_000_000_000 + i * 1000, body)
+        for i, body in enumerate(bodies)
+    ]
+
+
+def write_signature() -> None:
+    SIGNATURE.mkdir(exist_ok=True)
+    state = Fold()
+    count = 0
+    for i, command in enumerate(signature_history()):
+        if isinstance(command.body, MakeCommit | Merge) and command.body.signature is not None:
+            data = codec.encode_command(command, "golden", f"req-{i:02d}")
+            _write_new(SIGNATURE / f"command-{i:02d}.bin", data)
+        for event in decide(state.models.get("fraud"), command):
+            assert state.apply(event) is None, command.command_id
+            stem = f"event-{event.seq:02d}-{event.type}"
+            _write_new(SIGNATURE / f"{stem}.bin", codec.encode_event(event))
+            plain = json.dumps(event.to_plain(), indent=1, sort_keys=True)
+            _write_new(SIGNATURE / f"{stem}.json", plain.encode())
+            count += 1
+    summary = {"state_digest": state_digest(state.models), "events": count}
+    _write_new(SIGNATURE / "index.json", (json.dumps(summary, indent=1) + "\n").encode())
 
 
 def serving_records() -> dict[str, tuple[codec.SingleObjectCodec, dict[str, Any]]]:
@@ -229,6 +286,7 @@ def main() -> None:
         _write_new(out / f"{stem}.bin", record_codec.encode(record))
         _write_new(out / f"{stem}.json", json.dumps(record, indent=1, sort_keys=True).encode())
     write_signed()
+    write_signature()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from modelvc import cli
 from streams.core import (
     Command,
     CreateBranch,
@@ -29,13 +30,16 @@ from streams.core.errors import (
     NotAnAncestor,
     NothingToDo,
     ProtectedBranch,
+    SignatureChangeRefused,
     StaleHead,
     UnknownModel,
     UnknownRef,
     VersionGraphError,
 )
+from streams.core.events import AliasMoved, plain_commit
 from streams.core.fold import Fold
 from streams.core.hashing import canonical, sha256_hex
+from streams.core.model_signature import CATEGORICAL, DOUBLE, Feature, ModelSignature
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
 
@@ -401,3 +405,190 @@ def test_deleted_branch_keeps_its_commits(repo: Repo) -> None:
     assert "exp" not in repo.state.branches
     assert gone in repo.state.commits
     assert next(c.id for c in refs.log(repo.state)) == gone
+
+
+# -- model signatures (issue 11) ----------------------------------------------------------
+X, Y, Z = Feature("x", DOUBLE), Feature("y", CATEGORICAL), Feature("z", DOUBLE)
+SIG_XY = ModelSignature("lightgbm", (X, Y), 1)
+SIG_XYZ = ModelSignature("lightgbm", (X, Y, Z), 1)
+
+
+def test_a_commit_without_a_signature_keeps_the_id_it_always_had(repo: Repo) -> None:
+    (event,) = repo.run(MakeCommit(A, "baseline", params={"lr": "0.1"}))
+    commit = event.payload.commit
+    # The rule older releases hashed by (schemas/CANONICAL.md): no "signature" key at all.
+    legacy = {k: v for k, v in plain_commit(commit).items() if k not in ("id", "signature")}
+    assert commit.signature is None and commit.id == sha256_hex(canonical(legacy))
+
+
+def test_a_signature_is_recorded_and_changes_the_commit_id(repo: Repo) -> None:
+    other = Repo()
+    other.run(CreateModel())
+    (plain,) = other.run(MakeCommit(A, "baseline"))
+    (signed,) = repo.run(MakeCommit(A, "baseline", signature=SIG_XY))
+    commit = signed.payload.commit
+    assert commit.signature == SIG_XY and commit.id != plain.payload.commit.id
+    content = {k: v for k, v in plain_commit(commit).items() if k != "id"}
+    assert content["signature"] == SIG_XY.plain()
+    assert commit.id == sha256_hex(canonical(content))
+    assert repo.state.commits[commit.id].signature == SIG_XY
+
+
+def test_the_digest_of_a_request_without_the_new_fields_is_unchanged() -> None:
+    """A request sent before issue 11 digests as it did, so its retry is still a repeat."""
+    body = MoveAlias("production", "main")
+    command = Command("c", "m", "alice", 0, body)
+    old_rule = {"alias": "production", "ref": "main", "expect": None}
+    assert command_digest(command) == sha256_hex(
+        canonical({"model": "m", "actor": "alice", "type": "MoveAlias", "body": old_rule})
+    )
+    allowed = replace(command, body=replace(body, allow_signature_change=True))
+    signed = replace(command, body=MakeCommit(A, "x", signature=SIG_XY))
+    assert command_digest(allowed) != command_digest(command)
+    assert command_digest(signed) != command_digest(replace(signed, body=MakeCommit(A, "x")))
+
+
+def _alias_at(repo: Repo, signature: ModelSignature | None, artifact: str = A) -> str:
+    repo.run(MakeCommit(artifact, "current", signature=signature))
+    repo.run(MoveAlias("production", "main"))
+    return repo.head()
+
+
+def test_moving_an_alias_to_a_commit_that_needs_new_features_is_refused(repo: Repo) -> None:
+    current = _alias_at(repo, SIG_XY)
+    w = Feature("w", DOUBLE)
+    repo.run(MakeCommit(B, "adds z and w", signature=replace(SIG_XYZ, inputs=(X, Y, Z, w))))
+    target = repo.head()
+    with pytest.raises(SignatureChangeRefused) as fault:
+        repo.run(MoveAlias("production", "main"))
+    assert fault.value.code == "signature_change"
+    assert fault.value.details == {"features": ("z", "w"), "current": current, "target": target}
+    assert fault.value.message == (
+        f"moving alias production from {current[:12]} to {target[:12]} would require "
+        f"feature(s) 'z', 'w' that producers for {current[:12]} do not send; publish them "
+        f"first, or run: modelvc -M m alias set production {target[:12]} "
+        "--allow-signature-change"
+    )
+    assert repo.state.aliases["production"] == current  # nothing was written
+
+
+def test_the_refusal_names_at_most_ten_features_and_counts_the_rest(repo: Repo) -> None:
+    _alias_at(repo, SIG_XY)
+    many = tuple(Feature(f"f{i}", DOUBLE) for i in range(25))
+    repo.run(MakeCommit(B, "wide", signature=replace(SIG_XY, inputs=(X, Y, *many))))
+    with pytest.raises(SignatureChangeRefused) as fault:
+        repo.run(MoveAlias("production", "main"))
+    assert "'f9' and 15 more that producers" in fault.value.message
+    assert len(fault.value.details["features"]) == 25  # type: ignore[arg-type]
+
+
+def test_the_cli_command_in_the_refusal_is_one_the_cli_parses(repo: Repo) -> None:
+    _alias_at(repo, SIG_XY)
+    repo.run(MakeCommit(B, "adds z", signature=SIG_XYZ))
+    with pytest.raises(SignatureChangeRefused) as fault:
+        repo.run(MoveAlias("production", "main"))
+    words = fault.value.message.split("or run: ", 1)[1].split()
+    assert words[0] == "modelvc"
+    args = cli.parser().parse_args(words[1:])
+    assert (args.model, args.command, args.action, args.name) == ("m", "alias", "set", "production")
+    assert args.ref == repo.head()[:12]
+    assert refs.resolve(repo.state, args.ref) == repo.head()
+
+
+def test_the_flag_allows_the_move_and_the_event_records_it(repo: Repo) -> None:
+    current = _alias_at(repo, SIG_XY)
+    repo.run(MakeCommit(B, "adds z", signature=SIG_XYZ))
+    (event,) = repo.run(MoveAlias("production", "main", allow_signature_change=True))
+    assert event.payload == AliasMoved("production", current, repo.head(), True)
+    assert event.to_plain()["payload"]["allow_signature_change"] is True  # type: ignore[index]
+    # The chain covers the flag: the same move without it hashes differently.
+    unflagged = replace(event, payload=replace(event.payload, allow_signature_change=False))
+    assert unflagged.hash() != event.hash()
+    assert repo.state.aliases["production"] == repo.head()
+
+
+def test_an_unflagged_move_hashes_as_alias_moves_always_did(repo: Repo) -> None:
+    repo.run(MakeCommit(A, "one"))
+    (event,) = repo.run(MoveAlias("production", "main"))
+    assert "allow_signature_change" not in event.to_plain()["payload"]  # type: ignore[operator]
+    hashed = {
+        "model": "m",
+        "seq": event.seq,
+        "prev_hash": event.prev_hash,
+        "command_id": event.command_id,
+        "actor": "alice",
+        "at": event.at,
+        "type": "AliasMoved",
+        "payload": {"alias": "production", "from_commit": None, "to_commit": repo.head()},
+        "command_digest": event.command_digest,
+    }
+    assert event.hash() == sha256_hex(canonical(hashed))
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        ModelSignature("lightgbm", (X,), 1),  # y removed
+        ModelSignature("lightgbm", (Feature("x", CATEGORICAL), Y), 1),  # x retyped
+        ModelSignature("lightgbm", (Y, X), 3),  # reordered, more outputs
+    ],
+    ids=["removed", "retyped", "reordered"],
+)
+def test_a_move_that_needs_no_new_feature_is_allowed(repo: Repo, target: ModelSignature) -> None:
+    _alias_at(repo, SIG_XY)
+    repo.run(MakeCommit(B, "narrower", signature=target))
+    (event,) = repo.run(MoveAlias("production", "main"))
+    assert event.payload.allow_signature_change is False
+
+
+@pytest.mark.parametrize(("before", "after"), [(None, SIG_XYZ), (SIG_XY, None)])
+def test_legacy_commits_without_a_signature_are_not_checked(
+    repo: Repo, before: ModelSignature | None, after: ModelSignature | None
+) -> None:
+    _alias_at(repo, before)
+    repo.run(MakeCommit(B, "next", signature=after))
+    (event,) = repo.run(MoveAlias("production", "main"))
+    assert event.payload.to_commit == repo.head()
+
+
+def test_a_new_alias_is_not_checked(repo: Repo) -> None:
+    repo.run(MakeCommit(A, "wide", signature=SIG_XYZ))
+    (event,) = repo.run(MoveAlias("canary", "main"))
+    assert event.payload.from_commit is None
+
+
+def _diverged(repo: Repo, ours: ModelSignature | None, theirs: ModelSignature | None) -> None:
+    repo.run(MakeCommit(A, "base"))
+    repo.run(CreateBranch("exp"))
+    repo.run(MakeCommit(B, "main side", signature=ours))
+    repo.run(MakeCommit(C, "exp side", branch="exp", signature=theirs))
+
+
+@pytest.mark.parametrize("strategy", ["ours", "theirs"])
+def test_a_merge_that_keeps_a_parents_file_keeps_its_signature(repo: Repo, strategy: str) -> None:
+    _diverged(repo, SIG_XY, SIG_XYZ)
+    (event,) = repo.run(Merge("exp", strategy=strategy))
+    assert event.payload.commit.signature == (SIG_XY if strategy == "ours" else SIG_XYZ)
+    # The commit id covers it: the fold recomputed it from the content.
+    assert repo.state.commits[repo.head()].signature == event.payload.commit.signature
+
+
+def test_a_merge_with_a_new_file_takes_its_signature(repo: Repo) -> None:
+    _diverged(repo, SIG_XY, SIG_XY)
+    merged = ModelSignature("lightgbm", (X, Z), 2)
+    (event,) = repo.run(Merge("exp", artifact_sha256="d" * 64, signature=merged))
+    assert event.payload.commit.signature == merged
+
+
+def test_a_merge_naming_a_parents_file_without_a_signature_keeps_that_parents(
+    repo: Repo,
+) -> None:
+    _diverged(repo, SIG_XY, SIG_XYZ)
+    (event,) = repo.run(Merge("exp", artifact_sha256=C))
+    assert event.payload.commit.signature == SIG_XYZ
+
+
+def test_a_signature_too_large_for_a_message_is_refused(repo: Repo) -> None:
+    wide = tuple(Feature(f"feature_{i:06d}_" + "n" * 40, DOUBLE) for i in range(4000))
+    with pytest.raises(InvalidCommand, match="shorter feature names"):
+        repo.run(MakeCommit(A, "too wide", signature=ModelSignature("lightgbm", wide, 1)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
@@ -11,8 +12,9 @@ import pytest
 from streams.codec import decode_event
 from streams.core import Command, CreateModel, MakeCommit, decide, fold
 from streams.core.errors import InvalidCommand
-from streams.core.events import Committed
+from streams.core.events import Commit, Committed
 from streams.core.hashing import commit_id
+from streams.core.model_signature import CATEGORICAL, DOUBLE, Feature, ModelSignature
 
 A, B = "a" * 64, "b" * 64
 
@@ -88,3 +90,36 @@ def test_digests_match_whole_in_decide_and_fold() -> None:
     forged = replace(event, payload=replace(event.payload, commit=forged_commit))
     result = fold([created, forged])
     assert result.voided == 1 and result.models["m"].branches["main"] is None
+
+
+SIGNATURE = ModelSignature("lightgbm", (Feature("x", DOUBLE), Feature("y", CATEGORICAL)), 1)
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda c: replace(c, signature=None),  # the signature stripped
+        lambda c: replace(c, signature=replace(SIGNATURE, outputs=2)),  # changed
+        lambda c: replace(c, signature=replace(SIGNATURE, inputs=SIGNATURE.inputs[:1])),
+    ],
+    ids=["stripped", "outputs", "inputs"],
+)
+def test_a_commit_whose_signature_is_not_the_one_its_id_covers_is_void(
+    forge: Callable[[Commit], Commit],
+) -> None:
+    created, state = _created()
+    command = Command("c1", "m", "alice", 2, MakeCommit(A, "x", signature=SIGNATURE))
+    (event,) = decide(state, command)
+    assert isinstance(event.payload, Committed)
+    assert fold([created, event]).voided == 0
+    forged = replace(event, payload=replace(event.payload, commit=forge(event.payload.commit)))
+    result = fold([created, forged])
+    assert result.voided == 1 and result.models["m"].branches["main"] is None
+
+
+def test_a_signature_added_to_a_legacy_commit_is_void() -> None:
+    created, state = _created()
+    (event,) = decide(state, Command("c1", "m", "alice", 2, MakeCommit(A, "legacy")))
+    assert isinstance(event.payload, Committed)
+    dressed = replace(event.payload.commit, signature=SIGNATURE)
+    assert fold([created, replace(event, payload=replace(event.payload, commit=dressed))]).voided

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas import SCHEMA_DIR
-from streams.core.hashing import canonical, sha256_hex
+from streams.core.hashing import canonical, commit_id, sha256_hex
 
 VECTORS = json.loads((SCHEMA_DIR / "vectors" / "canonical.json").read_text())
 CANONICAL_MD = SCHEMA_DIR / "CANONICAL.md"
@@ -114,6 +114,19 @@ def test_canonical_writes_each_vector_byte_for_byte(vector: dict[str, str]) -> N
     assert canonical(value) == vector["canonical"].encode("ascii")
     assert sha256_hex(vector["canonical"].encode("ascii")) == vector["sha256"]
     assert spec_canonical(value) == canonical(value)
+
+
+@pytest.mark.parametrize(
+    "vector",
+    [v for v in VECTORS["vectors"] if v["name"].startswith("commit id input")],
+    ids=lambda v: v["name"],
+)
+def test_the_commit_id_vectors_are_what_commit_id_computes(vector: dict[str, str]) -> None:
+    """With a signature and without: the page's rule, and an old commit's id unchanged."""
+    content = json.loads(vector["input"])
+    assert commit_id(**content) == vector["sha256"]
+    if "signature" in content:
+        assert commit_id(**{**content, "signature": None}) != vector["sha256"]
 
 
 @pytest.mark.parametrize("vector", VECTORS["refused"], ids=lambda v: v["name"])

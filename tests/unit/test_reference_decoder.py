@@ -37,6 +37,7 @@ from tests.unit.test_audit import events, write_archive
 GOLDEN = Path(__file__).parents[1] / "golden"
 GOLDEN_EVENTS = sorted(GOLDEN.glob("v*/event-*.bin"))
 SIGNED_EVENTS = sorted(GOLDEN.glob("signed-v1/event-*.bin"))
+SIGNATURE_EVENTS = sorted(GOLDEN.glob("signature-v1/event-*.bin"))
 REFERENCE = ReferenceDecoder.from_files(EVENT_SCHEMA_FILES)
 
 
@@ -92,6 +93,33 @@ def test_apache_avro_reads_every_golden_record_as_fastavro_does(
 def test_old_and_signed_commands_and_predictions_are_in_the_golden_set() -> None:
     for kind in ("command", "prediction"):
         assert {p.parent.name for p in GOLDEN.glob(f"*/{kind}-*.bin")} >= {"v1", "signed-v1"}
+    # Commands carrying a model signature (issue 11), read by the test above too.
+    assert list(GOLDEN.glob("signature-v1/command-*.bin"))
+
+
+@pytest.mark.parametrize("path", SIGNATURE_EVENTS, ids=lambda p: p.name)
+def test_apache_avro_reads_the_signature_fields_as_fastavro_does(path: Path) -> None:
+    data = path.read_bytes()
+    ours = REFERENCE.decode(data)
+    assert first_difference(EVENTS.decode(data), ours) is None
+    name, payload = ours["payload"]
+    commit = payload.get("commit")
+    if isinstance(commit, tuple):
+        commit = commit[1]
+    if commit is not None and commit["signature"] is not None:
+        branch, signature = commit["signature"]
+        assert branch == "modelvc.events.ModelSignature"
+        assert signature["format"] == "lightgbm" and signature["inputs"]
+    if name == "modelvc.events.AliasMoved":
+        assert isinstance(payload["allow_signature_change"], bool)
+
+
+def test_the_signature_golden_log_cross_checks_clean() -> None:
+    """The audit folds the log, recomputing each commit id with its signature (an id that
+    did not cover it would be invalid), and Apache Avro reads every field the same."""
+    auditor = located(Auditor(), [p.read_bytes() for p in SIGNATURE_EVENTS])
+    assert list(auditor.violations()) == []
+    assert auditor.events == len(SIGNATURE_EVENTS)
 
 
 def test_the_signed_golden_log_cross_checks_clean() -> None:

@@ -32,7 +32,7 @@ from streams.codec import (
     full_name,
 )
 from streams.core import Command, MakeCommit
-from streams.core.events import PAYLOAD_TYPES, ModelEvent
+from streams.core.events import PAYLOAD_TYPES, AliasMoved, ModelEvent
 from streams.core.fold import Fold, fold, state_digest
 from streams.errors import UndecodableMessage
 from tests.golden.make_fixtures import golden_key
@@ -122,7 +122,7 @@ def test_appended_fields_and_branches_are_read_by_the_writer_alone() -> None:
             {"name": "s", "type": "bytes", "default": "\u00ff"},
         ]
     )
-    assert appended_defaults(writer, reader) == {"k": "", "s": b"\xff"}
+    assert appended_defaults(writer, reader) == {"t.R": {"k": "", "s": b"\xff"}}
     reading = SingleObjectCodec(reader)
     reading.add_writer(writer)
     data = SingleObjectCodec(writer).encode({"x": ("t.A", {"a": 7})})
@@ -467,3 +467,109 @@ def test_a_command_larger_than_the_api_writes_is_refused_before_it_is_decided() 
         codec.decode_command(data)
     fits = Command("c1", "m", "mallory", 0, MakeCommit("a" * 64, "x" * (64 * 1024)))
     assert codec.decode_command(codec.encode_command(fits))[0] == fits
+
+
+# -- model signatures in the log (issue 11) -------------------------------------------------
+SIGNATURE_LOG = GOLDEN / "signature-v1"
+SIGNATURE_EVENTS = sorted(SIGNATURE_LOG.glob("event-*.bin"))
+
+
+@pytest.mark.parametrize("fixture", SIGNATURE_EVENTS, ids=lambda p: p.stem)
+def test_current_schema_reads_every_golden_event_with_a_signature(fixture: Path) -> None:
+    event = decode_event(fixture.read_bytes())
+    assert event.to_plain() == json.loads(fixture.with_suffix(".json").read_text())
+    assert decode_event(encode_event(event)) == event
+
+
+def test_the_golden_signature_log_folds_to_its_recorded_digest() -> None:
+    index = json.loads((SIGNATURE_LOG / "index.json").read_text())
+    events = [decode_event(f.read_bytes()) for f in SIGNATURE_EVENTS]
+    result = fold(events)
+    assert result.voided == 0 and len(events) == index["events"]
+    assert state_digest(result.models) == index["state_digest"]
+    state = result.models["fraud"]
+    signatures = [c.signature for c in state.commits.values()]
+    assert [s is None for s in signatures] == [False, False, True, False, False, False]
+    assert signatures[3] == signatures[1]  # the "ours" merge kept main's file and signature
+    moves = [e.payload for e in events if isinstance(e.payload, AliasMoved)]
+    assert [m.allow_signature_change for m in moves] == [False, True, False]
+
+
+def test_old_events_read_fast_with_their_new_fields_at_the_defaults() -> None:
+    """The previous release's events skip Avro resolution (appended_defaults reaches the
+    nested Commit.signature and AliasMoved.allow_signature_change) and read as if written
+    today without them."""
+    for path in EVENT_FIXTURES:
+        data = path.read_bytes()
+        assert data[2:10] in codec.EVENTS.prefixes, path
+        record = codec.EVENTS.decode(data)
+        name, payload = record["payload"]
+        commit = payload.get("commit")
+        if isinstance(commit, tuple):
+            commit = commit[1]
+        if commit is not None:
+            assert commit["signature"] is None
+        if name.endswith("AliasMoved"):
+            assert payload["allow_signature_change"] is False
+
+
+def test_a_command_with_a_signature_round_trips_and_old_commands_read_without() -> None:
+    commands = [codec.decode_command(p.read_bytes()) for p in sorted(SIGNATURE_LOG.glob("c*"))]
+    assert commands and all(c.body.signature is not None for c, _ in commands)  # type: ignore[union-attr]
+    for command, reply_to in commands:
+        assert codec.decode_command(codec.encode_command(command, *reply_to)) == (
+            command,
+            reply_to,
+        )
+    for path in COMMAND_FIXTURES:
+        body = codec.decode_command(path.read_bytes())[0].body
+        assert getattr(body, "signature", None) is None
+        assert getattr(body, "allow_signature_change", False) is False
+
+
+def test_a_junk_signature_in_a_command_is_undecodable() -> None:
+    command, _ = codec.decode_command(sorted(SIGNATURE_LOG.glob("command-*.bin"))[0].read_bytes())
+    record = codec.COMMANDS.decode(codec.encode_command(command))
+    name, body = record["body"]
+    body["signature"] = {"format": "onnx", "inputs": [], "outputs": 1}
+    data = codec.COMMANDS.encode({**record, "body": (name, body)})
+    with pytest.raises(UndecodableMessage, match="unknown model format"):
+        codec.decode_command(data)
+
+
+def test_nested_appended_fields_are_filled_wherever_the_record_sits() -> None:
+    """A record reached through a union, an array and a map gets its appended defaults."""
+    inner_old = {"type": "record", "name": "I", "fields": [{"name": "a", "type": "long"}]}
+    inner_new = {
+        **inner_old,
+        "fields": [*inner_old["fields"], {"name": "b", "type": "boolean", "default": False}],
+    }
+
+    def outer(inner: dict[str, Any]) -> dict[str, Any]:
+        return _schema(
+            [
+                {"name": "one", "type": ["null", inner]},
+                {"name": "many", "type": {"type": "array", "items": "t.I"}},
+                {"name": "named", "type": {"type": "map", "values": "t.I"}},
+            ]
+        )
+
+    writer, reader = outer(inner_old), outer(inner_new)
+    assert appended_defaults(writer, reader) == {"t.I": {"b": False}}
+    reading = SingleObjectCodec(reader)
+    reading.add_writer(writer)
+    record = {"one": {"a": 1}, "many": [{"a": 2}], "named": {"k": {"a": 3}}}
+    data = SingleObjectCodec(writer).encode(record)
+    assert data[2:10] in reading.prefixes
+    expected = fastavro.schemaless_reader(
+        io.BytesIO(data[10:]), reading.writers[data[2:10]], reading.parsed, return_record_name=True
+    )
+    assert (
+        reading.decode(data)
+        == expected
+        == {
+            "one": ("t.I", {"a": 1, "b": False}),
+            "many": [{"a": 2, "b": False}],
+            "named": {"k": {"a": 3, "b": False}},
+        }
+    )
