@@ -291,11 +291,23 @@ def cmd_worker(args: argparse.Namespace) -> None:
 def cmd_publish(args: argparse.Namespace) -> None:
     from modelvc.streaming import publish_features, read_feature_file
 
+    def schema_of(model: str, ref: str | None) -> Any:
+        # Typed by each row's model and ref, as the service reads their signature now.
+        return client.feature_schema(model, ref)["schema"]
+
+    if not args.untyped:  # --untyped needs no token: only Kafka is reached
+        client = Client(_url(args), actor=args.actor, token=token_from_env(home=_home(args)))
+
     try:
         events = list(read_feature_file(Path(args.file), _selected_model(args), args.ref))
-    except ValueError as exc:
+        count = publish_features(
+            _kafka(args, role="producer"),
+            events,
+            _topic(args, "features"),
+            None if args.untyped else schema_of,
+        )
+    except ValueError as exc:  # an unreadable file, or a row its typed schema cannot carry
         raise Refused(str(exc)) from None
-    count = publish_features(_kafka(args, role="producer"), events, _topic(args, "features"))
     _emit(
         args,
         {"published": count, "topic": _topic(args, "features")},
@@ -711,7 +723,14 @@ def cmd_rollback(args: argparse.Namespace, c: Client) -> None:
 def cmd_alias(args: argparse.Namespace, c: Client) -> None:
     model = _model(args)
     if args.action == "set":
-        _emit(args, c.set_alias(model, args.name, args.ref, args.expect), _applied)
+        answer = c.set_alias(
+            model,
+            args.name,
+            args.ref,
+            args.expect,
+            allow_signature_change=args.allow_signature_change,
+        )
+        _emit(args, answer, _applied)
     else:
         _emit(
             args,
@@ -728,6 +747,22 @@ def cmd_log(args: argparse.Namespace, c: Client) -> None:
 
 def cmd_show(args: argparse.Namespace, c: Client) -> None:
     _emit(args, c.show(_model(args), args.ref), render.commit)
+
+
+def cmd_schema(args: argparse.Namespace, c: Client) -> None:
+    answer = c.feature_schema(_model(args), args.ref)
+    if args.avsc:
+        print(json.dumps(answer["schema"], indent=2))
+        return
+    _emit(
+        args,
+        answer,
+        lambda a: (
+            f"# {a['model']}@{a['ref']} = commit {a['commit_id'][:12]}, "
+            f"{len(a['signature']['inputs'])} features, fingerprint {a['fingerprint']}\n"
+            + json.dumps(a["schema"], indent=2)
+        ),
+    )
 
 
 def cmd_diff(args: argparse.Namespace, c: Client) -> None:
@@ -1001,6 +1036,25 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("file")
     sp.add_argument("--ref", help="ref to score with when a row names none")
     sp.add_argument("--bootstrap", help="Kafka (default: $KAFKA_BOOTSTRAP or the local stack)")
+    sp.add_argument(
+        "--untyped",
+        action="store_true",
+        help="send the map-of-union form instead of the typed schema of each row's model "
+        "and ref (which is fetched from the service)",
+    )
+    sp = add(
+        "schema",
+        cmd_schema,
+        "print the typed Avro schema of feature events for a model's ref (what "
+        "`modelvc publish` and producers write)",
+    )
+    sp.add_argument(
+        "-M", "--model", default=argparse.SUPPRESS, help="the model (default: the current one)"
+    )
+    sp.add_argument(
+        "--ref", help="default: alias production if set, else the default branch (as workers)"
+    )
+    sp.add_argument("--avsc", action="store_true", help="only the schema, to save as a .avsc file")
     sp = add("tail", cmd_tail, "print predictions as they arrive")
     sp.add_argument("stream", choices=["predictions"])
     sp.add_argument("--from-beginning", action="store_true")
@@ -1043,12 +1097,18 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--expect", help="refuse unless the alias points at this commit ('none' for new)"
     )
+    sp.add_argument(
+        "--allow-signature-change",
+        action="store_true",
+        help="move it even though REF's model needs features the current one does not "
+        "(their producers' events would be dead-lettered until they send them)",
+    )
     sp = add("log", cmd_log, "commits, newest first (all of them when no REF), and the ref history")
     sp.add_argument("ref", nargs="?")
     sp.add_argument("--graph", action="store_true")
     sp.add_argument("--as-of", help="as it was then: an ISO-8601 time or an event offset")
     add("show", cmd_show, "one commit").add_argument("ref")
-    sp = add("diff", cmd_diff, "params, metrics and artifact of two versions")
+    sp = add("diff", cmd_diff, "params, metrics, artifact and signature of two versions")
     sp.add_argument("a")
     sp.add_argument("b")
     sp = add("refs", cmd_refs, "branches and aliases")

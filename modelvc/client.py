@@ -186,12 +186,11 @@ class Client:
         ref: str,
         expect: str | None = None,
         command_id: str | None = None,
+        allow_signature_change: bool = False,
     ) -> Any:
+        body = {"ref": ref, "expect": expect, "allow_signature_change": allow_signature_change}
         return self._write(
-            "PUT",
-            f"/v1/models/{self._q(model)}/aliases/{self._q(alias)}",
-            {"ref": ref, "expect": expect},
-            command_id,
+            "PUT", f"/v1/models/{self._q(model)}/aliases/{self._q(alias)}", body, command_id
         )
 
     # -- queries ----------------------------------------------------------------
@@ -214,6 +213,12 @@ class Client:
 
     def diff(self, model: str, a: str, b: str) -> Any:
         return self.request("GET", f"/v1/models/{self._q(model)}/diff", query={"a": a, "b": b})
+
+    def feature_schema(self, model: str, ref: str | None = None) -> Any:
+        """The typed feature event schema of ``ref`` (default: the ref a worker scores an
+        event without one by), with the commit, its signature and the fingerprint."""
+        query = {"ref": ref} if ref else None
+        return self.request("GET", f"/v1/models/{self._q(model)}/feature-schema", query=query)
 
     def digest(self) -> Any:
         return self.request("GET", "/v1/state/digest")

@@ -188,7 +188,45 @@ def commit(c: dict[str, Any]) -> str:
         lines.append(f"param    {key} = {value}")
     for key, value in sorted(c["metrics"].items()):
         lines.append(f"metric   {key} = {value:g}")
-    return "\n".join(lines)
+    return "\n".join(lines + signature(c.get("signature")))
+
+
+# A model may have 100,000 inputs: a terminal shows this many, --json shows every one.
+SHOWN_FEATURES = 40
+
+
+def _folded(lines: list[str], what: str) -> list[str]:
+    if len(lines) <= SHOWN_FEATURES:
+        return lines
+    more = len(lines) - SHOWN_FEATURES
+    return [*lines[:SHOWN_FEATURES], f"         ... and {more:,} more {what} (--json lists all)"]
+
+
+def signature(sig: dict[str, Any] | None) -> list[str]:
+    """The lines of a commit's input signature (its plain form), long lists folded."""
+    if sig is None:
+        return ["signature: none recorded (committed before commits recorded one)"]
+    inputs = sig["inputs"]
+    head = f"signature: {sig['format']}, {len(inputs):,} input(s), {sig['outputs']} output(s)"
+    rows = [f"input    {f['name']} {f['type']}" for f in inputs]
+    return [head, *_folded(rows, "inputs")]
+
+
+def _signature_changes(changes: dict[str, Any] | None) -> list[str]:
+    if changes is None:
+        return []
+    lines = _folded([f"+ feature {f['name']} ({f['type']})" for f in changes["added"]], "added")
+    lines += _folded(
+        [f"- feature {f['name']} ({f['type']})" for f in changes["removed"]], "removed"
+    )
+    lines += _folded(
+        [f"~ feature {f['name']}: {f['old']} -> {f['new']}" for f in changes["retyped"]],
+        "retyped",
+    )
+    outputs = changes["outputs"]
+    if outputs is not None:
+        lines.append(f"~ outputs: {outputs['old']} -> {outputs['new']}")
+    return lines
 
 
 @_for_terminal
@@ -225,6 +263,7 @@ def diff(d: dict[str, Any]) -> str:
             else:
                 delta = f"  ({new - old:+g})" if section == "metrics" else ""
                 lines.append(f"~ {section[:-1]} {change['key']}: {old} -> {new}{delta}")
+    lines += _signature_changes(d.get("signature"))
     if len(lines) == 2:
         lines.append("(no differences)")
     return "\n".join(lines)

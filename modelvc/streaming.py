@@ -6,6 +6,17 @@ Publish feature events::
     with FeatureProducer("127.0.0.1:9092") as producer:
         producer.publish("churn", {"tenure": 3.0, "spend": 42.5}, entity_key="customer-17")
 
+Typed, with the schema of the model's signature (``GET /v1/models/churn/feature-schema``,
+``modelvc schema``): smaller, several times cheaper for a worker to decode, and checked
+here: a row that lacks a feature or has a wrong type raises :class:`FeatureRowError`::
+
+    answer = client.feature_schema("churn")  # modelvc.client.Client
+    with FeatureProducer("127.0.0.1:9092", schema=answer["schema"]) as producer:
+        producer.publish("churn", {"tenure": 3.0, "spend": 42.5})
+
+Any Avro library can do the same: the message is C3 01, the 8-byte fingerprint the
+answer gives, then the record written with the schema.
+
 Read predictions::
 
     from modelvc.streaming import subscribe_predictions
@@ -20,14 +31,16 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from streams.codec import FEATURES, PREDICTIONS
+from modelvc.client import Client
+from streams.codec import FEATURES, PREDICTIONS, SingleObjectCodec
+from streams.core.model_signature import feature_fields
 from streams.errors import UndecodableMessage
 from streams.kafka_access import KafkaAccess, as_access, negotiate_sync
 from streams.settings import FEATURES_TOPIC, PREDICTIONS_TOPIC
@@ -35,6 +48,17 @@ from streams.settings import FEATURES_TOPIC, PREDICTIONS_TOPIC
 log = logging.getLogger("modelvc.streaming")
 
 RESERVED = ("event_id", "model", "ref", "entity_key", "event_time", "features")
+# What publish says to do with a row the typed schema cannot carry.
+UNTYPED_HINT = (
+    "fix the row, or publish untyped (modelvc publish FILE --untyped) and the worker "
+    "dead-letters what the model cannot score"
+)
+_LONG = 1 << 63
+
+
+class FeatureRowError(ValueError):
+    """Raised for a feature event a typed schema cannot carry (a feature missing, null or
+    of the wrong type): nothing is sent in its place, never silently the map form."""
 
 
 def feature_event(
@@ -60,18 +84,83 @@ def encode_feature_event(event: Mapping[str, Any]) -> bytes:
     return FEATURES.encode(event)
 
 
+class TypedEncoder:
+    """Encodes feature events with one typed schema (``feature_schema`` of a signature)."""
+
+    def __init__(self, schema: Mapping[str, Any]) -> None:
+        self.codec = SingleObjectCodec(dict(schema))
+        (features,) = [f for f in schema["fields"] if f["name"] == "features"]
+        kinds = {str(f["name"]): f["type"] for f in features["type"]["fields"]}
+        # (Avro field, feature, Avro type) in the schema's order.
+        self.fields = [(a, name, kinds[a]) for a, name in feature_fields(schema).items()]
+
+    def encode(self, event: Mapping[str, Any]) -> bytes:
+        features = event["features"]
+        typed = {
+            field: _typed(event, name, kind, features.get(name))
+            for field, name, kind in self.fields
+        }
+        return self.codec.encode({**event, "features": typed})
+
+
+def _typed(event: Mapping[str, Any], name: str, kind: str, value: Any) -> float | int:
+    """``value`` as the schema's Avro type, or the error naming the event and the feature."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        what = "missing or null" if value is None else f"a {type(value).__name__} ({value!r:.60})"
+    elif kind == "double":
+        try:
+            return float(value)
+        except OverflowError:
+            what = "an integer too large for a double"
+    elif isinstance(value, int) and -_LONG <= value < _LONG:
+        return value
+    elif isinstance(value, float) and value.is_integer() and -_LONG <= value < _LONG:
+        return int(value)  # a CSV reads every number as a float: 3.0 is category 3
+    else:
+        what = f"{value!r:.60}, not a category code (an integer)"
+    raise FeatureRowError(
+        f"event {str(event.get('event_id'))[:64]!r}: feature {name!r:.200} is {what}; the "
+        f"model's schema wants {'a number' if kind == 'double' else 'an integer'}; " + UNTYPED_HINT
+    )
+
+
 def decode_prediction(value: bytes) -> dict[str, Any]:
     """One prediction message -> dict (raises streams.errors.UndecodableMessage)."""
     return PREDICTIONS.decode(value)
 
 
+Encode = Callable[[Mapping[str, Any]], bytes]
+
+
 class FeatureProducer:
+    """Sends feature events: typed with ``schema`` when given (the ``schema`` of a
+    feature-schema answer), else in the map-of-union form any worker accepts."""
+
     def __init__(
-        self, kafka: KafkaAccess | str, topic: str = FEATURES_TOPIC, linger_ms: int = 5
+        self,
+        kafka: KafkaAccess | str,
+        topic: str = FEATURES_TOPIC,
+        linger_ms: int = 5,
+        schema: Mapping[str, Any] | None = None,
     ) -> None:
         self.topic = topic
+        self.encode: Encode = (
+            TypedEncoder(schema).encode if schema is not None else encode_feature_event
+        )
         access = negotiate_sync(as_access(kafka))
         self._producer = KafkaProducer(**access.producer(linger_ms=linger_ms))
+
+    @classmethod
+    def typed(
+        cls,
+        kafka: KafkaAccess | str,
+        client: Client,
+        model: str,
+        ref: str | None = None,
+        topic: str = FEATURES_TOPIC,
+    ) -> FeatureProducer:
+        """A producer typed with the schema the service gives for ``model`` at ``ref``."""
+        return cls(kafka, topic, schema=client.feature_schema(model, ref)["schema"])
 
     def publish(
         self,
@@ -86,10 +175,15 @@ class FeatureProducer:
         event = feature_event(model, features, entity_key, ref, event_id, event_time)
         return self.send(event)
 
-    def send(self, event: Mapping[str, Any]) -> str:
-        key = str(event.get("entity_key") or event["event_id"]).encode()
-        self._producer.send(self.topic, key=key, value=encode_feature_event(event))
+    def send(self, event: Mapping[str, Any], encode: Encode | None = None) -> str:
+        """Send ``event`` encoded by ``encode`` (default: this producer's form)."""
+        self.send_encoded(event, (encode or self.encode)(event))
         return str(event["event_id"])
+
+    def send_encoded(self, event: Mapping[str, Any], value: bytes) -> None:
+        """Send ``value``, the encoding of ``event``, keyed by its entity (else its id)."""
+        key = str(event.get("entity_key") or event["event_id"]).encode()
+        self._producer.send(self.topic, key=key, value=value)
 
     def flush(self) -> None:
         self._producer.flush()
@@ -108,15 +202,33 @@ class FeatureProducer:
 
 
 def publish_features(
-    kafka: KafkaAccess | str, events: Iterable[Mapping[str, Any]], topic: str = FEATURES_TOPIC
+    kafka: KafkaAccess | str,
+    events: Iterable[Mapping[str, Any]],
+    topic: str = FEATURES_TOPIC,
+    schema_of: Callable[[str, str | None], Mapping[str, Any]] | None = None,
 ) -> int:
-    """Publish every event and wait for the broker to acknowledge them; returns the count."""
-    count = 0
+    """Publish every event and wait for the broker to acknowledge them; returns the count.
+
+    ``schema_of(model, ref)``: the typed schema for an event's model and ref (asked once
+    per pair), e.g. ``lambda m, r: client.feature_schema(m, r)["schema"]``; without it,
+    the map-of-union form. Every row is encoded before the first is sent, so a row the
+    schema cannot carry (:class:`FeatureRowError`, naming it) publishes nothing."""
+    encoders: dict[tuple[str, str | None], Encode] = {}
+    encoded: list[tuple[Mapping[str, Any], bytes]] = []
+    for number, event in enumerate(events, start=1):
+        key = (str(event["model"]), event.get("ref"))
+        if key not in encoders:
+            encoders[key] = (
+                TypedEncoder(schema_of(*key)).encode if schema_of else encode_feature_event
+            )
+        try:
+            encoded.append((event, encoders[key](event)))
+        except FeatureRowError as exc:
+            raise FeatureRowError(f"row {number}: {exc}") from None
     with FeatureProducer(kafka, topic) as producer:
-        for event in events:
-            producer.send(event)
-            count += 1
-    return count
+        for event, value in encoded:
+            producer.send_encoded(event, value)
+    return len(encoded)
 
 
 def _number(text: str) -> float | None:

@@ -35,6 +35,7 @@ import errno
 import os
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -43,10 +44,11 @@ from typing import Any, TypeVar
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from streams import auth, openapi, parse, queries
+from streams import auth, modelfile, openapi, parse, queries
 from streams.artifacts import ArtifactStore, Intake
 from streams.artifacts.store import read
-from streams.core import refs
+from streams.codec import fingerprint
+from streams.core import model_signature, refs
 from streams.core.commands import (
     AddWriterKey,
     Body,
@@ -65,6 +67,7 @@ from streams.core.commands import (
     UnprotectRef,
 )
 from streams.core.errors import InvalidCommand, VersionGraphError
+from streams.core.model_signature import ModelSignature
 from streams.core.security import SECURITY_STREAM
 from streams.core.signatures import keys_stream
 from streams.core.state import ModelState
@@ -110,6 +113,12 @@ STORE_THREADS = 8
 STORE_DEADLINE_S = 30.0
 # A download gets more time, at this slowest rate for the largest model it may read.
 MIN_STORE_RATE = 8 << 20  # bytes per second
+# Reading a signature also parses the model (~4 MB/s on a busy core): its deadline grows
+# at this slowest rate too.
+MIN_PARSE_RATE = 2 << 20  # bytes per second
+# Signatures by artifact digest: content-addressed, so an entry is never stale; bounded
+# so that commits of many distinct models cannot grow it.
+SIGNATURES_CACHED = 1024
 # Answers that go away on their own say when to try again.
 RETRY_AFTER = {"busy": "5", "store_unreachable": "10"}
 # The code of each fault of an upload (first match wins: subclasses first).
@@ -253,6 +262,7 @@ class Api:
         self.clock = clock
         self.store_deadline_s = store_deadline_s
         self._store_io = ThreadPoolExecutor(store_threads, thread_name_prefix="artifact-store")
+        self._signatures: OrderedDict[str, ModelSignature] = OrderedDict()  # LRU, oldest first
 
     async def close(self) -> None:
         """Let the store's threads go (a call still running ends on its own)."""
@@ -274,6 +284,34 @@ class Api:
                 "MODELVC_ARTIFACTS, MODELVC_S3_ENDPOINT and the network)",
             ) from None
 
+    def _remember(self, digest: str, signature: ModelSignature) -> None:
+        self._signatures[digest] = signature
+        self._signatures.move_to_end(digest)
+        while len(self._signatures) > SIGNATURES_CACHED:
+            self._signatures.popitem(last=False)
+
+    def _read_signature(self, digest: str, limit: int) -> ModelSignature:
+        """In a store thread: the verified bytes, then our parser (CPU: never on the loop)."""
+        return modelfile.validate(read(self.store, digest, limit), limit).signature
+
+    async def signature_of(self, digest: str) -> ModelSignature:
+        """The input signature of the stored model ``digest``, read from the file itself.
+
+        ArtifactNotFound when the store lacks it, ArtifactRejected when the parser refuses
+        it (a model stored before a rule was added), ArtifactStoreUnavailable past the
+        deadline. Remembered by digest: an upload or an earlier commit costs nothing here.
+        """
+        digest = parse.digest(digest, "artifact_sha256")
+        known = self._signatures.get(digest)
+        if known is not None:
+            self._signatures.move_to_end(digest)
+            return known
+        limit = self.settings.max_model_bytes
+        deadline_s = self.store_deadline_s + limit / MIN_STORE_RATE + limit / MIN_PARSE_RATE
+        signature = await self._in_store(deadline_s, self._read_signature, digest, limit)
+        self._remember(digest, signature)
+        return signature
+
     def routes(self) -> list[web.RouteDef]:
         """Every route; ``streams.openapi`` documents exactly these."""
         return [
@@ -291,6 +329,7 @@ class Api:
             web.get("/v1/models/{model}/commits/{ref}", self.show),
             web.get("/v1/models/{model}/resolve/{ref}", self.resolve),
             web.get("/v1/models/{model}/diff", self.diff),
+            web.get("/v1/models/{model}/feature-schema", self.feature_schema),
             web.get("/v1/state/digest", self.digest),
             web.post(UPLOAD_PATH, self.upload),
             web.get("/v1/artifacts/{digest}", self.download),
@@ -357,6 +396,25 @@ class Api:
         state = await self._state(request)
         a, b = request.query.get("a", ""), request.query.get("b", "")
         return web.json_response(queries.diff(state, a, b))
+
+    async def feature_schema(self, request: web.Request) -> web.Response:
+        """The typed Avro schema a feature producer writes for a ref (by default the ref a
+        worker scores an event without one by), and its single-object fingerprint."""
+        state = await self._state(request)
+        ref = request.query.get("ref") or refs.default_ref(state)
+        commit = state.commits[refs.resolve(state, ref)]
+        # A commit made before commits recorded a signature: read from its file.
+        signature = commit.signature or await self.signature_of(commit.artifact_sha256)
+        schema = model_signature.feature_schema(signature)
+        answer = {
+            "model": state.name,
+            "ref": ref,
+            "commit_id": commit.id,
+            "signature": signature.plain(),
+            "schema": schema,
+            "fingerprint": fingerprint(schema).hex(),
+        }
+        return web.json_response(answer)
 
     async def digest(self, request: web.Request) -> web.Response:
         await self._consistent(request)
@@ -452,6 +510,8 @@ class Api:
         body = await parse.json_body(request)
         digest = parse.text(body, "artifact_sha256")
         await self._stored(digest, "artifact_sha256")
+        # The server's own reading of the file: a body cannot claim a signature.
+        signature = await self.signature_of(digest)
         make = MakeCommit(
             artifact_sha256=digest,
             message=parse.text(body, "message", limit=parse.MAX_MESSAGE_BYTES),
@@ -459,6 +519,7 @@ class Api:
             params=parse.params(body),
             metrics=parse.metrics(body),
             expect_head=parse.opt_text(body, "expect_head"),
+            signature=signature,
         )
         return await self._submit(request, request.match_info["model"], body, make)
 
@@ -475,12 +536,15 @@ class Api:
         body = await parse.json_body(request)
         artifact = parse.opt_text(body, "artifact_sha256")
         await self._stored(artifact, "artifact_sha256")
+        # A merge that keeps a parent's artifact keeps its recorded signature (decide copies it).
+        signature = None if artifact is None else await self.signature_of(artifact)
         make = Merge(
             source=parse.text(body, "source"),
             target=parse.text(body, "into", "main"),
             strategy=parse.opt_text(body, "strategy"),
             artifact_sha256=artifact,
             message=parse.opt_text(body, "message", parse.MAX_MESSAGE_BYTES),
+            signature=signature,
         )
         return await self._submit(request, request.match_info["model"], body, make)
 
@@ -496,7 +560,12 @@ class Api:
     async def move_alias(self, request: web.Request) -> web.Response:
         body = await parse.json_body(request)
         alias = request.match_info["alias"]
-        make = MoveAlias(alias, parse.text(body, "ref"), parse.opt_text(body, "expect"))
+        make = MoveAlias(
+            alias,
+            parse.text(body, "ref"),
+            parse.opt_text(body, "expect"),
+            allow_signature_change=parse.flag(body, "allow_signature_change"),
+        )
         return await self._submit(request, request.match_info["model"], body, make)
 
     # -- identity, tokens, protection rules, writer keys ---------------------------------
@@ -583,11 +652,12 @@ class Api:
             raise ArtifactTooLarge(f"artifacts are limited to {self.intake.max_bytes} bytes")
         chunks = request.content.iter_chunked(1 << 16)
         received = await self.intake.receive(chunks, expected)
+        self._remember(received.digest, received.summary.signature)
         body = {
             "sha256": received.digest,
             "size": received.size,
             "stored": received.stored,
-            **received.summary.__dict__,
+            **received.summary.plain(),
         }
         return web.json_response(body, status=201)
 

@@ -70,6 +70,7 @@ ROUTE_ROLES: Mapping[tuple[str, str], str] = {
     ("/v1/models/{model}/commits/{ref}", "get"): "reader",
     ("/v1/models/{model}/resolve/{ref}", "get"): "reader",
     ("/v1/models/{model}/diff", "get"): "reader",
+    ("/v1/models/{model}/feature-schema", "get"): "reader",
     ("/v1/state/digest", "get"): "reader",
     # Uploading stores bytes but moves nothing: the commit that names them needs committer.
     ("/v1/artifacts", "post"): "committer",
@@ -84,11 +85,19 @@ ROUTE_ROLES: Mapping[tuple[str, str], str] = {
     ("/v1/writer-keys", "post"): "admin",
     ("/v1/writer-keys/{key_id}", "delete"): "admin",
 }
-# The workers' one guarded route (their /healthz and /metrics are open).
+# The workers' guarded routes: predicting, and the Open Inference Protocol's model routes.
 WORKER_ROUTE_ROLES: Mapping[tuple[str, str], str] = {
     ("/v1/models/{model}/predict", "post"): "reader",
+    **{
+        (prefix + suffix, method): "reader"
+        for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}")
+        for suffix, method in (("/infer", "post"), ("", "get"), ("/ready", "get"))
+    },
 }
-WORKER_OPEN_PATHS = frozenset({"/healthz", "/metrics"})
+# Open: probes and scrapers carry no token, and these name no model.
+WORKER_OPEN_PATHS = frozenset(
+    {"/healthz", "/metrics", "/v2", "/v2/health/live", "/v2/health/ready"}
+)
 
 # Where the security state comes from: the projection's fold of ``~security``
 # (None before the first token is issued: then nobody is let in).

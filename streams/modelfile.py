@@ -23,7 +23,9 @@ here first, in one linear pass over its lines, using the standard library only:
 
 Anything else is refused with :class:`~streams.errors.ArtifactRejected` naming
 the line and what to do. :func:`validate` returns a :class:`ModelSummary`,
-including a memory estimate for scoring (see :func:`_bytes_per_row`).
+including a memory estimate for scoring (see :func:`_bytes_per_row`) and the
+model's input signature (:func:`_signature`: what a commit records and a typed
+feature event carries).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from streams.core.model_signature import CATEGORICAL, DOUBLE, Feature, ModelSignature
 from streams.errors import ArtifactRejected, ArtifactTooLarge
 
 # The parser reads ~4 MB/s (2 busy cores): 64 MiB bounds a check to ~20 s, and the
@@ -73,6 +76,9 @@ _PARAMETER = re.compile(
 )
 _OBJECTIVE_ARG = re.compile(r"[a-z_]{1,40}(?::" + _FLOAT + ")?")
 _FEATURE_INFO = re.compile(r"[^\s]{1,1024}")
+# How LightGBM writes the feature_infos entry of a categorical feature: its category
+# codes joined by ':' (a numerical one is '[min:max]', an unused one 'none').
+_CATEGORY_CODES = re.compile(r"-?[0-9]{1,10}(?::-?[0-9]{1,10})*+")
 _IMPORTANCE = re.compile(r"(.{1,1024})=[0-9]{1,20}")
 
 _OBJECTIVES = frozenset(
@@ -127,11 +133,16 @@ class ModelSummary:
     total_leaves: int
     bytes_per_row: int  # scoring memory per row of a batch, see _bytes_per_row
     model_bytes: int  # LightGBM's in-memory trees, see _model_bytes
+    signature: ModelSignature  # inputs in training order with their types, outputs per row
     path_splits: int = 0  # most splits one row walks, all trees summed (scoring time per row)
 
     def scoring_bytes(self, rows: int) -> int:
         """Estimated memory to hold this model and score a batch of ``rows``."""
         return self.model_bytes + self.bytes_per_row * rows
+
+    def plain(self) -> dict[str, Any]:
+        """The JSON form (the upload answer): every field, the signature in its plain form."""
+        return {**self.__dict__, "signature": self.signature.plain()}
 
 
 def _bytes_per_row(num_features: int, num_class: int) -> int:
@@ -157,6 +168,24 @@ def _model_bytes(total_leaves: int, cat_words: int, linear_terms: int) -> int:
     linear leaves 12 bytes per coefficient (feature index and value).
     """
     return 96 * total_leaves + 8 * cat_words + 12 * linear_terms
+
+
+def _signature(
+    names: tuple[str, ...], infos: list[str], split_categorically: set[int], num_class: int
+) -> ModelSignature:
+    """The inputs in training order: categorical when LightGBM recorded the feature's
+    category codes or a tree splits on it by category, else double. One output per class
+    (binary, regression and ranking models give one)."""
+    inputs = tuple(
+        Feature(
+            name,
+            CATEGORICAL
+            if i in split_categorically or _CATEGORY_CODES.fullmatch(infos[i])
+            else DOUBLE,
+        )
+        for i, name in enumerate(names)
+    )
+    return ModelSignature("lightgbm", inputs, num_class)
 
 
 def refuse(line: int | None, why: str) -> ArtifactRejected:
@@ -207,6 +236,7 @@ class _Header:
     feature_names: tuple[str, ...]
     objective: str
     tree_sizes: list[int]
+    feature_infos: list[str]
 
 
 class _Parser:
@@ -221,6 +251,7 @@ class _Parser:
         self.linear_terms = 0
         self.max_leaves = 0
         self.path_splits = 0  # the deepest path of every tree, summed: one row's worst case
+        self.split_categorically: set[int] = set()  # features some tree splits by category
 
     def parse(self) -> ModelSummary:
         header = self._header()
@@ -248,6 +279,12 @@ class _Parser:
             total_leaves=self.total_leaves,
             bytes_per_row=_bytes_per_row(header.num_features, header.num_class),
             model_bytes=_model_bytes(self.total_leaves, self.cat_words, self.linear_terms),
+            signature=_signature(
+                header.feature_names,
+                header.feature_infos,
+                self.split_categorically,
+                header.num_class,
+            ),
             path_splits=self.path_splits,
         )
 
@@ -298,7 +335,8 @@ class _Parser:
         num_features = max_idx + 1
         names = _feature_names(*need("feature_names"), num_features)
         infos_line, infos = need("feature_infos")
-        for token in _tokens(infos_line, infos, "feature_infos", num_features):
+        feature_infos = _tokens(infos_line, infos, "feature_infos", num_features)
+        for token in feature_infos:
             if not _FEATURE_INFO.fullmatch(token):
                 raise refuse(infos_line, "feature_infos has an unreadable entry")
         if "monotone_constraints" in values:
@@ -321,7 +359,7 @@ class _Parser:
                 sizes_line,
                 f"{len(tree_sizes)} trees is not a whole number of iterations of {ntpi} trees",
             )
-        return _Header(num_class, ntpi, num_features, names, objective, tree_sizes)
+        return _Header(num_class, ntpi, num_features, names, objective, tree_sizes, feature_infos)
 
     # -- trees ----------------------------------------------------------------------
     def _tree(self, index: int, size: int, num_features: int) -> None:
@@ -411,7 +449,9 @@ class _Parser:
             if key in f:
                 _floats(*f[key], f"{what} {key}", count)
         # split_feature indexes the feature row unchecked: its range is what matters.
-        _ints(*need("split_feature"), f"{what} split_feature", inner, 0, num_features - 1)
+        split_feature = _ints(
+            *need("split_feature"), f"{what} split_feature", inner, 0, num_features - 1
+        )
         thresholds = _floats(*need("threshold"), f"{what} threshold", inner)
         left = _ints(*need("left_child"), f"{what} left_child", inner, -n, inner - 1)
         right = _ints(*need("right_child"), f"{what} right_child", inner, -n, inner - 1)
@@ -430,6 +470,9 @@ class _Parser:
             else [0] * inner
         )
         self._check_categorical(what, f, num_cat, decision, thresholds)
+        self.split_categorically.update(
+            feature for feature, kind in zip(split_feature, decision, strict=True) if kind & 1
+        )
 
     def _check_categorical(
         self,

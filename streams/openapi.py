@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from streams import auth
-from streams.core import refs
+from streams.core import model_signature, refs
 from streams.core.decide import STRATEGIES
 from streams.core.security import MAX_TEXT, PROTECTING_ROLES, ROLES, TOKEN, TOKEN_FORMAT, TOKEN_ID
 from streams.core.signatures import PUBLIC_KEY
@@ -32,7 +32,9 @@ _ERROR_STATUSES = {
     404: "Unknown route, model, ref or artifact.",
     405: "The route exists but not with this method (the Allow header lists the methods).",
     408: "The upload sent nothing for too long and was dropped; send it again.",
-    409: "Conflict: the name exists, or expect/expect_head is stale (see `current`).",
+    409: "Conflict: the name exists, or expect/expect_head is stale (see `current`); "
+    "`signature_change`: the alias's new commit needs input features (`features`) its "
+    "current one does not, so send allow_signature_change: true once producers send them.",
     413: "The body is larger than the limit.",
     415: "Writes need Content-Type application/json (uploads: application/octet-stream) "
     "and no Content-Encoding.",
@@ -172,6 +174,7 @@ OPERATION_IDS = {
     ("/v1/models/{model}/commits/{ref}", "get"): "showCommit",
     ("/v1/models/{model}/resolve/{ref}", "get"): "resolve",
     ("/v1/models/{model}/diff", "get"): "diff",
+    ("/v1/models/{model}/feature-schema", "get"): "featureSchema",
     ("/v1/state/digest", "get"): "stateDigest",
     ("/v1/artifacts", "post"): "uploadArtifact",
     ("/v1/artifacts/{digest}", "get"): "downloadArtifact",
@@ -186,6 +189,11 @@ OPERATION_IDS = {
     ("/v1/writer-keys", "post"): "addWriterKey",
     ("/v1/writer-keys/{key_id}", "delete"): "retireWriterKey",
 }
+
+
+def _with_errors(operation: dict[str, Any], *statuses: int) -> dict[str, Any]:
+    operation["responses"].update(_errors(*statuses))
+    return operation
 
 
 def _link(
@@ -518,6 +526,27 @@ def document() -> dict[str, Any]:
             "required": ["error", "message"],
         },
         "Receipt": _RECEIPT,
+        "Signature": {
+            "type": "object",
+            "description": "The model's inputs in training order and its outputs per row, "
+            "read by the server from the model file.",
+            "properties": {
+                "format": {"enum": sorted(model_signature.FORMATS)},
+                "inputs": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string"},
+                            "type": {"enum": sorted(model_signature.INPUT_TYPES)},
+                        },
+                        "required": ["name", "type"],
+                    },
+                },
+                "outputs": {"type": "integer", "minimum": 1},
+            },
+            "required": ["format", "inputs", "outputs"],
+        },
         "Commit": {
             "type": "object",
             "properties": {
@@ -530,6 +559,10 @@ def document() -> dict[str, Any]:
                 "author": {"type": "string"},
                 "at": {"type": "integer", "description": "Server time, ms since the epoch."},
                 "refs": {"type": "array", "items": {"type": "string"}},
+                "signature": {
+                    "oneOf": [_ref("Signature"), {"type": "null"}],
+                    "description": "null for a commit made before commits recorded one.",
+                },
             },
             "required": ["id", "parents", "artifact_sha256", "message", "author", "at"],
         },
@@ -554,6 +587,36 @@ def document() -> dict[str, Any]:
         "type": "object",
         "properties": {"key": {"type": "string"}, "old": {}, "new": {}},
         "required": ["key"],
+    }
+    feature = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "type": {"type": "string"}},
+        "required": ["name", "type"],
+    }
+    signature_changes = {
+        "type": ["object", "null"],
+        "description": "What b's inputs and outputs change from a's; null when either commit "
+        "has no signature.",
+        "properties": {
+            "added": {"type": "array", "items": feature},
+            "removed": {"type": "array", "items": feature},
+            "retyped": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "old": {"type": "string"},
+                        "new": {"type": "string"},
+                    },
+                    "required": ["name", "old", "new"],
+                },
+            },
+            "outputs": {
+                "type": ["object", "null"],
+                "properties": {"old": {"type": "integer"}, "new": {"type": "integer"}},
+            },
+        },
     }
     paths: dict[str, Any] = {
         "/": {
@@ -693,7 +756,19 @@ def document() -> dict[str, Any]:
         "/v1/models/{model}/aliases/{alias}": {
             "put": _command(
                 "Point an alias (e.g. production) at a ref.",
-                _command_body({"ref": _REF_EXPR, "expect": _NULLABLE_REF_EXPR}, ["ref"]),
+                _command_body(
+                    {
+                        "ref": _REF_EXPR,
+                        "expect": _NULLABLE_REF_EXPR,
+                        "allow_signature_change": {
+                            "type": "boolean",
+                            "description": "Move it even when the ref's model needs input "
+                            "features the current one does not (otherwise 409 "
+                            "signature_change); the event records it.",
+                        },
+                    },
+                    ["ref"],
+                ),
                 [model, _path_param("alias", _IDENT)],
             )
         },
@@ -749,6 +824,7 @@ def document() -> dict[str, Any]:
                         "artifact_changed": {"type": "boolean"},
                         "params": {"type": "array", "items": change},
                         "metrics": {"type": "array", "items": change},
+                        "signature": signature_changes,
                     },
                     "required": ["a", "b", "artifact_changed", "params", "metrics"],
                 },
@@ -758,6 +834,52 @@ def document() -> dict[str, Any]:
                     _query("b", _REF_EXPR, "The second ref.", required=True),
                     _AFTER,
                 ],
+            )
+        },
+        "/v1/models/{model}/feature-schema": {
+            "get": _with_errors(
+                _query_op(
+                    "The typed Avro schema of a feature event for a ref's model signature: one "
+                    "field per input, in training order (double, or long for a categorical "
+                    "one). Write events with it, Avro single-object encoded, on the features "
+                    "topic; workers also accept the map-of-union FeatureEvent.",
+                    {
+                        "type": "object",
+                        "properties": {
+                            "model": {"type": "string"},
+                            "ref": {"type": "string", "description": "The ref it was read for."},
+                            "commit_id": {"type": "string"},
+                            "signature": _ref("Signature"),
+                            "schema": {"type": "object", "description": "Avro record schema."},
+                            "fingerprint": {
+                                "type": "string",
+                                "description": "hex CRC-64-AVRO of its canonical form: the 8 "
+                                "bytes after C3 01 in each event.",
+                            },
+                        },
+                        "required": [
+                            "model",
+                            "ref",
+                            "commit_id",
+                            "signature",
+                            "schema",
+                            "fingerprint",
+                        ],
+                    },
+                    [
+                        model,
+                        _query(
+                            "ref",
+                            _REF_EXPR,
+                            "A ref (default: alias production if set, else the default branch).",
+                        ),
+                        _AFTER,
+                    ],
+                ),
+                409,  # the ref is a branch with no commits yet (empty_branch)
+                # A commit made before signatures: its file is read from the store.
+                503,
+                507,
             )
         },
         "/v1/state/digest": {
@@ -802,6 +924,7 @@ def document() -> dict[str, Any]:
                                     "description": "false: the store already held these "
                                     "bytes (checked intact); nothing was written",
                                 },
+                                "signature": _ref("Signature"),
                             },
                             "required": ["sha256", "size", "stored"],
                         },

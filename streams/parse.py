@@ -98,6 +98,14 @@ def opt_text(body: Mapping[str, Any], key: str, limit: int = 0) -> str | None:
     return utf8(value, key, limit or MAX_TEXT_BYTES)
 
 
+def flag(body: Mapping[str, Any], key: str) -> bool:
+    """A JSON boolean, false when absent: "true", 1 or null are refused, never guessed."""
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidCommand(f"field {key!r} must be true or false", field=key)
+    return value
+
+
 def _entries(body: Mapping[str, Any], key: str) -> dict[str, Any]:
     value = body.get(key) or {}
     if not isinstance(value, dict):

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from streams.core import refs
+from streams.core import model_signature, refs
 from streams.core.errors import UnknownModel
-from streams.core.events import ModelEvent, plain_commit
+from streams.core.events import Commit, ModelEvent, plain_commit
 from streams.core.evolve import evolve
 from streams.core.fold import state_digest
 from streams.core.security import SecurityState
@@ -56,6 +56,21 @@ def commit_json(state: ModelState, commit_id: str) -> dict[str, Any]:
     out = plain_commit(state.commits[commit_id])
     out["refs"] = refs.labels(state).get(commit_id, [])
     return out
+
+
+def signature_changes(a: Commit, b: Commit) -> dict[str, Any] | None:
+    """What ``b``'s inputs and outputs change from ``a``'s; None when either commit was
+    made before commits recorded a signature (nothing to compare)."""
+    if a.signature is None or b.signature is None:
+        return None
+    d = model_signature.diff(a.signature, b.signature)
+    old_types, new_types = a.signature.types(), b.signature.types()
+    return {
+        "added": [{"name": n, "type": new_types[n]} for n in d.added],
+        "removed": [{"name": n, "type": old_types[n]} for n in d.removed],
+        "retyped": [{"name": n, "old": old, "new": new} for n, old, new in d.retyped],
+        "outputs": None if d.outputs is None else {"old": d.outputs[0], "new": d.outputs[1]},
+    }
 
 
 def reachable(state: ModelState) -> set[str]:
@@ -112,6 +127,7 @@ def diff(state: ModelState, a: str, b: str) -> dict[str, Any]:
         "artifact_changed": d.artifact_changed,
         "params": [c.__dict__ for c in d.params],
         "metrics": [c.__dict__ for c in d.metrics],
+        "signature": signature_changes(d.a, d.b),
     }
 
 

@@ -23,6 +23,8 @@ STATUS_BY_CODE: Mapping[str, int] = {
     errors.BranchExists.code: 409,
     errors.StaleHead.code: 409,
     errors.MergeConflict.code: 409,
+    # An alias move whose target needs features the current commit's producers do not send.
+    errors.SignatureChangeRefused.code: 409,
     errors.NotAnAncestor.code: 409,
     errors.ProtectedBranch.code: 409,
     errors.EmptyBranch.code: 409,

@@ -23,6 +23,13 @@ class Undecodable(Rejected):
     reason = "undecodable"
 
 
+class SignatureMismatch(Rejected):
+    """Raised for a typed feature event whose schema lacks (or mistypes) a feature the
+    served version needs: the producer fetches the current schema (``modelvc schema``)."""
+
+    reason = "signature_mismatch"
+
+
 class UnknownModel(Rejected):
     """Raised when the event names a model the version log has never created."""
 

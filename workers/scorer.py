@@ -1,11 +1,17 @@
 """Between consumed bytes and prediction bytes: decode, group by (model, ref), pick the
 version once per batch, predict off the event loop, encode. No Kafka client here: the
 loop (:mod:`workers.loop`) fetches and delivers.
+
+A feature event is decoded by its writer schema's fingerprint (:mod:`workers.typed`):
+the map-of-union form or a typed one. A typed event is scored only when its schema
+carries every feature the served version needs, with its type; else it is dead-lettered
+(``signature_mismatch``) with the command that prints the schema to write now.
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from collections import defaultdict
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -14,18 +20,26 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from streams.codec import FEATURES, PREDICTIONS
-from streams.errors import UndecodableMessage
+from streams.codec import PREDICTIONS
+from streams.core.model_signature import Feature, mismatch
 from workers import scoring
-from workers.errors import Rejected, Undecodable
+from workers.errors import Rejected, SignatureMismatch, Undecodable
 from workers.metrics import Metrics
 from workers.scoring import Version
 from workers.signing import Signer, sign_prediction
+from workers.typed import TypedRegistry, UnknownSchema, fetch_hint
+
+# A decoded event; for a typed one the features its schema carries (None: map form), and
+# for an all-double typed one its raw features (workers.typed.Read).
+Member = tuple["Incoming", dict[str, Any], tuple[Feature, ...] | None, bytes | None]
 
 
 class Versions(Protocol):
     """Which version serves a (model, ref) now (workers.versions.VersionTracker follows the
-    log for it); raises :class:`workers.errors.Rejected` when none can."""
+    log for it); raises :class:`workers.errors.Rejected` when none can. Its ``registry``
+    holds the typed feature schemas of every signature it has seen."""
+
+    registry: TypedRegistry
 
     async def version_for(self, model: str, ref: str | None) -> Version: ...
 
@@ -75,49 +89,108 @@ class Scorer:
         return await loop.run_in_executor(self.predictor, scoring.predict, version, matrix)
 
     async def score(self, batch: list[Incoming]) -> Scored:
-        out = Scored()
-        groups: dict[tuple[str, str | None], list[tuple[Incoming, dict[str, Any]]]] = defaultdict(
-            list
-        )
-        for item in batch:
-            try:
-                event = FEATURES.decode(item.value)  # type: ignore[arg-type]
-            except UndecodableMessage as exc:
-                out.rejected.append((item, Undecodable(str(exc))))
-                continue
-            groups[(event["model"], event["ref"])].append((item, event))
+        out, groups, unknown = self._decode(batch)
+        if unknown:
+            await self._learn(unknown)
+            out, groups, unknown = self._decode(batch)  # rare: keeps the batch's order
+            out.rejected += unknown
         # Versions are fixed for the whole batch before any scoring: no batch mixes them.
         versions: dict[tuple[str, str | None], Version] = {}
         for key, members in groups.items():
             try:
                 versions[key] = await self.tracker.version_for(*key)
             except Rejected as exc:
-                out.rejected += [(item, exc) for item, _ in members]
+                out.rejected += [(item, exc) for item, *_ in members]
         scored_at = int(time.time() * 1000)
         for key, version in versions.items():
             out.versions[key] = version.commit_id
             await self._score_group(version, groups[key], scored_at, out)
         return out
 
+    def _decode(
+        self, batch: list[Incoming]
+    ) -> tuple[Scored, dict[tuple[str, str | None], list[Member]], list[tuple[Incoming, Rejected]]]:
+        """Each event by its schema's fingerprint, grouped by (model, ref); the refused ones;
+        the ones of a schema not registered yet."""
+        out = Scored()
+        groups: dict[tuple[str, str | None], list[Member]] = defaultdict(list)
+        unknown: list[tuple[Incoming, Rejected]] = []
+        read = self.tracker.registry.read
+        for item in batch:
+            try:
+                event, carried, doubles = read(item.value)
+            except UnknownSchema as exc:
+                unknown.append((item, exc))
+                continue
+            except Undecodable as exc:
+                out.rejected.append((item, exc))
+                continue
+            groups[(event["model"], event["ref"])].append((item, event, carried, doubles))
+        return out, groups, unknown
+
+    async def _learn(self, unknown: list[tuple[Incoming, Rejected]]) -> None:
+        """Learn the signature each (model, ref) of an event of an unregistered schema
+        serves (loading it, as its first event would): a producer may fetch the schema of
+        a legacy commit (none in the log) before any worker loads it, and its first events
+        must not be dead-lettered for that. Whatever is still unknown then is refused."""
+        wanted = {(e.model, e.ref) for _, e in unknown if isinstance(e, UnknownSchema)}
+        for model, ref in wanted:
+            if model is None:
+                continue  # not even the envelope decodes: nothing to learn
+            try:
+                version = await self.tracker.version_for(model, ref)
+            except Rejected:
+                continue  # refused below for its unknown schema, the producer's first fix
+            self.tracker.registry.add(version.loaded.summary.signature)
+
     async def _score_group(
         self,
         version: Version,
-        members: list[tuple[Incoming, dict[str, Any]]],
+        members: list[Member],
         scored_at: int,
         out: Scored,
     ) -> None:
         names = version.loaded.feature_names
-        rows: list[list[float]] = []
+        # Each kept event's row: the raw float64s of an all-double typed event already in
+        # the served order (the common case: one numpy.frombuffer for the whole batch), or
+        # a list of numbers.
+        parts: list[bytes | list[float]] = []
         kept: list[tuple[Incoming, dict[str, Any]]] = []
-        for item, event in members:
+        # Once per typed schema in this batch, not per event (each object lives as long
+        # as the batch, so its id is its identity here): refused, and in the served order.
+        fits: dict[int, tuple[SignatureMismatch | None, bool]] = {}
+        for item, event, carried, doubles in members:
+            if carried is not None:
+                fit = fits.get(id(carried))
+                if fit is None:
+                    in_order = tuple(f.name for f in carried) == tuple(names)
+                    fit = fits[id(carried)] = (self._mismatch(version, carried), in_order)
+                refused, in_order = fit
+                if refused is not None:
+                    out.rejected.append((item, refused))
+                    continue
+                if doubles is not None:
+                    if in_order:
+                        parts.append(doubles)
+                        kept.append((item, event))
+                        continue
+                    values = struct.unpack(f"<{len(carried)}d", doubles)
+                    event["features"] = dict(zip((f.name for f in carried), values, strict=True))
             try:
-                rows.append(scoring.feature_row(event["features"], names))
+                parts.append(scoring.feature_row(event["features"], names))
                 kept.append((item, event))
             except Rejected as exc:
                 out.rejected.append((item, exc))
-        if not rows:
+        if not parts:
             return
-        matrix = np.asarray(rows, dtype=np.float64)
+        if all(type(p) is bytes for p in parts):
+            raw = b"".join(parts)  # type: ignore[arg-type]
+            matrix = np.frombuffer(raw, dtype="<f8").reshape(len(parts), len(names))
+        else:
+            matrix = np.asarray(
+                [np.frombuffer(p, dtype="<f8") if type(p) is bytes else p for p in parts],
+                dtype=np.float64,
+            )
         verdicts = scoring.check_finite(matrix, names)
         if any(v is not None for v in verdicts):
             good = [i for i, v in enumerate(verdicts) if v is None]
@@ -141,6 +214,13 @@ class Scorer:
         self.metrics.end_to_end(np.maximum(0.0, (scored_at - event_ms) / 1000))
         self.metrics.predicted(version.model, version.commit_id, "stream", len(kept))
 
+    @staticmethod
+    def _mismatch(version: Version, carried: tuple[Feature, ...]) -> SignatureMismatch | None:
+        why = mismatch(carried, version.loaded.summary.signature)
+        if why is None:
+            return None
+        return SignatureMismatch(f"{why}; {fetch_hint(version.model, version.ref)}")
+
     def _encode(
         self,
         version: Version,
@@ -148,8 +228,28 @@ class Scorer:
         scores: np.ndarray,
         scored_at: int,
     ) -> list[tuple[int, bytes | None, bytes]]:
+        rows = scores.tolist()
+        if self.signer is None:
+            # The byte-identical encoder writes what is constant per version and batch once:
+            # half the cost of building and encoding a record per prediction.
+            encoder = scoring.PredictionEncoder(version, self.worker_id, scored_at)
+            return [
+                (
+                    item.partition,
+                    item.key,
+                    encoder.encode(
+                        event["event_id"],
+                        item.topic,
+                        item.partition,
+                        item.offset,
+                        event["event_time"],
+                        row,
+                    ),
+                )
+                for (item, event), row in zip(kept, rows, strict=True)
+            ]
         encoded = []
-        for (item, event), row in zip(kept, scores.tolist(), strict=True):
+        for (item, event), row in zip(kept, rows, strict=True):
             source = scoring.Source(item.topic, item.partition, item.offset, item.timestamp_ms)
             record = scoring.prediction_record(
                 event, source, version, row, self.worker_id, scored_at

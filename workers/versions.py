@@ -28,6 +28,7 @@ from typing import Any
 from streams.codec import decode_event
 from streams.core import refs
 from streams.core.errors import VersionGraphError
+from streams.core.events import Committed, Merged, ModelEvent
 from streams.core.fold import Fold
 from streams.errors import UndecodableMessage
 from streams.follow import assigned_consumer
@@ -45,9 +46,9 @@ from workers.errors import (
 from workers.metrics import Metrics
 from workers.scoring import Version
 from workers.settings import WorkerSettings
+from workers.typed import TypedRegistry
 
 log = logging.getLogger("modelvc.workers")
-DEFAULT_ALIAS = "production"
 
 
 def trusted_keys(settings: WorkerSettings) -> frozenset[str] | None:
@@ -71,9 +72,12 @@ class VersionTracker:
         loader: ArtifactLoader,
         metrics: Metrics,
         fold: Fold | None = None,
+        registry: TypedRegistry | None = None,
     ) -> None:
         """``fold``: the version log folded so far (empty by default: :meth:`follow` reads it
-        from offset 0); a test or a benchmark passes one it built, and need not follow."""
+        from offset 0); a test or a benchmark passes one it built, and need not follow.
+        ``registry``: the typed feature schemas the scorer decodes, which this tracker
+        fills with every signature it sees in the log and every version it loads."""
         self.settings = settings
         self.loader = loader
         self.metrics = metrics
@@ -87,6 +91,19 @@ class VersionTracker:
         # "model@ref" -> the commit that would not load, why, how often, since when.
         self.failures: dict[str, dict[str, Any]] = {}
         self._budget = MemoryBudget(settings.worker_memory_mb << 20, settings.max_batch)
+        self.registry = registry if registry is not None else TypedRegistry()
+        for state in self.fold.models.values():
+            for commit in state.commits.values():
+                if commit.signature is not None:
+                    self.registry.add(commit.signature)
+
+    def learn(self, event: ModelEvent) -> None:
+        """Register the typed schema of a commit's signature the moment the log shows it, so
+        a producer that fetched it can publish before this worker ever loads the version."""
+        payload = event.payload
+        commit = payload.commit if isinstance(payload, Committed | Merged) else None
+        if commit is not None and commit.signature is not None:
+            self.registry.add(commit.signature)
 
     # -- resolution ---------------------------------------------------------------
     def resolve(self, model: str, ref: str | None) -> tuple[str, str, str]:
@@ -94,7 +111,7 @@ class VersionTracker:
         state = self.fold.models.get(model)
         if state is None:
             raise UnknownModel(f"model {model[:64]!r} does not exist in the version log")
-        name = ref or (DEFAULT_ALIAS if DEFAULT_ALIAS in state.aliases else state.default_branch)
+        name = ref or refs.default_ref(state)
         try:
             commit_id = refs.resolve(state, name)
         except VersionGraphError as exc:
@@ -159,6 +176,8 @@ class VersionTracker:
         self.failures.pop(f"{key[0]}@{name}", None)
 
     def _publish(self, version: Version) -> None:
+        # Read from the file itself: a legacy commit (no signature in the log) has one too.
+        self.registry.add(version.loaded.summary.signature)
         self.metrics.serving(version.model, version.ref, version.commit_id)
 
     def _unpublish(self, old: Version) -> None:
@@ -221,6 +240,7 @@ class VersionTracker:
                         # The streams app's rule too: a model's history lives on one partition.
                         if misplaced(event.model, tp.partition, len(tps)) is None:
                             self.fold.apply(event, tp.partition)
+                            self.learn(event)
                         else:
                             self.fold.void(event.model)
                 if not self.ready.is_set() and await at_end_async(consumer, tps):

@@ -178,6 +178,16 @@ def resolve(state: ModelState, ref: str) -> str:
     return commit_id
 
 
+# What a feature event without a ref is scored by, and what the feature schema is for.
+DEFAULT_ALIAS = "production"
+
+
+def default_ref(state: ModelState) -> str:
+    """The ref serving uses when none is named: alias production if set, else the default
+    branch (workers score by it; the API's feature schema defaults to it)."""
+    return DEFAULT_ALIAS if DEFAULT_ALIAS in state.aliases else state.default_branch
+
+
 def first_parent_history(state: ModelState, commit_id: str) -> Iterator[str]:
     """``commit_id`` and its first parents, newest first."""
     current: str | None = commit_id

@@ -210,7 +210,17 @@ def test_the_worker_table_guards_predict_and_leaves_health_and_metrics_open() ->
     assert auth.needed_role(auth.WORKER_ROUTE_ROLES, "/v1/models/{model}/predict", "POST") == (
         "reader"
     )
-    assert {"/healthz", "/metrics"} == auth.WORKER_OPEN_PATHS
+    # Probes and server metadata stay open, as KServe/Triton probes expect (OIP v2).
+    assert {
+        "/healthz",
+        "/metrics",
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+    } == auth.WORKER_OPEN_PATHS
+    assert auth.needed_role(auth.WORKER_ROUTE_ROLES, "/v2/models/{model}/infer", "POST") == (
+        "reader"
+    )
     assert auth.needed_role(auth.ROUTE_ROLES, "/v1/models", "HEAD") == "reader"  # as GET
 
 

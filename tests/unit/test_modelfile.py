@@ -10,6 +10,7 @@ ever comes out, and nothing hangs.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams import modelfile
+from streams.core.model_signature import CATEGORICAL, DOUBLE, Feature, ModelSignature
 from streams.errors import ArtifactRejected, ArtifactTooLarge
 from streams.sandbox import Sandbox, SandboxLimits
 from tests.conftest import train_model
@@ -380,3 +382,90 @@ def test_attack_chain_shaped_trees_that_cost_milliseconds_a_row_are_refused(
     deep = chain_trees(text, 4, modelfile.MAX_LEAVES)  # 4 x 131,071 splits: over the bound
     with pytest.raises(ArtifactRejected, match="splits"):
         modelfile.validate(deep.encode())
+
+
+# -- the signature: what a commit records, read from the file ---------------------------
+def test_a_numerical_model_has_double_inputs_in_training_order_and_one_output(
+    model_text: str,
+) -> None:
+    signature = modelfile.validate(model_text.encode()).signature
+    assert signature == ModelSignature(
+        "lightgbm", tuple(Feature(f"Column_{i}", DOUBLE) for i in range(4)), 1
+    )
+    # The upload answer carries it in its plain form, which reads back the same.
+    plain = modelfile.validate(model_text.encode()).plain()
+    assert ModelSignature.from_plain(json.loads(json.dumps(plain))["signature"]) == signature
+
+
+def test_a_categorical_feature_is_typed_categorical(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)  # the rows train() draws: column 4 is a category code
+    rng.normal(size=(400, 5))
+    category = rng.integers(0, 30, size=400)
+    data = train(
+        tmp_path,
+        {"objective": "binary", "max_cat_to_onehot": 2},
+        categorical_feature=[4],
+        y=(category % 3 == 0).astype(int),
+    )
+    signature = modelfile.validate(data).signature
+    assert signature.types() == {
+        "Column_0": DOUBLE,
+        "Column_1": DOUBLE,
+        "Column_2": DOUBLE,
+        "Column_3": DOUBLE,
+        "Column_4": CATEGORICAL,
+    }
+    text = data.decode()
+    infos = re.search(r"(?m)^feature_infos=(.*)$", text)
+    assert infos is not None and re.fullmatch(r"[-0-9:]+", infos.group(1).split(" ")[4])
+    # A tree's categorical split alone says so too (feature_infos rewritten to a range).
+    kinds = re.findall(r"(?m)^decision_type=(.*)$", text)
+    assert any(int(k) & 1 for line in kinds for k in line.split(" "))
+    ranged = " ".join([*infos.group(1).split(" ")[:4], "[0:29]"])
+    edited = modelfile.validate(edit_header(text, "feature_infos", ranged).encode())
+    assert edited.signature.types()["Column_4"] == CATEGORICAL
+
+
+@pytest.mark.parametrize(("objective", "classes"), [("multiclass", 3), ("multiclassova", 4)])
+def test_a_multiclass_model_has_one_output_per_class(
+    tmp_path: Path, objective: str, classes: int
+) -> None:
+    data = train(
+        tmp_path, {"objective": objective, "num_class": classes}, y=np.arange(400) % classes
+    )
+    signature = modelfile.validate(data).signature
+    assert signature.outputs == classes and len(signature.inputs) == 5
+    assert set(signature.types().values()) == {DOUBLE}
+
+
+@pytest.mark.parametrize(
+    ("info", "kind"),
+    [
+        ("none", DOUBLE),  # a feature no tree uses
+        ("[-1.5:2.25]", DOUBLE),
+        ("3", CATEGORICAL),  # one category code
+        ("-1:0:7", CATEGORICAL),
+        ("1:2:x", DOUBLE),  # junk LightGBM tolerates: not category codes, so not categorical
+        ("12345678901:1", DOUBLE),  # an 11-digit code is no int32 category
+        ("1::2", DOUBLE),
+        (":1", DOUBLE),
+        ("1:" * 511 + "1", CATEGORICAL),  # the longest entry the parser takes
+        ("1:" * 511 + "x", DOUBLE),
+    ],
+)
+def test_hostile_feature_infos_never_make_a_feature_categorical_by_accident(
+    model_text: str, info: str, kind: str
+) -> None:
+    infos = " ".join(["[0:1]", info, "none", "none"])
+    signature = modelfile.validate(edit_header(model_text, "feature_infos", infos).encode())
+    assert signature.signature.types()["Column_1"] == kind
+
+
+def test_long_hostile_feature_infos_are_typed_in_linear_time(model_text: str) -> None:
+    # 4 features, each an almost-codes entry at the length bound: no backtracking.
+    infos = " ".join(["1:" * 511 + "x"] * 4)
+    text = edit_header(model_text, "feature_infos", infos).encode()
+    started = time.perf_counter()
+    for _ in range(200):
+        modelfile.validate(text)
+    assert time.perf_counter() - started < 5
