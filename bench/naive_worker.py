@@ -1,5 +1,8 @@
 """The naive baseline: a Faust agent that decodes, predicts one row and sends, per event.
 
+It decodes as the worker does, by the writer's fingerprint (typed or map-of-union
+events, ``workers.typed``), so the ratio is about the per-event shape of the work.
+
 Started by bench/serving.py as `python -m bench.naive_worker` with BENCH_* variables.
 It uses the same short fetch wait as modelvc's own app, so the comparison is
 about the per-event shape of the work, not a broker setting.
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -16,14 +20,18 @@ import lightgbm as lgb
 import numpy as np
 
 from streams.app import ModelvcApp
-from streams.codec import FEATURES, PREDICTIONS
+from streams.codec import PREDICTIONS
+from streams.modelfile import validate
 from workers.scoring import prediction_id
+from workers.typed import TypedRegistry
 
 
 def main() -> None:
     env = os.environ
     booster = lgb.Booster(model_file=env["BENCH_MODEL"])
     names = booster.feature_name()
+    registry = TypedRegistry()
+    registry.add(validate(Path(env["BENCH_MODEL"]).read_bytes()).signature)
     commit, digest = env["BENCH_COMMIT"], env["BENCH_DIGEST"]
     app = ModelvcApp(
         "bench-naive",
@@ -42,7 +50,7 @@ def main() -> None:
     @app.agent(source)
     async def score(stream: Any) -> None:
         async for event in stream.events():
-            feature = FEATURES.decode(event.value)
+            feature, _ = registry.decode(event.value)
             row = np.asarray([[feature["features"][n] for n in names]], dtype=np.float64)
             value = float(booster.predict(row, num_threads=1)[0])
             message = event.message

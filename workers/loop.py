@@ -45,6 +45,28 @@ are committed only after every prediction and dead letter of the batch is
 acknowledged (acks=all), so a crash repeats work but never loses it; a repeat
 has the same prediction id (sha256 of the event id and the commit id) and score.
 
+**Pipelining.** The loop never waits for the broker when it could be scoring.
+At-least-once (:class:`Pipeline`): batch N's sends are started and the loop goes
+on to fetch and score N+1 while N's acknowledgements come back; at most
+``max_in_flight`` batches (``MODELVC_WORKER_MAX_IN_FLIGHT``) are sent and not yet
+acknowledged, and the loop waits for the oldest before sending more. A committer
+task commits offsets in order, asynchronously, only up to the last batch that is
+acknowledged with every batch before it (several acknowledged batches make one
+commit). A failed send stops the pipeline: nothing past the batch before it is
+committed, every batch still in flight settles, the consumer goes back to the
+first offsets of the first unacknowledged batch (per partition) and the loop
+goes on from there, so events are repeated (same prediction ids), never lost.
+Exactly-once keeps one transaction per batch and overlaps the fetch and scoring
+of batch N+1 with batch N's transaction (sends, offsets, commit), run as a task:
+at most one transaction is open, N+1's begins after N's commit, and a failed N
+takes N+1 back with it. Why not a transaction over several batches: at 5,000
+events a batch, scoring costs far more than the 10-17 ms a transaction adds
+(docs/kafka.md), so the overlap hides it; a longer transaction would hold every
+read_committed reader of the predictions (the last stable offset) for longer,
+raise end-to-end latency by as much, and widen what a revoke must abort.
+Stopping drains what is in flight and commits it. The defaults (batch size,
+batches in flight, linger, fetch wait) come from bench/serving.py's sweep.
+
 In both, no batch mixes versions, and dead letters are bounded (``streams.deadletter``).
 """
 
@@ -56,8 +78,9 @@ import os
 import re
 import signal
 import time
-from collections import defaultdict
-from dataclasses import dataclass
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import (
@@ -132,6 +155,143 @@ class StaleBatch(Exception):
     """The batch's partitions were revoked while its transaction was open: abort, not commit."""
 
 
+Offsets = dict[TopicPartition, int]
+
+
+def earliest(offsets: Iterable[Offsets]) -> Offsets:
+    """Per partition, the lowest of the offsets given (where to go back to)."""
+    out: Offsets = {}
+    for each in offsets:
+        for tp, offset in each.items():
+            out[tp] = min(out.get(tp, offset), offset)
+    return out
+
+
+@dataclass
+class Sent:
+    """One batch between sent and acknowledged."""
+
+    first: Offsets  # its first offsets: where the consumer goes back to if it fails
+    next: Offsets  # its next offsets: committed once it and every batch before are acked
+    acks: asyncio.Future[Any]  # done when every prediction and dead letter is acknowledged
+    size: int = 0
+
+
+@dataclass
+class Pipeline:
+    """At-least-once: batches sent and not yet acknowledged, committed in order behind them.
+
+    ``commit`` commits offsets (and says why not, never raises for a broker's refusal);
+    ``seek`` puts the consumer back. Both are the worker's, injected so the ordering
+    rules are tested without a broker.
+    """
+
+    max_in_flight: int
+    commit: Callable[[Offsets], Awaitable[None]]
+    seek: Callable[[Offsets], None]
+    metrics: Metrics | None = None
+    failure: BaseException | None = None  # the first failed send; None while all go well
+    in_flight: deque[Sent] = field(default_factory=deque)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _committer: asyncio.Task[None] | None = None
+    _closing: bool = False
+
+    def add(self, sent: Sent) -> None:
+        if len(self.in_flight) >= self.max_in_flight:
+            raise RuntimeError("Pipeline.add without room: await room() first")
+        self.in_flight.append(sent)
+        self._gauge()
+        self._changed.set()
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_in_order(), name="commits")
+
+    async def room(self) -> None:
+        """Return when another batch may be sent, or a send failed (see ``failure``)."""
+        while len(self.in_flight) >= self.max_in_flight and self.failure is None:
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def recover(self, fetched: Iterable[Offsets] = ()) -> None:
+        """After a failure: let every sent batch settle, then put the consumer back to the
+        first offsets of the first unacknowledged batch, per partition (and of batches
+        ``fetched`` since, not sent), and start again from there."""
+        await self._stop_committer()
+        pending = [s.acks for s in self.in_flight]
+        if pending:
+            await asyncio.wait(pending)
+        for future in pending:
+            if not future.cancelled():
+                future.exception()  # retrieved: asyncio would log it as never retrieved
+        self.seek(earliest([*(s.first for s in self.in_flight), *fetched]))
+        self.in_flight.clear()
+        self.failure = None
+        self._gauge()
+
+    async def drain(self) -> None:
+        """Wait for every sent batch and commit what they acknowledged (stopping)."""
+        while self.in_flight and self.failure is None:
+            self._changed.clear()
+            await self._changed.wait()
+        await self._stop_committer()
+
+    async def _stop_committer(self) -> None:
+        task, self._committer = self._committer, None
+        if task is not None:
+            self._closing = True
+            self._changed.set()
+            try:
+                await task
+            finally:
+                self._closing = False
+
+    async def _commit_in_order(self) -> None:
+        try:
+            await self._commit_acknowledged()
+        except Exception as exc:  # never a silent stop: the loop recovers as from a send
+            log.warning("committing offsets failed (%r)", exc)
+            self.failure = exc
+            self._changed.set()
+
+    async def _commit_acknowledged(self) -> None:
+        acked: Offsets = {}  # of batches acknowledged with every batch before them
+        while True:
+            head = self.in_flight[0] if self.in_flight else None
+            if head is None or not head.acks.done():
+                if acked:  # what is acknowledged is committed now, not after the head
+                    await self.commit(acked)
+                    acked = {}
+                elif head is not None:
+                    await asyncio.wait([head.acks])  # a wait: cancelling us never cancels it
+                elif self._closing:
+                    return
+                else:
+                    self._changed.clear()
+                    await self._changed.wait()
+                continue
+            failed = CancelledSend() if head.acks.cancelled() else head.acks.exception()
+            if failed is not None:
+                # Nothing from the head on is committed: recover() goes back to it.
+                if acked:
+                    await self.commit(acked)
+                self.failure = failed
+                if self.metrics is not None:
+                    self.metrics.send_failed()
+                self._changed.set()
+                return
+            acked |= head.next  # a later batch's offsets are past an earlier one's
+            self.in_flight.popleft()
+            self._gauge()
+            self._changed.set()
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.in_flight(len(self.in_flight))
+
+
+class CancelledSend(Exception):
+    """A batch's sends were cancelled (the producer stopped under them)."""
+
+
 class Handover(ConsumerRebalanceListener):  # type: ignore[misc]
     """Exactly-once: no partition is handed over while a transaction on it may still commit."""
 
@@ -197,7 +357,7 @@ class Worker:
                 public_path(self.settings.worker_key_path),
             )
         self._producer_config = access.producer(
-            linger_ms=0,
+            linger_ms=self.settings.linger_ms,
             max_batch_size=1 << 20,
             client_id=f"{self.settings.worker_id}-producer",
         )
@@ -238,38 +398,79 @@ class Worker:
             partitions = (await producer.partitions_for(topics.predictions_topic)) or {0}
             out_parts = sorted(partitions)
             log.info("worker %s ready", self.settings.worker_id)
-            while not self._stopping.is_set():
-                revokes = self._revokes  # before the fetch: a revoke during it makes it stale
-                fetched = await consumer.getmany(
-                    timeout_ms=100, max_records=self.settings.max_batch
-                )
-                if follower.done():
-                    follower.result()
-                if not fetched:
-                    continue
-                batch = [
-                    Incoming(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value)
-                    for messages in fetched.values()
-                    for m in messages
-                ]
-                if self.exactly_once:
-                    await self._transact(batch, fetched, revokes, out_parts)
-                else:
-                    await self._at_least_once(batch, fetched, out_parts)
+            if self.exactly_once:
+                await self._run_transactions(consumer, follower, out_parts)
+            else:
+                await self._run_pipeline(consumer, follower, out_parts)
         finally:
             follower.cancel()
             await consumer.stop()
             await self._close(self.producer)
             log.info("worker %s stopped", self.settings.worker_id)
 
-    async def _at_least_once(
-        self, batch: list[Incoming], fetched: dict[TopicPartition, list[Any]], out_parts: list[int]
+    async def _fetch(
+        self, consumer: AIOKafkaConsumer, follower: asyncio.Task[None]
+    ) -> tuple[list[Incoming], Offsets, Offsets]:
+        """The next batch (maybe empty), its first offsets and its next offsets."""
+        fetched = await consumer.getmany(timeout_ms=100, max_records=self.settings.max_batch)
+        if follower.done():
+            follower.result()  # raises why the version log could not be read
+        batch = [
+            Incoming(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value)
+            for messages in fetched.values()
+            for m in messages
+        ]
+        first = {tp: messages[0].offset for tp, messages in fetched.items() if messages}
+        after = {tp: messages[-1].offset + 1 for tp, messages in fetched.items() if messages}
+        return batch, first, after
+
+    async def _run_pipeline(
+        self, consumer: AIOKafkaConsumer, follower: asyncio.Task[None], out_parts: list[int]
     ) -> None:
-        assert self.producer is not None and self.consumer is not None
-        self.metrics.batch(len(batch))
-        await self._produce(await self.scorer.score(batch), self.producer, out_parts)
-        offsets = {tp: messages[-1].offset + 1 for tp, messages in fetched.items()}
-        self._maybe_crash(offsets)
+        """At-least-once: score batch N+1 while N's acks are awaited (module doc)."""
+        pipeline = Pipeline(self.settings.max_in_flight, self._commit, self._seek, self.metrics)
+        try:
+            while not self._stopping.is_set():
+                if pipeline.failure is not None:
+                    await self._went_back(pipeline)
+                batch, first, after = await self._fetch(consumer, follower)
+                if not batch:
+                    continue
+                self.metrics.batch(len(batch))
+                scored = await self.scorer.score(batch)
+                await pipeline.room()
+                if pipeline.failure is not None:
+                    await self._went_back(pipeline, first)  # this batch is fetched again
+                    continue
+                assert self.producer is not None
+                acks = await self._send(scored, self.producer, out_parts)
+                if self._crash_due():
+                    # The window: every batch before committed, this one acked, not committed.
+                    await pipeline.drain()
+                    await asyncio.wait([acks])
+                    self._crash(after)
+                pipeline.add(Sent(first, after, acks, len(batch)))
+        finally:
+            await pipeline.drain()  # stopping: what was sent and acknowledged is committed
+
+    async def _went_back(self, pipeline: Pipeline, *fetched: Offsets) -> None:
+        failure = pipeline.failure
+        count = sum(s.size for s in pipeline.in_flight)
+        await pipeline.recover(fetched)
+        log.warning(
+            "a send failed (%r): back to the first unacknowledged batch; its %d feature "
+            "events and those after it will be scored again (same prediction ids)",
+            failure,
+            count,
+        )
+
+    async def _commit(self, offsets: Offsets) -> None:
+        assert self.consumer is not None
+        # A partition revoked meanwhile would make the consumer refuse the whole commit.
+        assigned = self.consumer.assignment()
+        offsets = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+        if not offsets:
+            return
         started = time.perf_counter()
         try:
             await self.consumer.commit(offsets)
@@ -277,33 +478,71 @@ class Worker:
             log.warning("offset commit failed (%s); the batch may be scored again", exc)
         self.metrics.commit_took(time.perf_counter() - started)
 
+    def _seek(self, offsets: Offsets) -> None:
+        """Back to ``offsets``, for the partitions still assigned (a new owner of the
+        others starts from the committed offsets by itself)."""
+        assert self.consumer is not None
+        assigned = self.consumer.assignment()
+        for tp, offset in offsets.items():
+            if tp in assigned:
+                self.consumer.seek(tp, offset)
+
+    async def _run_transactions(
+        self, consumer: AIOKafkaConsumer, follower: asyncio.Task[None], out_parts: list[int]
+    ) -> None:
+        """Exactly-once: score batch N+1 while N's transaction commits (module doc)."""
+        previous: asyncio.Task[Offsets | None] | None = None
+        try:
+            while not self._stopping.is_set():
+                revokes = self._revokes  # before the fetch: a revoke during it makes it stale
+                batch, first, after = await self._fetch(consumer, follower)
+                if not batch:
+                    continue
+                self.metrics.batch(len(batch))
+                scored = await self.scorer.score(batch)
+                if previous is not None:
+                    back, previous = await previous, None
+                    if back is not None:
+                        # N failed: back to where it began, and N+1 (fetched after it) with
+                        # it, unsent. Partitions revoked since start from the committed
+                        # offsets anyway (_seek keeps to those still assigned).
+                        self._seek(earliest([back, first]))
+                        continue
+                previous = asyncio.create_task(
+                    self._transact(scored, len(batch), first, after, revokes, out_parts)
+                )
+        finally:
+            if previous is not None:
+                await previous  # stopping: the open transaction ends, committed or aborted
+
     async def _transact(
         self,
-        batch: list[Incoming],
-        fetched: dict[TopicPartition, list[Any]],
+        scored: Scored,
+        size: int,
+        first: Offsets,
+        offsets: Offsets,
         revokes: int,
         out_parts: list[int],
-    ) -> None:
-        """One batch in one transaction; on failure, aborted and fetched again."""
-        producer, consumer = self.producer, self.consumer
-        assert producer is not None and consumer is not None
-        self.metrics.batch(len(batch))
-        scored = await self.scorer.score(batch)
+    ) -> Offsets | None:
+        """One batch in one transaction: None once committed, else where to go back to."""
+        producer = self.producer
         if self._revokes != revokes:
             # Fetched under an assignment that is gone; its partitions' owner scores it.
-            log.info("batch of %d dropped: its partitions were revoked meanwhile", len(batch))
-            return
-        offsets = {tp: messages[-1].offset + 1 for tp, messages in fetched.items()}
+            log.info("batch of %d dropped: its partitions were revoked meanwhile", size)
+            return None
+        assert producer is not None
         failure: BaseException | None = None
         usable = True
         self._no_transaction.clear()
+        self.metrics.in_flight(1)
         try:
             try:
                 await producer.begin_transaction()
-                await self._produce(scored, producer, out_parts)
+                await (await self._send(scored, producer, out_parts))
                 started = time.perf_counter()
                 await producer.send_offsets_to_transaction(offsets, self.settings.group_id)
-                self._maybe_crash(offsets)
+                if self._crash_due():
+                    self._crash(offsets)
                 if self._revokes != revokes:
                     raise StaleBatch("partitions revoked during the transaction")
                 await producer.commit_transaction()
@@ -314,23 +553,20 @@ class Worker:
                 usable = await self._abort(producer)
         finally:
             self._no_transaction.set()
+            self.metrics.in_flight(0)
         if failure is None:
             self._committed.update(offsets)
             self.metrics.transaction("committed")
-            return
+            return None
         self.metrics.transaction("aborted")
         log.warning(
             "batch transaction aborted (%r); its %d feature events will be scored again",
             failure,
-            len(batch),
+            size,
         )
-        if self._revokes == revokes:
-            # Still ours: back to where the batch began (a new assignment starts from the
-            # committed offsets by itself).
-            for tp, messages in fetched.items():
-                consumer.seek(tp, messages[0].offset)
         if not usable:
             await self._replace_producer()
+        return first
 
     async def _abort(self, producer: AIOKafkaProducer) -> bool:
         """Abort the open transaction; False when this producer cannot (it must be replaced)."""
@@ -408,31 +644,32 @@ class Worker:
         for tp in revoked:
             self._committed.pop(tp, None)
 
-    async def _produce(
+    async def _send(
         self, scored: Scored, producer: AIOKafkaProducer, out_parts: list[int]
-    ) -> None:
-        """Send a batch's predictions and dead letters; return once all are acknowledged."""
+    ) -> asyncio.Future[Any]:
+        """Start sending a batch's predictions and dead letters, in order; the future is done
+        when all are acknowledged (acks=all), and fails with the first failed prediction."""
         futures: list[asyncio.Future[Any]] = []
-        by_partition: dict[int, list[tuple[bytes | None, bytes]]] = defaultdict(list)
-        for source_partition, key, value in scored.predictions:
-            by_partition[out_parts[source_partition % len(out_parts)]].append((key, value))
-        for partition, records in by_partition.items():
-            kafka_batch = producer.create_batch()
-            for key, value in records:
-                if kafka_batch.append(key=key, value=value, timestamp=None) is None:
-                    futures.append(
-                        await producer.send_batch(
-                            kafka_batch, self.settings.topics.predictions_topic, partition=partition
+        topic = self.settings.topics.predictions_topic
+        try:
+            by_partition: dict[int, list[tuple[bytes | None, bytes]]] = defaultdict(list)
+            for source_partition, key, value in scored.predictions:
+                by_partition[out_parts[source_partition % len(out_parts)]].append((key, value))
+            for partition, records in by_partition.items():
+                kafka_batch = producer.create_batch()
+                for key, value in records:
+                    if kafka_batch.append(key=key, value=value, timestamp=None) is None:
+                        futures.append(
+                            await producer.send_batch(kafka_batch, topic, partition=partition)
                         )
-                    )
-                    kafka_batch = producer.create_batch()
-                    kafka_batch.append(key=key, value=value, timestamp=None)
-            futures.append(
-                await producer.send_batch(
-                    kafka_batch, self.settings.topics.predictions_topic, partition=partition
-                )
-            )
-        letters = []
+                        kafka_batch = producer.create_batch()
+                        kafka_batch.append(key=key, value=value, timestamp=None)
+                futures.append(await producer.send_batch(kafka_batch, topic, partition=partition))
+        except KafkaError as exc:  # the producer refused to take it (closed, queue timed out)
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            futures.append(failed)
+        letters: list[asyncio.Future[Any]] = []
         for item, reason in scored.rejected:
             self.metrics.dead_letter(reason.reason)
             letter = deadletter.record(
@@ -445,8 +682,15 @@ class Worker:
                 "worker",
             )
             letters.append(
-                deadletter.send(producer, self.settings.topics.dead_letter_topic, letter)
+                asyncio.ensure_future(
+                    deadletter.send(producer, self.settings.topics.dead_letter_topic, letter)
+                )
             )
+        return asyncio.ensure_future(self._acknowledged(futures, letters))
+
+    async def _acknowledged(
+        self, futures: list[asyncio.Future[Any]], letters: list[asyncio.Future[Any]]
+    ) -> None:
         # A dead letter never raises: one that cannot be sent whole is sent minimal, or logged
         # and counted, and the batch goes on (a bad event must not block its partition).
         for outcome in await asyncio.gather(*letters):
@@ -455,10 +699,11 @@ class Worker:
         if futures:
             await asyncio.gather(*futures)  # acks=all for all of them before the commit
 
-    def _maybe_crash(self, offsets: dict[TopicPartition, int]) -> None:
+    def _crash_due(self) -> bool:
         self.batches += 1
-        if self.batches != self.fault.crash_before_commit:
-            return
+        return self.batches == self.fault.crash_before_commit
+
+    def _crash(self, offsets: Offsets) -> None:
         log.critical(
             "MODELVC_WORKER_FAULT crash_before_commit:%d: SIGKILL before committing %s (%s)",
             self.batches,

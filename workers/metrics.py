@@ -166,6 +166,18 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self._in_flight = Gauge(
+            "modelvc_batches_in_flight",
+            "Batches scored and sent whose acknowledgements are awaited (at most "
+            "MODELVC_WORKER_MAX_IN_FLIGHT; exactly-once: the transaction being committed).",
+            registry=r,
+        )
+        self._send_failures = Counter(
+            "modelvc_send_failures",
+            "Batches whose predictions or offsets could not be delivered: the worker went "
+            "back to the first unacknowledged batch and scored from there again.",
+            registry=r,
+        )
         self._producer_restarts = Counter(
             "modelvc_producer_restarts",
             "Transactional producers replaced after a fatal error (fenced by a newer producer "
@@ -219,6 +231,12 @@ class Metrics:
 
     def commit_took(self, seconds: float) -> None:
         self._commit_seconds.observe(seconds)
+
+    def in_flight(self, batches: int) -> None:
+        self._in_flight.set(batches)
+
+    def send_failed(self) -> None:
+        self._send_failures.inc()
 
     def producer_restarted(self) -> None:
         self._producer_restarts.inc()

@@ -17,6 +17,9 @@ SIGN_PREDICTIONS_ENV = "MODELVC_SIGN_PREDICTIONS"  # 1: sign every prediction
 CACHE_ENV = "MODELVC_WORKER_CACHE"  # the artifact cache's directory
 CACHE_MB_ENV = "MODELVC_WORKER_CACHE_MB"  # its bound, in MiB
 SHARED_STORE_ENV = "MODELVC_WORKER_SHARED_STORE"  # 1: read the store directly; 0: the API only
+MAX_IN_FLIGHT_ENV = "MODELVC_WORKER_MAX_IN_FLIGHT"  # batches sent, acks awaited, at once
+LINGER_ENV = "MODELVC_WORKER_LINGER_MS"  # the producer's linger for predictions
+MAX_IN_FLIGHT = 64
 MAX_CACHE_MB = 1 << 24  # 16 TiB: past any disk, so a typo is caught, not a real size
 
 
@@ -34,7 +37,12 @@ class WorkerSettings:
     # shared with this worker).
     shared_store: bool | None = None
     api_url: str | None = None  # the streams API; None: the local one on topics.web_port
+    # Defaults measured by bench/serving.py (its sweep table): see workers.loop.
     max_batch: int = 5000
+    # Batches scored and sent whose acknowledgements are still awaited (at-least-once);
+    # the offsets are committed in order behind them. 1..MAX_IN_FLIGHT.
+    max_in_flight: int = 4
+    linger_ms: int = 0
     max_refs: int = 1024  # distinct (model, ref) pairs served at once; least recently used go
     # Budget for one version: its trees plus a full batch (streams.modelfile estimates both).
     worker_memory_mb: int = 1024
@@ -58,6 +66,13 @@ class WorkerSettings:
         if self.shared_store is None:
             is_s3 = isinstance(parse_location(self.topics.artifacts), S3Location)
             object.__setattr__(self, "shared_store", is_s3)  # frozen: set once, here
+        if not 1 <= self.max_in_flight <= MAX_IN_FLIGHT:
+            raise ValueError(
+                f"{MAX_IN_FLIGHT_ENV}={self.max_in_flight} is not 1-{MAX_IN_FLIGHT} (batches "
+                "sent whose acknowledgements are awaited at once); 1 sends one batch at a time"
+            )
+        if not 0 <= self.linger_ms <= 1000:
+            raise ValueError(f"{LINGER_ENV}={self.linger_ms} is not 0-1000 (milliseconds)")
         if not 0 <= self.cache_mb <= MAX_CACHE_MB:
             raise ValueError(
                 f"{CACHE_MB_ENV}={self.cache_mb} is not 0-{MAX_CACHE_MB} (MiB); "
@@ -148,7 +163,9 @@ class WorkerSettings:
             web_port=port,
             shared_store=shared,
             api_url=env.get("MODELVC_ARTIFACT_URL") or env.get("MODELVC_URL") or None,
-            max_batch=int(env.get("MODELVC_WORKER_MAX_BATCH", "5000")),
+            max_batch=int(env.get("MODELVC_WORKER_MAX_BATCH", str(cls.max_batch))),
+            max_in_flight=int(env.get(MAX_IN_FLIGHT_ENV, str(cls.max_in_flight))),
+            linger_ms=int(env.get(LINGER_ENV, str(cls.linger_ms))),
             max_refs=int(env.get("MODELVC_WORKER_MAX_REFS", "1024")),
             worker_memory_mb=int(env.get("MODELVC_WORKER_MEMORY_MB", "1024")),
             cache_dir=Path(cache) if (cache := env.get(CACHE_ENV)) else None,
@@ -171,6 +188,8 @@ class WorkerSettings:
             "MODELVC_WORKER_PORT": str(self.web_port),
             SHARED_STORE_ENV: "1" if self.shared_store else "0",
             "MODELVC_WORKER_MAX_BATCH": str(self.max_batch),
+            MAX_IN_FLIGHT_ENV: str(self.max_in_flight),
+            LINGER_ENV: str(self.linger_ms),
             "MODELVC_WORKER_MAX_REFS": str(self.max_refs),
             "MODELVC_WORKER_MEMORY_MB": str(self.worker_memory_mb),
             CACHE_MB_ENV: str(self.cache_mb),

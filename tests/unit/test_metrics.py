@@ -25,6 +25,8 @@ FAMILIES = {
     "modelvc_transactions": "counter",
     "modelvc_commit_seconds": "histogram",
     "modelvc_producer_restarts": "counter",
+    "modelvc_batches_in_flight": "gauge",
+    "modelvc_send_failures": "counter",
 }
 
 
