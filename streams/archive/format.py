@@ -19,11 +19,12 @@ from typing import IO, Any
 
 import fastavro
 
-from streams.codec import EVENTS, load_schema
+from streams.codec import EVENTS, fingerprint, load_schema
 from streams.errors import StreamsError
 
 SCHEMA = load_schema("archived_message.avsc")
 PARSED = fastavro.parse_schema(SCHEMA)
+FINGERPRINT = fingerprint(SCHEMA)
 # What a segment file is called; an index naming anything else is not trusted.
 SEGMENT_NAME = re.compile(r"p(?P<partition>[0-9]{3,10})-(?P<first>[0-9]{20})\.avro")
 
@@ -73,8 +74,19 @@ def encode_segment(topic: str, records: Sequence[Record]) -> bytes:
 
 
 def decode_segment(handle: IO[bytes]) -> Iterator[Record]:
-    """The records of one container file, in file order."""
-    for item in fastavro.reader(handle, reader_schema=PARSED):
+    """The records of one container file, in file order (``handle`` must be seekable).
+
+    A segment written with today's ArchivedMessage schema (every segment so far) is read
+    by that schema alone: resolving it against itself decodes each record at half speed.
+    Any other writer schema is resolved against ours, as Avro says.
+    """
+    start = handle.tell()
+    reader = fastavro.reader(handle)
+    written = reader.writer_schema
+    if not isinstance(written, dict) or fingerprint(written) != FINGERPRINT:
+        handle.seek(start)
+        reader = fastavro.reader(handle, reader_schema=PARSED)
+    for item in reader:
         raw: dict[str, Any] = item  # type: ignore[assignment]
         yield Record(
             raw["topic"],
