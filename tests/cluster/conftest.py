@@ -73,7 +73,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
         with running_cluster(home, brokers=BROKERS) as started:
             yield started
     finally:
-        stop_recorded(home, hard=True)
+        left = stop_recorded(home, hard=True)
+    # The launcher's own stop must reach the nodes the scenarios killed and restarted.
+    assert left == 0, f"{left} Kafka node(s) outlived the cluster's stop; see {home}/cluster.json"
 
 
 @pytest.fixture(scope="session")

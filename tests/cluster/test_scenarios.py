@@ -1,8 +1,10 @@
 """modelvc on a 3-broker Apache Kafka cluster under faults, each scenario replayable by seed.
 
-Every scenario ends with the same three checks (:func:`settle`): the audit replay is
-clean and equals the live digest; every acknowledged write is in the log, once; every
-feature event has exactly one committed prediction or dead letter (read_committed).
+Every scenario of modelvc under faults (1-5) ends with the same three checks
+(:func:`settle`): the audit replay is clean and equals the live digest; every acknowledged
+write is in the log, once; every feature event has exactly one committed prediction or dead
+letter (read_committed). Scenarios 6 and 7 check the launcher's kill -9 and restart, and
+the topics modelvc makes, on the same cluster rather than three more JVMs of their own.
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaAdminClient, KafkaProducer
 
 from modelvc.kafka_broker import KafkaCluster
-from modelvc.processes import stop
+from modelvc.processes import alive, stop
 from modelvc.stack import Stack
 from modelvc.streaming import FeatureProducer
 from streams import deadletter
 from streams.codec import DEAD_LETTERS, FEATURES, PREDICTIONS, REPLIES
+from streams.errors import UnsafeTopic
 from streams.kafka_access import negotiate_sync
 from streams.logreader import read_topic
 from streams.settings import Settings
@@ -45,6 +48,8 @@ from tests.cluster.load import (
     worker_health,
 )
 from tests.integration.test_rebalance import checks, one_model_per_partition
+from tests.kafka.test_kafka_launcher import create_topic, leader_of, produce, read_all
+from tests.kafka.test_topics_kafka import precreate, replicas_of, settings_for, topic_settings
 
 pytestmark = [
     pytest.mark.broker,
@@ -310,3 +315,54 @@ def test_0_the_ledger_sees_a_lost_and_a_repeated_outcome(cluster: KafkaCluster) 
     assert problems[0].startswith(f"1 feature events with no outcome, e.g. [{where['never']}]")
     assert problems[1].startswith("1 feature events with more than one outcome")
     assert "0.5" in problems[1] and "1.5" in problems[1]
+
+
+def test_6_the_launcher_kills_a_leader_writes_go_on_and_its_restart_rejoins(
+    cluster: KafkaCluster,
+) -> None:
+    """The launcher's own kill -9 and restart, on a bare topic (from tests/kafka, where it
+    started three JVMs of its own): acks=all writes go on with the leader gone, and the
+    restarted node, on its own data, rejoins the ISR with every write."""
+    topic = f"launcher-{uuid.uuid4().hex[:8]}"
+    access = cluster.access()
+    create_topic(access, topic, partitions=1, replicas=3)
+    before = [f"b{i}".encode() for i in range(30)]
+    produce(access, topic, before)
+    wait_fully_replicated(access, [topic])
+    leader, isr = leader_of(access, topic, 0)
+    assert isr == [1, 2, 3]
+
+    victim = cluster.processes[leader].pid
+    cluster.kill_node(leader)
+    assert not alive(victim)
+    # min.insync.replicas=2 of 3: acks=all writes go on with one broker down.
+    after = [f"a{i}".encode() for i in range(30)]
+    produce(access, topic, after)
+
+    cluster.restart_node(leader)  # same data dir: no reformat, it catches up
+    assert cluster.processes[leader].pid != victim
+    wait_fully_replicated(access, [topic], timeout=60.0)
+    assert sorted(read_all(access, topic, 60)) == sorted(before + after)
+
+
+def test_7_three_brokers_get_three_replicas_and_min_insync_two(cluster: KafkaCluster) -> None:
+    """Topics modelvc creates on three brokers (from tests/kafka, where it started a cluster
+    of its own); and an events topic of one replica, made by hand, is refused."""
+    admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap)
+    suffix = uuid.uuid4().hex[:8]
+    try:
+        settings = settings_for(cluster.bootstrap, f"rf-{suffix}")
+        ensure_topics(settings)
+        for topic in (settings.events_topic, settings.dead_letter_topic):
+            assert replicas_of(admin, topic) == {3}
+            assert topic_settings(admin, topic)["min.insync.replicas"] == "2"
+        # An events topic made by hand with one replica, while 3 are asked: refused.
+        one = f"one-{suffix}"
+        precreate(admin, f"{one}.events", replicas=1)
+        with pytest.raises(UnsafeTopic, match=r"1 replica\(s\) but 3 are asked"):
+            ensure_topics(settings_for(cluster.bootstrap, one, replication_factor=3))
+        # Left unset, the factor is min(3, brokers): refused all the same.
+        with pytest.raises(UnsafeTopic, match=r"1 replica\(s\) but 3 are asked"):
+            ensure_topics(settings_for(cluster.bootstrap, one))
+    finally:
+        admin.close()

@@ -57,17 +57,17 @@ def serving(tmp_path: Path, bootstrap: str, namespace: str) -> Any:
         s.down()
 
 
-def test_replay_equals_live_before_and_after_a_restart(serving: Stack, tmp_path: Path) -> None:
-    c = serving.client()
+def test_replay_equals_live_before_and_after_a_restart(stack: Stack, tmp_path: Path) -> None:
+    c = stack.client()
     history(c, "churn", [train_model(tmp_path / "a.txt", 1), train_model(tmp_path / "b.txt", 2)])
-    done = cli(serving, "--json", "audit", "replay")
+    done = cli(stack, "--json", "audit", "replay")
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(done.stdout)
     assert report["violations"] == [] and report["digest"] == report["live_digest"]
-    assert len(chain(serving, "churn")) == 10  # one per command of the history
-    serving.restart_streams()
-    after = audit.replay(serving.settings.access, serving.settings.events_topic)
-    assert after.digest == serving.client().digest()["digest"]
+    assert len(chain(stack, "churn")) == 10  # one per command of the history
+    stack.restart_streams()
+    after = audit.replay(stack.settings.access, stack.settings.events_topic)
+    assert after.digest == stack.client().digest()["digest"]
 
 
 def test_a_tampered_log_fails_replay_naming_the_first_bad_event(
@@ -105,8 +105,8 @@ def test_a_tampered_log_fails_replay_naming_the_first_bad_event(
     assert f"broken_hash  churn#5  {topic}[{partition}]@4" in done.stdout
 
 
-def test_point_in_time_log_and_refs(serving: Stack, model_file: Path) -> None:
-    c = serving.client()
+def test_point_in_time_log_and_refs(stack: Stack, model_file: Path) -> None:
+    c = stack.client()
     digest = c.upload(model_file)["sha256"]
     c.create("pit")
     first = c.commit("pit", digest, "one")
@@ -122,7 +122,7 @@ def test_point_in_time_log_and_refs(serving: Stack, model_file: Path) -> None:
     )
     assert [x["message"] for x in c.log("pit", as_of=str(first["offset"]))["commits"]] == ["one"]
     assert c.refs("pit")["aliases"]["production"] == second["head"]
-    out = cli(serving, "-M", "pit", "refs", "--as-of", str(first["offset"]))
+    out = cli(stack, "-M", "pit", "refs", "--as-of", str(first["offset"]))
     assert out.returncode == 0 and out.stdout.split("aliases:")[1].split() == ["(none)"]
 
 

@@ -100,22 +100,35 @@ def letters(stack: Stack) -> list[tuple[int, dict[str, Any]]]:
     return out
 
 
+Where = tuple[str, int, int]  # (topic, partition, offset) a dead letter names
+
+
+def letters_for(
+    stack: Stack, wanted: list[Where], stage: str | None = None
+) -> dict[Where, tuple[int, dict[str, Any]]]:
+    """The first dead letter (of ``stage``, if given) for each of ``wanted``. Each round reads
+    the dead-letter topic once for all of them: it holds the fuzz's 1 MB garbage too."""
+    want = set(wanted)
+    found: dict[Where, tuple[int, dict[str, Any]]] = {}
+
+    def all_found() -> bool:
+        for size, d in letters(stack):
+            where = (d["topic"], d["partition"], d["offset"])
+            if where in want and where not in found and stage in (None, d["stage"]):
+                found[where] = (size, d)
+        return len(found) == len(want)
+
+    try:
+        wait_for(all_found, what="a dead letter for each message")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; none for {sorted(want - set(found))[:5]}") from None
+    return found
+
+
 def letter_for(
     stack: Stack, topic: str, partition: int, offset: int, stage: str | None = None
 ) -> tuple[int, dict[str, Any]]:
-    def find() -> tuple[int, dict[str, Any]] | None:
-        return next(
-            (
-                (size, d)
-                for size, d in letters(stack)
-                if (d["topic"], d["partition"], d["offset"]) == (topic, partition, offset)
-                and stage in (None, d["stage"])
-            ),
-            None,
-        )
-
-    found: tuple[int, dict[str, Any]] = wait_for(find, what=f"a dead letter for {topic}@{offset}")
-    return found
+    return letters_for(stack, [(topic, partition, offset)], stage)[(topic, partition, offset)]
 
 
 def assert_bounded(size: int, letter: dict[str, Any], original: bytes) -> None:
@@ -269,12 +282,13 @@ def test_fuzz_random_and_oversized_messages_on_every_topic(
 
     # Every bad message that a service reads becomes a bounded dead letter.
     read_by_a_service = {s.events_topic, s.commands_topic, s.features_topic}
-    for topic, metadata, value in landed:
-        if topic in read_by_a_service:
-            size, letter = letter_for(serving, topic, metadata.partition, metadata.offset)
-            assert size <= deadletter.MAX_ENCODED_BYTES
-            if value:
-                assert_bounded(size, letter, value)
+    bad = [(t, m.partition, m.offset, value) for t, m, value in landed if t in read_by_a_service]
+    found = letters_for(serving, [(t, p, o) for t, p, o, _ in bad])
+    for topic, partition, offset, value in bad:
+        size, letter = found[(topic, partition, offset)]
+        assert size <= deadletter.MAX_ENCODED_BYTES
+        if value:
+            assert_bounded(size, letter, value)
     assert_all_alive(serving)
 
     acknowledged += [c.commit("fuzzed", digest, f"after-{i}")["head"] for i in range(3)]

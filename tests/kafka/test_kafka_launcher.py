@@ -1,7 +1,8 @@
-"""The Apache Kafka launcher on real JVMs: start, metadata, serve, kill -9, restart, down/up.
+"""The Apache Kafka launcher on real JVMs: start, metadata, serve, stop by pid, down/up.
 
 Each test owns its cluster under tmp_path; the `kafka_home` fixture stops by pid every
-process recorded there, even when the test fails half way.
+process recorded there, even when the test fails half way. The kill -9 and restart of a
+node run on the 3-node cluster tests/cluster shares (no three JVMs started for one test).
 """
 
 from __future__ import annotations
@@ -95,7 +96,12 @@ def leader_of(access: KafkaAccess, topic: str, partition: int) -> tuple[int, lis
         admin.close()
 
 
-def test_one_broker_answers_metadata_serves_and_stops_by_pid(kafka_home: Path) -> None:
+def test_one_broker_serves_stops_by_pid_and_keeps_acknowledged_writes_across_down_and_up(
+    kafka_home: Path,
+) -> None:
+    # One JVM start per `with` costs a loaded machine tens of seconds: the same node serves,
+    # stops by pid, and comes back with what it acknowledged.
+    values = [f"d{i}".encode() for i in range(50)]
     with running_cluster(kafka_home, brokers=1) as cluster:
         pid = cluster.processes[1].pid
         assert alive(pid)
@@ -104,52 +110,17 @@ def test_one_broker_answers_metadata_serves_and_stops_by_pid(kafka_home: Path) -
             assert [b["broker_id"] for b in admin.describe_cluster()["brokers"]] == [1]
         finally:
             admin.close()
-        create_topic(cluster.access(), "one", partitions=2, replicas=1)
-        values = [f"v{i}".encode() for i in range(20)]
-        produce(cluster.access(), "one", values)
-        assert sorted(read_all(cluster.access(), "one", 20)) == sorted(values)
-    assert not alive(pid)
-    assert_nothing_left(kafka_home)
-
-
-def test_one_broker_keeps_acknowledged_writes_across_down_and_up(kafka_home: Path) -> None:
-    values = [f"d{i}".encode() for i in range(50)]
-    with running_cluster(kafka_home, brokers=1) as cluster:
         first = cluster.bootstrap
         create_topic(cluster.access(), "durable", partitions=3, replicas=1)
         produce(cluster.access(), "durable", values)
+        assert sorted(read_all(cluster.access(), "durable", 50)) == sorted(values)
+    assert not alive(pid)
     assert_nothing_left(kafka_home)
     cluster_id = (kafka_home / "node-1" / "data" / "meta.properties").read_text()
     with running_cluster(kafka_home, brokers=1) as cluster:
         assert cluster.bootstrap == first  # same ports, same cluster, not reformatted
         assert (kafka_home / "node-1" / "data" / "meta.properties").read_text() == cluster_id
         assert sorted(read_all(cluster.access(), "durable", 50)) == sorted(values)
-    assert_nothing_left(kafka_home)
-
-
-def test_three_brokers_survive_kill_9_of_a_leader_and_its_restart(kafka_home: Path) -> None:
-    with running_cluster(kafka_home, brokers=3) as cluster:
-        assert set(cluster.processes) == {1, 2, 3}
-        create_topic(cluster.access(), "replicated", partitions=1, replicas=3)
-        before = [f"b{i}".encode() for i in range(30)]
-        produce(cluster.access(), "replicated", before)
-        leader, isr = leader_of(cluster.access(), "replicated", 0)
-        assert isr == [1, 2, 3]
-
-        victim = cluster.processes[leader].pid
-        cluster.kill_node(leader)
-        assert not alive(victim)
-        # min.insync.replicas=2 of 3: acks=all writes go on with one broker down.
-        after = [f"a{i}".encode() for i in range(30)]
-        produce(cluster.access(), "replicated", after)
-
-        cluster.restart_node(leader)  # same data dir: no reformat, it catches up
-        assert cluster.processes[leader].pid != victim
-        deadline = time.monotonic() + 60
-        while leader_of(cluster.access(), "replicated", 0)[1] != [1, 2, 3]:
-            assert time.monotonic() < deadline, "the restarted broker never rejoined the ISR"
-            time.sleep(0.5)
-        assert sorted(read_all(cluster.access(), "replicated", 60)) == sorted(before + after)
     assert_nothing_left(kafka_home)
 
 

@@ -1,8 +1,8 @@
 """Topics on Apache Kafka: production settings when modelvc creates them, refusals when
 an existing one would break a guarantee.
 
-Each test has its own namespace on the shared single broker (`bootstrap`); the last one
-starts a 3-broker cluster of its own, stopped by pid even when it fails.
+Each test has its own namespace on the shared single broker (`bootstrap`). Three replicas
+and min.insync.replicas 2 on three brokers are checked on the cluster tests/cluster shares.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from modelvc.kafka_broker import running_cluster
 from modelvc.processes import StackError, free_port
 from modelvc.stack import Stack, start_streams
 from streams.errors import ReplicationUnavailable, UnsafeTopic
@@ -179,23 +178,3 @@ def test_a_refused_topic_stops_modelvc_up_and_the_streams_app(
     assert time.monotonic() - started < 60
     log = (tmp_path / "logs" / "streams.log").read_text()
     assert f"refusing to use existing topics: {namespace}.events: cleanup.policy" in log
-
-
-def test_three_brokers_get_three_replicas_and_min_insync_two(tmp_path: Path) -> None:
-    with running_cluster(tmp_path / "kafka", brokers=3) as cluster:
-        admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap)
-        try:
-            settings = settings_for(cluster.bootstrap, "rf")
-            ensure_topics(settings)
-            for topic in (settings.events_topic, settings.dead_letter_topic):
-                assert replicas_of(admin, topic) == {3}
-                assert topic_settings(admin, topic)["min.insync.replicas"] == "2"
-            # An events topic made by hand with one replica, while 3 are asked: refused.
-            precreate(admin, "one.events", replicas=1)
-            with pytest.raises(UnsafeTopic, match=r"1 replica\(s\) but 3 are asked"):
-                ensure_topics(settings_for(cluster.bootstrap, "one", replication_factor=3))
-            # Left unset, the factor is min(3, brokers): refused all the same.
-            with pytest.raises(UnsafeTopic, match=r"1 replica\(s\) but 3 are asked"):
-                ensure_topics(settings_for(cluster.bootstrap, "one"))
-        finally:
-            admin.close()
