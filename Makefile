@@ -14,11 +14,18 @@ KAFKA_DIR   := brokers/kafka
 KAFKA_LIB   := $(KAFKA_DIR)/target/lib
 KAFKA_STAMP := $(KAFKA_DIR)/target/.copied
 # Tier 3: every broker-backed test on one Apache Kafka broker (-k kafka keeps the [kafka]
-# runs and tests/kafka; tests that need no broker or start their own Tansu stay in tier 2).
+# runs and tests/kafka; tests that need no broker or start their own Tansu run in tier 2 or 5).
 KAFKA_TIER_TESTS ?= tests/kafka tests/integration tests/e2e -k kafka
 # Tier 5: the artifact stores over local disk and moto's S3 server, and the end-to-end tests
 # that start their own Tansu stack on S3 (tier 2 leaves those out).
 STORE_TIER_TESTS ?= tests/store tests/integration/test_s3_artifacts.py tests/e2e/test_cli_artifacts.py
+# Tier 5 also takes, to even out the three side-by-side slots (tier 4 and 5 ended ten minutes
+# before tiers 2 and 3): the tests that start an embedded stack of their own, and the
+# hostile-message module's Tansu runs. Tier 2 leaves them out.
+OWN_STACK_TESTS ?= \
+	tests/integration/test_audit.py::test_stopping_and_starting_the_embedded_stack_keeps_history \
+	tests/e2e/test_cli_security.py::test_up_sign_predictions_makes_every_worker_sign_and_audit_verifies_it
+TANSU_IN_TIER_5 ?= tests/integration/test_hostile_messages.py
 # Tier 4: the 3-broker cluster under faults (tests/cluster; MODELVC_CLUSTER_SEED replays one).
 CLUSTER_TIER_TESTS ?= tests/cluster
 # --durations: each tier names its 10 slowest tests, where the time budget goes.
@@ -79,11 +86,14 @@ test-unit: $(STAMP)
 	@$(call timed,tier 1 (unit),$(PYTEST) tests/unit)
 
 test-store: $(STAMP)
-	@$(call timed,tier 5 (artifact stores: local disk and S3),$(PYTEST) $(STORE_TIER_TESTS))
+	@$(call timed,tier 5 (artifact stores; tests with a stack of their own), \
+	  MODELVC_TEST_BROKERS=tansu MODELVC_TEST_CLUSTER=0 \
+	  $(PYTEST) $(STORE_TIER_TESTS) $(OWN_STACK_TESTS) $(TANSU_IN_TIER_5))
 
 test-tansu: $(STAMP)
 	@$(call timed,tier 2 (Tansu),MODELVC_TEST_BROKERS=tansu MODELVC_TEST_CLUSTER=0 \
-	  $(PYTEST) tests/integration tests/e2e $(STORE_TIER_TESTS:%=--ignore=%))
+	  $(PYTEST) tests/integration tests/e2e $(STORE_TIER_TESTS:%=--ignore=%) \
+	  $(TANSU_IN_TIER_5:%=--ignore=%) $(OWN_STACK_TESTS:%=--deselect=%))
 
 # `$(call kafka_tier,NAME,COMMAND)`: COMMAND timed when Java and Maven are here (or in CI,
 # where their absence fails the tier); otherwise a plain word that it was skipped and how.
@@ -119,12 +129,14 @@ $(KAFKA_STAMP): $(KAFKA_DIR)/pom.xml
 	touch $@
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.fold_replay
 	$(BIN)/python -m bench.commit_roundtrip
 	$(BIN)/python -m bench.streams_memory
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.signing
 	$(BIN)/python -m bench.artifacts
+	$(BIN)/python -m bench.rest
 
 up: $(STAMP)
 	$(BIN)/modelvc up
