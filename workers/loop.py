@@ -492,22 +492,32 @@ class Worker:
     ) -> None:
         """Exactly-once: score batch N+1 while N's transaction commits (module doc)."""
         previous: asyncio.Task[Offsets | None] | None = None
+        previous_revokes = 0
         try:
             while not self._stopping.is_set():
                 revokes = self._revokes  # before the fetch: a revoke during it makes it stale
                 batch, first, after = await self._fetch(consumer, follower)
+                # N's outcome as soon as it is known, empty fetches included: a seek back
+                # applied late could land on a later assignment of the same partitions.
+                if previous is not None and previous.done():
+                    back, previous = await previous, None
+                    if back is not None and self._revokes == previous_revokes:
+                        # N failed: back to where it began, and N+1 (fetched after it) with
+                        # it, unsent. After a revoke, no seek: every partition assigned
+                        # since (even one that came back to us) starts from its committed
+                        # offsets, and another worker may have moved them on meanwhile.
+                        self._seek(earliest([back, first]))
+                        continue
                 if not batch:
                     continue
                 self.metrics.batch(len(batch))
                 scored = await self.scorer.score(batch)
                 if previous is not None:
                     back, previous = await previous, None
-                    if back is not None:
-                        # N failed: back to where it began, and N+1 (fetched after it) with
-                        # it, unsent. Partitions revoked since start from the committed
-                        # offsets anyway (_seek keeps to those still assigned).
-                        self._seek(earliest([back, first]))
+                    if back is not None and self._revokes == previous_revokes:
+                        self._seek(earliest([back, first]))  # as above
                         continue
+                previous_revokes = revokes
                 previous = asyncio.create_task(
                     self._transact(scored, len(batch), first, after, revokes, out_parts)
                 )
