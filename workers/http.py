@@ -265,12 +265,8 @@ def create_app(worker: Worker) -> web.Application:
     async def infer(request: web.Request) -> web.Response:
         async def answer() -> dict[str, Any]:
             raw = await read_bounded(request, oip.MAX_BODY_BYTES)
-            header = request.headers.get(BINARY_HEADER)
-            if header is not None and not header.isdigit():
-                raise oip.InvalidInference(f"{BINARY_HEADER} must be a byte count")
-            parsed = oip.parse_request(
-                raw, int(header) if header is not None else None, worker.settings.max_batch
-            )
+            header = oip.header_length(request.headers.get(BINARY_HEADER))
+            parsed = oip.parse_request(raw, header, worker.settings.max_batch)
             version = await v2_version(request, parsed.ref)
             names = version.loaded.feature_names
             matrix = oip.matrix(parsed, names)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +91,19 @@ class InferRequest:
 
 def _reject_constant(name: str) -> Any:
     raise InvalidInference(f"{name} is not a number the protocol allows; send finite values")
+
+
+def header_length(value: str | None) -> int | None:
+    """The JSON part's length from ``Inference-Header-Content-Length`` (binary tensors).
+
+    ``fullmatch`` on ASCII digits: ``str.isdigit`` takes '²', which ``int`` refuses."""
+    if value is None:
+        return None
+    if re.fullmatch(r"[0-9]{1,9}", value) is None:
+        raise InvalidInference(
+            "Inference-Header-Content-Length must be the JSON header's length in bytes"
+        )
+    return int(value)
 
 
 def parse_request(body: bytes, header_length: int | None, max_rows: int) -> InferRequest:

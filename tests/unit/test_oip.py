@@ -200,3 +200,15 @@ def test_a_failed_call_fails_its_requests_only() -> None:
     ok, failed, later = asyncio.run(run())
     assert ok.tolist() == [[1.0]] and later.tolist() == [[2.0]]
     assert isinstance(failed, RuntimeError)
+
+
+@pytest.mark.parametrize("value", ["", "²", "١٢", "12a", "-1", " 12", "1" * 10, "9" * 5000])
+def test_a_binary_header_length_that_is_not_a_plain_byte_count_is_refused(value: str) -> None:
+    with pytest.raises(oip.InvalidInference, match="Inference-Header-Content-Length"):
+        oip.header_length(value)
+
+
+def test_a_binary_header_length_is_read_as_bytes() -> None:
+    assert oip.header_length(None) is None
+    assert oip.header_length("0") == 0
+    assert oip.header_length("123456789") == 123456789
