@@ -44,6 +44,9 @@ from workers.errors import Undecodable
 # log (or a model store) full of distinct signatures cannot grow a worker without bound;
 # past it the oldest registered goes (a later event of it is learned again, see below).
 MAX_SCHEMAS = 4096
+# And the fields they hold, summed (a parsed field costs about 400 bytes): a committer of
+# many wide signatures cannot grow every worker by gigabytes either.
+MAX_FIELDS = 200_000
 # Every feature event starts with this envelope (both forms): enough to name the model
 # and ref of an event whose schema is unknown, to learn it or to say what to fetch.
 _ENVELOPE = fastavro.parse_schema(
@@ -110,9 +113,16 @@ class UnknownSchema(Undecodable):
 class TypedRegistry:
     """Fingerprint -> how to decode; filled by the version tracker, read by the scorer."""
 
-    def __init__(self, map_codec: SingleObjectCodec = FEATURES, max_schemas: int = MAX_SCHEMAS):
+    def __init__(
+        self,
+        map_codec: SingleObjectCodec = FEATURES,
+        max_schemas: int = MAX_SCHEMAS,
+        max_fields: int = MAX_FIELDS,
+    ):
         self.map_codec = map_codec
         self.max_schemas = max_schemas
+        self.max_fields = max_fields
+        self._fields = 0
         self._typed: dict[bytes, Writer] = {}
         self._by_signature: dict[ModelSignature, bytes] = {}
 
@@ -128,8 +138,12 @@ class TypedRegistry:
         fp = fingerprint(schema)
         if fp not in self._typed:
             renames = tuple((a, f) for a, f in feature_fields(schema).items() if a != f)
-            while len(self._typed) >= self.max_schemas:
-                self._typed.pop(next(iter(self._typed)))
+            width = len(signature.inputs)
+            while self._typed and (
+                len(self._typed) >= self.max_schemas or self._fields + width > self.max_fields
+            ):
+                self._fields -= len(self._typed.pop(next(iter(self._typed))).carried)
+            self._fields += width
             # What the schema itself says it carries: two signatures that differ only in
             # what Avro cannot tell apart (none today) would still be checked right.
             carried = typed_features(schema)

@@ -30,6 +30,7 @@ TYPED_NAMESPACE = "modelvc.serving"
 TYPED_EVENT_NAME = "TypedFeatureEvent"
 TYPED_FEATURES_NAME = "TypedFeatures"
 _AVRO_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_RENAMED = re.compile(r"_[0-9]+_.*")  # the shape field_name gives a renamed feature
 _ORIGINAL = "feature "  # the doc of a field whose name had to change starts with this
 
 
@@ -113,7 +114,9 @@ def required_missing(current: ModelSignature, target: ModelSignature) -> tuple[s
 def field_name(index: int, feature: str) -> str:
     """The Avro field for a feature: its own name when Avro allows it, else a stable one
     (the field's doc then names the feature)."""
-    if _AVRO_NAME.fullmatch(feature):
+    # A feature already shaped like a renamed one is renamed too: its own index keeps
+    # every field of a record distinct.
+    if _AVRO_NAME.fullmatch(feature) and not _RENAMED.fullmatch(feature):
         return feature
     return f"_{index}_" + re.sub(r"[^A-Za-z0-9_]", "_", feature)[:64]
 

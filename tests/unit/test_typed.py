@@ -356,3 +356,29 @@ def test_hostile_bytes_are_refused_or_read_exactly_as_fastavro_reads_them(
     assert struct.pack(f"<{len(NAMES)}d", *decoded["features"].values()) == struct.pack(
         f"<{len(NAMES)}d", *slow["features"].values()
     )
+
+
+def test_the_registry_is_bounded_by_the_fields_it_holds() -> None:
+    registry = TypedRegistry(max_fields=50)
+    wide = [
+        ModelSignature("lightgbm", tuple(Feature(f"s{i}f{j}", DOUBLE) for j in range(30)), 1)
+        for i in range(3)
+    ]
+    fps = [registry.add(s) for s in wide]
+    assert len(registry) == 1
+    assert registry.knows(fps[2]) and not registry.knows(fps[0]) and not registry.knows(fps[1])
+
+
+def test_features_shaped_like_renamed_ones_keep_every_field_distinct() -> None:
+    clash = ModelSignature(
+        "lightgbm", (Feature("a-b", DOUBLE), Feature("_0_a_b", DOUBLE), Feature("ok", DOUBLE)), 1
+    )
+    schema = feature_schema(clash)
+    fields = [f["name"] for f in schema["fields"][-1]["type"]["fields"]]
+    assert len(set(fields)) == 3
+    registry = TypedRegistry()
+    registry.add(clash)
+    ev = event({"a-b": 1.0, "_0_a_b": 2.0, "ok": 3.0})
+    decoded, carried = registry.decode(typed_bytes(clash, ev))
+    assert decoded["features"] == {"a-b": 1.0, "_0_a_b": 2.0, "ok": 3.0}
+    assert carried is not None and [f.name for f in carried] == ["a-b", "_0_a_b", "ok"]
