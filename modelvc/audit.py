@@ -46,7 +46,6 @@ from streams.archive import Archive, SegmentProblem
 from streams.codec import (
     EVENT_SCHEMA_FILES,
     EVENTS,
-    FEATURES,
     HEADER_SIZE,
     MAGIC,
     PREDICTIONS,
@@ -610,7 +609,8 @@ def verify_predictions(
     Signed ones also have their signature checked with ``keys`` (``Verification.signatures``).
     """
     from workers import scoring
-    from workers.errors import Rejected
+    from workers.errors import Rejected, Undecodable
+    from workers.typed import TypedRegistry, UnknownSchema
 
     started = time.perf_counter()
     located = list(_predictions(kafka, predictions_topic))
@@ -633,6 +633,13 @@ def verify_predictions(
         wanted[(p["source_topic"], p["source_partition"])].add(p["source_offset"])
     sources = _fetch_sources(kafka, wanted)
     by_commit: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+    # Feature events come typed (by a signature in the log, or of a legacy commit's file)
+    # or in the map form: decoded by fingerprint, as the worker did.
+    registry = TypedRegistry()
+    for folded in auditor.fold.models.values():
+        for known in folded.commits.values():
+            if known.signature is not None:
+                registry.add(known.signature)
     for p in predictions:
         raw = sources.get((p["source_topic"], p["source_partition"], p["source_offset"]))
         state = auditor.fold.models.get(p["model"])
@@ -649,8 +656,12 @@ def verify_predictions(
             )
         else:
             try:
-                event = FEATURES.decode(raw)
-            except UndecodableMessage as exc:
+                try:
+                    event, _ = registry.decode(raw)
+                except UnknownSchema:
+                    registry.add(loader.load(commit.artifact_sha256).summary.signature)
+                    event, _ = registry.decode(raw)
+            except Undecodable as exc:
                 problem = f"the bytes at the recorded coordinates are no feature event: {exc}"
             else:
                 if event["event_id"] != p["feature_event_id"]:

@@ -256,6 +256,11 @@ _LINKS: dict[str, dict[str, Any]] = {
         ),
         "Log": _link("log", "History up to the commit.", {**_READ_IT, "query.ref": _HEAD}),
         "Merge": _link("merge", "Merge its branch somewhere.", _MODEL, {"source": _REF}),
+        "FeatureSchema": _link(
+            "featureSchema",
+            "The typed feature event its signature implies.",
+            {**_READ_IT, "query.ref": _HEAD},
+        ),
     },
     "createBranch": {
         "Commit": _link("commit", "Commit to the new branch.", _MODEL, {"branch": _REF}),
