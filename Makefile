@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test lint typecheck unit integration kafka kafka-if-java test-unit test-tansu \
-	test-kafka test-cluster test-store test-cluster-then-store \
+	test-kafka test-cluster test-store test-cluster-then-store test-kafka-in-slot \
 	bench up down clean
 
 # Apache Kafka for the third test tier: Maven copies the pinned broker's jars into
@@ -25,7 +25,12 @@ STORE_TIER_TESTS ?= tests/store tests/integration/test_s3_artifacts.py tests/e2e
 OWN_STACK_TESTS ?= \
 	tests/integration/test_audit.py::test_stopping_and_starting_the_embedded_stack_keeps_history \
 	tests/e2e/test_cli_security.py::test_up_sign_predictions_makes_every_worker_sign_and_audit_verifies_it
-TANSU_IN_TIER_5 ?= tests/integration/test_hostile_messages.py
+TANSU_IN_TIER_5 ?= tests/integration/test_hostile_messages.py \
+	tests/integration/test_oip.py tests/integration/test_typed_features.py
+# The same slot, after tier 5, runs these modules' Apache Kafka runs (tier 3 leaves them out):
+# the serving API's logic (signatures, typed events, OIP), each on one module stack.
+KAFKA_IN_SLOT ?= tests/integration/test_signatures.py tests/integration/test_oip.py \
+	tests/integration/test_typed_features.py
 # Tier 4: the 3-broker cluster under faults (tests/cluster; MODELVC_CLUSTER_SEED replays one).
 CLUSTER_TIER_TESTS ?= tests/cluster
 # --durations: each tier names its 10 slowest tests, where the time budget goes.
@@ -80,7 +85,8 @@ test: $(STAMP)
 test-cluster-then-store: $(STAMP)
 	@$(MAKE) --no-print-directory test-cluster; cluster=$$?; \
 	$(MAKE) --no-print-directory test-store; store=$$?; \
-	[ $$cluster -eq 0 ] && [ $$store -eq 0 ]
+	$(MAKE) --no-print-directory test-kafka-in-slot; moved=$$?; \
+	[ $$cluster -eq 0 ] && [ $$store -eq 0 ] && [ $$moved -eq 0 ]
 
 test-unit: $(STAMP)
 	@$(call timed,tier 1 (unit),$(PYTEST) tests/unit)
@@ -111,7 +117,11 @@ kafka-if-java:
 
 test-kafka: $(STAMP)
 	@$(call kafka_tier,tier 3 (Apache Kafka),MODELVC_TEST_BROKERS=kafka MODELVC_TEST_CLUSTER=0 \
-	  $(PYTEST) $(KAFKA_TIER_TESTS))
+	  $(PYTEST) $(KAFKA_TIER_TESTS) $(KAFKA_IN_SLOT:%=--ignore=%))
+
+test-kafka-in-slot: $(STAMP)
+	@$(call kafka_tier,tier 3b (Apache Kafka; in tier 4 and 5's slot),MODELVC_TEST_BROKERS=kafka \
+	  MODELVC_TEST_CLUSTER=0 $(PYTEST) $(KAFKA_IN_SLOT) -k kafka)
 
 test-cluster: $(STAMP)
 	@$(call kafka_tier,tier 4 (3-broker Apache Kafka cluster),MODELVC_TEST_BROKERS=kafka \
