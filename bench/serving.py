@@ -196,25 +196,31 @@ def breakdown(
 
     async def stages() -> list[bytes]:
         version = await tracker.version_for("bench", "main")
-        decode = tracker.registry.decode  # by fingerprint, as Scorer.score decodes
+        read = tracker.registry.read  # by fingerprint, as Scorer.score decodes
         await scorer.score(incoming[:batch])  # warm
         names = version.loaded.feature_names
         encoded: list[bytes] = []
         for start in range(0, n, batch):
             chunk = incoming[start : start + batch]
-            events, _, took = timed(lambda c=chunk: [decode(i.value)[0] for i in c])
+            reads, _, took = timed(lambda c=chunk: [read(i.value) for i in c])
             totals["decode"] += took
 
-            def group(c: list[Incoming] = chunk, e: list[dict[str, Any]] = events) -> Any:
+            def group(c: list[Incoming] = chunk, r: list[Any] = reads) -> Any:
                 groups: dict[tuple[str, str | None], list[Any]] = defaultdict(list)
-                for item, event in zip(c, e, strict=True):
-                    groups[(event["model"], event["ref"])].append((item, event))
+                for item, got in zip(c, r, strict=True):
+                    groups[(got.event["model"], got.event["ref"])].append((item, got))
                 matrices = []
                 for members in groups.values():
-                    rows = [scoring.feature_row(ev["features"], names) for _, ev in members]
-                    matrix = np.asarray(rows, dtype=np.float64)
+                    # As the scorer does: an all-double typed event's raw features go into
+                    # one frombuffer matrix; the map form is read feature by feature.
+                    if all(got.doubles is not None for _, got in members):
+                        raw = b"".join(got.doubles for _, got in members)
+                        matrix = np.frombuffer(raw, dtype="<f8").reshape(len(members), -1)
+                    else:
+                        rows = [scoring.feature_row(g.event["features"], names) for _, g in members]
+                        matrix = np.asarray(rows, dtype=np.float64)
                     scoring.check_finite(matrix, names)
-                    matrices.append((members, matrix))
+                    matrices.append(([(item, got.event) for item, got in members], matrix))
                 return matrices
 
             matrices, _, took = timed(group)
