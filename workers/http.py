@@ -30,7 +30,6 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from streams import auth
-from streams.core.model_signature import ModelSignature
 from streams.http_edge import (
     JSON,
     OCTET_STREAM,
@@ -51,11 +50,6 @@ MAX_BODY_BYTES = 1024 * 1024
 BINARY_HEADER = "Inference-Header-Content-Length"
 
 Predict = Callable[[Version, np.ndarray], Awaitable[np.ndarray]]
-
-
-def served_signature(version: Version) -> ModelSignature:
-    """What the served version takes and gives, as read from its file."""
-    return version.loaded.summary.signature
 
 
 class Coalescer:
@@ -283,7 +277,7 @@ def create_app(worker: Worker) -> web.Application:
         async def answer() -> dict[str, Any]:
             version = await v2_version(request, None)
             return oip.model_metadata(
-                request.match_info["model"], version, served_signature(version)
+                request.match_info["model"], version, version.loaded.summary.signature
             )
 
         return await v2_answer(request, answer)
