@@ -1,0 +1,1 @@
+"""The streams app's side of monitoring: metric windows, the rollout controller."""
