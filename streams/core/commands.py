@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from streams.core.hashing import canonical, sha256_hex
 from streams.core.model_signature import ModelSignature
+from streams.core.rollout import Policy
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class MakeCommit:
     expect_head: str | None = None
     # Read by the API from the uploaded file itself, never taken from the request body.
     signature: ModelSignature | None = None
+    # The training data's reference bins in the artifact store (64 hex; the API checks
+    # that they exist and parse).
+    reference_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,9 @@ class Merge:
     # The signature of ``artifact_sha256`` (read by the API from the file) when the merge
     # gives a new model file; a merge that keeps a parent's file keeps its signature.
     signature: ModelSignature | None = None
+    # Likewise the reference bins: a kept parent's file keeps that parent's, a new file
+    # has none unless given.
+    reference_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,60 @@ class MoveAlias:
     # Move even though the target needs features producers for the current commit do not
     # send (modelvc alias set NAME REF --allow-signature-change).
     allow_signature_change: bool = False
+
+
+# -- shadows and canary rollouts of an alias (issue 12) -------------------------------
+@dataclass(frozen=True)
+class StartShadow:
+    alias: str
+    candidate_ref: str
+
+
+@dataclass(frozen=True)
+class StopShadow:
+    alias: str
+
+
+@dataclass(frozen=True)
+class StartRollout:
+    alias: str
+    to_ref: str
+    policy: Policy
+    allow_signature_change: bool = False
+
+
+@dataclass(frozen=True)
+class AdvanceRollout:
+    """The controller's step: sent with the step it judged, so a stale decision is refused."""
+
+    rollout_id: str
+    expect_step: int
+    evidence: str  # canonical JSON (refs.evidence_problem)
+
+
+@dataclass(frozen=True)
+class AbortRollout:
+    rollout_id: str
+    reason: str
+    evidence: str = ""  # "" for a person's abort: decide records who did it
+    expect_step: int | None = None  # the controller's: refused when the rollout moved on
+
+
+@dataclass(frozen=True)
+class PauseRollout:
+    rollout_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ResumeRollout:
+    rollout_id: str
+
+
+@dataclass(frozen=True)
+class PromoteRollout:
+    rollout_id: str
+    reason: str
 
 
 # -- admin commands: the security chain and the writer-key rings ---------------------
@@ -129,6 +190,14 @@ Body = (
     | UnprotectRef
     | AddWriterKey
     | RetireWriterKey
+    | StartShadow
+    | StopShadow
+    | StartRollout
+    | AdvanceRollout
+    | AbortRollout
+    | PauseRollout
+    | ResumeRollout
+    | PromoteRollout
 )
 BODY_TYPES: tuple[type, ...] = (
     CreateModel,
@@ -144,6 +213,14 @@ BODY_TYPES: tuple[type, ...] = (
     UnprotectRef,
     AddWriterKey,
     RetireWriterKey,
+    StartShadow,
+    StopShadow,
+    StartRollout,
+    AdvanceRollout,
+    AbortRollout,
+    PauseRollout,
+    ResumeRollout,
+    PromoteRollout,
 )
 
 
@@ -175,6 +252,27 @@ def _digest_number(value: object) -> object:
     return repr(value)
 
 
+def _digest_policy(policy: object) -> object:
+    # Whatever the caller put in (decide refuses junk later), as plain data.
+    if not isinstance(policy, Policy):
+        return repr(policy)
+    regression = policy.max_regression
+    return {
+        "steps": [_digest_number(s) for s in policy.steps]
+        if isinstance(policy.steps, tuple | list)
+        else repr(policy.steps),
+        "min_labels": _digest_number(policy.min_labels),
+        "max_regression": {str(k): _digest_number(v) for k, v in regression.items()}
+        if isinstance(regression, Mapping)
+        else repr(regression),
+        "max_p99_ms": None if policy.max_p99_ms is None else _digest_number(policy.max_p99_ms),
+        "max_dead_letter_rate": None
+        if policy.max_dead_letter_rate is None
+        else _digest_number(policy.max_dead_letter_rate),
+        "step_timeout_ms": _digest_number(policy.step_timeout_ms),
+    }
+
+
 def command_digest(command: Command) -> str:
     """sha256 of what makes two sends "the same request" under one command id.
 
@@ -183,7 +281,8 @@ def command_digest(command: Command) -> str:
     because the server stamps it on every send: a retry after a timeout is the
     same request although it arrives later. The fields issue 11 added (a
     ``signature``, ``allow_signature_change``) enter only when set, so a request
-    sent before them digests as it did and its retry is still a repeat.
+    sent before them digests as it did and its retry is still a repeat; so does issue 12's
+    ``reference_sha256``.
     """
     fields = dict(command.body.__dict__)
     if "signature" in fields:
@@ -192,6 +291,10 @@ def command_digest(command: Command) -> str:
             fields["signature"] = signature.plain()
     if fields.get("allow_signature_change") is False:
         del fields["allow_signature_change"]
+    if "reference_sha256" in fields and fields["reference_sha256"] is None:
+        del fields["reference_sha256"]
+    if "policy" in fields:
+        fields["policy"] = _digest_policy(fields["policy"])
     if "params" in fields:
         fields["params"] = dict(fields["params"])
     if "metrics" in fields:

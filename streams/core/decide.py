@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from streams.core import model_signature, refs, security, signatures
 from streams.core.commands import (
+    AbortRollout,
     AddWriterKey,
+    AdvanceRollout,
     Command,
     CreateBranch,
     CreateModel,
@@ -25,10 +27,16 @@ from streams.core.commands import (
     MakeCommit,
     Merge,
     MoveAlias,
+    PauseRollout,
+    PromoteRollout,
     ProtectRef,
+    ResumeRollout,
     RetireWriterKey,
     RevokeToken,
     Rollback,
+    StartRollout,
+    StartShadow,
+    StopShadow,
     UnprotectRef,
     command_digest,
 )
@@ -44,9 +52,12 @@ from streams.core.errors import (
     NotAnAncestor,
     NothingToDo,
     ProtectedBranch,
+    RolloutActive,
+    RolloutMoved,
     SignatureChangeRefused,
     StaleHead,
     UnknownRef,
+    UnknownRollout,
 )
 from streams.core.events import (
     AliasMoved,
@@ -61,6 +72,13 @@ from streams.core.events import (
     RefProtected,
     RefUnprotected,
     RolledBack,
+    RolloutAborted,
+    RolloutAdvanced,
+    RolloutPaused,
+    RolloutResumed,
+    RolloutStarted,
+    ShadowStarted,
+    ShadowStopped,
     TokenIssued,
     TokenRevoked,
     WriterKeyAdded,
@@ -68,6 +86,7 @@ from streams.core.events import (
 )
 from streams.core.hashing import GENESIS_HASH, SHA256_HEX, canonical, commit_id
 from streams.core.model_signature import ModelSignature
+from streams.core.rollout import RUNNING, Rollout, active_rollout, rollout_id
 from streams.core.security import SecurityState
 from streams.core.signatures import KeyRing
 from streams.core.state import ModelState, Receipt
@@ -93,6 +112,17 @@ def _check_digest(digest: str) -> str:
     return digest
 
 
+def _check_reference(digest: str | None) -> str | None:
+    if digest is not None and (not isinstance(digest, str) or not SHA256_HEX.fullmatch(digest)):
+        raise InvalidCommand(
+            f"reference digest {digest!r:.80} is not a sha256 hex string; upload the "
+            "reference first (POST /v1/references, or modelvc commit FILE --reference "
+            "SAMPLE.csv) and use the digest it returns",
+            field="reference_sha256",
+        )
+    return digest
+
+
 def _check_metrics(metrics: Mapping[str, float]) -> Mapping[str, float]:
     for key, value in metrics.items():
         if (
@@ -114,6 +144,7 @@ def _make_commit(
     metrics: Mapping[str, float],
     message: str,
     signature: ModelSignature | None,
+    reference_sha256: str | None = None,
 ) -> Commit:
     fields: dict[str, Any] = {
         "parents": parents,
@@ -125,7 +156,13 @@ def _make_commit(
         "at": command.at,
     }
     plain = None if signature is None else _check_signature(signature).plain()
-    return Commit(id=commit_id(**fields, signature=plain), **fields, signature=signature)
+    reference = _check_reference(reference_sha256)
+    return Commit(
+        id=commit_id(**fields, signature=plain, reference_sha256=reference),
+        **fields,
+        signature=signature,
+        reference_sha256=reference,
+    )
 
 
 def _check_signature(signature: ModelSignature) -> ModelSignature:
@@ -202,6 +239,7 @@ def make_commit(state: ModelState, command: Command) -> Payload:
         _check_metrics(body.metrics),
         body.message,
         body.signature,
+        body.reference_sha256,
     )
     if commit.id in state.commits:
         raise InvalidCommand(
@@ -274,12 +312,15 @@ def merge(state: ModelState, command: Command) -> Payload:
         _check_digest(body.artifact_sha256) if body.artifact_sha256 else picked.artifact_sha256
     )
     strategy = body.strategy if body.strategy is not None else "artifact"
+    # The merge keeps a parent's file: it keeps what that file was recorded with (its
+    # signature, and the reference bins of the data it was trained on).
+    kept = next((c for c in (picked, ours, theirs) if c.artifact_sha256 == artifact), None)
     signature = body.signature
-    if signature is None:
-        # The merge keeps a parent's file: it keeps what that file was recorded with.
-        signature = next(
-            (c.signature for c in (picked, ours, theirs) if c.artifact_sha256 == artifact), None
-        )
+    if signature is None and kept is not None:
+        signature = kept.signature
+    reference = body.reference_sha256
+    if reference is None and kept is not None:
+        reference = kept.reference_sha256
     commit = _make_commit(
         command,
         (target_head, source_head),
@@ -288,6 +329,7 @@ def merge(state: ModelState, command: Command) -> Payload:
         picked.metrics,
         body.message or f"Merge {body.source} into {body.target} ({strategy})",
         signature,
+        reference,
     )
     return Merged(body.source, body.target, source_head, target_head, False, strategy, commit)
 
@@ -338,12 +380,16 @@ def move_alias(state: ModelState, command: Command) -> Payload:
     target = refs.resolve(state, body.ref)
     if target == current:
         raise NothingToDo(f"alias {body.alias!r} already points at {target}", head=target)
+    _check_no_rollout(state, body.alias, "move")
     if current is not None and not body.allow_signature_change:
-        _check_signature_change(state, body.alias, current, target)
+        retry = f"modelvc -M {state.name} alias set {body.alias} {target[:12]}"
+        _check_signature_change(state, body.alias, current, target, retry)
     return AliasMoved(body.alias, current, target, body.allow_signature_change)
 
 
-def _check_signature_change(state: ModelState, alias: str, current: str, target: str) -> None:
+def _check_signature_change(
+    state: ModelState, alias: str, current: str, target: str, retry: str
+) -> None:
     """Refuse a move whose target needs features the current commit's producers do not send.
 
     A commit recorded before signatures existed (either side) has none to compare: such a
@@ -361,12 +407,224 @@ def _check_signature_change(state: ModelState, alias: str, current: str, target:
     raise SignatureChangeRefused(
         f"moving alias {alias} from {current[:12]} to {target[:12]} would require "
         f"feature(s) {shown} that producers for {current[:12]} do not send; publish them "
-        f"first, or run: modelvc -M {state.name} alias set {alias} {target[:12]} "
-        "--allow-signature-change",
+        f"first, or run: {retry} --allow-signature-change",
         features=added,
         current=current,
         target=target,
     )
+
+
+# -- shadows and canary rollouts -------------------------------------------------------
+
+
+def _alias_commit(state: ModelState, alias: str, doing: str) -> str:
+    refs.check_name("alias", alias)
+    if alias not in state.aliases:
+        raise UnknownRef(
+            f"model {state.name!r} has no alias {refs.shown(alias)} to {doing}; point it at "
+            f"a commit first: modelvc -M {state.name} alias set {alias} REF",
+            ref=alias,
+            hint=refs.list_refs(state),
+        )
+    return state.aliases[alias]
+
+
+def _check_no_rollout(state: ModelState, alias: str, doing: str) -> None:
+    rollout = active_rollout(state.rollouts, alias)
+    if rollout is not None:
+        raise RolloutActive(
+            f"alias {alias!r} is in rollout {rollout.id} ({rollout.status}, "
+            f"{rollout.percent}% on {rollout.candidate[:12]}); {doing} it once the rollout "
+            f"ends: modelvc -M {state.name} rollout abort {rollout.id} --reason ..., or "
+            f"modelvc -M {state.name} rollout promote {rollout.id} --reason ...",
+            rollout_id=rollout.id,
+            alias=alias,
+        )
+
+
+def _reason(reason: object, *, required: bool) -> str:
+    _refused(security.text_problem("reason", reason), "reason")  # type: ignore[arg-type]
+    assert isinstance(reason, str)
+    if required and not reason.strip():
+        raise InvalidCommand("give a reason that is not blank (--reason ...)", field="reason")
+    return reason
+
+
+def _manual(command: Command, reason: str) -> str:
+    """The evidence of a person's decision: who, and why."""
+    evidence: dict[str, object] = {"manual": True, "by": command.actor}
+    if reason:
+        evidence["reason"] = reason
+    return canonical(evidence).decode()
+
+
+def _evidence(command: Command, evidence: object, reason: str) -> str:
+    if evidence == "":
+        return _manual(command, reason)
+    _refused(refs.evidence_problem(evidence), "evidence")
+    assert isinstance(evidence, str)
+    return evidence
+
+
+def start_shadow(state: ModelState, command: Command) -> Payload:
+    body: StartShadow = command.body  # type: ignore[assignment]
+    serving = _alias_commit(state, body.alias, "shadow")
+    candidate = refs.resolve(state, body.candidate_ref)
+    if candidate == serving:
+        raise InvalidCommand(
+            f"alias {body.alias!r} already serves {candidate[:12]}; shadow another commit",
+            field="candidate",
+        )
+    current = state.shadows.get(body.alias)
+    if current is not None and current.candidate == candidate:
+        raise NothingToDo(f"{candidate[:12]} already shadows alias {body.alias!r}", head=candidate)
+    return ShadowStarted(body.alias, candidate)
+
+
+def stop_shadow(state: ModelState, command: Command) -> Payload:
+    body: StopShadow = command.body  # type: ignore[assignment]
+    refs.check_name("alias", body.alias)
+    current = state.shadows.get(body.alias)
+    if current is None:
+        raise NothingToDo(
+            f"alias {body.alias!r} has no shadow; see the shadows: modelvc -M {state.name} shadow"
+        )
+    return ShadowStopped(body.alias, current.candidate)
+
+
+def start_rollout(state: ModelState, command: Command) -> Payload:
+    body: StartRollout = command.body  # type: ignore[assignment]
+    baseline = _alias_commit(state, body.alias, "roll out")
+    candidate = refs.resolve(state, body.to_ref)
+    if candidate == baseline:
+        raise NothingToDo(
+            f"alias {body.alias!r} already serves {candidate[:12]}; roll out another commit",
+            head=candidate,
+        )
+    _refused(refs.policy_problem(body.policy), "policy")
+    _check_no_rollout(state, body.alias, "start another rollout of")
+    if not body.allow_signature_change:
+        retry = f"modelvc -M {state.name} rollout start {body.alias} --to {candidate[:12]}"
+        _check_signature_change(state, body.alias, baseline, candidate, retry)
+    rid = rollout_id(state.name, command.command_id)
+    if rid in state.rollouts:  # 44 bits of a hash: not expected, but never overwrite one
+        raise InvalidCommand(
+            f"rollout id {rid} is taken; send the command again with another command id",
+            field="command_id",
+        )
+    policy = body.policy
+    return RolloutStarted(
+        rollout_id=rid,
+        alias=body.alias,
+        baseline=baseline,
+        candidate=candidate,
+        steps=tuple(policy.steps),
+        min_labels=policy.min_labels,
+        max_regression={k: float(v) for k, v in policy.max_regression.items()},
+        max_p99_ms=None if policy.max_p99_ms is None else float(policy.max_p99_ms),
+        max_dead_letter_rate=None
+        if policy.max_dead_letter_rate is None
+        else float(policy.max_dead_letter_rate),
+        step_timeout_ms=policy.step_timeout_ms,
+        allow_signature_change=body.allow_signature_change,
+    )
+
+
+def _rollout(state: ModelState, rid: object) -> Rollout:
+    rollout = state.rollouts.get(rid) if isinstance(rid, str) else None
+    if rollout is None:
+        raise UnknownRollout(
+            f"model {state.name!r} has no rollout {refs.shown(str(rid))}; see its rollouts: "
+            f"modelvc -M {state.name} rollout status",
+            rollout_id=str(rid)[:64],
+        )
+    return rollout
+
+
+def _moved(state: ModelState, rollout: Rollout, why: str) -> RolloutMoved:
+    return RolloutMoved(
+        f"rollout {rollout.id} of alias {rollout.alias!r} {why} (it is {rollout.status} at "
+        f"step {rollout.step}, {rollout.percent}%); see it now: "
+        f"modelvc -M {state.name} rollout status {rollout.id}",
+        rollout_id=rollout.id,
+        step=rollout.step,
+        status=rollout.status,
+    )
+
+
+def _check_step(state: ModelState, rollout: Rollout, expect_step: object) -> None:
+    if expect_step is not None and (
+        not isinstance(expect_step, int) or isinstance(expect_step, bool)
+    ):
+        raise InvalidCommand(f"expect_step {expect_step!r:.40} is not a step number", field="step")
+    if expect_step is not None and expect_step != rollout.step:
+        raise _moved(state, rollout, f"is no longer at step {expect_step}")
+
+
+def _completion(rollout: Rollout, state: ModelState, evidence: str) -> tuple[Payload, ...]:
+    """The rollout's last decision: the candidate takes all traffic and the alias moves."""
+    last = len(rollout.policy.steps) - 1
+    return (
+        RolloutAdvanced(rollout.id, rollout.step, last, 100, True, evidence),
+        AliasMoved(
+            rollout.alias,
+            state.aliases.get(rollout.alias),
+            rollout.candidate,
+            rollout.allow_signature_change,
+        ),
+    )
+
+
+def advance_rollout(state: ModelState, command: Command) -> tuple[Payload, ...]:
+    body: AdvanceRollout = command.body  # type: ignore[assignment]
+    rollout = _rollout(state, body.rollout_id)
+    if rollout.status != RUNNING:
+        raise _moved(state, rollout, "is not running")
+    _check_step(state, rollout, body.expect_step)
+    _refused(refs.evidence_problem(body.evidence), "evidence")
+    steps = rollout.policy.steps
+    if rollout.step + 1 < len(steps):
+        to = rollout.step + 1
+        return (RolloutAdvanced(rollout.id, rollout.step, to, steps[to], False, body.evidence),)
+    return _completion(rollout, state, body.evidence)
+
+
+def abort_rollout(state: ModelState, command: Command) -> Payload:
+    body: AbortRollout = command.body  # type: ignore[assignment]
+    rollout = _rollout(state, body.rollout_id)
+    if not rollout.active:
+        raise _moved(state, rollout, "has ended")
+    _check_step(state, rollout, body.expect_step)
+    reason = _reason(body.reason, required=True)
+    evidence = _evidence(command, body.evidence, reason)
+    return RolloutAborted(rollout.id, rollout.step, reason, evidence)
+
+
+def pause_rollout(state: ModelState, command: Command) -> Payload:
+    body: PauseRollout = command.body  # type: ignore[assignment]
+    rollout = _rollout(state, body.rollout_id)
+    if rollout.status != RUNNING:
+        raise _moved(state, rollout, "is not running")
+    return RolloutPaused(rollout.id, _reason(body.reason, required=False))
+
+
+def resume_rollout(state: ModelState, command: Command) -> Payload:
+    body: ResumeRollout = command.body  # type: ignore[assignment]
+    rollout = _rollout(state, body.rollout_id)
+    if rollout.status == RUNNING:
+        raise NothingToDo(f"rollout {rollout.id} is already running")
+    if not rollout.active:
+        raise _moved(state, rollout, "has ended")
+    return RolloutResumed(rollout.id)
+
+
+def promote_rollout(state: ModelState, command: Command) -> tuple[Payload, ...]:
+    body: PromoteRollout = command.body  # type: ignore[assignment]
+    rollout = _rollout(state, body.rollout_id)
+    if not rollout.active:
+        raise _moved(state, rollout, "has ended")
+    reason = _reason(body.reason, required=True)
+    return _completion(rollout, state, _manual(command, reason))
 
 
 # -- the security chain ------------------------------------------------------------
@@ -485,7 +743,10 @@ def retire_writer_key(ring: KeyRing | None, command: Command, signer: str) -> Pa
     return WriterKeyRetired(body.key_id, body.reason)
 
 
-_DECIDERS: dict[type, Callable[[Any, Command], Payload]] = {
+# A decider gives one event's payload, or several that one decision appends together
+# (a rollout's completion: RolloutAdvanced, then the AliasMoved it causes).
+Decided = Payload | tuple[Payload, ...]
+_DECIDERS: dict[type, Callable[[Any, Command], Decided]] = {
     CreateModel: create_model,
     MakeCommit: make_commit,
     CreateBranch: create_branch,
@@ -493,6 +754,14 @@ _DECIDERS: dict[type, Callable[[Any, Command], Payload]] = {
     Merge: merge,
     Rollback: rollback,
     MoveAlias: move_alias,
+    StartShadow: start_shadow,
+    StopShadow: stop_shadow,
+    StartRollout: start_rollout,
+    AdvanceRollout: advance_rollout,
+    AbortRollout: abort_rollout,
+    PauseRollout: pause_rollout,
+    ResumeRollout: resume_rollout,
+    PromoteRollout: promote_rollout,
 }
 _SECURITY_DECIDERS: dict[type, Callable[[Any, Command], Payload]] = {
     IssueToken: issue_token,
@@ -533,7 +802,7 @@ def _wrong_stream(command: Command, takes: str) -> InvalidCommand:
     )
 
 
-def _payload(state: State | None, command: Command, key_id: str) -> Payload:
+def _payload(state: State | None, command: Command, key_id: str) -> Decided:
     body_type, model = type(command.body), command.model
     if model == security.SECURITY_STREAM:
         if body_type not in _SECURITY_DECIDERS:
@@ -568,20 +837,28 @@ def decide(state: State | None, command: Command, key_id: str = "") -> tuple[Mod
     if state is not None and command.command_id in state.receipts:
         _check_repeat(command, state.receipts[command.command_id], digest)
         return ()
-    payload = _payload(state, command, key_id)
-    return (
-        ModelEvent(
+    decided = _payload(state, command, key_id)
+    payloads = decided if isinstance(decided, tuple) else (decided,)
+    seq = 0 if state is None else state.seq
+    prev_hash = GENESIS_HASH if state is None else state.last_hash
+    events: list[ModelEvent] = []
+    for payload in payloads:
+        if events:
+            prev_hash = events[-1].hash()
+        seq += 1
+        event = ModelEvent(
             model=command.model,
-            seq=1 if state is None else state.seq + 1,
-            prev_hash=GENESIS_HASH if state is None else state.last_hash,
+            seq=seq,
+            prev_hash=prev_hash,
             command_id=command.command_id,
             actor=command.actor,
             at=command.at,
             payload=payload,
             command_digest=digest,
             key_id=key_id,
-        ),
-    )
+        )
+        events.append(event)
+    return tuple(events)
 
 
 def decide_on(

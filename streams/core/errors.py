@@ -146,6 +146,26 @@ class SignatureChangeRefused(VersionGraphError):
     code = "signature_change"
 
 
+class UnknownRollout(VersionGraphError):
+    """Raised when a command names a rollout id the model never started."""
+
+    code = "unknown_rollout"
+
+
+class RolloutActive(VersionGraphError):
+    """Raised when an alias with a running or paused rollout would be moved, or given a
+    second rollout: the rollout must be aborted or promoted first. Body: ``rollout_id``."""
+
+    code = "rollout_active"
+
+
+class RolloutMoved(VersionGraphError):
+    """Raised when a rollout is not where the command expected it (another step, paused,
+    ended): the decision was made on an old view. Body: ``rollout_id``, ``step``, ``status``."""
+
+    code = "rollout_moved"
+
+
 class NotAnAncestor(VersionGraphError):
     """Raised when a rollback target is not on the branch's first-parent history."""
 

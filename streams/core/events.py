@@ -12,6 +12,7 @@ from typing import Any
 
 from streams.core.hashing import canonical, sha256_hex
 from streams.core.model_signature import ModelSignature
+from streams.core.rollout import Policy
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ class Commit:
     # The model's input signature, read from the file by the server (issue 11). None in
     # commits written before signatures existed: their ids hash no signature at all.
     signature: ModelSignature | None = None
+    # sha256 of the training data's reference bins (monitoring.Reference, issue 12) in the
+    # artifact store: what the monitor measures drift against. Hashed into the id only when
+    # set, like ``signature``, so every older commit keeps its id.
+    reference_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,75 @@ class WriterKeyRetired:
     reason: str
 
 
+# -- shadows and canary rollouts of an alias (issue 12; state in streams.core.rollout) --
+@dataclass(frozen=True)
+class ShadowStarted:
+    alias: str
+    candidate: str  # commit id, scored beside the alias's commit, never served
+
+
+@dataclass(frozen=True)
+class ShadowStopped:
+    alias: str
+    candidate: str
+
+
+@dataclass(frozen=True)
+class RolloutStarted:
+    rollout_id: str
+    alias: str
+    baseline: str  # the commit the alias pointed at
+    candidate: str
+    # The rollout.Policy, flat as the Avro record holds it.
+    steps: tuple[int, ...]
+    min_labels: int
+    max_regression: Mapping[str, float]
+    max_p99_ms: float | None = None
+    max_dead_letter_rate: float | None = None
+    step_timeout_ms: int = 0
+    allow_signature_change: bool = False
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(
+            steps=tuple(self.steps),
+            min_labels=self.min_labels,
+            max_regression=dict(self.max_regression),
+            max_p99_ms=self.max_p99_ms,
+            max_dead_letter_rate=self.max_dead_letter_rate,
+            step_timeout_ms=self.step_timeout_ms,
+        )
+
+
+@dataclass(frozen=True)
+class RolloutAdvanced:
+    rollout_id: str
+    from_step: int
+    to_step: int  # the last step's index when completed
+    percent: int  # the candidate's share from now on
+    completed: bool  # the alias moves to the candidate (an AliasMoved follows)
+    evidence: str  # canonical JSON of what the decision saw (refs.evidence_problem)
+
+
+@dataclass(frozen=True)
+class RolloutAborted:
+    rollout_id: str
+    step: int
+    reason: str
+    evidence: str
+
+
+@dataclass(frozen=True)
+class RolloutPaused:
+    rollout_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RolloutResumed:
+    rollout_id: str
+
+
 Payload = (
     ModelCreated
     | Committed
@@ -144,6 +218,13 @@ Payload = (
     | RefUnprotected
     | WriterKeyAdded
     | WriterKeyRetired
+    | ShadowStarted
+    | ShadowStopped
+    | RolloutStarted
+    | RolloutAdvanced
+    | RolloutAborted
+    | RolloutPaused
+    | RolloutResumed
 )
 PAYLOAD_TYPES: tuple[type, ...] = (
     ModelCreated,
@@ -159,6 +240,13 @@ PAYLOAD_TYPES: tuple[type, ...] = (
     RefUnprotected,
     WriterKeyAdded,
     WriterKeyRetired,
+    ShadowStarted,
+    ShadowStopped,
+    RolloutStarted,
+    RolloutAdvanced,
+    RolloutAborted,
+    RolloutPaused,
+    RolloutResumed,
 )
 
 
@@ -215,14 +303,18 @@ class ModelEvent:
         A commit enters by its id alone: the id is itself the hash of the
         commit's content (checked by the fold), so hashing the content twice
         would add nothing but time. ``allow_signature_change`` enters only when
-        true, as ``command_digest`` does only when set.
+        true, as ``command_digest`` does only when set. A ``RolloutStarted`` enters
+        as its plain form (``steps`` a list, ``max_regression`` an object).
         """
-        payload = dict(self.payload.__dict__)
-        commit = payload.get("commit")
-        if isinstance(commit, Commit):
-            payload["commit"] = commit.id
-        elif payload.get("allow_signature_change") is False:
-            del payload["allow_signature_change"]
+        if type(self.payload) is RolloutStarted:
+            payload = plain_payload(self.payload)
+        else:
+            payload = dict(self.payload.__dict__)
+            commit = payload.get("commit")
+            if isinstance(commit, Commit):
+                payload["commit"] = commit.id
+            elif payload.get("allow_signature_change") is False:
+                del payload["allow_signature_change"]
         hashed: dict[str, object] = {
             "model": self.model,
             "seq": self.seq,
@@ -241,7 +333,8 @@ class ModelEvent:
 
 
 def plain_commit(commit: Commit) -> dict[str, object]:
-    """The commit's plain form; ``signature`` is None for a commit recorded without one."""
+    """The commit's plain form; ``signature`` and ``reference_sha256`` are None for a commit
+    recorded without one."""
     return {
         "id": commit.id,
         "parents": list(commit.parents),
@@ -252,14 +345,15 @@ def plain_commit(commit: Commit) -> dict[str, object]:
         "author": commit.author,
         "at": commit.at,
         "signature": None if commit.signature is None else commit.signature.plain(),
+        "reference_sha256": commit.reference_sha256,
     }
 
 
 def commit_from_plain(plain: Mapping[str, Any]) -> Commit:
     """Inverse of :func:`plain_commit` (for the codec and the projection).
 
-    The signature may be absent (an older projection or JSON form); ValueError when it
-    is junk.
+    The signature and the reference may be absent (an older projection or JSON form);
+    ValueError when the signature is junk.
     """
     return Commit(
         id=plain["id"],
@@ -271,6 +365,7 @@ def commit_from_plain(plain: Mapping[str, Any]) -> Commit:
         author=plain["author"],
         at=plain["at"],
         signature=signature_from_plain(plain.get("signature")),
+        reference_sha256=plain.get("reference_sha256"),
     )
 
 
@@ -292,13 +387,19 @@ def plain_payload(payload: Payload) -> dict[str, object]:
     Fields added since the first release are left out at their defaults (the Avro
     writer fills them in), so an old event reads back to the JSON it was written as.
     """
-    # Shallow on purpose (hot in replay): only a nested Commit needs converting.
+    # Shallow on purpose (hot in replay): only a nested Commit, and the rare
+    # RolloutStarted's tuple and mapping, need converting.
     plain = dict(payload.__dict__)
     commit = plain.get("commit")
     if isinstance(commit, Commit):
         plain["commit"] = converted = plain_commit(commit)
-        if converted["signature"] is None:
-            del converted["signature"]
-    elif plain.get("allow_signature_change") is False:
+        for key in ("signature", "reference_sha256"):
+            if converted[key] is None:
+                del converted[key]
+        return plain
+    if type(payload) is RolloutStarted:
+        plain["steps"] = list(payload.steps)
+        plain["max_regression"] = dict(payload.max_regression)
+    if plain.get("allow_signature_change") is False:
         del plain["allow_signature_change"]
     return plain

@@ -8,6 +8,7 @@ event costs O(1) whatever the size of its model (a replay is linear).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -24,11 +25,19 @@ from streams.core.events import (
     RefProtected,
     RefUnprotected,
     RolledBack,
+    RolloutAborted,
+    RolloutAdvanced,
+    RolloutPaused,
+    RolloutResumed,
+    RolloutStarted,
+    ShadowStarted,
+    ShadowStopped,
     TokenIssued,
     TokenRevoked,
     WriterKeyAdded,
     WriterKeyRetired,
 )
+from streams.core.rollout import ABORTED, COMPLETED, PAUSED, RUNNING, Rollout, Shadow
 from streams.core.security import SecurityState, Token
 from streams.core.signatures import KeyRing
 from streams.core.state import ModelState, PersistentMap, Receipt, Reflog, RefMove
@@ -74,6 +83,8 @@ def _move(
             event.command_id, Receipt(event.seq, event.type, name, new, event.command_digest)
         ),
         Reflog(move, state.reflog),
+        state.shadows,
+        state.rollouts,
     )
 
 
@@ -189,6 +200,108 @@ def alias_moved(state: ModelState, event: ModelEvent, event_hash: str) -> ModelS
     )
 
 
+# -- shadows and rollouts: no ref moves (the alias moves by its own AliasMoved) ----------
+
+
+def _noted(
+    state: ModelState,
+    event: ModelEvent,
+    event_hash: str,
+    ref: str,
+    head: str | None,
+    *,
+    shadows: Mapping[str, Shadow] | None = None,
+    rollouts: Mapping[str, Rollout] | None = None,
+) -> ModelState:
+    return replace(
+        state,
+        seq=event.seq,
+        last_hash=event_hash,
+        receipts=_persistent(state.receipts).set(
+            event.command_id, Receipt(event.seq, event.type, ref, head, event.command_digest)
+        ),
+        shadows=state.shadows if shadows is None else shadows,
+        rollouts=state.rollouts if rollouts is None else rollouts,
+    )
+
+
+def shadow_started(state: ModelState, event: ModelEvent, event_hash: str) -> ModelState:
+    p: ShadowStarted = event.payload  # type: ignore[assignment]
+    shadow = Shadow(p.alias, p.candidate, event.at)
+    shadows = _persistent(state.shadows).set(p.alias, shadow)
+    return _noted(state, event, event_hash, p.alias, p.candidate, shadows=shadows)
+
+
+def shadow_stopped(state: ModelState, event: ModelEvent, event_hash: str) -> ModelState:
+    p: ShadowStopped = event.payload  # type: ignore[assignment]
+    shadows = _persistent(state.shadows).without(p.alias)
+    return _noted(state, event, event_hash, p.alias, None, shadows=shadows)
+
+
+def rollout_started(state: ModelState, event: ModelEvent, event_hash: str) -> ModelState:
+    p: RolloutStarted = event.payload  # type: ignore[assignment]
+    rollout = Rollout(
+        id=p.rollout_id,
+        alias=p.alias,
+        baseline=p.baseline,
+        candidate=p.candidate,
+        policy=p.policy,
+        step=0,
+        status=RUNNING,
+        started_at=event.at,
+        step_started_at=event.at,
+        allow_signature_change=p.allow_signature_change,
+    )
+    rollouts = _persistent(state.rollouts).set(p.rollout_id, rollout)
+    return _noted(state, event, event_hash, p.rollout_id, p.candidate, rollouts=rollouts)
+
+
+def _changed(
+    state: ModelState, event: ModelEvent, event_hash: str, rollout: Rollout, head: str | None
+) -> ModelState:
+    rollouts = _persistent(state.rollouts).set(rollout.id, rollout)
+    return _noted(state, event, event_hash, rollout.id, head, rollouts=rollouts)
+
+
+def _evidence_reason(evidence: str) -> str:
+    # A person's promotion says why in its evidence (decide._manual); the fold checked
+    # that the evidence is a JSON object.
+    try:
+        reason = json.loads(evidence).get("reason", "")
+    except (ValueError, AttributeError, RecursionError):
+        return ""
+    return reason if isinstance(reason, str) else ""
+
+
+def rollout_advanced(state: ModelState, event: ModelEvent, event_hash: str) -> ModelState:
+    p: RolloutAdvanced = event.payload  # type: ignore[assignment]
+    before = state.rollouts[p.rollout_id]
+    after = replace(before, step=p.to_step, step_started_at=event.at)
+    if p.completed:
+        after = replace(after, status=COMPLETED, reason=_evidence_reason(p.evidence))
+    return _changed(state, event, event_hash, after, before.candidate)
+
+
+def rollout_aborted(state: ModelState, event: ModelEvent, event_hash: str) -> ModelState:
+    p: RolloutAborted = event.payload  # type: ignore[assignment]
+    before = state.rollouts[p.rollout_id]
+    after = replace(before, status=ABORTED, reason=p.reason)
+    return _changed(state, event, event_hash, after, before.baseline)
+
+
+def rollout_paused(state: ModelState, event: ModelEvent, event_hash: str) -> ModelState:
+    p: RolloutPaused = event.payload  # type: ignore[assignment]
+    after = replace(state.rollouts[p.rollout_id], status=PAUSED, reason=p.reason)
+    return _changed(state, event, event_hash, after, None)
+
+
+def rollout_resumed(state: ModelState, event: ModelEvent, event_hash: str) -> ModelState:
+    p: RolloutResumed = event.payload  # type: ignore[assignment]
+    # The step starts again: the time it waited paused does not count against its timeout.
+    after = replace(state.rollouts[p.rollout_id], status=RUNNING, step_started_at=event.at)
+    return _changed(state, event, event_hash, after, None)
+
+
 _EVOLVERS: dict[type, Callable[[Any, ModelEvent, str], ModelState]] = {
     ModelCreated: model_created,
     Committed: committed,
@@ -197,6 +310,13 @@ _EVOLVERS: dict[type, Callable[[Any, ModelEvent, str], ModelState]] = {
     Merged: merged,
     RolledBack: rolled_back,
     AliasMoved: alias_moved,
+    ShadowStarted: shadow_started,
+    ShadowStopped: shadow_stopped,
+    RolloutStarted: rollout_started,
+    RolloutAdvanced: rollout_advanced,
+    RolloutAborted: rollout_aborted,
+    RolloutPaused: rollout_paused,
+    RolloutResumed: rollout_resumed,
 }
 
 

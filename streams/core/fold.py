@@ -15,6 +15,7 @@ chains (``~security``, ``~keys.P``) fold into ``Fold.security`` and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,13 @@ from streams.core.events import (
     RefProtected,
     RefUnprotected,
     RolledBack,
+    RolloutAborted,
+    RolloutAdvanced,
+    RolloutPaused,
+    RolloutResumed,
+    RolloutStarted,
+    ShadowStarted,
+    ShadowStopped,
     TokenIssued,
     TokenRevoked,
     WriterKeyAdded,
@@ -39,6 +47,7 @@ from streams.core.events import (
 )
 from streams.core.evolve import evolve, evolve_ring, evolve_security
 from streams.core.hashing import GENESIS_HASH, SHA256_HEX, canonical, commit_id, sha256_hex
+from streams.core.rollout import RUNNING, Rollout, active_rollout, rollout_id
 from streams.core.security import SecurityState
 from streams.core.signatures import KeyRing, Verify
 from streams.core.state import ModelState
@@ -55,6 +64,12 @@ def _bad_commit(state: ModelState, commit: Commit, parents: tuple[str, ...]) -> 
     if not SHA256_HEX.fullmatch(commit.artifact_sha256):
         # A forged commit must not point a worker at anything but a content address.
         return f"commit {commit.id} names no sha256 artifact digest"
+    reference = commit.reference_sha256
+    if reference is not None and not SHA256_HEX.fullmatch(reference):
+        return f"commit {commit.id} names a reference that is no sha256 digest"
+    if not all(math.isfinite(v) for v in commit.metrics.values()):
+        # The canonical form has no NaN: hashing such a forged commit would raise.
+        return f"commit {commit.id} has a metric that is not a finite number"
     recomputed = commit_id(
         parents=commit.parents,
         artifact_sha256=commit.artifact_sha256,
@@ -64,6 +79,7 @@ def _bad_commit(state: ModelState, commit: Commit, parents: tuple[str, ...]) -> 
         author=commit.author,
         at=commit.at,
         signature=None if commit.signature is None else commit.signature.plain(),
+        reference_sha256=reference,
     )
     if recomputed != commit.id:
         return f"commit id {commit.id} is not the hash of its content ({recomputed})"
@@ -125,7 +141,86 @@ def _alias_moved(s: ModelState, p: AliasMoved) -> str | None:
         return f"alias {p.alias!r} is already a branch"
     if s.aliases.get(p.alias) != p.from_commit:
         return f"alias {p.alias!r} is not at {p.from_commit}"
+    rollout = active_rollout(s.rollouts, p.alias) if s.rollouts else None
+    if rollout is not None:
+        # Only the rollout's own decision moves the alias, after it ended the rollout.
+        return f"alias {p.alias!r} is in rollout {rollout.id}"
     return None if p.to_commit in s.commits else f"{p.to_commit} is not a commit"
+
+
+def _shadow_started(s: ModelState, p: ShadowStarted) -> str | None:
+    if p.alias not in s.aliases:
+        return f"alias {refs.shown(p.alias)} does not exist"
+    if p.candidate not in s.commits or p.candidate == s.aliases[p.alias]:
+        return f"{p.candidate} is not a commit other than the alias's"
+    return None
+
+
+def _shadow_stopped(s: ModelState, p: ShadowStopped) -> str | None:
+    shadow = s.shadows.get(p.alias)
+    if shadow is None or shadow.candidate != p.candidate:
+        return f"{p.candidate} does not shadow alias {refs.shown(p.alias)}"
+    return None
+
+
+def _rollout_started(s: ModelState, p: RolloutStarted, command_id: str) -> str | None:
+    if p.rollout_id != rollout_id(s.name, command_id) or p.rollout_id in s.rollouts:
+        return f"rollout id {refs.shown(p.rollout_id)} is not the new one of its command"
+    if p.alias not in s.aliases or s.aliases[p.alias] != p.baseline:
+        return f"alias {refs.shown(p.alias)} is not at {p.baseline}"
+    if p.candidate not in s.commits or p.candidate == p.baseline:
+        return f"{p.candidate} is not a commit other than the baseline"
+    active = active_rollout(s.rollouts, p.alias)
+    if active is not None:
+        return f"alias {p.alias!r} is already in rollout {active.id}"
+    return refs.policy_form_problem(p.policy)
+
+
+def _rollout_of(s: ModelState, rid: str, running: bool) -> Rollout | str:
+    """The rollout an event names, or why it cannot change it (active, or RUNNING)."""
+    rollout = s.rollouts.get(rid)
+    if rollout is None:
+        return f"no rollout {refs.shown(rid)}"
+    if not rollout.active or (running and rollout.status != RUNNING):
+        return f"rollout {rid} is {rollout.status}"
+    return rollout
+
+
+def _rollout_advanced(s: ModelState, p: RolloutAdvanced) -> str | None:
+    # A promotion completes a paused rollout too; an ordinary step needs it running.
+    rollout = _rollout_of(s, p.rollout_id, running=not p.completed)
+    if isinstance(rollout, str):
+        return rollout
+    steps = rollout.policy.steps
+    if p.from_step != rollout.step:
+        return f"rollout {rollout.id} is at step {rollout.step}, not {p.from_step}"
+    to = len(steps) - 1 if p.completed else rollout.step + 1
+    if p.to_step != to or to >= len(steps) or p.percent != steps[to]:
+        return f"rollout {rollout.id} cannot go from step {p.from_step} to {p.to_step}"
+    return refs.evidence_problem(p.evidence)
+
+
+def _rollout_aborted(s: ModelState, p: RolloutAborted) -> str | None:
+    rollout = _rollout_of(s, p.rollout_id, running=False)
+    if isinstance(rollout, str):
+        return rollout
+    if p.step != rollout.step:
+        return f"rollout {rollout.id} is at step {rollout.step}, not {p.step}"
+    return security.text_problem("reason", p.reason) or refs.evidence_problem(p.evidence)
+
+
+def _rollout_paused(s: ModelState, p: RolloutPaused) -> str | None:
+    rollout = _rollout_of(s, p.rollout_id, running=True)
+    if isinstance(rollout, str):
+        return rollout
+    return security.text_problem("reason", p.reason)
+
+
+def _rollout_resumed(s: ModelState, p: RolloutResumed) -> str | None:
+    rollout = _rollout_of(s, p.rollout_id, running=False)
+    if isinstance(rollout, str):
+        return rollout
+    return None if rollout.status != RUNNING else f"rollout {rollout.id} is running"
 
 
 _CHECKS: dict[type, Callable[[ModelState, Any], str | None]] = {
@@ -135,6 +230,12 @@ _CHECKS: dict[type, Callable[[ModelState, Any], str | None]] = {
     Merged: _merged,
     RolledBack: _rolled_back,
     AliasMoved: _alias_moved,
+    ShadowStarted: _shadow_started,
+    ShadowStopped: _shadow_stopped,
+    RolloutAdvanced: _rollout_advanced,
+    RolloutAborted: _rollout_aborted,
+    RolloutPaused: _rollout_paused,
+    RolloutResumed: _rollout_resumed,
 }
 
 
@@ -163,6 +264,9 @@ def void_reason(state: ModelState | None, event: ModelEvent) -> str | None:
         return problem
     check = _CHECKS.get(type(event.payload))
     if check is None:
+        if isinstance(event.payload, RolloutStarted):
+            # Its id is derived from the command that started it.
+            return _rollout_started(state, event.payload, event.command_id)
         if isinstance(event.payload, ModelCreated):
             return "model already created"
         return f"a {event.type} is no model event"
@@ -255,6 +359,16 @@ def ring_void(
     return None
 
 
+def _unhashable(event: ModelEvent) -> bool:
+    # The only payload with free floats: the canonical form refuses NaN and infinities,
+    # so a forged one must be void before anything hashes it.
+    try:
+        event.hash()
+    except ValueError:
+        return True
+    return False
+
+
 def _reason(problem: Problem) -> str:
     kind, detail = problem
     return signatures.VOID_PREFIX.get(kind, "") + detail
@@ -329,6 +443,9 @@ class Fold:
         """Apply one event read from ``partition``; None when applied, else why it was void."""
         model = event.model
         event_hash = None
+        if type(event.payload) is RolloutStarted and _unhashable(event):
+            self.void(model)
+            return "a rollout policy with a number JSON cannot hold (NaN or infinity)"
         # Legacy logs have no ring and unsigned events: their hot path skips this.
         checked = self.rings or event.key_id or event.signature
         if checked:

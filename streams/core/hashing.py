@@ -67,11 +67,12 @@ def commit_id(
     author: str,
     at: int,
     signature: Mapping[str, object] | None = None,
+    reference_sha256: str | None = None,
 ) -> str:
     """Content address of a commit: two commits with equal content share one id.
 
-    ``signature`` (the model signature's plain form) is hashed only when not None, so
-    every commit recorded before signatures existed keeps its id.
+    ``signature`` (the model signature's plain form) and ``reference_sha256`` are hashed
+    only when not None, so every commit recorded before they existed keeps its id.
     """
     content: dict[str, object] = {
         "parents": list(parents),
@@ -84,4 +85,6 @@ def commit_id(
     }
     if signature is not None:
         content["signature"] = dict(signature)
+    if reference_sha256 is not None:
+        content["reference_sha256"] = reference_sha256
     return sha256_hex(canonical(content))

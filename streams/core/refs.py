@@ -8,9 +8,11 @@ the fold and the API all ask :func:`name_problem` / :func:`check_name`.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from itertools import pairwise
 
 from streams.core.errors import (
     AmbiguousRef,
@@ -22,6 +24,16 @@ from streams.core.errors import (
     UnknownRef,
 )
 from streams.core.events import Commit
+from streams.core.hashing import canonical
+from streams.core.monitoring import finite_number
+from streams.core.rollout import (
+    CANDIDATE,
+    LOWER_IS_BETTER,
+    MAX_STEP_TIMEOUT_MS,
+    MAX_STEPS,
+    Policy,
+    arm,
+)
 from streams.core.state import ModelState
 
 # ASCII-only and used with fullmatch: no newline, control, format or bidi
@@ -294,3 +306,132 @@ def diff(state: ModelState, ref_a: str, ref_b: str) -> Diff:
         params=_changes(a.params, b.params),
         metrics=_changes(a.metrics, b.metrics),
     )
+
+
+# -- shadows and rollouts: serving's routing, and the rules decide, the fold and the API share
+
+# A decision's evidence (windows and figures) travels in its event: bounded well below a
+# Kafka message.
+MAX_EVIDENCE_BYTES = 32 * 1024
+MAX_MIN_LABELS = 10**9
+# What rollout.rollout_id makes: "r" and 11 hex digits.
+ROLLOUT_ID = re.compile(r"r[0-9a-f]{11}", re.ASCII)
+
+
+def serving(state: ModelState, ref: str, entity_key: str) -> tuple[str, str, str]:
+    """(commit id, rollout id, arm) that scores ``entity_key``'s feature event for ``ref``.
+
+    ``ref`` resolves as :func:`resolve` does; when it names an alias with a running or
+    paused rollout, the rollout's hash of the entity picks the candidate or the baseline
+    (rollout id and arm then set, else both "").
+    """
+    rollout = state.active_rollouts.get(ref) if ref in state.aliases else None
+    if rollout is None:
+        return resolve(state, ref), "", ""
+    side = arm(rollout, entity_key)
+    return (rollout.candidate if side == CANDIDATE else rollout.baseline), rollout.id, side
+
+
+def shadow_of(state: ModelState, ref: str) -> str | None:
+    """The commit that shadows ``ref`` when it names an alias with a shadow (else None)."""
+    shadow = state.shadows.get(ref)
+    return None if shadow is None else shadow.candidate
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: object) -> bool:
+    return finite_number(value) is not None
+
+
+def _steps_problem(steps: object) -> str | None:
+    if not isinstance(steps, tuple | list) or not 1 <= len(steps) <= MAX_STEPS:
+        return f"a rollout takes 1 to {MAX_STEPS} steps (--steps 10,50,100)"
+    if not all(_is_int(s) and 1 <= s <= 100 for s in steps):
+        return f"steps {shown(repr(steps))}: each is a whole percentage from 1 to 100"
+    if any(a >= b for a, b in pairwise(steps)):
+        return f"steps {list(steps)} must increase strictly (--steps 10,50,100)"
+    if steps[-1] != 100:
+        return f"steps {list(steps)} must end at 100, where the alias moves (--steps 10,50,100)"
+    return None
+
+
+def policy_problem(policy: object) -> str | None:
+    """Why ``policy`` cannot start a rollout (None when it can); the CLI's flags in words.
+
+    :func:`policy_form_problem`, and what a new rollout needs besides: a first step below
+    100 (the baseline keeps traffic to compare with) and at least one criterion (else
+    every step advances, however bad the candidate)."""
+    problem = policy_form_problem(policy)
+    if problem is not None or not isinstance(policy, Policy):
+        return problem
+    if policy.steps[0] == 100:
+        return (
+            "a first step of 100 leaves the baseline no traffic to compare with: start "
+            "below 100, e.g. --steps 10,100, or move the alias at once with "
+            "`modelvc alias set ALIAS REF`"
+        )
+    limits = (policy.max_p99_ms, policy.max_dead_letter_rate)
+    if not policy.max_regression and all(limit is None for limit in limits):
+        return (
+            "a rollout needs at least one criterion to judge the candidate by: "
+            f"--max-regression logloss=0.01 (repeatable; {', '.join(sorted(LOWER_IS_BETTER))}"
+            "), --max-p99-ms MS or --max-dead-letter-rate RATE"
+        )
+    return None
+
+
+def policy_form_problem(policy: object) -> str | None:
+    """Why ``policy`` is not a well-formed rollout policy (None when it is): what a
+    RolloutStarted already in the log must hold to be folded."""
+    if not isinstance(policy, Policy):
+        return f"a rollout needs a policy, not {type(policy).__name__}"
+    problem = _steps_problem(policy.steps)
+    if problem is not None:
+        return problem
+    if not _is_int(policy.min_labels) or not 0 <= policy.min_labels <= MAX_MIN_LABELS:
+        shown_labels = shown(repr(policy.min_labels))
+        return f"--min-labels {shown_labels}: a whole number from 0 to {MAX_MIN_LABELS:,}"
+    regression = policy.max_regression
+    if not isinstance(regression, Mapping):
+        return "max_regression must map metric names to the worsening allowed"
+    for metric, limit in regression.items():
+        if metric not in LOWER_IS_BETTER:
+            return (
+                f"--max-regression names {shown(str(metric))}; use one of "
+                f"{', '.join(sorted(LOWER_IS_BETTER))} (e.g. logloss=0.01)"
+            )
+        if not _is_finite(limit) or limit < 0:
+            return f"--max-regression {metric}={limit!r:.40}: a finite number 0 or more"
+    p99 = policy.max_p99_ms
+    if p99 is not None and (not _is_finite(p99) or p99 <= 0):
+        return f"--max-p99-ms {p99!r:.40}: a finite number of milliseconds above 0"
+    rate = policy.max_dead_letter_rate
+    if rate is not None and (not _is_finite(rate) or not 0 <= rate <= 1):
+        return f"--max-dead-letter-rate {rate!r:.40}: a fraction from 0 to 1"
+    timeout = policy.step_timeout_ms
+    if not _is_int(timeout) or not 0 <= timeout <= MAX_STEP_TIMEOUT_MS:
+        return (
+            f"step timeout {timeout!r:.40} ms: from 0 (wait for labels forever) to 30 days "
+            "(--step-timeout 10m)"
+        )
+    return None
+
+
+def evidence_problem(evidence: object) -> str | None:
+    """Why ``evidence`` is not a decision's evidence: a JSON object in canonical form
+    (hashing.canonical) of at most MAX_EVIDENCE_BYTES. None when it is."""
+    if not isinstance(evidence, str):
+        return "evidence must be text"
+    if len(evidence) > MAX_EVIDENCE_BYTES:
+        return f"evidence of {len(evidence):,} characters; at most {MAX_EVIDENCE_BYTES:,}"
+    try:
+        parsed = json.loads(evidence)
+        exact = isinstance(parsed, dict) and canonical(parsed).decode() == evidence
+    except (ValueError, RecursionError):
+        exact = False
+    if not exact:
+        return "evidence must be a JSON object in canonical form (streams.core.hashing.canonical)"
+    return None

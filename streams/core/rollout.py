@@ -93,6 +93,16 @@ def bucket(rollout_id: str, entity_key: str) -> int:
     return int.from_bytes(digest[:8], "big") % BUCKETS
 
 
+def routing_key(entity_key: str, event_id: str) -> str:
+    """What an event is routed by: its entity, or, for an event sent without one, its own id.
+
+    An empty key would put every such event in one bucket: all of them on one arm, 0% or
+    100% of them on the candidate whatever the step. By event id they spread at the step's
+    share (a redelivered event keeps its arm), though an entity is then not kept on one arm.
+    """
+    return entity_key if entity_key else event_id
+
+
 def arm(rollout: Rollout, entity_key: str) -> str:
     """Which arm serves ``entity_key``: CANDIDATE for a bucket below the current percentage."""
     percent = rollout.percent

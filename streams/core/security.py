@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from streams.core import refs
 from streams.core.commands import (
+    AbortRollout,
+    AdvanceRollout,
     Command,
     CreateBranch,
     CreateModel,
@@ -27,7 +29,13 @@ from streams.core.commands import (
     MakeCommit,
     Merge,
     MoveAlias,
+    PauseRollout,
+    PromoteRollout,
+    ResumeRollout,
     Rollback,
+    StartRollout,
+    StartShadow,
+    StopShadow,
 )
 from streams.core.errors import Forbidden, Unauthenticated
 from streams.core.hashing import SHA256_HEX, sha256_hex
@@ -196,6 +204,21 @@ def required_role(
         )
     if isinstance(body, MoveAlias):
         return _ref_role(security, model, "alias", body.alias, f"moving alias {model}/{body.alias}")
+    # Shadows and rollouts (issue 12) change what an alias serves: its protection applies.
+    if isinstance(body, StartShadow | StopShadow | StartRollout):
+        doing = "rolling out" if isinstance(body, StartRollout) else "shadowing"
+        return _ref_role(
+            security, model, "alias", body.alias, f"{doing} alias {model}/{body.alias}"
+        )
+    if isinstance(
+        body, AdvanceRollout | AbortRollout | PauseRollout | ResumeRollout | PromoteRollout
+    ):
+        rollout = None if state is None else state.rollouts.get(body.rollout_id)
+        if rollout is None:
+            return "committer", f"rollout {body.rollout_id} of {model}"  # decide refuses it
+        return _ref_role(
+            security, model, "alias", rollout.alias, f"rollout of alias {model}/{rollout.alias}"
+        )
     if isinstance(body, CreateBranch):
         return _ref_role(
             security, model, "branch", body.branch, f"creating branch {model}/{body.branch}"

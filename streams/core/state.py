@@ -11,10 +11,12 @@ accepted (a state loaded from the projection holds plain dicts).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Final, TypeVar
 
 from streams.core.events import Commit
+from streams.core.rollout import Rollout, Shadow
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -203,9 +205,19 @@ class ModelState:
     aliases: Mapping[str, str]
     receipts: Mapping[str, Receipt]
     reflog: Reflog | None = None
+    # alias -> its shadow, until ShadowStopped (issue 12).
+    shadows: Mapping[str, Shadow] = field(default_factory=dict)
+    # rollout id -> rollout, in the order they started; kept after they end.
+    rollouts: Mapping[str, Rollout] = field(default_factory=dict)
 
     def ref_moves(self) -> list[RefMove]:
         return list(self.reflog) if self.reflog is not None else []
+
+    @cached_property
+    def active_rollouts(self) -> Mapping[str, Rollout]:
+        """alias -> its running or paused rollout (at most one each: decide and the fold see
+        to it), built once per state: serving asks it for every entity it routes."""
+        return {r.alias: r for r in self.rollouts.values() if r.active}
 
 
 Graph = Mapping[str, ModelState]

@@ -255,18 +255,32 @@ class Writer:
         return untrusted_writer(self.signer, partition)
 
     async def _append(self, partition: int, model: str, events: Sequence[ModelEvent]) -> int:
-        """Sign and append ``events``; returns the last one's offset once the fold applied it."""
-        metadata = None
-        for event in events:
-            metadata = await self.producer.client.send_and_wait(
-                self.settings.events_topic,
-                key=model.encode(),
-                value=encode_event(sign_event(self.signer, event)),
-                partition=partition,
+        """Sign and append ``events``; returns the last one's offset once the fold applied it.
+
+        A decision of several events (a rollout's last step and the alias move it makes)
+        goes out as one record batch, which the broker appends whole or not at all: a
+        crash between two separate sends would leave the rollout completed and the alias
+        where it was.
+        """
+        client = self.producer.client
+        topic = self.settings.events_topic
+        key = model.encode()
+        values = [encode_event(sign_event(self.signer, event)) for event in events]
+        if len(values) == 1:
+            metadata = await client.send_and_wait(
+                topic, key=key, value=values[0], partition=partition
             )
-        assert metadata is not None
-        await self.follower.wait_applied(partition, metadata.offset)
-        return int(metadata.offset)
+            last = int(metadata.offset)
+        else:
+            batch = client.create_batch()
+            for value in values:
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    raise ValueError(f"{len(values)} events of one decision exceed a record batch")
+            batch.close()
+            first = await (await client.send_batch(batch, topic, partition=partition))
+            last = int(first.offset) + len(values) - 1
+        await self.follower.wait_applied(partition, last)
+        return last
 
     async def _decide_and_append(self, partition: int, command: Command) -> Answer:
         cannot_write = await self._own_key_in_ring(partition)
