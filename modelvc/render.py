@@ -91,11 +91,26 @@ def when(ms: object) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _label(commit: dict[str, Any]) -> str:
-    names = commit.get("refs") or []
+def _label(commit: dict[str, Any], traffic: dict[str, list[str]]) -> str:
+    names = [*(commit.get("refs") or []), *traffic.get(commit["id"], [])]
     tag = f" ({', '.join(names)})" if names else ""
     gone = "" if commit.get("reachable", True) else " [unreachable]"
     return f"{short(commit['id'])}{tag}{gone} {commit['message']}"
+
+
+def traffic(answer: dict[str, Any]) -> dict[str, list[str]]:
+    """Commit id -> what it serves besides its refs: the shadow of an alias, or the
+    candidate of an active rollout with its share (from a log answer's ``shadows`` and
+    ``rollouts``)."""
+    out: dict[str, list[str]] = {}
+    for s in answer.get("shadows") or []:
+        out.setdefault(s["candidate"], []).append(f"shadow of @{s['alias']}")
+    for r in answer.get("rollouts") or []:
+        if r["status"] in ("running", "paused"):
+            out.setdefault(r["candidate"], []).append(
+                f"canary {r['percent']}% of @{r['alias']}, {r['status']}"
+            )
+    return out
 
 
 def _lane_row(lanes: list[str | None], marks: dict[int, str]) -> str:
@@ -109,8 +124,9 @@ def _lane_row(lanes: list[str | None], marks: dict[int, str]) -> str:
     return row.rstrip()
 
 
-def graph(commits: list[dict[str, Any]]) -> list[str]:
-    """ASCII DAG, newest first, one lane per line of descent (like `git log --graph`)."""
+def graph(commits: list[dict[str, Any]], tags: dict[str, list[str]] | None = None) -> list[str]:
+    """ASCII DAG, newest first, one lane per line of descent (like `git log --graph`);
+    ``tags`` adds labels to commits (see :func:`traffic`)."""
     lanes: list[str | None] = []
     lines: list[str] = []
     for commit in commits:
@@ -129,7 +145,7 @@ def graph(commits: list[dict[str, Any]]) -> list[str]:
                 lanes[i] = None
             lines.append(_lane_row(lanes, dict.fromkeys(joined, "/")))
         row = ["*" if i == col else ("|" if lane else " ") for i, lane in enumerate(lanes)]
-        lines.append(" ".join(row).rstrip() + "  " + _label(commit))
+        lines.append(" ".join(row).rstrip() + "  " + _label(commit, tags or {}))
         parents = list(commit["parents"])
         lanes[col] = parents[0] if parents else None
         for parent in parents[1:]:
@@ -148,11 +164,13 @@ def log(answer: dict[str, Any], with_graph: bool) -> str:
     if not commits:
         return "no commits yet"
     out: list[str] = []
+    tags = traffic(answer)
     if with_graph:
-        out += graph(commits)
+        out += graph(commits, tags)
     else:
         for c in commits:
-            out.append(f"commit {c['id']}" + (f" ({', '.join(c['refs'])})" if c["refs"] else ""))
+            names = [*c["refs"], *tags.get(c["id"], [])]
+            out.append(f"commit {c['id']}" + (f" ({', '.join(names)})" if names else ""))
             if len(c["parents"]) > 1:
                 out.append("Merge:  " + " ".join(short(p) for p in c["parents"]))
             out.append(f"Author: {c['author']}")
@@ -160,17 +178,48 @@ def log(answer: dict[str, Any], with_graph: bool) -> str:
             out.append(f"Model:  sha256:{c['artifact_sha256']}")
             out.append(f"\n    {c['message']}\n")
     moves = answer.get("ref_moves") or []
-    if moves and answer.get("ref") is None:
+    events = answer.get("traffic_events") or []
+    if (moves or events) and answer.get("ref") is None:
         out.append("")
         out.append("ref history (newest first):")
-        for m in moves:
-            name = ("@" if m["kind"] == "alias" else "") + m["name"]
-            why = f"  reason: {m['reason']}" if m["reason"] else ""
-            out.append(
-                f"  #{m['seq']:<4} {name:<14} {short(m['old'])} -> {short(m['new'])}  "
-                f"{m['cause']} by {m['actor']}{why}"
-            )
+        lines = [(m["seq"], _move_line(m)) for m in moves]
+        lines += [(e["seq"], _traffic_line(e)) for e in events]
+        out += [line for _, line in sorted(lines, key=lambda row: -row[0])]
     return "\n".join(out)
+
+
+def _move_line(m: dict[str, Any]) -> str:
+    name = ("@" if m["kind"] == "alias" else "") + m["name"]
+    why = f"  reason: {m['reason']}" if m["reason"] else ""
+    return (
+        f"  #{m['seq']:<4} {name:<14} {short(m['old'])} -> {short(m['new'])}  "
+        f"{m['cause']} by {m['actor']}{why}"
+    )
+
+
+def _traffic_line(e: dict[str, Any]) -> str:
+    """A shadow or rollout event (``queries.traffic_events``) as a ref history line."""
+    kind = e["type"]
+    rollout = f"rollout {e.get('rollout_id')}"
+    if kind == "ShadowStarted":
+        what = f"shadow {short(e['candidate'])}"
+    elif kind == "ShadowStopped":
+        what = f"shadow {short(e['candidate'])} stopped"
+    elif kind == "RolloutStarted":
+        steps = ",".join(str(s) for s in e.get("steps", []))
+        what = f"{rollout} {short(e['baseline'])} -> {short(e['candidate'])} in {steps}%"
+    elif kind == "RolloutAdvanced":
+        what = f"{rollout} {'completed' if e.get('completed') else 'at'} {e.get('percent')}%"
+    elif kind == "RolloutAborted":
+        what = f"{rollout} aborted at step {e.get('step')}"
+    elif kind == "RolloutPaused":
+        what = f"{rollout} paused"
+    else:
+        what = f"{rollout} resumed"
+    why = f"  reason: {e['reason']}" if e.get("reason") else ""
+    return (
+        f"  #{e['seq']:<4} {'@' + str(e.get('alias', '')):<14} {what}  {kind} by {e['actor']}{why}"
+    )
 
 
 @_for_terminal
@@ -188,6 +237,9 @@ def commit(c: dict[str, Any]) -> str:
         lines.append(f"param    {key} = {value}")
     for key, value in sorted(c["metrics"].items()):
         lines.append(f"metric   {key} = {value:g}")
+    reference = c.get("reference_sha256")
+    if reference:
+        lines.append(f"reference: sha256:{reference} (training data bins: drift is measured)")
     return "\n".join(lines + signature(c.get("signature")))
 
 
@@ -314,6 +366,15 @@ def served(a: dict[str, Any]) -> str:
         c = a["commit"]
         lines.append(f"  commit   {c['id']} ({c['message']!r} by {c['author']})")
         lines.append(f"  artifact sha256:{c['artifact_sha256']}")
+    r = a.get("rollout")
+    if r:
+        d = r["decision"]
+        lines.append(
+            f"  rollout  {r['id']} of @{r['alias']}: the {r['arm']} arm served entity "
+            f"{r['entity_key']!r} (bucket {r['bucket']}), the candidate {r['percent']}% since "
+            f"{d['event']} #{d['seq']} by {d['actor']} at {when(d['at'])} "
+            f"({d['topic']}[{d['partition']}]@{d['offset']})"
+        )
     move = a.get("ref_move")
     if move:
         reason = f", reason: {move['reason']}" if move["reason"] else ""
@@ -322,7 +383,7 @@ def served(a: dict[str, Any]) -> str:
             f"moved {move['ref']} {short(move['from'])} -> {short(move['to'])}{reason} "
             f"({move['topic']}[{move['partition']}]@{move['offset']})"
         )
-    elif "ref_move" in a:
+    elif "ref_move" in a and not r:
         lines.append("  because  the request named the commit itself")
     lines += [f"  finding: {f}" for f in a["findings"]]
     return "\n".join(lines)
@@ -498,3 +559,125 @@ def artifacts_gc(g: dict[str, Any]) -> str:
             f"--store {shlex.quote(g['store'])}"
         )
     return "\n".join(lines)
+
+
+# -- shadows and canary rollouts ------------------------------------------------------
+_STEP_MARKS = {"running": "▶", "paused": "⏸", "aborted": "✗"}
+
+
+def steps_line(r: dict[str, Any]) -> str:
+    """``10% ✓  50% ▶  100%``: done steps ticked, the current one marked by the status."""
+    status, current = r["status"], r["step"]
+    cells = []
+    for i, percent in enumerate(r["policy"]["steps"]):
+        if status == "completed" or i < current:
+            mark = " ✓"
+        elif i == current:
+            mark = " " + _STEP_MARKS.get(status, "?")
+        else:
+            mark = ""
+        cells.append(f"{percent}%{mark}")
+    return "  ".join(cells)
+
+
+def policy_line(policy: dict[str, Any]) -> str:
+    parts = [f"min {policy['min_labels']:,} labels a step"]
+    parts += [f"{m} worse by at most {limit:g}" for m, limit in policy["max_regression"].items()]
+    if policy["max_p99_ms"] is not None:
+        parts.append(f"p99 <= {policy['max_p99_ms']:g} ms")
+    if policy["max_dead_letter_rate"] is not None:
+        parts.append(f"dead-letter rate <= {policy['max_dead_letter_rate']:g}")
+    timeout = policy["step_timeout_ms"]
+    parts.append(f"step timeout {age(timeout / 1000)}" if timeout else "no step timeout")
+    return "; ".join(parts)
+
+
+def _figure(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "-" if value is None else str(value)
+
+
+def _evidence_lines(evidence: Any) -> list[str]:
+    """The figures a decision compared, one line per criterion, as far as they are there:
+    evidence comes from the log, so any shape is shown without failing."""
+    if not isinstance(evidence, dict):
+        return [] if evidence is None else [f"      evidence: {evidence!s:.200}"]
+    if evidence.get("manual"):
+        why = f": {evidence['reason']}" if evidence.get("reason") else ""
+        return [f"      manual, by {evidence.get('by', '?')}{why}"]
+    if "unparsed" in evidence:
+        return [f"      evidence (not JSON): {evidence['unparsed']!s:.200}"]
+    lines = []
+    for arm in ("baseline", "candidate"):
+        figures = evidence.get(arm)
+        if isinstance(figures, dict):
+            windows = figures.get("windows")
+            count = len(windows) if isinstance(windows, list) else "?"
+            lines.append(
+                f"      {arm:<9} {_figure(figures.get('predictions'))} predictions, "
+                f"{_figure(figures.get('labeled'))} labelled, {count} window(s)"
+            )
+    criteria = evidence.get("criteria")
+    for c in criteria if isinstance(criteria, list) else []:
+        if isinstance(c, dict):
+            verdict = "ok" if c.get("ok") else "FAILED"
+            lines.append(
+                f"      {c.get('name')!s:<18} baseline {_figure(c.get('baseline'))}  "
+                f"candidate {_figure(c.get('candidate'))}  limit {_figure(c.get('limit'))}  "
+                f"{verdict}"
+            )
+    return lines
+
+
+def _decision_line(d: dict[str, Any]) -> str:
+    kind = d["type"]
+    if kind == "RolloutStarted":
+        what = f"started at {d['steps'][0] if d.get('steps') else '?'}%"
+    elif kind == "RolloutAdvanced":
+        what = "completed at 100%" if d.get("completed") else f"advanced to {d.get('percent')}%"
+    elif kind == "RolloutAborted":
+        what = f"aborted at step {d.get('step')}: {d.get('reason')}"
+    elif kind == "RolloutPaused":
+        what = f"paused: {d.get('reason')}"
+    elif kind == "RolloutResumed":
+        what = "resumed"
+    else:
+        what = kind
+    return f"  #{d['seq']:<5} {when(d['at'])}  {what}  by {d['actor']}"
+
+
+def rollout_status(plain: dict[str, Any], decisions: list[dict[str, Any]]) -> str:
+    """A rollout (``queries.rollout``) with each decision (``queries.rollout_decisions``)."""
+    return _rollout_status(escaped(plain), escaped(decisions))
+
+
+def _rollout_status(r: dict[str, Any], decisions: list[dict[str, Any]]) -> str:
+    percent = r["percent"]
+    lines = [
+        f"rollout {r['id']}  @{r['alias']}  {r['status']}"
+        + (f" ({r['reason']})" if r["reason"] else ""),
+        f"  steps     {steps_line(r)}",
+        f"  baseline  {short(r['baseline'])}  serves {100 - percent}% of entities",
+        f"  candidate {short(r['candidate'])}  serves {percent}% of entities",
+        f"  policy    {policy_line(r['policy'])}",
+        f"  started   {when(r['started_at'])}; this step since {when(r['step_started_at'])}",
+    ]
+    if r.get("allow_signature_change"):
+        lines.append("  the final move may change the model's input signature")
+    if decisions:
+        lines.append("decisions:")
+    for d in decisions:
+        lines.append(_decision_line(d))
+        lines += _evidence_lines(d.get("evidence"))
+    return "\n".join(lines)
+
+
+@_for_terminal
+def shadows(a: list[dict[str, Any]]) -> str:
+    if not a:
+        return "no shadows (start one with `modelvc shadow start production --candidate REF`)"
+    return "\n".join(
+        f"@{s['alias']:<15} shadow {short(s['candidate'])}  since {when(s['started_at'])}"
+        for s in a
+    )

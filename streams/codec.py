@@ -31,6 +31,7 @@ from streams.core.events import (
     signature_from_plain,
 )
 from streams.core.model_signature import ModelSignature
+from streams.core.rollout import Policy
 from streams.errors import UndecodableMessage
 
 MAGIC = b"\xc3\x01"
@@ -360,6 +361,13 @@ EVENT_SCHEMA_FILES: Sequence[str] = (
     "ref_unprotected.avsc",
     "writer_key_added.avsc",
     "writer_key_retired.avsc",
+    "shadow_started.avsc",
+    "shadow_stopped.avsc",
+    "rollout_started.avsc",
+    "rollout_advanced.avsc",
+    "rollout_aborted.avsc",
+    "rollout_paused.avsc",
+    "rollout_resumed.avsc",
     "model_event.avsc",
 )
 
@@ -369,6 +377,8 @@ REPLIES = SingleObjectCodec.reading_released(load_schema("command_reply.avsc"))
 DEAD_LETTERS = SingleObjectCodec.reading_released(load_schema("dead_letter.avsc"))
 FEATURES = SingleObjectCodec.reading_released(load_schema("feature_event.avsc"))
 PREDICTIONS = SingleObjectCodec.reading_released(load_schema("prediction.avsc"))
+LABELS = SingleObjectCodec.reading_released(load_schema("label.avsc"))
+METRIC_WINDOWS = SingleObjectCodec.reading_released(load_schema("metric_window.avsc"))
 # Every codec the service and the workers read and write with, for the release checks.
 CODECS: Sequence[SingleObjectCodec] = (
     EVENTS,
@@ -377,6 +387,8 @@ CODECS: Sequence[SingleObjectCodec] = (
     DEAD_LETTERS,
     FEATURES,
     PREDICTIONS,
+    LABELS,
+    METRIC_WINDOWS,
 )
 
 # Twice the largest command the HTTP API accepts (a 256 KiB JSON body): a larger one was
@@ -387,6 +399,8 @@ _EVENT_NS = "modelvc.events."
 _COMMAND_NS = "modelvc.commands."
 _PAYLOADS = {_EVENT_NS + t.__name__: t for t in PAYLOAD_TYPES}
 _BODIES = {_COMMAND_NS + t.__name__: t for t in BODY_TYPES}
+_ROLLOUT_STARTED = _EVENT_NS + "RolloutStarted"
+_START_ROLLOUT = _COMMAND_NS + "StartRollout"
 
 
 def event_to_record(event: ModelEvent) -> dict[str, Any]:
@@ -414,6 +428,9 @@ def event_from_record(record: Mapping[str, Any]) -> ModelEvent:
             **fields,
             "commit": commit_from_plain(commit[1] if isinstance(commit, tuple) else commit),
         }
+    elif name == _ROLLOUT_STARTED:
+        # An Avro array decodes as a list; the core's event holds the tuple decide made.
+        fields = {**fields, "steps": tuple(fields["steps"])}
     return ModelEvent(
         model=record["model"],
         seq=record["seq"],
@@ -459,6 +476,9 @@ def encode_command(command: Command, reply_to: str = "", request_id: str = "") -
     signature = body.get("signature")
     if isinstance(signature, ModelSignature):
         body["signature"] = signature.plain()
+    policy = body.get("policy")
+    if isinstance(policy, Policy):
+        body["policy"] = dict(policy.__dict__)  # fastavro writes a tuple and any Mapping
     return COMMANDS.encode(
         {
             "command_id": command.command_id,
@@ -487,6 +507,9 @@ def decode_command(data: bytes) -> tuple[Command, ReplyTo]:
     try:
         if fields.get("signature") is not None:
             fields = {**fields, "signature": signature_from_plain(fields["signature"])}
+        elif name == _START_ROLLOUT:
+            policy = fields["policy"]
+            fields = {**fields, "policy": Policy(**{**policy, "steps": tuple(policy["steps"])})}
         body = _BODIES[name](**fields)
     except (KeyError, TypeError, ValueError) as exc:
         raise UndecodableMessage(

@@ -6,14 +6,16 @@ the answer as JSON; the unit tests ask them directly.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from streams.core import model_signature, refs
-from streams.core.errors import UnknownModel
+from streams.core.errors import UnknownModel, UnknownRollout
 from streams.core.events import Commit, ModelEvent, plain_commit
 from streams.core.evolve import evolve
 from streams.core.fold import state_digest
+from streams.core.rollout import Policy, Rollout, Shadow
 from streams.core.security import SecurityState
 from streams.core.signatures import KeyRing
 from streams.core.state import ModelState
@@ -96,11 +98,29 @@ def list_models(models: Mapping[str, ModelState]) -> dict[str, Any]:
     }
 
 
-def log(state: ModelState, ref: str | None, as_of: str | None = None) -> dict[str, Any]:
+def log(
+    state: ModelState,
+    ref: str | None,
+    as_of: str | None = None,
+    history: Iterable[ModelEvent] = (),
+) -> dict[str, Any]:
+    """The commits of ``ref`` (every one when None), the ref moves, and the shadow and
+    rollout events, read from ``history`` (the model's events in seq order) only when the
+    model ever had one: the reflog keeps moves of refs, which those are not."""
     seen = reachable(state)
     entries = [commit_json(state, c.id) | {"reachable": c.id in seen} for c in refs.log(state, ref)]
     moves = [m.__dict__ for m in state.ref_moves()]
-    return {"model": state.name, "ref": ref, "as_of": as_of, "commits": entries, "ref_moves": moves}
+    return {
+        "model": state.name,
+        "ref": ref,
+        "as_of": as_of,
+        "commits": entries,
+        "ref_moves": moves,
+        "traffic_events": traffic_events(state, history),
+        # What else serves each commit: `log --graph` labels shadows and canaries.
+        "shadows": shadows(state),
+        "rollouts": rollouts(state),
+    }
 
 
 def ref_table(state: ModelState, as_of: str | None = None) -> dict[str, Any]:
@@ -197,3 +217,163 @@ def writer_keys(rings: Mapping[int, KeyRing], partitions: int, instance_key: str
             "retired": dict(sorted(ring.retired.items())) if ring else {},
         }
     return {"instance_key": instance_key, "partitions": out}
+
+
+# -- shadows and canary rollouts (issue 12) ---------------------------------------------
+# The events that decide a rollout's course, each naming it by ``rollout_id``.
+ROLLOUT_EVENTS = frozenset(
+    {"RolloutStarted", "RolloutAdvanced", "RolloutAborted", "RolloutPaused", "RolloutResumed"}
+)
+TRAFFIC_EVENTS = ROLLOUT_EVENTS | {"ShadowStarted", "ShadowStopped"}
+_FIRST_TRAFFIC_EVENTS = frozenset({"RolloutStarted", "ShadowStarted"})
+
+
+def plain_policy(policy: Policy) -> dict[str, Any]:
+    return {
+        "steps": list(policy.steps),
+        "min_labels": policy.min_labels,
+        "max_regression": dict(policy.max_regression),
+        "max_p99_ms": policy.max_p99_ms,
+        "max_dead_letter_rate": policy.max_dead_letter_rate,
+        "step_timeout_ms": policy.step_timeout_ms,
+    }
+
+
+def plain_rollout(rollout: Rollout) -> dict[str, Any]:
+    """A rollout's plain form (the API's JSON and the projection's stored row)."""
+    return {
+        "id": rollout.id,
+        "alias": rollout.alias,
+        "baseline": rollout.baseline,
+        "candidate": rollout.candidate,
+        "policy": plain_policy(rollout.policy),
+        "step": rollout.step,
+        "percent": rollout.percent,
+        "status": rollout.status,
+        "started_at": rollout.started_at,
+        "step_started_at": rollout.step_started_at,
+        "allow_signature_change": rollout.allow_signature_change,
+        "reason": rollout.reason,
+    }
+
+
+def rollout_from_plain(plain: Mapping[str, Any]) -> Rollout:
+    """Inverse of :func:`plain_rollout` (``percent`` is derived, so it is not read)."""
+    policy = plain["policy"]
+    return Rollout(
+        id=plain["id"],
+        alias=plain["alias"],
+        baseline=plain["baseline"],
+        candidate=plain["candidate"],
+        policy=Policy(
+            steps=tuple(policy["steps"]),
+            min_labels=policy["min_labels"],
+            max_regression=dict(policy["max_regression"]),
+            max_p99_ms=policy["max_p99_ms"],
+            max_dead_letter_rate=policy["max_dead_letter_rate"],
+            step_timeout_ms=policy["step_timeout_ms"],
+        ),
+        step=plain["step"],
+        status=plain["status"],
+        started_at=plain["started_at"],
+        step_started_at=plain["step_started_at"],
+        allow_signature_change=plain["allow_signature_change"],
+        reason=plain["reason"],
+    )
+
+
+def plain_shadow(shadow: Shadow) -> dict[str, Any]:
+    return {"alias": shadow.alias, "candidate": shadow.candidate, "started_at": shadow.started_at}
+
+
+def shadow_from_plain(plain: Mapping[str, Any]) -> Shadow:
+    return Shadow(plain["alias"], plain["candidate"], plain["started_at"])
+
+
+def rollouts(state: ModelState) -> list[dict[str, Any]]:
+    """Every rollout of the model, ended ones too, in the order they started."""
+    return [plain_rollout(r) for r in state.rollouts.values()]
+
+
+def rollout(state: ModelState, rollout_id: str) -> dict[str, Any]:
+    found = state.rollouts.get(rollout_id)
+    if found is None:
+        raise UnknownRollout(
+            f"model {refs.shown(state.name)} has no rollout {refs.shown(rollout_id)}; "
+            f"list them with `modelvc -M {state.name} rollout status`",
+            model=state.name,
+            rollout_id=rollout_id,
+        )
+    return plain_rollout(found)
+
+
+def rollout_decisions(events: Iterable[ModelEvent], rollout_id: str) -> list[dict[str, Any]]:
+    """Every event of rollout ``rollout_id`` in log order: who decided what, when, and on
+    which evidence (parsed back from its canonical JSON)."""
+    return [
+        _event_row(event, evidence=True)
+        for event in events
+        if event.type in ROLLOUT_EVENTS and event.payload.rollout_id == rollout_id  # type: ignore[union-attr]
+    ]
+
+
+def _event_row(event: ModelEvent, evidence: bool) -> dict[str, Any]:
+    """A shadow or rollout event as plain data: who, when, and its payload's fields."""
+    fields = dict(event.payload.__dict__)
+    if "steps" in fields:
+        fields["steps"] = list(fields["steps"])
+    if "max_regression" in fields:
+        fields["max_regression"] = dict(fields["max_regression"])
+    if "evidence" in fields:
+        if evidence:
+            fields["evidence"] = _evidence(fields["evidence"])
+        else:
+            del fields["evidence"]
+    return {
+        "seq": event.seq,
+        "type": event.type,
+        "actor": event.actor,
+        "at": event.at,
+        "command_id": event.command_id,
+        **fields,
+    }
+
+
+def _evidence(text: str) -> Any:
+    """The evidence as JSON; an empty one is None, and text that is no JSON (a forged event
+    can carry anything) is kept as written under ``unparsed``."""
+    if not text:
+        return None
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return {"unparsed": text}
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")  # NaN and Infinity: canonical JSON never holds them
+
+
+def traffic_events(state: ModelState, history: Iterable[ModelEvent]) -> list[dict[str, Any]]:
+    """Each shadow and rollout event of ``state``'s model up to its seq, newest first, with
+    the alias it concerns; ``history`` is not read at all when the receipts show none
+    (each started shadow or rollout left one), so a model without any costs no replay."""
+    had = state.rollouts or state.shadows  # a stopped shadow leaves only its receipt
+    if not had and not any(r.event in _FIRST_TRAFFIC_EVENTS for r in state.receipts.values()):
+        return []
+    rows = []
+    for event in history:
+        if event.seq > state.seq:
+            break  # past an as_of cut
+        if event.type in TRAFFIC_EVENTS:
+            row = _event_row(event, evidence=False)
+            if "alias" not in row:
+                started = state.rollouts.get(row["rollout_id"])
+                row["alias"] = started.alias if started is not None else ""
+            rows.append(row)
+    return rows[::-1]
+
+
+def shadows(state: ModelState) -> list[dict[str, Any]]:
+    """The shadow of each alias that has one, by alias."""
+    return [plain_shadow(s) for _, s in sorted(state.shadows.items())]

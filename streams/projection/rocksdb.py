@@ -8,8 +8,10 @@ everything from offset 0.
 
 Layout (raw bytes keys, JSON values):
   o/<partition>                 next offset to read
-  m/<model>/meta                seq, last_hash, default branch, branches, aliases
+  m/<model>/meta                seq, last_hash, default branch, branches, aliases, shadows,
+                                the ids of its rollouts in the order they started
   m/<model>/c/<seq:012>         commit added by event <seq>
+  m/<model>/o/<rollout id>      a rollout as its last event left it
   m/<model>/r/<command_id>      receipt of an accepted command (the key is (model, command id))
   m/<model>/l/<seq:012>         reflog entry of event <seq>
   v/<model>                     count of void events seen for the model
@@ -45,6 +47,7 @@ from streams.core.events import (
 from streams.core.signatures import Verify
 from streams.core.state import ModelState, Receipt, Reflog, RefMove
 from streams.projection.base import Projection, Transaction
+from streams.queries import plain_rollout, plain_shadow, rollout_from_plain, shadow_from_plain
 from streams.signing import verify as verify_signature
 
 log = logging.getLogger("modelvc.streams")
@@ -162,6 +165,9 @@ def _meta(state: ModelState) -> dict[str, object]:
         "last_hash": state.last_hash,
         "branches": dict(state.branches),
         "aliases": dict(state.aliases),
+        "shadows": {alias: plain_shadow(s) for alias, s in state.shadows.items()},
+        # Rows come back in key order; this keeps the order the rollouts started in.
+        "rollouts": list(state.rollouts),
     }
 
 
@@ -172,6 +178,10 @@ def _put_event_rows(batch: WriteBatch, state: ModelState, event: ModelEvent) -> 
         commit = event.payload.commit
     if commit is not None:
         batch.put(f"{prefix}c/{event.seq:012d}".encode(), _dumps(plain_commit(commit)))
+    rollout_id = getattr(event.payload, "rollout_id", None)
+    if rollout_id is not None:
+        rollout = state.rollouts[rollout_id]
+        batch.put(f"{prefix}o/{rollout_id}".encode(), _dumps(plain_rollout(rollout)))
     receipt = state.receipts[event.command_id]
     batch.put(f"{prefix}r/{event.command_id}".encode(), _dumps(asdict(receipt)))
     if state.reflog is not None and state.reflog.entry.seq == event.seq:
@@ -188,6 +198,10 @@ def _state_from_rows(model: str, rows: dict[str, list[tuple[bytes, bytes]]]) -> 
     reflog: Reflog | None = None
     for _, value in rows.get("l", []):
         reflog = Reflog(RefMove(**json.loads(value)), reflog)
+    stored = {r.id: r for r in (rollout_from_plain(json.loads(v)) for _, v in rows.get("o", []))}
+    # A store written before rollouts existed has neither key: none happened then.
+    rollouts = {rollout_id: stored[rollout_id] for rollout_id in meta.get("rollouts", [])}
+    shadows = {alias: shadow_from_plain(s) for alias, s in meta.get("shadows", {}).items()}
     return ModelState(
         name=model,
         default_branch=meta["default_branch"],
@@ -199,4 +213,6 @@ def _state_from_rows(model: str, rows: dict[str, list[tuple[bytes, bytes]]]) -> 
         aliases=meta["aliases"],
         receipts=receipts,
         reflog=reflog,
+        shadows=shadows,
+        rollouts=rollouts,
     )

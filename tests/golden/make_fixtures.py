@@ -9,7 +9,10 @@ reads), which a schema change must do before it ships.
 ``v1/`` holds unsigned history (before issue 10); ``signature-v1/`` a log whose
 commits record model signatures (issue 11: a move refused without, then allowed with
 ``allow_signature_change``, merges that keep or take a signature, a legacy commit
-without one); ``signed-v1/`` a signed log of
+without one); ``rollout-v1/`` a log of shadows and canary rollouts (issue 12: commits with
+reference bins, a shadow started and stopped, a rollout advanced by its controller, paused,
+resumed and completed with its alias move, one aborted, one promoted by hand); ``signed-v1/``
+a signed log of
 events partition 0: its writer-key ring ``~keys.0`` (a first key trusted on
 first use, a second one added, the first retired), the ``~security`` chain (a
 token issued and revoked, refs protected and unprotected) and a model whose
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,22 +46,33 @@ from streams.core import (
     signatures,
 )
 from streams.core.commands import (
+    AbortRollout,
     AddWriterKey,
+    AdvanceRollout,
     IssueToken,
+    PauseRollout,
+    PromoteRollout,
     ProtectRef,
+    ResumeRollout,
     RetireWriterKey,
     RevokeToken,
+    StartRollout,
+    StartShadow,
+    StopShadow,
     UnprotectRef,
 )
 from streams.core.decide import decide_on
 from streams.core.events import ModelEvent
 from streams.core.fold import Fold, state_digest
+from streams.core.hashing import canonical
 from streams.core.model_signature import CATEGORICAL, DOUBLE, Feature, ModelSignature
+from streams.core.rollout import Policy, rollout_id
 from workers.signing import sign_prediction
 
 HERE = Path(__file__).parent
 SIGNED = HERE / "signed-v1"
 SIGNATURE = HERE / "signature-v1"
+ROLLOUT = HERE / "rollout-v1"
 # Stand-ins for the secrets: in a fixture they must be public to be reproducible.
 GOLDEN_TOKEN = "mvc_0123456789abcdef_" + "g" * 43
 REVOKED_TOKEN = "mvc_fedcba9876543210_" + "r" * 43
@@ -124,22 +139,113 @@ def signature_history() -> list[Command]:
 
 
 def write_signature() -> None:
-    SIGNATURE.mkdir(exist_ok=True)
+    _write_log(
+        SIGNATURE,
+        signature_history(),
+        lambda body: isinstance(body, MakeCommit | Merge) and body.signature is not None,
+    )
+
+
+def _write_log(out: Path, commands: list[Command], keep: Callable[[Any], bool]) -> None:
+    """Decide ``commands`` (of one model) and write each event, the commands whose body
+    ``keep`` picks, and the fold's digest."""
+    out.mkdir(exist_ok=True)
     state = Fold()
     count = 0
-    for i, command in enumerate(signature_history()):
-        if isinstance(command.body, MakeCommit | Merge) and command.body.signature is not None:
+    for i, command in enumerate(commands):
+        if keep(command.body):
             data = codec.encode_command(command, "golden", f"req-{i:02d}")
-            _write_new(SIGNATURE / f"command-{i:02d}.bin", data)
-        for event in decide(state.models.get("fraud"), command):
+            _write_new(out / f"command-{i:02d}.bin", data)
+        for event in decide(state.models.get(command.model), command):
             assert state.apply(event) is None, command.command_id
             stem = f"event-{event.seq:02d}-{event.type}"
-            _write_new(SIGNATURE / f"{stem}.bin", codec.encode_event(event))
+            _write_new(out / f"{stem}.bin", codec.encode_event(event))
             plain = json.dumps(event.to_plain(), indent=1, sort_keys=True)
-            _write_new(SIGNATURE / f"{stem}.json", plain.encode())
+            _write_new(out / f"{stem}.json", plain.encode())
             count += 1
     summary = {"state_digest": state_digest(state.models), "events": count}
-    _write_new(SIGNATURE / "index.json", (json.dumps(summary, indent=1) + "\n").encode())
+    _write_new(out / "index.json", (json.dumps(summary, indent=1) + "\n").encode())
+
+
+def _judged(step: int, percent: int, baseline: float, candidate: float, ok: bool) -> str:
+    """Evidence as the controller writes it (canary.judge), canonical JSON."""
+    return canonical(
+        {
+            "step": step,
+            "percent": percent,
+            "baseline": {
+                "predictions": 5000,
+                "labeled": 4000,
+                "logloss": baseline,
+                "windows": ["w1"],
+            },
+            "candidate": {
+                "predictions": 600,
+                "labeled": 500,
+                "logloss": candidate,
+                "windows": ["w2"],
+            },
+            "criteria": [
+                {
+                    "name": "logloss",
+                    "limit": 0.01,
+                    "baseline": baseline,
+                    "candidate": candidate,
+                    "ok": ok,
+                }
+            ],
+        }
+    ).decode()
+
+
+def rollout_history() -> list[Command]:
+    """Shadows and rollouts of model "canary"; the controller's commands carry its actor and
+    command ids (``rollout:<id>:<step>:<action>``) as the streams app sends them."""
+    a, b, c = (ch * 64 for ch in "abc")
+    first, second, third = (rollout_id("canary", f"can-{i:02d}") for i in (5, 14, 16))
+    policy = Policy((10, 50, 100), 100, {"logloss": 0.01}, 50.0, 0.001, 600_000)
+    steps: list[tuple[str, Any]] = [
+        ("golden", CreateModel()),
+        ("golden", MakeCommit(a, "baseline", reference_sha256="d" * 64)),
+        ("golden", MoveAlias("production", "main")),
+        ("golden", MakeCommit(b, "candidate", reference_sha256="e" * 64)),
+        ("golden", StartShadow("production", "main")),
+        ("golden", StartRollout("production", "main", policy)),
+        (f"rollout:{first}", AdvanceRollout(first, 0, _judged(0, 10, 0.31, 0.29, True))),
+        ("golden", PauseRollout(first, "weekend freeze")),
+        ("golden", ResumeRollout(first)),
+        (f"rollout:{first}", AdvanceRollout(first, 1, _judged(1, 50, 0.31, 0.295, True))),
+        (f"rollout:{first}", AdvanceRollout(first, 2, _judged(2, 100, 0.31, 0.3, True))),
+        ("golden", StopShadow("production")),
+        ("golden", MakeCommit(c, "worse: no reference bins")),
+        ("golden", StartShadow("production", "main~2")),  # the first baseline, again
+        ("golden", StartRollout("production", "main", Policy((50, 100), 10, {"logloss": 0.01}))),
+        (
+            f"rollout:{second}",
+            AbortRollout(
+                second,
+                "logloss: candidate 0.4 > baseline 0.3 + 0.01",
+                _judged(0, 50, 0.3, 0.4, False),
+                0,
+            ),
+        ),
+        ("golden", StartRollout("production", "main", Policy((10, 100), 0, max_p99_ms=80.0))),
+        ("golden", PromoteRollout(third, "hotfix: promote now")),
+    ]
+    commands = []
+    for i, (actor, body) in enumerate(steps):
+        command_id = f"can-{i:02d}"
+        if actor.startswith("rollout:"):
+            action = type(body).__name__.removesuffix("Rollout").lower()
+            command_id = f"{actor}:{getattr(body, 'expect_step', 0)}:{action}"
+        commands.append(Command(command_id, "canary", actor, 1_870_000_000_000 + i * 60_000, body))
+    return commands
+
+
+def write_rollout() -> None:
+    _write_log(
+        ROLLOUT, rollout_history(), lambda body: not isinstance(body, CreateModel | MoveAlias)
+    )
 
 
 def serving_records() -> dict[str, tuple[codec.SingleObjectCodec, dict[str, Any]]]:
@@ -287,6 +393,7 @@ def main() -> None:
         _write_new(out / f"{stem}.json", json.dumps(record, indent=1, sort_keys=True).encode())
     write_signed()
     write_signature()
+    write_rollout()
 
 
 if __name__ == "__main__":
