@@ -247,7 +247,13 @@ def breakdown(
                     encoder = scoring.PredictionEncoder(version, "b", 0)
                     return [
                         encoder.encode(
-                            ev["event_id"], i.topic, i.partition, i.offset, ev["event_time"], row
+                            ev["event_id"],
+                            i.topic,
+                            i.partition,
+                            i.offset,
+                            ev["event_time"],
+                            row,
+                            ev["entity_key"],
                         )
                         for (i, ev), row in zip(m, s.tolist(), strict=True)
                     ]

@@ -75,8 +75,14 @@ def record(
     reason: str,
     stage: str,
     at: int | None = None,
+    *,
+    model: str = "",
+    commit_id: str = "",
 ) -> dict[str, Any]:
-    """The bounded DeadLetter record for the message at ``topic``/``partition``/``offset``."""
+    """The bounded DeadLetter record for the message at ``topic``/``partition``/``offset``.
+
+    ``model`` and ``commit_id``: what the message was for, when the sender knows (a worker
+    whose feature event decoded), so the monitor can count it against that version."""
     kept_key, key_sha256, key_size = _bounded_bytes(key, KEY_LIMIT)
     kept_value, value_sha256, value_size = _bounded_bytes(value, VALUE_LIMIT)
     text, cut = bounded_text(reason, REASON_LIMIT)
@@ -93,6 +99,9 @@ def record(
         "key_size": key_size,
         "value_sha256": value_sha256,
         "value_size": value_size,
+        # Bounded like the other texts: a model name is ≤ 128 characters, a commit id 64.
+        "model": bounded_text(model, 256)[0],
+        "commit_id": bounded_text(commit_id, 128)[0],
         "truncated": cut
         or (key is not None and kept_key is None)
         or (value is not None and kept_value is None),

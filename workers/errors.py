@@ -6,15 +6,28 @@ sends it to the dead-letter topic with ``reason`` and carries on.
 
 from __future__ import annotations
 
+from typing import Self
+
 
 class WorkerError(Exception):
     """Root of every fault the workers raise."""
 
 
 class Rejected(WorkerError):
-    """Raised for a feature event that cannot be scored; ``reason`` labels the metric."""
+    """Raised for a feature event that cannot be scored; ``reason`` labels the metric.
+
+    ``for_model`` and ``for_commit`` say which version refused it, when one did (set
+    with :meth:`about`): its dead letter carries them, so the monitor counts it against
+    that version. Never a name straight from the event: only one the version log knows
+    (an unknown schema's ``model`` is the event's own, and is not used)."""
 
     reason = "rejected"
+    for_model = ""
+    for_commit = ""
+
+    def about(self, model: str, commit_id: str = "") -> Self:
+        self.for_model, self.for_commit = model, commit_id
+        return self
 
 
 class Undecodable(Rejected):

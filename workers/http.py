@@ -221,6 +221,22 @@ def create_app(worker: Worker) -> web.Application:
             "delivery": worker.delivery,
             "delivery_note": DELIVERY_NOTES[worker.delivery],
             "serving": {f"{v.model}@{v.ref}": v.commit_id for v in worker.tracker.serving.values()},
+            # Served refs split by a canary rollout, or shadowed, once the commits loaded.
+            "rollouts": {
+                f"{r.version.model}@{r.version.ref}": {
+                    "rollout_id": r.rollout.id,
+                    "percent": r.rollout.percent,
+                    "baseline": r.version.commit_id,
+                    "candidate": r.rollout.candidate,
+                }
+                for r in worker.tracker.routes.values()
+                if r.rollout is not None
+            },
+            "shadows": {
+                f"{r.shadow.model}@{r.shadow.ref}": r.shadow.commit_id
+                for r in worker.tracker.routes.values()
+                if r.shadow is not None
+            },
             # Versions refused or not loadable (never served): why, since when, how often.
             "failures": worker.tracker.failures,
         }

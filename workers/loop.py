@@ -67,7 +67,11 @@ raise end-to-end latency by as much, and widen what a revoke must abort.
 Stopping drains what is in flight and commits it. The defaults (batch size,
 batches in flight, linger, fetch wait) come from bench/serving.py's sweep.
 
-In both, no batch mixes versions, and dead letters are bounded (``streams.deadletter``).
+In both, no batch mixes versions within one group of rows (a canary rollout splits a
+ref's rows into its baseline's and its candidate's), and dead letters are bounded
+(``streams.deadletter``) and name the model and commit when known. Shadow predictions
+go to their own topic in the same batch: acknowledged before the offsets are committed,
+or in the same transaction.
 """
 
 from __future__ import annotations
@@ -328,6 +332,7 @@ class Worker:
         self._no_transaction = asyncio.Event()
         self._no_transaction.set()
         self._committed: dict[TopicPartition, int] = {}
+        self._shadow_parts: list[int] = []  # of the shadow-predictions topic, on first use
 
     def stop(self) -> None:
         self._stopping.set()
@@ -657,28 +662,22 @@ class Worker:
     async def _send(
         self, scored: Scored, producer: AIOKafkaProducer, out_parts: list[int]
     ) -> asyncio.Future[Any]:
-        """Start sending a batch's predictions and dead letters, in order; the future is done
-        when all are acknowledged (acks=all), and fails with the first failed prediction."""
-        futures: list[asyncio.Future[Any]] = []
-        topic = self.settings.topics.predictions_topic
-        try:
-            by_partition: dict[int, list[tuple[bytes | None, bytes]]] = defaultdict(list)
-            for source_partition, key, value in scored.predictions:
-                by_partition[out_parts[source_partition % len(out_parts)]].append((key, value))
-            for partition, records in by_partition.items():
-                kafka_batch = producer.create_batch()
-                for key, value in records:
-                    if kafka_batch.append(key=key, value=value, timestamp=None) is None:
-                        futures.append(
-                            await producer.send_batch(kafka_batch, topic, partition=partition)
-                        )
-                        kafka_batch = producer.create_batch()
-                        kafka_batch.append(key=key, value=value, timestamp=None)
-                futures.append(await producer.send_batch(kafka_batch, topic, partition=partition))
-        except KafkaError as exc:  # the producer refused to take it (closed, queue timed out)
-            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            failed.set_exception(exc)
-            futures.append(failed)
+        """Start sending a batch's predictions, shadow predictions and dead letters, in order;
+        the future is done when all are acknowledged (acks=all), and fails with the first
+        failed prediction."""
+        topics = self.settings.topics
+        futures = await self._send_records(
+            producer, topics.predictions_topic, scored.predictions, out_parts
+        )
+        if scored.shadow_predictions and await self._shadow_topic(producer):
+            futures += await self._send_records(
+                producer,
+                topics.shadow_predictions_topic,
+                scored.shadow_predictions,
+                self._shadow_parts,
+            )
+        elif scored.shadow_predictions:
+            self.metrics.shadow_failed("", "send", len(scored.shadow_predictions))
         letters: list[asyncio.Future[Any]] = []
         for item, reason in scored.rejected:
             self.metrics.dead_letter(reason.reason)
@@ -690,13 +689,58 @@ class Worker:
                 item.value,
                 f"{reason.reason}: {reason}",
                 "worker",
+                model=reason.for_model,
+                commit_id=reason.for_commit,
             )
             letters.append(
-                asyncio.ensure_future(
-                    deadletter.send(producer, self.settings.topics.dead_letter_topic, letter)
-                )
+                asyncio.ensure_future(deadletter.send(producer, topics.dead_letter_topic, letter))
             )
         return asyncio.ensure_future(self._acknowledged(futures, letters))
+
+    async def _shadow_topic(self, producer: AIOKafkaProducer) -> bool:
+        """Whether the shadow-predictions topic can be written (its partitions learnt once).
+        Without it (a streams app of this release creates it at start), shadow scores are
+        dropped, counted and logged: they never hold serving back."""
+        if self._shadow_parts:
+            return True
+        topic = self.settings.topics.shadow_predictions_topic
+        try:
+            found = await producer.partitions_for(topic)
+        except KafkaError as exc:
+            log.warning("shadow predictions dropped: topic %s unavailable (%r)", topic, exc)
+            return False
+        self._shadow_parts = sorted(found or {0})
+        return True
+
+    @staticmethod
+    async def _send_records(
+        producer: AIOKafkaProducer,
+        topic: str,
+        records: list[tuple[int, bytes | None, bytes]],
+        parts: list[int],
+    ) -> list[asyncio.Future[Any]]:
+        """Start sending ``records`` (source partition, key, value) to ``topic``, one Kafka
+        batch per partition at a time: a source partition's records keep their order."""
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            by_partition: dict[int, list[tuple[bytes | None, bytes]]] = defaultdict(list)
+            for source_partition, key, value in records:
+                by_partition[parts[source_partition % len(parts)]].append((key, value))
+            for partition, batch in by_partition.items():
+                kafka_batch = producer.create_batch()
+                for key, value in batch:
+                    if kafka_batch.append(key=key, value=value, timestamp=None) is None:
+                        futures.append(
+                            await producer.send_batch(kafka_batch, topic, partition=partition)
+                        )
+                        kafka_batch = producer.create_batch()
+                        kafka_batch.append(key=key, value=value, timestamp=None)
+                futures.append(await producer.send_batch(kafka_batch, topic, partition=partition))
+        except KafkaError as exc:  # the producer refused to take it (closed, queue timed out)
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            futures.append(failed)
+        return futures
 
     async def _acknowledged(
         self, futures: list[asyncio.Future[Any]], letters: list[asyncio.Future[Any]]

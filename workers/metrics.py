@@ -7,13 +7,14 @@ Label values reach the registry through the methods below only, and each comes
 from a bounded set: models and commits of versions this worker serves (at most
 ``MODELVC_WORKER_MAX_REFS`` at once), rejection reasons, dead-letter and transaction
 outcomes, deliveries and artifact cache operations (fixed sets), partitions of the
-features topic. A feature event's raw model or ref never becomes a label before it
-resolved to a served version.
+features topic, arms (``""``, ``baseline``, ``candidate``, ``shadow``) and the rollouts
+of served refs (one at a time per ref). A feature event's raw model or ref never becomes
+a label before it resolved to a served version.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Literal, cast
 
 import numpy as np
@@ -35,6 +36,7 @@ _le = cast(Callable[[float], str], floatToGoString)
 PredictionPath = Literal["stream", "http"]
 TransactionOutcome = Literal["committed", "aborted"]
 CacheOperation = Literal["read", "write"]
+ShadowStage = Literal["load", "refused", "predict", "send"]
 
 
 class BatchHistogram(Collector):
@@ -79,9 +81,11 @@ class Metrics:
         r = self.registry
         self._predictions = Counter(
             "modelvc_predictions",
-            "Predictions made, by model, the commit that made them and path "
-            "(stream: feature events; http: POST /v1/models/{model}/predict).",
-            ("model", "commit", "path"),
+            "Predictions made, by model, the commit that made them, path "
+            "(stream: feature events; http: POST /v1/models/{model}/predict) and arm "
+            "(baseline or candidate of a canary rollout, shadow for a shadow's score "
+            "on modelvc.shadow-predictions, empty otherwise).",
+            ("model", "commit", "path", "arm"),
             registry=r,
         )
         self._batch_size = Histogram(
@@ -140,6 +144,29 @@ class Metrics:
             ("model", "ref", "commit"),
             registry=r,
         )
+        self._rollout_percent = Gauge(
+            "modelvc_rollout_percent",
+            "The share of entities (percent) a served ref's active canary rollout routes to "
+            "its candidate, once the candidate is loaded.",
+            ("model", "ref", "rollout", "candidate"),
+            registry=r,
+        )
+        self._shadow_info = Gauge(
+            "modelvc_shadow_info",
+            "1 for each served ref whose alias has a shadow, and the shadow commit scoring "
+            "beside it, once loaded.",
+            ("model", "ref", "commit"),
+            registry=r,
+        )
+        self._shadow_failures = Counter(
+            "modelvc_shadow_failures",
+            "Shadow work skipped, by model and stage: load (the shadow commit would not "
+            "load), refused (rows the shadow could not score), predict (its scoring "
+            "failed), send (no shadow-predictions topic; model empty). Serving goes on "
+            "without it.",
+            ("model", "stage"),
+            registry=r,
+        )
         self._consumer_lag = Gauge(
             "modelvc_consumer_lag",
             "Feature events not yet consumed, by assigned partition.",
@@ -186,8 +213,28 @@ class Metrics:
         )
 
     # -- the worker's calls -----------------------------------------------------------
-    def predicted(self, model: str, commit: str, path: PredictionPath, count: int = 1) -> None:
-        self._predictions.labels(model, commit, path).inc(count)
+    def predicted(
+        self, model: str, commit: str, path: PredictionPath, count: int = 1, arm: str = ""
+    ) -> None:
+        """``arm``: a served version's stamp (workers.scoring.Version), a bounded set."""
+        self._predictions.labels(model, commit, path, arm).inc(count)
+
+    def routes(
+        self,
+        rollouts: Iterable[tuple[str, str, str, str, int]],
+        shadows: Iterable[tuple[str, str, str]],
+    ) -> None:
+        """The rollouts (model, ref, rollout id, candidate, percent) and shadows (model, ref,
+        commit) of the refs served now; the series of any other go."""
+        self._rollout_percent.clear()
+        for model, ref, rollout_id, candidate, percent in rollouts:
+            self._rollout_percent.labels(model, ref, rollout_id, candidate).set(percent)
+        self._shadow_info.clear()
+        for model, ref, commit in shadows:
+            self._shadow_info.labels(model, ref, commit).set(1)
+
+    def shadow_failed(self, model: str, stage: ShadowStage, count: int = 1) -> None:
+        self._shadow_failures.labels(model, stage).inc(count)
 
     def batch(self, size: int) -> None:
         self._batch_size.observe(size)

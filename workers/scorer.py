@@ -2,6 +2,12 @@
 version once per batch, predict off the event loop, encode. No Kafka client here: the
 loop (:mod:`workers.loop`) fetches and delivers.
 
+A (model, ref) whose alias has an active canary rollout is split by entity between the
+rollout's baseline and candidate (:meth:`workers.scoring.Route.split`), each part scored
+by one version and stamped with the rollout and arm; when the alias has a shadow, the
+rows served are scored again by the shadow commit, for ``modelvc.shadow-predictions``
+only. A shadow never refuses an event nor fails a batch: what it cannot do is counted.
+
 A feature event is decoded by its writer schema's fingerprint (:mod:`workers.typed`):
 the map-of-union form or a typed one. A typed event is scored only when its schema
 carries every feature the served version needs, with its type; else it is dead-lettered
@@ -11,9 +17,11 @@ carries every feature the served version needs, with its type; else it is dead-l
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,12 +30,15 @@ import numpy as np
 
 from streams.codec import PREDICTIONS
 from streams.core.model_signature import Feature, mismatch
+from streams.core.rollout import routing_key
 from workers import scoring
 from workers.errors import Rejected, SignatureMismatch, Undecodable
 from workers.metrics import Metrics
-from workers.scoring import Version
+from workers.scoring import Route, Version
 from workers.signing import Signer, sign_prediction
 from workers.typed import TypedRegistry, UnknownSchema, fetch_hint
+
+log = logging.getLogger("modelvc.workers")
 
 # A decoded event; for a typed one the features its schema carries (None: map form), and
 # for an all-double typed one its raw features (workers.typed.Read).
@@ -42,6 +53,8 @@ class Versions(Protocol):
     registry: TypedRegistry
 
     async def version_for(self, model: str, ref: str | None) -> Version: ...
+
+    async def route_for(self, model: str, ref: str | None) -> Route: ...
 
 
 @dataclass
@@ -63,6 +76,8 @@ class Scored:
     )  # (src partition, key, value)
     rejected: list[tuple[Incoming, Rejected]] = field(default_factory=list)
     versions: dict[tuple[str, str | None], str] = field(default_factory=dict)
+    # For the shadow-predictions topic, as ``predictions``.
+    shadow_predictions: list[tuple[int, bytes | None, bytes]] = field(default_factory=list)
 
 
 class Scorer:
@@ -94,17 +109,22 @@ class Scorer:
             await self._learn(unknown)
             out, groups, unknown = self._decode(batch)  # rare: keeps the batch's order
             out.rejected += unknown
-        # Versions are fixed for the whole batch before any scoring: no batch mixes them.
-        versions: dict[tuple[str, str | None], Version] = {}
+        # Routes are fixed for the whole batch before any scoring: each group of rows is
+        # scored by one version.
+        routes: dict[tuple[str, str | None], Route] = {}
         for key, members in groups.items():
             try:
-                versions[key] = await self.tracker.version_for(*key)
+                routes[key] = await self.tracker.route_for(*key)
             except Rejected as exc:
                 out.rejected += [(item, exc) for item, *_ in members]
         scored_at = int(time.time() * 1000)
-        for key, version in versions.items():
-            out.versions[key] = version.commit_id
-            await self._score_group(version, groups[key], scored_at, out)
+        for key, route in routes.items():
+            out.versions[key] = route.version.commit_id
+            served: list[Member] = []
+            for version, part in route.split(groups[key], _entity_key):
+                served += await self._score_group(version, part, scored_at, out)
+            if route.shadow is not None and served:
+                await self._shadow(route.shadow, served, scored_at, out)
         return out
 
     def _decode(
@@ -146,20 +166,81 @@ class Scorer:
     async def _score_group(
         self,
         version: Version,
-        members: list[Member],
+        members: Sequence[Member],
         scored_at: int,
         out: Scored,
+    ) -> list[Member]:
+        """Score ``members`` by ``version`` into ``out``; the members it scored."""
+        matrix, kept = self._rows(version, members, out.rejected)
+        if not kept:
+            return kept
+        started = time.perf_counter()
+        scores = await self.predict(version, matrix)
+        self.metrics.predict_took(time.perf_counter() - started)
+        out.predictions += await self._encoded(version, kept, scores, scored_at)
+        event_ms = np.fromiter((item.timestamp_ms for item, *_ in kept), np.int64, len(kept))
+        self.metrics.end_to_end(np.maximum(0.0, (scored_at - event_ms) / 1000))
+        self.metrics.predicted(version.model, version.commit_id, "stream", len(kept), version.arm)
+        return kept
+
+    async def _shadow(
+        self, shadow: Version, members: list[Member], scored_at: int, out: Scored
     ) -> None:
+        """The rows just served, scored by the shadow commit too; what it cannot score is
+        counted and left out (the event was served: it is no dead letter)."""
+        refused: list[tuple[Incoming, Rejected]] = []
+        matrix, kept = self._rows(shadow, members, refused)
+        if refused:
+            self.metrics.shadow_failed(shadow.model, "refused", len(refused))
+        if not kept:
+            return
+        try:
+            scores = await self.predict(shadow, matrix)
+        except Exception as exc:  # whatever the shadow's model raises, serving goes on
+            log.warning(
+                "shadow %s of %s@%s failed (%r)",
+                shadow.commit_id[:12],
+                shadow.model,
+                shadow.ref,
+                exc,
+            )
+            self.metrics.shadow_failed(shadow.model, "predict", len(kept))
+            return
+        out.shadow_predictions += await self._encoded(shadow, kept, scores, scored_at)
+        self.metrics.predicted(shadow.model, shadow.commit_id, "stream", len(kept), "shadow")
+
+    async def _encoded(
+        self, version: Version, kept: list[Member], scores: np.ndarray, scored_at: int
+    ) -> list[tuple[int, bytes | None, bytes]]:
+        if self.signer is None:
+            return self._encode(version, kept, scores, scored_at)
+        # Signing costs tens of microseconds a record: on the predict thread, so a large
+        # batch does not hold up /healthz and the group heartbeat on the event loop.
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.predictor, self._encode, version, kept, scores, scored_at
+        )
+
+    def _rows(
+        self,
+        version: Version,
+        members: Sequence[Member],
+        rejected: list[tuple[Incoming, Rejected]],
+    ) -> tuple[np.ndarray, list[Member]]:
+        """The matrix of ``members`` for ``version`` and the members in it; each refused one
+        goes to ``rejected``, attributed to the version."""
         names = version.loaded.feature_names
         # Each kept event's row: the raw float64s of an all-double typed event already in
         # the served order (the common case: one numpy.frombuffer for the whole batch), or
         # a list of numbers.
         parts: list[bytes | list[float]] = []
-        kept: list[tuple[Incoming, dict[str, Any]]] = []
+        kept: list[Member] = []
+        model, commit_id = version.model, version.commit_id
         # Once per typed schema in this batch, not per event (each object lives as long
         # as the batch, so its id is its identity here): refused, and in the served order.
         fits: dict[int, tuple[SignatureMismatch | None, bool]] = {}
-        for item, event, carried, doubles in members:
+        for member in members:
+            item, event, carried, doubles = member
             if carried is not None:
                 fit = fits.get(id(carried))
                 if fit is None:
@@ -167,22 +248,22 @@ class Scorer:
                     fit = fits[id(carried)] = (self._mismatch(version, carried), in_order)
                 refused, in_order = fit
                 if refused is not None:
-                    out.rejected.append((item, refused))
+                    rejected.append((item, refused))
                     continue
                 if doubles is not None:
                     if in_order:
                         parts.append(doubles)
-                        kept.append((item, event))
+                        kept.append(member)
                         continue
                     values = struct.unpack(f"<{len(carried)}d", doubles)
                     event["features"] = dict(zip((f.name for f in carried), values, strict=True))
             try:
                 parts.append(scoring.feature_row(event["features"], names))
-                kept.append((item, event))
+                kept.append(member)
             except Rejected as exc:
-                out.rejected.append((item, exc))
+                rejected.append((item, exc.about(model, commit_id)))
         if not parts:
-            return
+            return np.empty((0, len(names))), kept
         if all(type(p) is bytes for p in parts):
             raw = b"".join(parts)  # type: ignore[arg-type]
             matrix = np.frombuffer(raw, dtype="<f8").reshape(len(parts), len(names))
@@ -194,37 +275,27 @@ class Scorer:
         verdicts = scoring.check_finite(matrix, names)
         if any(v is not None for v in verdicts):
             good = [i for i, v in enumerate(verdicts) if v is None]
-            out.rejected += [(kept[i][0], v) for i, v in enumerate(verdicts) if v is not None]
+            rejected += [
+                (kept[i][0], v.about(model, commit_id))
+                for i, v in enumerate(verdicts)
+                if v is not None
+            ]
             matrix, kept = matrix[good], [kept[i] for i in good]
-            if not kept:
-                return
-        started = time.perf_counter()
-        scores = await self.predict(version, matrix)
-        self.metrics.predict_took(time.perf_counter() - started)
-        if self.signer is None:
-            out.predictions += self._encode(version, kept, scores, scored_at)
-        else:
-            # Signing costs tens of microseconds a record: on the predict thread, so a large
-            # batch does not hold up /healthz and the group heartbeat on the event loop.
-            loop = asyncio.get_running_loop()
-            out.predictions += await loop.run_in_executor(
-                self.predictor, self._encode, version, kept, scores, scored_at
-            )
-        event_ms = np.fromiter((item.timestamp_ms for item, _ in kept), np.int64, len(kept))
-        self.metrics.end_to_end(np.maximum(0.0, (scored_at - event_ms) / 1000))
-        self.metrics.predicted(version.model, version.commit_id, "stream", len(kept))
+        return matrix, kept
 
     @staticmethod
     def _mismatch(version: Version, carried: tuple[Feature, ...]) -> SignatureMismatch | None:
         why = mismatch(carried, version.loaded.summary.signature)
         if why is None:
             return None
-        return SignatureMismatch(f"{why}; {fetch_hint(version.model, version.ref)}")
+        return SignatureMismatch(f"{why}; {fetch_hint(version.model, version.ref)}").about(
+            version.model, version.commit_id
+        )
 
     def _encode(
         self,
         version: Version,
-        kept: list[tuple[Incoming, dict[str, Any]]],
+        kept: list[Member],
         scores: np.ndarray,
         scored_at: int,
     ) -> list[tuple[int, bytes | None, bytes]]:
@@ -244,19 +315,25 @@ class Scorer:
                         item.offset,
                         event["event_time"],
                         row,
+                        event["entity_key"],
                     ),
                 )
-                for (item, event), row in zip(kept, rows, strict=True)
+                for (item, event, _, _), row in zip(kept, rows, strict=True)
             ]
         encoded = []
-        for (item, event), row in zip(kept, rows, strict=True):
+        for (item, event, _, _), row in zip(kept, rows, strict=True):
             source = scoring.Source(item.topic, item.partition, item.offset, item.timestamp_ms)
             record = scoring.prediction_record(
                 event, source, version, row, self.worker_id, scored_at
             )
             # Said explicitly: fastavro would write the schema's default for bytes as a str.
             record |= {"key_id": "", "signature": b""}
-            if self.signer is not None:
-                sign_prediction(record, self.signer)
+            assert self.signer is not None  # else the encoder above
+            sign_prediction(record, self.signer)
             encoded.append((item.partition, item.key, PREDICTIONS.encode(record)))
         return encoded
+
+
+def _entity_key(member: Member) -> str:
+    event = member[1]
+    return routing_key(str(event["entity_key"]), str(event["event_id"]))

@@ -8,26 +8,69 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from streams.codec import PREDICTIONS
+from streams.core.rollout import BASELINE, CANDIDATE, Rollout, arm
 from workers.artifacts import LoadedModel
 from workers.errors import MissingFeature, NonFiniteValue, Rejected, WrongType
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Version:
-    """The version a batch is scored by: what a ref resolved to, and its loaded model."""
+    """The version a batch is scored by: what a ref resolved to, and its loaded model.
+
+    ``rollout_id``/``arm`` and ``shadow`` are the stamps its predictions carry: the
+    tracker makes a stamped copy for each arm of a rollout and for a shadow."""
 
     model: str
     ref: str  # the ref as requested, or the default ref it stood for
     commit_id: str
     artifact_sha256: str
     loaded: LoadedModel
+    rollout_id: str = ""
+    arm: str = ""  # rollout.BASELINE | rollout.CANDIDATE, "" without a rollout
+    shadow: bool = False
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one (model, ref) is served now: by ``version`` alone, or split by an active
+    rollout of its alias between ``baseline`` and ``candidate`` (both loaded, stamped), and
+    also scored by ``shadow`` (stamped shadow) when the alias has one that loaded."""
+
+    version: Version
+    rollout: Rollout | None = None
+    baseline: Version | None = None
+    candidate: Version | None = None
+    shadow: Version | None = None
+
+    def split(
+        self, items: Sequence[T], entity_key: Callable[[T], str]
+    ) -> list[tuple[Version, Sequence[T]]]:
+        """Each version that serves some of ``items``, with them (in their order).
+
+        Without a rollout, one group and no hashing: routing costs nothing then. With one,
+        ``rollout.arm`` per entity, the rule ``streams.core.refs.serving`` applies (it is
+        asked once per batch which rollout), so an entity keeps its arm from batch to
+        batch and worker to worker."""
+        rollout, baseline, candidate = self.rollout, self.baseline, self.candidate
+        if rollout is None or baseline is None or candidate is None:
+            return [(self.version, items)]
+        picked: dict[str, list[T]] = {BASELINE: [], CANDIDATE: []}
+        for item in items:
+            picked[arm(rollout, entity_key(item))].append(item)
+        return [
+            (version, part)
+            for version, part in ((baseline, picked[BASELINE]), (candidate, picked[CANDIDATE]))
+            if part
+        ]
 
 
 @dataclass(frozen=True)
@@ -38,9 +81,11 @@ class Source:
     timestamp_ms: int
 
 
-def prediction_id(feature_event_id: str, commit_id: str) -> str:
-    """Deterministic: a redelivered event scored by the same version keeps its id."""
-    return hashlib.sha256(f"{feature_event_id}|{commit_id}".encode()).hexdigest()
+def prediction_id(feature_event_id: str, commit_id: str, shadow: bool = False) -> str:
+    """Deterministic: a redelivered event scored by the same version keeps its id; a shadow's
+    score of it has another id (the same commit may serve one ref and shadow another)."""
+    text = f"{feature_event_id}|{commit_id}|shadow" if shadow else f"{feature_event_id}|{commit_id}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 _FLOAT_MAX = int(np.finfo(np.float64).max)
@@ -98,7 +143,7 @@ def prediction_record(
     scored_at: int,
 ) -> dict[str, Any]:
     return {
-        "prediction_id": prediction_id(event["event_id"], version.commit_id),
+        "prediction_id": prediction_id(event["event_id"], version.commit_id, version.shadow),
         "feature_event_id": event["event_id"],
         "source_topic": source.topic,
         "source_partition": source.partition,
@@ -111,6 +156,10 @@ def prediction_record(
         "worker_id": worker_id,
         "event_time": event["event_time"],
         "scored_at": scored_at,
+        "entity_key": event["entity_key"],
+        "rollout_id": version.rollout_id,
+        "arm": version.arm,
+        "shadow": version.shadow,
     }
 
 
@@ -137,6 +186,10 @@ _LAYOUT = (
     ("scored_at", "long"),
     ("key_id", "string"),
     ("signature", "bytes"),
+    ("entity_key", "string"),
+    ("rollout_id", "string"),
+    ("arm", "string"),
+    ("shadow", "boolean"),
 )
 if tuple((f["name"], f["type"]) for f in PREDICTIONS.schema["fields"]) != _LAYOUT:
     raise ImportError(
@@ -168,12 +221,15 @@ class PredictionEncoder:
 
     def __init__(self, version: Version, worker_id: str, scored_at: int) -> None:
         self.commit = version.commit_id
+        self.shadow = version.shadow
         self.middle = b"".join(
             _string(v)
             for v in (version.model, version.ref, version.commit_id, version.artifact_sha256)
         )
         self.worker = _string(worker_id)
         self.tail = _long(scored_at) + _UNSIGNED
+        # After entity_key: the rollout's stamps and the shadow flag (Avro boolean: one byte).
+        self.stamps = _string(version.rollout_id) + _string(version.arm) + bytes((version.shadow,))
         self.topics: dict[str, bytes] = {}
 
     def encode(
@@ -184,6 +240,7 @@ class PredictionEncoder:
         offset: int,
         event_time: int,
         scores: Sequence[float],
+        entity_key: str = "",
     ) -> bytes:
         """The record ``prediction_record`` makes of these, unsigned, encoded."""
         encoded_topic = self.topics.get(topic)
@@ -193,7 +250,7 @@ class PredictionEncoder:
         return b"".join(
             (
                 PREDICTIONS.header,
-                _string(prediction_id(event_id, self.commit)),
+                _string(prediction_id(event_id, self.commit, self.shadow)),
                 _string(event_id),
                 encoded_topic,
                 _long(partition),
@@ -203,5 +260,7 @@ class PredictionEncoder:
                 self.worker,
                 _long(event_time),
                 self.tail,
+                _string(entity_key),
+                self.stamps,
             )
         )

@@ -6,10 +6,13 @@ gains ``key_id`` (sha256 hex of the raw public key) and ``signature`` over
 
     b"modelvc prediction v1\\x00" + sha256(canonical(the v1 fields, key_id included))
 
-The v1 message covers exactly :data:`SIGNED_FIELDS` (every field of the record
-but ``signature``), so a field a later schema adds, decoded with its default into
-an old record, cannot change what an old signature covers; a record carrying any
-other field is refused for signing (a new field needs a new message version).
+The v1 message covers :data:`SIGNED_FIELDS` (every field of the first signed
+record but ``signature``) and each field of :data:`OPTIONAL_FIELDS` (appended later:
+entity key, rollout, arm, shadow) only when it is not its default, so a field a later
+schema adds, decoded with its default into an old record, cannot change what an old
+signature covers, while a new record's rollout stamps are signed. A record carrying
+any other field is refused for signing (a new field joins OPTIONAL_FIELDS, with its
+schema default, or needs a new message version).
 
 Pure apart from the injected ``verify`` (``streams.signing.verify``): no keys are
 read here, the shell passes public keys in.
@@ -42,6 +45,13 @@ SIGNED_FIELDS = (
     "scored_at",
     "key_id",
 )
+# Appended after signing existed, with their schema defaults: signed only when set.
+OPTIONAL_FIELDS: Mapping[str, object] = {
+    "entity_key": "",
+    "rollout_id": "",
+    "arm": "",
+    "shadow": False,
+}
 # What an auditor reports about a prediction's signature.
 UNSIGNED = "unsigned"  # no signature, while the auditor pinned worker keys
 BAD_SIGNATURE = "bad_signature"
@@ -61,12 +71,17 @@ class Signer(Protocol):
 def prediction_message(record: Mapping[str, Any]) -> bytes:
     """The bytes a worker signs for ``record``; KeyError names a v1 field it lacks."""
     signed = {name: record[name] for name in SIGNED_FIELDS}
+    for name, default in OPTIONAL_FIELDS.items():
+        value = record.get(name, default)
+        # The type too: 0 == False, and a value that is not the default must be signed.
+        if value != default or type(value) is not type(default):
+            signed[name] = value
     return PREDICTION_CONTEXT + hashlib.sha256(canonical(signed)).digest()
 
 
 def sign_prediction(record: dict[str, Any], signer: Signer) -> None:
     """Stamp ``key_id`` and ``signature`` on ``record`` (in place: it is encoded next)."""
-    extra = set(record) - set(SIGNED_FIELDS) - {"signature"}
+    extra = set(record) - set(SIGNED_FIELDS) - set(OPTIONAL_FIELDS) - {"signature"}
     if extra:
         raise ValueError(
             f"prediction fields {sorted(extra)} are not covered by the v1 message: add them to "

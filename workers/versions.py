@@ -16,6 +16,13 @@ a worker serves; a ring may start only with a key of ``MODELVC_TRUSTED_WRITER_KE
 It also folds ``~security``, whose tokens the worker's REST endpoints accept. Each
 failure is counted (``modelvc_artifact_failures_total``) and kept in
 :attr:`VersionTracker.failures` until that ref loads, for /healthz.
+
+A served ref that is an alias with an active canary rollout, or a shadow, gets a
+:class:`~workers.scoring.Route`: the rollout's candidate (or the shadow commit) is
+loaded first, and only then is the route in place, set with the version in one step
+(no await between), so a batch never sees half a change. A candidate that will not
+load leaves the ref served by its baseline alone, unstamped, and is retried; a shadow
+that will not load is counted (``modelvc_shadow_failures_total``) and skipped.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from streams.codec import decode_event
@@ -30,6 +38,8 @@ from streams.core import refs
 from streams.core.errors import VersionGraphError
 from streams.core.events import Committed, Merged, ModelEvent
 from streams.core.fold import Fold
+from streams.core.rollout import BASELINE, CANDIDATE
+from streams.core.state import ModelState
 from streams.errors import UndecodableMessage
 from streams.follow import assigned_consumer
 from streams.settings import TRUSTED_KEYS_ENV
@@ -44,7 +54,7 @@ from workers.errors import (
     UnknownRef,
 )
 from workers.metrics import Metrics
-from workers.scoring import Version
+from workers.scoring import Route, Version
 from workers.settings import WorkerSettings
 from workers.typed import TypedRegistry
 
@@ -85,9 +95,12 @@ class VersionTracker:
             fold if fold is not None else Fold(verify=verify, trusted=trusted_keys(settings))
         )
         self.serving: dict[tuple[str, str | None], Version] = {}
+        # The served keys with a rollout or a shadow loaded; each route's version is
+        # serving[key] (both are set together).
+        self.routes: dict[tuple[str, str | None], Route] = {}
         self.ready = asyncio.Event()
         self.switches: list[tuple[float, str, str, str]] = []  # (monotonic, model, ref, commit)
-        self._failed: dict[tuple[str, str | None], str] = {}
+        self._failed: dict[str, str] = {}  # failure label -> the commit that would not load
         # "model@ref" -> the commit that would not load, why, how often, since when.
         self.failures: dict[str, dict[str, Any]] = {}
         self._budget = MemoryBudget(settings.worker_memory_mb << 20, settings.max_batch)
@@ -116,7 +129,7 @@ class VersionTracker:
             commit_id = refs.resolve(state, name)
         except VersionGraphError as exc:
             # exc.message quotes the ref, already cut short; a feature event's ref is hostile.
-            raise UnknownRef(f"model {model[:64]!r}: {exc.message}") from exc
+            raise UnknownRef(f"model {model[:64]!r}: {exc.message}").about(model) from exc
         return name, commit_id, state.commits[commit_id].artifact_sha256
 
     async def _load(self, digest: str) -> LoadedModel:
@@ -132,13 +145,17 @@ class VersionTracker:
             self.serving[key] = current  # re-inserted last: the dict is in LRU order
             return current
         name, commit_id, digest = self.resolve(model, ref)
+        label = f"{model}@{name}"
         try:
             loaded = await self._load(digest)
         except ArtifactLoadFailed as exc:
-            self._note_failure(key, name, commit_id, digest, exc)
-            raise ArtifactUnavailable(f"{model}@{name} ({commit_id[:10]}): {exc}") from exc
-        self._clear_failure(key, name)
+            self._note_failure(model, label, commit_id, digest, exc)
+            raise ArtifactUnavailable(f"{label} ({commit_id[:10]}): {exc}").about(
+                model, commit_id
+            ) from exc
+        self._clear_failure(label)
         version = Version(model, name, commit_id, digest, loaded)
+        route = await self._route(key, version, None)
         if key in self.serving:  # another batch loaded it meanwhile
             return self.serving[key]
         while len(self.serving) >= self.settings.max_refs:
@@ -148,14 +165,117 @@ class VersionTracker:
             # this worker without bound, nor lock new refs out.
             oldest = next(iter(self.serving))
             self._unpublish(self.serving.pop(oldest))
+            self.routes.pop(oldest, None)
         self.serving[key] = version
+        self._set_route(key, route)
         self._publish(version)
         return version
 
+    async def route_for(self, model: str, ref: str | None) -> Route:
+        """How ``(model, ref)`` is served now: its version, and its alias's rollout and
+        shadow once loaded (loading the version on first use, as :meth:`version_for`)."""
+        version = await self.version_for(model, ref)
+        route = self.routes.get((model, ref))
+        return route if route is not None and route.version is version else Route(version)
+
+    # -- rollouts and shadows -------------------------------------------------------------
+    async def _route(
+        self, key: tuple[str, str | None], version: Version, previous: Route | None
+    ) -> Route:
+        """``version``'s route: split by its alias's active rollout when the rollout's
+        baseline is what ``version`` serves and its candidate loads, and shadowed by its
+        alias's shadow commit when that loads. Reuses what ``previous`` had loaded."""
+        model, name = key[0], version.ref
+        state = self.fold.models.get(model)
+        route = Route(version)
+        if state is None:
+            return route
+        try:
+            _, rollout_id, _ = refs.serving(state, name, "")
+        except VersionGraphError:
+            rollout_id = ""  # no longer resolves: refresh keeps the version and says so
+        rollout = state.rollouts.get(rollout_id) if rollout_id else None
+        candidate_label = f"{model}@{name} rollout candidate"
+        if rollout is not None and rollout.baseline == version.commit_id:
+            had = previous.candidate if previous is not None else None
+            candidate = await self._extra(state, candidate_label, version, rollout.candidate, had)
+            if candidate is not None:
+                route = replace(
+                    route,
+                    rollout=rollout,
+                    baseline=replace(version, rollout_id=rollout.id, arm=BASELINE),
+                    candidate=replace(candidate, rollout_id=rollout.id, arm=CANDIDATE),
+                )
+        else:
+            self._clear_failure(candidate_label)  # none wanted now: nothing failing
+        shadow_label = f"{model}@{name} shadow"
+        shadow_commit = refs.shadow_of(state, name)
+        if shadow_commit is not None:
+            had = previous.shadow if previous is not None else None
+            shadow = await self._extra(state, shadow_label, version, shadow_commit, had)
+            if shadow is None:
+                self.metrics.shadow_failed(model, "load")
+            else:
+                route = replace(route, shadow=replace(shadow, shadow=True))
+        else:
+            self._clear_failure(shadow_label)
+        return route
+
+    async def _extra(
+        self,
+        state: ModelState,
+        label: str,
+        version: Version,
+        commit_id: str,
+        had: Version | None,
+    ) -> Version | None:
+        """``commit_id`` loaded beside ``version`` (a candidate or a shadow), or None when it
+        will not load (noted, and retried as any failed load)."""
+        if had is not None and had.commit_id == commit_id:
+            return had
+        commit = state.commits.get(commit_id)
+        if commit is None:  # the fold accepts no rollout or shadow of an unknown commit
+            return None
+        try:
+            loaded = await self._load(commit.artifact_sha256)
+        except ArtifactLoadFailed as exc:
+            self._note_failure(version.model, label, commit_id, commit.artifact_sha256, exc)
+            return None
+        self._clear_failure(label)
+        return Version(version.model, version.ref, commit_id, commit.artifact_sha256, loaded)
+
+    def _set_route(self, key: tuple[str, str | None], route: Route) -> None:
+        if route.rollout is None and route.shadow is None:
+            self.routes.pop(key, None)
+        else:
+            self.routes[key] = route
+        self._publish_routes()
+
+    def _publish_routes(self) -> None:
+        # Rebuilt whole: routes change only with the log, and two spellings of one ref
+        # (the default ref and `production`) share their series.
+        self.metrics.routes(
+            [
+                (
+                    r.version.model,
+                    r.version.ref,
+                    r.rollout.id,
+                    r.rollout.candidate,
+                    r.rollout.percent,
+                )
+                for r in self.routes.values()
+                if r.rollout is not None
+            ],
+            [
+                (r.shadow.model, r.shadow.ref, r.shadow.commit_id)
+                for r in self.routes.values()
+                if r.shadow is not None
+            ],
+        )
+
     def _note_failure(
-        self, key: tuple[str, str | None], name: str, commit_id: str, digest: str, exc: Exception
+        self, model: str, label: str, commit_id: str, digest: str, exc: Exception
     ) -> None:
-        label = f"{key[0]}@{name}"
         previous = self.failures.get(label)
         if previous is None or previous["commit_id"] != commit_id:
             log.warning(
@@ -168,12 +288,12 @@ class VersionTracker:
         if len(self.failures) >= self.settings.max_refs:
             del self.failures[next(iter(self.failures))]
         self.failures[label] = {**previous, "reason": str(exc)[:1000], "attempts": attempts}
-        self._failed[key] = commit_id
-        self.metrics.artifact_failed(key[0])
+        self._failed[label] = commit_id
+        self.metrics.artifact_failed(model)
 
-    def _clear_failure(self, key: tuple[str, str | None], name: str) -> None:
-        self._failed.pop(key, None)
-        self.failures.pop(f"{key[0]}@{name}", None)
+    def _clear_failure(self, label: str) -> None:
+        self._failed.pop(label, None)
+        self.failures.pop(label, None)
 
     def _publish(self, version: Version) -> None:
         # Read from the file itself: a legacy commit (no signature in the log) has one too.
@@ -188,7 +308,9 @@ class VersionTracker:
             self.metrics.not_serving(*labels)
 
     async def refresh(self) -> None:
-        """Move every served ref whose target changed; keep the old one if loading fails."""
+        """Move every served ref whose target changed; keep the old one if loading fails.
+        Then its route: the rollout and shadow of its alias now (a rollout's step moves its
+        percentage; an abort or a stop removes it)."""
         for key, current in list(self.serving.items()):
             try:
                 name, commit_id, digest = self.resolve(*key)
@@ -197,23 +319,40 @@ class VersionTracker:
                     "%s no longer resolves (%s); still serving %s", key, exc, current.commit_id
                 )
                 continue
+            label = f"{key[0]}@{name}"
+            version = current
             if commit_id == current.commit_id:
-                self._clear_failure(key, name)  # moved back to what serves: nothing failing
-                continue
-            try:
-                loaded = await self._load(digest)
-            except ArtifactLoadFailed as exc:
-                self._note_failure(key, name, commit_id, digest, exc)
-                continue
-            self._clear_failure(key, name)
-            version = Version(key[0], name, commit_id, digest, loaded)
+                self._clear_failure(label)  # moved back to what serves: nothing failing
+            else:
+                try:
+                    loaded = await self._load(digest)
+                except ArtifactLoadFailed as exc:
+                    self._note_failure(key[0], label, commit_id, digest, exc)
+                else:
+                    self._clear_failure(label)
+                    version = Version(key[0], name, commit_id, digest, loaded)
+            route = await self._route(key, version, self.routes.get(key))
+            if self.serving.get(key) is not current:
+                continue  # evicted or replaced by a batch meanwhile: that one is newer
+            # The version and its route together, no await between: see the module doc.
             self.serving[key] = version
+            self._set_route(key, route)
+            if version is current:
+                continue
             self._publish(version)
             self._unpublish(current)
             self.switches.append((time.monotonic(), key[0], name, commit_id))
             self.metrics.switched(key[0])
             log.info("%s@%s now serves %s", key[0], name, commit_id[:12])
-        self.loader.forget_except({v.artifact_sha256 for v in self.serving.values()})
+        self.loader.forget_except(
+            {v.artifact_sha256 for v in self.serving.values()}
+            | {
+                v.artifact_sha256
+                for r in self.routes.values()
+                for v in (r.candidate, r.shadow)
+                if v is not None
+            }
+        )
 
     # -- following the log ----------------------------------------------------------
     async def follow(self) -> None:

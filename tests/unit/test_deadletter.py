@@ -83,6 +83,32 @@ def test_finding_3_a_1mb_feature_value_makes_a_bounded_rejection_and_letter() ->
     assert len(deadletter.encode(rec)) < 8 * 1024
 
 
+def test_a_letter_names_the_model_and_commit_when_known_bounded() -> None:
+    rec = deadletter.record(
+        "ns.features",
+        1,
+        7,
+        b"k",
+        b"v",
+        "missing_feature: x",
+        "worker",
+        model="churn",
+        commit_id="c" * 64,
+    )
+    sent = DEAD_LETTERS.decode(deadletter.encode(rec))
+    assert (sent["model"], sent["commit_id"]) == ("churn", "c" * 64)
+    # Unknown (an undecodable event): empty, as letters written before the fields existed.
+    plain = DEAD_LETTERS.decode(
+        deadletter.encode(deadletter.record("t", 0, 0, None, b"", "r", "s"))
+    )
+    assert (plain["model"], plain["commit_id"]) == ("", "")
+    # Hostile text from a sender stays bounded and encodable, in the minimal letter too.
+    odd = deadletter.record("t", 0, 0, None, None, "r", "s", model="m\ud800" * 10_000)
+    for each in (odd, deadletter.minimal(odd)):
+        assert len(each["model"].encode()) <= 256
+        assert DEAD_LETTERS.decode(deadletter.encode(each))["model"] == each["model"]
+
+
 class Producer:
     """A collaborator that fails the first ``failures`` sends, then records what it is sent."""
 

@@ -27,6 +27,9 @@ FAMILIES = {
     "modelvc_producer_restarts": "counter",
     "modelvc_batches_in_flight": "gauge",
     "modelvc_send_failures": "counter",
+    "modelvc_rollout_percent": "gauge",
+    "modelvc_shadow_info": "gauge",
+    "modelvc_shadow_failures": "counter",
 }
 
 
@@ -76,7 +79,7 @@ def test_predictions_have_one_label_set_for_the_stream_and_http() -> None:
     }
     assert totals == {"stream": 40.0, "http": 2.0}
     label_sets = {tuple(sorted(labels)) for name, labels, _ in parsed(m)["modelvc_predictions"]}
-    assert label_sets == {("commit", "model", "path")}
+    assert label_sets == {("arm", "commit", "model", "path")}
     text = m.render().decode()
     assert sample_sum(text, "modelvc_predictions_total") == 42
     assert sample_sum(text, "modelvc_predictions_total", path="http", model="churn") == 2

@@ -14,6 +14,7 @@ import pytest
 from streams.codec import PREDICTIONS
 from streams.settings import Settings
 from streams.signing import SigningKey, public_path, verify
+from tests.golden.make_fixtures import golden_key
 from tests.unit.test_scoring import booster_file, feature_events, incoming, tracker_with
 from workers.bootstrap import bootstrap
 from workers.metrics import Metrics
@@ -21,6 +22,7 @@ from workers.scorer import Scorer
 from workers.settings import WorkerSettings
 from workers.signing import (
     BAD_SIGNATURE,
+    OPTIONAL_FIELDS,
     PREDICTION_CONTEXT,
     SIGNED_FIELDS,
     UNKNOWN_KEY,
@@ -31,6 +33,8 @@ from workers.signing import (
     sign_prediction,
     signature_finding,
 )
+
+GOLDEN = Path(__file__).parents[1] / "golden"
 
 __all__ = ["booster_file"]  # the fixture, imported for this module's tests
 
@@ -111,6 +115,42 @@ def test_unsigned_and_unpinned_predictions_are_findings_only_when_keys_are_pinne
     assert (signature_finding(by_other, WorkerKeys({}), verify) or ("",))[0] == UNKNOWN_KEY
     found = WorkerKeys({other.key_id: other.public_key})  # lying about, not pinned
     assert signature_finding(by_other, found, verify) is None
+
+
+STAMPS = {"entity_key": "customer-17", "rollout_id": "r0123456789a", "arm": "candidate"}
+
+
+def test_a_prediction_signed_before_the_rollout_fields_still_verifies() -> None:
+    """The golden signed-v1 prediction was written before entity_key, rollout_id, arm and
+    shadow existed: it reads them as their defaults, which the message leaves out."""
+    old = PREDICTIONS.decode((GOLDEN / "signed-v1" / "prediction-01.bin").read_bytes())
+    assert {name: old[name] for name in OPTIONAL_FIELDS} == OPTIONAL_FIELDS
+    worker = golden_key("worker")
+    assert signature_finding(old, pinned(worker), verify) is None
+    # The defaults are not in the message: saying them or not is the same message.
+    assert prediction_message(old) == prediction_message(
+        {k: v for k, v in old.items() if k not in OPTIONAL_FIELDS}
+    )
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONAL_FIELDS))
+def test_a_set_rollout_stamp_is_signed_and_tampering_with_it_fails(name: str) -> None:
+    key = SigningKey.generate()
+    signed = record(**STAMPS, shadow=True)
+    sign_prediction(signed, key)
+    decoded = PREDICTIONS.decode(PREDICTIONS.encode(signed))
+    assert signature_finding(decoded, pinned(key), verify) is None
+    value = signed[name]
+    for tampered in (OPTIONAL_FIELDS[name], value + "x" if isinstance(value, str) else 0):
+        # Another value, or the field put back to its default (the stamp removed).
+        kind, _ = signature_finding(decoded | {name: tampered}, pinned(key), verify) or ("", "")
+        assert kind == BAD_SIGNATURE, (name, tampered)
+
+
+def test_a_default_stamp_added_to_an_old_record_keeps_its_message() -> None:
+    plain = record(key_id="k" * 64)
+    assert prediction_message(plain) == prediction_message(plain | dict(OPTIONAL_FIELDS))
+    assert prediction_message(plain) != prediction_message(plain | {"shadow": True})
 
 
 def test_a_field_outside_the_v1_message_is_refused_for_signing() -> None:
