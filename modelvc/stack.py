@@ -60,6 +60,7 @@ from streams.logreader import partition_ends
 from streams.settings import Settings, artifacts_problem
 from streams.signing import SigningKey
 from streams.topics import ensure_topics
+from workers.monitor.settings import MonitorSettings
 from workers.settings import SIGN_PREDICTIONS_ENV
 
 if TYPE_CHECKING:
@@ -283,14 +284,27 @@ def start_worker(
         env[TOKEN_FILE_ENV] = str(token_file)
     if sign_predictions:
         env[SIGN_PREDICTIONS_ENV] = "1"
-    spawned = spawn([sys.executable, "-m", "workers"], home / "logs" / f"{name}.log", env=env)
+    return spawn_healthy("workers", home / "logs" / f"{name}.log", env, port, "the worker")
+
+
+def spawn_healthy(module: str, log: Path, env: dict[str, str], port: int, what: str) -> Spawned:
+    """``python -m module``, once its /healthz on ``port`` says ready (killed otherwise)."""
+    spawned = spawn([sys.executable, "-m", module], log, env=env)
     spawned = Spawned(spawned.pid, spawned.argv, spawned.log, port)
     try:
-        wait_healthy(f"http://127.0.0.1:{port}", 60.0, spawned, what="the worker")
+        wait_healthy(f"http://127.0.0.1:{port}", 60.0, spawned, what=what)
     except StackError:
         stop(spawned, hard=True)
         raise
     return spawned
+
+
+def start_monitor(settings: MonitorSettings, home: Path, name: str) -> Spawned:
+    """The monitor (``python -m workers.monitor``) in ``settings``; it asks the API for
+    drift references with the token in ``settings.token_file``."""
+    env = streams_env(settings.topics) | settings.to_env()
+    log = home / "logs" / f"{name}.log"
+    return spawn_healthy("workers.monitor", log, env, settings.web_port, "the monitor")
 
 
 def check_store(artifacts: str, s3_endpoint: str | None) -> None:
@@ -376,6 +390,7 @@ class Stack:
     restored: int = 0
     refused: list[Refused] = field(default_factory=list)  # archived messages the broker refused
     sign_predictions: bool = False  # every worker this stack starts signs its predictions
+    monitors: dict[str, MonitorSettings] = field(default_factory=dict)  # started by this process
 
     @property
     def archive_dir(self) -> Path:
@@ -492,6 +507,7 @@ class Stack:
         sign_predictions: bool = False,
         artifacts: str | None = None,
         s3_endpoint: str | None = None,
+        monitor: bool = False,
     ) -> Stack:
         """Start the stack in ``home`` on ``broker`` (or on the Kafka at ``bootstrap``).
 
@@ -501,6 +517,7 @@ class Stack:
         ``artifacts`` (default ``home``/artifacts; or ``s3://bucket/prefix`` at ``s3_endpoint``)
         is the store every process of the stack shares; it is recorded in stack.json and
         reached once before anything starts, so a wrong credential stops `up` right away.
+        ``monitor``: start the monitor too (`modelvc up` does; :meth:`add_monitor`).
         """
         home = home.resolve()
         home.mkdir(parents=True, exist_ok=True)
@@ -561,6 +578,8 @@ class Stack:
             stack.save()
             for n in range(workers):
                 stack.add_worker(port=worker_port if n == 0 else None)
+            if monitor:
+                stack.add_monitor()
         except BaseException:
             stack.down()
             raise
@@ -603,6 +622,40 @@ class Stack:
         self.processes[name] = start_streams(settings, self.home, name=name)
         self.save()
         return self.processes[name], f"http://{settings.web_host}:{settings.web_port}"
+
+    def monitor_settings(
+        self, name: str = "monitor", port: int | None = None, /, **tuning: int
+    ) -> MonitorSettings:
+        """What the monitor ``name`` of this stack runs with: the workers' Kafka login and
+        API token, its state in ``home``/monitor/``name``; ``tuning``: window_ms,
+        horizon_ms, lateness_ms or max_batch instead of the defaults."""
+        return MonitorSettings(
+            topics=self.as_role("worker"),
+            monitor_id=name,
+            web_port=port or free_port(),
+            state_dir=self.home / "monitor" / name,
+            api_url=self.url,
+            token_file=self.worker_token_file(),
+            admin_token_file=self.home / ADMIN_TOKEN_FILE,
+            **tuning,  # type: ignore[arg-type]  # ints, checked by MonitorSettings
+        )
+
+    def add_monitor(self, name: str = "monitor", /, **tuning: int) -> Spawned:
+        """Start a monitor (see :meth:`monitor_settings`); stopped with the stack."""
+        settings = self.monitor_settings(name, **tuning)
+        self.processes[name] = start_monitor(settings, self.home, name)
+        self.monitors[name] = settings
+        self.save()
+        return self.processes[name]
+
+    def restart_monitor(self, name: str = "monitor", hard: bool = False) -> None:
+        """Stop (SIGKILL with ``hard``) and start the monitor ``name`` on its own state."""
+        stop(self.processes.pop(name), hard=hard)
+        self.processes[name] = start_monitor(self.monitors[name], self.home, name)
+        self.save()
+
+    def monitor_url(self, name: str = "monitor") -> str:
+        return f"http://127.0.0.1:{self.processes[name].port}"
 
     def restart_worker(self, name: str, hard: bool = False) -> None:
         spawned = self.processes.pop(name)

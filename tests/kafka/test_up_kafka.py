@@ -273,7 +273,7 @@ def test_up_broker_kafka_with_sasl_gives_every_process_and_command_its_own_login
     for role in ("admin", "streams", "worker", "producer", "auditor"):
         assert (logins / f"{role}.json").stat().st_mode & 0o777 == 0o600
     # Each process logs in as its role, so the broker's ACLs bound what it can do.
-    roles = {"streams": "streams", "worker-1": "worker", "archiver": "auditor"}
+    roles = {"streams": "streams", "worker-1": "worker", "monitor": "worker", "archiver": "auditor"}
     for name, process in record(home)["processes"].items():
         login = environ_of(process["pid"])["MODELVC_KAFKA_CREDENTIALS"]
         assert login == str(logins / f"{roles[name]}.json"), name

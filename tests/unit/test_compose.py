@@ -20,6 +20,7 @@ from modelvc.cli import parser
 from streams.artifacts import S3Location, parse_location
 from streams.settings import Settings
 from tests.s3server import BUCKET, PREFIX, REGION, S3Server
+from workers.monitor.settings import MonitorSettings
 from workers.settings import WorkerSettings
 
 yaml = pytest.importorskip("yaml")
@@ -105,6 +106,18 @@ def test_the_worker_reads_the_names_compose_sets() -> None:
     # No cache directory is set: each replica of `--scale worker=N` keeps its own.
     assert "MODELVC_WORKER_CACHE" not in env
     assert WorkerSettings.from_env(env | {"MODELVC_WORKER_CACHE": "/c"}).cache_dir == Path("/c")
+
+
+def test_the_monitor_reads_the_names_compose_sets() -> None:
+    env = environment("monitor")
+    settings = MonitorSettings.from_env(env)
+    assert settings.topics.bootstrap == "kafka:9092"
+    assert (settings.web_host, settings.web_port) == ("0.0.0.0", 6072)
+    assert settings.monitor_id == "monitor-1"
+    assert settings.state_dir == Path("/data/monitor")
+    assert settings.api_url == "http://streams:6066"
+    assert settings.token_file == Path("/run/secrets/admin_token")
+    assert "admin_token" in compose()["services"]["monitor"]["secrets"]
 
 
 def test_no_credentials_are_written_in_compose() -> None:
