@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import time
 import uuid
@@ -43,6 +44,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from streams import auth, modelfile, openapi, parse, queries
 from streams.artifacts import ArtifactStore, Intake
@@ -50,6 +52,7 @@ from streams.artifacts.store import read
 from streams.codec import fingerprint
 from streams.core import model_signature, refs
 from streams.core.commands import (
+    AbortRollout,
     AddWriterKey,
     Body,
     Command,
@@ -60,14 +63,22 @@ from streams.core.commands import (
     MakeCommit,
     Merge,
     MoveAlias,
+    PauseRollout,
+    PromoteRollout,
     ProtectRef,
+    ResumeRollout,
     RetireWriterKey,
     RevokeToken,
     Rollback,
+    StartRollout,
+    StartShadow,
+    StopShadow,
     UnprotectRef,
 )
 from streams.core.errors import InvalidCommand, VersionGraphError
 from streams.core.model_signature import ModelSignature
+from streams.core.monitoring import Reference, reference_from_json
+from streams.core.rollout import Policy, rollout_id
 from streams.core.security import SECURITY_STREAM
 from streams.core.signatures import keys_stream
 from streams.core.state import ModelState
@@ -84,6 +95,15 @@ from streams.errors import (
     UploadStalled,
 )
 from streams.http_edge import JSON, OCTET_STREAM, Handler, error_response, guard, render_errors
+from streams.monitoring.controller import DecisionMetrics
+from streams.monitoring.references import (
+    MAX_REFERENCE_BYTES,
+    ReferenceRejected,
+    get_reference,
+    put_reference,
+)
+from streams.monitoring.report import DEFAULT_LAST, MAX_LAST, monitor_report, references_used
+from streams.monitoring.windows import Version, WindowStore
 from streams.parse import MAX_JSON_BYTES
 from streams.projection import Projection
 from streams.service.answers import Answer
@@ -95,8 +115,11 @@ from streams.signing import WriterKey, key_id_of, sign_command
 from streams.statuses import STATUS_BY_CODE, status_of
 
 T = TypeVar("T")
+log = logging.getLogger("modelvc.streams")
 
 UPLOAD_PATH = "/v1/artifacts"
+REFERENCES_PATH = "/v1/references"
+DEFAULT_STEPS = (10, 50, 100)  # the CLI's --steps default too
 # What a store directory (or the staging directory) that is full or read-only raises:
 # the client cannot fix it, the operator can (free space, fix permissions), so it is
 # store_full, never a 500. A store's other faults (an endpoint that does not answer, a
@@ -119,11 +142,13 @@ MIN_PARSE_RATE = 2 << 20  # bytes per second
 # Signatures by artifact digest: content-addressed, so an entry is never stale; bounded
 # so that commits of many distinct models cannot grow it.
 SIGNATURES_CACHED = 1024
+REFERENCES_CACHED = 64  # parsed drift references (each up to 1 MiB of JSON) by digest
 # Answers that go away on their own say when to try again.
 RETRY_AFTER = {"busy": "5", "store_unreachable": "10"}
 # The code of each fault of an upload (first match wins: subclasses first).
 ARTIFACT_CODES: tuple[tuple[type[Exception], str], ...] = (
     (ArtifactNotFound, "unknown_artifact"),
+    (ReferenceRejected, "reference_rejected"),
     (ArtifactCorrupted, "digest_mismatch"),
     (ArtifactTooLarge, "too_large"),
     (ArtifactEmpty, "empty"),
@@ -250,6 +275,8 @@ class Api:
         clock: Any = time.time,
         store_threads: int = STORE_THREADS,
         store_deadline_s: float = STORE_DEADLINE_S,
+        windows: WindowStore | None = None,
+        decisions: DecisionMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.projection = projection
@@ -263,6 +290,10 @@ class Api:
         self.store_deadline_s = store_deadline_s
         self._store_io = ThreadPoolExecutor(store_threads, thread_name_prefix="artifact-store")
         self._signatures: OrderedDict[str, ModelSignature] = OrderedDict()  # LRU, oldest first
+        # The monitor's windows as this instance follows them, and the controller's metrics.
+        self.windows = windows if windows is not None else WindowStore.in_memory()
+        self._references: OrderedDict[str, Reference] = OrderedDict()  # LRU, oldest first
+        self.decisions = decisions if decisions is not None else DecisionMetrics()
 
     async def close(self) -> None:
         """Let the store's threads go (a call still running ends on its own)."""
@@ -343,8 +374,27 @@ class Api:
             web.get("/v1/writer-keys", self.writer_keys),
             web.post("/v1/writer-keys", self.add_writer_key),
             web.delete("/v1/writer-keys/{key_id}", self.retire_writer_key),
+            web.get("/v1/models/{model}/monitor", self.monitor),
+            web.get("/v1/models/{model}/shadow", self.shadows),
+            web.post("/v1/models/{model}/shadow", self.start_shadow),
+            web.post("/v1/models/{model}/shadow/stop", self.stop_shadow),
+            web.get("/v1/models/{model}/rollouts", self.rollouts),
+            web.post("/v1/models/{model}/rollouts", self.start_rollout),
+            web.get("/v1/models/{model}/rollouts/{rollout_id}", self.rollout),
+            *(
+                web.post(f"/v1/models/{{model}}/rollouts/{{rollout_id}}/{action}", handler)
+                for action, handler in (
+                    ("pause", self.pause_rollout),
+                    ("resume", self.resume_rollout),
+                    ("abort", self.abort_rollout),
+                    ("promote", self.promote_rollout),
+                )
+            ),
+            web.post(REFERENCES_PATH, self.upload_reference),
+            web.get("/v1/references/{digest}", self.reference),
             web.get("/v1/openapi.json", self.openapi),
             web.get("/healthz", self.health),
+            web.get("/metrics", self.prometheus),
         ]
 
     # -- reading ------------------------------------------------------------------
@@ -378,7 +428,9 @@ class Api:
     async def log(self, request: web.Request) -> web.Response:
         state = await self._state(request, with_as_of=True)
         ref = request.query.get("ref") or None
-        return web.json_response(queries.log(state, ref, request.query.get("as_of")))
+        # The history is read only for a model that had a shadow or a rollout (their events).
+        history = (event for _, event in self.projection.history(state.name))
+        return web.json_response(queries.log(state, ref, request.query.get("as_of"), history))
 
     async def refs(self, request: web.Request) -> web.Response:
         state = await self._state(request, with_as_of=True)
@@ -512,6 +564,7 @@ class Api:
         await self._stored(digest, "artifact_sha256")
         # The server's own reading of the file: a body cannot claim a signature.
         signature = await self.signature_of(digest)
+        reference = await self._reference_of(parse.opt_text(body, "reference_sha256"))
         make = MakeCommit(
             artifact_sha256=digest,
             message=parse.text(body, "message", limit=parse.MAX_MESSAGE_BYTES),
@@ -520,6 +573,7 @@ class Api:
             metrics=parse.metrics(body),
             expect_head=parse.opt_text(body, "expect_head"),
             signature=signature,
+            reference_sha256=reference,
         )
         return await self._submit(request, request.match_info["model"], body, make)
 
@@ -538,6 +592,7 @@ class Api:
         await self._stored(artifact, "artifact_sha256")
         # A merge that keeps a parent's artifact keeps its recorded signature (decide copies it).
         signature = None if artifact is None else await self.signature_of(artifact)
+        reference = await self._reference_of(parse.opt_text(body, "reference_sha256"))
         make = Merge(
             source=parse.text(body, "source"),
             target=parse.text(body, "into", "main"),
@@ -545,6 +600,7 @@ class Api:
             artifact_sha256=artifact,
             message=parse.opt_text(body, "message", parse.MAX_MESSAGE_BYTES),
             signature=signature,
+            reference_sha256=reference,
         )
         return await self._submit(request, request.match_info["model"], body, make)
 
@@ -674,3 +730,199 @@ class Api:
             # Stored bytes that no longer hash to their name: the store's fault, not the client's.
             return coded("artifact_corrupted", str(exc))
         return web.Response(body=data, content_type="text/plain", headers={"X-Sha256": digest})
+
+    # -- monitoring: windows, references, shadows and rollouts ----------------------------
+    async def prometheus(self, request: web.Request) -> web.Response:
+        """The controller's decisions and their time to decision, for Prometheus."""
+        return web.Response(
+            body=generate_latest(self.decisions.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+    async def monitor(self, request: web.Request) -> web.Response:
+        """Each version's figures over the monitor's windows: cumulative, and the newest
+        ``last`` windows; ``ref``: only the versions served for that ref or by its commit."""
+        state = await self._state(request)
+        last = parse_last(request.query.get("last"))
+        ref = request.query.get("ref") or None
+        chosen = None if ref is None else _served_for(state, parse.utf8(ref, "ref", 1024))
+        known = {}
+        for digest in sorted(references_used(self.windows, state.name)):
+            reference = await self._reference(digest)
+            if reference is not None:
+                known[digest] = reference
+        answer = monitor_report(self.windows, state.name, last, chosen or (lambda _: True), known)
+        return web.json_response(answer)
+
+    async def _reference(self, digest: str) -> Reference | None:
+        """The parsed reference ``digest`` (remembered: content-addressed), or None when the
+        store lacks it or it is no reference (its PSI is then left out)."""
+        known = self._references.get(digest)
+        if known is not None:
+            self._references.move_to_end(digest)
+            return known
+        try:
+            data = await self._in_store(self.store_deadline_s, get_reference, self.store, digest)
+        except (ArtifactError, ArtifactStoreUnavailable) as exc:
+            log.warning("reference %s cannot be read, PSI left out: %s", digest[:16], exc)
+            return None
+        reference = reference_from_json(data)
+        self._references[digest] = reference
+        while len(self._references) > REFERENCES_CACHED:
+            self._references.popitem(last=False)
+        return reference
+
+    async def _reference_of(self, digest: str | None) -> str | None:
+        """``digest`` when it names a stored drift reference; InvalidCommand else."""
+        if digest is None:
+            return None
+        checked = parse.digest(digest, "reference_sha256")
+        try:
+            await self._in_store(self.store_deadline_s, get_reference, self.store, checked)
+        except ArtifactNotFound:
+            raise InvalidCommand(
+                f"reference {checked} is not in the store; upload it first "
+                "(`modelvc commit FILE --reference SAMPLE.csv` does, or POST /v1/references)",
+                field="reference_sha256",
+            ) from None
+        return checked
+
+    async def upload_reference(self, request: web.Request) -> web.Response:
+        """Check a drift reference (bounded) and store its canonical form by its sha256."""
+        declared = request.content_length
+        if declared is not None and declared > MAX_REFERENCE_BYTES:
+            raise ArtifactTooLarge(f"references are limited to {MAX_REFERENCE_BYTES} bytes")
+        received = bytearray()
+        async for chunk in request.content.iter_chunked(1 << 16):
+            received += chunk
+            if len(received) > MAX_REFERENCE_BYTES:
+                raise ArtifactTooLarge(f"references are limited to {MAX_REFERENCE_BYTES} bytes")
+        digest, stored = await self._in_store(
+            self.store_deadline_s, put_reference, self.store, bytes(received)
+        )
+        return web.json_response({"sha256": digest, "stored": stored}, status=201)
+
+    async def reference(self, request: web.Request) -> web.Response:
+        digest = request.match_info["digest"]
+        if not parse.DIGEST.fullmatch(digest):
+            raise ArtifactNotFound(f"{digest[:80]!r} is not a sha256 hex digest")
+        data = await self._in_store(self.store_deadline_s, get_reference, self.store, digest)
+        return web.Response(body=data, content_type=JSON, headers={"X-Sha256": digest})
+
+    async def shadows(self, request: web.Request) -> web.Response:
+        state = await self._state(request)
+        return web.json_response({"model": state.name, "shadows": queries.shadows(state)})
+
+    async def start_shadow(self, request: web.Request) -> web.Response:
+        body = await parse.json_body(request)
+        make = StartShadow(parse.text(body, "alias"), parse.text(body, "candidate"))
+        return await self._submit(request, request.match_info["model"], body, make)
+
+    async def stop_shadow(self, request: web.Request) -> web.Response:
+        body = await parse.json_body(request)
+        make = StopShadow(parse.text(body, "alias"))
+        return await self._submit(request, request.match_info["model"], body, make)
+
+    async def rollouts(self, request: web.Request) -> web.Response:
+        state = await self._state(request)
+        return web.json_response({"model": state.name, "rollouts": queries.rollouts(state)})
+
+    async def rollout(self, request: web.Request) -> web.Response:
+        """One rollout, with every decision on it (who, when, on which evidence)."""
+        state = await self._state(request)
+        found = queries.rollout(state, request.match_info["rollout_id"])
+        events = (event for _, event in self.projection.history(state.name))
+        decisions = queries.rollout_decisions(events, found["id"])
+        return web.json_response({**found, "decisions": decisions})
+
+    async def start_rollout(self, request: web.Request) -> web.Response:
+        """Start moving an alias to a ref in steps; 201 with the receipt and the rollout."""
+        body = await parse.json_body(request)
+        model = request.match_info["model"]
+        command = self._command(
+            request,
+            model,
+            body,
+            StartRollout(
+                parse.text(body, "alias"),
+                parse.text(body, "to"),
+                rollout_policy(body),
+                allow_signature_change=parse.flag(body, "allow_signature_change"),
+            ),
+            body.get("actor"),
+        )
+        answer = await self.replies.submit(command)
+        if not answer.ok:
+            return answered(answer)
+        # Applied (or repeated) here already: the submission waits for the fold.
+        state = queries.model(self.projection.models, model)
+        started = queries.rollout(state, rollout_id(model, command.command_id))
+        return answered(answer, rollout=started)
+
+    async def _rollout_command(
+        self, request: web.Request, make: Callable[[str, str], Body], reason_needed: bool = False
+    ) -> web.Response:
+        body = await parse.json_body(request)
+        given = request.match_info["rollout_id"]
+        if not refs.ROLLOUT_ID.fullmatch(given):
+            raise InvalidCommand(
+                f"rollout id {given[:40]!r} is not one (r and 11 hex digits); list them with "
+                "`modelvc rollout status`",
+                field="rollout_id",
+            )
+        # An abort or a promotion overrides the policy: the log says why (--reason).
+        default = None if reason_needed else ""
+        reason = parse.text(body, "reason", default, parse.MAX_NOTE_BYTES)
+        return await self._submit(request, request.match_info["model"], body, make(given, reason))
+
+    async def pause_rollout(self, request: web.Request) -> web.Response:
+        return await self._rollout_command(request, PauseRollout)
+
+    async def resume_rollout(self, request: web.Request) -> web.Response:
+        return await self._rollout_command(request, lambda rid, _: ResumeRollout(rid))
+
+    async def abort_rollout(self, request: web.Request) -> web.Response:
+        # A person's abort: decide records who did it as its evidence.
+        return await self._rollout_command(request, lambda rid, why: AbortRollout(rid, why), True)
+
+    async def promote_rollout(self, request: web.Request) -> web.Response:
+        return await self._rollout_command(request, PromoteRollout, True)
+
+
+def parse_last(value: str | None) -> int:
+    """``?last=N``: windows per version, 0 to MAX_LAST (default DEFAULT_LAST)."""
+    if value is None:
+        return DEFAULT_LAST
+    if not value.isascii() or not value.isdigit() or len(value) > 4 or int(value) > MAX_LAST:
+        raise InvalidCommand(f"last must be a whole number from 0 to {MAX_LAST}", field="last")
+    return int(value)
+
+
+def _served_for(state: ModelState, ref: str) -> Callable[[Version], bool]:
+    """Versions served for ``ref`` by name, or by the commit it names now (if it does)."""
+    try:
+        commit: str | None = refs.resolve(state, ref)
+    except VersionGraphError:
+        commit = None  # a ref that names nothing now may still have windows by name
+    return lambda version: (
+        version.ref == ref or (commit is not None and version.commit_id == commit)
+    )
+
+
+def rollout_policy(body: Mapping[str, Any]) -> Policy:
+    """The rollout policy a request asks for, with the defaults of ``modelvc rollout start``;
+    InvalidCommand (field ``policy``) when the core's rule refuses it."""
+    steps = body.get("steps", DEFAULT_STEPS)
+    policy = Policy(
+        steps=tuple(steps) if isinstance(steps, list) else steps,
+        min_labels=body.get("min_labels", Policy.__dataclass_fields__["min_labels"].default),
+        # null is none; any other non-object ([], "logloss=0.1") is refused by the rule.
+        max_regression={} if body.get("max_regression") is None else body["max_regression"],
+        max_p99_ms=body.get("max_p99_ms"),
+        max_dead_letter_rate=body.get("max_dead_letter_rate"),
+        step_timeout_ms=body.get("step_timeout_ms", 0),
+    )
+    problem = refs.policy_problem(policy)
+    if problem is not None:
+        raise InvalidCommand(problem, field="policy")
+    return policy

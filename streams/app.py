@@ -88,6 +88,8 @@ def api_of(streams: Streams, **options: Any) -> api.Api:
         streams.store,
         streams.intake,
         streams.signer,
+        windows=streams.windows,
+        decisions=streams.controller.metrics,
         **options,
     )
 
@@ -163,9 +165,26 @@ def create_app(streams: Streams) -> ModelvcApp:
     async def follow_replies() -> None:
         await streams.replies.run()
 
+    @app.task
+    async def follow_metrics() -> None:
+        await streams.metrics.run()
+
+    @app.task
+    async def control_rollouts() -> None:
+        await streams.controller.run()
+
+    def commands_partitions(tps: Any) -> set[int]:
+        return {tp.partition for tp in tps or () if tp.topic == settings.commands_topic}
+
     @app.on_partitions_revoked.connect
     def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         streams.writer.on_partitions_revoked()
+        streams.ownership.revoked(commands_partitions(args[0] if args else ()))
+
+    @app.on_partitions_assigned.connect
+    def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # The whole assignment (Faust rebalances eagerly): the rollouts this instance judges.
+        streams.ownership.assigned(commands_partitions(args[0] if args else ()))
 
     app.shutdown_hooks.append(streams.stop)
     handlers = api_of(streams)

@@ -51,7 +51,7 @@ IDENTITY_HEADERS = ("Authorization", "X-Modelvc-Actor")  # each at most once per
 # Open to anyone who can reach the server: nothing in them needs hiding, and a
 # load balancer or a client must read them before it has a token. "/" is Faust's
 # index page, which Faust always mounts.
-OPEN_PATHS = frozenset({"/", "/healthz", "/v1/openapi.json"})
+OPEN_PATHS = frozenset({"/", "/healthz", "/v1/openapi.json", "/metrics"})
 
 # (route path as registered, method) -> the least role it needs.
 ROUTE_ROLES: Mapping[tuple[str, str], str] = {
@@ -84,6 +84,23 @@ ROUTE_ROLES: Mapping[tuple[str, str], str] = {
     ("/v1/writer-keys", "get"): "reader",
     ("/v1/writer-keys", "post"): "admin",
     ("/v1/writer-keys/{key_id}", "delete"): "admin",
+    # Monitoring and rollouts (issue 12). Shadows and rollouts change what an alias serves,
+    # as a move does (committer; a protected alias's rule is the writer's to apply); the
+    # controller's own decisions carry the role the rollout's start needed.
+    ("/v1/models/{model}/monitor", "get"): "reader",
+    ("/v1/models/{model}/shadow", "get"): "reader",
+    ("/v1/models/{model}/shadow", "post"): "committer",
+    ("/v1/models/{model}/shadow/stop", "post"): "committer",
+    ("/v1/models/{model}/rollouts", "get"): "reader",
+    ("/v1/models/{model}/rollouts", "post"): "committer",
+    ("/v1/models/{model}/rollouts/{rollout_id}", "get"): "reader",
+    ("/v1/models/{model}/rollouts/{rollout_id}/pause", "post"): "committer",
+    ("/v1/models/{model}/rollouts/{rollout_id}/resume", "post"): "committer",
+    ("/v1/models/{model}/rollouts/{rollout_id}/abort", "post"): "committer",
+    ("/v1/models/{model}/rollouts/{rollout_id}/promote", "post"): "committer",
+    # A reference is bytes in the store, like an upload; the commit naming it needs committer.
+    ("/v1/references", "post"): "committer",
+    ("/v1/references/{digest}", "get"): "reader",
 }
 # The workers' guarded routes: predicting, and the Open Inference Protocol's model routes.
 WORKER_ROUTE_ROLES: Mapping[tuple[str, str], str] = {

@@ -15,6 +15,11 @@ one exists.
 
 The projection trusts a ring's first key only when it is this instance's or one
 of ``MODELVC_TRUSTED_WRITER_KEYS``: a key a forger wrote first is void.
+
+The monitor's windows (``modelvc.metrics``) are followed into a window store beside
+the projection, and the rollout controller judges the running rollouts of the models
+whose commands partition this instance owns (``streams.monitoring``); its decisions
+are signed and submitted like the API's commands.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from dataclasses import dataclass, field, replace
 from streams.artifacts import ArtifactStore, Intake, open_store
 from streams.core.commands import Command, IssueToken
 from streams.core.security import SECURITY_STREAM, TOKEN_FORMAT, token_id_of, token_sha256
+from streams.monitoring.controller import Controller, Ownership
+from streams.monitoring.follower import MetricsFollower
+from streams.monitoring.windows import WindowStore
 from streams.projection import Projection, RocksDBProjection
 from streams.service.answers import Answer
 from streams.service.follower import Follower
@@ -57,6 +65,10 @@ class Streams:
     store: ArtifactStore  # shared by every instance and worker: commits check it, downloads read it
     intake: Intake  # uploads: bounded, checked, then put into the store
     signer: SigningKey  # this instance's writer key: signs its events and the API's commands
+    windows: WindowStore  # the monitor's metric windows, per model
+    metrics: MetricsFollower  # modelvc.metrics into ``windows``
+    ownership: Ownership  # the commands partitions this instance's writer owns
+    controller: Controller  # decides the rollouts of the models of those partitions
     clock: Callable[[], float] = time.time
     _tasks: set[asyncio.Task[bool]] = field(default_factory=set)
 
@@ -72,14 +84,19 @@ class Streams:
             return False
         return await self.issue_bootstrap_token()
 
+    async def submit(self, command: Command) -> Answer:
+        """``command`` signed with the time it is sent (which the writer checks is recent),
+        and submitted once: how this instance's own decisions (the rollout controller's)
+        take the API's path."""
+        now = replace(command, at=int(self.clock() * 1000))
+        return await self.replies.submit(sign_command(self.signer, now))
+
     async def _submit(self, command: Command) -> Answer:
         """``command``, signed and submitted, again while it times out (partitions still
-        being assigned): the same command id never applies twice. Each attempt is signed
-        anew with the time it is sent, which the writer checks is recent."""
+        being assigned): the same command id never applies twice."""
         answer = Answer({"error": "timeout"})
         for _ in range(BOOTSTRAP_ATTEMPTS):
-            now = replace(command, at=int(self.clock() * 1000))
-            answer = await self.replies.submit(sign_command(self.signer, now))
+            answer = await self.submit(command)
             if answer.body.get("error") != "timeout":
                 break
         return answer
@@ -180,6 +197,7 @@ class Streams:
         finally:
             offsets = dict(sorted(self.projection.next_offsets.items()))  # logged: stable order
             self.projection.close()
+            self.windows.close()
             log.info("%s stopped cleanly at offsets %s", self.settings.instance_id, offsets)
 
 
@@ -190,10 +208,17 @@ def bootstrap(
     store: ArtifactStore | None = None,
     clock: Callable[[], float] = time.time,
     signer: SigningKey | None = None,
+    windows: WindowStore | None = None,
 ) -> Streams:
     """The collaborators for ``settings``; RocksDB and the writer key (made at first start)
     on disk, and the store MODELVC_ARTIFACTS names, by default. Nothing is reached here:
-    ``python -m streams`` passes the store it opened and checked before it serves."""
+    ``python -m streams`` passes the store it opened and checked before it serves.
+
+    The metric windows are kept in RocksDB beside the projection, or in memory when the
+    caller passes a projection of its own (a test's in-memory fold) and no window store."""
+    if windows is None:
+        path = settings.data_dir / "monitoring.rocksdb"
+        windows = WindowStore.on_disk(path) if projection is None else WindowStore.in_memory()
     signer = signer if signer is not None else WriterKey.load_or_create(settings.writer_key)
     if projection is None:
         # A ring may start only with a key this deployment uses: a forger's is void.
@@ -205,7 +230,10 @@ def bootstrap(
     replies = Replies(follower, producer, letters)
     if store is None:
         store = open_store(settings.artifacts, settings.s3_endpoint)
-    return Streams(
+    ownership = Ownership(lambda: follower.partitions)
+    metrics = MetricsFollower(settings, windows, letters)
+    folded = projection
+    streams = Streams(
         settings=settings,
         projection=projection,
         producer=producer,
@@ -216,5 +244,19 @@ def bootstrap(
         store=store,
         intake=Intake(store, settings.staging_dir, max_bytes=settings.max_model_bytes),
         signer=signer,
+        windows=windows,
+        metrics=metrics,
+        ownership=ownership,
+        controller=Controller(
+            windows,
+            lambda: folded.models,
+            ownership.owns,
+            # Late-bound: the instance's own submit, signed with its key.
+            lambda command: streams.submit(command),
+            ready=lambda: follower.ready.is_set() and metrics.ready.is_set(),
+            clock=clock,
+        ),
         clock=clock,
     )
+    metrics.listeners.append(streams.controller.on_windows)
+    return streams

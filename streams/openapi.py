@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from streams import auth
-from streams.core import model_signature, refs
+from streams.core import model_signature, monitoring, refs
 from streams.core.decide import STRATEGIES
+from streams.core.rollout import LOWER_IS_BETTER, MAX_STEP_TIMEOUT_MS, MAX_STEPS
 from streams.core.security import MAX_TEXT, PROTECTING_ROLES, ROLES, TOKEN, TOKEN_FORMAT, TOKEN_ID
 from streams.core.signatures import PUBLIC_KEY
 from streams.modelfile import MAX_MODEL_BYTES
@@ -67,6 +68,12 @@ _ROLE = {"enum": list(ROLES)}
 _TOKEN_ID = {"type": "string", "pattern": f"^{TOKEN_ID.pattern}$"}
 _PUBLIC_KEY = {"type": "string", "pattern": f"^{PUBLIC_KEY.pattern}$"}
 _NOTE = {"type": "string", "maxLength": MAX_TEXT}
+_REFERENCE = {
+    "type": ["string", "null"],
+    "pattern": "^[0-9a-f]{64}$",
+    "description": "A drift reference stored with POST /v1/references (the training data's "
+    "bins): the monitor measures the PSI of the commit's live features against it.",
+}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -188,6 +195,20 @@ OPERATION_IDS = {
     ("/v1/writer-keys", "get"): "listWriterKeys",
     ("/v1/writer-keys", "post"): "addWriterKey",
     ("/v1/writer-keys/{key_id}", "delete"): "retireWriterKey",
+    ("/v1/models/{model}/monitor", "get"): "monitor",
+    ("/v1/models/{model}/shadow", "get"): "listShadows",
+    ("/v1/models/{model}/shadow", "post"): "startShadow",
+    ("/v1/models/{model}/shadow/stop", "post"): "stopShadow",
+    ("/v1/models/{model}/rollouts", "get"): "listRollouts",
+    ("/v1/models/{model}/rollouts", "post"): "startRollout",
+    ("/v1/models/{model}/rollouts/{rollout_id}", "get"): "showRollout",
+    ("/v1/models/{model}/rollouts/{rollout_id}/pause", "post"): "pauseRollout",
+    ("/v1/models/{model}/rollouts/{rollout_id}/resume", "post"): "resumeRollout",
+    ("/v1/models/{model}/rollouts/{rollout_id}/abort", "post"): "abortRollout",
+    ("/v1/models/{model}/rollouts/{rollout_id}/promote", "post"): "promoteRollout",
+    ("/v1/references", "post"): "uploadReference",
+    ("/v1/references/{digest}", "get"): "downloadReference",
+    ("/metrics", "get"): "metrics",
 }
 
 
@@ -339,6 +360,303 @@ _KEY_RECEIPTS = {
     },
     "required": ["key_id", "partitions"],
 }
+
+
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+_FIGURES: dict[str, Any] = {
+    "type": "object",
+    "description": "streams.core.monitoring.figures: count, labeled, coverage, join_lag_ms, "
+    "logloss, brier, auc, mae, rmse, p50_ms, p99_ms, throughput, dead_letter_rate (null "
+    "when the window cannot say), and psi per feature.",
+    "properties": {
+        "count": {"type": "integer"},
+        "labeled": {"type": "integer"},
+        "psi": {"type": "object", "additionalProperties": _NUMBER_OR_NULL},
+    },
+}
+_VERSION_FIELDS: dict[str, Any] = {
+    "ref": {"type": "string"},
+    "commit_id": {"type": "string"},
+    "rollout_id": {"type": "string", "description": "empty outside a rollout"},
+    "arm": {"enum": ["", "baseline", "candidate"]},
+    "shadow": {"type": "boolean"},
+}
+_MONITOR: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "model": {"type": "string"},
+        "window_ms": {"type": "integer"},
+        "versions": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    **_VERSION_FIELDS,
+                    "windows_total": {"type": "integer"},
+                    "cumulative": _FIGURES,
+                    "windows": {
+                        "type": "array",
+                        "items": {
+                            **_FIGURES,
+                            "properties": {
+                                **_FIGURES["properties"],
+                                "window_id": {"type": "string"},
+                                "start_ms": {"type": "integer"},
+                                "end_ms": {"type": "integer"},
+                            },
+                            "required": ["window_id", "start_ms", "end_ms"],
+                        },
+                    },
+                },
+                "required": [*_VERSION_FIELDS, "cumulative", "windows"],
+            },
+        },
+    },
+    "required": ["model", "window_ms", "versions"],
+}
+_POLICY: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "steps": {"type": "array", "items": {"type": "integer"}},
+        "min_labels": {"type": "integer"},
+        "max_regression": {"type": "object", "additionalProperties": {"type": "number"}},
+        "max_p99_ms": _NUMBER_OR_NULL,
+        "max_dead_letter_rate": _NUMBER_OR_NULL,
+        "step_timeout_ms": {"type": "integer"},
+    },
+    "required": ["steps", "min_labels", "max_regression", "step_timeout_ms"],
+}
+_ROLLOUT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "alias": {"type": "string"},
+        "baseline": {"type": "string", "description": "The commit the alias served at start."},
+        "candidate": {"type": "string"},
+        "policy": _POLICY,
+        "step": {"type": "integer", "description": "Index into policy.steps."},
+        "percent": {"type": "integer", "description": "The candidate's share now."},
+        "status": {"enum": ["running", "paused", "completed", "aborted"]},
+        "started_at": {"type": "integer"},
+        "step_started_at": {"type": "integer"},
+        "allow_signature_change": {"type": "boolean"},
+        "reason": {"type": "string"},
+    },
+    "required": ["id", "alias", "baseline", "candidate", "policy", "step", "percent", "status"],
+}
+_DECISION: dict[str, Any] = {
+    "type": "object",
+    "description": "A Rollout* event: who decided (rollout:<id> for the controller), when, "
+    "and on which evidence (windows and figures compared; null for a person's decision).",
+    "properties": {
+        "seq": {"type": "integer"},
+        "type": {"type": "string"},
+        "actor": {"type": "string"},
+        "at": {"type": "integer"},
+        "command_id": {"type": "string"},
+    },
+    "required": ["seq", "type", "actor", "at"],
+}
+_ROLLOUT_ID = {"type": "string", "pattern": "^r[0-9a-f]{11}$"}
+
+
+def _monitoring_paths(
+    model: dict[str, Any], reason: dict[str, Any], max_reference_bytes: int
+) -> dict[str, Any]:
+    """Monitor windows, drift references, shadows and canary rollouts (issue 12)."""
+    rollout_id = _path_param("rollout_id", _ROLLOUT_ID)
+    metric_names = sorted(LOWER_IS_BETTER)
+    started = {
+        **_RECEIPT,
+        "properties": {**_RECEIPT["properties"], "rollout": _ref("Rollout")},
+        "required": [*_RECEIPT["required"], "rollout"],
+    }
+
+    def action(summary: str, reason_required: bool) -> dict[str, Any]:
+        body = _command_body({"reason": reason}, ["reason"] if reason_required else [])
+        return _command(summary, body, [model, rollout_id])
+
+    return {
+        "/v1/models/{model}/monitor": {
+            "get": _query_op(
+                "The monitor's figures per version (ref, commit, rollout arm, shadow): "
+                "cumulative, and per window (newest `last`, oldest first).",
+                _MONITOR,
+                [
+                    model,
+                    _query("ref", _REF_EXPR, "Only versions served for this ref or its commit."),
+                    _query(
+                        "last",
+                        {"type": "string", "pattern": "^[0-9]{1,4}$"},
+                        "Windows per version (default 10; more than the server's limit, "
+                        "streams.monitoring.report.MAX_LAST, is 422).",
+                    ),
+                    _AFTER,
+                ],
+            )
+        },
+        "/v1/models/{model}/shadow": {
+            "get": _query_op(
+                "The shadow of each alias that has one.",
+                {
+                    "type": "object",
+                    "properties": {
+                        "model": {"type": "string"},
+                        "shadows": {"type": "array", "items": {"type": "object"}},
+                    },
+                    "required": ["model", "shadows"],
+                },
+                [model, _AFTER],
+            ),
+            "post": _command(
+                "Score a candidate beside an alias on the same feature events; its predictions "
+                "go to the shadow-predictions topic only.",
+                _command_body({"alias": _IDENT, "candidate": _REF_EXPR}, ["alias", "candidate"]),
+                [model],
+            ),
+        },
+        "/v1/models/{model}/shadow/stop": {
+            "post": _command(
+                "Stop an alias's shadow.",
+                _command_body({"alias": _IDENT}, ["alias"]),
+                [model],
+            )
+        },
+        "/v1/models/{model}/rollouts": {
+            "get": _query_op(
+                "Every rollout of the model, ended ones too.",
+                {
+                    "type": "object",
+                    "properties": {
+                        "model": {"type": "string"},
+                        "rollouts": {"type": "array", "items": _ref("Rollout")},
+                    },
+                    "required": ["model", "rollouts"],
+                },
+                [model, _AFTER],
+            ),
+            "post": _command(
+                "Move an alias to a ref in steps of traffic (a hash of the entity key picks "
+                "the arm); the controller advances each step whose criteria hold, moves the "
+                "alias after the last, and aborts on a failed criterion. 409 rollout_active "
+                "when the alias has one.",
+                _command_body(
+                    {
+                        "alias": _IDENT,
+                        "to": _REF_EXPR,
+                        "steps": {
+                            "type": "array",
+                            "items": {"type": "integer", "minimum": 1, "maximum": 100},
+                            "minItems": 1,
+                            "maxItems": MAX_STEPS,
+                            "description": "Percentages, increasing, ending at 100 "
+                            "(default 10, 50, 100).",
+                        },
+                        "min_labels": {"type": "integer", "minimum": 0},
+                        "max_regression": {
+                            "type": "object",
+                            "propertyNames": {"enum": metric_names},
+                            "additionalProperties": {"type": "number", "minimum": 0},
+                            "description": "Worsening allowed against the baseline per metric.",
+                        },
+                        "max_p99_ms": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                        "max_dead_letter_rate": {
+                            "type": ["number", "null"],
+                            "minimum": 0,
+                            "maximum": 1,
+                        },
+                        "step_timeout_ms": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "maximum": MAX_STEP_TIMEOUT_MS,
+                        },
+                        "allow_signature_change": {"type": "boolean"},
+                    },
+                    ["alias", "to"],
+                ),
+                [model],
+                receipt=started,
+            ),
+        },
+        "/v1/models/{model}/rollouts/{rollout_id}": {
+            "get": _query_op(
+                "One rollout with every decision on it.",
+                {
+                    **_ROLLOUT,
+                    "properties": {
+                        **_ROLLOUT["properties"],
+                        "decisions": {"type": "array", "items": _DECISION},
+                    },
+                    "required": [*_ROLLOUT["required"], "decisions"],
+                },
+                [model, rollout_id, _AFTER],
+            )
+        },
+        "/v1/models/{model}/rollouts/{rollout_id}/pause": {
+            "post": action("Hold a running rollout at its step (409 rollout_moved if not).", False)
+        },
+        "/v1/models/{model}/rollouts/{rollout_id}/resume": {
+            "post": action("Resume a paused rollout; its step starts anew.", False)
+        },
+        "/v1/models/{model}/rollouts/{rollout_id}/abort": {
+            "post": action("Abort an active rollout: all traffic back to the baseline.", True)
+        },
+        "/v1/models/{model}/rollouts/{rollout_id}/promote": {
+            "post": action("Promote an active rollout now: the alias moves to the candidate.", True)
+        },
+        "/v1/references": {
+            "post": {
+                "summary": "Store a drift reference (per-feature quantile bins of training data, "
+                "format modelvc.reference/1), checked and canonical, by its sha256; a commit "
+                "names it in reference_sha256.",
+                "parameters": [],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": {
+                    "201": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "sha256": {"type": "string"},
+                                "stored": {
+                                    "type": "boolean",
+                                    "description": "false: the store already held it",
+                                },
+                            },
+                            "required": ["sha256", "stored"],
+                        },
+                        f"Checked and in the store (at most {max_reference_bytes} bytes).",
+                    ),
+                    **_errors(400, 403, 413, 415, 422, 500, 503, 507),
+                },
+            }
+        },
+        "/v1/references/{digest}": {
+            "get": {
+                "summary": "A stored drift reference (re-hashed and checked on every read).",
+                "parameters": [_path_param("digest", {"type": "string"})],
+                "responses": {
+                    "200": _json({"type": "object"}, "The reference, canonical JSON."),
+                    **_errors(404, 422, 500, 503, 507),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics: modelvc_rollout_decisions_total{action} and "
+                "modelvc_rollout_time_to_decision_seconds.",
+                "responses": {
+                    "200": {
+                        "description": "The Prometheus text format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(500),
+                },
+            }
+        },
+    }
 
 
 def _security_paths(max_expires_at: int) -> dict[str, Any]:
@@ -568,6 +886,10 @@ def document() -> dict[str, Any]:
                     "oneOf": [_ref("Signature"), {"type": "null"}],
                     "description": "null for a commit made before commits recorded one.",
                 },
+                "reference_sha256": {
+                    "type": ["string", "null"],
+                    "description": "The drift reference of its training data, if any.",
+                },
             },
             "required": ["id", "parents", "artifact_sha256", "message", "author", "at"],
         },
@@ -687,6 +1009,7 @@ def document() -> dict[str, Any]:
                             "additionalProperties": {"type": "number"},
                         },
                         "expect_head": _NULLABLE_REF_EXPR,
+                        "reference_sha256": _REFERENCE,
                     },
                     ["artifact_sha256", "message"],
                 ),
@@ -737,6 +1060,7 @@ def document() -> dict[str, Any]:
                             "type": ["string", "null"],
                             "maxLength": parse.MAX_MESSAGE_BYTES,
                         },
+                        "reference_sha256": _REFERENCE,
                     },
                     ["source"],
                 ),
@@ -955,6 +1279,9 @@ def document() -> dict[str, Any]:
         },
     }
     paths.update(_security_paths(parse.MAX_EXPIRES_AT))
+    reason = {"type": "string", "maxLength": parse.MAX_NOTE_BYTES}
+    paths.update(_monitoring_paths(model, reason, monitoring.MAX_REFERENCE_BYTES))
+    schemas["Rollout"] = _ROLLOUT
     schemas["Health"] = {
         "type": "object",
         "properties": {

@@ -26,6 +26,12 @@ STATUS_BY_CODE: Mapping[str, int] = {
     # An alias move whose target needs features the current commit's producers do not send.
     errors.SignatureChangeRefused.code: 409,
     errors.NotAnAncestor.code: 409,
+    # Rollouts (issue 12): a rollout id the model never started; an alias that has a
+    # running or paused rollout (abort or promote it first); a rollout that is no longer
+    # where the request expected it (another step, paused or ended: read it again).
+    errors.UnknownRollout.code: 404,
+    errors.RolloutActive.code: 409,
+    errors.RolloutMoved.code: 409,
     errors.ProtectedBranch.code: 409,
     errors.EmptyBranch.code: 409,
     errors.NothingToDo.code: 409,
@@ -53,6 +59,8 @@ STATUS_BY_CODE: Mapping[str, int] = {
     "upload_stalled": 408,
     "sandbox_unavailable": 503,
     "artifact_rejected": 422,
+    # A drift reference (POST /v1/references) that is not one: bounds, finiteness, order.
+    "reference_rejected": 422,
     # The store itself: a directory full or read-only is the operator's to fix (507); a
     # store that does not answer, or refuses this server's credentials, may come back (503).
     "store_full": 507,

@@ -38,7 +38,8 @@ Case = schemathesis.Case[Operation]
 
 # Routes every aiohttp view answers besides its own methods; not API operations.
 _IMPLICIT = {"HEAD"}
-_BUDGET_S = 35.0
+# Each operation's share of the run's time (the run grows with the API: 44 operations).
+_PER_OPERATION_S = 1.2
 _MAX_EXAMPLES = 40
 # What "true to the document" means in both runs: no 5xx, and every answer's
 # status, content type and body are the ones the document gives for it.
@@ -106,7 +107,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     client.create_branch("churn", "exp")
     schema = schemathesis.openapi.from_url(f"{url}/v1/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations() if isinstance(result, Ok)]
-    per_operation = _BUDGET_S / len(operations)
+    per_operation = _PER_OPERATION_S
     calls: dict[str, int] = {}
 
     def fuzz(operation: Operation) -> None:
