@@ -6,6 +6,10 @@ whether its signature holds or not. A forged or damaged event can keep an object
 alive (it costs storage), but nothing an attacker writes can get one deleted that a
 commit still needs, and no decoder change can make a referenced object look free.
 
+Every object a record names is live, whatever names it: a model's artifact, and the
+drift reference (``commit --reference``) a commit links by ``reference_sha256``, which
+the monitor reads for as long as the commit is served.
+
 Age is the second guard: an upload is visible in the store before the commit that
 names it reaches the log, so only objects older than the cutoff (30 days by default)
 are ever candidates.

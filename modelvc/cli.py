@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
+import math
 import os
 import re
 import sys
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from modelvc import hints, render
 from modelvc.client import Client, ClientError
 from modelvc.processes import StackError
-from streams.core.security import PROTECTING_ROLES, ROLES
+from streams.core.security import MAX_TEXT, PROTECTING_ROLES, ROLES
 from streams.errors import StreamsError
 from streams.http_client import TokenError, token_from_env
 from streams.kafka_access import SECURITY, KafkaAccess, KafkaAccessError, Security
@@ -205,6 +207,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         sign_predictions=args.sign_predictions,
         artifacts=os.environ.get("MODELVC_ARTIFACTS") or None,
         s3_endpoint=os.environ.get("MODELVC_S3_ENDPOINT") or None,
+        monitor=True,
     )
     print(f"modelvc is up: API {stack.url}, broker {stack.settings.bootstrap}")
     print(
@@ -322,7 +325,7 @@ def cmd_tail(args: argparse.Namespace) -> None:
         subscribe_predictions(
             _kafka(args),
             model=args.model,
-            topic=_topic(args, "predictions"),
+            topic=_topic(args, args.stream),
             from_beginning=args.from_beginning,
             idle_timeout_s=args.idle_timeout,
         ),
@@ -664,7 +667,12 @@ def cmd_commit(args: argparse.Namespace, c: Client) -> None:
     model = _model(args)
     params = _pairs(args.param, "param", str)
     metrics = _pairs(args.metric, "metric", float)
+    sample = read_reference_sample(Path(args.reference)) if args.reference else None
     uploaded = c.upload(args.file)
+    reference = None
+    if sample is not None:
+        data = reference_json(sample, _model_inputs(uploaded), args.reference)
+        reference = c.upload_reference(data)["sha256"]
     answer = c.commit(
         model,
         uploaded["sha256"],
@@ -673,6 +681,7 @@ def cmd_commit(args: argparse.Namespace, c: Client) -> None:
         params=params,
         metrics=metrics,
         expect_head=args.expect_head,
+        reference_sha256=reference,
     )
     _emit(
         args,
@@ -779,6 +788,302 @@ def cmd_digest(args: argparse.Namespace, c: Client) -> None:
         c.digest(),
         lambda a: f"{a['digest']}  (models: {a['models']}, event offsets: {a['offsets']})",
     )
+
+
+# -- drift references, labels, shadows, rollouts, the monitor --------------------------
+# A training sample is read whole (quantiles need every value): bounded in cells.
+MAX_SAMPLE_CELLS = 5_000_000
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The numeric columns of a training sample CSV, as read (empty or non-numeric: NaN,
+    which the reference leaves out)."""
+
+    names: tuple[str, ...]
+    rows: tuple[tuple[float, ...], ...]
+
+
+def _cell(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan  # a category label or a blank: not a number to bin
+
+
+def read_reference_sample(path: Path) -> Sample:
+    """The training sample for ``commit --reference``: a CSV with a header row whose
+    columns are features; a Refused naming the file and what to fix otherwise."""
+    import csv
+
+    from modelvc.streaming import RESERVED
+
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if not header:
+                raise Refused(f"{path} is empty; --reference takes a CSV with a header row")
+            names = tuple(h.strip() for h in header)
+            rows: list[tuple[float, ...]] = []
+            for row in reader:
+                if len(row) != len(names):
+                    raise Refused(
+                        f"{path}:{reader.line_num}: {len(row)} fields under a header of "
+                        f"{len(names)}; every row of --reference needs one value per column"
+                    )
+                if (len(rows) + 1) * len(names) > MAX_SAMPLE_CELLS:
+                    raise Refused(
+                        f"{path} holds more than {MAX_SAMPLE_CELLS:,} values; a sample of "
+                        "some thousand rows bins as well: pass --reference with fewer rows"
+                    )
+                rows.append(tuple(_cell(v) for v in row))
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise Refused(f"{path} is not a CSV file ({exc}); --reference takes one") from None
+    kept = [i for i, n in enumerate(names) if n not in RESERVED]
+    return Sample(tuple(names[i] for i in kept), tuple(tuple(r[i] for i in kept) for r in rows))
+
+
+def _model_inputs(uploaded: dict[str, Any]) -> list[str] | None:
+    """The feature names the uploaded model reads (its signature's inputs), if it says."""
+    signature = uploaded.get("signature")
+    if isinstance(signature, dict) and isinstance(signature.get("inputs"), list):
+        return [str(i["name"]) for i in signature["inputs"] if isinstance(i, dict)]
+    return None
+
+
+def reference_json(sample: Sample, inputs: list[str] | None, source: str) -> bytes:
+    """The reference bins of ``sample``'s columns that the model reads (all of them when the
+    model's inputs are unknown), canonical JSON ready to upload."""
+    from streams.core.monitoring import reference_from_rows, reference_to_json
+
+    wanted = set(inputs) if inputs is not None else set(sample.names)
+    columns = [i for i, n in enumerate(sample.names) if n in wanted]
+    if not columns:
+        shown = ", ".join(sorted(wanted))[:200]
+        raise Refused(
+            f"{source} has no column the model reads ({shown}); --reference takes a "
+            "sample of the training data with the model's feature names as its header"
+        )
+    try:
+        reference = reference_from_rows(
+            [sample.names[i] for i in columns], ([row[i] for i in columns] for row in sample.rows)
+        )
+        return reference_to_json(reference)  # refused here when the server would refuse it
+    except ValueError as exc:
+        raise Refused(f"{source}: {exc}") from None
+
+
+def cmd_publish_labels(args: argparse.Namespace) -> None:
+    from modelvc.streaming import LabelError, publish_labels, read_label_file
+
+    topic = _topic(args, "labels")
+    try:
+        # Read and checked whole before the first is sent: a bad line publishes nothing.
+        labels = list(read_label_file(Path(args.file), _selected_model(args)))
+    except (LabelError, UnicodeDecodeError) as exc:
+        raise Refused(f"{exc}; nothing was published") from None
+    count = publish_labels(_kafka(args, role="producer"), labels, topic)
+    _emit(
+        args,
+        {"published": count, "topic": topic},
+        lambda a: f"published {a['published']} labels to {a['topic']}",
+    )
+
+
+def cmd_shadow(args: argparse.Namespace, c: Client) -> None:
+    model = _model(args)
+    if args.action == "start":
+        answer = c.start_shadow(model, args.alias, args.candidate)
+        _emit(
+            args,
+            answer,
+            lambda a: (
+                f"{_applied(a)}: @{args.alias} is shadowed by {args.candidate}; compare "
+                f"them with `modelvc -M {model} monitor`"
+            ),
+        )
+    elif args.action == "stop":
+        _emit(args, c.stop_shadow(model, args.alias), _applied)
+    else:
+        answer = c.shadows(model)
+        listed = answer.get("shadows", []) if isinstance(answer, dict) else answer
+        _emit(args, answer, lambda a: render.shadows(render.escaped(listed)))
+
+
+STEPS_SYNTAX = "percentages of traffic, strictly increasing, ending at 100, e.g. 10,50,100"
+_PERCENT = re.compile(r"[1-9][0-9]{0,2}", re.ASCII)
+_DURATION = re.compile(r"(0)|([1-9][0-9]{0,6})(s|m|h|d)", re.ASCII)
+_DURATION_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+DURATION_SYNTAX = "a number and a unit: 30s, 10m, 2h or 1d (0: no timeout)"
+
+
+def parse_steps(text: str) -> tuple[int, ...]:
+    """``--steps 10,50,100`` as percentages; a UsageError saying the syntax otherwise."""
+    from streams.core.rollout import MAX_STEPS
+
+    parts = text.split(",", MAX_STEPS)
+    if len(parts) > MAX_STEPS:
+        raise UsageError(f"--steps {text[:60]!r}: at most {MAX_STEPS} steps; {STEPS_SYNTAX}")
+    if not all(_PERCENT.fullmatch(p.strip()) for p in parts):
+        raise UsageError(f"--steps {text[:60]!r}: use {STEPS_SYNTAX}")
+    steps = tuple(int(p) for p in parts)
+    rising = all(a < b for a, b in itertools.pairwise(steps))
+    if not rising or steps[-1] != 100:
+        raise UsageError(f"--steps {text[:60]!r}: use {STEPS_SYNTAX}")
+    return steps
+
+
+def parse_duration(text: str, flag: str = "--step-timeout") -> int:
+    """``30s``, ``10m``, ``2h``, ``1d`` or ``0`` as milliseconds (at most the longest step
+    timeout a rollout takes)."""
+    from streams.core.rollout import MAX_STEP_TIMEOUT_MS
+
+    found = _DURATION.fullmatch(text.strip())
+    if not found:
+        raise UsageError(f"{flag} {text[:40]!r}: use {DURATION_SYNTAX}")
+    ms = 0 if found.group(1) else int(found.group(2)) * _DURATION_MS[found.group(3)]
+    if ms > MAX_STEP_TIMEOUT_MS:
+        raise UsageError(f"{flag} {text}: at most {MAX_STEP_TIMEOUT_MS // 86_400_000}d")
+    return ms
+
+
+def parse_regressions(items: Sequence[str]) -> dict[str, float]:
+    """``--max-regression METRIC=LIMIT`` (repeated) as {metric: limit}."""
+    from streams.core.rollout import LOWER_IS_BETTER
+
+    metrics = ", ".join(LOWER_IS_BETTER)
+    limits: dict[str, float] = {}
+    for item in items[: len(LOWER_IS_BETTER) + 1]:
+        name, _, value = item.partition("=")
+        if name not in LOWER_IS_BETTER:
+            raise UsageError(
+                f"--max-regression {item[:60]!r}: name one of {metrics}, as in "
+                "--max-regression logloss=0.01"
+            )
+        if name in limits:
+            raise UsageError(f"--max-regression names {name} twice; give each metric once")
+        try:
+            limit = float(value)
+        except ValueError:
+            limit = math.nan
+        if not math.isfinite(limit) or limit < 0:
+            raise UsageError(
+                f"--max-regression {item[:60]!r}: the limit is how much worse {name} may be "
+                f"than the baseline's, a number >= 0 (e.g. {name}=0.01)"
+            )
+        limits[name] = limit
+    return limits
+
+
+def _rollout_limits(args: argparse.Namespace) -> dict[str, Any]:
+    """The start flags checked here, so a mistyped policy is a usage error before any request."""
+    if args.min_labels is not None and not 0 <= args.min_labels <= 10**9:
+        raise UsageError(f"--min-labels {args.min_labels}: use 0 to 1000000000")
+    p99 = args.max_p99_ms
+    if p99 is not None and not (math.isfinite(p99) and p99 > 0):
+        raise UsageError(f"--max-p99-ms {p99}: use a number of milliseconds above 0")
+    rate = args.max_dead_letter_rate
+    if rate is not None and not 0 <= rate <= 1:
+        raise UsageError(f"--max-dead-letter-rate {rate}: use a fraction from 0 to 1, e.g. 0.001")
+    return {
+        "min_labels": args.min_labels,
+        "max_regression": parse_regressions(args.max_regression),
+        "max_p99_ms": p99,
+        "max_dead_letter_rate": rate,
+        "step_timeout_ms": (
+            parse_duration(args.step_timeout) if args.step_timeout is not None else None
+        ),
+        "allow_signature_change": args.allow_signature_change,
+    }
+
+
+def _check_policy(steps: tuple[int, ...], limits: dict[str, Any]) -> None:
+    """The core's rule for a new rollout's policy (the service applies it again), with the
+    service's defaults for the flags not given: a bare `rollout start` is told what it lacks."""
+    from streams.core.refs import policy_problem
+    from streams.core.rollout import Policy
+
+    given = {k: v for k, v in limits.items() if k in Policy.__dataclass_fields__ and v is not None}
+    problem = policy_problem(Policy(steps=steps, **given))
+    if problem is not None:
+        raise UsageError(problem)
+
+
+_DONE = {"pause": "paused", "resume": "resumed", "abort": "aborted", "promote": "promoted"}
+
+
+def _one_rollout(answer: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A rollout answer as (the rollout, its decisions): {"rollout", "decisions"}, or the
+    rollout's fields with "decisions" beside them."""
+    body = dict(answer)
+    decisions = list(body.pop("decisions", None) or [])
+    return dict(body.get("rollout") or body), decisions
+
+
+def cmd_rollout(args: argparse.Namespace, c: Client) -> None:
+    model = _model(args)
+    if args.action == "start":
+        # Parsed by _check_arguments, before a token is read or the service reached.
+        answer = c.start_rollout(model, args.alias, args.to, args.step_list, **args.limits)
+        rollout, _ = _one_rollout(answer)
+        _emit(
+            args,
+            answer,
+            lambda a: (
+                f"started rollout {rollout.get('id', '?')} of @{args.alias} to {args.to}; "
+                f"follow it with `modelvc -M {model} rollout status {rollout.get('id', '')}`"
+            ),
+        )
+    elif args.action == "status":
+        if args.id is None:
+            answer = c.rollouts(model)
+            listed = answer.get("rollouts", []) if isinstance(answer, dict) else answer
+            _emit(args, answer, lambda a: _rollout_list(model, render.escaped(listed)))
+        else:
+            answer = c.rollout(model, args.id)
+            rollout, decisions = _one_rollout(answer)
+            _emit(args, answer, lambda a: render.rollout_status(rollout, decisions))
+    else:
+        answer = c.control_rollout(model, args.id, args.action, args.reason or "")
+        _emit(args, answer, lambda a: f"{_DONE[args.action]} rollout {args.id}")
+
+
+def _rollout_list(model: str, rollouts: list[dict[str, Any]]) -> str:
+    if not rollouts:
+        return (
+            f"no rollouts of {model} (start one with `modelvc -M {model} rollout start "
+            "production --to REF`)"
+        )
+    return "\n".join(
+        f"{r['id']}  @{r['alias']:<12} {r['status']:<9} {render.steps_line(r)}  "
+        f"{render.short(r['baseline'])} -> {render.short(r['candidate'])}"
+        for r in rollouts
+    )
+
+
+WATCH_SECONDS = 2.0
+
+
+def cmd_monitor(args: argparse.Namespace, c: Client) -> None:
+    from modelvc import monitor_view
+
+    model = _model(args)
+    clear = "\x1b[H\x1b[2J" if args.watch and sys.stdout.isatty() else ""
+    try:
+        while True:
+            answer = c.monitor(model, args.ref, args.last)
+            if args.json and args.watch:
+                print(json.dumps(answer), flush=True)  # one answer a line, for a pipe
+            else:
+                print(clear, end="")
+                _emit(args, answer, monitor_view.table)
+            if not args.watch:
+                return
+            sys.stdout.flush()
+            time.sleep(WATCH_SECONDS)
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how --watch ends
 
 
 # -- identity and protection ----------------------------------------------------
@@ -973,6 +1278,140 @@ def _artifacts_parser(
     sp.add_argument("--bootstrap", help="Kafka (default: $KAFKA_BOOTSTRAP or the local stack)")
 
 
+Add = Callable[[str, Callable[..., None], str], argparse.ArgumentParser]
+
+
+def _actions(
+    parent: argparse.ArgumentParser, fn: Callable[..., None], required: bool = True
+) -> Add:
+    """``add`` for the actions of ``parent`` (``modelvc rollout start``...): each with its
+    own --help and usage, -M and --json after the action too."""
+    actions = parent.add_subparsers(dest="action", required=required, metavar="ACTION")
+
+    def action(name: str, _: Callable[..., None], help: str) -> argparse.ArgumentParser:
+        sp = actions.add_parser(name, help=help, description=help, epilog=parent.epilog)
+        sp.set_defaults(fn=fn, command_parser=sp)
+        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+        sp.add_argument(
+            "-M", "--model", default=argparse.SUPPRESS, help="the model (default: the current one)"
+        )
+        return sp
+
+    return action
+
+
+def _monitoring_parsers(add: Add) -> None:
+    sp = add(
+        "publish-labels",
+        cmd_publish_labels,
+        "publish labels (the true values) for the monitor to join with predictions, from a "
+        "CSV or JSON-lines file; every line is checked before any is sent",
+    )
+    sp.epilog = (
+        "Columns (CSV header) or keys (JSON): feature_event_id, or entity_key with event_time "
+        "(ms, the feature event's); value, or value_0, value_1, ... (JSON: values, a list); "
+        "optional label_time (ms; default now), label_id, model (default -M or the current "
+        "model). Binary models take 0 or 1."
+    )
+    sp.add_argument("file")
+    sp.add_argument("--bootstrap", help="Kafka (default: $KAFKA_BOOTSTRAP or the local stack)")
+
+    shadow = add(
+        "shadow",
+        cmd_shadow,
+        "score a candidate beside what an alias serves, on the same feature events; its "
+        "predictions go to the shadow-predictions topic, never to subscribers",
+    )
+    action = _actions(shadow, cmd_shadow, required=False)  # `modelvc shadow` lists
+    sp = action("start", cmd_shadow, "shadow ALIAS with the commit REF resolves to (now)")
+    sp.add_argument("alias")
+    sp.add_argument("--candidate", required=True, metavar="REF")
+    sp = action("stop", cmd_shadow, "stop the shadow of ALIAS")
+    sp.add_argument("alias")
+    action("list", cmd_shadow, "the shadow of each alias that has one (the default)")
+
+    rollout = add(
+        "rollout",
+        cmd_rollout,
+        "move an alias to a candidate in steps of traffic, decided automatically from the "
+        "monitor's figures, or by hand; every decision is an event in the log",
+    )
+    rollout.epilog = (
+        "Entities are routed by a hash of their key, so an entity stays on one arm. At each "
+        "step the controller waits for --min-labels labelled candidate predictions, then "
+        "compares candidate and baseline: any criterion failed aborts (all traffic back to "
+        "the baseline), all held advances; after the last step the alias moves. Give at "
+        "least one criterion (--max-regression, --max-p99-ms or --max-dead-letter-rate); "
+        "latency and dead letters are judged as soon as the candidate has traffic."
+    )
+    action = _actions(rollout, cmd_rollout)
+    sp = action("start", cmd_rollout, "start a canary rollout of ALIAS to --to REF")
+    sp.add_argument("alias")
+    sp.add_argument("--to", required=True, metavar="REF", help="the candidate")
+    sp.add_argument("--steps", default="10,50,100", help=f"{STEPS_SYNTAX} (default 10,50,100)")
+    sp.add_argument(
+        "--min-labels",
+        type=int,
+        metavar="N",
+        help="labelled candidate predictions a step needs before a decision (default 100)",
+    )
+    sp.add_argument(
+        "--max-regression",
+        action="append",
+        default=[],
+        metavar="METRIC=LIMIT",
+        help="abort when the candidate's METRIC (logloss, brier, mae, rmse, auc) is worse "
+        "than the baseline's by more than LIMIT; repeatable",
+    )
+    sp.add_argument("--max-p99-ms", type=float, metavar="MS", help="abort above this p99 latency")
+    sp.add_argument(
+        "--max-dead-letter-rate",
+        type=float,
+        metavar="RATE",
+        help="abort above this fraction of dead-lettered events (e.g. 0.001)",
+    )
+    sp.add_argument(
+        "--step-timeout",
+        metavar="DURATION",
+        help=f"abort a step still short of --min-labels after this long: {DURATION_SYNTAX}",
+    )
+    sp.add_argument(
+        "--allow-signature-change",
+        action="store_true",
+        help="let the final move change the model's input signature",
+    )
+    sp = action("status", cmd_rollout, "every rollout of the model, or one with its decisions")
+    sp.add_argument("id", nargs="?", metavar="ID")
+    for name, what in (
+        ("pause", "hold the current step: no automatic decision until resumed"),
+        ("resume", "let a paused rollout decide again (its step starts over)"),
+        ("abort", "return all traffic to the baseline (needs --reason)"),
+        ("promote", "move the alias to the candidate now (needs --reason)"),
+    ):
+        sp = action(name, cmd_rollout, what)
+        sp.add_argument("id", metavar="ID")
+        sp.add_argument("--reason", help="why, kept in the log")
+
+    sp = add(
+        "monitor",
+        cmd_monitor,
+        "accuracy, coverage, latency, dead letters and drift of each version of a model, "
+        "from the monitor's windows",
+    )
+    sp.add_argument(
+        "-M", "--model", default=argparse.SUPPRESS, help="the model (default: the current one)"
+    )
+    sp.add_argument("--ref", help="only the versions served for this ref")
+    sp.add_argument(
+        "--last",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also the newest N windows of each version (the service allows 0-100; default 0)",
+    )
+    sp.add_argument("--watch", action="store_true", help="redraw every 2 s until Ctrl-C")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="modelvc",
@@ -1055,8 +1494,8 @@ def parser() -> argparse.ArgumentParser:
         "--ref", help="default: alias production if set, else the default branch (as workers)"
     )
     sp.add_argument("--avsc", action="store_true", help="only the schema, to save as a .avsc file")
-    sp = add("tail", cmd_tail, "print predictions as they arrive")
-    sp.add_argument("stream", choices=["predictions"])
+    sp = add("tail", cmd_tail, "print predictions (or a shadow's) as they arrive")
+    sp.add_argument("stream", choices=["predictions", "shadow-predictions"])
     sp.add_argument("--from-beginning", action="store_true")
     sp.add_argument("-n", "--limit", type=int, default=0, help="stop after N predictions")
     sp.add_argument("--idle-timeout", type=float, help="stop after this many seconds without one")
@@ -1075,6 +1514,13 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--metric", action="append", default=[], metavar="KEY=NUMBER")
     sp.add_argument(
         "--expect-head", help="refuse unless the branch head is this commit (compare-and-set)"
+    )
+    sp.add_argument(
+        "--reference",
+        metavar="SAMPLE.csv",
+        help="a sample of the training data (CSV, the model's feature names as header): "
+        "its per-feature quantile bins are stored and linked from the commit, and the "
+        "monitor shows the drift (PSI) of live features against them",
     )
     sp = add("branch", cmd_branch, "list, create or delete branches")
     sp.add_argument("action", nargs="?", choices=["list", "create", "delete"], default="list")
@@ -1164,6 +1610,7 @@ def parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--bootstrap", help="Kafka (default: $KAFKA_BOOTSTRAP or the local stack)")
     _artifacts_parser(add)
+    _monitoring_parsers(add)
     add("digest", cmd_digest, "sha256 of the whole version graph, as the service has it")
     add("whoami", cmd_whoami, "the actor and role of the token this CLI sends")
     sp = add(
@@ -1206,8 +1653,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_monitoring_arguments(args: argparse.Namespace) -> None:
+    """The rollout and monitor flags, parsed before a token is read or a request sent."""
+    if args.command == "rollout" and args.action == "start":
+        args.step_list = parse_steps(args.steps)
+        args.limits = _rollout_limits(args)
+        _check_policy(args.step_list, args.limits)
+    if args.command == "rollout" and args.action in ("abort", "promote") and not args.reason:
+        raise UsageError(
+            f"rollout {args.action} needs --reason, kept in the log "
+            f"(modelvc rollout {args.action} {args.id} --reason TEXT)"
+        )
+    if args.command == "rollout" and len(getattr(args, "reason", None) or "") > MAX_TEXT:
+        raise UsageError(f"--reason is over {MAX_TEXT} characters; say it shorter")
+
+
 def _check_arguments(args: argparse.Namespace) -> None:
     """What argparse cannot say: arguments that one action of a command needs."""
+    _check_monitoring_arguments(args)
     needs_name = {("branch", "create"), ("branch", "delete"), ("alias", "set")}
     if (args.command, getattr(args, "action", None)) in needs_name and not args.name:
         raise UsageError(f"{args.command} {args.action} needs a NAME")
@@ -1251,6 +1714,19 @@ def _usage(args: argparse.Namespace, message: str) -> NoReturn:
     command_parser.error(render.escape(message))  # argparse's own path: stderr, exit 2
 
 
+# Commands that reach Kafka or the stack only, never the service's API.
+_WITHOUT_SERVICE = (
+    "up",
+    "down",
+    "worker",
+    "publish",
+    "publish-labels",
+    "tail",
+    "audit",
+    "artifacts",
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command line; the exit code (module docstring) is returned, or raised by argparse.
 
@@ -1260,7 +1736,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         _check_arguments(args)
-        if args.command in ("up", "down", "worker", "publish", "tail", "audit", "artifacts"):
+        if args.command in _WITHOUT_SERVICE:
             args.fn(args)
         else:
             token = token_from_env(home=_home(args))  # the environment, read once here

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import urllib.parse
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from streams.http_client import HttpClient, HttpError
 # Raised when the service refuses a request or cannot be reached: ``status`` is the HTTP
 # status (0 when unreachable), ``body`` the JSON answer. One type for every HTTP caller.
 ClientError = HttpError
+# The manual decisions on a rollout (POST /v1/models/{m}/rollouts/{id}/<action>).
+ROLLOUT_ACTIONS = ("pause", "resume", "abort", "promote")
 
 
 class Client:
@@ -65,6 +68,7 @@ class Client:
         body: Any = None,
         query: dict[str, str] | None = None,
         raw: bytes | None = None,
+        content_type: str = "application/octet-stream",
     ) -> Any:
         query = dict(query or {})
         if method == "GET" and self.positions:
@@ -74,7 +78,7 @@ class Client:
         if method != "GET":
             # The service refuses a write without its declared content type (415), so a
             # foreign web page cannot pass a form or a blob off as a command.
-            kind = "application/octet-stream" if raw is not None else "application/json"
+            kind = content_type if raw is not None else "application/json"
             headers["Content-Type"] = kind
         response = self._http.request(method, path, query=query, data=data, headers=headers)
         if response.content_type != "application/json":
@@ -126,8 +130,11 @@ class Client:
         metrics: dict[str, float] | None = None,
         expect_head: str | None = None,
         command_id: str | None = None,
+        reference_sha256: str | None = None,
     ) -> Any:
-        body = {
+        """``reference_sha256``: training-data bins stored with :meth:`upload_reference`,
+        which the monitor measures drift (PSI) of this commit's live features against."""
+        body: dict[str, Any] = {
             "artifact_sha256": artifact_sha256,
             "message": message,
             "branch": branch,
@@ -135,6 +142,8 @@ class Client:
             "metrics": metrics or {},
             "expect_head": expect_head,
         }
+        if reference_sha256 is not None:
+            body["reference_sha256"] = reference_sha256
         return self._write("POST", f"/v1/models/{self._q(model)}/commits", body, command_id)
 
     def create_branch(
@@ -192,6 +201,89 @@ class Client:
         return self._write(
             "PUT", f"/v1/models/{self._q(model)}/aliases/{self._q(alias)}", body, command_id
         )
+
+    # -- monitoring, shadows and rollouts -----------------------------------------
+    def upload_reference(self, data: bytes) -> dict[str, Any]:
+        """Store a reference (``streams.core.monitoring.reference_to_json``); {"sha256"}."""
+        answer = self.request("POST", "/v1/references", raw=data, content_type="application/json")
+        return dict(answer)
+
+    def reference(self, digest: str) -> Any:
+        return self.request("GET", f"/v1/references/{self._q(digest)}")
+
+    def monitor(self, model: str, ref: str | None = None, last: int | None = None) -> Any:
+        """Figures per version (cumulative, and the ``last`` windows of each)."""
+        query = {"ref": ref} if ref else {}
+        if last is not None:
+            query["last"] = str(last)
+        return self.request("GET", f"/v1/models/{self._q(model)}/monitor", query=query)
+
+    def shadows(self, model: str) -> Any:
+        return self.request("GET", f"/v1/models/{self._q(model)}/shadow")
+
+    def start_shadow(
+        self, model: str, alias: str, candidate: str, command_id: str | None = None
+    ) -> Any:
+        body = {"alias": alias, "candidate": candidate}
+        return self._write("POST", f"/v1/models/{self._q(model)}/shadow", body, command_id)
+
+    def stop_shadow(self, model: str, alias: str, command_id: str | None = None) -> Any:
+        path = f"/v1/models/{self._q(model)}/shadow/stop"
+        return self._write("POST", path, {"alias": alias}, command_id)
+
+    def start_rollout(
+        self,
+        model: str,
+        alias: str,
+        to: str,
+        steps: Sequence[int],
+        *,
+        min_labels: int | None = None,
+        max_regression: Mapping[str, float] | None = None,
+        max_p99_ms: float | None = None,
+        max_dead_letter_rate: float | None = None,
+        step_timeout_ms: int | None = None,
+        allow_signature_change: bool = False,
+        command_id: str | None = None,
+    ) -> Any:
+        """Start moving ``alias`` to ``to`` in ``steps`` (percent); None: the service's default."""
+        body: dict[str, Any] = {
+            "alias": alias,
+            "to": to,
+            "steps": list(steps),
+            "max_regression": dict(max_regression or {}),
+            "max_p99_ms": max_p99_ms,
+            "max_dead_letter_rate": max_dead_letter_rate,
+            "allow_signature_change": allow_signature_change,
+        }
+        if min_labels is not None:
+            body["min_labels"] = min_labels
+        if step_timeout_ms is not None:
+            body["step_timeout_ms"] = step_timeout_ms
+        return self._write("POST", f"/v1/models/{self._q(model)}/rollouts", body, command_id)
+
+    def rollouts(self, model: str) -> Any:
+        return self.request("GET", f"/v1/models/{self._q(model)}/rollouts")
+
+    def rollout(self, model: str, rollout_id: str) -> Any:
+        """One rollout with its decisions (every Rollout* event, with actor and evidence)."""
+        return self.request("GET", f"/v1/models/{self._q(model)}/rollouts/{self._q(rollout_id)}")
+
+    def control_rollout(
+        self,
+        model: str,
+        rollout_id: str,
+        action: str,
+        reason: str = "",
+        command_id: str | None = None,
+    ) -> Any:
+        """``action`` one of ROLLOUT_ACTIONS: a manual decision, an event in the log."""
+        if action not in ROLLOUT_ACTIONS:
+            raise ValueError(
+                f"rollout action {action!r} is not one of {', '.join(ROLLOUT_ACTIONS)}"
+            )
+        path = f"/v1/models/{self._q(model)}/rollouts/{self._q(rollout_id)}/{action}"
+        return self._write("POST", path, {"reason": reason}, command_id)
 
     # -- queries ----------------------------------------------------------------
     def models(self) -> Any:

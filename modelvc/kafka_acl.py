@@ -11,11 +11,16 @@ principal only what its role needs, per namespace:
 
 - ``streams`` (the streams app): the only writer of ``<ns>.events``; consumes commands
   in its group, writes replies and dead letters, creates and checks its own topics;
-- ``worker``: reads events and features, writes predictions and dead letters, in group
-  ``<ns>-workers``, transactionally with ids that start with that group's name;
-- ``producer`` (feature producers, ``modelvc publish``): writes ``<ns>.features`` only;
+- ``streams`` also reads ``<ns>.metrics`` (the rollout controller and ``monitor``);
+- ``worker``: reads events and features, writes predictions, shadow predictions and dead
+  letters, in group ``<ns>-workers``, transactionally with ids that start with that
+  group's name. The monitor logs in as ``worker`` too: it reads predictions, shadow
+  predictions, labels, features and dead letters and writes metrics and dead letters
+  (bad labels), with positions kept in its own state, so no group of its own;
+- ``producer`` (feature producers, ``modelvc publish``, ``publish-labels``): writes
+  ``<ns>.features`` and ``<ns>.labels`` only;
 - ``auditor`` (``audit replay``, ``tail``, the archiver): reads events, features,
-  predictions and dead letters, and writes nothing.
+  labels, predictions, shadow predictions, metrics and dead letters, and writes nothing.
 
 ``admin`` is a super user (the launcher, who grants these ACLs); ``broker`` and
 ``controller`` are the brokers' own logins to each other.
@@ -87,6 +92,7 @@ def acl_plan(namespace: str) -> tuple[Grant, ...]:
     s = Settings(namespace=namespace)  # refuses a namespace outside Kafka's alphabet
     events, commands, replies = s.events_topic, s.commands_topic, s.replies_topic
     letters, features, predictions = s.dead_letter_topic, s.features_topic, s.predictions_topic
+    labels, shadows, metrics = s.labels_topic, s.shadow_predictions_topic, s.metrics_topic
     # Faust subscribes its app's leader-election topic (never created: topics are declared
     # by ensure_topics); describing it keeps the consumer's metadata free of refusals.
     faust_leader = f"{s.app_id}-__assignor-__leader"
@@ -95,25 +101,30 @@ def acl_plan(namespace: str) -> tuple[Grant, ...]:
     def allow(role: Role, kind: ResourceType, names: Iterable[str], *ops: Operation) -> None:
         grants.update(Grant(role, kind, n, "LITERAL", op) for n in names for op in ops)
 
-    own = (events, commands, replies, letters, features, predictions)
+    own = (events, commands, replies, letters, features, predictions, labels, shadows, metrics)
     # ensure_topics (run by the streams app at start) creates and then checks them.
     allow("streams", "TOPIC", own, "CREATE", "DESCRIBE", "DESCRIBE_CONFIGS")
     allow("streams", "TOPIC", (events, commands, replies), "READ", "WRITE")
     allow("streams", "TOPIC", (letters,), "WRITE")
+    allow("streams", "TOPIC", (metrics,), "READ")
     allow("streams", "TOPIC", (faust_leader,), "DESCRIBE")
     allow("streams", "GROUP", (s.app_id,), "READ")
 
     group = worker_group(namespace)
     allow("worker", "TOPIC", (events, features), "READ")
-    allow("worker", "TOPIC", (predictions, letters), "WRITE")
+    allow("worker", "TOPIC", (predictions, shadows, letters), "WRITE")
+    # The monitor (as worker): joins predictions with labels, writes metric windows.
+    allow("worker", "TOPIC", (predictions, shadows, labels, letters), "READ")
+    allow("worker", "TOPIC", (metrics,), "WRITE")
     allow("worker", "GROUP", (group,), "READ")
     # Exactly-once: transactional ids "<ns>-workers..." (one per worker, fenced on restart).
     grants.update(
         Grant("worker", "TRANSACTIONAL_ID", group, "PREFIXED", op) for op in ("WRITE", "DESCRIBE")
     )
 
-    allow("producer", "TOPIC", (features,), "WRITE")
-    allow("auditor", "TOPIC", (events, features, predictions, letters), "READ")
+    allow("producer", "TOPIC", (features, labels), "WRITE")
+    readable = (events, features, labels, predictions, shadows, metrics, letters)
+    allow("auditor", "TOPIC", readable, "READ")
     return tuple(sorted(grants))
 
 

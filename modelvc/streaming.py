@@ -17,6 +17,13 @@ here: a row that lacks a feature or has a wrong type raises :class:`FeatureRowEr
 Any Avro library can do the same: the message is C3 01, the 8-byte fingerprint the
 answer gives, then the record written with the schema.
 
+Publish labels, the true values the monitor joins with predictions (by the feature
+event's id, or by the entity's key and the event's time)::
+
+    with FeatureProducer("127.0.0.1:9092") as producer:
+        event_id = producer.publish("churn", {"tenure": 3.0}, entity_key="customer-17")
+        producer.publish_label("churn", [1.0], feature_event_id=event_id)
+
 Read predictions::
 
     from modelvc.streaming import subscribe_predictions
@@ -29,9 +36,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -39,11 +47,12 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer
 
 from modelvc.client import Client
-from streams.codec import FEATURES, PREDICTIONS, SingleObjectCodec
+from streams.codec import FEATURES, LABELS, PREDICTIONS, SingleObjectCodec
+from streams.core.labels import MAX_VALUES, validate_label
 from streams.core.model_signature import feature_fields
 from streams.errors import UndecodableMessage
 from streams.kafka_access import KafkaAccess, as_access, negotiate_sync
-from streams.settings import FEATURES_TOPIC, PREDICTIONS_TOPIC
+from streams.settings import FEATURES_TOPIC, LABELS_TOPIC, PREDICTIONS_TOPIC
 
 log = logging.getLogger("modelvc.streaming")
 
@@ -54,6 +63,11 @@ UNTYPED_HINT = (
     "dead-letters what the model cannot score"
 )
 _LONG = 1 << 63
+
+
+class LabelError(ValueError):
+    """Raised for a label :func:`streams.core.labels.validate_label` refuses: nothing is sent
+    (the monitor would dead-letter it)."""
 
 
 class FeatureRowError(ValueError):
@@ -82,6 +96,39 @@ def feature_event(
 
 def encode_feature_event(event: Mapping[str, Any]) -> bytes:
     return FEATURES.encode(event)
+
+
+def label(
+    model: str,
+    values: Sequence[float],
+    *,
+    feature_event_id: str | None = None,
+    entity_key: str | None = None,
+    event_time: int | None = None,
+    label_time: int | None = None,
+    label_id: str | None = None,
+) -> dict[str, Any]:
+    """A valid Label record (ids and the label time filled in when not given), or
+    :class:`LabelError` saying what to fix."""
+    record: dict[str, Any] = {
+        "label_id": label_id or str(uuid.uuid4()),
+        "model": model,
+        "feature_event_id": feature_event_id,
+        "entity_key": entity_key,
+        "event_time": event_time,
+        "values": list(values) if isinstance(values, list | tuple) else values,
+        "label_time": int(time.time() * 1000) if label_time is None else label_time,
+    }
+    problem = validate_label(record)
+    if problem is not None:
+        raise LabelError(problem)
+    record["values"] = [float(v) for v in record["values"]]
+    return record
+
+
+def label_key(record: Mapping[str, Any]) -> bytes:
+    """A label's Kafka key: the feature event it answers, else its entity."""
+    return str(record["feature_event_id"] or record["entity_key"]).encode()
 
 
 class TypedEncoder:
@@ -142,8 +189,10 @@ class FeatureProducer:
         topic: str = FEATURES_TOPIC,
         linger_ms: int = 5,
         schema: Mapping[str, Any] | None = None,
+        labels_topic: str = LABELS_TOPIC,
     ) -> None:
         self.topic = topic
+        self.labels_topic = labels_topic
         self.encode: Encode = (
             TypedEncoder(schema).encode if schema is not None else encode_feature_event
         )
@@ -184,6 +233,38 @@ class FeatureProducer:
         """Send ``value``, the encoding of ``event``, keyed by its entity (else its id)."""
         key = str(event.get("entity_key") or event["event_id"]).encode()
         self._producer.send(self.topic, key=key, value=value)
+
+    def publish_label(
+        self,
+        model: str,
+        values: Sequence[float],
+        *,
+        feature_event_id: str | None = None,
+        entity_key: str | None = None,
+        event_time: int | None = None,
+        label_time: int | None = None,
+        label_id: str | None = None,
+    ) -> str:
+        """Send one label (asynchronously, like :meth:`publish`); returns its id.
+
+        It answers the feature event ``feature_event_id``, or the event of ``entity_key``
+        at ``event_time`` (ms); :class:`LabelError` for a label the monitor would refuse.
+        """
+        record = label(
+            model,
+            values,
+            feature_event_id=feature_event_id,
+            entity_key=entity_key,
+            event_time=event_time,
+            label_time=label_time,
+            label_id=label_id,
+        )
+        self.send_label(record)
+        return str(record["label_id"])
+
+    def send_label(self, record: Mapping[str, Any]) -> None:
+        """Send a Label record as it is (checked by :func:`label` or the caller)."""
+        self._producer.send(self.labels_topic, key=label_key(record), value=LABELS.encode(record))
 
     def flush(self) -> None:
         self._producer.flush()
@@ -274,6 +355,134 @@ def read_feature_file(
                 raise ValueError(f"{path}:{number}: not JSON ({exc})") from None
             features = row.get("features") or {k: v for k, v in row.items() if k not in RESERVED}
             yield build(row, features)
+
+
+# A labels file is read whole before anything is sent (a bad row sends nothing): bounded.
+MAX_LABEL_ROWS = 1_000_000
+MAX_LABEL_LINE = 64 * 1024
+LABEL_COLUMNS = "feature_event_id, or entity_key and event_time; value (or value_0, value_1, ...)"
+_INTEGER = re.compile(r"-?[0-9]{1,19}")
+
+
+def publish_labels(
+    kafka: KafkaAccess | str, labels: Iterable[Mapping[str, Any]], topic: str = LABELS_TOPIC
+) -> int:
+    """Send every (already checked) label and wait for the broker's acknowledgements."""
+    count = 0
+    with FeatureProducer(kafka, labels_topic=topic) as producer:
+        for record in labels:
+            producer.send_label(record)
+            count += 1
+    return count
+
+
+def read_label_file(
+    path: Path, model: str | None = None, now_ms: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """Checked Label records from CSV (a header row) or JSON lines, or :class:`LabelError`
+    naming the file, the line and what to fix.
+
+    Columns (CSV) or keys (JSON): ``feature_event_id``, or ``entity_key`` and
+    ``event_time`` (ms); ``value``, or ``value_0``, ``value_1``, ... (JSON also takes a
+    ``values`` list); optional ``label_time`` (ms; default ``now_ms``), ``label_id`` and
+    ``model`` (default ``model``). At most :data:`MAX_LABEL_ROWS` rows.
+    """
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    with open(path, newline="") as handle:
+        csv_file = path.suffix.lower() == ".csv"
+        rows = _csv_rows(handle, path) if csv_file else _json_rows(handle, path)
+        for count, (line, row) in enumerate(rows, start=1):
+            where = f"{path}:{line}"
+            if count > MAX_LABEL_ROWS:
+                raise LabelError(
+                    f"{where}: more than {MAX_LABEL_ROWS:,} labels in one file; split it"
+                )
+            try:
+                yield _label_row(row, model, now)
+            except LabelError as exc:
+                raise LabelError(f"{where}: {exc}") from None
+
+
+def _csv_rows(handle: Iterable[str], path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    reader = csv.DictReader(handle)
+    try:
+        for row in reader:
+            if None in row:
+                raise LabelError(f"{path}:{reader.line_num}: more fields than the header")
+            yield reader.line_num, {k: v for k, v in row.items() if v not in (None, "")}
+    except csv.Error as exc:
+        raise LabelError(f"{path}:{reader.line_num}: not CSV ({exc})") from None
+
+
+def _json_rows(handle: Iterable[str], path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    for number, line in enumerate(handle, start=1):
+        where = f"{path}:{number}"
+        if len(line) > MAX_LABEL_LINE:
+            raise LabelError(f"{where}: over {MAX_LABEL_LINE // 1024} KiB; one label a line")
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise LabelError(f"{where}: not JSON ({exc})") from None
+        if not isinstance(row, dict):
+            raise LabelError(
+                f"{where}: not an object; one JSON object a line, with {LABEL_COLUMNS}"
+            )
+        yield number, {k: v for k, v in row.items() if v is not None}
+
+
+def _label_row(row: Mapping[str, Any], model: str | None, now_ms: int) -> dict[str, Any]:
+    name = row.get("model") or model
+    if not name:
+        raise LabelError("it names no model; add a model column, or name one: modelvc -M NAME")
+    return label(
+        str(name),
+        _row_values(row),
+        feature_event_id=_text(row.get("feature_event_id")),
+        entity_key=_text(row.get("entity_key")),
+        event_time=_millis(row, "event_time"),
+        label_time=_millis(row, "label_time") if "label_time" in row else now_ms,
+        label_id=_text(row.get("label_id")),
+    )
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _millis(row: Mapping[str, Any], column: str) -> int | None:
+    value = row.get(column)
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        return int(value)
+    raise LabelError(f"{column} {str(value)[:40]!r} is not milliseconds since the epoch")
+
+
+def _row_values(row: Mapping[str, Any]) -> list[Any]:
+    if "values" in row:
+        values = row["values"]
+        if not isinstance(values, list):
+            raise LabelError("values must be a list of numbers")
+        return [_number_of(v, "values") for v in values]
+    if "value" in row:
+        return [_number_of(row["value"], "value")]
+    numbered: list[Any] = []
+    while f"value_{len(numbered)}" in row and len(numbered) <= MAX_VALUES:
+        numbered.append(_number_of(row[f"value_{len(numbered)}"], f"value_{len(numbered)}"))
+    if not numbered:
+        raise LabelError(f"it has no value; give {LABEL_COLUMNS}")
+    return numbered
+
+
+def _number_of(value: Any, column: str) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise LabelError(f"{column} {value[:40]!r} is not a number") from None
+    return value  # validate_label says what is wrong with any other type
 
 
 def subscribe_predictions(

@@ -155,6 +155,21 @@ class Settings:
         return f"{self.namespace}.predictions"
 
     @property
+    def labels_topic(self) -> str:
+        """True values answering predictions, keyed by feature event id or entity key."""
+        return f"{self.namespace}.labels"
+
+    @property
+    def metrics_topic(self) -> str:
+        """The monitor's metric windows, keyed by model: kept forever, so replayable."""
+        return f"{self.namespace}.metrics"
+
+    @property
+    def shadow_predictions_topic(self) -> str:
+        """Predictions of shadow commits: apart, so subscribers of predictions never see them."""
+        return f"{self.namespace}.shadow-predictions"
+
+    @property
     def rocksdb_path(self) -> Path:
         return self.data_dir / "projection.rocksdb"
 
@@ -286,3 +301,6 @@ REPLIES_TOPIC = _DEFAULT.replies_topic
 DEAD_LETTER_TOPIC = _DEFAULT.dead_letter_topic
 FEATURES_TOPIC = _DEFAULT.features_topic
 PREDICTIONS_TOPIC = _DEFAULT.predictions_topic
+LABELS_TOPIC = _DEFAULT.labels_topic
+METRICS_TOPIC = _DEFAULT.metrics_topic
+SHADOW_PREDICTIONS_TOPIC = _DEFAULT.shadow_predictions_topic

@@ -17,9 +17,14 @@ What is refused, and why (the rest is a warning in the log):
   only warns: an operator may expire letters after triage, on purpose.
 - every topic: ``min.insync.replicas`` above its replicas fails every ``acks=all``
   write, so modelvc would fail at its first write anyway.
-- ``commands``, ``replies``, ``features``, ``predictions`` are an hour's or a week's
-  traffic, which clients retry or producers resend: too few replicas or compaction
-  warn. They are still read with the settings the operator gave them.
+- ``metrics`` holds the monitor's windows, keyed by model: compaction would keep one
+  window per model, so it is refused. Finite retention or too few replicas only warn:
+  the windows are derived from predictions and labels, and what expires is history
+  that `modelvc monitor` and the rollout controller no longer see.
+- ``commands``, ``replies``, ``features``, ``labels``, ``predictions`` and
+  ``shadow-predictions`` are an hour's or a week's traffic, which clients retry or
+  producers resend: too few replicas or compaction warn. They are still read with the
+  settings the operator gave them.
 """
 
 from __future__ import annotations
@@ -56,7 +61,18 @@ CHECKED_CONFIGS = ("retention.ms", "retention.bytes", "cleanup.policy", "min.ins
 # A reported value longer than this is not a Kafka setting; only its start is quoted.
 _MAX_VALUE = 100
 
-Role = Literal["events", "commands", "replies", "dead-letter", "features", "predictions", "extra"]
+Role = Literal[
+    "events",
+    "commands",
+    "replies",
+    "dead-letter",
+    "features",
+    "labels",
+    "predictions",
+    "shadow-predictions",
+    "metrics",
+    "extra",
+]
 Severity = Literal["refuse", "warn", "ignore"]
 
 
@@ -75,7 +91,10 @@ RULES: dict[Role, Rules] = {
     "commands": Rules("ignore", "warn", "warn"),
     "replies": Rules("ignore", "warn", "warn"),
     "features": Rules("ignore", "warn", "warn"),
+    "labels": Rules("ignore", "warn", "warn"),
     "predictions": Rules("ignore", "warn", "warn"),
+    "shadow-predictions": Rules("ignore", "warn", "warn"),
+    "metrics": Rules("warn", "refuse", "warn"),
     "extra": Rules("ignore", "warn", "warn"),
 }
 
@@ -189,6 +208,14 @@ def plan_topics(
         (settings.dead_letter_topic, "dead-letter", 1, _FOREVER),
         (settings.features_topic, "features", settings.partitions, _WEEK),
         (settings.predictions_topic, "predictions", settings.partitions, _WEEK),
+        (settings.labels_topic, "labels", settings.partitions, _WEEK),
+        (
+            settings.shadow_predictions_topic,
+            "shadow-predictions",
+            settings.partitions,
+            _WEEK,
+        ),
+        (settings.metrics_topic, "metrics", settings.partitions, _FOREVER),
     ]
     wanted += [(name, "extra", count, _WEEK) for name, count in (extra or {}).items()]
     return [

@@ -18,8 +18,8 @@ from modelvc import render
 from modelvc.artifacts_gc import LogEmpty, candidates, collect, mentioned, referenced
 from modelvc.cli import UsageError, main, older_than, parser
 from streams.artifacts import LocalStore, StoredObject
-from streams.codec import encode_event
-from streams.core import decide
+from streams.codec import encode_command, encode_event
+from streams.core import Command, CreateModel, MakeCommit, decide
 from streams.core.fold import Fold
 from streams.statuses import STATUS_BY_CODE
 from tests.golden.make_fixtures import history
@@ -127,6 +127,27 @@ def test_a_commit_accepted_but_not_yet_decided_keeps_its_object(tmp_path: Path) 
     result = collect(store, events, commands, NOW, dry_run=False)
     assert [o.digest for o in result.chosen] == [orphan]
     assert {o.digest for o in store.list()} == {pending}
+
+
+def test_a_drift_reference_linked_from_a_commit_is_kept(tmp_path: Path) -> None:
+    """`commit --reference` stores the bins as an object the commit names by digest
+    (reference_sha256): gc keeps it like the model itself, from the event or the command."""
+    store, (model, reference, orphan) = stored(tmp_path, 40, 40, 40)
+    command = Command("cmd-r", "churn", "golden", 1_800_000_100_000, CreateModel())
+    state = Fold()
+    for event in decide(None, command):
+        state.apply(event)
+    commit = Command(
+        "cmd-r1",
+        "churn",
+        "golden",
+        1_800_000_101_000,
+        MakeCommit(model, "with bins", reference_sha256=reference),
+    )
+    events = [encode_event(e) for e in decide(state.models["churn"], commit)]
+    for log, commands in ((Log(events), Log([])), (Log([b"x"]), Log([encode_command(commit)]))):
+        result = collect(store, log, commands, NOW, dry_run=True)
+        assert [o.digest for o in result.chosen] == [orphan]
 
 
 @pytest.mark.parametrize("topic", ["events", "commands"])

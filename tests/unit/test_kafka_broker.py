@@ -306,12 +306,19 @@ def test_only_the_streams_app_may_write_events_and_create_topics() -> None:
     }
 
 
+MONITOR_READS = ("predictions", "shadow-predictions", "labels", "dead-letter")
+
+
 def test_the_worker_reads_events_and_features_and_writes_predictions_transactionally() -> None:
     assert grants("ns", "worker") == {
         ("TOPIC", "ns.events", "LITERAL", "READ"),
         ("TOPIC", "ns.features", "LITERAL", "READ"),
         ("TOPIC", "ns.predictions", "LITERAL", "WRITE"),
+        ("TOPIC", "ns.shadow-predictions", "LITERAL", "WRITE"),
         ("TOPIC", "ns.dead-letter", "LITERAL", "WRITE"),
+        # the monitor logs in as a worker
+        *(("TOPIC", f"ns.{k}", "LITERAL", "READ") for k in MONITOR_READS),
+        ("TOPIC", "ns.metrics", "LITERAL", "WRITE"),
         ("GROUP", "ns-workers", "LITERAL", "READ"),
         ("TRANSACTIONAL_ID", "ns-workers", "PREFIXED", "WRITE"),
         ("TRANSACTIONAL_ID", "ns-workers", "PREFIXED", "DESCRIBE"),
@@ -319,10 +326,21 @@ def test_the_worker_reads_events_and_features_and_writes_predictions_transaction
 
 
 def test_the_producer_writes_features_only_and_the_auditor_only_reads() -> None:
-    assert grants("ns", "producer") == {("TOPIC", "ns.features", "LITERAL", "WRITE")}
+    assert grants("ns", "producer") == {
+        ("TOPIC", "ns.features", "LITERAL", "WRITE"),
+        ("TOPIC", "ns.labels", "LITERAL", "WRITE"),
+    }
     assert grants("ns", "auditor") == {
         ("TOPIC", f"ns.{kind}", "LITERAL", "READ")
-        for kind in ("events", "features", "predictions", "dead-letter")
+        for kind in (
+            "events",
+            "features",
+            "labels",
+            "predictions",
+            "shadow-predictions",
+            "metrics",
+            "dead-letter",
+        )
     }
 
 

@@ -187,11 +187,25 @@ def test_a_dead_letter_topic_that_expires_letters_only_warns() -> None:
     assert [f.severity for f in found] == ["warn"]
 
 
-@pytest.mark.parametrize("role", ["commands", "replies", "features", "predictions"])
+@pytest.mark.parametrize(
+    "role",
+    ["commands", "replies", "features", "labels", "predictions", "shadow-predictions"],
+)
 def test_traffic_topics_with_few_replicas_or_compaction_only_warn(role: str) -> None:
     found = findings_for(role, replicas=1, config={"cleanup.policy": "compact"})
     assert [f.severity for f in found] == ["warn", "warn"]
     assert refusal(found) is None
+
+
+def test_the_metrics_topic_is_kept_forever_and_never_compacted() -> None:
+    planned = specs()
+    assert {k: planned["metrics"].config[k] for k in KEEP} == KEEP
+    assert planned["metrics"].name == "t.metrics"
+    assert planned["labels"].partitions == planned["features"].partitions
+    # Keyed by model, compaction would leave one window per model.
+    assert refused(findings_for("metrics", config={**KEEP, "cleanup.policy": "compact"}))
+    expiring = findings_for("metrics", replicas=2, config={**KEEP, "retention.ms": "86400000"})
+    assert [f.severity for f in expiring] == ["warn", "warn"]
 
 
 def test_min_insync_above_the_replicas_is_refused_for_any_topic() -> None:
