@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,9 +51,13 @@ from streams.codec import (
     PREDICTIONS,
     decode_event,
 )
+from streams.core import refs, rollout
 from streams.core.audit import DUPLICATE, SKIPPED, Auditor, Finding, Where
-from streams.core.events import ModelEvent
+from streams.core.errors import VersionGraphError
+from streams.core.events import AliasMoved, ModelEvent
+from streams.core.evolve import evolve
 from streams.core.fold import Fold, digest_of_inputs, model_digest_input
+from streams.core.state import ModelState
 from streams.errors import UndecodableMessage
 from streams.kafka_access import KafkaAccess
 from streams.logreader import log_consumer, read_topic, topic_partitions
@@ -202,6 +206,8 @@ class Replay:
     first_keys: dict[int, str] = field(
         default_factory=dict
     )  # partition -> key trusted on first use
+    # The applied events a ``keep`` predicate chose, in log order, where each was read.
+    kept: list[tuple[ModelEvent, Where]] = field(default_factory=list)
 
     @property
     def digest(self) -> str:
@@ -288,6 +294,7 @@ def _replay_here(
     partitions: set[int] | None,
     decoder: str = "fastavro",
     trusted: frozenset[str] | None = None,
+    keep: Callable[[ModelEvent], bool] | None = None,
 ) -> Replay:
     started = time.perf_counter()
     fold = Fold(verify=verify, trusted=trusted)
@@ -312,7 +319,11 @@ def _replay_here(
         result = Replay(f"{topic} on {kafka.bootstrap}", decoder, auditor=auditor, trusted=trusted)
         locate = cross_checked(auditor) if decoder == "reference" else _locate
         records = from_kafka(kafka, topic, result.ends, partitions, locate)
+    if keep is not None:
+        records = _keeping(records, keep, result.kept)
     auditor.run(trust.noting_first_keys(records, seen))
+    # Only what the fold applied: a forged, duplicated or out-of-order copy explains nothing.
+    result.kept = [(e, w) for e, w in result.kept if _applied_at(auditor, e, w)]
     if trusted is None:
         result.first_keys = trust.first_use(auditor.fold, seen)
     result.events = auditor.events
@@ -324,6 +335,22 @@ def _replay_here(
     result.seconds = time.perf_counter() - started
     result.peak_mb = peak_rss_mb()
     return result
+
+
+def _keeping(
+    records: Iterator[Located],
+    keep: Callable[[ModelEvent], bool],
+    into: list[tuple[ModelEvent, Where]],
+) -> Iterator[Located]:
+    for located in records:
+        if located[0] is not None and keep(located[0]):
+            into.append((located[0], located[1]))
+        yield located
+
+
+def _applied_at(auditor: Auditor, event: ModelEvent, where: Where) -> bool:
+    places = auditor.places.get(event.model, [])
+    return 0 < event.seq <= len(places) and places[event.seq - 1] == where
 
 
 def peak_rss_mb() -> float:
@@ -353,6 +380,7 @@ def replay(
     partitions: set[int] | None = None,
     decoder: str = "fastavro",
     trusted: frozenset[str] | None = None,
+    keep: Callable[[ModelEvent], bool] | None = None,
 ) -> Replay:
     """Fold and check the whole log; ``jobs`` > 1 replays partition groups in parallel processes.
 
@@ -362,7 +390,10 @@ def replay(
     each difference from fastavro as a ``decoder_mismatch`` violation (slower).
     ``trusted``: the writer key ids a ring's first key must be one of (None: the first
     key of each ring is trusted on first use, and reported in ``first_keys``).
+    ``keep``: which applied events to hand back in ``Replay.kept`` (one process only).
     """
+    if keep is not None and jobs > 1:
+        raise ValueError("keep works in one process: replay with jobs=1")
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; use one of {', '.join(DECODERS)}")
     # The fold allocates no reference cycles; pausing the cyclic collector keeps it from
@@ -371,7 +402,7 @@ def replay(
     gc.disable()
     try:
         if jobs <= 1:
-            return _replay_here(kafka, topic, archive_dir, partitions, decoder, trusted)
+            return _replay_here(kafka, topic, archive_dir, partitions, decoder, trusted, keep)
         return _replay_parallel(kafka, topic, archive_dir, jobs, decoder, trusted)
     finally:
         if was_enabled:
@@ -474,7 +505,16 @@ def served(
     # Shown: the first copy whose signature holds, if any does.
     bad = {(f.where.partition, f.where.offset) for f in problems if f.violation}
     p, at = next((c for c in found if (c[1].partition, c[1].offset) not in bad), found[0])
-    auditor = replay(kafka, events_topic, trusted=trusted).auditor
+    routed = bool(p.get("rollout_id") or p.get("arm"))
+    # A rollout's arm is checked against the model as it was when the prediction was
+    # scored, so its history is kept (one model's events; the rest are only folded).
+    done = replay(
+        kafka,
+        events_topic,
+        trusted=trusted,
+        keep=(lambda e: e.model == p["model"]) if routed else None,
+    )
+    auditor = done.auditor
     assert auditor is not None  # an in-process replay keeps its fold
     state = auditor.fold.models.get(p["model"])
     answer: dict[str, Any] = {
@@ -503,6 +543,11 @@ def served(
             f"prediction names artifact {p['artifact_sha256']} but commit {commit.id} has "
             f"{commit.artifact_sha256}"
         )
+    behind: dict[str, Any] | None = None
+    if routed:
+        behind, findings = rollout_behind(p, done.kept)
+        answer["rollout"] = behind
+        answer["findings"] += findings
     ref = p["requested_ref"]
     moves = [m for m in state.ref_moves() if m.name == ref and m.at <= p["scored_at"]]
     in_effect = moves[0] if moves else None
@@ -531,11 +576,114 @@ def served(
             )
     elif ref.startswith(commit.id[: len(ref)]) and len(ref) >= 4:
         answer["ref_move"] = None  # the ref named the commit directly
+    elif behind is not None and commit.id == behind["candidate"]:
+        answer["ref_move"] = None  # the rollout's candidate arm: the alias had not moved
     else:
         answer["findings"].append(
             f"no event ever pointed {ref!r} at {commit.id} before it was scored"
         )
     return answer
+
+
+def _decision(event: ModelEvent, where: Where) -> dict[str, Any]:
+    return {
+        "seq": event.seq,
+        "event": event.type,
+        "actor": event.actor,
+        "at": event.at,
+        "topic": where.topic,
+        "partition": where.partition,
+        "offset": where.offset,
+    }
+
+
+def _moves_routing(event: ModelEvent, rollout_id: str, ref: str) -> bool:
+    """Whether ``event`` can change what ``ref`` serves under rollout ``rollout_id``."""
+    payload = event.payload
+    if isinstance(payload, AliasMoved):
+        return payload.alias == ref
+    return getattr(payload, "rollout_id", None) == rollout_id
+
+
+def _serving(state: ModelState | None, ref: str, entity: str) -> tuple[str, str, str]:
+    """What the worker's rule serves ``entity`` for ``ref`` in ``state`` ("?" when nothing)."""
+    if state is None:
+        return ("?", "", "")
+    try:
+        return refs.serving(state, ref, entity)
+    except VersionGraphError:
+        return ("?", "", "")
+
+
+def rollout_behind(
+    prediction: Mapping[str, Any], history: Sequence[tuple[ModelEvent, Where]]
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """Which rollout and arm served ``prediction``, checked against its model's ``history``.
+
+    ``history``: the model's applied events in log order, each where it was read. The
+    model is folded up to the prediction's ``scored_at``, and the routing rule the worker
+    uses (:func:`streams.core.refs.serving`) must give the prediction's commit, rollout
+    and arm. If it gives them only as of just before the decision then in effect, the
+    worker had not switched yet: a finding with how long before. Returns the rollout's
+    plain description (None when the prediction names no rollout that ever started) and
+    the findings.
+    """
+    rid = str(prediction.get("rollout_id") or "")
+    side = str(prediction.get("arm") or "")
+    ref, entity = str(prediction["requested_ref"]), str(prediction.get("entity_key") or "")
+    scored_at = int(prediction["scored_at"])
+    state: ModelState | None = None
+    before: ModelState | None = None
+    last: tuple[ModelEvent, Where] | None = None  # the last routing change at scored_at
+    decision: tuple[ModelEvent, Where] | None = None  # the rollout's last event at scored_at
+    ever = False
+    for event, where in history:
+        named = bool(rid) and getattr(event.payload, "rollout_id", None) == rid
+        ever = ever or bool(named)
+        if event.at > scored_at:
+            continue  # later events only tell whether the rollout exists at all
+        if _moves_routing(event, rid, ref):
+            before, last = state, (event, where)
+        if named:
+            decision = (event, where)
+        state = evolve(state, event, "")
+    model = str(prediction["model"])
+    if not rid:
+        return None, [f"the prediction names arm {side!r:.40} but no rollout"]
+    if not ever:
+        return None, [
+            f"the prediction names rollout {rid!r:.40}, which is not in the log of {model}"
+        ]
+    found = state.rollouts.get(rid) if state is not None else None
+    if found is None or decision is None:
+        return None, [f"rollout {rid} had not started when the prediction was scored"]
+    answer: dict[str, Any] = {
+        "id": rid,
+        "alias": found.alias,
+        "arm": side,
+        "baseline": found.baseline,
+        "candidate": found.candidate,
+        "entity_key": entity,
+        "bucket": rollout.bucket(rid, entity),
+        "percent": found.percent,  # as of scored_at
+        "status": found.status,
+        "decision": _decision(*decision),
+    }
+    served = (str(prediction["commit_id"]), rid, side)
+    expected = _serving(state, ref, entity)
+    if expected == served:
+        return answer, []
+    if last is not None and _serving(before, ref, entity) == served:
+        event = last[0]
+        return answer, [
+            f"{event.type} #{event.seq} had changed what {ref} serves {scored_at - event.at} ms "
+            "before this prediction was scored (the worker had not switched yet)"
+        ]
+    return answer, [
+        f"as of its scoring, {ref} served entity {entity!r:.80} with commit {expected[0]} "
+        f"(rollout {expected[1] or 'none'}, arm {expected[2] or 'none'}), not commit "
+        f"{served[0]} on arm {side!r:.40} of rollout {rid}"
+    ]
 
 
 # -- re-scoring predictions ----------------------------------------------------------------

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from modelvc.audit import replay
+from modelvc import render
+from modelvc.audit import replay, rollout_behind
 from streams.archive import Archive, Record
-from streams.codec import encode_event
+from streams.codec import decode_event, encode_event
 from streams.core import decide, fold, state_digest
+from streams.core.audit import Where
+from streams.core.events import ModelEvent
 from streams.core.fold import Fold
 from tests.golden.make_fixtures import history
 
@@ -133,3 +136,187 @@ def test_parallel_replay_by_partition_finds_the_same_as_one_pass(tmp_path: Path)
         (f.kind, f.model, f.where.offset) for f in two.violations
     ]
     assert one.violations[0].model == "model-4" and one.violations[0].kind == "broken_hash"
+
+
+# -- audit served: the rollout and arm behind a prediction ----------------------------------
+def rollout_history() -> tuple[list[tuple[ModelEvent, Where]], str, dict[str, str]]:
+    """A rollout of production started at t=100, advanced to 50% at t=200, aborted at t=300;
+    the events where a replay read them, the rollout id and the two arms' commits."""
+    from streams.core import Command, CreateModel, MakeCommit, MoveAlias
+    from streams.core.commands import AbortRollout, AdvanceRollout, StartRollout
+    from streams.core.rollout import Policy
+
+    state = Fold()
+    out: list[tuple[ModelEvent, Where]] = []
+    bodies = [
+        (1, CreateModel()),
+        (2, MakeCommit("a" * 64, "baseline")),
+        (3, MoveAlias("production", "main")),
+        (4, MakeCommit("b" * 64, "candidate")),
+        (100, StartRollout("production", "main", Policy((10, 50, 100), 0, {"logloss": 0.01}))),
+    ]
+    for at, body in bodies:
+        for event in decide(state.models.get("churn"), Command(f"c{at}", "churn", "ann", at, body)):
+            state.apply(event)
+            out.append((event, Where("modelvc.events", 0, len(out))))
+    model = state.models["churn"]
+    rid = next(iter(model.rollouts))
+    later = [
+        (200, AdvanceRollout(rid, 0, '{"step":0}')),
+        (300, AbortRollout(rid, "logloss regressed", '{"step":1}', expect_step=1)),
+    ]
+    for at, body in later:
+        command = Command(f"c{at}", "churn", f"rollout:{rid}", at, body)
+        for event in decide(state.models["churn"], command):
+            state.apply(event)
+            out.append((event, Where("modelvc.events", 0, len(out))))
+    found = model.rollouts[rid]
+    return out, rid, {"baseline": found.baseline, "candidate": found.candidate}
+
+
+def entity_in(rid: str, low: int, high: int) -> str:
+    """An entity key whose bucket of rollout ``rid`` lies in [low, high) percent."""
+    from streams.core.rollout import BUCKETS, bucket
+
+    scale = BUCKETS // 100
+    return next(
+        key
+        for key in (f"customer-{n}" for n in range(100_000))
+        if low * scale <= bucket(rid, key) < high * scale
+    )
+
+
+def scored(rid: str, commit: str, arm: str, entity: str, at: int) -> dict[str, object]:
+    return {
+        "model": "churn",
+        "requested_ref": "production",
+        "commit_id": commit,
+        "rollout_id": rid,
+        "arm": arm,
+        "entity_key": entity,
+        "scored_at": at,
+    }
+
+
+def test_served_names_the_rollout_arm_and_the_decision_in_effect() -> None:
+    history, rid, commits = rollout_history()
+    first, second = entity_in(rid, 0, 10), entity_in(rid, 10, 50)
+    answer, findings = rollout_behind(
+        scored(rid, commits["candidate"], "candidate", first, 150), history
+    )
+    assert findings == [] and answer is not None
+    assert (answer["id"], answer["arm"], answer["percent"]) == (rid, "candidate", 10)
+    decision = answer["decision"]
+    assert (decision["event"], decision["actor"], decision["offset"]) == (
+        "RolloutStarted",
+        "ann",
+        4,
+    )
+    # At 50% the second entity is the candidate's too, by the controller's decision.
+    answer, findings = rollout_behind(
+        scored(rid, commits["candidate"], "candidate", second, 250), history
+    )
+    assert findings == [] and answer is not None and answer["percent"] == 50
+    assert answer["decision"]["actor"] == f"rollout:{rid}"
+    assert answer["decision"]["event"] == "RolloutAdvanced"
+    prediction = {
+        "prediction_id": "p1",
+        "scored_at": 250,
+        "worker_id": "w1",
+        "model": "churn",
+        "requested_ref": "production",
+        "scores": [0.5],
+        "feature_event_id": "e1",
+        "source_topic": "modelvc.features",
+        "source_partition": 0,
+        "source_offset": 9,
+    }
+    shown = render.served({"prediction": prediction, "rollout": answer, "findings": []})
+    assert f"rollout  {rid} of @production: the candidate arm served entity {second!r}" in shown
+    assert f"50% since RolloutAdvanced #6 by rollout:{rid}" in shown
+
+
+def test_served_finds_an_arm_the_rollout_did_not_route_there() -> None:
+    history, rid, commits = rollout_history()
+    second = entity_in(rid, 10, 50)
+    # At 10% the second entity belonged to the baseline.
+    _, findings = rollout_behind(
+        scored(rid, commits["candidate"], "candidate", second, 150), history
+    )
+    assert len(findings) == 1 and "as of its scoring" in findings[0]
+    # The candidate's arm named with the baseline's commit.
+    _, findings = rollout_behind(
+        scored(rid, commits["baseline"], "candidate", entity_in(rid, 0, 10), 150), history
+    )
+    assert len(findings) == 1 and commits["baseline"] in findings[0]
+    answer, findings = rollout_behind(
+        scored("r0123456789a", commits["candidate"], "candidate", second, 150), history
+    )
+    assert answer is None and "not in the log of churn" in findings[0]
+    answer, findings = rollout_behind(
+        scored(rid, commits["candidate"], "candidate", second, 50), history
+    )
+    assert answer is None and "had not started" in findings[0]
+
+
+def test_served_tells_a_worker_that_had_not_switched_yet_by_how_long() -> None:
+    history, rid, commits = rollout_history()
+    # Scored 30 ms after the rollout went to 50% as if it still were at 10%:
+    answer, findings = rollout_behind(
+        scored(rid, commits["baseline"], "baseline", entity_in(rid, 10, 50), 230), history
+    )
+    assert answer is not None and answer["percent"] == 50
+    assert findings == [
+        "RolloutAdvanced #6 had changed what production serves 30 ms before this prediction "
+        "was scored (the worker had not switched yet)"
+    ]
+    # Scored on the candidate 20 ms after the abort:
+    answer, findings = rollout_behind(
+        scored(rid, commits["candidate"], "candidate", entity_in(rid, 0, 10), 320), history
+    )
+    assert answer is not None and answer["status"] == "aborted" and answer["percent"] == 0
+    assert findings and findings[0].startswith("RolloutAborted #7 had changed")
+
+
+# -- audit replay: the rollout events, as released ---------------------------------------
+def rollout_values() -> list[bytes]:
+    """The released rollout log (tests/golden/rollout-v1): shadows, a rollout advanced by
+    its controller, paused, resumed and completed, one aborted, one promoted by hand."""
+    folder = Path(__file__).parent.parent / "golden" / "rollout-v1"
+    return [p.read_bytes() for p in sorted(folder.glob("event-*.bin"))]
+
+
+@pytest.mark.parametrize("decoder", ["fastavro", "reference"])
+def test_the_released_rollout_log_replays_clean_to_its_digest(tmp_path: Path, decoder: str) -> None:
+    values = rollout_values()
+    index = json.loads((Path(__file__).parent.parent / "golden/rollout-v1/index.json").read_text())
+    write_archive(tmp_path, values)
+    result = replay(None, "modelvc.events", tmp_path, decoder=decoder)
+    assert result.clean and result.events == index["events"] == len(values)
+    assert result.digest == index["state_digest"]
+
+
+def test_altered_evidence_breaks_the_chain_at_that_decision(tmp_path: Path) -> None:
+    values = rollout_values()
+    at = next(i for i, v in enumerate(values) if decode_event(v).type == "RolloutAdvanced")
+    value = bytearray(values[at])
+    # The evidence claims 5000 labelled predictions instead of 4000: still canonical JSON.
+    value[value.index(b'"labeled":4000') + len(b'"labeled":')] ^= 0x01
+    values[at] = bytes(value)
+    write_archive(tmp_path, values)
+    first = replay(None, "modelvc.events", tmp_path).violations[0]
+    assert (first.kind, first.where.offset) == ("broken_hash", at)
+
+
+def test_a_correctly_chained_decision_out_of_order_is_void(tmp_path: Path) -> None:
+    """A stranger re-appends the last step's decision, chained properly: the fold voids it
+    (the rollout has completed), and the replay says so where it lies."""
+    from dataclasses import replace
+
+    log = [decode_event(v) for v in rollout_values()]
+    state = fold(log).models[log[-1].model]
+    advanced = next(e for e in log if e.type == "RolloutAdvanced")
+    forged = replace(advanced, seq=state.seq + 1, prev_hash=state.last_hash)
+    write_archive(tmp_path, [*map(encode_event, log), encode_event(forged)])
+    found = replay(None, "modelvc.events", tmp_path).violations
+    assert [(f.kind, f.seq, f.where.offset) for f in found] == [("invalid", forged.seq, len(log))]
