@@ -28,9 +28,11 @@ OWN_STACK_TESTS ?= \
 TANSU_IN_TIER_5 ?= tests/integration/test_hostile_messages.py \
 	tests/integration/test_oip.py tests/integration/test_typed_features.py
 # The same slot, after tier 5, runs these modules' Apache Kafka runs (tier 3 leaves them out):
-# the serving API's logic (signatures, typed events, OIP), each on one module stack.
+# the serving API's logic (signatures, typed events, OIP) and the monitoring parts (the
+# monitor, the rollout routes, canary routing), each on one module stack.
 KAFKA_IN_SLOT ?= tests/integration/test_signatures.py tests/integration/test_oip.py \
-	tests/integration/test_typed_features.py
+	tests/integration/test_typed_features.py tests/integration/test_monitor.py \
+	tests/integration/test_rollout_api.py tests/integration/test_canary_routing.py
 # Tier 4: the 3-broker cluster under faults (tests/cluster; MODELVC_CLUSTER_SEED replays one).
 CLUSTER_TIER_TESTS ?= tests/cluster
 # --durations: each tier names its 10 slowest tests, where the time budget goes.
@@ -147,6 +149,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.signing
 	$(BIN)/python -m bench.artifacts
 	$(BIN)/python -m bench.rest
+	$(BIN)/python -m bench.monitor
 
 up: $(STAMP)
 	$(BIN)/modelvc up
