@@ -605,12 +605,15 @@ def _moves_routing(event: ModelEvent, rollout_id: str, ref: str) -> bool:
     return getattr(payload, "rollout_id", None) == rollout_id
 
 
-def _serving(state: ModelState | None, ref: str, entity: str) -> tuple[str, str, str]:
-    """What the worker's rule serves ``entity`` for ``ref`` in ``state`` ("?" when nothing)."""
+def _serving(
+    state: ModelState | None, ref: str, entity: str, event_id: str
+) -> tuple[str, str, str]:
+    """What the worker's rule serves the feature event ``event_id`` of ``entity`` for
+    ``ref`` in ``state`` ("?" when nothing)."""
     if state is None:
         return ("?", "", "")
     try:
-        return refs.serving(state, ref, entity)
+        return refs.serving(state, ref, entity, event_id)
     except VersionGraphError:
         return ("?", "", "")
 
@@ -631,6 +634,7 @@ def rollout_behind(
     rid = str(prediction.get("rollout_id") or "")
     side = str(prediction.get("arm") or "")
     ref, entity = str(prediction["requested_ref"]), str(prediction.get("entity_key") or "")
+    event_id = str(prediction.get("feature_event_id") or "")
     scored_at = int(prediction["scored_at"])
     state: ModelState | None = None
     before: ModelState | None = None
@@ -664,16 +668,17 @@ def rollout_behind(
         "baseline": found.baseline,
         "candidate": found.candidate,
         "entity_key": entity,
-        "bucket": rollout.bucket(rid, entity),
+        # What the workers hash: the entity, or the event's own id when it has none.
+        "bucket": rollout.bucket(rid, rollout.routing_key(entity, event_id)),
         "percent": found.percent,  # as of scored_at
         "status": found.status,
         "decision": _decision(*decision),
     }
     served = (str(prediction["commit_id"]), rid, side)
-    expected = _serving(state, ref, entity)
+    expected = _serving(state, ref, entity, event_id)
     if expected == served:
         return answer, []
-    if last is not None and _serving(before, ref, entity) == served:
+    if last is not None and _serving(before, ref, entity, event_id) == served:
         event = last[0]
         return answer, [
             f"{event.type} #{event.seq} had changed what {ref} serves {scored_at - event.at} ms "

@@ -78,11 +78,16 @@ def record(
     *,
     model: str = "",
     commit_id: str = "",
+    rollout_id: str = "",
+    arm: str = "",
+    ref: str = "",
 ) -> dict[str, Any]:
     """The bounded DeadLetter record for the message at ``topic``/``partition``/``offset``.
 
     ``model`` and ``commit_id``: what the message was for, when the sender knows (a worker
-    whose feature event decoded), so the monitor can count it against that version."""
+    whose feature event decoded), so the monitor can count it against that version;
+    ``rollout_id``, ``arm`` and ``ref``: how it was routed there (as a prediction says),
+    so it counts against the rollout's arm too."""
     kept_key, key_sha256, key_size = _bounded_bytes(key, KEY_LIMIT)
     kept_value, value_sha256, value_size = _bounded_bytes(value, VALUE_LIMIT)
     text, cut = bounded_text(reason, REASON_LIMIT)
@@ -102,6 +107,10 @@ def record(
         # Bounded like the other texts: a model name is ≤ 128 characters, a commit id 64.
         "model": bounded_text(model, 256)[0],
         "commit_id": bounded_text(commit_id, 128)[0],
+        # A rollout id is 12 characters and an arm 9; a ref is bounded as a model is.
+        "rollout_id": bounded_text(rollout_id, 64)[0],
+        "arm": bounded_text(arm, 64)[0],
+        "ref": bounded_text(ref, 256)[0],
         "truncated": cut
         or (key is not None and kept_key is None)
         or (value is not None and kept_value is None),

@@ -17,16 +17,30 @@ class Rejected(WorkerError):
     """Raised for a feature event that cannot be scored; ``reason`` labels the metric.
 
     ``for_model`` and ``for_commit`` say which version refused it, when one did (set
-    with :meth:`about`): its dead letter carries them, so the monitor counts it against
-    that version. Never a name straight from the event: only one the version log knows
-    (an unknown schema's ``model`` is the event's own, and is not used)."""
+    with :meth:`about`), and ``for_rollout``/``for_arm``/``for_ref`` how the event was
+    routed to it (the rollout and arm, the ref requested), as its prediction would have
+    said: its dead letter carries them, so the monitor counts it against that version and
+    arm. Never a name straight from the event: only one the version log knows (an unknown
+    schema's ``model`` is the event's own, and is not used; a ref is set once it resolved)."""
 
     reason = "rejected"
     for_model = ""
     for_commit = ""
+    for_rollout = ""
+    for_arm = ""
+    for_ref = ""
 
-    def about(self, model: str, commit_id: str = "") -> Self:
+    def about(
+        self,
+        model: str,
+        commit_id: str = "",
+        *,
+        rollout_id: str = "",
+        arm: str = "",
+        ref: str = "",
+    ) -> Self:
         self.for_model, self.for_commit = model, commit_id
+        self.for_rollout, self.for_arm, self.for_ref = rollout_id, arm, ref
         return self
 
 

@@ -691,6 +691,9 @@ class Worker:
                 "worker",
                 model=reason.for_model,
                 commit_id=reason.for_commit,
+                rollout_id=reason.for_rollout,
+                arm=reason.for_arm,
+                ref=reason.for_ref,
             )
             letters.append(
                 asyncio.ensure_future(deadletter.send(producer, topics.dead_letter_topic, letter))

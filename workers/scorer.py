@@ -24,7 +24,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -37,6 +37,8 @@ from workers.metrics import Metrics
 from workers.scoring import Route, Version
 from workers.signing import Signer, sign_prediction
 from workers.typed import TypedRegistry, UnknownSchema, fetch_hint
+
+R = TypeVar("R", bound=Rejected)
 
 log = logging.getLogger("modelvc.workers")
 
@@ -235,7 +237,6 @@ class Scorer:
         # a list of numbers.
         parts: list[bytes | list[float]] = []
         kept: list[Member] = []
-        model, commit_id = version.model, version.commit_id
         # Once per typed schema in this batch, not per event (each object lives as long
         # as the batch, so its id is its identity here): refused, and in the served order.
         fits: dict[int, tuple[SignatureMismatch | None, bool]] = {}
@@ -261,7 +262,7 @@ class Scorer:
                 parts.append(scoring.feature_row(event["features"], names))
                 kept.append(member)
             except Rejected as exc:
-                rejected.append((item, exc.about(model, commit_id)))
+                rejected.append((item, _about(exc, version)))
         if not parts:
             return np.empty((0, len(names))), kept
         if all(type(p) is bytes for p in parts):
@@ -276,9 +277,7 @@ class Scorer:
         if any(v is not None for v in verdicts):
             good = [i for i, v in enumerate(verdicts) if v is None]
             rejected += [
-                (kept[i][0], v.about(model, commit_id))
-                for i, v in enumerate(verdicts)
-                if v is not None
+                (kept[i][0], _about(v, version)) for i, v in enumerate(verdicts) if v is not None
             ]
             matrix, kept = matrix[good], [kept[i] for i in good]
         return matrix, kept
@@ -288,8 +287,8 @@ class Scorer:
         why = mismatch(carried, version.loaded.summary.signature)
         if why is None:
             return None
-        return SignatureMismatch(f"{why}; {fetch_hint(version.model, version.ref)}").about(
-            version.model, version.commit_id
+        return _about(
+            SignatureMismatch(f"{why}; {fetch_hint(version.model, version.ref)}"), version
         )
 
     def _encode(
@@ -337,3 +336,14 @@ class Scorer:
 def _entity_key(member: Member) -> str:
     event = member[1]
     return routing_key(str(event["entity_key"]), str(event["event_id"]))
+
+
+def _about(rejected: R, version: Version) -> R:
+    """``rejected`` attributed to the version that refused it, as its predictions are stamped."""
+    return rejected.about(
+        version.model,
+        version.commit_id,
+        rollout_id=version.rollout_id,
+        arm=version.arm,
+        ref=version.ref,
+    )

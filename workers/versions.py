@@ -151,7 +151,7 @@ class VersionTracker:
         except ArtifactLoadFailed as exc:
             self._note_failure(model, label, commit_id, digest, exc)
             raise ArtifactUnavailable(f"{label} ({commit_id[:10]}): {exc}").about(
-                model, commit_id
+                model, commit_id, ref=name
             ) from exc
         self._clear_failure(label)
         version = Version(model, name, commit_id, digest, loaded)
@@ -191,7 +191,7 @@ class VersionTracker:
         if state is None:
             return route
         try:
-            _, rollout_id, _ = refs.serving(state, name, "")
+            _, rollout_id, _ = refs.serving(state, name, "", "")
         except VersionGraphError:
             rollout_id = ""  # no longer resolves: refresh keeps the version and says so
         rollout = state.rollouts.get(rollout_id) if rollout_id else None

@@ -2,7 +2,9 @@
 
 The client checks a label before it sends it, the CLI before it publishes a file, and
 the monitor again when it reads one (anyone who may write the topic can write junk):
-all three call :func:`validate_label`, so they cannot disagree on what is valid.
+all three call :func:`validate_label`, so they cannot disagree on what is valid. The
+monitor holds the predictions it joins labels with to the same bounds
+(:func:`validate_prediction`, :func:`version_problem`).
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ import re
 from collections.abc import Mapping
 from typing import Final
 
+from streams.core.hashing import SHA256_HEX
 from streams.core.monitoring import finite_number
-from streams.core.refs import NAME
+from streams.core.refs import MAX_REF_LENGTH, NAME, ROLLOUT_ID
+from streams.core.rollout import BASELINE, CANDIDATE
 
 MAX_VALUES: Final = 64
 # Ids and entity keys are held in the monitor's join state until the horizon passes:
 # bounded so that one label cannot take more than a few hundred bytes of it.
 MAX_ID_LENGTH: Final = 256
+ARMS: Final = ("", BASELINE, CANDIDATE)  # a version's arm: none, or a rollout's
 # The control characters (Unicode category Cc).
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Times are Avro longs (ms since the epoch); negative ones are no moment a model served.
@@ -99,4 +104,59 @@ def _values_problem(values: object) -> str | None:
             return f"values[{index}] is {value!r:.40}, not a number"
         if finite_number(value) is None:  # also an integer beyond any double
             return f"values[{index}] is {value!r:.40}; a label value must be a finite double"
+    return None
+
+
+def version_problem(
+    model: object, ref: object, commit_id: object, rollout_id: object, arm: object
+) -> str | None:
+    """Why these do not name a version a window can be kept for (the monitor keeps one
+    per version: junk here would be a window, and a Prometheus series, per junk value);
+    None when they do. ``ref`` may be empty, as may ``rollout_id`` and ``arm``."""
+    if not isinstance(model, str) or not NAME.fullmatch(model):
+        return f"model {str(model)[:80]!r} is not a model name"
+    if not isinstance(commit_id, str) or not SHA256_HEX.fullmatch(commit_id):
+        return f"commit_id {str(commit_id)[:80]!r} is not a commit id (64 lowercase hex digits)"
+    if ref != "":
+        problem = _text_problem("ref", ref, True)
+        if problem or len(str(ref)) > MAX_REF_LENGTH:
+            return problem or f"ref is longer than {MAX_REF_LENGTH} characters"
+    if rollout_id != "" and not (isinstance(rollout_id, str) and ROLLOUT_ID.fullmatch(rollout_id)):
+        return f"rollout_id {str(rollout_id)[:40]!r} is not a rollout id (r + 11 hex digits)"
+    if arm not in ARMS:
+        return f"arm {str(arm)[:40]!r} is not one of {', '.join(map(repr, ARMS))}"
+    return None
+
+
+def validate_prediction(record: Mapping[str, object]) -> str | None:
+    """Why a decoded ``modelvc.serving.Prediction`` is not one the monitor can count; None
+    when it is. Anyone who may write the predictions topic can write junk: a negative or
+    huge time, an unbounded id or a made-up version must not reach the join state."""
+    problem = version_problem(
+        record.get("model"),
+        record.get("requested_ref"),
+        record.get("commit_id"),
+        record.get("rollout_id", ""),
+        record.get("arm", ""),
+    )
+    if problem:
+        return problem
+    for field in ("prediction_id", "feature_event_id"):
+        problem = _text_problem(field, record.get(field), True)
+        if problem:
+            return problem
+    entity = record.get("entity_key", "")
+    if entity != "":
+        problem = _text_problem("entity_key", entity, True)
+        if problem:
+            return problem
+    for field in ("event_time", "scored_at"):
+        problem = _time_problem(field, record.get(field))
+        if problem:
+            return problem
+    scores = record.get("scores")
+    if not isinstance(scores, list | tuple):
+        return "scores must be a list of numbers"
+    if scores and (isinstance(scores[0], bool) or not isinstance(scores[0], int | float)):
+        return f"scores[0] is {scores[0]!r:.40}, not a number"
     return None

@@ -33,6 +33,7 @@ from streams.core.rollout import (
     MAX_STEPS,
     Policy,
     arm,
+    routing_key,
 )
 from streams.core.state import ModelState
 
@@ -318,24 +319,31 @@ MAX_MIN_LABELS = 10**9
 ROLLOUT_ID = re.compile(r"r[0-9a-f]{11}", re.ASCII)
 
 
-def serving(state: ModelState, ref: str, entity_key: str) -> tuple[str, str, str]:
-    """(commit id, rollout id, arm) that scores ``entity_key``'s feature event for ``ref``.
+def serving(state: ModelState, ref: str, entity_key: str, event_id: str) -> tuple[str, str, str]:
+    """(commit id, rollout id, arm) that scores the feature event ``event_id`` of
+    ``entity_key`` for ``ref``.
 
     ``ref`` resolves as :func:`resolve` does; when it names an alias with a running or
-    paused rollout, the rollout's hash of the entity picks the candidate or the baseline
-    (rollout id and arm then set, else both "").
+    paused rollout, the rollout's hash of the event's routing key (its entity, or its own
+    id when it has none: :func:`streams.core.rollout.routing_key`) picks the candidate or
+    the baseline (rollout id and arm then set, else both "").
     """
     rollout = state.active_rollouts.get(ref) if ref in state.aliases else None
     if rollout is None:
         return resolve(state, ref), "", ""
-    side = arm(rollout, entity_key)
+    side = arm(rollout, routing_key(entity_key, event_id))
     return (rollout.candidate if side == CANDIDATE else rollout.baseline), rollout.id, side
 
 
 def shadow_of(state: ModelState, ref: str) -> str | None:
-    """The commit that shadows ``ref`` when it names an alias with a shadow (else None)."""
+    """The commit that shadows ``ref`` when it names an alias with a shadow (else None).
+
+    None too when the shadow's candidate is the very commit the alias serves (a rollout
+    completed to it, or the alias was moved there): scoring it twice tells nothing."""
     shadow = state.shadows.get(ref)
-    return None if shadow is None else shadow.candidate
+    if shadow is None or state.aliases.get(ref) == shadow.candidate:
+        return None
+    return shadow.candidate
 
 
 def _is_int(value: object) -> bool:

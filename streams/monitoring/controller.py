@@ -81,7 +81,8 @@ class Ownership:
 
 class DecisionMetrics:
     """``modelvc_rollout_decisions_total{action}`` and the time from the newest window a
-    decision used (when the monitor emitted it) to the decision being in the log."""
+    decision used (when the monitor emitted it) to the decision being in the log; a step
+    timeout is left out of the latter (the clock decided it, not a window)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -93,8 +94,9 @@ class DecisionMetrics:
         )
         self.time_to_decision = Histogram(
             "modelvc_rollout_time_to_decision_seconds",
-            "From the monitor emitting the newest window a decision used to the decision "
-            "being applied.",
+            "Seconds from the monitor emitting the newest window a decision used (its "
+            "emitted_at) to the controller's decision being applied in the log; step-timeout "
+            "aborts, which no window caused, are not observed.",
             buckets=DECISION_BUCKETS,
             registry=self.registry,
         )
@@ -144,9 +146,12 @@ class Controller:
         self.interval_s = interval_s
         self._woken: set[str] = set()
         self._wake = asyncio.Event()
-        # Command ids the writer refused for good (anything but a timeout): not sent again,
-        # so a refusal is logged once rather than every second.
-        self._refused: OrderedDict[str, str] = OrderedDict()
+        # Decisions the writer refused for good (anything but a timeout): not sent again,
+        # so a refusal is logged once rather than every second. Keyed by the command id and
+        # the rollout as judged: a refusal holds for that rollout only, and once it changes
+        # (resumed after a pause at the same step: step_started_at moves) the same command
+        # id may be what it needs.
+        self._refused: OrderedDict[tuple[str, str, int], str] = OrderedDict()
         # Command ids whose evidence could not be written, logged and counted once each.
         self._unwritable: OrderedDict[str, None] = OrderedDict()
 
@@ -202,10 +207,12 @@ class Controller:
         )
 
     def _arm(self, model: str, rollout: Rollout, arm: str) -> list[Window]:
-        # The baseline over the whole rollout; the candidate over its step: a window that
-        # ends after the step began is one no earlier decision used. Each arm's windows
-        # are its own commit's: a window that names the rollout and arm with another
-        # commit (a confused or hostile writer of the metrics topic) judges nothing.
+        # The baseline over the whole rollout; the candidate over its step: only windows
+        # that start once the step began, since one that began before holds predictions
+        # served at the previous step's share (and maybe made the previous decision), and
+        # must not decide this step too. Each arm's windows are its own commit's: a window
+        # that names the rollout and arm with another commit (a confused or hostile writer
+        # of the metrics topic) judges nothing.
         baseline = arm == BASELINE
         return self.windows.windows(
             model,
@@ -213,7 +220,7 @@ class Controller:
             arm=arm,
             commit_id=rollout.baseline if baseline else rollout.candidate,
             shadow=False,
-            ending_after=rollout.started_at if baseline else rollout.step_started_at,
+            starting_from=rollout.started_at if baseline else rollout.step_started_at,
         )
 
     def newest_emitted(self, model: str, rollout: Rollout) -> int | None:
@@ -235,7 +242,8 @@ class Controller:
         if verdict.action not in ("advance", "abort"):
             return None
         command_id = command_id_of(rollout.id, rollout.step, verdict.action)
-        if command_id in self._refused:
+        refusal = (command_id, rollout.status, rollout.step_started_at)
+        if refusal in self._refused:
             return None
         # canary bounds what it lists (the log takes at most refs.MAX_EVIDENCE_BYTES).
         try:
@@ -270,7 +278,9 @@ class Controller:
         if answer.ok:
             if not answer.body.get("repeated"):
                 self.metrics.decisions.labels(verdict.action).inc()
-                if emitted is not None:
+                # A step timeout is the clock's decision, not a window's: no lag to measure.
+                timed_out = verdict.reason.startswith(f"{canary.STEP_TIMEOUT}:")
+                if emitted is not None and not timed_out:
                     lag_s = max(0.0, self.clock() - emitted / 1000)
                     self.metrics.time_to_decision.observe(lag_s)
             log.info(
@@ -283,7 +293,7 @@ class Controller:
             )
         elif answer.body.get("error") not in PASSING:
             # Moved already (another instance decided), or refused for good: not again.
-            self._refused[command_id] = str(answer.body.get("error"))
+            self._refused[refusal] = str(answer.body.get("error"))
             while len(self._refused) > REFUSALS_REMEMBERED:
                 self._refused.popitem(last=False)
             log.warning(

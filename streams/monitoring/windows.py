@@ -494,11 +494,11 @@ class WindowStore:
         arm: str | None = None,
         commit_id: str | None = None,
         shadow: bool | None = None,
-        ending_after: int | None = None,
+        starting_from: int | None = None,
         last: int | None = None,
     ) -> list[Window]:
         """The kept windows of ``model`` that match every filter given, oldest first, with
-        their stats; ``ending_after``: only windows whose end is later than that ms;
+        their stats; ``starting_from``: only windows that start at that ms or later;
         ``last``: only the newest that many."""
         kept = self._models.get(model)
         if kept is None:
@@ -511,7 +511,7 @@ class WindowStore:
             and (arm is None or w.version.arm == arm)
             and (commit_id is None or w.version.commit_id == commit_id)
             and (shadow is None or w.version.shadow == shadow)
-            and (ending_after is None or w.end_ms > ending_after)
+            and (starting_from is None or w.start_ms >= starting_from)
         ]
         chosen.sort(key=lambda w: (w.end_ms, w.start_ms, w.window_id))
         if last is not None:

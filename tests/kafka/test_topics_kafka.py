@@ -146,6 +146,9 @@ def test_a_correct_existing_events_topic_is_used(
         settings.dead_letter_topic,
         settings.features_topic,
         settings.predictions_topic,
+        settings.labels_topic,
+        settings.metrics_topic,
+        settings.shadow_predictions_topic,
     }
     # One broker: one replica, and the broker's min.insync (1) rather than 2.
     assert replicas_of(admin, settings.commands_topic) == {1}

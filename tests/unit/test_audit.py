@@ -174,19 +174,21 @@ def rollout_history() -> tuple[list[tuple[ModelEvent, Where]], str, dict[str, st
     return out, rid, {"baseline": found.baseline, "candidate": found.candidate}
 
 
-def entity_in(rid: str, low: int, high: int) -> str:
-    """An entity key whose bucket of rollout ``rid`` lies in [low, high) percent."""
+def entity_in(rid: str, low: int, high: int, prefix: str = "customer-") -> str:
+    """A key whose bucket of rollout ``rid`` lies in [low, high) percent."""
     from streams.core.rollout import BUCKETS, bucket
 
     scale = BUCKETS // 100
     return next(
         key
-        for key in (f"customer-{n}" for n in range(100_000))
+        for key in (f"{prefix}{n}" for n in range(100_000))
         if low * scale <= bucket(rid, key) < high * scale
     )
 
 
-def scored(rid: str, commit: str, arm: str, entity: str, at: int) -> dict[str, object]:
+def scored(
+    rid: str, commit: str, arm: str, entity: str, at: int, event_id: str = "e1"
+) -> dict[str, object]:
     return {
         "model": "churn",
         "requested_ref": "production",
@@ -194,6 +196,7 @@ def scored(rid: str, commit: str, arm: str, entity: str, at: int) -> dict[str, o
         "rollout_id": rid,
         "arm": arm,
         "entity_key": entity,
+        "feature_event_id": event_id,
         "scored_at": at,
     }
 
@@ -234,6 +237,20 @@ def test_served_names_the_rollout_arm_and_the_decision_in_effect() -> None:
     shown = render.served({"prediction": prediction, "rollout": answer, "findings": []})
     assert f"rollout  {rid} of @production: the candidate arm served entity {second!r}" in shown
     assert f"50% since RolloutAdvanced #6 by rollout:{rid}" in shown
+
+
+def test_served_routes_an_event_without_an_entity_by_its_id_as_the_workers_do() -> None:
+    from streams.core.rollout import bucket
+
+    history, rid, commits = rollout_history()
+    # At 10%: one event on each side of the line; the workers hash the event's id (an
+    # empty key would be one bucket, so one of the two would be found misrouted).
+    on_candidate, on_baseline = entity_in(rid, 0, 10, "ev-"), entity_in(rid, 50, 100, "ev-")
+    for event_id, side in ((on_candidate, "candidate"), (on_baseline, "baseline")):
+        prediction = scored(rid, commits[side], side, "", 150, event_id)
+        answer, findings = rollout_behind(prediction, history)
+        assert findings == [] and answer is not None
+        assert answer["bucket"] == bucket(rid, event_id) and answer["arm"] == side
 
 
 def test_served_finds_an_arm_the_rollout_did_not_route_there() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 
 import pytest
 from prometheus_client import generate_latest
@@ -178,15 +179,31 @@ def test_a_worse_candidate_is_aborted_naming_the_criterion() -> None:
     assert sample(controller, "modelvc_rollout_decisions_total", {"action": "abort"}) == 1
 
 
-def test_only_windows_that_end_after_the_step_began_count_for_the_candidate() -> None:
+def test_only_windows_that_start_once_the_step_began_count_for_the_candidate() -> None:
     step_started = T0 + 5_000
-    controller, store, _, _ = setup(rollout(step=1, step_started_at=step_started))
+    controller, store, sink, _ = setup(rollout(step=1, step_started_at=step_started))
     # The windows that decided step 0 ended before step 1 began: not evidence again.
     store.apply(0, [(0, window(BASELINE, T0, 40, 0.8)), (1, window(CANDIDATE, T0, 40, 0.8))])
     assert asyncio.run(controller.tick()) == []
+    # Nor one that straddles the advance: its predictions were served at step 0's share.
     store.apply(0, [(2, window(CANDIDATE, step_started - 500, 40, 0.8))])
+    assert asyncio.run(controller.tick()) == [] and sink.commands == []
+    store.apply(0, [(3, window(CANDIDATE, step_started, 40, 0.8))])
     (decision,) = asyncio.run(controller.tick())
     assert decision.command_id == f"rollout:{RID}:1:advance"
+    evidence = json.loads(sink.commands[0].body.evidence)  # type: ignore[union-attr]
+    assert evidence["candidate"]["windows"] == [window(CANDIDATE, step_started, 1, 1).window_id]
+
+
+def test_the_baseline_counts_windows_that_start_once_the_rollout_began() -> None:
+    controller, store, _, _ = setup(rollout())
+    # Baseline traffic from before the rollout (here a perfect one) is not its evidence.
+    store.apply(0, [(0, window(BASELINE, T0 - 500, 500, 0.99))])
+    base, _ = controller.figures("churn", rollout())
+    assert base.labeled == 0
+    store.apply(0, [(1, window(BASELINE, T0, 40, 0.8))])
+    base, _ = controller.figures("churn", rollout())
+    assert base.labeled == 40
 
 
 @pytest.mark.parametrize(
@@ -216,6 +233,40 @@ def test_a_refused_decision_is_not_sent_again_but_a_timed_out_one_is() -> None:
     asyncio.run(controller.tick())
     assert [c.command_id for c in sink.commands] == [f"rollout:{RID}:0:advance"] * 2
     assert sample(controller, "modelvc_rollout_decisions_total", {"action": "advance"}) == 0
+
+
+def test_a_refusal_is_forgotten_once_the_rollout_resumes_at_the_same_step() -> None:
+    controller, store, sink, clock = setup(rollout())
+    store.apply(0, [(0, window(BASELINE, T0, 40, 0.8)), (1, window(CANDIDATE, T0, 40, 0.8))])
+    # The advance raced a pause: refused, and not sent again while the rollout is as it was.
+    sink.answers = [{"error": "rollout_moved", "message": "is not running", "rollout_id": RID}]
+    asyncio.run(controller.tick())
+    asyncio.run(controller.tick())
+    assert len(sink.commands) == 1
+    # Resumed at step 0 (step_started_at reset): the same step's advance is judged afresh.
+    resumed = T0 + 20_000
+    state = controller.models()["churn"]
+    controller.models = lambda: {
+        "churn": replace(state, rollouts={RID: rollout(step_started_at=resumed)})
+    }
+    clock.ms = resumed + 10_000
+    store.apply(
+        0, [(2, window(BASELINE, resumed, 40, 0.8)), (3, window(CANDIDATE, resumed, 40, 0.8))]
+    )
+    (decision,) = asyncio.run(controller.tick())
+    assert decision.answer.ok and decision.command_id == f"rollout:{RID}:0:advance"
+    assert len(sink.commands) == 2
+
+
+def test_a_step_timeout_is_counted_but_not_timed_as_a_window_decision() -> None:
+    timed = rollout(policy=Policy((10, 100), min_labels=50, step_timeout_ms=60_000))
+    controller, store, _, clock = setup(timed)
+    store.apply(0, [(0, window(BASELINE, T0, 60, 0.8)), (1, window(CANDIDATE, T0, 49, 0.8))])
+    clock.ms = T0 + 60_001
+    (decision,) = asyncio.run(controller.tick())
+    assert decision.action == "abort" and decision.answer.ok
+    assert sample(controller, "modelvc_rollout_decisions_total", {"action": "abort"}) == 1
+    assert sample(controller, "modelvc_rollout_time_to_decision_seconds_count") == 0
 
 
 def test_new_windows_wake_the_controller_before_its_next_tick() -> None:

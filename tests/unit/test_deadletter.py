@@ -94,19 +94,34 @@ def test_a_letter_names_the_model_and_commit_when_known_bounded() -> None:
         "worker",
         model="churn",
         commit_id="c" * 64,
+        rollout_id="r0123456789a",
+        arm="candidate",
+        ref="production",
     )
     sent = DEAD_LETTERS.decode(deadletter.encode(rec))
     assert (sent["model"], sent["commit_id"]) == ("churn", "c" * 64)
+    # How it was routed, as its prediction would have said.
+    assert (sent["rollout_id"], sent["arm"], sent["ref"]) == (
+        "r0123456789a",
+        "candidate",
+        "production",
+    )
     # Unknown (an undecodable event): empty, as letters written before the fields existed.
     plain = DEAD_LETTERS.decode(
         deadletter.encode(deadletter.record("t", 0, 0, None, b"", "r", "s"))
     )
     assert (plain["model"], plain["commit_id"]) == ("", "")
+    assert (plain["rollout_id"], plain["arm"], plain["ref"]) == ("", "", "")
     # Hostile text from a sender stays bounded and encodable, in the minimal letter too.
-    odd = deadletter.record("t", 0, 0, None, None, "r", "s", model="m\ud800" * 10_000)
+    hostile = "m\ud800" * 10_000
+    odd = deadletter.record(
+        "t", 0, 0, None, None, "r", "s", model=hostile, rollout_id=hostile, arm=hostile, ref=hostile
+    )
     for each in (odd, deadletter.minimal(odd)):
-        assert len(each["model"].encode()) <= 256
-        assert DEAD_LETTERS.decode(deadletter.encode(each))["model"] == each["model"]
+        decoded = DEAD_LETTERS.decode(deadletter.encode(each))
+        for name, limit in (("model", 256), ("rollout_id", 64), ("arm", 64), ("ref", 256)):
+            assert len(each[name].encode()) <= limit
+            assert decoded[name] == each[name]
 
 
 class Producer:

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams import deadletter
+from streams.codec import DEAD_LETTERS, LABELS, PREDICTIONS
 from streams.core import monitoring
 from streams.core.monitoring import Stats
 from streams.monitoring.windows import MemoryRows
+from workers.monitor import app, join
+from workers.monitor.app import Monitor
 from workers.monitor.join import Joiner, Label, Prediction
+from workers.monitor.metrics import MonitorMetrics
+from workers.monitor.settings import MonitorSettings
 from workers.monitor.windows import Closed, WindowKey, unattributed
 
 WINDOW = 1000
@@ -94,6 +106,22 @@ def test_a_label_before_its_prediction_waits_and_is_counted_early() -> None:
     j.prediction(prediction("e1", 1700, 0.1), "p/0")
     stats = total(close_all(j), KEY)
     assert (stats.labeled, stats.early_labels, stats.unmatched_labels) == (1, 1, 0)
+
+
+def test_a_non_finite_score_is_kept_in_the_state_and_counted_as_in_memory() -> None:
+    # A model may score NaN or infinity: the state written at the commit must hold it
+    # (a refused write would stop the monitor on that batch again at every restart).
+    store = MemoryRows()
+    j = joiner(store)
+    j.prediction(prediction("nan", 1500, float("nan")), "p/0")
+    j.prediction(prediction("inf", 1500, float("inf")), "p/0")
+    j.commit({"p/0": 2})
+    again = joiner(store)  # a restart: the predictions are read back from the rows
+    again.label(label("nan", 1600, 1.0), "l/0")
+    again.label(label("inf", 1600, 1.0), "l/0")
+    stats = total(close_all(again), KEY)
+    assert (stats.predictions, stats.labeled, stats.binary) == (2, 1, 0)
+    assert stats.abs_err_sum == monitoring.MAX_ERROR
 
 
 def test_a_label_past_the_horizon_is_late_not_paired() -> None:
@@ -225,3 +253,203 @@ def test_a_crash_before_the_commit_loses_no_window_and_changes_none(
     counted = monitoring.merge_all(c.stats for c in clean.values()).predictions
     kinds = [kind for kind, *_ in stream]
     assert len({n for kind, n, _, _ in stream if kind == "p"}) <= counted <= kinds.count("p")
+
+
+def test_a_redelivered_entity_keyed_label_pairs_once_after_its_prediction() -> None:
+    j = joiner()
+    early = label(None, 600, entity="ent-1", event_time=500, label_id="L1")
+    j.label(early, "l/0")  # before its prediction: waits under the entity key
+    j.prediction(prediction("ev-1", 700, entity="ent-1", event_time=500), "p/0")
+    j.commit({})
+    j.label(early, "l/0")  # redelivered: the entity now leads to the event's key
+    assert total(close_all(j), KEY).labeled == 1
+
+
+def test_dead_letters_naming_their_arm_count_against_it() -> None:
+    j = joiner()
+    baseline = WindowKey("m", "production", "b" * 64, "r0123456789a", "baseline", False)
+    j.prediction(prediction("e1", 1000)._replace(key=baseline), "p/0")
+    j.dead_letter("m", COMMIT, 1200, "d/0", "production", "r0123456789a", "candidate")
+    candidate = baseline._replace(commit_id=COMMIT, arm="candidate")
+    assert total(close_all(j), candidate).dead_letters == 1
+
+
+def test_the_versions_remembered_for_dead_letters_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(join, "MAX_VERSIONS_CACHED", 3)
+    j = joiner()
+    for i in range(5):
+        j.prediction(prediction(f"e{i}", 1000, commit=f"{i:064x}"), "p/0")
+    assert len(j._versions) == 3
+    # The store keeps them all: an old commit's dead letters still find their version.
+    j.commit({})
+    j.dead_letter("m", f"{0:064x}", 1200, "d/0")
+    assert total(close_all(j), KEY._replace(commit_id=f"{0:064x}")).dead_letters == 1
+
+
+# -- the monitor's decoding (workers.monitor.app.Monitor.process) ------------------------
+NOW_MS = 1_700_000_000_000
+SETTINGS = MonitorSettings()
+TOPICS = SETTINGS.topics
+
+
+def _prediction_record(**changes: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "prediction_id": "p1",
+        "feature_event_id": "e1",
+        "source_topic": TOPICS.features_topic,
+        "source_partition": 0,
+        "source_offset": 0,
+        "model": "m",
+        "requested_ref": "production",
+        "commit_id": COMMIT,
+        "artifact_sha256": "a" * 64,
+        "scores": [0.5],
+        "worker_id": "w",
+        "event_time": NOW_MS - 5,
+        "scored_at": NOW_MS,
+    }
+    return record | changes
+
+
+def _message(topic: str, value: bytes, offset: int = 0) -> ConsumerRecord[Any, Any]:
+    return ConsumerRecord(topic, 0, offset, NOW_MS, 0, None, value, None, 0, len(value), ())
+
+
+def _monitor(store: MemoryRows | None = None) -> Monitor:
+    j = Joiner(store or MemoryRows(), 60_000, 3_600_000, lateness_ms=2000)
+    return Monitor(SETTINGS, j, MonitorMetrics(), clock=lambda: NOW_MS / 1000)
+
+
+def _process(monitor: Monitor, topic: str, values: list[bytes]) -> None:
+    messages = [_message(topic, v, i) for i, v in enumerate(values)]
+    monitor.process({TopicPartition(topic, 0): messages})
+
+
+def _sample(monitor: Monitor, name: str) -> float:
+    value = monitor.metrics.registry.get_sample_value(name)
+    return 0.0 if value is None else value
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"event_time": -10, "scored_at": -5},
+        {"scored_at": 1 << 62},  # no window of it would ever close
+        {"commit_id": "not-a-commit"},
+        {"model": "../m"},
+        {"arm": "both"},
+        {"rollout_id": "x" * 300},
+        {"requested_ref": "r" * 1000},
+        {"prediction_id": "x" * 10_000},
+        {"entity_key": "a\x1b[2Jb"},
+    ],
+)
+def test_a_bad_prediction_is_skipped_and_counted_and_the_state_reloads(
+    bad: dict[str, Any],
+) -> None:
+    store = MemoryRows()
+    monitor = _monitor(store)
+    good = PREDICTIONS.encode(_prediction_record())
+    junk = PREDICTIONS.encode(_prediction_record(**({"prediction_id": "p2"} | bad)))
+    _process(monitor, TOPICS.predictions_topic, [good, junk])
+    monitor.joiner.advance([], NOW_MS, False)
+    monitor.joiner.commit({})
+    assert _sample(monitor, "modelvc_monitor_bad_predictions_total") == 1
+    assert [w.predictions for w in monitor.joiner.windows.open.values()] == [1]
+    reloaded = Joiner(store, 60_000, 3_600_000, lateness_ms=2000)
+    assert [w.predictions for w in reloaded.windows.open.values()] == [1]
+
+
+def _label_record(label_time: int) -> bytes:
+    return LABELS.encode(
+        {
+            "label_id": "L1",
+            "model": "m",
+            "feature_event_id": "e1",
+            "entity_key": None,
+            "event_time": None,
+            "values": [1.0],
+            "label_time": label_time,
+        }
+    )
+
+
+def test_a_label_stamped_far_ahead_of_the_clock_is_dead_lettered_naming_the_unit() -> None:
+    monitor = _monitor()
+    in_an_hour = NOW_MS + app.MAX_AHEAD_MS
+    _process(
+        monitor, TOPICS.labels_topic, [_label_record(in_an_hour), _label_record(NOW_MS * 1000)]
+    )
+    assert _sample(monitor, "modelvc_monitor_bad_labels_total") == 1
+    [letter] = monitor._letters
+    assert letter["offset"] == 1 and letter["stage"] == "label"
+    assert "milliseconds" in letter["reason"] and "microseconds" in letter["reason"]
+
+
+def _letter(**version: str) -> bytes:
+    letter = deadletter.record(
+        TOPICS.features_topic,
+        0,
+        7,
+        None,
+        b"x",
+        "signature_mismatch",
+        "score",
+        NOW_MS,
+        **({"model": "m", "commit_id": COMMIT} | version),
+    )
+    return DEAD_LETTERS.encode(letter)
+
+
+def test_the_monitor_counts_a_dead_letter_against_the_arm_it_names() -> None:
+    monitor = _monitor()
+    arm = {"ref": "production", "rollout_id": "r0123456789a", "arm": "candidate"}
+    bogus = arm | {"arm": "x" * 300}
+    values = [_letter(**arm), _letter(), _letter(**bogus), _letter(model="../m")]
+    _process(monitor, TOPICS.dead_letter_topic, values)
+    closed = {c.key: c.stats for c in monitor.joiner.advance([], 2 * NOW_MS, True)}
+    assert (
+        closed[
+            WindowKey("m", "production", COMMIT, "r0123456789a", "candidate", False)
+        ].dead_letters
+        == 1
+    )
+    # No version named (or a junk one): the commit's last version, here none known.
+    assert closed[WindowKey("m", "", COMMIT, "", "", False)].dead_letters == 2
+    assert len(closed) == 2
+
+
+class _Ends:
+    def __init__(self, stable: int | None, high: int | None) -> None:
+        self.stable, self.high = stable, high
+
+    def last_stable_offset(self, tp: TopicPartition) -> int | None:
+        return self.stable
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self.high
+
+
+def test_caught_up_is_judged_on_the_last_stable_offset_then_the_high_watermark() -> None:
+    tp = TopicPartition("t", 0)
+    # An open transaction: the records between the two ends are not readable yet.
+    assert not app._behind(_Ends(5, 9), tp, 5)  # type: ignore[arg-type]
+    assert app._behind(_Ends(5, 9), tp, 4)  # type: ignore[arg-type]
+    assert not app._behind(_Ends(None, 9), tp, 9)  # type: ignore[arg-type]
+    assert app._behind(_Ends(None, 9), tp, 8)  # type: ignore[arg-type]
+    assert app._behind(_Ends(None, None), tp, 0)  # type: ignore[arg-type]
+
+
+def test_the_commits_asked_for_a_reference_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(app, "MAX_COMMITS_ASKED", 3)
+    monitor = Monitor(SETTINGS, joiner(), MonitorMetrics(), references=lambda m, c: None)
+
+    async def ask_all() -> None:
+        for i in range(5):
+            monitor._ask_reference("m", f"{i:064x}")
+        await asyncio.gather(*monitor._lookups)
+
+    asyncio.run(ask_all())
+    assert list(monitor._asked) == [f"{i:064x}" for i in (2, 3, 4)]

@@ -69,7 +69,9 @@ from streams.core.rollout import (
     RUNNING,
     Policy,
     rollout_id,
+    routing_key,
 )
+from streams.core.rollout import arm as arm_of
 from streams.core.security import SecurityState, required_role
 from streams.core.signatures import keys_stream
 from streams.core.state import ModelState
@@ -118,7 +120,7 @@ class Rollouts:
         return event.payload.rollout_id
 
     def arms(self) -> dict[str, tuple[str, str, str]]:
-        return {e: refs.serving(self.state, "production", e) for e in ENTITIES}
+        return {e: refs.serving(self.state, "production", e, f"ev-{e}") for e in ENTITIES}
 
 
 def test_a_rollout_starts_at_its_first_step_and_routes_by_entity() -> None:
@@ -137,11 +139,25 @@ def test_a_rollout_starts_at_its_first_step_and_routes_by_entity() -> None:
     assert 0.04 < len(on_candidate) / len(ENTITIES) < 0.16
     # The alias itself does not move while the rollout runs; other refs resolve as before.
     assert r.state.aliases["production"] == r.baseline
-    assert refs.serving(r.state, "main", "user-1") == (r.candidate, "", "")
+    assert refs.serving(r.state, "main", "user-1", "ev-1") == (r.candidate, "", "")
     # An entity on the candidate stays there as the share grows.
     r.run(AdvanceRollout(rid, 0, EVIDENCE))
     grown = {e for e, (_, _, arm) in r.arms().items() if arm == CANDIDATE}
     assert on_candidate < grown
+
+
+def test_an_event_without_an_entity_is_routed_by_its_own_id() -> None:
+    r = Rollouts()
+    rid = r.start()
+    rollout = r.state.rollouts[rid]
+    events = [f"ev-{i}" for i in range(400)]
+    served = [refs.serving(r.state, "production", "", e) for e in events]
+    # The workers' rule (routing_key): by event id, so such events spread at the step's
+    # share rather than all landing in the one bucket of "".
+    assert [arm for _, _, arm in served] == [arm_of(rollout, routing_key("", e)) for e in events]
+    assert 0.04 < sum(arm == CANDIDATE for _, _, arm in served) / len(events) < 0.16
+    # An entity keeps its arm whatever the event.
+    assert len({refs.serving(r.state, "production", "user-7", e) for e in events}) == 1
 
 
 steps_lists = st.lists(st.integers(1, 99), min_size=1, max_size=6, unique=True).map(
@@ -173,7 +189,7 @@ def test_advancing_every_step_completes_and_moves_the_alias_in_one_decision(
     rollout = r.state.rollouts[rid]
     assert (rollout.status, rollout.percent) == (COMPLETED, 100)
     assert r.state.aliases["production"] == r.candidate
-    assert refs.serving(r.state, "production", "user-1") == (r.candidate, "", "")
+    assert refs.serving(r.state, "production", "user-1", "ev-1") == (r.candidate, "", "")
     assert r.state.ref_moves()[0].new == r.candidate  # the alias's reflog shows the move
     # A replay of the log gives the same state; the completed rollout frees the alias.
     assert fold(r.log).models["m"] == r.state
@@ -470,6 +486,17 @@ def test_a_shadow_scores_beside_an_alias_until_stopped() -> None:
     with pytest.raises(UnknownRef):
         r.run(StartShadow("staging", "main"))
     assert fold(r.log).models["m"] == r.state
+
+
+def test_a_shadow_of_the_commit_the_alias_now_serves_scores_nothing_twice() -> None:
+    r = Rollouts((10, 100))
+    r.run(StartShadow("production", "main"))
+    rid = r.start()
+    r.run(AdvanceRollout(rid, 0, EVIDENCE))
+    assert refs.shadow_of(r.state, "production") == r.candidate  # still the baseline's
+    r.run(AdvanceRollout(rid, 1, EVIDENCE))  # completes: the alias serves the candidate
+    assert r.state.shadows["production"].candidate == r.state.aliases["production"]
+    assert refs.shadow_of(r.state, "production") is None
 
 
 # -- the fold: forged or out-of-order rollout events are void ------------------------------

@@ -144,9 +144,13 @@ def test_filters_pick_a_rollout_arm_after_a_time(rows: Callable[[], Rows]) -> No
     )
     picked = store.windows("churn", rollout_id="r0123456789a", arm="candidate", shadow=False)
     assert [w.start_ms for w in picked] == [1000, 3000]
-    # ending_after: only windows that end after a step began (no earlier decision used them).
-    assert [w.start_ms for w in store.windows("churn", arm="candidate", ending_after=2000)] == [
+    # starting_from: only windows that start once a step began (none holds an earlier step's).
+    assert [w.start_ms for w in store.windows("churn", arm="candidate", starting_from=1001)] == [
         3000
+    ]
+    assert [w.start_ms for w in store.windows("churn", arm="candidate", starting_from=1000)] == [
+        1000,
+        3000,
     ]
     assert [w.start_ms for w in store.windows("churn", last=2)] == [3000, 4000]
     assert store.windows("churn", last=0) == [] and store.windows("other") == []

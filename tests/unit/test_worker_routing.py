@@ -159,7 +159,7 @@ def test_a_rollout_serves_each_entity_by_the_arm_refs_serving_names(
     state = log.fold.models["churn"]
     by_name = {commit: name for name, commit in log.commits.items()}
     for p in predictions:
-        commit, rid, arm = serving(state, "production", p["entity_key"])
+        commit, rid, arm = serving(state, "production", p["entity_key"], p["feature_event_id"])
         assert (p["commit_id"], p["rollout_id"], p["arm"]) == (commit, rid, arm)
         assert p["requested_ref"] == "production" and not p["shadow"]
         # Scored by the arm's own version, not the batch's other one.
@@ -200,6 +200,8 @@ def test_events_without_an_entity_key_spread_over_both_arms_by_their_own_id(log:
     predictions = decoded(asyncio.run(log.scorer.score(batch)).predictions)
     arms = [p["arm"] for p in predictions]
     assert 150 <= arms.count(CANDIDATE) <= 250, arms.count(CANDIDATE)
+    state = log.fold.models["churn"]  # the rule refs.serving (and the audit) applies
+    assert arms == [serving(state, "production", "", p["feature_event_id"])[2] for p in predictions]
     again = decoded(asyncio.run(log.scorer.score(batch)).predictions)
     assert [p["arm"] for p in again] == arms  # a redelivered event keeps its arm
 
@@ -373,14 +375,42 @@ def test_dead_letters_name_the_version_that_refused_the_event(log: Log) -> None:
     state = log.fold.models["churn"]
     by_offset = {letter["offset"]: letter for letter in letters}
     for i in range(40):
-        commit, _, _ = serving(state, "production", ENTITIES[i])
+        commit, rid, arm = serving(state, "production", ENTITIES[i], f"e{i}")
         assert (by_offset[i]["model"], by_offset[i]["commit_id"]) == ("churn", commit)
+        assert (by_offset[i]["rollout_id"], by_offset[i]["arm"]) == (rid, arm)
+        assert by_offset[i]["ref"] == "production"
     assert rollout_id and {by_offset[i]["commit_id"] for i in range(40)} == {
         log.commits["v1"],
         log.commits["v2"],
     }
     assert (by_offset[40]["model"], by_offset[40]["commit_id"]) == ("churn", "")  # unknown ref
     assert (by_offset[41]["model"], by_offset[41]["commit_id"]) == ("", "")  # undecodable
+    for unrouted in (by_offset[40], by_offset[41]):
+        assert (unrouted["rollout_id"], unrouted["arm"], unrouted["ref"]) == ("", "", "")
+
+
+def test_dead_letters_name_the_rollout_and_arm_of_a_candidate_that_refuses_events(
+    log: Log,
+) -> None:
+    # v3 is trained on other features: every event routed to it is refused, and its letters
+    # must say so (the candidate's arm), or the monitor cannot hold the candidate to them.
+    log.run(
+        StartRollout(
+            "production",
+            log.commits["v3"],
+            Policy((50, 100), min_labels=0, max_dead_letter_rate=0.01),
+            allow_signature_change=True,
+        )
+    )
+    rollout_id = log.rollout_id
+    scored = log.score()
+    letters = [DEAD_LETTERS.decode(v) for v in sent_by_worker(log, scored)["ns.dead-letter"]]
+    served = decoded(scored.predictions)
+    assert letters and served and len(letters) + len(served) == len(ENTITIES)
+    assert {(x["model"], x["commit_id"], x["rollout_id"], x["arm"], x["ref"]) for x in letters} == {
+        ("churn", log.commits["v3"], rollout_id, CANDIDATE, "production")
+    }
+    assert {(p["rollout_id"], p["arm"]) for p in served} == {(rollout_id, BASELINE)}
 
 
 def test_shadow_predictions_go_to_their_own_topic_only(log: Log) -> None:

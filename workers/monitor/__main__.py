@@ -10,6 +10,7 @@ setting it cannot read stops it with one line saying what to fix, and exit statu
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -38,6 +39,11 @@ def main(argv: Sequence[str] = ()) -> None:
         raise SystemExit(1) from None
     try:
         joiner = Joiner(store, settings.window_ms, settings.horizon_ms, settings.lateness_ms)
+        # The join makes a few short-lived containers per record, freed by their reference
+        # counts: looking for cycles every 700 of them took a tenth of the monitor's time.
+        # The state loaded at start lives on: out of every collection.
+        gc.freeze()
+        gc.set_threshold(50_000, 10, 10)
         asyncio.run(serve(Monitor(settings, joiner, MonitorMetrics(), references)))
     finally:
         store.close()

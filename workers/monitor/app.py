@@ -6,8 +6,10 @@ One consumer is assigned every partition of ``modelvc.predictions``,
 its positions live in the monitor's own RocksDB with the join state
 (:mod:`workers.monitor.join`). Each batch is:
 
-1. decoded and fed to the :class:`~workers.monitor.join.Joiner` (a bad label is sent to
-   the dead-letter topic with its reason, stage ``label``, and counted);
+1. decoded and fed to the :class:`~workers.monitor.join.Joiner` (a bad label, or one
+   stamped more than :data:`MAX_AHEAD_MS` ahead of the monitor's clock, is sent to the
+   dead-letter topic with its reason, stage ``label``, and counted; a bad prediction is
+   skipped and counted);
 2. the watermark is moved and the windows it passed are closed and written to
    ``modelvc.metrics`` (key: the model), every write acknowledged;
 3. the state and the positions after the batch are written in one RocksDB batch.
@@ -34,7 +36,8 @@ import logging
 import os
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +49,7 @@ from streams import deadletter
 from streams.codec import DEAD_LETTERS, LABELS, PREDICTIONS
 from streams.core import monitoring
 from streams.core.events import signature_from_plain
-from streams.core.labels import validate_label
+from streams.core.labels import validate_label, version_problem
 from streams.core.model_signature import ModelSignature
 from streams.core.monitoring import Reference
 from streams.core.refs import NAME
@@ -67,7 +70,13 @@ log = logging.getLogger("modelvc.monitor")
 
 IDLE_S = 1.0  # no record for this long: the wall clock moves the watermark
 REFERENCE_RETRY_S = 30.0
-MAX_COMMITS_ASKED = 100_000  # commits whose reference is known (or known absent)
+# Commits whose reference was asked (LRU): bounded, so made-up commit ids cannot exhaust
+# memory; a commit forgotten is asked again (once per REFERENCE_RETRY_S at most).
+MAX_COMMITS_ASKED = 10_000
+# A label (or prediction) stamped further ahead of the monitor's clock than this would
+# sit in a window that never closes, kept until then: refused. An hour allows any clock
+# skew; a label_time in microseconds (or ns) is decades ahead.
+MAX_AHEAD_MS = 3_600_000
 
 
 @dataclass(frozen=True)
@@ -133,7 +142,8 @@ class Monitor:
             topics.dead_letter_topic: "dead_letter",
             topics.features_topic: "features",
         }
-        self._asked: dict[str, float] = {}  # commit -> when its reference was asked
+        # commit -> when its reference was asked (inf: answered), least recent first
+        self._asked: OrderedDict[str, float] = OrderedDict()
         self._lookups: set[asyncio.Task[None]] = set()
         self._feature_models: set[str] = set()  # models with a commit that has a reference
         self._letters: list[dict[str, Any]] = []
@@ -142,54 +152,112 @@ class Monitor:
         self._stopping.set()
 
     # -- decoding ------------------------------------------------------------
-    def _record(self, kind: str, source: str, m: ConsumerRecord[Any, Any]) -> None:
-        value = m.value
-        if kind in ("prediction", "shadow"):
+    def process(self, batches: Mapping[TopicPartition, Sequence[ConsumerRecord[Any, Any]]]) -> int:
+        """Feed one ``getmany`` batch to the joiner; the number of records it held.
+
+        Predictions and labels, nearly every record, go through loops of their own: the
+        per-record cost is the monitor's throughput.
+        """
+        count = 0
+        for tp, messages in batches.items():
+            kind, source = self._kinds[tp.topic], _source(tp)
+            if kind == "prediction" or kind == "shadow":
+                self._predictions(source, messages, kind == "shadow")
+            elif kind == "label":
+                self._labels(source, messages)
+            else:
+                for m in messages:
+                    self._record(kind, source, m)
+            count += len(messages)
+        return count
+
+    def _predictions(
+        self, source: str, messages: Sequence[ConsumerRecord[Any, Any]], shadow: bool
+    ) -> None:
+        decode, prediction = PREDICTIONS.decode, self.joiner.prediction
+        commits: dict[str, str] = {}  # commit -> model: a reference is asked once a batch
+        ahead = int(self.clock() * 1000) + MAX_AHEAD_MS
+        bad = 0
+        for m in messages:
             try:
-                p = prediction_from_record(PREDICTIONS.decode(value), shadow=kind == "shadow")
+                p = prediction_from_record(decode(m.value), shadow)
             except (UndecodableMessage, KeyError, TypeError, ValueError, IndexError):
-                return  # not a worker's prediction: nothing of a version to count
-            self.joiner.prediction(p, source)
-            self._ask_reference(p.key.model, p.key.commit_id)
-        elif kind == "label":
-            self._label(source, m)
-        elif kind == "dead_letter":
+                bad += 1  # not a worker's prediction: nothing of a version to count
+                continue
+            if p.scored_at > ahead:
+                bad += 1  # its window would never close
+                continue
+            prediction(p, source)
+            commits[p.key.commit_id] = p.key.model
+        if bad:
+            self.metrics.bad_predictions.inc(bad)
+        for commit_id, model in commits.items():
+            self._ask_reference(model, commit_id)
+
+    def _labels(self, source: str, messages: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        decode, label = LABELS.decode, self.joiner.label
+        now = int(self.clock() * 1000)
+        bad = 0
+        for m in messages:
+            try:
+                record = decode(m.value)
+            except UndecodableMessage as exc:
+                problem: str | None = str(exc)
+                record = {}
+            else:
+                problem = validate_label(record) or _ahead_problem(record["label_time"], now)
+            if problem is None:
+                label(label_from_record(record), source)
+                continue
+            bad += 1
+            model = record.get("model")
+            self._letters.append(
+                deadletter.record(
+                    m.topic,
+                    m.partition,
+                    m.offset,
+                    m.key,
+                    m.value,
+                    problem,
+                    "label",
+                    model=model if isinstance(model, str) and NAME.fullmatch(model) else "",
+                )
+            )
+        if bad:
+            self.metrics.bad_labels.inc(bad)
+
+    def _record(self, kind: str, source: str, m: ConsumerRecord[Any, Any]) -> None:
+        """A dead letter or a feature event (predictions and labels: :meth:`process`)."""
+        value = m.value
+        if kind == "dead_letter":
             try:
                 letter = DEAD_LETTERS.decode(value)
             except UndecodableMessage:
                 return
-            if letter["stage"] != "label" and letter.get("model"):
-                self.joiner.dead_letter(
-                    letter["model"], letter.get("commit_id", ""), letter["at"], source
-                )
+            if letter["stage"] != "label":
+                self._dead_letter(letter, source)
         elif kind == "features":
             self._features(source, value)
 
-    def _label(self, source: str, m: ConsumerRecord[Any, Any]) -> None:
-        try:
-            record = LABELS.decode(m.value)
-        except UndecodableMessage as exc:
-            problem: str | None = str(exc)
-            record = {}
-        else:
-            problem = validate_label(record)
-        if problem is None:
-            self.joiner.label(label_from_record(record), source)
+    def _dead_letter(self, letter: Mapping[str, Any], source: str) -> None:
+        """Count a worker's dead letter against the version it names (its own ref, rollout
+        and arm when it has them), or, naming only a model and commit, the version that
+        commit served as; a letter naming no model (or junk) counts against none."""
+        model, commit_id = letter.get("model", ""), letter.get("commit_id", "")
+        if not isinstance(model, str) or not NAME.fullmatch(model):
             return
-        self.metrics.bad_labels.inc()
-        model = record.get("model")
-        self._letters.append(
-            deadletter.record(
-                m.topic,
-                m.partition,
-                m.offset,
-                m.key,
-                m.value,
-                problem,
-                "label",
-                model=model if isinstance(model, str) and NAME.fullmatch(model) else "",
-            )
+        if commit_id != "" and version_problem(model, "", commit_id, "", ""):
+            return
+        ref, rollout_id, arm = (
+            letter.get("ref", ""),
+            letter.get("rollout_id", ""),
+            letter.get("arm", ""),
         )
+        named = ref or rollout_id or arm
+        if named and commit_id and not version_problem(model, ref, commit_id, rollout_id, arm):
+            self.joiner.dead_letter(model, commit_id, letter["at"], source, ref, rollout_id, arm)
+        else:
+            self.joiner.dead_letter(model, commit_id, letter["at"], source)
 
     def _features(self, source: str, value: bytes | None) -> None:
         try:
@@ -212,14 +280,20 @@ class Monitor:
             return
         asked = self._asked.get(commit_id)
         now = time.monotonic()
-        if asked is not None and (asked == float("inf") or now - asked < REFERENCE_RETRY_S):
-            return
-        if len(self._asked) >= MAX_COMMITS_ASKED:
-            return
-        self._asked[commit_id] = now
+        if asked is not None:
+            self._asked.move_to_end(commit_id)
+            if asked == float("inf") or now - asked < REFERENCE_RETRY_S:
+                return
+        self._asked_at(commit_id, now)
         task = asyncio.create_task(self._lookup(model, commit_id))
         self._lookups.add(task)
         task.add_done_callback(self._lookups.discard)
+
+    def _asked_at(self, commit_id: str, when: float) -> None:
+        self._asked[commit_id] = when
+        self._asked.move_to_end(commit_id)
+        while len(self._asked) > MAX_COMMITS_ASKED:
+            self._asked.popitem(last=False)
 
     async def _lookup(self, model: str, commit_id: str) -> None:
         assert self.references is not None
@@ -233,10 +307,9 @@ class Monitor:
                 exc,
             )
             return
+        self._asked_at(commit_id, float("inf"))  # answered
         if found is None:
-            self._asked[commit_id] = float("inf")
             return
-        self._asked[commit_id] = float("inf")
         if found.signature is not None:
             self.registry.add(found.signature)  # its typed feature events can be read
         self.joiner.references[commit_id] = (found.digest, found.reference)
@@ -308,20 +381,10 @@ class Monitor:
                 tps = await self._assign(consumer, True)
                 self.reading_features = True
             batches = await consumer.getmany(timeout_ms=200, max_records=settings.max_batch)
-            count = 0
-            for tp, messages in batches.items():
-                kind, source = self._kinds[tp.topic], _source(tp)
-                for m in messages:
-                    self._record(kind, source, m)
-                count += len(messages)
-            if count:
+            if self.process(batches):
                 last_record = time.monotonic()
             positions = {_source(tp): await consumer.position(tp) for tp in tps}
-            behind = [
-                _source(tp)
-                for tp in tps
-                if (mark := consumer.highwater(tp)) is None or positions[_source(tp)] < mark
-            ]
+            behind = [_source(tp) for tp in tps if _behind(consumer, tp, positions[_source(tp)])]
             idle = time.monotonic() - last_record >= IDLE_S
             closed = self.joiner.advance(behind, int(self.clock() * 1000), idle)
             await self._send(producer, closed)
@@ -359,6 +422,26 @@ class Monitor:
         for window in closed:
             found = self.joiner.references.get(window.key.commit_id)
             self.metrics.closed(window, found[1] if found else None)
+
+
+def _behind(consumer: AIOKafkaConsumer, tp: TopicPartition, position: int) -> bool:
+    """Whether ``tp`` has records the consumer can still read. It reads committed records
+    only: its end is the last stable offset, below the high watermark while a transaction
+    is open (comparing with the high watermark, it would never be caught up)."""
+    end = consumer.last_stable_offset(tp)
+    if end is None:
+        end = consumer.highwater(tp)
+    return end is None or position < end
+
+
+def _ahead_problem(label_time: int, now_ms: int) -> str | None:
+    """Why a label stamped ``label_time`` is refused for being in the future, or None."""
+    if label_time <= now_ms + MAX_AHEAD_MS:
+        return None
+    return (
+        f"label_time {label_time} is more than an hour ahead of the monitor's clock ({now_ms}); "
+        "label_time is milliseconds since the epoch, not microseconds or nanoseconds"
+    )
 
 
 def _source(tp: TopicPartition) -> str:

@@ -23,18 +23,19 @@ The rules (``horizon``: ``MODELVC_MONITOR_HORIZON_MS``):
   labels the horizon: a label that paired with nothing by then is *unmatched*,
   counted for its model with commit "".
 - A prediction seen again (same ``prediction_id``: a redelivery) or a label seen
-  again (same ``label_id``) changes nothing.
+  again (same ``label_id``, under either of its join keys) changes nothing.
 """
 
 from __future__ import annotations
 
 import heapq
 import json
+from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from streams.core import monitoring
+from streams.core.labels import validate_prediction
 from streams.core.monitoring import Accumulator, Reference
 from streams.monitoring.windows import Rows
 from workers.monitor.windows import Closed, Watermark, WindowKey, Windows, unattributed
@@ -48,12 +49,16 @@ _WINDOWS = b"w"
 _POSITIONS = b"o"
 _VERSIONS = b"c"  # (model, commit) -> the version it last served as (for dead letters)
 _META = b"m"
+# (model, commit) versions remembered in memory (the store keeps them all): bounded, so
+# that a stream of made-up commit ids cannot exhaust the monitor's memory.
+MAX_VERSIONS_CACHED = 10_000
 # Expiry kinds in the heap.
 _P, _L, _F = 0, 1, 2
 
 
-@dataclass(frozen=True, slots=True)
-class Prediction:
+# Predictions and labels are tuples: built once per record, they are a tenth of the
+# monitor's time as frozen dataclasses.
+class Prediction(NamedTuple):
     prediction_id: str
     feature_event_id: str
     key: WindowKey  # the version that scored: model, requested ref, commit, rollout, arm, shadow
@@ -65,7 +70,11 @@ class Prediction:
 
 def prediction_from_record(record: Mapping[str, Any], shadow: bool = False) -> Prediction:
     """A decoded ``modelvc.serving.Prediction``; ``shadow``: read from the shadow topic
-    (where every record is a shadow's, whatever its flag says)."""
+    (where every record is a shadow's, whatever its flag says). ValueError when it fails
+    ``streams.core.labels.validate_prediction``: nothing of it may reach the state."""
+    problem = validate_prediction(record)
+    if problem:
+        raise ValueError(problem)
     scores = record["scores"]
     key = WindowKey(
         record["model"],
@@ -86,8 +95,7 @@ def prediction_from_record(record: Mapping[str, Any], shadow: bool = False) -> P
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Label:
+class Label(NamedTuple):
     label_id: str
     model: str
     feature_event_id: str | None
@@ -110,11 +118,31 @@ def label_from_record(record: Mapping[str, Any]) -> Label:
     )
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+# NaN and the infinities allowed: a model may score NaN, and the state must keep the
+# score as the join counts it (json.loads reads them back).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+def _refuse(value: object) -> object:
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# json.JSONEncoder.encode builds its C encoder again at every call, half the cost of a
+# small row: the same encoder (compact, ASCII), built once.
+_C_ENCODER = getattr(json.encoder, "c_make_encoder", None)
+_ITERENCODE = (
+    None
+    if _C_ENCODER is None
+    else _C_ENCODER(
+        None, _refuse, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
+    )
+)
 
 
 def _dumps(value: object) -> bytes:
-    return _ENCODER.encode(value).encode()
+    if _ITERENCODE is None:
+        return _ENCODER.encode(value).encode()
+    return "".join(_ITERENCODE(value, 0)).encode()
 
 
 def _join_key(model: str, feature_event_id: str) -> bytes:
@@ -140,7 +168,7 @@ class Joiner:
         self._changes: dict[bytes, Any] = {}
         self._expiry: list[tuple[int, int, bytes]] = []  # (expires at, kind, join key)
         # (model, commit) -> the version as last written under _VERSIONS
-        self._versions: dict[tuple[str, str], WindowKey] = {}
+        self._versions: OrderedDict[tuple[str, str], WindowKey] = OrderedDict()  # LRU
         self.positions: dict[str, int] = self._load()
 
     # -- state ---------------------------------------------------------------
@@ -190,10 +218,14 @@ class Joiner:
         self.windows.at(key, p.scored_at).add_prediction(latency, p.scored_at)
         version_of = (key.model, key.commit_id)
         if self._versions.get(version_of) != key:
-            # Kept for dead letters, which name only the model and commit.
+            # Kept for dead letters that name only the model and commit.
             self._versions[version_of] = key
+            if len(self._versions) > MAX_VERSIONS_CACHED:
+                self._versions.popitem(last=False)
             version = f"{key.model}\0{key.commit_id}".encode("utf-8", "backslashreplace")
             self._put(_VERSIONS + version, list(key[1:]))
+        else:
+            self._versions.move_to_end(version_of)
         entries.append(
             [p.prediction_id, p.scored_at, *key[1:], p.score, p.entity_key, p.event_time]
         )
@@ -227,6 +259,12 @@ class Joiner:
             entity = _entity_key(label.model, label.entity_key, label.event_time)
             found = self._get(_ENTITIES + entity)
             join_key = _join_key(label.model, found) if found is not None else entity
+            # Waiting before its prediction came, it stays under the entity key once paired:
+            # a redelivery now finds the event's key, and must not pair a second time.
+            if join_key != entity and any(
+                entry[0] == label.label_id for entry in self._get(_LABELS + entity) or ()
+            ):
+                return
         labels: list[list[Any]] = self._get(_LABELS + join_key) or []
         if any(entry[0] == label.label_id for entry in labels):
             return
@@ -251,14 +289,33 @@ class Joiner:
         if lag < 0:
             window.early_labels += 1
 
-    def dead_letter(self, model: str, commit_id: str, at_ms: int, source: str) -> None:
-        """A feature event a worker could not score for ``model``/``commit_id``."""
+    def dead_letter(
+        self,
+        model: str,
+        commit_id: str,
+        at_ms: int,
+        source: str,
+        ref: str = "",
+        rollout_id: str = "",
+        arm: str = "",
+    ) -> None:
+        """A feature event a worker could not score for ``model``/``commit_id``.
+
+        A letter that names its version (``ref``, and ``rollout_id``/``arm`` when a
+        rollout routed it) counts against that version: a candidate arm that fails every
+        event is counted against its arm, where the controller looks. One that names only
+        the model and commit (written before letters said more) counts against the
+        version that commit last served as."""
         self.watermark.seen(source, at_ms)
-        shown = self._get(_VERSIONS + f"{model}\0{commit_id}".encode("utf-8", "backslashreplace"))
-        if shown is not None:
-            key = WindowKey(model, *shown)
+        if ref or rollout_id or arm:
+            key = WindowKey(model, ref, commit_id, rollout_id, arm, False)
         else:
-            key = WindowKey(model, "", commit_id, "", "", False)
+            version = f"{model}\0{commit_id}".encode("utf-8", "backslashreplace")
+            shown = self._get(_VERSIONS + version)
+            if shown is not None:
+                key = WindowKey(model, *shown)
+            else:
+                key = WindowKey(model, "", commit_id, "", "", False)
         self.windows.at(key, at_ms).add_dead_letter()
 
     def features(

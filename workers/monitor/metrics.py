@@ -61,6 +61,11 @@ class MonitorMetrics:
             "labels refused (sent to the dead-letter topic)",
             registry=r,
         )
+        self.bad_predictions = Counter(
+            "modelvc_monitor_bad_predictions",
+            "prediction records skipped: not a valid prediction, or stamped in the future",
+            registry=r,
+        )
         self.windows = Counter(
             "modelvc_monitor_windows", "metric windows written to the metrics topic", registry=r
         )
