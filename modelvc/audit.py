@@ -41,57 +41,41 @@ from modelvc.reference_decoder import (
     ReferenceDecoder,
     first_difference,
 )
-from streams import topics
 from streams.archive import Archive, SegmentProblem
-from streams.codec import (
-    EVENT_SCHEMA_FILES,
-    EVENTS,
-    HEADER_SIZE,
-    MAGIC,
-    PREDICTIONS,
-    decode_event,
-)
+from streams.codec import EVENT_SCHEMA_FILES, EVENTS, PREDICTIONS
 from streams.core import refs, rollout
-from streams.core.audit import DUPLICATE, SKIPPED, Auditor, Finding, Where
+from streams.core.audit import SKIPPED, Auditor, Finding, Where
 from streams.core.errors import VersionGraphError
 from streams.core.events import AliasMoved, ModelEvent
 from streams.core.evolve import evolve
-from streams.core.fold import Fold, digest_of_inputs, model_digest_input
+from streams.core.fold import Fold
 from streams.core.state import ModelState
 from streams.errors import UndecodableMessage
 from streams.kafka_access import KafkaAccess
-from streams.logreader import log_consumer, read_topic, topic_partitions
+from streams.logreader import log_consumer, read_topic
+
+# The replay itself lives with the service, which runs it too (POST /v1/audit/replay);
+# these names stay importable from here for the CLI, the benches and the tests.
+from streams.replay import (
+    Locate,
+    Located,
+    Replay,
+    finding_from,
+    locate,
+    partitions_of,
+    replay_kafka,
+    run,
+)
+from streams.replay import peak_rss_mb as peak_rss_mb  # bench.audit adds its children's
 from streams.signing import verify
 from workers.signing import WorkerKeys
 
-Located = tuple[ModelEvent | None, Where, str, bool]
-Locate = Callable[[str, int, int, bytes | None], Located]
 DECODERS = ("fastavro", "reference")
-MAX_LISTED = 1000  # duplicates listed by coordinates (they are counted all the same)
-
-
-def _locate(topic: str, partition: int, offset: int, value: bytes | None) -> Located:
-    where = Where(topic, partition, offset)
-    try:
-        return decode_event(value), where, "", False  # type: ignore[arg-type]
-    except UndecodableMessage as exc:
-        return None, where, str(exc), never_an_event(value)
-
-
-def never_an_event(value: bytes | None) -> bool:
-    """Bytes no released modelvc ever wrote as an event: skipped, not damage.
-
-    Without the Avro magic, or naming a schema fingerprint no release has (garbage
-    from a foreign producer, a restore placeholder, ten forged header bytes). An
-    event they displaced still shows as a gap in its model's chain. Bytes naming a
-    released schema that do not decode are damage.
-    """
-    data = bytes(value or b"")
-    return not data.startswith(MAGIC) or data[2:HEADER_SIZE] not in EVENTS.writers
 
 
 def cross_checked(auditor: Auditor, reference: ReferenceDecoder | None = None) -> Locate:
-    """``_locate``, plus a second decoding by Apache Avro compared with fastavro's.
+    """:func:`~streams.replay.locate`, plus a second decoding by Apache Avro compared with
+    fastavro's.
 
     Any difference (one refuses what the other decodes, or they decode other
     values) is reported to ``auditor`` as a ``decoder_mismatch``; the event the
@@ -99,8 +83,8 @@ def cross_checked(auditor: Auditor, reference: ReferenceDecoder | None = None) -
     """
     decoder = reference or ReferenceDecoder.from_files(EVENT_SCHEMA_FILES)
 
-    def locate(topic: str, partition: int, offset: int, value: bytes | None) -> Located:
-        located = _locate(topic, partition, offset, value)
+    def located_twice(topic: str, partition: int, offset: int, value: bytes | None) -> Located:
+        located = locate(topic, partition, offset, value)
         event, where = located[0], located[1]
         fast: dict[str, Any] | None = None
         ours: dict[str, Any] | None = None
@@ -127,19 +111,7 @@ def cross_checked(auditor: Auditor, reference: ReferenceDecoder | None = None) -
         auditor.decoder_mismatch(where, detail, model, seq)
         return located
 
-    return locate
-
-
-def from_kafka(
-    kafka: KafkaAccess,
-    topic: str,
-    ends: dict[int, int],
-    partitions: set[int] | None = None,
-    locate: Locate = _locate,
-) -> Iterator[Located]:
-    for r in read_topic(kafka, topic, partitions=partitions):
-        ends[r.partition] = r.offset
-        yield locate(topic, r.partition, r.offset, r.value)
+    return located_twice
 
 
 def from_archive(
@@ -147,7 +119,7 @@ def from_archive(
     problems: list[SegmentProblem],
     ends: dict[int, int],
     partitions: set[int] | None = None,
-    locate: Locate = _locate,
+    locate: Locate = locate,
 ) -> Iterator[Located]:
     expected: dict[int, int] = {}
     for r in archive.records(problems, partitions):
@@ -167,124 +139,40 @@ def from_archive(
         yield locate(r.topic, r.partition, r.offset, r.value)
 
 
-def finding_dict(f: Finding) -> dict[str, Any]:
-    return {
-        "kind": f.kind,
-        "model": f.model,
-        "seq": f.seq,
-        "topic": f.where.topic,
-        "partition": f.where.partition,
-        "offset": f.where.offset,
-        "detail": f.detail,
-    }
-
-
-def finding_from(d: dict[str, Any]) -> Finding:
-    """A finding back from :func:`finding_dict` (a partition group's JSON)."""
-    where = Where(d["topic"], d["partition"], d["offset"])
-    return Finding(d["kind"], d["model"], d["seq"], where, d["detail"])
-
-
-@dataclass
-class Replay:
-    """What a replay found: counts, findings, where it stopped, and the state digest."""
-
-    source: str
-    decoder: str = "fastavro"  # "reference": every message also decoded by Apache Avro
-    events: int = 0
-    duplicates: int = 0
-    violations: list[Finding] = field(default_factory=list)
-    skipped: list[Finding] = field(default_factory=list)  # garbage that never was an event
-    duplicate_events: list[Finding] = field(default_factory=list)
-    problems: list[SegmentProblem] = field(default_factory=list)
-    ends: dict[int, int] = field(default_factory=dict)  # last offset read per partition
-    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-model digest inputs
-    seconds: float = 0.0
-    auditor: Auditor | None = None  # the fold itself, for in-process replays
-    peak_mb: float = 0.0
-    trusted: frozenset[str] | None = None  # pinned writer key ids; None: trust on first use
-    first_keys: dict[int, str] = field(
-        default_factory=dict
-    )  # partition -> key trusted on first use
-    # The applied events a ``keep`` predicate chose, in log order, where each was read.
-    kept: list[tuple[ModelEvent, Where]] = field(default_factory=list)
-
-    @property
-    def digest(self) -> str:
-        return digest_of_inputs(self.inputs)
-
-    @property
-    def clean(self) -> bool:
-        return not self.violations and not self.problems
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "decoder": self.decoder,
-            "events": self.events,
-            "models": len(self.inputs),
-            "last_offsets": {str(p): o for p, o in sorted(self.ends.items())},
-            "duplicates": self.duplicates,
-            "violations": [finding_dict(f) for f in self.violations],
-            "skipped": [
-                {
-                    "topic": f.where.topic,
-                    "partition": f.where.partition,
-                    "offset": f.where.offset,
-                    "detail": f.detail,
-                }
-                for f in self.skipped
-            ],
-            # Where each re-emission is (a replayed genuine event looks the same): never
-            # applied twice, but an auditor may want to see when a copy came back.
-            "duplicate_events": [finding_dict(f) for f in self.duplicate_events[:MAX_LISTED]],
-            "segment_problems": [p.__dict__ for p in self.problems],
-            "trusted_keys": None if self.trusted is None else sorted(self.trusted),
-            "trusted_on_first_use": [
-                {"partition": p, "key_id": k} for p, k in sorted(self.first_keys.items())
-            ],
-            "digest": self.digest,
-            "seconds": round(self.seconds, 3),
-            "peak_mb": round(self.peak_mb, 1),
-        }
-
-    def partial(self) -> dict[str, Any]:
-        """What a partition-group child hands back to the parent (JSON, no pickle)."""
-        return {**self.to_dict(), "inputs": self.inputs, "peak_mb": peak_rss_mb()}
-
-    def merge(self, part: dict[str, Any]) -> None:
-        self.events += part["events"]
-        self.peak_mb += part["peak_mb"]  # children run at once: their peaks add up
-        self.duplicates += part["duplicates"]
-        self.violations += [finding_from(v) for v in part["violations"]]
-        self.problems += [SegmentProblem(**p) for p in part["segment_problems"]]
-        self.skipped += [
-            Finding(
-                SKIPPED,
-                "?",
-                0,
-                Where(s["topic"], s["partition"], s["offset"]),
-                s["detail"],
-            )
-            for s in part["skipped"]
-        ]
-        self.ends.update({int(p): o for p, o in part["last_offsets"].items()})
-        self.duplicate_events += [finding_from(d) for d in part["duplicate_events"]]
-        self.first_keys.update(
-            {int(k["partition"]): k["key_id"] for k in part["trusted_on_first_use"]}
+def merge(result: Replay, part: dict[str, Any]) -> None:
+    """Add a partition group's :meth:`Replay.partial` to ``result``."""
+    result.events += part["events"]
+    result.peak_mb += part["peak_mb"]  # children run at once: their peaks add up
+    result.duplicates += part["duplicates"]
+    result.violations += [finding_from(v) for v in part["violations"]]
+    result.problems += [SegmentProblem(**p) for p in part["segment_problems"]]
+    result.skipped += [
+        Finding(
+            SKIPPED,
+            "?",
+            0,
+            Where(s["topic"], s["partition"], s["offset"]),
+            s["detail"],
         )
-        for model, digest_input in part["inputs"].items():
-            if model in self.inputs:
-                self.violations.append(
-                    Finding(
-                        "conflict",
-                        model,
-                        0,
-                        Where(self.source, -1, -1),
-                        "the model has events in more than one partition",
-                    )
+        for s in part["skipped"]
+    ]
+    result.ends.update({int(p): o for p, o in part["last_offsets"].items()})
+    result.duplicate_events += [finding_from(d) for d in part["duplicate_events"]]
+    result.first_keys.update(
+        {int(k["partition"]): k["key_id"] for k in part["trusted_on_first_use"]}
+    )
+    for model, digest_input in part["inputs"].items():
+        if model in result.inputs:
+            result.violations.append(
+                Finding(
+                    "conflict",
+                    model,
+                    0,
+                    Where(result.source, -1, -1),
+                    "the model has events in more than one partition",
                 )
-            self.inputs[model] = digest_input
+            )
+        result.inputs[model] = digest_input
 
 
 def _replay_here(
@@ -296,80 +184,29 @@ def _replay_here(
     trusted: frozenset[str] | None = None,
     keep: Callable[[ModelEvent], bool] | None = None,
 ) -> Replay:
+    checked = cross_checked if decoder == "reference" else None
+    if archive_dir is None:
+        assert kafka is not None
+        return replay_kafka(kafka, topic, partitions, decoder, trusted, keep, checked)
     started = time.perf_counter()
     fold = Fold(verify=verify, trusted=trusted)
-    seen: dict[int, str] = {}
-    if archive_dir is not None:
-        auditor = Auditor(fold=fold)  # the archive does not record the topic's partition count
-        archive = Archive(archive_dir)
-        if archive.empty:
-            raise FileNotFoundError(
-                2, "no archive index (or an empty one)", str(archive_dir / "index.json")
-            )
-        result = Replay(f"archive {archive_dir}", decoder, auditor=auditor, trusted=trusted)
-        locate = cross_checked(auditor) if decoder == "reference" else _locate
-        records = from_archive(archive, result.problems, result.ends, partitions, locate)
-    else:
-        assert kafka is not None
-        # Kafka knows the partition count, so the partitioning rule can be checked too.
-        count = len(_partitions(kafka, topic, None))
-        auditor = Auditor(
-            fold=fold, misplaced=functools.partial(topics.misplaced, partitions=count)
+    auditor = Auditor(fold=fold)  # the archive does not record the topic's partition count
+    archive = Archive(archive_dir)
+    if archive.empty:
+        raise FileNotFoundError(
+            2, "no archive index (or an empty one)", str(archive_dir / "index.json")
         )
-        result = Replay(f"{topic} on {kafka.bootstrap}", decoder, auditor=auditor, trusted=trusted)
-        locate = cross_checked(auditor) if decoder == "reference" else _locate
-        records = from_kafka(kafka, topic, result.ends, partitions, locate)
-    if keep is not None:
-        records = _keeping(records, keep, result.kept)
-    auditor.run(trust.noting_first_keys(records, seen))
-    # Only what the fold applied: a forged, duplicated or out-of-order copy explains nothing.
-    result.kept = [(e, w) for e, w in result.kept if _applied_at(auditor, e, w)]
-    if trusted is None:
-        result.first_keys = trust.first_use(auditor.fold, seen)
-    result.events = auditor.events
-    result.duplicates = auditor.duplicates()
-    result.violations = list(auditor.violations())
-    result.skipped = list(auditor.skipped())
-    result.duplicate_events = [f for f in auditor.findings if f.kind == DUPLICATE][:MAX_LISTED]
-    result.inputs = {name: model_digest_input(state) for name, state in auditor.fold.models.items()}
-    result.seconds = time.perf_counter() - started
-    result.peak_mb = peak_rss_mb()
-    return result
-
-
-def _keeping(
-    records: Iterator[Located],
-    keep: Callable[[ModelEvent], bool],
-    into: list[tuple[ModelEvent, Where]],
-) -> Iterator[Located]:
-    for located in records:
-        if located[0] is not None and keep(located[0]):
-            into.append((located[0], located[1]))
-        yield located
-
-
-def _applied_at(auditor: Auditor, event: ModelEvent, where: Where) -> bool:
-    places = auditor.places.get(event.model, [])
-    return 0 < event.seq <= len(places) and places[event.seq - 1] == where
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM; unlike ru_maxrss it restarts at exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    result = Replay(f"archive {archive_dir}", decoder, auditor=auditor, trusted=trusted)
+    located = checked(auditor) if checked is not None else locate
+    records = from_archive(archive, result.problems, result.ends, partitions, located)
+    return run(result, auditor, records, keep, started)
 
 
 def _partitions(kafka: KafkaAccess | None, topic: str, archive_dir: Path | None) -> list[int]:
     if archive_dir is not None:
         return sorted(Archive(archive_dir).segments)
     assert kafka is not None  # replay() is given one of the two
-    consumer = log_consumer(kafka)
-    try:
-        return [tp.partition for tp in topic_partitions(consumer, topic)]
-    finally:
-        consumer.close()
+    return partitions_of(kafka, topic)
 
 
 def replay(
@@ -450,7 +287,7 @@ def _replay_parallel(
         out, err = child.communicate()
         if child.returncode != 0:
             raise RuntimeError(f"replay of a partition group failed: {err.decode()[-2000:]}")
-        result.merge(json.loads(out))
+        merge(result, json.loads(out))
     result.violations.sort(key=lambda f: (f.where.partition, f.where.offset))
     result.seconds = time.perf_counter() - started
     return result

@@ -22,6 +22,7 @@ import os
 import re
 import sys
 import time
+import webbrowser
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -726,7 +727,8 @@ def cmd_merge(args: argparse.Namespace, c: Client) -> None:
 
 
 def cmd_rollback(args: argparse.Namespace, c: Client) -> None:
-    _emit(args, c.rollback(_model(args), args.branch, args.to, args.reason), _applied)
+    answer = c.rollback(_model(args), args.branch, args.to, args.reason, expect=args.expect)
+    _emit(args, answer, _applied)
 
 
 def cmd_alias(args: argparse.Namespace, c: Client) -> None:
@@ -1025,7 +1027,9 @@ def cmd_rollout(args: argparse.Namespace, c: Client) -> None:
     model = _model(args)
     if args.action == "start":
         # Parsed by _check_arguments, before a token is read or the service reached.
-        answer = c.start_rollout(model, args.alias, args.to, args.step_list, **args.limits)
+        answer = c.start_rollout(
+            model, args.alias, args.to, args.step_list, expect=args.expect, **args.limits
+        )
         rollout, _ = _one_rollout(answer)
         _emit(
             args,
@@ -1126,6 +1130,22 @@ def older_than(text: str, now_ms: int) -> int:
 
 def cmd_whoami(args: argparse.Namespace, c: Client) -> None:
     _emit(args, c.whoami(), render.whoami)
+
+
+def cmd_ui(args: argparse.Namespace, c: Client) -> None:
+    """Open the web console signed in as this CLI's token (a one-minute, one-use code in the
+    address's fragment), or print that address."""
+    answer = c.login_code()
+    url = c.console_url(str(answer["code"]))
+    opened = not args.no_browser and webbrowser.open(url)
+    if args.json:
+        print(json.dumps({"url": url, "expires_ms": answer["expires_ms"], "opened": opened}))
+    elif opened:
+        print("opened the console in your browser (its sign-in link works once, for a minute)")
+    else:
+        if not args.no_browser:
+            print("modelvc: no browser found; open this link within a minute:", file=sys.stderr)
+        print(render.terminal(url))
 
 
 def cmd_token(args: argparse.Namespace, c: Client) -> None:
@@ -1348,6 +1368,9 @@ def _monitoring_parsers(add: Add) -> None:
     sp = action("start", cmd_rollout, "start a canary rollout of ALIAS to --to REF")
     sp.add_argument("alias")
     sp.add_argument("--to", required=True, metavar="REF", help="the candidate")
+    sp.add_argument(
+        "--expect", metavar="REF", help="refuse unless the alias serves this commit now"
+    )
     sp.add_argument("--steps", default="10,50,100", help=f"{STEPS_SYNTAX} (default 10,50,100)")
     sp.add_argument(
         "--min-labels",
@@ -1536,6 +1559,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("branch")
     sp.add_argument("--to", required=True)
     sp.add_argument("--reason", required=True)
+    sp.add_argument(
+        "--expect", metavar="REF", help="refuse unless the branch's head is this commit"
+    )
     sp = add("alias", cmd_alias, "list aliases or point one at a ref")
     sp.add_argument("action", nargs="?", choices=["list", "set"], default="list")
     sp.add_argument("name", nargs="?")
@@ -1613,6 +1639,15 @@ def parser() -> argparse.ArgumentParser:
     _monitoring_parsers(add)
     add("digest", cmd_digest, "sha256 of the whole version graph, as the service has it")
     add("whoami", cmd_whoami, "the actor and role of the token this CLI sends")
+    sp = add(
+        "ui",
+        cmd_ui,
+        "open the web console in a browser, signed in with this CLI's token (the link "
+        "works once, for a minute)",
+    )
+    sp.add_argument(
+        "--no-browser", action="store_true", help="print the sign-in link instead of opening it"
+    )
     sp = add(
         "token",
         cmd_token,

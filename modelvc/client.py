@@ -179,12 +179,19 @@ class Client:
         return self._write("POST", f"/v1/models/{self._q(model)}/merges", body, command_id)
 
     def rollback(
-        self, model: str, branch: str, to: str, reason: str, command_id: str | None = None
+        self,
+        model: str,
+        branch: str,
+        to: str,
+        reason: str,
+        command_id: str | None = None,
+        expect: str | None = None,
     ) -> Any:
+        """``expect``: the head the caller saw; the service refuses (409) when it moved."""
         return self._write(
             "POST",
             f"/v1/models/{self._q(model)}/rollbacks",
-            {"branch": branch, "to": to, "reason": reason},
+            {"branch": branch, "to": to, "reason": reason, "expect": expect},
             command_id,
         )
 
@@ -245,8 +252,10 @@ class Client:
         step_timeout_ms: int | None = None,
         allow_signature_change: bool = False,
         command_id: str | None = None,
+        expect: str | None = None,
     ) -> Any:
-        """Start moving ``alias`` to ``to`` in ``steps`` (percent); None: the service's default."""
+        """Start moving ``alias`` to ``to`` in ``steps`` (percent); None: the service's default.
+        ``expect``: the commit the caller saw the alias serve (409 when it moved)."""
         body: dict[str, Any] = {
             "alias": alias,
             "to": to,
@@ -255,6 +264,7 @@ class Client:
             "max_p99_ms": max_p99_ms,
             "max_dead_letter_rate": max_dead_letter_rate,
             "allow_signature_change": allow_signature_change,
+            "expect": expect,
         }
         if min_labels is not None:
             body["min_labels"] = min_labels
@@ -318,6 +328,18 @@ class Client:
     # -- identity and security (admin, except whoami and the listings) ---------------
     def whoami(self) -> Any:
         return self.request("GET", "/v1/whoami")
+
+    def login_code(self) -> Any:
+        """A code that signs a browser in to the web console as this client's token, once,
+        within a minute: ``{"code", "expires_ms"}`` (the console takes it at /ui/#code=)."""
+        return self.request("POST", "/v1/ui/login-codes", {})
+
+    def console_url(self, code: str | None = None) -> str:
+        """The web console's address; with a login ``code``, one that opens it signed in.
+        The code goes in the fragment, which a browser never sends to a server (nor puts
+        in a Referer), and the page drops it from the address bar once it has signed in."""
+        fragment = f"#code={self._q(code)}" if code else ""
+        return f"{self.url}/ui/{fragment}"
 
     def create_token(
         self,

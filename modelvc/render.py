@@ -16,6 +16,8 @@ import unicodedata
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec
 
+from streams.core.graph import layout
+
 _P = ParamSpec("_P")
 
 
@@ -113,48 +115,29 @@ def traffic(answer: dict[str, Any]) -> dict[str, list[str]]:
     return out
 
 
-def _lane_row(lanes: list[str | None], marks: dict[int, str]) -> str:
+def _lane_row(lanes: tuple[bool, ...], marks: dict[int, str]) -> str:
     """One connector row: '|' per live lane; marks put '/' or '\\' in the gap left of a lane."""
     row = ""
-    for i, lane in enumerate(lanes):
+    for i, live in enumerate(lanes):
         if i in marks:
             row = row[:-1] + marks[i] + " " if row else marks[i] + " "
         else:
-            row += ("|" if lane else " ") + " "
+            row += ("|" if live else " ") + " "
     return row.rstrip()
 
 
 def graph(commits: list[dict[str, Any]], tags: dict[str, list[str]] | None = None) -> list[str]:
     """ASCII DAG, newest first, one lane per line of descent (like `git log --graph`);
-    ``tags`` adds labels to commits (see :func:`traffic`)."""
-    lanes: list[str | None] = []
+    ``tags`` adds labels to commits (see :func:`traffic`). The lanes are
+    :func:`streams.core.graph.layout`'s, as the console draws them."""
+    shown = iter(commits)  # one commit row per commit, in their order
     lines: list[str] = []
-    for commit in commits:
-        cid = commit["id"]
-        if cid not in lanes:
-            free = next((i for i, lane in enumerate(lanes) if lane is None), None)
-            if free is None:
-                lanes.append(cid)
-            else:
-                lanes[free] = cid
-        col = lanes.index(cid)
-        joined = [i for i, lane in enumerate(lanes) if lane == cid and i != col]
-        if joined:
-            # Lines of descent that meet at this commit converge before it.
-            for i in joined:
-                lanes[i] = None
-            lines.append(_lane_row(lanes, dict.fromkeys(joined, "/")))
-        row = ["*" if i == col else ("|" if lane else " ") for i, lane in enumerate(lanes)]
-        lines.append(" ".join(row).rstrip() + "  " + _label(commit, tags or {}))
-        parents = list(commit["parents"])
-        lanes[col] = parents[0] if parents else None
-        for parent in parents[1:]:
-            if parent in lanes:
-                continue
-            lanes.insert(col + 1, parent)
-            lines.append(_lane_row(lanes, {col + 1: "\\"}))
-        while lanes and lanes[-1] is None:
-            lanes.pop()
+    for row in layout((c["id"], c["parents"]) for c in commits):
+        if row.kind != "commit":
+            lines.append(_lane_row(row.lanes, dict(row.marks)))
+            continue
+        cells = ["*" if i == row.column else ("|" if on else " ") for i, on in enumerate(row.lanes)]
+        lines.append(" ".join(cells).rstrip() + "  " + _label(next(shown), tags or {}))
     return lines
 
 

@@ -13,50 +13,22 @@ itself live in ``streams.core.signatures`` and ``workers.signing``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from streams.core.audit import Where
-from streams.core.events import ModelEvent, WriterKeyAdded
-from streams.core.fold import Fold
 from streams.core.hashing import SHA256_HEX
-from streams.core.signatures import keys_partition
+from streams.replay import first_use as first_use  # the replay's, with it
+from streams.replay import noting_first_keys as noting_first_keys
 from streams.signing import KeyFileError, key_id_of, read_public_key, verify
 from workers.signing import BAD_SIGNATURE, UNPINNED, UNSIGNED, WorkerKeys, signature_finding
 
 PREDICTION_VIOLATIONS = (UNSIGNED, BAD_SIGNATURE, UNPINNED)
-# What the audit reads, located (modelvc.audit.Located): the event and where, first.
-Located = TypeVar("Located", bound=tuple[ModelEvent | None, Where, str, bool])
 
 
 # -- writer keys: pinned, or trusted on first use -------------------------------------------
-
-
-def noting_first_keys(located: Iterator[Located], seen: dict[int, str]) -> Iterator[Located]:
-    """``located``, noting in ``seen`` the first key each partition's ring introduces."""
-    for item in located:
-        event, where = item[0], item[1]
-        if (
-            event is not None
-            and event.seq == 1
-            and isinstance(event.payload, WriterKeyAdded)
-            and keys_partition(event.model) == where.partition
-            and where.partition not in seen
-        ):
-            seen[where.partition] = event.payload.key_id
-        yield item
-
-
-def first_use(fold: Fold, seen: dict[int, str]) -> dict[int, str]:
-    """The first keys of ``seen`` the fold took (trust on first use): partition -> key id."""
-    taken = {}
-    for partition, key_id in seen.items():
-        ring = fold.rings.get(partition)
-        if ring is not None and (key_id in ring.active or key_id in ring.retired):
-            taken[partition] = key_id
-    return taken
 
 
 def trusted_keys(files: Sequence[Path], digests: Sequence[str]) -> frozenset[str] | None:

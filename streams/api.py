@@ -46,7 +46,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from streams import auth, modelfile, openapi, parse, queries
+from streams import auth, modelfile, openapi, parse, queries, replay
 from streams.artifacts import ArtifactStore, Intake
 from streams.artifacts.store import read
 from streams.codec import fingerprint
@@ -221,13 +221,24 @@ async def _bounded_path(request: web.Request, handler: Handler) -> web.StreamRes
     return await handler(request)
 
 
-def middlewares(settings: Settings, security: auth.SecuritySource) -> list[Middleware]:
+def middlewares(
+    settings: Settings,
+    security: auth.SecuritySource,
+    sessions: auth.SessionStore | None = None,
+) -> list[Middleware]:
     """For the Faust app's ``web_application_options``: errors outermost, then the
-    origin guard (foreign pages and unknown routes), then tokens, then the handlers."""
+    origin guard (foreign pages and unknown routes), then tokens (a bearer token, or
+    the cookie of one of the console's ``sessions``), then the handlers."""
     return [
         render_errors(domain_error, MAX_JSON_BYTES),
         guard(settings.web_host, settings.web_port, _content_type),
-        auth.require_tokens(security, auth.ROUTE_ROLES, auth.OPEN_PATHS),
+        auth.require_tokens(
+            security,
+            auth.STREAMS_ROUTE_ROLES,
+            auth.OPEN_PATHS,
+            open_routes=auth.CONSOLE_OPEN_ROUTES,
+            sessions=sessions,
+        ),
         _bounded_path,
     ]
 
@@ -277,6 +288,7 @@ class Api:
         store_deadline_s: float = STORE_DEADLINE_S,
         windows: WindowStore | None = None,
         decisions: DecisionMetrics | None = None,
+        replays: replay.SingleFlight | None = None,
     ) -> None:
         self.settings = settings
         self.projection = projection
@@ -294,10 +306,13 @@ class Api:
         self.windows = windows if windows is not None else WindowStore.in_memory()
         self._references: OrderedDict[str, Reference] = OrderedDict()  # LRU, oldest first
         self.decisions = decisions if decisions is not None else DecisionMetrics()
+        # The replay check (POST /v1/audit/replay): in its own thread, one run at a time.
+        self.replays = replays if replays is not None else replay.SingleFlight(self._replay)
 
     async def close(self) -> None:
         """Let the store's threads go (a call still running ends on its own)."""
         self._store_io.shutdown(wait=False, cancel_futures=True)
+        self.replays.close()
 
     async def _in_store(self, deadline_s: float, call: Callable[..., T], *args: Any) -> T:
         """``call(*args)`` in the store's threads; ArtifactStoreUnavailable past the deadline
@@ -362,6 +377,7 @@ class Api:
             web.get("/v1/models/{model}/diff", self.diff),
             web.get("/v1/models/{model}/feature-schema", self.feature_schema),
             web.get("/v1/state/digest", self.digest),
+            web.post("/v1/audit/replay", self.audit_replay),
             web.post(UPLOAD_PATH, self.upload),
             web.get("/v1/artifacts/{digest}", self.download),
             web.get("/v1/whoami", self.whoami),
@@ -430,7 +446,9 @@ class Api:
         ref = request.query.get("ref") or None
         # The history is read only for a model that had a shadow or a rollout (their events).
         history = (event for _, event in self.projection.history(state.name))
-        return web.json_response(queries.log(state, ref, request.query.get("as_of"), history))
+        drawn = request.query.get("graph") in ("1", "true")  # the console's lanes, on demand
+        answer = queries.log(state, ref, request.query.get("as_of"), history, drawn)
+        return web.json_response(answer)
 
     async def refs(self, request: web.Request) -> web.Response:
         state = await self._state(request, with_as_of=True)
@@ -474,6 +492,35 @@ class Api:
         return web.json_response(
             queries.digest(projection.models, projection.next_offsets, projection.voided)
         )
+
+    def _replay(self, deadline: float) -> replay.Replay:
+        """In the replay's thread: the events topic from offset 0 to its high watermarks."""
+        settings = self.settings
+        done = replay.replay_kafka(settings.access, settings.events_topic, deadline=deadline)
+        done.auditor, done.kept = None, []  # its fold is as large as the projection: let it go
+        return done
+
+    async def audit_replay(self, request: web.Request) -> web.Response:
+        """Replay the log as `modelvc audit replay` does, and compare the digests."""
+        try:
+            done = await self.replays()
+        except TimeoutError:
+            return coded(
+                "timeout",
+                f"the replay did not finish within {self.replays.timeout_s:g} s; run it "
+                "without a time limit with `modelvc audit replay`",
+            )
+        # The live digest once this instance has applied what the replay read: on a log
+        # that was quiet meanwhile they describe the same events.
+        for partition, offset in sorted(done.ends.items()):
+            try:
+                await self.follower.wait_applied(partition, offset, timeout=5.0)
+            except TimeoutError:
+                break  # compared as it is: `matches` says whether it agrees
+        projection = self.projection
+        live = queries.digest(projection.models, projection.next_offsets, projection.voided)
+        took_ms = round(done.seconds * 1000)
+        return web.json_response(replay.answer(done, live["digest"], took_ms))
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi.document())
@@ -610,6 +657,7 @@ class Api:
             parse.text(body, "branch"),
             parse.text(body, "to"),
             parse.text(body, "reason", limit=parse.MAX_REASON_BYTES),
+            expect=parse.opt_text(body, "expect"),  # the head the caller saw
         )
         return await self._submit(request, request.match_info["model"], body, make)
 
@@ -848,6 +896,7 @@ class Api:
                 parse.text(body, "to"),
                 rollout_policy(body),
                 allow_signature_change=parse.flag(body, "allow_signature_change"),
+                expect=parse.opt_text(body, "expect"),  # the commit the caller saw it serve
             ),
             body.get("actor"),
         )
@@ -860,7 +909,10 @@ class Api:
         return answered(answer, rollout=started)
 
     async def _rollout_command(
-        self, request: web.Request, make: Callable[[str, str], Body], reason_needed: bool = False
+        self,
+        request: web.Request,
+        make: Callable[[str, str, Mapping[str, Any]], Body],
+        reason_needed: bool = False,
     ) -> web.Response:
         body = await parse.json_body(request)
         given = request.match_info["rollout_id"]
@@ -873,20 +925,38 @@ class Api:
         # An abort or a promotion overrides the policy: the log says why (--reason).
         default = None if reason_needed else ""
         reason = parse.text(body, "reason", default, parse.MAX_NOTE_BYTES)
-        return await self._submit(request, request.match_info["model"], body, make(given, reason))
+        made = make(given, reason, body)
+        return await self._submit(request, request.match_info["model"], body, made)
 
     async def pause_rollout(self, request: web.Request) -> web.Response:
-        return await self._rollout_command(request, PauseRollout)
+        return await self._rollout_command(request, lambda rid, why, _: PauseRollout(rid, why))
 
     async def resume_rollout(self, request: web.Request) -> web.Response:
-        return await self._rollout_command(request, lambda rid, _: ResumeRollout(rid))
+        return await self._rollout_command(request, lambda rid, _, __: ResumeRollout(rid))
 
     async def abort_rollout(self, request: web.Request) -> web.Response:
-        # A person's abort: decide records who did it as its evidence.
-        return await self._rollout_command(request, lambda rid, why: AbortRollout(rid, why), True)
+        # A person's abort: decide records who did it as its evidence; expect_step, the step
+        # the caller saw, makes it refused (409) when the rollout moved on meanwhile.
+        return await self._rollout_command(
+            request,
+            lambda rid, why, body: AbortRollout(rid, why, expect_step=expect_step(body)),
+            True,
+        )
 
     async def promote_rollout(self, request: web.Request) -> web.Response:
-        return await self._rollout_command(request, PromoteRollout, True)
+        return await self._rollout_command(request, lambda rid, why, _: PromoteRollout(rid, why))
+
+
+def expect_step(body: Mapping[str, Any]) -> int | None:
+    """``expect_step``: the rollout step a caller saw (a whole number), or None."""
+    step = body.get("expect_step")
+    if step is None:
+        return None
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step < 2**31:
+        raise InvalidCommand(
+            f"expect_step {str(step)[:40]!r} is not a step number (0, 1, ...)", field="expect_step"
+        )
+    return step
 
 
 def parse_last(value: str | None) -> int:

@@ -15,10 +15,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
+from aiohttp.typedefs import Middleware
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from streams import api
+from streams import api, auth
 from streams.bootstrap import Streams
+from streams.console.routes import Console, console_headers
+from streams.console.sessions import Sessions
+from streams.core.security import SecurityState
 from streams.http_edge import JsonErrorRunner
 from streams.parse import MAX_JSON_BYTES
 from streams.settings import Settings
@@ -94,8 +98,23 @@ def api_of(streams: Streams, **options: Any) -> api.Api:
     )
 
 
+def web_middlewares(
+    settings: Settings, security: auth.SecuritySource, sessions: Sessions
+) -> list[Middleware]:
+    """The API's middlewares, under the console's security headers (outermost: its error
+    answers carry them too); a console session's cookie stands for its token."""
+    return [console_headers, *api.middlewares(settings, security, sessions)]
+
+
 def create_app(streams: Streams) -> ModelvcApp:
     settings = streams.settings
+
+    # Tokens are checked against ~security as this instance folded it.
+    def security() -> SecurityState | None:
+        return streams.projection.security
+
+    # The console's sessions and login codes: in this instance's memory only.
+    sessions = Sessions(streams.clock)
     app = ModelvcApp(
         settings.app_id,
         broker=[f"kafka://{host}" for host in settings.bootstrap.split(",")],
@@ -116,8 +135,7 @@ def create_app(streams: Streams) -> ModelvcApp:
         web_stats_enabled=False,
         web_metrics_enabled=False,
         web_application_options={
-            # Tokens are checked against ~security as this instance folded it.
-            "middlewares": api.middlewares(settings, lambda: streams.projection.security),
+            "middlewares": web_middlewares(settings, security, sessions),
             # request.read()/json() refuse larger bodies (413); uploads stream past it
             # with their own limit.
             "client_max_size": MAX_JSON_BYTES,
@@ -190,4 +208,5 @@ def create_app(streams: Streams) -> ModelvcApp:
     handlers = api_of(streams)
     app.shutdown_hooks.append(handlers.close)
     driver.web_app.router.add_routes(handlers.routes())
+    driver.web_app.router.add_routes(Console(security, sessions).routes())
     return app

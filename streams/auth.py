@@ -14,16 +14,25 @@ the gap). Roles of individual refs (a protected ``production``) are the
 writer's business (``streams.core.security.authorize``): the route's role is
 only the floor.
 
+The web console (``streams.console``) signs a browser in with a session cookie
+instead: the session, kept server-side, holds the token, which is authenticated
+again on every request (a revoked token ends its sessions at once). A cookie
+is sent by the browser on its own, so a write it authenticates must also carry
+the session's CSRF token in ``X-CSRF-Token``; a bearer token is never ambient
+and needs none.
+
 The statuses 401 and 403 are chosen here, at the edge; the workers use this
 module too, and must not import the streams service's status table.
 """
 
 from __future__ import annotations
 
+import hmac
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -42,6 +51,9 @@ from streams.core.security import (
 from streams.http_edge import Handler, error_response
 
 IDENTITY = web.RequestKey("identity", Identity)  # where the caller is kept on a request
+# The token the caller was authenticated with (from its header or its session): a login
+# code is bound to it.
+CREDENTIAL = web.RequestKey("credential", str)
 # "Bearer " and a token (mvc_ + 16 + _ + 43 = 64 characters), with room for spaces;
 # anything longer is not one of ours and is not looked at further.
 MAX_AUTHORIZATION_CHARS = 128
@@ -72,6 +84,7 @@ ROUTE_ROLES: Mapping[tuple[str, str], str] = {
     ("/v1/models/{model}/diff", "get"): "reader",
     ("/v1/models/{model}/feature-schema", "get"): "reader",
     ("/v1/state/digest", "get"): "reader",
+    ("/v1/audit/replay", "post"): "reader",  # reads the log, changes nothing
     # Uploading stores bytes but moves nothing: the commit that names them needs committer.
     ("/v1/artifacts", "post"): "committer",
     ("/v1/artifacts/{digest}", "get"): "reader",
@@ -101,7 +114,21 @@ ROUTE_ROLES: Mapping[tuple[str, str], str] = {
     # A reference is bytes in the store, like an upload; the commit naming it needs committer.
     ("/v1/references", "post"): "committer",
     ("/v1/references/{digest}", "get"): "reader",
+    # A one-minute code that signs a browser in to the console as the caller (`modelvc ui`).
+    ("/v1/ui/login-codes", "post"): "reader",
 }
+# The web console's own routes (``streams.console``), outside the API and its document.
+# Its pages, assets and sign-in are open: a browser loads them before it has a session.
+CONSOLE_OPEN_ROUTES = frozenset(
+    {("/ui", "get"), ("/ui/", "get"), ("/ui/static/{name}", "get"), ("/ui/session", "post")}
+)
+# Reading or ending one's session needs one (and ending it, its CSRF token).
+CONSOLE_ROUTE_ROLES: Mapping[tuple[str, str], str] = {
+    ("/ui/session", "get"): "reader",
+    ("/ui/session", "delete"): "reader",
+}
+# Every guarded route a streams instance serves.
+STREAMS_ROUTE_ROLES: Mapping[tuple[str, str], str] = {**ROUTE_ROLES, **CONSOLE_ROUTE_ROLES}
 # The workers' guarded routes: predicting, and the Open Inference Protocol's model routes.
 WORKER_ROUTE_ROLES: Mapping[tuple[str, str], str] = {
     ("/v1/models/{model}/predict", "post"): "reader",
@@ -119,6 +146,33 @@ WORKER_OPEN_PATHS = frozenset(
 # Where the security state comes from: the projection's fold of ``~security``
 # (None before the first token is issued: then nobody is let in).
 SecuritySource = Callable[[], SecurityState | None]
+
+# The console's cookie: it holds a session id (secrets.token_urlsafe(32)) and nothing else.
+SESSION_COOKIE = "modelvc_session"
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}", re.ASCII)  # fullmatch; CSRF tokens too
+CSRF_HEADER = "X-CSRF-Token"
+# Methods a cookie may authenticate without the CSRF token: they change nothing.
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+
+class CookieSession(Protocol):
+    """What the token middleware needs of a console session."""
+
+    @property
+    def token(self) -> str: ...
+
+    @property
+    def csrf(self) -> str: ...
+
+
+class SessionStore(Protocol):
+    """The console's sessions, by the id its cookie holds (``streams.console.sessions``)."""
+
+    def find(self, session_id: str) -> CookieSession | None:
+        """The live session of that id; None when unknown or expired."""
+        ...
+
+    def close(self, session_id: str) -> None: ...
 
 
 def create_command(actor: str, role: str) -> str:
@@ -168,6 +222,47 @@ def repeated_header(headers: CIMultiDictProxy[str]) -> str | None:
     return None
 
 
+def cookie_session_id(request: web.Request) -> str | None:
+    """The session id the request's cookie names, if it has the form of one."""
+    value = request.cookies.get(SESSION_COOKIE)
+    return value if value is not None and SESSION_ID.fullmatch(value) else None
+
+
+def set_session_cookie(
+    response: web.StreamResponse, session_id: str, max_age_s: int, secure: bool
+) -> None:
+    """The console's cookie: script cannot read it, other sites' requests do not carry it,
+    and over https (``secure``) it is never sent in the clear. Empty with 0: cleared."""
+    response.set_cookie(
+        SESSION_COOKIE,
+        session_id,
+        max_age=max_age_s,
+        path="/",
+        httponly=True,
+        samesite="Strict",
+        secure=secure or None,
+    )
+
+
+def csrf_matches(session: CookieSession, sent: str | None) -> bool:
+    """Whether ``sent`` (the X-CSRF-Token header) is the session's CSRF token."""
+    # Its form first: compare_digest refuses non-ASCII text, and the length is then fixed.
+    return (
+        sent is not None
+        and SESSION_ID.fullmatch(sent) is not None
+        and hmac.compare_digest(sent, session.csrf)
+    )
+
+
+def csrf_refusal() -> web.Response:
+    return error_response(
+        403,
+        "csrf",
+        f"a write signed in by the console's session cookie must carry the header "
+        f"{CSRF_HEADER}: the csrf value of GET /ui/session (reload the console to get it)",
+    )
+
+
 def check_role(identity: Identity, needed: str, what: str) -> None:
     """Forbidden (naming the missing role and how to get it) unless ``identity`` has ``needed``."""
     if at_least(identity.role, needed):
@@ -191,35 +286,91 @@ def refusal(exc: Unauthenticated | Forbidden, needed: str) -> web.Response:
     return answer
 
 
+def _route(request: web.Request) -> tuple[str, str]:
+    """The route's path as registered, and the method (HEAD as GET)."""
+    resource = request.match_info.route.resource
+    path = resource.canonical if resource is not None else request.path
+    method = "get" if request.method == "HEAD" else request.method.lower()
+    return path, method
+
+
+def _session_of(
+    request: web.Request, sessions: SessionStore | None
+) -> tuple[str, CookieSession] | None:
+    """The console session a request without an Authorization header is signed in with;
+    Unauthenticated when its cookie names one that has ended."""
+    if sessions is None or "Authorization" in request.headers:
+        return None  # a bearer token wins: the cookie is ambient, the header is not
+    session_id = cookie_session_id(request)
+    if session_id is None:
+        return None
+    session = sessions.find(session_id)
+    if session is None:
+        raise Unauthenticated(
+            "your console session has ended (signed out, 12 hours old, or opened on another "
+            "streams instance, or this one restarted): sign in again at /ui/ "
+            "(`modelvc ui` opens it signed in)"
+        )
+    return session_id, session
+
+
 def require_tokens(
     security: SecuritySource,
     roles: Mapping[tuple[str, str], str],
     open_paths: frozenset[str],
     clock: Callable[[], float] = time.time,
+    *,
+    open_routes: frozenset[tuple[str, str]] = frozenset(),
+    sessions: SessionStore | None = None,
 ) -> Middleware:
-    """Authenticate every request outside ``open_paths`` and check its route's role.
+    """Authenticate every request outside ``open_paths`` and ``open_routes`` (path,
+    method) and check its route's role.
 
-    Placed after the origin guard (which answers unknown routes and foreign pages
-    first) and before the handlers, which find the caller in ``request["identity"]``.
+    The caller is the bearer token's or, with ``sessions`` and no Authorization header,
+    the token of the console session its cookie names (a write then needs its CSRF
+    token). Placed after the origin guard (which answers unknown routes and foreign
+    pages first) and before the handlers, which find the caller in ``request["identity"]``.
     """
 
     @web.middleware
     async def tokens(request: web.Request, handler: Handler) -> web.StreamResponse:
-        resource = request.match_info.route.resource
-        path = resource.canonical if resource is not None else request.path
-        if path in open_paths:
+        path, method = _route(request)
+        if path in open_paths or (path, method) in open_routes:
             return await handler(request)
         needed = needed_role(roles, path, request.method)
         repeated = repeated_header(request.headers)
         if repeated is not None:
             return error_response(400, "bad_request", repeated)
+        signed_in: tuple[str, CookieSession] | None = None
         try:
-            token = bearer(request.headers.get("Authorization"))
+            signed_in = _session_of(request, sessions)
+            token = (
+                bearer(request.headers.get("Authorization"))
+                if signed_in is None
+                else signed_in[1].token
+            )
             identity = authenticate(security(), token, int(clock() * 1000))
+        except Unauthenticated as exc:
+            answer = refusal(exc, needed)
+            if sessions is not None and "Authorization" not in request.headers:
+                if signed_in is not None:
+                    sessions.close(signed_in[0])  # its token was revoked or has expired
+                if SESSION_COOKIE in request.cookies:
+                    set_session_cookie(answer, "", 0, secure=request.secure)
+            return answer
+        csrf = request.headers.get(CSRF_HEADER)
+        if (
+            signed_in is not None
+            and request.method not in SAFE_METHODS
+            and not csrf_matches(signed_in[1], csrf)
+        ):
+            return csrf_refusal()
+        try:
             check_role(identity, needed, f"{request.method} {path}")
-        except (Unauthenticated, Forbidden) as exc:
+        except Forbidden as exc:
             return refusal(exc, needed)
         request[IDENTITY] = identity
+        request[CREDENTIAL] = token
         return await handler(request)
 
     return tokens

@@ -5,6 +5,10 @@ nothing else is, and schemathesis checks the answers against it; so a route
 added without its entry here fails the tests. The limits are the API's own, and
 so is the role each route needs (``streams.auth.ROUTE_ROLES``): every route
 outside ``streams.auth.OPEN_PATHS`` documents ``bearerAuth`` and its 401/403.
+
+The web console's own routes (its pages, assets and cookie session under ``/ui``:
+:data:`CONSOLE_ROUTES`) are served beside the API but are not part of it, so they
+are left out on purpose; the login codes ``modelvc ui`` asks for are the API's.
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ from streams.core.rollout import LOWER_IS_BETTER, MAX_STEP_TIMEOUT_MS, MAX_STEPS
 from streams.core.security import MAX_TEXT, PROTECTING_ROLES, ROLES, TOKEN, TOKEN_FORMAT, TOKEN_ID
 from streams.core.signatures import PUBLIC_KEY
 from streams.modelfile import MAX_MODEL_BYTES
+from streams.replay import MAX_SHOWN_FINDINGS, REPLAY_TIMEOUT_S
 from streams.settings import MIB
 
 # The API's limits are imported lazily by ``document`` (api imports this module).
+# Served by a streams instance, but the console's, not the API's: not documented here.
+CONSOLE_ROUTES = auth.CONSOLE_OPEN_ROUTES | frozenset(auth.CONSOLE_ROUTE_ROLES)
 _ERROR_STATUSES = {
     400: "The request cannot be read (a body that does not decode, a closed connection, "
     "a repeated Authorization or X-Modelvc-Actor header).",
@@ -53,6 +60,23 @@ _ERROR_STATUSES = {
 }
 
 _WRITE_ERRORS = (400, 403, 404, 409, 413, 415, 422, 500, 503, 504)
+# A row of the lane layout of `log --graph` (streams.core.graph.GraphRow).
+_GRAPH_ROW = {
+    "type": "object",
+    "properties": {
+        "kind": {"enum": ["commit", "join", "fork"]},
+        "lanes": {"type": "array", "items": {"type": "boolean"}},
+        "column": {"type": "integer", "minimum": -1, "description": "-1: no commit"},
+        "commit": {"type": ["string", "null"]},
+        "marks": {
+            "type": "array",
+            "items": {"type": "array", "prefixItems": [{"type": "integer"}, {"enum": ["/", "\\"]}]},
+            "description": "(lane, '/'): the lane bends into lane-1; (lane, '\\'): a lane "
+            "opens from lane-1.",
+        },
+    },
+    "required": ["kind", "lanes", "column", "commit", "marks"],
+}
 # Commits and merges first look their artifact up in the store.
 _STORE_WRITE_ERRORS = (*_WRITE_ERRORS, 507)
 _READ_ERRORS = (400, 403, 404, 422, 500, 504)
@@ -209,6 +233,8 @@ OPERATION_IDS = {
     ("/v1/references", "post"): "uploadReference",
     ("/v1/references/{digest}", "get"): "downloadReference",
     ("/metrics", "get"): "metrics",
+    ("/v1/ui/login-codes", "post"): "createLoginCode",
+    ("/v1/audit/replay", "post"): "auditReplay",
 }
 
 
@@ -571,6 +597,11 @@ def _monitoring_paths(
                             "maximum": MAX_STEP_TIMEOUT_MS,
                         },
                         "allow_signature_change": {"type": "boolean"},
+                        "expect": {
+                            **_NULLABLE_REF_EXPR,
+                            "description": "The commit you saw the alias serve; 409 "
+                            "stale_head (with `current`) when it serves another now.",
+                        },
                     },
                     ["alias", "to"],
                 ),
@@ -599,7 +630,22 @@ def _monitoring_paths(
             "post": action("Resume a paused rollout; its step starts anew.", False)
         },
         "/v1/models/{model}/rollouts/{rollout_id}/abort": {
-            "post": action("Abort an active rollout: all traffic back to the baseline.", True)
+            "post": _command(
+                "Abort an active rollout: all traffic back to the baseline.",
+                _command_body(
+                    {
+                        "reason": reason,
+                        "expect_step": {
+                            "type": ["integer", "null"],
+                            "minimum": 0,
+                            "description": "The step you saw; 409 rollout_moved (with "
+                            "`current`) when the rollout is at another one.",
+                        },
+                    },
+                    ["reason"],
+                ),
+                [model, rollout_id],
+            )
         },
         "/v1/models/{model}/rollouts/{rollout_id}/promote": {
             "post": action("Promote an active rollout now: the alias moves to the candidate.", True)
@@ -814,6 +860,89 @@ def _security_paths(max_expires_at: int) -> dict[str, Any]:
     }
 
 
+def _console_paths() -> dict[str, Any]:
+    """What the API gives the web console (its own routes are not the API's)."""
+    code = {
+        "type": "object",
+        "properties": {
+            "code": {"type": "string", "pattern": f"^{auth.SESSION_ID.pattern}$"},
+            "expires_ms": {"type": "integer", "description": "ms since the epoch."},
+        },
+        "required": ["code", "expires_ms"],
+    }
+    return {
+        "/v1/ui/login-codes": {
+            "post": {
+                "summary": "A login code for the web console: POST /ui/session "
+                '{"code": ...} opens a session as the caller, once, within a minute '
+                "(`modelvc ui` opens /ui/#code=<code>). Cache-Control: no-store.",
+                "parameters": [],
+                "responses": {
+                    "201": _json(code, "The code."),
+                    **_errors(400, 413, 415, 500),
+                },
+            }
+        }
+    }
+
+
+def _audit_paths() -> dict[str, Any]:
+    """The server's own replay check (``streams.replay``), as `modelvc audit replay` runs it."""
+    finding = {
+        "type": "object",
+        "properties": {
+            "kind": {"type": "string"},
+            "model": {"type": "string"},
+            "seq": {"type": "integer"},
+            "topic": {"type": "string"},
+            "partition": {"type": "integer"},
+            "offset": {"type": "integer"},
+            "detail": {"type": "string"},
+        },
+        "required": ["kind", "model", "seq", "topic", "partition", "offset", "detail"],
+    }
+    answer = {
+        "type": "object",
+        "properties": {
+            "clean": {"type": "boolean", "description": "No violation at all."},
+            "events": {"type": "integer"},
+            "models": {"type": "integer"},
+            "violations": {"type": "array", "items": finding, "maxItems": MAX_SHOWN_FINDINGS},
+            "violation_count": {"type": "integer"},
+            "digest": {"type": "string", "description": "The replayed state's digest."},
+            "live_digest": {"type": "string", "description": "GET /v1/state/digest's now."},
+            "matches": {"type": "boolean", "description": "digest == live_digest."},
+            "took_ms": {"type": "integer"},
+        },
+        "required": [
+            "clean",
+            "events",
+            "models",
+            "violations",
+            "violation_count",
+            "digest",
+            "live_digest",
+            "matches",
+            "took_ms",
+        ],
+    }
+    return {
+        "/v1/audit/replay": {
+            "post": {
+                "summary": "Replay the events topic from offset 0 to its high watermark with "
+                "the audit's fold (signatures, chains, partitioning) and compare the state "
+                "digest with this instance's. One at a time: a call while one runs gets its "
+                f"answer. 504 `timeout` after {REPLAY_TIMEOUT_S:g} s.",
+                "parameters": [],
+                "responses": {
+                    "200": _json(answer, "The replay's findings."),
+                    **_errors(400, 413, 415, 500, 503, 504),
+                },
+            }
+        }
+    }
+
+
 def _secure(path: str, method: str, operation: dict[str, Any]) -> None:
     """The route's token requirement, from the one table (``streams.auth``)."""
     if path in auth.OPEN_PATHS:
@@ -899,6 +1028,7 @@ def document() -> dict[str, Any]:
                 "model": {"type": "string"},
                 "as_of": {"type": ["string", "null"]},
                 "default_branch": {"type": "string"},
+                "created_at": {"type": "integer"},
                 "branches": {
                     "type": "object",
                     "additionalProperties": {"type": ["string", "null"]},
@@ -1076,6 +1206,11 @@ def document() -> dict[str, Any]:
                         "branch": _IDENT,
                         "to": _REF_EXPR,
                         "reason": {"type": "string", "minLength": 1, "maxLength": 4096},
+                        "expect": {
+                            **_NULLABLE_REF_EXPR,
+                            "description": "The head you saw; 409 stale_head (with "
+                            "`current`) when the branch has moved since.",
+                        },
                     },
                     ["branch", "to", "reason"],
                 ),
@@ -1109,12 +1244,19 @@ def document() -> dict[str, Any]:
                     "properties": {
                         "commits": {"type": "array", "items": _ref("Commit")},
                         "ref_moves": {"type": "array", "items": {"type": "object"}},
+                        "graph": {"type": "array", "items": _GRAPH_ROW},
                     },
                     "required": ["commits", "ref_moves"],
                 },
                 [
                     model,
                     _query("ref", {"type": "string", "maxLength": refs.MAX_REF_LENGTH}, "A ref."),
+                    _query(
+                        "graph",
+                        {"type": "string", "enum": ["0", "1", "true", "false"]},
+                        "1: add `graph`, the lanes of `log --graph` (422 when too wide: ask "
+                        "for one ref).",
+                    ),
                     _AS_OF,
                     _AFTER,
                 ],
@@ -1279,6 +1421,8 @@ def document() -> dict[str, Any]:
         },
     }
     paths.update(_security_paths(parse.MAX_EXPIRES_AT))
+    paths.update(_console_paths())
+    paths.update(_audit_paths())
     reason = {"type": "string", "maxLength": parse.MAX_NOTE_BYTES}
     paths.update(_monitoring_paths(model, reason, monitoring.MAX_REFERENCE_BYTES))
     schemas["Rollout"] = _ROLLOUT

@@ -10,8 +10,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from streams.core import model_signature, refs
-from streams.core.errors import UnknownModel, UnknownRollout
+from streams.core import graph, model_signature, refs
+from streams.core.errors import InvalidCommand, UnknownModel, UnknownRollout
 from streams.core.events import Commit, ModelEvent, plain_commit
 from streams.core.evolve import evolve
 from streams.core.fold import state_digest
@@ -98,18 +98,26 @@ def list_models(models: Mapping[str, ModelState]) -> dict[str, Any]:
     }
 
 
+# Lane cells a graph answer may hold (~6 bytes each in JSON): a history drawn wider than
+# this is asked for one ref at a time.
+MAX_GRAPH_CELLS = 2_000_000
+
+
 def log(
     state: ModelState,
     ref: str | None,
     as_of: str | None = None,
     history: Iterable[ModelEvent] = (),
+    with_graph: bool = False,
 ) -> dict[str, Any]:
     """The commits of ``ref`` (every one when None), the ref moves, and the shadow and
     rollout events, read from ``history`` (the model's events in seq order) only when the
-    model ever had one: the reflog keeps moves of refs, which those are not."""
+    model ever had one: the reflog keeps moves of refs, which those are not.
+    ``with_graph`` adds the lane layout of ``log --graph`` (``graph``)."""
     seen = reachable(state)
     entries = [commit_json(state, c.id) | {"reachable": c.id in seen} for c in refs.log(state, ref)]
     moves = [m.__dict__ for m in state.ref_moves()]
+    drawn = {"graph": graph_json(state.name, entries)} if with_graph else {}
     return {
         "model": state.name,
         "ref": ref,
@@ -120,7 +128,21 @@ def log(
         # What else serves each commit: `log --graph` labels shadows and canaries.
         "shadows": shadows(state),
         "rollouts": rollouts(state),
+        **drawn,
     }
+
+
+def graph_json(model: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The lane layout of ``entries`` (a log's commits) as JSON rows, bounded."""
+    rows = graph.layout((c["id"], c["parents"]) for c in entries)
+    if graph.cells(rows) > MAX_GRAPH_CELLS:
+        raise InvalidCommand(
+            f"the graph of {len(entries):,} commits is too wide to send "
+            f"({graph.cells(rows):,} lane cells; at most {MAX_GRAPH_CELLS:,}); ask for one "
+            f"branch's history (`modelvc -M {model} log --graph main`, ?ref=main&graph=1)",
+            field="graph",
+        )
+    return graph.rows_json(rows)
 
 
 def ref_table(state: ModelState, as_of: str | None = None) -> dict[str, Any]:
@@ -128,6 +150,7 @@ def ref_table(state: ModelState, as_of: str | None = None) -> dict[str, Any]:
         "model": state.name,
         "as_of": as_of,
         "default_branch": state.default_branch,
+        "created_at": state.created_at,  # the console's first step in time
         "branches": dict(sorted(state.branches.items())),
         "aliases": dict(sorted(state.aliases.items())),
         "seq": state.seq,

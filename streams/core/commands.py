@@ -67,6 +67,8 @@ class Rollback:
     branch: str
     to_ref: str
     reason: str
+    # The branch head the caller saw (compare-and-set): refused when the branch moved.
+    expect: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ class StartRollout:
     to_ref: str
     policy: Policy
     allow_signature_change: bool = False
+    # The commit the caller saw the alias serve (compare-and-set): refused when it moved.
+    expect: str | None = None
 
 
 @dataclass(frozen=True)
@@ -273,6 +277,11 @@ def _digest_policy(policy: object) -> object:
     }
 
 
+# Bodies that gained ``expect`` after they were released (issue 13): without one, a
+# request digests as it did before.
+_EXPECT_ADDED = (Rollback, StartRollout)
+
+
 def command_digest(command: Command) -> str:
     """sha256 of what makes two sends "the same request" under one command id.
 
@@ -281,8 +290,8 @@ def command_digest(command: Command) -> str:
     because the server stamps it on every send: a retry after a timeout is the
     same request although it arrives later. The fields issue 11 added (a
     ``signature``, ``allow_signature_change``) enter only when set, so a request
-    sent before them digests as it did and its retry is still a repeat; so does issue 12's
-    ``reference_sha256``.
+    sent before them digests as it did and its retry is still a repeat; so do issue 12's
+    ``reference_sha256`` and issue 13's ``expect`` of a rollback or a rollout.
     """
     fields = dict(command.body.__dict__)
     if "signature" in fields:
@@ -293,6 +302,8 @@ def command_digest(command: Command) -> str:
         del fields["allow_signature_change"]
     if "reference_sha256" in fields and fields["reference_sha256"] is None:
         del fields["reference_sha256"]
+    if isinstance(command.body, _EXPECT_ADDED) and command.body.expect is None:
+        del fields["expect"]
     if "policy" in fields:
         fields["policy"] = _digest_policy(fields["policy"])
     if "params" in fields:

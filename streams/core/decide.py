@@ -11,6 +11,7 @@ rules. Authorization is not: the writer calls ``security.authorize`` first.
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -339,6 +340,8 @@ def rollback(state: ModelState, command: Command) -> Payload:
     if not body.reason.strip():
         raise InvalidCommand("a rollback needs a reason that is not blank", field="reason")
     head = _branch_head(state, body.branch)
+    retry = f"modelvc -M {state.name} rollback {body.branch} --to {_arg(body.to_ref)} --reason WHY"
+    _check_expected(state, "branch", body.branch, head, body.expect, retry)
     if head is None:
         raise EmptyBranch(f"branch {body.branch!r} has no commits to roll back", ref=body.branch)
     target = refs.resolve(state, body.to_ref)
@@ -359,24 +362,11 @@ def move_alias(state: ModelState, command: Command) -> Payload:
     body: MoveAlias = command.body  # type: ignore[assignment]
     _check_free_name(state, "alias", body.alias)
     current = state.aliases.get(body.alias)
-    if body.expect is not None:
-        expected = None if body.expect in ("", "none") else refs.resolve(state, body.expect)
-        if expected != current:
-            raise StaleHead(
-                f"alias {body.alias!r} points at {current}, not {body.expect}; "
-                "re-read it and retry expecting where it points now",
-                alias=body.alias,
-                current=current,
-                hint=Hint(
-                    HintCode.RETRY_ALIAS,
-                    {
-                        "model": state.name,
-                        "alias": body.alias,
-                        "ref": body.ref,
-                        "expect": current or "none",
-                    },
-                ),
-            )
+    hint = Hint(
+        HintCode.RETRY_ALIAS,
+        {"model": state.name, "alias": body.alias, "ref": body.ref, "expect": current or "none"},
+    )
+    _check_expected(state, "alias", body.alias, current, body.expect, hint=hint)
     target = refs.resolve(state, body.ref)
     if target == current:
         raise NothingToDo(f"alias {body.alias!r} already points at {target}", head=target)
@@ -385,6 +375,37 @@ def move_alias(state: ModelState, command: Command) -> Payload:
         retry = f"modelvc -M {state.name} alias set {body.alias} {target[:12]}"
         _check_signature_change(state, body.alias, current, target, retry)
     return AliasMoved(body.alias, current, target, body.allow_signature_change)
+
+
+def _check_expected(
+    state: ModelState,
+    kind: str,
+    name: str,
+    current: str | None,
+    expect: str | None,
+    retry: str = "",
+    hint: Hint | None = None,
+) -> None:
+    """Compare-and-set: StaleHead (with ``current``) unless the branch or alias ``name``
+    points where the caller saw it (``expect``; "none" or "" for nowhere yet)."""
+    if expect is None:
+        return
+    expected = None if expect in ("", "none") else refs.resolve(state, expect)
+    if expected == current:
+        return
+    how = f": {retry} --expect {current or 'none'}" if retry else ""
+    raise StaleHead(
+        f"{kind} {name!r} points at {current}, not {expect}; "
+        f"re-read it and retry expecting where it points now{how}",
+        **{kind: name},
+        current=current,
+        hint=hint or refs.list_refs(state),
+    )
+
+
+def _arg(ref: str) -> str:
+    """``ref`` as a shell argument in a message (a placeholder when it is no short text)."""
+    return shlex.quote(ref) if len(ref) <= 80 and ref.isprintable() else "REF"
 
 
 def _check_signature_change(
@@ -495,6 +516,8 @@ def stop_shadow(state: ModelState, command: Command) -> Payload:
 def start_rollout(state: ModelState, command: Command) -> Payload:
     body: StartRollout = command.body  # type: ignore[assignment]
     baseline = _alias_commit(state, body.alias, "roll out")
+    retry = f"modelvc -M {state.name} rollout start {body.alias} --to {_arg(body.to_ref)}"
+    _check_expected(state, "alias", body.alias, baseline, body.expect, retry)
     candidate = refs.resolve(state, body.to_ref)
     if candidate == baseline:
         raise NothingToDo(
@@ -549,6 +572,8 @@ def _moved(state: ModelState, rollout: Rollout, why: str) -> RolloutMoved:
         rollout_id=rollout.id,
         step=rollout.step,
         status=rollout.status,
+        # Where the rollout is now, as every conflict names what it is now.
+        current={"step": rollout.step, "status": rollout.status, "percent": rollout.percent},
     )
 
 

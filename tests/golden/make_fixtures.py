@@ -11,7 +11,9 @@ commits record model signatures (issue 11: a move refused without, then allowed 
 ``allow_signature_change``, merges that keep or take a signature, a legacy commit
 without one); ``rollout-v1/`` a log of shadows and canary rollouts (issue 12: commits with
 reference bins, a shadow started and stopped, a rollout advanced by its controller, paused,
-resumed and completed with its alias move, one aborted, one promoted by hand); ``signed-v1/``
+resumed and completed with its alias move, one aborted, one promoted by hand); ``console-v1/``
+commands that carry the compare-and-set ``expect`` of a rollback and a rollout start (issue
+13); ``signed-v1/``
 a signed log of
 events partition 0: its writer-key ring ``~keys.0`` (a first key trusted on
 first use, a second one added, the first retired), the ``~security`` chain (a
@@ -73,6 +75,7 @@ HERE = Path(__file__).parent
 SIGNED = HERE / "signed-v1"
 SIGNATURE = HERE / "signature-v1"
 ROLLOUT = HERE / "rollout-v1"
+CONSOLE = HERE / "console-v1"
 # Stand-ins for the secrets: in a fixture they must be public to be reproducible.
 GOLDEN_TOKEN = "mvc_0123456789abcdef_" + "g" * 43
 REVOKED_TOKEN = "mvc_fedcba9876543210_" + "r" * 43
@@ -248,6 +251,40 @@ def write_rollout() -> None:
     )
 
 
+def console_history() -> list[Command]:
+    """Compare-and-set from the console (issue 13): a rollback and a rollout start that name
+    what the caller saw (``expect``), and an abort that names the step it saw."""
+    a, b = "a" * 64, "b" * 64
+    first = Fold()
+    steps: list[Any] = [CreateModel(), MakeCommit(a, "baseline"), MakeCommit(b, "candidate")]
+    for command in _console_commands(steps):
+        for event in decide(first.models.get("console"), command):
+            first.apply(event)
+    state = first.models["console"]
+    head, base = state.branches["main"], state.commits[state.branches["main"]].parents[0]
+    policy = Policy((10, 100), 0, max_p99_ms=80.0)
+    started = rollout_id("console", "con-06")
+    steps += [
+        Rollback("main", "main~1", "latency regression", expect=head),
+        MoveAlias("production", "main", expect="none"),
+        MakeCommit(b, "candidate again"),
+        StartRollout("production", "main", policy, expect=base),
+        AbortRollout(started, "wrong candidate", expect_step=0),
+    ]
+    return _console_commands(steps)
+
+
+def _console_commands(bodies: list[Any]) -> list[Command]:
+    return [
+        Command(f"con-{i:02d}", "console", "golden", 1_880_000_000_000 + i * 1000, body)
+        for i, body in enumerate(bodies)
+    ]
+
+
+def write_console() -> None:
+    _write_log(CONSOLE, console_history(), lambda body: getattr(body, "expect", None) is not None)
+
+
 def serving_records() -> dict[str, tuple[codec.SingleObjectCodec, dict[str, Any]]]:
     feature = {
         "event_id": "ev-1",
@@ -394,6 +431,7 @@ def main() -> None:
     write_signed()
     write_signature()
     write_rollout()
+    write_console()
 
 
 if __name__ == "__main__":

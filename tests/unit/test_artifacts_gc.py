@@ -273,7 +273,7 @@ def test_the_readme_names_every_store_error_code_and_the_gc_limits() -> None:
         "One window remains",
         "`MODELVC_WORKER_SHARED_STORE=0`",
         "tier 5 (`tests/store`",
-        "five timed test tiers",
+        "the timed test tiers",
     ):
         assert words in text, words
     # Claims that were not true: a model "never in memory", leftovers aborted "at startup".

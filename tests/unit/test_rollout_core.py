@@ -261,7 +261,12 @@ def test_pause_holds_the_step_and_resume_restarts_its_clock() -> None:
     assert r.arms() == before  # a paused rollout keeps routing its share
     with pytest.raises(RolloutMoved) as moved:
         r.run(AdvanceRollout(rid, 0, EVIDENCE))
-    assert moved.value.details == {"rollout_id": rid, "step": 0, "status": PAUSED}
+    assert moved.value.details == {
+        "rollout_id": rid,
+        "step": 0,
+        "status": PAUSED,
+        "current": {"step": 0, "status": PAUSED, "percent": 10},
+    }
     assert f"modelvc -M m rollout status {rid}" in moved.value.message
     with pytest.raises(RolloutMoved):
         r.run(PauseRollout(rid))
