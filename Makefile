@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test lint typecheck unit integration kafka kafka-if-java test-unit test-tansu \
 	test-kafka test-cluster test-store test-cluster-then-store test-kafka-in-slot \
-	bench up down clean
+	test-edge test-ui test-edge-then-ui browser screenshots bench up down clean
 
 # Apache Kafka for the third test tier: Maven copies the pinned broker's jars into
 # $(KAFKA_LIB) (ignored by git); modelvc/kafka_broker.py runs them with `java -cp`.
@@ -19,20 +19,30 @@ KAFKA_TIER_TESTS ?= tests/kafka tests/integration tests/e2e -k kafka
 # Tier 5: the artifact stores over local disk and moto's S3 server, and the end-to-end tests
 # that start their own Tansu stack on S3 (tier 2 leaves those out).
 STORE_TIER_TESTS ?= tests/store tests/integration/test_s3_artifacts.py tests/e2e/test_cli_artifacts.py
-# Tier 5 also takes, to even out the three side-by-side slots (tier 4 and 5 ended ten minutes
-# before tiers 2 and 3): the tests that start an embedded stack of their own, and the
-# hostile-message module's Tansu runs. Tier 2 leaves them out.
+# Tier 5 also takes, to even out the side-by-side slots: the tests that start an embedded
+# stack of their own, and the hostile-message module's Tansu runs. Tier 2 leaves them out.
 OWN_STACK_TESTS ?= \
 	tests/integration/test_audit.py::test_stopping_and_starting_the_embedded_stack_keeps_history \
 	tests/e2e/test_cli_security.py::test_up_sign_predictions_makes_every_worker_sign_and_audit_verifies_it
-TANSU_IN_TIER_5 ?= tests/integration/test_hostile_messages.py \
-	tests/integration/test_oip.py tests/integration/test_typed_features.py
-# The same slot, after tier 5, runs these modules' Apache Kafka runs (tier 3 leaves them out):
-# the serving API's logic (signatures, typed events, OIP) and the monitoring parts (the
-# monitor, the rollout routes, canary routing), each on one module stack.
-KAFKA_IN_SLOT ?= tests/integration/test_signatures.py tests/integration/test_oip.py \
-	tests/integration/test_typed_features.py tests/integration/test_monitor.py \
-	tests/integration/test_rollout_api.py tests/integration/test_canary_routing.py
+TANSU_IN_TIER_5 ?= tests/integration/test_hostile_messages.py
+# Tier 2e: the edge modules. Their subject is the HTTP API, the CLI's output or a model file,
+# never what a broker does (ordering, offsets, transactions, groups, ACLs): what they check
+# cannot differ between Tansu and Apache Kafka, so they run once, on Tansu, in a slot of their
+# own. The broker's own behaviour is checked on both by tiers 2 and 3.
+EDGE_TESTS ?= tests/integration/test_http_hygiene.py tests/integration/test_roles.py \
+	tests/integration/test_schemathesis.py tests/integration/test_hostile_models.py \
+	tests/integration/test_signatures.py tests/integration/test_oip.py \
+	tests/integration/test_typed_features.py tests/integration/test_rollout_api.py \
+	tests/integration/test_replay_route.py tests/e2e/test_cli_rollout.py \
+	tests/e2e/test_cli_security.py tests/e2e/test_readme.py
+# Tier 3b, after tier 5 in its slot: these modules' Apache Kafka runs (tier 3 leaves them
+# out): the monitor and canary routing, each on one module stack.
+KAFKA_IN_SLOT ?= tests/integration/test_monitor.py tests/integration/test_canary_routing.py
+# Tier 6: the web console in a real browser (Debian's chromium; Playwright's own browser
+# download is not reachable here). In CI a missing browser is installed, and one that cannot
+# start fails the tier; elsewhere the tier says plainly that it was skipped and how to run it.
+UI_TIER_TESTS ?= tests/ui
+CHROMIUM ?= /usr/bin/chromium
 # Tier 4: the 3-broker cluster under faults (tests/cluster; MODELVC_CLUSTER_SEED replays one).
 CLUSTER_TIER_TESTS ?= tests/cluster
 # --durations: each tier names its 10 slowest tests, where the time budget goes.
@@ -67,19 +77,20 @@ integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration tests/e2e
 
 # Tier 1: pure unit tests. Tier 2: broker-backed tests on the embedded Tansu broker.
-# Tier 3: the same on Apache Kafka. Tier 4: a 3-broker Apache Kafka cluster under faults.
-# Tier 5: the artifact stores over local disk and a real S3 API (moto's server).
+# Tier 2e: the edge modules, once, on Tansu. Tier 3: tier 2's on Apache Kafka. Tier 4: a
+# 3-broker Apache Kafka cluster under faults. Tier 5: the artifact stores over local disk and
+# a real S3 API (moto's server). Tier 6: the web console in Chromium.
 # Tiers 3 and 4 are required in CI (CI=true) and skipped, loudly, without Java and Maven.
-# Tiers 2-4 wait on brokers and child processes far more than they compute (about 0.4 of a
-# core each), so they run side by side, tier 5 in tier 4's slot once it ends;
-# --output-sync prints each tier whole as it ends.
+# The broker-backed tiers wait on brokers and child processes far more than they compute
+# (about 0.4 of a core each), so four slots run side by side: tier 2, tier 3, tier 4 then 5
+# then 3b, and tier 2e then 6. --output-sync prints each tier whole as it ends.
 test: $(STAMP)
 	@$(MAKE) --no-print-directory -j3 --output-sync=target lint typecheck test-unit
-	@$(MAKE) --no-print-directory kafka-if-java
+	@$(MAKE) --no-print-directory kafka-if-java browser
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory -j3 --output-sync=target test-tansu test-kafka \
-	  test-cluster-then-store; \
-	status=$$?; echo "== tiers 2-5 side by side: $$(( $$(date +%s) - start ))s (exit $$status)"; \
+	$(MAKE) --no-print-directory -j4 --output-sync=target test-tansu test-kafka \
+	  test-cluster-then-store test-edge-then-ui; \
+	status=$$?; echo "== tiers 2-6 side by side: $$(( $$(date +%s) - start ))s (exit $$status)"; \
 	exit $$status
 
 # Tier 5 is CPU-bound (moto parses every byte sent to it) while tier 4's three brokers are
@@ -89,6 +100,11 @@ test-cluster-then-store: $(STAMP)
 	$(MAKE) --no-print-directory test-store; store=$$?; \
 	$(MAKE) --no-print-directory test-kafka-in-slot; moved=$$?; \
 	[ $$cluster -eq 0 ] && [ $$store -eq 0 ] && [ $$moved -eq 0 ]
+
+test-edge-then-ui: $(STAMP)
+	@$(MAKE) --no-print-directory test-edge; edge=$$?; \
+	$(MAKE) --no-print-directory test-ui; ui=$$?; \
+	[ $$edge -eq 0 ] && [ $$ui -eq 0 ]
 
 test-unit: $(STAMP)
 	@$(call timed,tier 1 (unit),$(PYTEST) tests/unit)
@@ -101,7 +117,32 @@ test-store: $(STAMP)
 test-tansu: $(STAMP)
 	@$(call timed,tier 2 (Tansu),MODELVC_TEST_BROKERS=tansu MODELVC_TEST_CLUSTER=0 \
 	  $(PYTEST) tests/integration tests/e2e $(STORE_TIER_TESTS:%=--ignore=%) \
-	  $(TANSU_IN_TIER_5:%=--ignore=%) $(OWN_STACK_TESTS:%=--deselect=%))
+	  $(TANSU_IN_TIER_5:%=--ignore=%) $(EDGE_TESTS:%=--ignore=%) \
+	  $(OWN_STACK_TESTS:%=--deselect=%))
+
+test-edge: $(STAMP)
+	@$(call timed,tier 2e (the edge modules; Tansu),MODELVC_TEST_BROKERS=tansu \
+	  MODELVC_TEST_CLUSTER=0 $(PYTEST) $(EDGE_TESTS) $(OWN_STACK_TESTS:%=--deselect=%))
+
+# The browser: in CI, Debian's chromium is installed when missing (as root, with apt-get).
+browser:
+	@if [ "$$CI" = "true" ] && [ ! -x "$(CHROMIUM)" ]; then \
+	  command -v apt-get >/dev/null || { echo "make browser: no $(CHROMIUM) and no apt-get"; exit 1; }; \
+	  echo "installing Debian's chromium for tier 6"; \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; } || \
+	  { echo "make browser: apt-get install chromium failed; tier 6 cannot run"; exit 1; }; \
+	fi
+
+test-ui: $(STAMP)
+	@if [ "$$CI" != "true" ] && [ ! -x "$(CHROMIUM)" ]; then \
+	  echo "== tier 6 (console in Chromium): SKIPPED - no $(CHROMIUM). Install Debian's chromium"; \
+	  echo "   (apt-get install chromium) or set CHROMIUM=/path/to/chrome, then run 'make test'"; \
+	  echo "   (CI=true makes this tier required)."; \
+	else \
+	  $(call timed,tier 6 (console in Chromium),MODELVC_TEST_BROKERS=tansu MODELVC_TEST_CLUSTER=0 \
+	    MODELVC_CHROMIUM=$(CHROMIUM) $(PYTEST) -rs $(UI_TIER_TESTS)); \
+	fi
 
 # `$(call kafka_tier,NAME,COMMAND)`: COMMAND timed when Java and Maven are here (or in CI,
 # where their absence fails the tier); otherwise a plain word that it was skipped and how.
@@ -119,7 +160,7 @@ kafka-if-java:
 
 test-kafka: $(STAMP)
 	@$(call kafka_tier,tier 3 (Apache Kafka),MODELVC_TEST_BROKERS=kafka MODELVC_TEST_CLUSTER=0 \
-	  $(PYTEST) $(KAFKA_TIER_TESTS) $(KAFKA_IN_SLOT:%=--ignore=%))
+	  $(PYTEST) $(KAFKA_TIER_TESTS) $(KAFKA_IN_SLOT:%=--ignore=%) $(EDGE_TESTS:%=--ignore=%))
 
 test-kafka-in-slot: $(STAMP)
 	@$(call kafka_tier,tier 3b (Apache Kafka; in tier 4 and 5's slot),MODELVC_TEST_BROKERS=kafka \
@@ -150,6 +191,12 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.artifacts
 	$(BIN)/python -m bench.rest
 	$(BIN)/python -m bench.monitor
+	MODELVC_CHROMIUM=$(CHROMIUM) $(BIN)/python -m bench.console
+
+# The README's and docs/'s screenshots of the console (1280x800 and 375x812), from a
+# demo-like history on an embedded stack of their own.
+screenshots: $(STAMP)
+	MODELVC_CHROMIUM=$(CHROMIUM) $(BIN)/python -m tests.ui.screenshots docs/screenshots
 
 up: $(STAMP)
 	$(BIN)/modelvc up
