@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -142,7 +143,14 @@ def same_origin(origin: str, request_host: str) -> bool:
         return False  # "null", garbage
 
 
+# A Host header is a name or an address, and a port: nothing else. Checked before parsing,
+# so the loopback check never rests on how a URL parser reads "evil.com#@127.0.0.1".
+HOST_HEADER = re.compile(r"(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,253})(:[0-9]{1,5})?", re.ASCII)
+
+
 def _request_host(request: web.Request) -> str | None:
+    if HOST_HEADER.fullmatch(request.host) is None:
+        return None
     try:
         return _authority(request.host, "http")[0]
     except ValueError:
@@ -199,7 +207,11 @@ def guard(web_host: str, web_port: int, content_type: Callable[[web.Request], st
             problem = _content_type_problem(request, content_type(request))
             if problem is not None:
                 return problem
-        return await handler(request)
+        response = await handler(request)
+        if not response.prepared:
+            # No answer of ours is to be sniffed into another type (an artifact as HTML).
+            response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
 
     return checks
 

@@ -22,7 +22,7 @@ from streams.api import domain_error
 from streams.app import api_of
 from streams.artifacts import LocalStore, StoredObject, sha256_of
 from streams.bootstrap import bootstrap
-from streams.http_edge import render_errors, same_origin
+from streams.http_edge import guard, render_errors, same_origin
 from streams.parse import MAX_JSON_BYTES
 from streams.projection import MemoryProjection
 from streams.settings import Settings
@@ -211,3 +211,38 @@ def test_every_route_that_reaches_the_store_declares_its_faults(path: str, metho
     assert "store_full" in responses["507"]["description"]
     assert "store_refused" in responses["503"]["description"]
     assert "store_unreachable" in responses["503"]["description"]
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("127.0.0.1:6066", 200),
+        ("localhost:6066", 200),
+        ("[::1]:6066", 200),
+        ("evil.example", 403),  # a DNS-rebound name
+        ("evil.example#@127.0.0.1", 403),  # a URL parser reads 127.0.0.1 here; we never ask it
+        ("evil.example/@127.0.0.1", 403),
+        ("127.0.0.1:6066 evil", 403),
+    ],
+)
+def test_a_loopback_server_answers_only_a_plain_loopback_host_and_says_nosniff(
+    host: str, status: int
+) -> None:
+    async def hello(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def check() -> None:
+        app = web.Application(
+            middlewares=[
+                render_errors(domain_error, MAX_JSON_BYTES),
+                guard("127.0.0.1", 6066, lambda _: "application/json"),
+            ]
+        )
+        app.router.add_get("/hello", hello)
+        client = TestClient(TestServer(app), timeout=ClientTimeout(total=10))
+        async with client, client.get("/hello", headers={"Host": host}) as response:
+            assert response.status == status, (host, await response.text())
+            if status == 200:
+                assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+    run(check)
