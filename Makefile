@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test lint typecheck unit integration kafka kafka-if-java test-unit test-tansu \
 	test-kafka test-cluster test-store test-cluster-then-store test-kafka-in-slot \
-	test-edge test-ui test-edge-then-ui browser screenshots bench up down clean
+	test-edge test-ui test-edge-then-ui test-kafka-in-slot-4 browser screenshots bench up down clean
 
 # Apache Kafka for the third test tier: Maven copies the pinned broker's jars into
 # $(KAFKA_LIB) (ignored by git); modelvc/kafka_broker.py runs them with `java -cp`.
@@ -38,6 +38,9 @@ EDGE_TESTS ?= tests/integration/test_http_hygiene.py tests/integration/test_role
 # Tier 3b, after tier 5 in its slot: these modules' Apache Kafka runs (tier 3 leaves them
 # out): the monitor and canary routing, each on one module stack.
 KAFKA_IN_SLOT ?= tests/integration/test_monitor.py tests/integration/test_canary_routing.py
+# Tier 3c, after tier 6 in the fourth slot: the audit's and the reference decoder's Apache
+# Kafka runs (tier 3 leaves them out), the longest modules of tier 3.
+KAFKA_IN_SLOT_4 ?= tests/integration/test_audit.py tests/integration/test_reference_decoder.py
 # Tier 6: the web console in a real browser (Debian's chromium; Playwright's own browser
 # download is not reachable here). In CI a missing browser is installed, and one that cannot
 # start fails the tier; elsewhere the tier says plainly that it was skipped and how to run it.
@@ -83,7 +86,7 @@ integration: $(STAMP)
 # Tiers 3 and 4 are required in CI (CI=true) and skipped, loudly, without Java and Maven.
 # The broker-backed tiers wait on brokers and child processes far more than they compute
 # (about 0.4 of a core each), so four slots run side by side: tier 2, tier 3, tier 4 then 5
-# then 3b, and tier 2e then 6. --output-sync prints each tier whole as it ends.
+# then 3b, and tier 2e then 6 then 3c. --output-sync prints each tier whole as it ends.
 test: $(STAMP)
 	@$(MAKE) --no-print-directory -j3 --output-sync=target lint typecheck test-unit
 	@$(MAKE) --no-print-directory kafka-if-java browser
@@ -104,7 +107,8 @@ test-cluster-then-store: $(STAMP)
 test-edge-then-ui: $(STAMP)
 	@$(MAKE) --no-print-directory test-edge; edge=$$?; \
 	$(MAKE) --no-print-directory test-ui; ui=$$?; \
-	[ $$edge -eq 0 ] && [ $$ui -eq 0 ]
+	$(MAKE) --no-print-directory test-kafka-in-slot-4; moved=$$?; \
+	[ $$edge -eq 0 ] && [ $$ui -eq 0 ] && [ $$moved -eq 0 ]
 
 test-unit: $(STAMP)
 	@$(call timed,tier 1 (unit),$(PYTEST) tests/unit)
@@ -160,11 +164,16 @@ kafka-if-java:
 
 test-kafka: $(STAMP)
 	@$(call kafka_tier,tier 3 (Apache Kafka),MODELVC_TEST_BROKERS=kafka MODELVC_TEST_CLUSTER=0 \
-	  $(PYTEST) $(KAFKA_TIER_TESTS) $(KAFKA_IN_SLOT:%=--ignore=%) $(EDGE_TESTS:%=--ignore=%))
+	  $(PYTEST) $(KAFKA_TIER_TESTS) $(KAFKA_IN_SLOT:%=--ignore=%) $(EDGE_TESTS:%=--ignore=%) \
+	  $(KAFKA_IN_SLOT_4:%=--ignore=%))
 
 test-kafka-in-slot: $(STAMP)
 	@$(call kafka_tier,tier 3b (Apache Kafka; in tier 4 and 5's slot),MODELVC_TEST_BROKERS=kafka \
 	  MODELVC_TEST_CLUSTER=0 $(PYTEST) $(KAFKA_IN_SLOT) -k kafka)
+
+test-kafka-in-slot-4: $(STAMP)
+	@$(call kafka_tier,tier 3c (Apache Kafka; in tier 2e and 6's slot),MODELVC_TEST_BROKERS=kafka \
+	  MODELVC_TEST_CLUSTER=0 $(PYTEST) $(KAFKA_IN_SLOT_4) -k kafka)
 
 test-cluster: $(STAMP)
 	@$(call kafka_tier,tier 4 (3-broker Apache Kafka cluster),MODELVC_TEST_BROKERS=kafka \
