@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import html
 import itertools
 import json
 import math
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 import webbrowser
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -1132,12 +1135,35 @@ def cmd_whoami(args: argparse.Namespace, c: Client) -> None:
     _emit(args, c.whoami(), render.whoami)
 
 
+def open_privately(url: str) -> bool:
+    """Open ``url`` in a browser through a redirect page only this user can read (as Jupyter
+    does): a browser started with the URL itself shows it, login code included, to every
+    local user in its command line (/proc/*/cmdline)."""
+    folder = Path(tempfile.mkdtemp(prefix="modelvc-ui-"))  # 0700
+    page = folder / "open.html"
+    link = html.escape(url, quote=True)
+    fd = os.open(page, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(
+            '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+            f'<meta http-equiv="refresh" content="0;url={link}"><title>modelvc console</title>'
+            f'</head><body><p><a href="{link}">Open the modelvc console</a></p></body></html>\n'
+        )
+    opened = webbrowser.open(page.as_uri())
+    if not opened:
+        shutil.rmtree(folder, ignore_errors=True)
+    # Otherwise the page stays: the browser may read it after this CLI has exited, and
+    # nothing here lives long enough to delete it later. It is private to this user, and
+    # its code is spent at the sign-in or dead after a minute.
+    return opened
+
+
 def cmd_ui(args: argparse.Namespace, c: Client) -> None:
     """Open the web console signed in as this CLI's token (a one-minute, one-use code in the
     address's fragment), or print that address."""
     answer = c.login_code()
     url = c.console_url(str(answer["code"]))
-    opened = not args.no_browser and webbrowser.open(url)
+    opened = not args.no_browser and open_privately(url)
     if args.json:
         print(json.dumps({"url": url, "expires_ms": answer["expires_ms"], "opened": opened}))
     elif opened:

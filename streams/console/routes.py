@@ -8,8 +8,9 @@ scripts and styles, never inline ones, and be framed by nobody.
 
 Signing in (``POST /ui/session``) takes a token, or a login code that ``modelvc ui``
 got for its own token (``POST /v1/ui/login-codes``, a minute, once), and opens a
-session (``streams.console.sessions``) whose id is the ``modelvc_session`` cookie;
-from then on ``streams.auth`` lets that cookie stand for the token, and wants the
+session (``streams.console.sessions``) whose id is the ``modelvc_session`` cookie; a
+store at its limit answers 503 (``sessions_full``, ``codes_full``) and evicts nobody. From
+then on ``streams.auth`` lets that cookie stand for the token, and wants the
 session's CSRF token on every write. The session lives in this instance's memory.
 """
 
@@ -26,7 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from streams import auth, parse
-from streams.console.sessions import Session, Sessions
+from streams.console.sessions import ConsoleFull, Session, Sessions
 from streams.core.errors import InvalidCommand, Unauthenticated
 from streams.core.security import MAX_TOKEN_LENGTH, Identity, authenticate
 from streams.http_edge import Handler, error_response
@@ -115,6 +116,11 @@ def _https(request: web.Request) -> bool:
     """Whether the browser reached us over https: directly, or through a TLS proxy (its
     Origin, which the origin guard has checked names this server, says https)."""
     return request.secure or request.headers.get("Origin", "").startswith("https://")
+
+
+def _full(exc: ConsoleFull) -> web.Response:
+    """A store at its limit: the caller retries later (503); nobody else's entry went."""
+    return error_response(503, exc.code, exc.message)
 
 
 def _no_store(response: web.Response) -> web.Response:
@@ -207,7 +213,10 @@ class Console:
         previous = auth.cookie_session_id(request)
         if previous is not None:
             self.sessions.close(previous)  # signing in again replaces the session
-        session = self.sessions.open(token)
+        try:
+            session = self.sessions.open(token)
+        except ConsoleFull as exc:
+            return _full(exc)
         answer = self._answer(identity, session)
         max_age_s = self.sessions.session_ttl_ms // 1000
         auth.set_session_cookie(answer, session.session_id, max_age_s, secure=_https(request))
@@ -238,7 +247,10 @@ class Console:
     # -- login codes (the API's: modelvc ui) -----------------------------------------------
     async def login_code(self, request: web.Request) -> web.Response:
         """A code that signs a browser in as the caller, once, within a minute."""
-        code = self.sessions.issue_code(request[auth.CREDENTIAL])
+        try:
+            code = self.sessions.issue_code(request[auth.CREDENTIAL])
+        except ConsoleFull as exc:
+            return _full(exc)
         return _no_store(
             web.json_response({"code": code.code, "expires_ms": code.expires_ms}, status=201)
         )

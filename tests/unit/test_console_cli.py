@@ -1,12 +1,17 @@
 """`modelvc ui --no-browser` against the console's real edge (no broker): it asks for a
 login code with the CLI's token and prints the console's address with the code in its
-fragment; that code signs a browser in as the token's caller, once."""
+fragment; that code signs a browser in as the token's caller, once. Without
+--no-browser the browser is given a private redirect page, never the link itself."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
+import stat
+import tempfile
+import urllib.parse
+import webbrowser
 from pathlib import Path
 
 import pytest
@@ -41,5 +46,39 @@ def test_ui_prints_a_link_whose_code_signs_in_once(
         monkeypatch.setenv("MODELVC_TOKEN", "mvc_0123456789abcdef_" + "A" * 43)
         assert await asyncio.to_thread(main, ["--url", url, "ui", "--no-browser"]) == EXIT_DENIED
         assert "not known" in capsys.readouterr().err
+
+    served(tmp_path, check)
+
+
+def test_ui_opens_the_link_through_a_private_page_not_the_browsers_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MODELVC_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MODELVC_TOKEN", READER[0])
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    asked: list[str] = []
+
+    def browser(address: str) -> bool:  # what a browser's command line would carry
+        asked.append(address)
+        return True
+
+    monkeypatch.setattr(webbrowser, "open", browser)
+
+    async def check(w: World) -> None:
+        url = str(w.client.make_url("")).rstrip("/")
+        assert await asyncio.to_thread(main, ["--url", url, "--json", "ui"]) == 0
+        answer = json.loads(capsys.readouterr().out)
+        assert answer["opened"] is True
+        code = answer["url"].partition("#code=")[2]
+        [address] = asked
+        assert address.startswith("file://") and code not in address
+        page = Path(urllib.parse.urlparse(address).path)
+        assert stat.S_IMODE(page.stat().st_mode) == 0o600
+        assert stat.S_IMODE(page.parent.stat().st_mode) == 0o700
+        text = page.read_text()
+        assert f'<meta http-equiv="refresh" content="0;url={answer["url"]}">' in text
+        assert f'<a href="{answer["url"]}">' in text and "<script" not in text
+        assert (await w.sign_in({"code": code}))[0] == 200
 
     served(tmp_path, check)

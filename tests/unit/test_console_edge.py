@@ -89,18 +89,20 @@ def served(
     tmp_path: Path,
     check: Callable[[World], Awaitable[None]],
     assets: Path | None = None,
+    **bounds: int,
 ) -> None:
-    """Run ``check`` against the console and the API behind the app's own middlewares."""
+    """Run ``check`` against the console and the API behind the app's own middlewares
+    (``bounds``: the session store's, as :class:`Sessions` takes them)."""
 
     async def run() -> None:
-        async with world(tmp_path, assets) as w:
+        async with world(tmp_path, assets, **bounds) as w:
             await check(w)
 
     asyncio.run(run())
 
 
 @asynccontextmanager
-async def world(tmp_path: Path, assets: Path | None) -> AsyncIterator[World]:
+async def world(tmp_path: Path, assets: Path | None, **bounds: int) -> AsyncIterator[World]:
     settings = Settings.namespaced("ui", data_dir=tmp_path / "s", artifacts=str(tmp_path / "a"))
     states = [security_of(READER[1], COMMITTER[1])]
 
@@ -108,7 +110,7 @@ async def world(tmp_path: Path, assets: Path | None) -> AsyncIterator[World]:
         return states[-1]
 
     clock = Clock()
-    sessions = Sessions(clock)
+    sessions = Sessions(clock, **bounds)
     app = web.Application(middlewares=web_middlewares(settings, security, sessions))
     store = LocalStore(tmp_path / "a")
     handlers = api_of(bootstrap(settings, projection=MemoryProjection(), store=store))
@@ -272,6 +274,42 @@ def test_a_login_code_signs_in_as_its_tokens_caller_once(tmp_path: Path) -> None
         assert (await w.sign_in({"code": late["code"]}))[0] == 401
 
     served(tmp_path, check)
+
+
+def test_a_flood_of_sign_ins_closes_only_the_flooders_own_sessions(tmp_path: Path) -> None:
+    async def check(w: World) -> None:
+        cookie, csrf = await w.signed_in(COMMITTER[0])
+        for _ in range(5):
+            await w.signed_in(READER[0])
+        status, session, _ = await w.call("GET", "/ui/session", cookie)
+        assert status == 200 and session["csrf"] == csrf, session
+        assert w.sessions.open_sessions == 1 + 3  # the reader's own limit
+
+    served(tmp_path, check, max_sessions=10, max_sessions_per_token=3)
+
+
+def test_a_full_store_refuses_a_sign_in_with_503_and_keeps_every_session(
+    tmp_path: Path,
+) -> None:
+    async def check(w: World) -> None:
+        cookies = [(await w.signed_in(COMMITTER[0]))[0], (await w.signed_in(READER[0]))[0]]
+        for body in ({"token": READER[0]}, {"token": COMMITTER[0]}):
+            status, refused, cookie = await w.sign_in(body)
+            assert status == 503 and refused["error"] == "sessions_full", refused
+            assert "retry later" in refused["message"] and "sign out" in refused["message"]
+            assert "modelvc_session" not in cookie
+        for cookie in cookies:
+            assert (await w.call("GET", "/ui/session", cookie))[0] == 200
+        # Codes too: the store is full of other callers' codes, so the next is refused.
+        bearer = {"Authorization": f"Bearer {READER[0]}"}
+        assert (await w.call("POST", WRITE, bearer, {}))[0] == 201
+        status, refused, _ = await w.call(
+            "POST", WRITE, {"Authorization": f"Bearer {COMMITTER[0]}"}, {}
+        )
+        assert status == 503 and refused["error"] == "codes_full", refused
+        assert "modelvc ui" in refused["message"]
+
+    served(tmp_path, check, max_sessions=2, max_codes=1)
 
 
 # -- the cookie in place of the token -----------------------------------------------------

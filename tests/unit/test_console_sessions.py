@@ -1,14 +1,18 @@
-"""The console's session and login-code store: bounded, expiring on its clock, one use
+"""The console's session and login-code store: bounded per token and in all (full, it
+refuses rather than evict another caller's), expiring on its clock, one use
 per code, ids and CSRF tokens that are secret and of the cookie's form."""
 
 from __future__ import annotations
 
+import pytest
+
 from streams import auth
 from streams.console import sessions
-from streams.console.sessions import Sessions
+from streams.console.sessions import ConsoleFull, Sessions
 
 T0 = 1_800_000_000.0  # seconds, as time.time() gives them
 TOKEN = "mvc_0123456789abcdef_" + "t" * 43
+OTHER = "mvc_fedcba9876543210_" + "o" * 43
 
 
 class Clock:
@@ -22,6 +26,8 @@ class Clock:
 def test_the_bounds_are_the_contracts() -> None:
     assert sessions.SESSION_TTL_MS == 12 * 3600 * 1000
     assert sessions.MAX_SESSIONS == 10_000
+    assert sessions.MAX_SESSIONS_PER_TOKEN == 16
+    assert sessions.MAX_CODES_PER_TOKEN == 5
     assert sessions.CODE_TTL_MS == 60_000
     assert sessions.MAX_CODES == 1_000
 
@@ -52,12 +58,32 @@ def test_a_session_expires_after_twelve_hours_and_ends_when_closed() -> None:
     store.close(again.session_id)  # closing twice is harmless
 
 
-def test_sessions_are_bounded_and_the_oldest_goes() -> None:
-    store = Sessions(Clock(), max_sessions=3)
+def test_a_tokens_sessions_are_bounded_and_its_oldest_goes() -> None:
+    store = Sessions(Clock(), max_sessions=10, max_sessions_per_token=3)
+    other = store.open(OTHER)
     opened = [store.open(TOKEN) for _ in range(5)]
-    assert store.open_sessions == 3
+    assert store.open_sessions == 4
     assert [store.find(s.session_id) for s in opened[:2]] == [None, None]
     assert all(store.find(s.session_id) == s for s in opened[2:])
+    assert store.find(other.session_id) == other  # another token's session is untouched
+
+
+def test_a_full_store_refuses_a_session_and_keeps_everyones() -> None:
+    clock = Clock()
+    store = Sessions(clock, max_sessions=3, max_sessions_per_token=2)
+    kept = [store.open(OTHER), store.open(OTHER), store.open(TOKEN)]
+    for _ in range(20):  # a flood by one caller
+        with pytest.raises(ConsoleFull) as refused:
+            store.open(f"{TOKEN}x")
+        assert refused.value.code == "sessions_full" and "retry later" in refused.value.message
+    assert all(store.find(s.session_id) == s for s in kept)
+    # A token at its own limit may still replace its own oldest; a closed one frees a place.
+    again = store.open(OTHER)
+    assert store.find(kept[0].session_id) is None and store.find(again.session_id) == again
+    store.close(kept[2].session_id)
+    assert store.find(store.open(f"{TOKEN}x").session_id) is not None
+    clock.now += 12 * 3600  # expired sessions free their places too
+    assert store.open_sessions == 0 and store.open(TOKEN).token == TOKEN
 
 
 def test_a_login_code_works_once_within_its_minute() -> None:
@@ -76,9 +102,23 @@ def test_a_login_code_works_once_within_its_minute() -> None:
 
 def test_login_codes_are_bounded_at_their_own_limit() -> None:
     store = Sessions(Clock(), max_codes=2, max_sessions=1)
-    codes = [store.issue_code(f"{TOKEN}{i}") for i in range(3)]
+    codes = [store.issue_code(f"{TOKEN}{i}") for i in range(2)]
     store.open(TOKEN)
-    store.open(TOKEN)  # sessions have their own bound: codes are untouched
+    with pytest.raises(ConsoleFull):
+        store.open(OTHER)  # sessions have their own bound: codes are untouched
     assert store.open_codes == 2 and store.open_sessions == 1
+    with pytest.raises(ConsoleFull) as refused:
+        store.issue_code(OTHER)
+    assert refused.value.code == "codes_full" and "modelvc ui" in refused.value.message
+    assert [store.redeem(c.code) for c in codes] == [f"{TOKEN}0", f"{TOKEN}1"]
+    assert store.redeem(store.issue_code(OTHER).code) == OTHER  # a spent code frees a place
+
+
+def test_a_token_has_five_live_codes_and_its_sixth_drops_its_oldest() -> None:
+    store = Sessions(Clock())
+    other = store.issue_code(OTHER)
+    codes = [store.issue_code(TOKEN) for _ in range(6)]
+    assert store.open_codes == 6
     assert store.redeem(codes[0].code) is None
-    assert [store.redeem(c.code) for c in codes[1:]] == [f"{TOKEN}1", f"{TOKEN}2"]
+    assert [store.redeem(c.code) for c in codes[1:]] == [TOKEN] * 5
+    assert store.redeem(other.code) == OTHER

@@ -263,24 +263,35 @@ async function boot() {
   // `modelvc ui` opens #code=<login code>: it is exchanged once and taken off the address
   // bar at once (only the fragment carried it, so no server log or Referer saw it).
   const code = new URLSearchParams(location.hash.slice(1)).get("code");
-  if (code !== null) {
-    history.replaceState(null, "", `${location.pathname}${location.search}#/`);
+  if (code !== null) history.replaceState(null, "", `${location.pathname}${location.search}#/`);
+  let current = null;
+  try {
+    current = await api("/ui/session");
+  } catch (error) {
+    if (code === null) {
+      app.session = null;
+      showIdentity();
+      renderSignIn(error.status === 401 ? "" : error.message);
+      return;
+    }
+  }
+  // A link from someone else would otherwise sign this browser in as them without a word
+  // (login CSRF: what the user then does lands in the other account): with a session open,
+  // the user says whether to switch.
+  if (code !== null && (current === null || window.confirm(`Switch from ${current.actor} to the account in this link?`))) {
     try {
       await startSession({ code });
       return;
     } catch (error) {
-      signedOut(`The login link did not work (${error.message}); run \`modelvc ui\` again or paste a token.`);
-      return;
+      const message = `The login link did not work (${error.message}); run \`modelvc ui\` again`;
+      if (current === null) {
+        signedOut(`${message} or paste a token.`);
+        return;
+      }
+      announce(`${message}. Still signed in as ${current.actor}.`);
     }
   }
-  try {
-    app.session = await api("/ui/session");
-  } catch (error) {
-    app.session = null;
-    showIdentity();
-    renderSignIn(error.status === 401 ? "" : error.message);
-    return;
-  }
+  app.session = current;
   showIdentity();
   render();
 }
