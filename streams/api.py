@@ -307,7 +307,11 @@ class Api:
         self._references: OrderedDict[str, Reference] = OrderedDict()  # LRU, oldest first
         self.decisions = decisions if decisions is not None else DecisionMetrics()
         # The replay check (POST /v1/audit/replay): in its own thread, one run at a time.
-        self.replays = replays if replays is not None else replay.SingleFlight(self._replay)
+        self.replays = (
+            replays
+            if replays is not None
+            else replay.SingleFlight(self._replay, self._replay_answer)
+        )
 
     async def close(self) -> None:
         """Let the store's threads go (a call still running ends on its own)."""
@@ -501,15 +505,19 @@ class Api:
         return done
 
     async def audit_replay(self, request: web.Request) -> web.Response:
-        """Replay the log as `modelvc audit replay` does, and compare the digests."""
+        """Replay the log as `modelvc audit replay` does, and compare the digests (a call
+        soon after a run gets that run's answer: see :class:`replay.SingleFlight`)."""
         try:
-            done = await self.replays()
+            return web.json_response(await self.replays())
         except TimeoutError:
             return coded(
                 "timeout",
                 f"the replay did not finish within {self.replays.timeout_s:g} s; run it "
                 "without a time limit with `modelvc audit replay`",
             )
+
+    async def _replay_answer(self, done: replay.Replay) -> dict[str, Any]:
+        """A replay's answer, against the live digest."""
         # The live digest once this instance has applied what the replay read: on a log
         # that was quiet meanwhile they describe the same events.
         for partition, offset in sorted(done.ends.items()):
@@ -520,7 +528,7 @@ class Api:
         projection = self.projection
         live = queries.digest(projection.models, projection.next_offsets, projection.voided)
         took_ms = round(done.seconds * 1000)
-        return web.json_response(replay.answer(done, live["digest"], took_ms))
+        return replay.answer(done, live["digest"], took_ms)
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi.document())

@@ -22,7 +22,7 @@ from streams.core.rollout import LOWER_IS_BETTER, MAX_STEP_TIMEOUT_MS, MAX_STEPS
 from streams.core.security import MAX_TEXT, PROTECTING_ROLES, ROLES, TOKEN, TOKEN_FORMAT, TOKEN_ID
 from streams.core.signatures import PUBLIC_KEY
 from streams.modelfile import MAX_MODEL_BYTES
-from streams.replay import MAX_SHOWN_FINDINGS, REPLAY_TIMEOUT_S
+from streams.replay import COOL_DOWN_RUNS, COOL_DOWN_S, MAX_SHOWN_FINDINGS, REPLAY_TIMEOUT_S
 from streams.settings import MIB
 
 # The API's limits are imported lazily by ``document`` (api imports this module).
@@ -913,6 +913,8 @@ def _audit_paths() -> dict[str, Any]:
             "live_digest": {"type": "string", "description": "GET /v1/state/digest's now."},
             "matches": {"type": "boolean", "description": "digest == live_digest."},
             "took_ms": {"type": "integer"},
+            "cached": {"type": "boolean", "description": "The answer of an earlier run."},
+            "age_ms": {"type": "integer", "description": "How long ago that run ended."},
         },
         "required": [
             "clean",
@@ -932,7 +934,10 @@ def _audit_paths() -> dict[str, Any]:
                 "summary": "Replay the events topic from offset 0 to its high watermark with "
                 "the audit's fold (signatures, chains, partitioning) and compare the state "
                 "digest with this instance's. One at a time: a call while one runs gets its "
-                f"answer. 504 `timeout` after {REPLAY_TIMEOUT_S:g} s.",
+                "answer, and so does a call within the cool-down after a run ends (the "
+                f"longer of {COOL_DOWN_S:g} s and {COOL_DOWN_RUNS} times the run's duration), "
+                "with `cached` true and `age_ms`. "
+                f"504 `timeout` after {REPLAY_TIMEOUT_S:g} s.",
                 "parameters": [],
                 "responses": {
                     "200": _json(answer, "The replay's findings."),

@@ -54,9 +54,14 @@ def as_of(
     return past
 
 
-def commit_json(state: ModelState, commit_id: str) -> dict[str, Any]:
+def commit_json(
+    state: ModelState, commit_id: str, labels: Mapping[str, list[str]] | None = None
+) -> dict[str, Any]:
+    """``commit_id`` as JSON with the refs naming it. ``labels`` (``refs.labels(state)``)
+    is passed by callers answering many commits: computing it costs a pass over every ref."""
     out = plain_commit(state.commits[commit_id])
-    out["refs"] = refs.labels(state).get(commit_id, [])
+    names = refs.labels(state) if labels is None else labels
+    out["refs"] = list(names.get(commit_id, []))
     return out
 
 
@@ -79,7 +84,8 @@ def reachable(state: ModelState) -> set[str]:
     """Commits some branch or alias still reaches."""
     found: set[str] = set()
     for head in [*(h for h in state.branches.values() if h), *state.aliases.values()]:
-        found |= refs.ancestors(state.commits, head)
+        if head not in found:  # a head already reached brings nothing new: skip its walk
+            found |= refs.ancestors(state.commits, head)
     return found
 
 
@@ -115,7 +121,10 @@ def log(
     model ever had one: the reflog keeps moves of refs, which those are not.
     ``with_graph`` adds the lane layout of ``log --graph`` (``graph``)."""
     seen = reachable(state)
-    entries = [commit_json(state, c.id) | {"reachable": c.id in seen} for c in refs.log(state, ref)]
+    labels = refs.labels(state)  # once: per commit it would cost commits x refs
+    entries = [
+        commit_json(state, c.id, labels) | {"reachable": c.id in seen} for c in refs.log(state, ref)
+    ]
     moves = [m.__dict__ for m in state.ref_moves()]
     drawn = {"graph": graph_json(state.name, entries)} if with_graph else {}
     return {
@@ -134,14 +143,15 @@ def log(
 
 def graph_json(model: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The lane layout of ``entries`` (a log's commits) as JSON rows, bounded."""
-    rows = graph.layout((c["id"], c["parents"]) for c in entries)
-    if graph.cells(rows) > MAX_GRAPH_CELLS:
+    try:
+        rows = graph.layout(((c["id"], c["parents"]) for c in entries), MAX_GRAPH_CELLS)
+    except graph.GraphTooWide:
         raise InvalidCommand(
             f"the graph of {len(entries):,} commits is too wide to send "
-            f"({graph.cells(rows):,} lane cells; at most {MAX_GRAPH_CELLS:,}); ask for one "
+            f"(more than {MAX_GRAPH_CELLS:,} lane cells); ask for one "
             f"branch's history (`modelvc -M {model} log --graph main`, ?ref=main&graph=1)",
             field="graph",
-        )
+        ) from None
     return graph.rows_json(rows)
 
 

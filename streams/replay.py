@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -304,27 +304,66 @@ def answer(result: Replay, live_digest: str, took_ms: int) -> dict[str, Any]:
     }
 
 
+# After a run, calls within max(COOL_DOWN_S, COOL_DOWN_RUNS x its duration) get its answer:
+# a reader cannot keep replays running back-to-back inside the server.
+COOL_DOWN_S = 30.0
+COOL_DOWN_RUNS = 5
+
+
 class SingleFlight:
     """Runs ``work`` in its own thread, one run at a time: a call while one runs waits for
     that run's outcome. Each caller waits at most ``timeout_s`` (TimeoutError); ``work`` is
-    given the same deadline, so a run never outlives it by much."""
+    given the same deadline, so a run never outlives it by much. ``finish`` turns a run's
+    result into the answer (on the event loop).
+
+    A run's outcome (its answer, or the error it raised) is kept: a call within the
+    cool-down after it gets that answer again, with ``"cached": true`` and ``"age_ms"``
+    (how long ago the run ended), instead of a new run. ``clock`` (seconds) times it."""
 
     def __init__(
-        self, work: Callable[[float], Replay], timeout_s: float = REPLAY_TIMEOUT_S
+        self,
+        work: Callable[[float], Replay],
+        finish: Callable[[Replay], Awaitable[dict[str, Any]]],
+        timeout_s: float = REPLAY_TIMEOUT_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.work = work
+        self.finish = finish
         self.timeout_s = timeout_s
+        self.clock = clock
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="replay")
-        self._running: asyncio.Future[Replay] | None = None
-        self.runs = 0  # how many runs started (a joined call starts none)
+        self._running: asyncio.Future[dict[str, Any]] | None = None
+        # The last run's outcome, when it ended, and until when it is served again.
+        self._last: tuple[dict[str, Any] | BaseException, float, float] | None = None
+        self.runs = 0  # how many runs started (a joined or cached call starts none)
 
-    async def __call__(self) -> Replay:
+    async def __call__(self) -> dict[str, Any]:
         if self._running is None or self._running.done():
-            loop = asyncio.get_running_loop()
-            deadline = time.monotonic() + self.timeout_s
-            self._running = loop.run_in_executor(self._thread, self.work, deadline)
+            now = self.clock()
+            if self._last is not None and now < self._last[2]:
+                outcome, ended, _ = self._last
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                return outcome | {"cached": True, "age_ms": round((now - ended) * 1000)}
+            self._running = asyncio.ensure_future(self._run())
             self.runs += 1
         return await asyncio.wait_for(asyncio.shield(self._running), self.timeout_s)
+
+    async def _run(self) -> dict[str, Any]:
+        started = self.clock()
+        deadline = time.monotonic() + self.timeout_s
+        outcome: dict[str, Any] | BaseException
+        try:
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._thread, self.work, deadline)
+            outcome = await self.finish(result) | {"cached": False, "age_ms": 0}
+        except Exception as exc:
+            outcome = exc
+        ended = self.clock()
+        self._last = (outcome, ended, ended + max(COOL_DOWN_S, COOL_DOWN_RUNS * (ended - started)))
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     def close(self) -> None:
         self._thread.shutdown(wait=False, cancel_futures=True)

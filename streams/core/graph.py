@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from streams.core.errors import InvalidCommand
+
 RowKind = Literal["commit", "join", "fork"]
 JOIN, FORK = "/", "\\"
 
@@ -40,10 +42,29 @@ def _live(lanes: list[str | None]) -> tuple[bool, ...]:
     return tuple(lane is not None for lane in lanes)
 
 
-def layout(commits: Iterable[tuple[str, Sequence[str]]]) -> list[GraphRow]:
-    """The rows of ``commits`` ((id, parent ids), newest first)."""
+class GraphTooWide(InvalidCommand):
+    """Raised by :func:`layout` once its rows hold more than ``max_cells`` lane cells."""
+
+
+def layout(
+    commits: Iterable[tuple[str, Sequence[str]]], max_cells: int | None = None
+) -> list[GraphRow]:
+    """The rows of ``commits`` ((id, parent ids), newest first).
+
+    With ``max_cells``, raises :class:`GraphTooWide` as soon as the rows drawn so far
+    hold more lane cells than that: a wide history costs rows x lanes, so the bound is
+    checked while drawing, not after."""
     lanes: list[str | None] = []  # the commit each lane waits for
     rows: list[GraphRow] = []
+    drawn = 0  # lane cells in ``rows``
+
+    def add(row: GraphRow) -> None:
+        nonlocal drawn
+        drawn += len(row.lanes)
+        if max_cells is not None and drawn > max_cells:
+            raise GraphTooWide(f"the graph holds more than {max_cells:,} lane cells", field="graph")
+        rows.append(row)
+
     for cid, parents in commits:
         if cid not in lanes:
             free = next((i for i, lane in enumerate(lanes) if lane is None), None)
@@ -57,14 +78,14 @@ def layout(commits: Iterable[tuple[str, Sequence[str]]]) -> list[GraphRow]:
             # Lines of descent that meet at this commit converge before it.
             for i in joined:
                 lanes[i] = None
-            rows.append(GraphRow("join", _live(lanes), marks=tuple((i, JOIN) for i in joined)))
-        rows.append(GraphRow("commit", _live(lanes), col, cid))
+            add(GraphRow("join", _live(lanes), marks=tuple((i, JOIN) for i in joined)))
+        add(GraphRow("commit", _live(lanes), col, cid))
         lanes[col] = parents[0] if parents else None
         for parent in parents[1:]:
             if parent in lanes:
                 continue
             lanes.insert(col + 1, parent)
-            rows.append(GraphRow("fork", _live(lanes), marks=((col + 1, FORK),)))
+            add(GraphRow("fork", _live(lanes), marks=((col + 1, FORK),)))
         while lanes and lanes[-1] is None:
             lanes.pop()
     return rows

@@ -55,8 +55,8 @@ def test_a_second_call_while_one_runs_gets_the_same_answer(shared: Stack) -> Non
     client = shared.client()
     with ThreadPoolExecutor(2) as pool:
         first, second = pool.map(lambda _: _replay(client), range(2))
-    # The same run: even its duration is the same.
-    assert first == second and first["clean"] is True
+    # The same run: even its duration is the same (a cached answer's age may differ).
+    assert {**first, "age_ms": 0} == {**second, "age_ms": 0} and first["clean"] is True
 
 
 def test_a_reader_may_run_it(shared: Stack) -> None:

@@ -244,3 +244,22 @@ def test_a_login_code_in_the_fragment_signs_in_once_and_leaves_the_address_bar(
     again = context.new_page()
     again.goto(f"{console.url}/ui/#code={code}")
     expect(again.locator("form[data-testid=signin]")).to_be_visible()
+
+
+def test_a_code_link_asks_before_it_replaces_a_live_session(page: Page, console: Console) -> None:
+    """Someone else's `#code=` link (login CSRF) switches no one silently: the page asks,
+    and a No keeps the session it had."""
+    reader = Client(console.url, token=console.tokens[READER])
+    code = reader.request("POST", "/v1/ui/login-codes", {})["code"]
+    asked: list[str] = []
+
+    def refuse(dialog: Any) -> None:
+        asked.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", refuse)
+    page.goto(f"{console.url}/ui/#code={code}")
+    page.reload()
+    expect(page.locator("[data-testid=whoami]")).to_have_text(f"{COMMITTER} (releaser)")
+    assert asked and COMMITTER in asked[0], asked
+    assert "code" not in page.url
