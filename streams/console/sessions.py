@@ -58,6 +58,22 @@ class LoginCode:
     expires_ms: int
 
 
+def _sessions_full(total: int) -> ConsoleFull:
+    return ConsoleFull(
+        "sessions_full",
+        f"the console has its limit of {total} open sessions: retry later, or sign out of "
+        "the console in another browser to free one",
+    )
+
+
+def _codes_full(total: int) -> ConsoleFull:
+    return ConsoleFull(
+        "codes_full",
+        f"the console holds its limit of {total} unused login codes: run `modelvc ui` "
+        "again in a minute (each code lasts a minute)",
+    )
+
+
 class _Entry(Protocol):
     @property
     def token(self) -> str: ...
@@ -73,9 +89,10 @@ class _Bounded(Generic[E]):
     """Entries by key in creation order (so also in order of expiry: every entry lives as
     long as the others), and each token's keys in the same order."""
 
-    def __init__(self, total: int, per_token: int) -> None:
+    def __init__(self, total: int, per_token: int, full: Callable[[int], ConsoleFull]) -> None:
         self.total = total
         self.per_token = per_token
+        self.full = full  # the refusal when ``total`` entries are live
         self._entries: OrderedDict[str, E] = OrderedDict()
         self._of_token: dict[str, OrderedDict[str, None]] = {}
 
@@ -93,17 +110,17 @@ class _Bounded(Generic[E]):
                 return
             self.pop(key)
 
-    def add(self, key: str, entry: E) -> bool:
-        """Keep ``entry``: a token at its own limit loses its oldest entry; False (nothing
-        kept, nothing dropped) when the store is full."""
+    def add(self, key: str, entry: E) -> E:
+        """Keep ``entry``: a token at its own limit loses its oldest entry; when the store
+        is full, ``full`` is raised and nothing is kept or dropped."""
         own = self._of_token.get(entry.token)
         if own is not None and len(own) >= self.per_token:
             self.pop(next(iter(own)))
         if len(self._entries) >= self.total:
-            return False
+            raise self.full(self.total)
         self._entries[key] = entry
         self._of_token.setdefault(entry.token, OrderedDict())[key] = None
-        return True
+        return entry
 
     def pop(self, key: str) -> E | None:
         entry = self._entries.pop(key, None)
@@ -132,8 +149,10 @@ class Sessions:
         self.clock = clock
         self.session_ttl_ms = session_ttl_ms
         self.code_ttl_ms = code_ttl_ms
-        self._sessions: _Bounded[Session] = _Bounded(max_sessions, max_sessions_per_token)
-        self._codes: _Bounded[LoginCode] = _Bounded(max_codes, max_codes_per_token)
+        self._sessions: _Bounded[Session] = _Bounded(
+            max_sessions, max_sessions_per_token, _sessions_full
+        )
+        self._codes: _Bounded[LoginCode] = _Bounded(max_codes, max_codes_per_token, _codes_full)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -151,19 +170,10 @@ class Sessions:
         token's own limit, its oldest session closes. Raises :class:`ConsoleFull` when
         the store is full."""
         now = self._prune()
-        session = Session(
-            secrets.token_urlsafe(SECRET_BYTES),
-            token,
-            secrets.token_urlsafe(SECRET_BYTES),
-            now + self.session_ttl_ms,
-        )
-        if not self._sessions.add(session.session_id, session):
-            raise ConsoleFull(
-                "sessions_full",
-                f"the console has its limit of {self._sessions.total} open sessions: retry "
-                "later, or sign out of the console in another browser to free one",
-            )
-        return session
+        session_id = secrets.token_urlsafe(SECRET_BYTES)
+        csrf = secrets.token_urlsafe(SECRET_BYTES)
+        session = Session(session_id, token, csrf, now + self.session_ttl_ms)
+        return self._sessions.add(session_id, session)
 
     def find(self, session_id: str) -> Session | None:
         """The live session of that id; None when unknown, ended or expired."""
@@ -185,13 +195,7 @@ class Sessions:
         store is full."""
         now = self._prune()
         code = LoginCode(secrets.token_urlsafe(SECRET_BYTES), token, now + self.code_ttl_ms)
-        if not self._codes.add(code.code, code):
-            raise ConsoleFull(
-                "codes_full",
-                f"the console holds its limit of {self._codes.total} unused login codes: "
-                "run `modelvc ui` again in a minute (each code lasts a minute)",
-            )
-        return code
+        return self._codes.add(code.code, code)
 
     def redeem(self, code: str) -> str | None:
         """The token ``code`` stands for, and the code is spent; None when unknown,
