@@ -412,8 +412,9 @@ def test_the_previous_dead_letter_schema_is_released() -> None:
 
 
 # -- the built wheel ------------------------------------------------------------------------
-def test_a_built_wheel_carries_the_schemas(tmp_path: Path) -> None:
-    """`pip wheel --no-deps .`, unpacked, then `import streams.codec`: works without the repo."""
+def test_a_built_wheel_carries_the_schemas_and_the_consoles_pages(tmp_path: Path) -> None:
+    """`pip wheel --no-deps .`, unpacked, then `import streams.codec`: works without the repo;
+    the console's pages and assets are in it too (served from the package, no build step)."""
     source = tmp_path / "source"
     source.mkdir()
     # Built from a copy: a build in the working tree would leave build/ behind.
@@ -437,6 +438,9 @@ def test_a_built_wheel_carries_the_schemas(tmp_path: Path) -> None:
     assert sorted(p.name for p in (unpacked / "schemas" / "released").glob("*.avsc")) == [
         p.name for p in released_files()
     ]
+    pages = REPO / "streams" / "console" / "static"
+    shipped = unpacked / "streams" / "console" / "static"
+    assert sorted(p.name for p in shipped.iterdir()) == sorted(p.name for p in pages.iterdir())
     probe = (
         "import sys; sys.path[:0] = sys.argv[1:]\n"
         "import streams.codec as c\n"
