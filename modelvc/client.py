@@ -188,12 +188,10 @@ class Client:
         expect: str | None = None,
     ) -> Any:
         """``expect``: the head the caller saw; the service refuses (409) when it moved."""
-        return self._write(
-            "POST",
-            f"/v1/models/{self._q(model)}/rollbacks",
-            {"branch": branch, "to": to, "reason": reason, "expect": expect},
-            command_id,
-        )
+        body: dict[str, Any] = {"branch": branch, "to": to, "reason": reason}
+        if expect is not None:
+            body["expect"] = expect
+        return self._write("POST", f"/v1/models/{self._q(model)}/rollbacks", body, command_id)
 
     def set_alias(
         self,
@@ -264,8 +262,9 @@ class Client:
             "max_p99_ms": max_p99_ms,
             "max_dead_letter_rate": max_dead_letter_rate,
             "allow_signature_change": allow_signature_change,
-            "expect": expect,
         }
+        if expect is not None:
+            body["expect"] = expect
         if min_labels is not None:
             body["min_labels"] = min_labels
         if step_timeout_ms is not None:

@@ -70,7 +70,14 @@ _GRAPH_ROW = {
         "commit": {"type": ["string", "null"]},
         "marks": {
             "type": "array",
-            "items": {"type": "array", "prefixItems": [{"type": "integer"}, {"enum": ["/", "\\"]}]},
+            # [lane, mark]: a pair (plain items, not prefixItems: schemathesis' 3.1 reader
+            # turns a tuple schema into one its own check then refuses).
+            "items": {
+                "type": "array",
+                "minItems": 2,
+                "maxItems": 2,
+                "items": {"type": ["integer", "string"]},
+            },
             "description": "(lane, '/'): the lane bends into lane-1; (lane, '\\'): a lane "
             "opens from lane-1.",
         },
