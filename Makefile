@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test lint typecheck unit integration kafka kafka-if-java test-unit test-tansu \
 	test-kafka test-cluster test-store test-cluster-then-store test-kafka-in-slot \
-	test-edge test-ui test-edge-then-ui test-kafka-in-slot-4 browser screenshots bench up down clean
+	test-ui test-kafka-then-ui browser screenshots bench up down clean
 
 # Apache Kafka for the third test tier: Maven copies the pinned broker's jars into
 # $(KAFKA_LIB) (ignored by git); modelvc/kafka_broker.py runs them with `java -cp`.
@@ -24,11 +24,12 @@ STORE_TIER_TESTS ?= tests/store tests/integration/test_s3_artifacts.py tests/e2e
 OWN_STACK_TESTS ?= \
 	tests/integration/test_audit.py::test_stopping_and_starting_the_embedded_stack_keeps_history \
 	tests/e2e/test_cli_security.py::test_up_sign_predictions_makes_every_worker_sign_and_audit_verifies_it
-TANSU_IN_TIER_5 ?= tests/integration/test_hostile_messages.py
-# Tier 2e: the edge modules. Their subject is the HTTP API, the CLI's output or a model file,
-# never what a broker does (ordering, offsets, transactions, groups, ACLs): what they check
-# cannot differ between Tansu and Apache Kafka, so they run once, on Tansu, in a slot of their
-# own. The broker's own behaviour is checked on both by tiers 2 and 3.
+TANSU_IN_TIER_5 ?= tests/integration/test_hostile_messages.py \
+	tests/integration/test_oip.py tests/integration/test_typed_features.py
+# The edge modules: their subject is the HTTP API, the CLI's output or a model file, never
+# what a broker does (ordering, offsets, transactions, groups, ACLs): what they check cannot
+# differ between Tansu and Apache Kafka, so they run once, in tier 2 on Tansu, and tier 3
+# leaves them out. The broker's own behaviour is checked on both by tiers 2 and 3.
 EDGE_TESTS ?= tests/integration/test_http_hygiene.py tests/integration/test_roles.py \
 	tests/integration/test_schemathesis.py tests/integration/test_hostile_models.py \
 	tests/integration/test_signatures.py tests/integration/test_oip.py \
@@ -38,9 +39,6 @@ EDGE_TESTS ?= tests/integration/test_http_hygiene.py tests/integration/test_role
 # Tier 3b, after tier 5 in its slot: these modules' Apache Kafka runs (tier 3 leaves them
 # out): the monitor and canary routing, each on one module stack.
 KAFKA_IN_SLOT ?= tests/integration/test_monitor.py tests/integration/test_canary_routing.py
-# Tier 3c, after tier 6 in the fourth slot: the audit's and the reference decoder's Apache
-# Kafka runs (tier 3 leaves them out), the longest modules of tier 3.
-KAFKA_IN_SLOT_4 ?= tests/integration/test_audit.py tests/integration/test_reference_decoder.py
 # Tier 6: the web console in a real browser (Debian's chromium; Playwright's own browser
 # download is not reachable here). In CI a missing browser is installed, and one that cannot
 # start fails the tier; elsewhere the tier says plainly that it was skipped and how to run it.
@@ -80,19 +78,20 @@ integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration tests/e2e
 
 # Tier 1: pure unit tests. Tier 2: broker-backed tests on the embedded Tansu broker.
-# Tier 2e: the edge modules, once, on Tansu. Tier 3: tier 2's on Apache Kafka. Tier 4: a
-# 3-broker Apache Kafka cluster under faults. Tier 5: the artifact stores over local disk and
-# a real S3 API (moto's server). Tier 6: the web console in Chromium.
+# Tier 3: tier 2's on Apache Kafka, but for the edge modules. Tier 4: a 3-broker Apache
+# Kafka cluster under faults. Tier 5: the artifact stores over local disk and a real S3 API
+# (moto's server). Tier 6: the web console in Chromium.
 # Tiers 3 and 4 are required in CI (CI=true) and skipped, loudly, without Java and Maven.
 # The broker-backed tiers wait on brokers and child processes far more than they compute
-# (about 0.4 of a core each), so four slots run side by side: tier 2, tier 3, tier 4 then 5
-# then 3b, and tier 2e then 6 then 3c. --output-sync prints each tier whole as it ends.
+# (about 0.4 of a core each), so three slots run side by side: tier 2; tier 3 then 6; tier 4
+# then 5 then 3b. (A fourth slot was measured: every tier took about twice as long and the
+# whole ran longer.) --output-sync prints each tier whole as it ends.
 test: $(STAMP)
 	@$(MAKE) --no-print-directory -j3 --output-sync=target lint typecheck test-unit
 	@$(MAKE) --no-print-directory kafka-if-java browser
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory -j4 --output-sync=target test-tansu test-kafka \
-	  test-cluster-then-store test-edge-then-ui; \
+	$(MAKE) --no-print-directory -j3 --output-sync=target test-tansu test-kafka-then-ui \
+	  test-cluster-then-store; \
 	status=$$?; echo "== tiers 2-6 side by side: $$(( $$(date +%s) - start ))s (exit $$status)"; \
 	exit $$status
 
@@ -104,11 +103,10 @@ test-cluster-then-store: $(STAMP)
 	$(MAKE) --no-print-directory test-kafka-in-slot; moved=$$?; \
 	[ $$cluster -eq 0 ] && [ $$store -eq 0 ] && [ $$moved -eq 0 ]
 
-test-edge-then-ui: $(STAMP)
-	@$(MAKE) --no-print-directory test-edge; edge=$$?; \
+test-kafka-then-ui: $(STAMP)
+	@$(MAKE) --no-print-directory test-kafka; kafka=$$?; \
 	$(MAKE) --no-print-directory test-ui; ui=$$?; \
-	$(MAKE) --no-print-directory test-kafka-in-slot-4; moved=$$?; \
-	[ $$edge -eq 0 ] && [ $$ui -eq 0 ] && [ $$moved -eq 0 ]
+	[ $$kafka -eq 0 ] && [ $$ui -eq 0 ]
 
 test-unit: $(STAMP)
 	@$(call timed,tier 1 (unit),$(PYTEST) tests/unit)
@@ -121,12 +119,7 @@ test-store: $(STAMP)
 test-tansu: $(STAMP)
 	@$(call timed,tier 2 (Tansu),MODELVC_TEST_BROKERS=tansu MODELVC_TEST_CLUSTER=0 \
 	  $(PYTEST) tests/integration tests/e2e $(STORE_TIER_TESTS:%=--ignore=%) \
-	  $(TANSU_IN_TIER_5:%=--ignore=%) $(EDGE_TESTS:%=--ignore=%) \
-	  $(OWN_STACK_TESTS:%=--deselect=%))
-
-test-edge: $(STAMP)
-	@$(call timed,tier 2e (the edge modules; Tansu),MODELVC_TEST_BROKERS=tansu \
-	  MODELVC_TEST_CLUSTER=0 $(PYTEST) $(EDGE_TESTS) $(OWN_STACK_TESTS:%=--deselect=%))
+	  $(TANSU_IN_TIER_5:%=--ignore=%) $(OWN_STACK_TESTS:%=--deselect=%))
 
 # The browser: in CI, Debian's chromium is installed when missing (as root, with apt-get).
 browser:
@@ -164,16 +157,11 @@ kafka-if-java:
 
 test-kafka: $(STAMP)
 	@$(call kafka_tier,tier 3 (Apache Kafka),MODELVC_TEST_BROKERS=kafka MODELVC_TEST_CLUSTER=0 \
-	  $(PYTEST) $(KAFKA_TIER_TESTS) $(KAFKA_IN_SLOT:%=--ignore=%) $(EDGE_TESTS:%=--ignore=%) \
-	  $(KAFKA_IN_SLOT_4:%=--ignore=%))
+	  $(PYTEST) $(KAFKA_TIER_TESTS) $(KAFKA_IN_SLOT:%=--ignore=%) $(EDGE_TESTS:%=--ignore=%))
 
 test-kafka-in-slot: $(STAMP)
 	@$(call kafka_tier,tier 3b (Apache Kafka; in tier 4 and 5's slot),MODELVC_TEST_BROKERS=kafka \
 	  MODELVC_TEST_CLUSTER=0 $(PYTEST) $(KAFKA_IN_SLOT) -k kafka)
-
-test-kafka-in-slot-4: $(STAMP)
-	@$(call kafka_tier,tier 3c (Apache Kafka; in tier 2e and 6's slot),MODELVC_TEST_BROKERS=kafka \
-	  MODELVC_TEST_CLUSTER=0 $(PYTEST) $(KAFKA_IN_SLOT_4) -k kafka)
 
 test-cluster: $(STAMP)
 	@$(call kafka_tier,tier 4 (3-broker Apache Kafka cluster),MODELVC_TEST_BROKERS=kafka \
