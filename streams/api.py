@@ -947,24 +947,12 @@ class Api:
         # the caller saw, makes it refused (409) when the rollout moved on meanwhile.
         return await self._rollout_command(
             request,
-            lambda rid, why, body: AbortRollout(rid, why, expect_step=expect_step(body)),
+            lambda rid, why, body: AbortRollout(rid, why, expect_step=parse.expect_step(body)),
             True,
         )
 
     async def promote_rollout(self, request: web.Request) -> web.Response:
         return await self._rollout_command(request, lambda rid, why, _: PromoteRollout(rid, why))
-
-
-def expect_step(body: Mapping[str, Any]) -> int | None:
-    """``expect_step``: the rollout step a caller saw (a whole number), or None."""
-    step = body.get("expect_step")
-    if step is None:
-        return None
-    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step < 2**31:
-        raise InvalidCommand(
-            f"expect_step {str(step)[:40]!r} is not a step number (0, 1, ...)", field="expect_step"
-        )
-    return step
 
 
 def parse_last(value: str | None) -> int:

@@ -276,3 +276,15 @@ def public_key(body: Mapping[str, Any], key: str) -> str:
             field=key,
         )
     return value
+
+
+def expect_step(body: Mapping[str, Any]) -> int | None:
+    """``expect_step``: the rollout step a caller saw (a whole number), or None."""
+    step = body.get("expect_step")
+    if step is None:
+        return None
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step < 2**31:
+        raise InvalidCommand(
+            f"expect_step {str(step)[:40]!r} is not a step number (0, 1, ...)", field="expect_step"
+        )
+    return step
