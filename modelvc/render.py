@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec
 
 from streams.core.graph import layout
+from streams.core.model_signature import Tensor
 
 _P = ParamSpec("_P")
 
@@ -244,7 +245,14 @@ def signature(sig: dict[str, Any] | None) -> list[str]:
     inputs = sig["inputs"]
     head = f"signature: {sig['format']}, {len(inputs):,} input(s), {sig['outputs']} output(s)"
     rows = [f"input    {f['name']} {f['type']}" for f in inputs]
-    return [head, *_folded(rows, "inputs")]
+    # An ONNX model's graph as it declares itself: the tensors inputs are fed to, and
+    # every output (the first float one is served), each with its type and shape.
+    tensors = [
+        f"graph    {t['kind']:<6} {t['name']} "
+        + Tensor(t["name"], t["kind"], t["type"], tuple(t["shape"])).describe()
+        for t in sig.get("graph") or ()
+    ]
+    return [head, *_folded(rows, "inputs"), *_folded(tensors, "graph tensors")]
 
 
 def _signature_changes(changes: dict[str, Any] | None) -> list[str]:
@@ -261,7 +269,15 @@ def _signature_changes(changes: dict[str, Any] | None) -> list[str]:
     outputs = changes["outputs"]
     if outputs is not None:
         lines.append(f"~ outputs: {outputs['old']} -> {outputs['new']}")
-    return lines
+    changed = changes.get("format")
+    if changed is not None:
+        lines.append(f"~ format: {changed['old']} -> {changed['new']}")
+    graph = []
+    for t in changes.get("graph") or ():
+        mark = "+" if not t["old"] else "-" if not t["new"] else "~"
+        shown = {"+": t["new"], "-": t["old"], "~": f"{t['old']} -> {t['new']}"}[mark]
+        graph.append(f"{mark} graph {t['kind']} {t['name']}: {shown}")
+    return lines + _folded(graph, "graph changes")
 
 
 @_for_terminal
@@ -385,6 +401,10 @@ def verification(v: dict[str, Any]) -> str:
         )
     if v["mismatches"]:
         lines.append(f"largest difference: {v['largest_difference']}")
+    other = v.get("other_runtime", [])
+    if other:
+        lines.append(f"{len(other):,} differ but were made under another runtime:")
+        lines += [f"  {r['prediction_id']}: {r['detail']}" for r in other[:50]]
     return "\n".join(lines)
 
 

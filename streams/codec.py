@@ -160,6 +160,14 @@ class SingleObjectCodec:
 
 
 _SCALARS = (str, int, float, bool, type(None))
+
+
+def _fillable(default: object) -> bool:
+    """A default the fast path fills in: a scalar, or an empty array or map (``[]``,
+    ``{}``: each record gets a new one, never one shared by every record)."""
+    return isinstance(default, _SCALARS) or default == [] or default == {}
+
+
 # Fills in, in place, what a record decoded by its writer schema alone lacks.
 Fill = Callable[[Any], None]
 
@@ -218,7 +226,7 @@ def _strip(read: Any, written: Any, namespace: str | None, appended: dict[str, A
     fields, written_fields = list(read["fields"]), list(written["fields"])
     extra = fields[len(written_fields) :]
     if len(fields) < len(written_fields) or any(
-        "default" not in f or not isinstance(f["default"], _SCALARS) for f in extra
+        "default" not in f or not _fillable(f["default"]) for f in extra
     ):
         raise _NotAppended(name)
     if extra:
@@ -295,10 +303,15 @@ def _record_name(branch: Any, namespace: str | None, named: Mapping[str, Any]) -
 
 
 def _record_fill(nested: tuple[tuple[str, Fill], ...], defaults: dict[str, object]) -> Fill:
+    scalars = {k: v for k, v in defaults.items() if not isinstance(v, list | dict)}
+    containers = tuple((k, type(v)) for k, v in defaults.items() if isinstance(v, list | dict))
+
     def fill(record: Any) -> None:
         for name, inner in nested:
             inner(record[name])
-        record.update(defaults)
+        record.update(scalars)
+        for name, empty in containers:
+            record[name] = empty()
 
     return fill
 

@@ -1008,6 +1008,30 @@ def document() -> dict[str, Any]:
                     },
                 },
                 "outputs": {"type": "integer", "minimum": 1},
+                "graph": {
+                    "type": "array",
+                    "maxItems": model_signature.MAX_GRAPH_TENSORS,
+                    "description": "An ONNX model's graph inputs and outputs, in graph order "
+                    "(the first float output is served); absent for LightGBM.",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string"},
+                            "kind": {"enum": list(model_signature.TENSOR_KINDS)},
+                            "type": {
+                                "type": "string",
+                                "description": "Element type: float, double, int64, ...",
+                            },
+                            "shape": {
+                                "type": "array",
+                                "maxItems": model_signature.MAX_TENSOR_DIMS,
+                                "items": {"type": "string"},
+                                "description": "Each dim: its size, a symbolic name, or ?.",
+                            },
+                        },
+                        "required": ["name", "kind", "type", "shape"],
+                    },
+                },
             },
             "required": ["format", "inputs", "outputs"],
         },
@@ -1084,6 +1108,26 @@ def document() -> dict[str, Any]:
             "outputs": {
                 "type": ["object", "null"],
                 "properties": {"old": {"type": "integer"}, "new": {"type": "integer"}},
+            },
+            "format": {
+                "type": ["object", "null"],
+                "description": "The model format's change (lightgbm, onnx), if any.",
+                "properties": {"old": {"type": "string"}, "new": {"type": "string"}},
+            },
+            "graph": {
+                "type": "array",
+                "description": "Graph tensors added (old empty), removed (new empty) or "
+                "changed, each as type[shape].",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "kind": {"enum": list(model_signature.TENSOR_KINDS)},
+                        "name": {"type": "string"},
+                        "old": {"type": "string"},
+                        "new": {"type": "string"},
+                    },
+                    "required": ["kind", "name", "old", "new"],
+                },
             },
         },
     }
@@ -1383,7 +1427,8 @@ def document() -> dict[str, Any]:
         },
         "/v1/artifacts": {
             "post": {
-                "summary": "Upload a LightGBM text model; it is validated before it is stored.",
+                "summary": "Upload a model (LightGBM text or ONNX, told apart by content); "
+                "it is validated before it is stored.",
                 "parameters": [
                     _query("sha256", _DIGEST, "The digest you expect; a mismatch is refused.")
                 ],
@@ -1408,8 +1453,31 @@ def document() -> dict[str, Any]:
                                     "bytes (checked intact); nothing was written",
                                 },
                                 "signature": _ref("Signature"),
+                                "format": {"enum": sorted(model_signature.FORMATS)},
+                                "model_bytes": {
+                                    "type": "integer",
+                                    "description": "The loaded model's memory, estimated.",
+                                },
+                                "bytes_per_row": {
+                                    "type": "integer",
+                                    "description": "Scoring memory per row of a batch, estimated.",
+                                },
                             },
-                            "required": ["sha256", "size", "stored"],
+                            "additionalProperties": True,
+                            "description": "Besides these, what the format's validator "
+                            "read: LightGBM num_trees, num_features, feature_names, "
+                            "objective, num_class, num_tree_per_iteration, max_leaves, "
+                            "total_leaves, path_splits; ONNX ir_version, opsets, nodes, "
+                            "initializers, parameters, served_output, producer.",
+                            "required": [
+                                "sha256",
+                                "size",
+                                "stored",
+                                "format",
+                                "signature",
+                                "model_bytes",
+                                "bytes_per_row",
+                            ],
                         },
                         "Checked and in the store (at most the server's MODELVC_MAX_MODEL_MB "
                         f"MiB: {MAX_MODEL_BYTES // MIB} unless its operator set it).",

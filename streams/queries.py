@@ -77,6 +77,10 @@ def signature_changes(a: Commit, b: Commit) -> dict[str, Any] | None:
         "removed": [{"name": n, "type": old_types[n]} for n in d.removed],
         "retyped": [{"name": n, "old": old, "new": new} for n, old, new in d.retyped],
         "outputs": None if d.outputs is None else {"old": d.outputs[0], "new": d.outputs[1]},
+        "format": None if d.format is None else {"old": d.format[0], "new": d.format[1]},
+        "graph": [
+            {"kind": kind, "name": name, "old": old, "new": new} for kind, name, old, new in d.graph
+        ],
     }
 
 

@@ -2,8 +2,8 @@
 schema of a feature event for it.
 
 Pure (standard library only). The signature is read from the model file by the
-server (``streams.modelfile``), recorded in the commit (``schemas/commit.avsc``),
-shown by ``show``/``diff``/the API, checked when an alias moves
+server (the format's validator, :mod:`streams.formats`), recorded in the commit
+(``schemas/commit.avsc``), shown by ``show``/``diff``/the API, checked when an alias moves
 (:func:`required_missing`), and turned into the Avro record a feature producer
 writes (:func:`feature_schema`) and a worker decodes by its fingerprint.
 """
@@ -21,7 +21,17 @@ DOUBLE = "double"
 CATEGORICAL = "categorical"
 INPUT_TYPES = frozenset({DOUBLE, CATEGORICAL})
 AVRO_TYPE = {DOUBLE: "double", CATEGORICAL: "long"}
-FORMATS = frozenset({"lightgbm"})
+FORMATS = frozenset({"lightgbm", "onnx"})
+# An ONNX graph's tensors as a signature records them (bounded: it may come off a topic).
+TENSOR_KINDS = ("input", "output")
+MAX_GRAPH_TENSORS = 1024
+MAX_TENSOR_DIMS = 8
+# Names as exporters write them ("input", "input.1", "onnx::Gemm_0", "dense/BiasAdd:0").
+TENSOR_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/\-]{0,255}")
+# An element type ("float", "int64"), or a non-tensor's ("seq(map(int64,tensor(float)))").
+TENSOR_TYPE = re.compile(r"[a-z][a-z0-9(),]{0,63}")
+# A dimension: its size, a symbolic name ("N", "batch_size", "unk__3"), or "?" (unknown).
+TENSOR_DIM = re.compile(r"\?|[0-9]{1,19}|[A-Za-z_][A-Za-z0-9_.:/\-]{0,63}")
 
 # The typed feature event: the same envelope as schemas/feature_event.avsc, then one
 # record field per feature. Names are fixed so that two models (or versions) with the
@@ -41,12 +51,46 @@ class Feature:
 
 
 @dataclass(frozen=True)
+class Tensor:
+    """One of an ONNX graph's inputs or outputs, as the graph declares it."""
+
+    name: str
+    kind: str  # one of TENSOR_KINDS
+    type: str  # the element type ("float", "double", "int64"), or a non-tensor's type
+    shape: tuple[str, ...]  # dims: "20", a symbolic name ("N"), or "?"; () for a non-tensor
+
+    def describe(self) -> str:
+        """``float[N,20]``: how show and diff print it."""
+        return f"{self.type}[{','.join(self.shape)}]" if self.shape else self.type
+
+    def plain(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "type": self.type, "shape": list(self.shape)}
+
+    @classmethod
+    def from_plain(cls, plain: Mapping[str, Any]) -> Tensor:
+        """ValueError on anything out of bounds (it may come off a topic)."""
+        shape = plain["shape"]
+        if not isinstance(shape, list | tuple) or len(shape) > MAX_TENSOR_DIMS:
+            raise ValueError(f"a graph tensor has at most {MAX_TENSOR_DIMS} dimensions")
+        tensor = cls(str(plain["name"]), str(plain["kind"]), str(plain["type"]), tuple(shape))
+        if not TENSOR_NAME.fullmatch(tensor.name):
+            raise ValueError(f"graph tensor name {tensor.name[:40]!r} is not a tensor name")
+        if tensor.kind not in TENSOR_KINDS or not TENSOR_TYPE.fullmatch(tensor.type):
+            raise ValueError(f"graph tensor {tensor.name!r} has kind or type out of range")
+        if not all(isinstance(d, str) and TENSOR_DIM.fullmatch(d) for d in tensor.shape):
+            raise ValueError(f"graph tensor {tensor.name!r} has a malformed dimension")
+        return tensor
+
+
+@dataclass(frozen=True)
 class ModelSignature:
-    """Ordered inputs (the model's training order) and the number of outputs per row."""
+    """Ordered inputs (the model's training order) and the number of outputs per row;
+    for an ONNX model, also the graph's own inputs and outputs (``graph``, in graph order)."""
 
     format: str
     inputs: tuple[Feature, ...]
     outputs: int
+    graph: tuple[Tensor, ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -56,19 +100,29 @@ class ModelSignature:
         return {f.name: f.type for f in self.inputs}
 
     def plain(self) -> dict[str, Any]:
-        """The Avro/JSON form (the commit event's ``signature`` field, the API's answer)."""
-        return {
+        """The Avro/JSON form (the commit event's ``signature`` field, the API's answer).
+
+        ``graph`` only when there is one: a commit id hashes this form, and every
+        signature written before graphs existed must hash as it did."""
+        plain: dict[str, Any] = {
             "format": self.format,
             "inputs": [{"name": f.name, "type": f.type} for f in self.inputs],
             "outputs": self.outputs,
         }
+        if self.graph:
+            plain["graph"] = [t.plain() for t in self.graph]
+        return plain
 
     @classmethod
     def from_plain(cls, plain: Mapping[str, Any]) -> ModelSignature:
         """Raises ValueError on anything but a well-formed signature (it may come off a topic)."""
         try:
             inputs = tuple(Feature(str(i["name"]), str(i["type"])) for i in plain["inputs"])
-            signature = cls(str(plain["format"]), inputs, int(plain["outputs"]))
+            tensors = plain.get("graph") or ()
+            if len(tensors) > MAX_GRAPH_TENSORS:
+                raise ValueError(f"a signature's graph has at most {MAX_GRAPH_TENSORS} tensors")
+            graph = tuple(Tensor.from_plain(t) for t in tensors)
+            signature = cls(str(plain["format"]), inputs, int(plain["outputs"]), graph)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a model signature: {exc!r}") from None
         if signature.format not in FORMATS:
@@ -76,6 +130,8 @@ class ModelSignature:
         bad = [f.type for f in inputs if f.type not in INPUT_TYPES]
         if bad:
             raise ValueError(f"unknown input type {bad[0]!r}")
+        if len({(t.kind, t.name) for t in graph}) != len(graph):
+            raise ValueError("a signature's graph names each input and output once")
         if len(set(signature.names)) != len(inputs) or signature.outputs < 1:
             raise ValueError("a signature names each input once and has at least one output")
         return signature
@@ -87,10 +143,16 @@ class SignatureDiff:
     removed: tuple[str, ...]  # in the old signature only
     retyped: tuple[tuple[str, str, str], ...]  # (name, old type, new type)
     outputs: tuple[int, int] | None  # (old, new) when the number of outputs changed
+    format: tuple[str, str] | None = None  # (old, new) when the model's format changed
+    # Graph tensors that changed: (kind, name, old, new), old/new as Tensor.describe()
+    # writes them, "" where the tensor is absent.
+    graph: tuple[tuple[str, str, str, str], ...] = ()
 
     @property
     def empty(self) -> bool:
-        return not (self.added or self.removed or self.retyped or self.outputs)
+        return not (
+            self.added or self.removed or self.retyped or self.outputs or self.format or self.graph
+        )
 
 
 def diff(old: ModelSignature, new: ModelSignature) -> SignatureDiff:
@@ -102,6 +164,22 @@ def diff(old: ModelSignature, new: ModelSignature) -> SignatureDiff:
             (n, old_types[n], t) for n, t in new_types.items() if old_types.get(n, t) != t
         ),
         outputs=(old.outputs, new.outputs) if old.outputs != new.outputs else None,
+        format=(old.format, new.format) if old.format != new.format else None,
+        graph=_graph_changes(old.graph, new.graph),
+    )
+
+
+def _graph_changes(
+    old: Sequence[Tensor], new: Sequence[Tensor]
+) -> tuple[tuple[str, str, str, str], ...]:
+    """Tensors added, removed or changed in type or shape, old graph order then new."""
+    before = {(t.kind, t.name): t.describe() for t in old}
+    after = {(t.kind, t.name): t.describe() for t in new}
+    keys = [*before, *(k for k in after if k not in before)]
+    return tuple(
+        (kind, name, before.get((kind, name), ""), after.get((kind, name), ""))
+        for kind, name in keys
+        if before.get((kind, name)) != after.get((kind, name))
     )
 
 

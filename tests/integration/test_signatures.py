@@ -137,6 +137,8 @@ def test_diff_names_added_removed_and_retyped_features(world: World) -> None:
         "removed": [{"name": "plan", "type": DOUBLE}],
         "retyped": [{"name": "region", "old": DOUBLE, "new": CATEGORICAL}],
         "outputs": None,
+        "format": None,
+        "graph": [],
     }
 
 

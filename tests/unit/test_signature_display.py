@@ -38,6 +38,8 @@ def test_diff_names_added_removed_retyped_features_and_the_outputs_change() -> N
         "removed": [{"name": "region", "type": CATEGORICAL}],
         "retyped": [{"name": "plan", "old": DOUBLE, "new": CATEGORICAL}],
         "outputs": {"old": 1, "new": 3},
+        "format": None,
+        "graph": [],
     }
     out = render.diff(_diff_answer(changes))
     assert "+ feature tenure (double)" in out
@@ -97,3 +99,28 @@ def _diff_answer(changes: dict[str, Any] | None) -> dict[str, Any]:
         "metrics": [],
         "signature": changes,
     }
+
+
+def test_show_and_diff_print_an_onnx_models_format_and_graph() -> None:
+    from streams.core.model_signature import Tensor
+
+    graph = (
+        Tensor("input", "input", "float", ("N", "2")),
+        Tensor("label", "output", "int64", ("N",)),
+        Tensor("probabilities", "output", "float", ("N", "2")),
+    )
+    onnx = ModelSignature("onnx", (Feature("a", DOUBLE), Feature("b", DOUBLE)), 2, graph)
+    shown = render.commit(_commit_answer(onnx.plain())).split("\n")
+    assert "signature: onnx, 2 input(s), 2 output(s)" in shown
+    assert "graph    input  input float[N,2]" in shown
+    assert "graph    output label int64[N]" in shown
+    assert "graph    output probabilities float[N,2]" in shown
+    old = _signature(("a", DOUBLE), ("b", DOUBLE), outputs=2)
+    changes = queries.signature_changes(_commit("a" * 64, old), _commit("b" * 64, onnx))
+    assert changes is not None and changes["format"] == {"old": "lightgbm", "new": "onnx"}
+    out = render.diff(_diff_answer(changes)).split("\n")
+    assert "~ format: lightgbm -> onnx" in out
+    assert "+ graph input input: float[N,2]" in out
+    assert "+ graph output probabilities: float[N,2]" in out
+    back = queries.signature_changes(_commit("b" * 64, onnx), _commit("a" * 64, old))
+    assert "- graph output label: int64[N]" in render.diff(_diff_answer(back)).split("\n")

@@ -535,9 +535,15 @@ def test_a_junk_signature_in_a_command_is_undecodable() -> None:
     command, _ = codec.decode_command(sorted(SIGNATURE_LOG.glob("command-*.bin"))[0].read_bytes())
     record = codec.COMMANDS.decode(codec.encode_command(command))
     name, body = record["body"]
-    body["signature"] = {"format": "onnx", "inputs": [], "outputs": 1}
+    body["signature"] = {"format": "pmml", "inputs": [], "outputs": 1}
     data = codec.COMMANDS.encode({**record, "body": (name, body)})
     with pytest.raises(UndecodableMessage, match="unknown model format"):
+        codec.decode_command(data)
+    # An ONNX graph off the wire is bounded and checked like the rest of a signature.
+    tensor = {"name": "x\x1b[2J", "kind": "input", "type": "float", "shape": ["N", "4"]}
+    body["signature"] = {"format": "onnx", "inputs": [], "outputs": 1, "graph": [tensor]}
+    data = codec.COMMANDS.encode({**record, "body": (name, body)})
+    with pytest.raises(UndecodableMessage, match="not a tensor name"):
         codec.decode_command(data)
 
 

@@ -654,11 +654,16 @@ function signatureBlock(sig) {
   const inputs = sig.inputs || [];
   const listed = inputs.slice(0, SHOWN_INPUTS).map((f) => h("li", {}, h("code", { text: f.name }), ` ${f.type}`));
   if (inputs.length > SHOWN_INPUTS) listed.push(h("li", { class: "muted", text: `… and ${(inputs.length - SHOWN_INPUTS).toLocaleString("en")} more` }));
+  // An ONNX model's graph: its inputs and every output, with element types and shapes.
+  const graph = (sig.graph || []).map((t) =>
+    h("li", {}, `${t.kind} `, h("code", { text: t.name }), ` ${t.shape.length ? `${t.type}[${t.shape.join(",")}]` : t.type}`),
+  );
   return h(
     "details",
     { class: "signature" },
     h("summary", { text: `signature: ${sig.format}, ${inputs.length.toLocaleString("en")} input(s), ${sig.outputs} output(s)` }),
     h("ul", { class: "inputs" }, listed),
+    graph.length ? h("ul", { class: "inputs", "data-testid": "graph" }, graph) : null,
   );
 }
 
