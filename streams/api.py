@@ -46,7 +46,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from streams import auth, modelfile, openapi, parse, queries, replay
+from streams import auth, formats, openapi, parse, queries, replay
 from streams.artifacts import ArtifactStore, Intake
 from streams.artifacts.store import read
 from streams.codec import fingerprint
@@ -341,8 +341,10 @@ class Api:
             self._signatures.popitem(last=False)
 
     def _read_signature(self, digest: str, limit: int) -> ModelSignature:
-        """In a store thread: the verified bytes, then our parser (CPU: never on the loop)."""
-        return modelfile.validate(read(self.store, digest, limit), limit).signature
+        """In a store thread: the verified bytes, then our validator for their format (CPU:
+        never on the loop; no native library: the upload's sandbox check already ran)."""
+        data = read(self.store, digest, limit)
+        return formats.detect(data).validate(data, limit).signature
 
     async def signature_of(self, digest: str) -> ModelSignature:
         """The input signature of the stored model ``digest``, read from the file itself.

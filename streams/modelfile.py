@@ -57,8 +57,8 @@ MAX_PARAMETER_LINES = 2_000
 MAX_LINE_CHARS_TAIL = 1 << 20  # one parameter / importance line
 
 SAVE_HINT = (
-    "modelvc stores LightGBM text models only; save yours with "
-    "booster.save_model('model.txt') and commit that file"
+    "save the LightGBM model with booster.save_model('model.txt') and commit that file "
+    "(modelvc commit model.txt -m ...), or export the model to ONNX"
 )
 
 # Numbers are matched a whole line at a time (one C-level scan, linear: the
@@ -194,13 +194,14 @@ def refuse(line: int | None, why: str) -> ArtifactRejected:
 
 
 def sniff(data: bytes) -> None:
-    """Refuse pickles and compressed files by their first bytes, before decoding anything."""
-    if data[:1] == b"\x80":
-        raise ArtifactRejected(f"this is a Python pickle, which is never loaded; {SAVE_HINT}")
-    if data[:2] in (b"\x78\x9c", b"\x78\x01", b"\x78\xda", b"\x1f\x8b", b"ZF", b"BZ", b"\xfd7"):
-        raise ArtifactRejected(
-            f"this looks like a compressed (joblib?) file, which is never loaded; {SAVE_HINT}"
-        )
+    """Refuse pickles, compressed files and archives by their first bytes, before decoding
+    anything (for callers of :func:`validate` that did not go through format detection)."""
+    # Lazily: streams.formats imports this module. It is the one home of these signatures.
+    from streams.formats import HEAD_BYTES, refusal
+
+    why = refusal(data[:HEAD_BYTES])
+    if why is not None:
+        raise ArtifactRejected(f"{why}; {SAVE_HINT}")
 
 
 def validate(data: bytes, max_bytes: int = MAX_MODEL_BYTES) -> ModelSummary:

@@ -1,46 +1,49 @@
-"""Load a validated model with LightGBM in a child process that may die, never in ours.
+"""Load a validated model with its native library in a child process that may die, never in ours.
 
-LightGBM is native code: a model it mis-reads can abort, loop or allocate
-without bound, and no ``try`` catches that. So after :mod:`streams.modelfile`
-has accepted a file, :class:`Sandbox` hands it to a short-lived child that
+LightGBM and onnxruntime are native code: a model they mis-read can abort, loop or
+allocate without bound, and no ``try`` catches that. So after a format's own validator
+(:meth:`~streams.formats.base.ModelFormat.validate`) has accepted a file,
+:class:`Sandbox` hands it to a short-lived child that
 
 1. caps its own address space (``RLIMIT_AS``), CPU time (``RLIMIT_CPU``) and
    core dumps, before it reads a byte of the model;
-2. loads the model through LightGBM's C API (``ctypes`` on ``lib_lightgbm.so``:
-   the same loader ``lightgbm.Booster(model_str=...)`` calls, without the 0.5 s
-   of importing numpy, scipy and the Python package), re-reads the parameters
-   as JSON the way the Python package does, and scores a few fixed rows;
+2. imports only ``streams.formats.<name>`` and calls the format's
+   :meth:`~streams.formats.base.ModelFormat.smoke`: the native library loads the model
+   and scores a few fixed rows (:func:`smoke_rows`);
 3. answers one line of JSON on a pipe (nothing is pickled).
 
-The parent waits at most ``wall_seconds``. A signal, a limit, a timeout, an
-error or a prediction that is not finite or not of the model's shape becomes
-:class:`~streams.errors.ArtifactRejected` with the reason.
+The parent waits at most ``wall_seconds``. A signal, a limit, a timeout, an error, a
+number of outputs other than the signature's, or a prediction that is not finite
+becomes :class:`~streams.errors.ArtifactRejected` with the reason, naming the library.
 
-The child runs ``python -I -c`` (no environment, no user site) plus this repository;
-its start-up plus a small model's load and smoke prediction costs about 0.1 s.
+The child runs ``python -I -S -c`` (no environment, no user site, no site-packages) plus
+this repository and the directories of the packages the format's smoke imports (found
+here with ``importlib.util.find_spec``, never imported here). A small LightGBM model's
+check costs a few tenths of a second (start-up, importing the formats, load, smoke), an
+ONNX model's about half a second more (importing onnx and onnxruntime).
 """
 
 from __future__ import annotations
 
 # The child imports this module too: only what it needs is imported at the top
-# (no subprocess, pathlib or the validator), so its start-up stays short.
-import ctypes
+# (no subprocess, pathlib or the validators), so its start-up stays short.
 import importlib
 import json
 import math
 import os
+import re
 import resource
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from streams.errors import ArtifactRejected, SandboxUnavailable
 
 if TYPE_CHECKING:
-    from streams.modelfile import ModelSummary
+    from streams.formats.base import Checked
 
 # The directory holding the streams package, put on the child's sys.path.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,26 +54,18 @@ _BOOT = (
 )
 _MAX_ANSWER = 1 << 16
 _MAX_STDERR = 400
+_FORMAT_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
-def lightgbm_library() -> str:
-    """Where ``lib_lightgbm.so`` is, found without importing the lightgbm package."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("lightgbm")
-    if spec is None or not spec.submodule_search_locations:
-        raise ArtifactRejected("LightGBM is not installed here, so no model can be checked")
-    for location in spec.submodule_search_locations:
-        for name in ("lib_lightgbm.so", "lib_lightgbm.dylib"):
-            for candidate in (os.path.join(location, "lib", name), os.path.join(location, name)):
-                if os.path.isfile(candidate):
-                    return candidate
-    raise ArtifactRejected("lib_lightgbm is missing from the lightgbm package")
+class SmokeFailed(Exception):
+    """A native library refused the model in the child; the message is the reason as is."""
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    memory_bytes: int = 1 << 30  # address space of the child, libraries included
+    # Address space of the child, libraries included. onnxruntime checks and scores a
+    # small graph within 256 MiB (measured), so LightGBM's 1 GiB serves both.
+    memory_bytes: int = 1 << 30
     cpu_seconds: int = 10
     wall_seconds: float = 30.0
     rows: int = 8  # smoke-prediction rows
@@ -78,15 +73,37 @@ class SandboxLimits:
 
 @dataclass(frozen=True)
 class SmokeResult:
-    num_trees: int
-    num_class: int
-    num_features: int
+    """The child's answer (the format's facts: outputs, finite, counts) and its wall time."""
+
+    format: str
+    answer: Mapping[str, Any]
     seconds: float
+
+
+def package_paths(packages: Iterable[str]) -> list[str]:
+    """The sys.path entries holding ``packages``, found without importing them."""
+    import importlib.util
+
+    paths: list[str] = []
+    for package in packages:
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise SandboxUnavailable(
+                f"{package} is not installed here, so no such model can be checked; "
+                f"install it (pip install {package})"
+            )
+        # .../site-packages/<package>/__init__.py -> .../site-packages
+        top = os.path.dirname(spec.origin)
+        if spec.submodule_search_locations:
+            top = os.path.dirname(top)
+        if top not in paths:
+            paths.append(top)
+    return paths
 
 
 @dataclass(frozen=True)
 class Sandbox:
-    """Runs ``entry`` ("module:function", default LightGBM load + smoke) under limits.
+    """Runs the format's smoke test (or ``entry``, "module:function") under limits.
 
     ``entry`` receives the model bytes and the request dict in the child and
     returns a JSON-able dict; another entry lets a test drive the real
@@ -96,53 +113,56 @@ class Sandbox:
     limits: SandboxLimits = field(default_factory=SandboxLimits)
     python: str = sys.executable
     entry: str = SMOKE
-    library: str | None = None  # path of lib_lightgbm; found on each check when None
 
-    def check(self, data: bytes, summary: ModelSummary) -> SmokeResult:
-        """Load ``data`` (already validated, described by ``summary``) in a child, or refuse it."""
+    def check(self, data: bytes, checked: Checked) -> SmokeResult:
+        """Load ``data`` (already validated, described by ``checked``) in a child, or refuse it."""
+        from streams.formats import by_name
+
+        model_format = by_name(checked.format)
+        library = model_format.library
+        # What the validator read goes on stdin ahead of the model: a signature of 100,000
+        # features is megabytes, and one argument of argv is limited to 128 KiB.
+        described = json.dumps(checked.plain()).encode()
         request = {
             "entry": self.entry,
-            "library": str(self.library or lightgbm_library()),
+            "format": model_format.name,
+            "paths": package_paths(model_format.packages),
+            "checked_size": len(described),
             "size": len(data),
             "rows": self.limits.rows,
-            "num_class": summary.num_class,
-            "num_features": summary.num_features,
             "memory_bytes": self.limits.memory_bytes,
             "cpu_seconds": self.limits.cpu_seconds,
         }
         started = time.monotonic()
-        answer = self._run(data, request)
+        answer = self._run(described + data, request, library)
         seconds = time.monotonic() - started
         if not answer.get("ok"):
             reason = str(answer.get("reason", "no reason given"))[:_MAX_STDERR]
+            if answer.get("refused"):
+                raise ArtifactRejected(reason)
             if answer.get("memory"):
                 raise ArtifactRejected(
-                    f"LightGBM ran out of its {self._mib} MiB memory limit on this model: {reason}"
+                    f"{library} ran out of its {self._mib} MiB memory limit on this model: {reason}"
                 )
-            raise ArtifactRejected(f"LightGBM cannot load this model: {reason}")
-        expected = {
-            "num_trees": summary.num_trees,
-            "num_class": summary.num_class,
-            "num_features": summary.num_features,
-            "out_len": self.limits.rows * summary.num_class,
-        }
-        got = {key: answer.get(key) for key in expected}
-        if got != expected:
+            raise ArtifactRejected(f"{library} cannot load this model: {reason}")
+        expected = checked.signature.outputs
+        if answer.get("outputs") != expected:
             raise ArtifactRejected(
-                f"LightGBM reads this model differently from its text ({got} != {expected}); "
-                "save it again with booster.save_model('model.txt')"
+                f"{library} reads this model differently from its bytes "
+                f"({answer.get('outputs')!r} outputs, not {expected}); export it again"
             )
         if answer.get("finite") is not True:
             raise ArtifactRejected(
-                "the model predicts NaN or infinity for ordinary rows; check its leaf values"
+                "the model predicts NaN or infinity for ordinary rows; check its weights "
+                "(leaf values)"
             )
-        return SmokeResult(summary.num_trees, summary.num_class, summary.num_features, seconds)
+        return SmokeResult(model_format.name, answer, seconds)
 
     @property
     def _mib(self) -> int:
         return self.limits.memory_bytes >> 20
 
-    def _run(self, data: bytes, request: dict[str, Any]) -> dict[str, Any]:
+    def _run(self, stdin: bytes, request: dict[str, Any], library: str) -> dict[str, Any]:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "LC_ALL": "C",
@@ -152,8 +172,8 @@ class Sandbox:
             "MALLOC_ARENA_MAX": "2",
         }
         # -I: no PYTHON* variables, no user site, no current directory. -S (no site
-        # packages) for our own child, which needs only the standard library; a
-        # test's entry may need pytest.
+        # packages) for our own child, which gets the format's package directories on
+        # its path instead; a test's entry may need pytest.
         flags = ["-I", "-S"] if self.entry == SMOKE else ["-I"]
         argv = [self.python, *flags, "-c", _BOOT, ROOT, json.dumps(request)]
         import subprocess  # here, not at the top: the child never needs it
@@ -170,13 +190,13 @@ class Sandbox:
         except OSError as exc:
             raise SandboxUnavailable(f"cannot start the model sandbox ({exc}); try again") from exc
         try:
-            out, err = child.communicate(data, timeout=self.limits.wall_seconds)
+            out, err = child.communicate(stdin, timeout=self.limits.wall_seconds)
         except subprocess.TimeoutExpired:
             child.kill()
             child.communicate()
             raise ArtifactRejected(
-                f"LightGBM did not finish loading and scoring this model within "
-                f"{self.limits.wall_seconds:g} s (does a tree loop?)"
+                f"{library} did not finish loading and scoring this model within "
+                f"{self.limits.wall_seconds:g} s (does it loop?)"
             ) from None
         except BaseException:
             child.kill()  # cancelled or interrupted: never leave the child behind
@@ -185,7 +205,7 @@ class Sandbox:
         code = child.returncode
         tail = err.decode("utf-8", "replace").strip()[-_MAX_STDERR:]
         if code < 0:
-            raise ArtifactRejected(self._signal_reason(-code, tail))
+            raise ArtifactRejected(self._signal_reason(-code, tail, library))
         try:
             answer = json.loads(out[-_MAX_ANSWER:].decode("utf-8").strip().rsplit("\n", 1)[-1])
         except (ValueError, IndexError):
@@ -197,18 +217,18 @@ class Sandbox:
             )
         return answer
 
-    def _signal_reason(self, signum: int, tail: str) -> str:
+    def _signal_reason(self, signum: int, tail: str, library: str) -> str:
         try:
             name = signal.Signals(signum).name
         except ValueError:
             name = f"signal {signum}"
         if signum in (signal.SIGXCPU, signal.SIGKILL):
             return (
-                f"LightGBM used more than its {self.limits.cpu_seconds} s of CPU time "
+                f"{library} used more than its {self.limits.cpu_seconds} s of CPU time "
                 f"on this model ({name})"
             )
         detail = f": {tail}" if tail else ""
-        return f"LightGBM crashed ({name}) loading or scoring this model{detail}"
+        return f"{library} crashed ({name}) loading or scoring this model{detail}"
 
 
 # -- the child --------------------------------------------------------------------------
@@ -220,9 +240,12 @@ def child_main(request_json: str) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     # SIGXCPU at the soft limit, SIGKILL one second later if that is caught.
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    # Keep the answer channel to ourselves: LightGBM prints its log to stdout.
+    # After the repository: a package there never shadows ours.
+    sys.path.extend(str(path) for path in request.get("paths", ()))
+    # Keep the answer channel to ourselves: native libraries print their logs to stdout.
     answer = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
+    request["checked"] = json.loads(sys.stdin.buffer.read(int(request["checked_size"])))
     data = sys.stdin.buffer.read(int(request["size"]))
     module, _, name = str(request["entry"]).partition(":")
     run: Callable[[bytes, dict[str, Any]], dict[str, Any]] = getattr(
@@ -232,14 +255,24 @@ def child_main(request_json: str) -> None:
         result = run(data, request)
     except MemoryError as exc:
         result = {"ok": False, "memory": True, "reason": f"out of memory ({exc})"}
+    except ArtifactRejected as exc:  # the format's own verdict, worded for the user
+        result = {"ok": False, "refused": True, "reason": str(exc)}
+    except SmokeFailed as exc:
+        result = {"ok": False, "reason": str(exc)}
     except Exception as exc:
         result = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"}
     answer.write(json.dumps(result) + "\n")
     answer.flush()
 
 
-class _LightGBMFailed(Exception):
-    pass
+def smoke(data: bytes, request: dict[str, Any]) -> dict[str, Any]:
+    """The default entry: the requested format's smoke test (native libraries load there)."""
+    name = str(request["format"])
+    if not _FORMAT_NAME.fullmatch(name):
+        raise SmokeFailed(f"no format named {name[:40]!r}")
+    module = importlib.import_module(f"streams.formats.{name}")
+    model_format = getattr(module, name.upper())
+    return {"ok": True, **model_format.smoke(data, request["checked"], int(request["rows"]))}
 
 
 def smoke_rows(rows: int, features: int) -> list[float]:
@@ -261,93 +294,3 @@ def smoke_rows(rows: int, features: int) -> list[float]:
                 value = state / 2**31 * 20.0 - 10.0
             out.append(value)
     return out
-
-
-def smoke(data: bytes, request: dict[str, Any]) -> dict[str, Any]:
-    """Load with LightGBM's C API as ``lightgbm.Booster(model_str=...)`` does, then score."""
-    lib = ctypes.CDLL(str(request["library"]))
-    lib.LGBM_GetLastError.restype = ctypes.c_char_p
-
-    def call(result: int, what: str) -> None:
-        if result != 0:
-            message = (lib.LGBM_GetLastError() or b"").decode("utf-8", "replace")
-            raise _LightGBMFailed(f"{what}: {message}")
-
-    handle = ctypes.c_void_p()
-    iterations = ctypes.c_int(0)
-    try:
-        call(
-            lib.LGBM_BoosterLoadModelFromString(
-                ctypes.c_char_p(data), ctypes.byref(iterations), ctypes.byref(handle)
-            ),
-            "loading",
-        )
-        del data
-        counts = {}
-        for key, function in (
-            ("num_class", lib.LGBM_BoosterGetNumClasses),
-            ("num_features", lib.LGBM_BoosterGetNumFeature),
-            ("num_trees", lib.LGBM_BoosterNumberOfTotalModel),
-        ):
-            value = ctypes.c_int(0)
-            call(function(handle, ctypes.byref(value)), key)
-            counts[key] = value.value
-        _loaded_parameters(lib, handle, call)
-        rows, features = int(request["rows"]), int(request["num_features"])
-        if (counts["num_class"], counts["num_features"]) != (
-            request["num_class"],
-            features,
-        ):
-            # Never size a prediction by what LightGBM says if it disagrees with the text.
-            return {"ok": True, **counts, "out_len": None, "finite": False}
-        matrix = (ctypes.c_double * (rows * features))(*smoke_rows(rows, features))
-        out = (ctypes.c_double * (rows * counts["num_class"]))()
-        out_len = ctypes.c_int64(0)
-        call(
-            lib.LGBM_BoosterPredictForMat(
-                handle,
-                matrix,
-                ctypes.c_int(1),  # C_API_DTYPE_FLOAT64
-                ctypes.c_int32(rows),
-                ctypes.c_int32(features),
-                ctypes.c_int(1),  # row-major, like the workers' numpy batches
-                ctypes.c_int(0),  # C_API_PREDICT_NORMAL
-                ctypes.c_int(0),
-                ctypes.c_int(-1),
-                ctypes.c_char_p(b"num_threads=1"),
-                ctypes.byref(out_len),
-                out,
-            ),
-            "predicting",
-        )
-        finite = all(map(math.isfinite, out))
-        return {"ok": True, **counts, "out_len": out_len.value, "finite": finite}
-    except _LightGBMFailed as exc:
-        text = str(exc)
-        return {"ok": False, "memory": "bad_alloc" in text, "reason": text}
-    finally:
-        if handle.value:
-            lib.LGBM_BoosterFree(handle)
-
-
-def _loaded_parameters(lib: Any, handle: ctypes.c_void_p, call: Callable[[int, str], None]) -> None:
-    """Re-read the parameters as the Python package does on load: JSON from LightGBM."""
-    size = 1 << 20
-    for _ in range(2):
-        buffer = ctypes.create_string_buffer(size)
-        needed = ctypes.c_int64(0)
-        call(
-            lib.LGBM_BoosterGetLoadedParam(
-                handle, ctypes.c_int64(size), ctypes.byref(needed), buffer
-            ),
-            "reading its parameters",
-        )
-        if needed.value <= size:
-            break
-        size = needed.value
-    try:
-        parsed = json.loads(buffer.value.decode("utf-8"))
-    except (ValueError, RecursionError) as exc:
-        raise _LightGBMFailed(f"its parameters do not read back as JSON ({exc})") from exc
-    if not isinstance(parsed, dict):
-        raise _LightGBMFailed("its parameters do not read back as a JSON object")

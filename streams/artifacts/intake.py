@@ -2,11 +2,11 @@
 
 An upload streams into a temporary file under a staging directory (inside a store
 directory, or on this instance's own disk in front of S3), bounded as it arrives.
-Nothing reaches the store that has not passed :func:`check_model`: our own parser
-(:mod:`streams.modelfile`), then LightGBM in a sandboxed child
-(:mod:`streams.sandbox`). This process never loads a model itself. The bytes that
-were checked name the digest :meth:`ArtifactStore.put` is given, and the store
-makes the file visible under it only once the bytes it sends hash to it.
+Nothing reaches the store that has not passed :func:`check_model`: the format told
+by content, our own validator for it, then its native library (LightGBM, onnxruntime)
+in a sandboxed child (:func:`streams.formats.check`). This process never loads a model
+itself. The bytes that were checked name the digest :meth:`ArtifactStore.put` is given,
+and the store makes the file visible under it only once the bytes it sends hash to it.
 
 Temporary files are removed on every failure path: a write that fails (full or
 read-only directory), a refused model, a client that goes away mid-upload
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from streams import modelfile
+from streams import formats
 from streams.artifacts.store import ArtifactStore, verify
 from streams.errors import (
     ArtifactCorrupted,
@@ -44,10 +44,11 @@ from streams.errors import (
     UploadStalled,
 )
 from streams.files import TempFiles
-from streams.modelfile import MAX_MODEL_BYTES, ModelSummary
+from streams.formats import Checked
+from streams.modelfile import MAX_MODEL_BYTES
 from streams.sandbox import Sandbox
 
-__all__ = ["MAX_MODEL_BYTES", "Intake", "ModelSummary", "Received", "check_model", "sha256_of"]
+__all__ = ["MAX_MODEL_BYTES", "Checked", "Intake", "Received", "check_model", "sha256_of"]
 
 log = logging.getLogger("modelvc.artifacts")
 
@@ -58,20 +59,19 @@ class Received:
     (verified, and repaired if it was damaged)."""
 
     digest: str
-    summary: ModelSummary
+    summary: Checked
     size: int
     stored: bool
 
 
-def check_model(data: bytes, sandbox: Sandbox, max_bytes: int = MAX_MODEL_BYTES) -> ModelSummary:
-    """Parse ``data`` with our validator, then load and smoke-score it in ``sandbox``.
+def check_model(data: bytes, sandbox: Sandbox, max_bytes: int = MAX_MODEL_BYTES) -> Checked:
+    """Tell the format, validate ``data`` with our code, then load and smoke-score it in
+    ``sandbox``.
 
-    Raises ArtifactRejected with the reason; LightGBM never sees what the parser refuses.
-    ``max_bytes`` is the deployment's model limit (MODELVC_MAX_MODEL_MB).
+    Raises ArtifactRejected with the reason; no native library sees what our validator
+    refuses. ``max_bytes`` is the deployment's model limit (MODELVC_MAX_MODEL_MB).
     """
-    summary = modelfile.validate(data, max_bytes)
-    sandbox.check(data, summary)
-    return summary
+    return formats.check(data, sandbox, max_bytes)
 
 
 def sha256_of(data: bytes) -> str:
@@ -133,12 +133,12 @@ class Intake:
         except OSError as exc:
             raise _unavailable(self.staging, exc) from exc
 
-    def _check(self, data: bytes) -> ModelSummary:
+    def _check(self, data: bytes) -> Checked:
         if len(data) > self.max_bytes:
             raise ArtifactTooLarge(f"artifacts are limited to {self.max_bytes} bytes")
         return check_model(data, self.sandbox, self.max_bytes)
 
-    def _check_staged(self, temp: Path, expected: str | None) -> tuple[str, ModelSummary]:
+    def _check_staged(self, temp: Path, expected: str | None) -> tuple[str, Checked]:
         """The staged upload's digest and summary (read once, bounded, then let go)."""
         try:
             with open(temp, "rb") as handle:
@@ -201,9 +201,9 @@ class Intake:
 
         Raises ArtifactTooLarge past ``max_bytes`` (stopping the read there),
         ArtifactEmpty, ArtifactCorrupted (``expected`` differs), ArtifactRejected
-        (not a model LightGBM loads safely), UploadStalled, UploadsBusy or
-        ArtifactStoreUnavailable. The temp file is removed on each of those, on
-        success, and on cancellation (a client gone).
+        (not a model format modelvc knows, or not one its library loads safely),
+        UploadStalled, UploadsBusy or ArtifactStoreUnavailable. The temp file is removed
+        on each of those, on success, and on cancellation (a client gone).
         """
         if self._uploads >= self.max_uploads:
             raise UploadsBusy(

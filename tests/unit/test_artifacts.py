@@ -53,7 +53,7 @@ def test_put_is_idempotent_and_reads_verify_the_digest(tmp_path: Path) -> None:
     data = train_model(tmp_path / "m.txt").read_bytes()
     first = intake.put(data)
     digest = first.digest
-    assert digest == sha256_of(data) and first.summary.num_features == 4
+    assert digest == sha256_of(data) and first.summary.details["num_features"] == 4
     assert (first.size, first.stored) == (len(data), True)
     again = intake.put(data)
     assert (again.digest, again.stored) == (digest, False)
@@ -102,8 +102,8 @@ def test_a_stored_object_over_the_read_limit_is_corrupted_not_too_large(tmp_path
     [
         (b"\x80\x04\x95\x00", "pickle"),
         (b"\x78\x9c\x00\x00", "joblib"),
-        (b"\xff\xfe\x00binary", "binary"),
-        (b"hello world", "LightGBM text model"),
+        (b"\xff\xfe\x00binary", "not a model format modelvc knows"),
+        (b"hello world", r"LightGBM text or ONNX.*booster\.save_model\('model\.txt'\)"),
         (b"tree\nversion=v4\nnum_class=oops\n", "not a valid LightGBM text model"),
     ],
 )
@@ -146,7 +146,12 @@ def test_receive_streams_checks_and_stores_an_upload(tmp_path: Path) -> None:
     intake = intake_at(tmp_path / "store")
     data = train_model(tmp_path / "m.txt").read_bytes()
     received = asyncio.run(intake.receive(chunks_of(data), sha256_of(data)))
-    assert (received.digest, received.size, received.summary.num_trees, received.stored) == (
+    assert (
+        received.digest,
+        received.size,
+        received.summary.details["num_trees"],
+        received.stored,
+    ) == (
         sha256_of(data),
         len(data),
         5,

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from streams import modelfile
 from streams.core.model_signature import CATEGORICAL, DOUBLE, Feature, ModelSignature
 from streams.errors import ArtifactRejected, ArtifactTooLarge
+from streams.formats.lightgbm import checked_of
 from streams.sandbox import Sandbox, SandboxLimits
 from tests.conftest import train_model
 
@@ -107,7 +108,7 @@ def test_real_models_of_every_kind_are_accepted_and_load_in_the_sandbox(
     assert summary.num_trees == 6 * num_class or summary.max_leaves == 1  # stops: no split
     assert summary.bytes_per_row == 40 * (5 + num_class)
     assert summary.model_bytes >= 96 * summary.total_leaves
-    Sandbox().check(data, summary)
+    Sandbox().check(data, checked_of(summary))
 
 
 def test_the_summary_describes_the_model(model_text: str) -> None:
@@ -332,7 +333,7 @@ def test_fuzzed_models_never_escape_as_anything_but_artifact_rejected(
     started = time.monotonic()
     try:
         summary = modelfile.validate(model)
-        _FUZZ_SANDBOX.check(model, summary)
+        _FUZZ_SANDBOX.check(model, checked_of(summary))
     except ArtifactRejected:
         pass
     assert time.monotonic() - started < 20  # never a hang

@@ -20,6 +20,8 @@ import pytest
 
 from streams import modelfile
 from streams.errors import ArtifactRejected
+from streams.formats import Checked
+from streams.formats.lightgbm import LIGHTGBM
 from streams.sandbox import Sandbox, SandboxLimits
 
 
@@ -47,24 +49,25 @@ HERE = "tests.unit.test_sandbox"
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, modelfile.ModelSummary]:
+def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, Checked]:
     from tests.conftest import train_model
 
     data = train_model(tmp_path_factory.mktemp("m") / "model.txt").read_bytes()
-    return data, modelfile.validate(data)
+    return data, LIGHTGBM.validate(data, modelfile.MAX_MODEL_BYTES)
 
 
 def test_a_valid_model_loads_and_scores_in_the_child(
-    model: tuple[bytes, modelfile.ModelSummary],
+    model: tuple[bytes, Checked],
 ) -> None:
     data, summary = model
     result = Sandbox().check(data, summary)
-    assert (result.num_trees, result.num_class, result.num_features) == (5, 1, 4)
-    assert result.seconds < 10
+    counts = tuple(result.answer[key] for key in ("num_trees", "num_class", "num_features"))
+    assert counts == (5, 1, 4) and result.answer["outputs"] == 1
+    assert result.format == "lightgbm" and result.seconds < 10
 
 
 def test_finding_1_a_child_that_aborts_becomes_artifact_rejected(
-    model: tuple[bytes, modelfile.ModelSummary],
+    model: tuple[bytes, Checked],
 ) -> None:
     data, summary = model
     with pytest.raises(ArtifactRejected, match=r"crashed \(SIGABRT\)"):
@@ -73,7 +76,7 @@ def test_finding_1_a_child_that_aborts_becomes_artifact_rejected(
 
 
 def test_finding_1_a_child_over_its_memory_limit_becomes_artifact_rejected(
-    model: tuple[bytes, modelfile.ModelSummary],
+    model: tuple[bytes, Checked],
 ) -> None:
     data, summary = model
     limits = SandboxLimits(memory_bytes=768 << 20)
@@ -82,7 +85,7 @@ def test_finding_1_a_child_over_its_memory_limit_becomes_artifact_rejected(
 
 
 def test_finding_1_a_child_over_its_cpu_time_becomes_artifact_rejected(
-    model: tuple[bytes, modelfile.ModelSummary],
+    model: tuple[bytes, Checked],
 ) -> None:
     data, summary = model
     limits = SandboxLimits(cpu_seconds=1, wall_seconds=30)
@@ -93,7 +96,7 @@ def test_finding_1_a_child_over_its_cpu_time_becomes_artifact_rejected(
 
 
 def test_finding_1_a_child_past_the_wall_clock_is_killed_and_rejected(
-    model: tuple[bytes, modelfile.ModelSummary],
+    model: tuple[bytes, Checked],
 ) -> None:
     data, summary = model
     limits = SandboxLimits(wall_seconds=1.5)
@@ -104,11 +107,13 @@ def test_finding_1_a_child_past_the_wall_clock_is_killed_and_rejected(
 
 
 def test_a_model_lightgbm_reads_differently_from_its_summary_is_refused(
-    model: tuple[bytes, modelfile.ModelSummary],
+    model: tuple[bytes, Checked],
 ) -> None:
     data, summary = model
     with pytest.raises(ArtifactRejected, match="differently"):
-        Sandbox().check(data, dataclasses.replace(summary, num_trees=6))
+        Sandbox().check(
+            data, dataclasses.replace(summary, details={**summary.details, "num_trees": 6})
+        )
 
 
 def test_a_model_whose_scores_are_not_finite_is_refused(tmp_path: Path) -> None:
@@ -119,6 +124,6 @@ def test_a_model_whose_scores_are_not_finite_is_refused(tmp_path: Path) -> None:
         leaves = int(text.split(f"Tree={tree}\nnum_leaves=")[1].split("\n")[0])
         text = edit_tree(text, tree, "leaf_value", " ".join(["1e308"] * leaves))
     data = text.encode()
-    summary = modelfile.validate(data)  # every number is finite; their sum is not
+    summary = LIGHTGBM.validate(data, len(data))  # every number is finite; their sum is not
     with pytest.raises(ArtifactRejected, match="NaN or infinity"):
         Sandbox().check(data, summary)
