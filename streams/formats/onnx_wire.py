@@ -1,0 +1,626 @@
+"""Our own reader of an ONNX file's protobuf wire bytes: onnx's native parser never sees
+a file this refuses.
+
+An ONNX file is one serialized ``ModelProto`` (onnx/onnx.proto). onnx and onnxruntime
+parse it with protobuf's C++ code, which trusts declared lengths only as far as the
+buffer, merges a repeated singular message into one, reads external data files named
+inside the model, and sizes tensors by their ``dims``. So the whole file is walked here
+first, with the standard library only, in one pass:
+
+- every tag, varint and length is checked against the bytes that remain (nothing is
+  read past the end; a varint is at most 10 bytes; no groups);
+- each message we walk knows its fields (the onnx 1.23 schema): an unknown field, a
+  field with the wrong wire type, or a singular field written twice is refused, so no
+  library reads anything we skipped;
+- nesting is bounded: subgraphs (``If``/``Loop``/``Scan`` attributes) to
+  :data:`MAX_GRAPH_DEPTH`, types (``sequence(map(...))``) to :data:`MAX_TYPE_DEPTH`;
+  packed numbers are counted by C-level byte scans, so the walk is linear;
+- every tensor (initializers and attribute values, in every graph) holds exactly the
+  data its ``dims`` and type declare, in the field its type uses, and no external data.
+
+:func:`read_model` gives the :class:`ModelFacts` that :mod:`streams.formats.onnx` turns
+into a signature and decides on (opsets, domains, the signature's rules).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from streams.errors import ArtifactRejected, ArtifactTooLarge
+
+MAX_NODES = 10_000  # in all graphs together
+MAX_GRAPH_IO = 1024  # inputs, outputs of the main graph (each)
+MAX_GRAPH_DEPTH = 4  # the main graph and three levels of subgraphs
+MAX_TYPE_DEPTH = 8
+MAX_DIMS = 64
+MAX_METADATA = 1024  # metadata_props entries of the model
+MAX_TEXT = 1 << 16  # a name or a metadata value we decode
+_WIDEST_CAP = 1 << 24
+
+VARINT, I64, LEN, I32 = 0, 1, 2, 5
+_MASK64 = (1 << 64) - 1
+_HIGH = bytes(range(0x80, 0x100))
+_LONG_VARINT = re.compile(rb"[\x80-\xff]{10}")
+_DIM_PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_.:+*/()-]{0,63}", re.ASCII)
+
+EXTERNAL_HINT = (
+    "external data files are not supported: save the model with "
+    "onnx.save_model(model, path, save_as_external_data=False)"
+)
+RE_EXPORT = "export the model again (onnx.save_model(model, 'model.onnx')) and commit that file"
+
+# TensorProto.DataType -> (name, bits per element, typed field holding it, values per
+# element in that field as (numerator, denominator)); 0 bits: strings.
+_FLOAT_DATA, _INT32_DATA, _STRING_DATA, _INT64_DATA, _DOUBLE_DATA, _UINT64_DATA = 4, 5, 6, 7, 10, 11
+_TYPED = (_FLOAT_DATA, _INT32_DATA, _STRING_DATA, _INT64_DATA, _DOUBLE_DATA, _UINT64_DATA)
+ELEM_TYPES: dict[int, tuple[str, int, int, tuple[int, int]]] = {
+    1: ("float", 32, _FLOAT_DATA, (1, 1)),
+    2: ("uint8", 8, _INT32_DATA, (1, 1)),
+    3: ("int8", 8, _INT32_DATA, (1, 1)),
+    4: ("uint16", 16, _INT32_DATA, (1, 1)),
+    5: ("int16", 16, _INT32_DATA, (1, 1)),
+    6: ("int32", 32, _INT32_DATA, (1, 1)),
+    7: ("int64", 64, _INT64_DATA, (1, 1)),
+    8: ("string", 0, _STRING_DATA, (1, 1)),
+    9: ("bool", 8, _INT32_DATA, (1, 1)),
+    10: ("float16", 16, _INT32_DATA, (1, 1)),
+    11: ("double", 64, _DOUBLE_DATA, (1, 1)),
+    12: ("uint32", 32, _UINT64_DATA, (1, 1)),
+    13: ("uint64", 64, _UINT64_DATA, (1, 1)),
+    14: ("complex64", 64, _FLOAT_DATA, (2, 1)),
+    15: ("complex128", 128, _DOUBLE_DATA, (2, 1)),
+    16: ("bfloat16", 16, _INT32_DATA, (1, 1)),
+    17: ("float8e4m3fn", 8, _INT32_DATA, (1, 1)),
+    18: ("float8e4m3fnuz", 8, _INT32_DATA, (1, 1)),
+    19: ("float8e5m2", 8, _INT32_DATA, (1, 1)),
+    20: ("float8e5m2fnuz", 8, _INT32_DATA, (1, 1)),
+    21: ("uint4", 4, _INT32_DATA, (1, 2)),
+    22: ("int4", 4, _INT32_DATA, (1, 2)),
+    23: ("float4e2m1", 4, _INT32_DATA, (1, 2)),
+    24: ("float8e8m0", 8, _INT32_DATA, (1, 1)),
+    25: ("uint2", 2, _INT32_DATA, (1, 4)),
+    26: ("int2", 2, _INT32_DATA, (1, 4)),
+}
+
+
+def malformed(what: str) -> ArtifactRejected:
+    return ArtifactRejected(f"not a well-formed ONNX model: {what}; {RE_EXPORT}")
+
+
+@dataclass(frozen=True)
+class ValueInfo:
+    """A graph input or output: its name, its type as text (``float``; a non-tensor as
+    onnxruntime writes it, ``seq(map(int64,tensor(float)))``), a tensor's element type
+    number (None for other types) and its dims (a number, a symbolic name, ``?``; None
+    when no shape is given)."""
+
+    name: str
+    type: str
+    elem: int | None
+    shape: tuple[str, ...] | None
+
+
+@dataclass
+class ModelFacts:
+    ir_version: int = -1
+    opsets: list[tuple[str, int]] = field(default_factory=list)
+    producer_name: str = ""
+    producer_version: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    inputs: list[ValueInfo] = field(default_factory=list)
+    outputs: list[ValueInfo] = field(default_factory=list)
+    initializer_names: set[str] = field(default_factory=set)
+    node_domains: set[str] = field(default_factory=set)
+    nodes: int = 0
+    initializers: int = 0  # tensors of the main graph's initializer list
+    parameters: int = 0  # elements of every tensor (initializers and attribute values)
+    tensor_bytes: int = 0  # their declared bytes
+    widest: int = 1  # the widest row of a tensor (see _width)
+
+
+def varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """The unsigned varint at ``pos`` (truncated to 64 bits, as protobuf does) and the
+    position after it."""
+    result = shift = 0
+    while True:
+        if pos >= end:
+            raise malformed("the file ends inside a number")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result & _MASK64, pos
+        shift += 7
+        if shift >= 70:
+            raise malformed("a number longer than 10 bytes")
+
+
+def signed(value: int) -> int:
+    """An int64 field's value: protobuf writes negative ones as 10-byte two's complement."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def fields(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """The fields of the message in ``data[start:end]``: (number, wire type, a, b) where a
+    varint's value is ``a`` and any other field is the slice ``data[a:b]``."""
+    pos = start
+    while pos < end:
+        key, pos = varint(data, pos, end)
+        number, wire = key >> 3, key & 7
+        if number == 0 or number > 0x1FFFFFFF:
+            raise malformed(f"field number {number}")
+        if wire == VARINT:
+            value, pos = varint(data, pos, end)
+            yield number, wire, value, pos
+            continue
+        if wire == LEN:
+            length, pos = varint(data, pos, end)
+        elif wire in (I64, I32):
+            length = 8 if wire == I64 else 4
+        else:
+            raise malformed(f"wire type {wire} (protobuf groups are not used by ONNX)")
+        if length > end - pos:
+            raise malformed(f"a field of {length} bytes where {end - pos} remain")
+        yield number, wire, pos, pos + length
+        pos += length
+
+
+def _text(data: bytes, a: int, b: int, what: str) -> str:
+    if b - a > MAX_TEXT:
+        raise ArtifactRejected(f"the {what} is {b - a} bytes long; at most {MAX_TEXT} are allowed")
+    try:
+        return data[a:b].decode("utf-8")
+    except UnicodeDecodeError:
+        raise malformed(f"the {what} is not UTF-8 text") from None
+
+
+def _packed_varints(data: bytes, a: int, b: int) -> int:
+    """How many varints ``data[a:b]`` packs, checking each ends and is at most 10 bytes."""
+    chunk = data[a:b]
+    if chunk and chunk[-1] >= 0x80:
+        raise malformed("packed numbers cut off")
+    if _LONG_VARINT.search(chunk):
+        raise malformed("a number longer than 10 bytes")
+    return len(chunk.translate(None, _HIGH))
+
+
+def _repeated_count(data: bytes, wire: int, a: int, b: int, scalar: int, what: str) -> int:
+    """Values one occurrence of a repeated number field adds: one unpacked, or a packed run."""
+    if wire == scalar:
+        return 1
+    if wire != LEN:
+        raise malformed(f"{what} has wire type {wire}")
+    if scalar == VARINT:
+        return _packed_varints(data, a, b)
+    size = 8 if scalar == I64 else 4
+    if (b - a) % size:
+        raise malformed(f"{what} holds {b - a} bytes, not a whole number of values")
+    return (b - a) // size
+
+
+class _Walk:
+    def __init__(self, data: bytes, max_bytes: int) -> None:
+        self.data = data
+        self.max_bytes = max_bytes
+        self.facts = ModelFacts()
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _expect(self, wire: int, want: int, what: str) -> None:
+        if wire != want:
+            raise malformed(f"{what} has wire type {wire}, not {want}")
+
+    def _once(self, seen: set[int], number: int, what: str) -> None:
+        # protobuf keeps the last of a repeated scalar and merges repeated messages: a
+        # reader that took the first would see another model than onnxruntime does.
+        if number in seen:
+            raise malformed(f"{what} appears twice")
+        seen.add(number)
+
+    # -- ModelProto -------------------------------------------------------------------
+
+    def model(self) -> ModelFacts:
+        data, facts, seen = self.data, self.facts, set[int]()
+        for number, wire, a, b in fields(data, 0, len(data)):
+            if number in (1, 2, 3, 4, 5, 6, 7):
+                self._once(seen, number, f"ModelProto field {number}")
+            if number == 1:
+                self._expect(wire, VARINT, "ir_version")
+                facts.ir_version = signed(a)
+            elif number in (2, 3):
+                self._expect(wire, LEN, "producer_name")
+                text = _text(data, a, b, "producer name")
+                if number == 2:
+                    facts.producer_name = text
+                else:
+                    facts.producer_version = text
+            elif number in (4, 6):
+                self._expect(wire, LEN, "the model's domain or doc_string")
+            elif number == 5:
+                self._expect(wire, VARINT, "model_version")
+            elif number == 7:
+                self._expect(wire, LEN, "graph")
+                self.graph(a, b, depth=1)
+            elif number == 8:
+                self._expect(wire, LEN, "opset_import")
+                facts.opsets.append(self._opset(a, b))
+            elif number == 14:
+                self._expect(wire, LEN, "metadata_props")
+                if len(facts.metadata) >= MAX_METADATA:
+                    raise ArtifactRejected(
+                        f"the model has more than {MAX_METADATA} metadata_props entries"
+                    )
+                key, value = self._entry(a, b)
+                facts.metadata[key] = value
+            elif number == 20:
+                raise ArtifactRejected(
+                    "models with training information are not supported; export the "
+                    "inference graph only"
+                )
+            elif number == 25:
+                raise ArtifactRejected(
+                    "model-local functions are not supported; export with the functions "
+                    "inlined (onnx.inliner.inline_local_functions(model))"
+                )
+            else:
+                raise ArtifactRejected(
+                    f"ModelProto field {number} is not one modelvc reads (written by a newer "
+                    "onnx?); save the model with onnx 1.23 or older and commit that file"
+                )
+        if 7 not in seen:
+            raise malformed("there is no graph")
+        return facts
+
+    def _opset(self, a: int, b: int) -> tuple[str, int]:
+        domain, version, seen = "", -1, set[int]()
+        for number, wire, x, y in fields(self.data, a, b):
+            self._once(seen, number, "an opset_import field")
+            if number == 1:
+                self._expect(wire, LEN, "opset domain")
+                domain = _text(self.data, x, y, "opset domain")
+            elif number == 2:
+                self._expect(wire, VARINT, "opset version")
+                version = signed(x)
+            else:
+                raise malformed(f"opset_import field {number}")
+        return domain, version
+
+    def _entry(self, a: int, b: int) -> tuple[str, str]:
+        key = value = ""
+        seen = set[int]()
+        for number, wire, x, y in fields(self.data, a, b):
+            self._once(seen, number, "a metadata_props field")
+            self._expect(wire, LEN, "metadata_props")
+            if number == 1:
+                key = _text(self.data, x, y, "metadata key")
+            elif number == 2:
+                value = _text(self.data, x, y, "metadata value")
+            else:
+                raise malformed(f"metadata_props field {number}")
+        return key, value
+
+    # -- GraphProto, NodeProto, AttributeProto -----------------------------------------
+
+    def graph(self, a: int, b: int, depth: int) -> None:
+        if depth > MAX_GRAPH_DEPTH:
+            raise ArtifactRejected(
+                f"subgraphs (If/Loop/Scan bodies) nest more than {MAX_GRAPH_DEPTH - 1} deep"
+            )
+        main, facts, seen = depth == 1, self.facts, set[int]()
+        for number, wire, x, y in fields(self.data, a, b):
+            if number in (2, 10):
+                self._once(seen, number, f"GraphProto field {number}")
+                self._expect(wire, LEN, "the graph's name or doc_string")
+            elif number == 1:
+                self._expect(wire, LEN, "node")
+                self.node(x, y, depth)
+            elif number == 5:
+                self._expect(wire, LEN, "initializer")
+                name = self.tensor(x, y, "an initializer")
+                if main:
+                    facts.initializers += 1
+                    facts.initializer_names.add(name)
+            elif number == 15:
+                raise ArtifactRejected("sparse initializers are not supported; store them dense")
+            elif number in (11, 12, 13):
+                self._expect(wire, LEN, "a value_info")
+                info = self.value_info(x, y)
+                if main and number != 13:
+                    listed = facts.inputs if number == 11 else facts.outputs
+                    if len(listed) >= MAX_GRAPH_IO:
+                        raise ArtifactTooLarge(
+                            f"the graph has more than {MAX_GRAPH_IO} "
+                            f"{'inputs' if number == 11 else 'outputs'}"
+                        )
+                    listed.append(info)
+            elif number in (14, 16):
+                self._expect(wire, LEN, "quantization_annotation or metadata_props")
+            else:
+                raise malformed(f"GraphProto field {number}")
+
+    def node(self, a: int, b: int, depth: int) -> None:
+        facts, seen = self.facts, set[int]()
+        facts.nodes += 1
+        if facts.nodes > MAX_NODES:
+            raise ArtifactTooLarge(
+                f"the graph has more than {MAX_NODES} nodes; modelvc serves graphs of at "
+                f"most {MAX_NODES}"
+            )
+        domain = ""
+        for number, wire, x, y in fields(self.data, a, b):
+            if number in (3, 4, 6, 7, 8):
+                self._once(seen, number, f"NodeProto field {number}")
+            if number in (1, 2, 3, 4, 6, 8, 9):
+                self._expect(wire, LEN, f"NodeProto field {number}")
+            elif number == 7:
+                self._expect(wire, LEN, "a node's domain")
+                domain = _text(self.data, x, y, "node domain")
+            elif number == 5:
+                self._expect(wire, LEN, "attribute")
+                self.attribute(x, y, depth)
+            else:
+                raise malformed(f"NodeProto field {number}")
+        facts.node_domains.add(domain)
+
+    def attribute(self, a: int, b: int, depth: int) -> None:
+        data, seen = self.data, set[int]()
+        for number, wire, x, y in fields(data, a, b):
+            if number in (1, 2, 3, 4, 5, 6, 13, 14, 20, 21):
+                self._once(seen, number, f"AttributeProto field {number}")
+            if number in (1, 4, 9, 13, 14, 15, 21):
+                self._expect(wire, LEN, f"AttributeProto field {number}")
+                if number in (14, 15):
+                    self.type(x, y, 1)
+            elif number in (3, 20):
+                self._expect(wire, VARINT, f"AttributeProto field {number}")
+            elif number == 2:
+                self._expect(wire, I32, "a float attribute")
+            elif number == 7:
+                _repeated_count(data, wire, x, y, I32, "a floats attribute")
+            elif number == 8:
+                _repeated_count(data, wire, x, y, VARINT, "an ints attribute")
+            elif number in (5, 10):
+                self._expect(wire, LEN, "a tensor attribute")
+                self.tensor(x, y, "a tensor attribute")
+            elif number in (6, 11):
+                self._expect(wire, LEN, "a graph attribute")
+                self.graph(x, y, depth + 1)
+            elif number in (22, 23):
+                raise ArtifactRejected("sparse tensors are not supported; store them dense")
+            else:
+                raise malformed(f"AttributeProto field {number}")
+
+    # -- TensorProto ---------------------------------------------------------------------
+
+    def tensor(self, a: int, b: int, what: str) -> str:
+        """Checks a tensor holds what it declares; gives its name."""
+        data, seen = self.data, set[int]()
+        dims: list[int] = []
+        elem = 1  # TensorProto's default data_type is 0 (undefined): refused below
+        elem_seen = False
+        name = ""
+        raw: int | None = None
+        counts = dict.fromkeys(_TYPED, 0)
+        string_bytes = 0
+        for number, wire, x, y in fields(data, a, b):
+            if number in (2, 3, 8, 9, 12, 14):
+                self._once(seen, number, f"TensorProto field {number}")
+            if number == 1:
+                dims_here = _repeated_count(data, wire, x, y, VARINT, "dims")
+                dims.extend(self._dims(wire, x, y, dims_here))
+                if len(dims) > MAX_DIMS:
+                    raise ArtifactRejected(f"{what} has more than {MAX_DIMS} dims")
+            elif number == 2:
+                self._expect(wire, VARINT, "data_type")
+                elem, elem_seen = signed(x), True
+            elif number == 3:
+                raise ArtifactRejected(f"{what} is stored in segments; {RE_EXPORT}")
+            elif number == 8:
+                self._expect(wire, LEN, "a tensor's name")
+                name = _text(data, x, y, "tensor name")
+            elif number in (12, 16):
+                self._expect(wire, LEN, "a tensor's doc_string or metadata_props")
+            elif number == 9:
+                self._expect(wire, LEN, "raw_data")
+                raw = y - x
+            elif number == 13:
+                raise ArtifactRejected(
+                    f"{what} {name!r} is in a file beside the model: {EXTERNAL_HINT}"
+                )
+            elif number == 14:
+                self._expect(wire, VARINT, "data_location")
+                if x != 0:
+                    raise ArtifactRejected(
+                        f"{what} {name!r} is in a file beside the model: {EXTERNAL_HINT}"
+                    )
+            elif number == _STRING_DATA:
+                self._expect(wire, LEN, "string_data")
+                counts[number] += 1
+                string_bytes += y - x
+            elif number in (_FLOAT_DATA, _DOUBLE_DATA):
+                scalar = I32 if number == _FLOAT_DATA else I64
+                counts[number] += _repeated_count(data, wire, x, y, scalar, f"{what}'s data")
+            elif number in (_INT32_DATA, _INT64_DATA, _UINT64_DATA):
+                counts[number] += _repeated_count(data, wire, x, y, VARINT, f"{what}'s data")
+            else:
+                raise malformed(f"TensorProto field {number}")
+        if not elem_seen or elem not in ELEM_TYPES:
+            raise ArtifactRejected(f"{what} {name!r} has an unknown element type {elem}")
+        type_name, bits, typed, (per, every) = ELEM_TYPES[elem]
+        elements = 1
+        for dim in dims:
+            elements *= dim
+            if elements > 8 * self.max_bytes + 8:
+                raise ArtifactTooLarge(
+                    f"{what} {name!r} declares more elements than a model of at most "
+                    f"{self.max_bytes} bytes can hold"
+                )
+        held = sum(counts.values())
+        if raw is not None:
+            declared = (elements * bits + 7) // 8
+            if held or bits == 0 or raw != declared:
+                raise ArtifactRejected(
+                    f"{what} {name!r} ({type_name}, dims {dims}) declares {declared} bytes "
+                    f"but holds {raw} bytes of raw data and {held} values; {RE_EXPORT}"
+                )
+        else:
+            wanted = (elements * per + every - 1) // every
+            if counts[typed] != held or held != wanted:
+                raise ArtifactRejected(
+                    f"{what} {name!r} ({type_name}, dims {dims}) declares {wanted} values "
+                    f"but holds {held}; {RE_EXPORT}"
+                )
+            declared = string_bytes if bits == 0 else (elements * bits + 7) // 8
+        facts = self.facts
+        facts.parameters += elements
+        facts.tensor_bytes += declared
+        if facts.tensor_bytes > self.max_bytes:
+            raise ArtifactTooLarge(
+                f"the model's tensors declare {facts.tensor_bytes} bytes; models are "
+                f"limited to {self.max_bytes} bytes"
+            )
+        if dims:
+            facts.widest = max(facts.widest, min(dims[-1], _WIDEST_CAP))
+        return name
+
+    def _dims(self, wire: int, x: int, y: int, count: int) -> list[int]:
+        if wire == VARINT:
+            values = [signed(x)]
+        else:
+            values, pos = [], x
+            for _ in range(min(count, MAX_DIMS + 1)):
+                value, pos = varint(self.data, pos, y)
+                values.append(signed(value))
+        if any(v < 0 for v in values):
+            raise ArtifactRejected("a tensor has a negative dimension")
+        return values
+
+    # -- ValueInfoProto, TypeProto -------------------------------------------------------
+
+    def value_info(self, a: int, b: int) -> ValueInfo:
+        name, seen = "", set[int]()
+        kind: tuple[str, int | None, tuple[str, ...] | None] = ("unknown", None, None)
+        for number, wire, x, y in fields(self.data, a, b):
+            if number in (1, 2, 3):
+                self._once(seen, number, f"ValueInfoProto field {number}")
+            self._expect(wire, LEN, f"ValueInfoProto field {number}")
+            if number == 1:
+                name = _text(self.data, x, y, "graph input or output name")
+            elif number == 2:
+                kind = self.type(x, y, 1)
+            elif number not in (3, 4):
+                raise malformed(f"ValueInfoProto field {number}")
+        text, elem, shape = kind
+        if shape and len(shape) > 1:
+            width = 1
+            for dim in shape[1:]:
+                width *= int(dim) if dim.isdecimal() and dim.isascii() else 1
+                width = min(width, _WIDEST_CAP)
+            self.facts.widest = max(self.facts.widest, width)
+        return ValueInfo(name, text, elem, shape)
+
+    def type(self, a: int, b: int, depth: int) -> tuple[str, int | None, tuple[str, ...] | None]:
+        """(the type as text, a tensor's element type, a tensor's dims or None)."""
+        if depth > MAX_TYPE_DEPTH:
+            raise ArtifactRejected(f"a type nests more than {MAX_TYPE_DEPTH} deep")
+        data = self.data
+        found: tuple[str, int | None, tuple[str, ...] | None] = ("unknown", None, None)
+        kinds = 0
+        for number, wire, x, y in fields(data, a, b):
+            self._expect(wire, LEN, f"TypeProto field {number}")
+            if number == 6:
+                continue
+            kinds += 1
+            if number in (1, 8):
+                elem, shape = self._tensor_type(x, y)
+                name = ELEM_TYPES[elem][0] if elem in ELEM_TYPES else f"type{elem}"
+                found = (
+                    (name, elem, shape) if number == 1 else (f"sparse_tensor({name})", None, None)
+                )
+            elif number in (4, 9):
+                inner = "unknown"
+                for inner_number, inner_wire, p, q in fields(data, x, y):
+                    self._expect(inner_wire, LEN, "elem_type")
+                    if inner_number != 1:
+                        raise malformed(f"a sequence or optional type's field {inner_number}")
+                    inner = _nested(self.type(p, q, depth + 1))
+                found = (f"{'seq' if number == 4 else 'optional'}({inner})", None, None)
+            elif number == 5:
+                key, value = "unknown", "unknown"
+                for inner_number, inner_wire, p, q in fields(data, x, y):
+                    if inner_number == 1:
+                        self._expect(inner_wire, VARINT, "a map's key_type")
+                        key = ELEM_TYPES.get(signed(p), (f"type{signed(p)}",))[0]
+                    elif inner_number == 2:
+                        self._expect(inner_wire, LEN, "a map's value_type")
+                        value = _nested(self.type(p, q, depth + 1))
+                    else:
+                        raise malformed(f"a map type's field {inner_number}")
+                found = (f"map({key},{value})", None, None)
+            elif number == 7:
+                found = ("opaque", None, None)
+            else:
+                raise malformed(f"TypeProto field {number}")
+        if kinds > 1:
+            raise malformed("a type is of several kinds at once")
+        return found
+
+    def _tensor_type(self, a: int, b: int) -> tuple[int, tuple[str, ...] | None]:
+        elem, shape, seen = 0, None, set[int]()
+        for number, wire, x, y in fields(self.data, a, b):
+            self._once(seen, number, f"a tensor type's field {number}")
+            if number == 1:
+                self._expect(wire, VARINT, "elem_type")
+                elem = signed(x)
+            elif number == 2:
+                self._expect(wire, LEN, "shape")
+                shape = self._shape(x, y)
+            else:
+                raise malformed(f"a tensor type's field {number}")
+        return elem, shape
+
+    def _shape(self, a: int, b: int) -> tuple[str, ...]:
+        dims: list[str] = []
+        for number, wire, x, y in fields(self.data, a, b):
+            self._expect(wire, LEN, "a shape's dim")
+            if number != 1:
+                raise malformed(f"a shape's field {number}")
+            if len(dims) >= MAX_DIMS:
+                raise ArtifactRejected(f"a shape has more than {MAX_DIMS} dims")
+            dim, seen = "?", set[int]()
+            for inner_number, inner_wire, p, q in fields(self.data, x, y):
+                self._once(seen, inner_number, "a dimension's field")
+                if inner_number == 1:
+                    self._expect(inner_wire, VARINT, "dim_value")
+                    value = signed(p)
+                    if value < 0:
+                        raise ArtifactRejected("a shape has a negative dimension")
+                    dim = str(value)
+                elif inner_number == 2:
+                    self._expect(inner_wire, LEN, "dim_param")
+                    param = _text(self.data, p, q, "dimension name")
+                    # A name that could pass for a number (or breaks a display) reads "?".
+                    dim = param if _DIM_PARAM.fullmatch(param) else "?"
+                elif inner_number == 3:
+                    self._expect(inner_wire, LEN, "denotation")
+                else:
+                    raise malformed(f"a dimension's field {inner_number}")
+            dims.append(dim)
+        return tuple(dims)
+
+
+def _nested(found: tuple[str, int | None, tuple[str, ...] | None]) -> str:
+    # Inside a sequence, map or optional a tensor is written as onnxruntime names it.
+    return found[0] if found[1] is None else f"tensor({found[0]})"
+
+
+def read_model(data: bytes, max_bytes: int) -> ModelFacts:
+    """Walk ``data`` as a ModelProto; raise ArtifactRejected / ArtifactTooLarge on anything
+    malformed or beyond the bounds. Linear in ``len(data)``."""
+    if len(data) > max_bytes:
+        raise ArtifactTooLarge(
+            f"the model is {len(data)} bytes; models are limited to {max_bytes} bytes"
+        )
+    return _Walk(data, max_bytes).model()

@@ -1,0 +1,384 @@
+"""The ONNX format (issue 14): our own wire walk refuses hostile or unservable graphs with
+their reason before onnx or onnxruntime parse a byte; accepted graphs load, smoke-score
+and predict exactly as a plain onnxruntime session with :func:`session_options` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper
+
+from streams.core.model_signature import CATEGORICAL, DOUBLE, Tensor
+from streams.errors import ArtifactRejected, ArtifactTooLarge
+from streams.formats import onnx as onnx_format
+from streams.formats.onnx import ONNX, session_options
+from streams.formats.onnx_wire import MAX_NODES
+from streams.sandbox import Sandbox, SmokeFailed
+from tests import onnx_models
+
+MAX = 64 << 20
+LIGHTGBM_HEAD = b"tree\nversion=v4\nnum_class=1\nnum_tree_per_iteration=1\n"
+
+
+def _graph_model(
+    nodes: list[onnx.NodeProto],
+    inputs: list[onnx.ValueInfoProto],
+    outputs: list[onnx.ValueInfoProto],
+    opsets: dict[str, int] | None = None,
+    initializers: list[onnx.TensorProto] | None = None,
+    **kwargs: object,
+) -> bytes:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=initializers or [])
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid(d, v) for d, v in (opsets or {"": 17}).items()],
+        **kwargs,
+    )
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def _float(name: str, shape: list[int | str | None]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def _relu() -> bytes:
+    return _graph_model(
+        [helper.make_node("Relu", ["x"], ["y"])], [_float("x", ["N", 3])], [_float("y", ["N", 3])]
+    )
+
+
+# -- recognizes -------------------------------------------------------------------------
+
+
+def test_recognizes_onnx_by_content_only() -> None:
+    for data in (onnx_models.mlp_bytes(), onnx_models.sklearn_pipeline_bytes(), _relu()):
+        assert ONNX.recognizes(data[:64])
+    for other in (LIGHTGBM_HEAD, onnx_models.pickle_bytes(), b"PK\x03\x04" + bytes(60), b""):
+        assert not ONNX.recognizes(other[:64])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64))
+def test_recognizes_never_raises(head: bytes) -> None:
+    assert ONNX.recognizes(head) in (True, False)
+    assert ONNX.recognizes(b"\x08" + head) in (True, False)
+
+
+# -- validate: accepted graphs ----------------------------------------------------------
+
+
+def test_the_mlp_signature_comes_from_the_graph() -> None:
+    checked = ONNX.validate(onnx_models.mlp_bytes(inputs=5, hidden=(8,)), MAX)
+    signature = checked.signature
+    assert checked.format == signature.format == "onnx"
+    assert signature.names == tuple(f"input_{i}" for i in range(5))
+    assert set(signature.types().values()) == {DOUBLE}
+    assert signature.outputs == 1
+    assert signature.graph == (
+        Tensor("input", "input", "float", ("N", "5")),
+        Tensor("output", "output", "float", ("N", "1")),
+    )
+    details = checked.details
+    assert details["served_output"] == "output"
+    assert details["opsets"] == {"ai.onnx": 17}
+    assert (details["nodes"], details["initializers"]) == (6, 4)  # 2x MatMul+Add, Relu, Sigmoid
+    assert details["parameters"] == 5 * 8 + 8 + 8 + 1
+    assert details["producer"] == "modelvc-tests 1"
+    assert checked.model_bytes == 2 * 4 * details["parameters"] + 64 * 1024
+    assert checked.bytes_per_row > 0
+    plain = checked.plain()
+    assert json.loads(json.dumps(plain)) == plain
+
+
+def test_feature_names_come_from_the_metadata() -> None:
+    names = ["age", "income", "score"]
+    data = onnx_models.mlp_bytes(inputs=3, hidden=(4,), feature_names=names)
+    assert ONNX.validate(data, MAX).signature.names == tuple(names)
+
+
+def test_the_sklearn_pipeline_serves_its_probabilities() -> None:
+    checked = ONNX.validate(onnx_models.sklearn_pipeline_bytes(features=4), MAX)
+    assert checked.signature.outputs == 2
+    assert checked.details["served_output"] == "probabilities"
+    assert checked.details["opsets"] == {"ai.onnx": 17, "ai.onnx.ml": 1}
+    assert [(t.name, t.kind, t.type, t.shape) for t in checked.signature.graph] == [
+        ("input", "input", "float", ("?", "4")),
+        ("label", "output", "int64", ("?",)),
+        ("probabilities", "output", "float", ("?", "2")),
+    ]
+
+
+def test_several_inputs_become_features_by_name() -> None:
+    data = _graph_model(
+        [
+            helper.make_node("Cast", ["codes"], ["c"], to=TensorProto.FLOAT),
+            helper.make_node("Concat", ["a", "c"], ["joined"], axis=1),
+            helper.make_node("ReduceSum", ["joined", "axes"], ["y"], keepdims=1),
+        ],
+        [
+            _float("a", ["N", 1]),
+            helper.make_tensor_value_info("codes", TensorProto.INT64, ["N", 2]),
+        ],
+        [_float("y", ["N", 1])],
+        initializers=[helper.make_tensor("axes", TensorProto.INT64, [1], [1])],
+    )
+    checked = ONNX.validate(data, MAX)
+    assert [(f.name, f.type) for f in checked.signature.inputs] == [
+        ("a", DOUBLE),
+        ("codes_0", CATEGORICAL),
+        ("codes_1", CATEGORICAL),
+    ]
+    matrix = np.array([[0.5, 1.0, 2.0], [-1.0, 3.0, 4.0]])
+    scores = ONNX.load(data, checked).predict(matrix)
+    assert scores.dtype == np.float64 and scores.tolist() == [[3.5], [6.0]]
+
+
+# -- validate: refusals, each with its reason -------------------------------------------
+
+
+def _zipmap_only() -> bytes:
+    return _graph_model(
+        [helper.make_node("ZipMap", ["x"], ["y"], domain="ai.onnx.ml", classlabels_int64s=[0, 1])],
+        [_float("x", ["N", 2])],
+        [
+            helper.make_value_info(
+                "y",
+                helper.make_sequence_type_proto(
+                    helper.make_map_type_proto(
+                        TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, [])
+                    )
+                ),
+            )
+        ],
+        opsets={"": 17, "ai.onnx.ml": 3},
+    )
+
+
+def _custom_domain() -> bytes:
+    return _graph_model(
+        [helper.make_node("Gelu", ["x"], ["y"], domain="com.microsoft")],
+        [_float("x", ["N", 3])],
+        [_float("y", ["N", 3])],
+        opsets={"": 17, "com.microsoft": 1},
+    )
+
+
+def _local_function() -> bytes:
+    function = helper.make_function(
+        "local",
+        "Twice",
+        ["a"],
+        ["b"],
+        [helper.make_node("Add", ["a", "a"], ["b"])],
+        [helper.make_opsetid("", 17)],
+    )
+    return _graph_model(
+        [helper.make_node("Twice", ["x"], ["y"], domain="local")],
+        [_float("x", ["N", 3])],
+        [_float("y", ["N", 3])],
+        opsets={"": 17, "local": 1},
+        functions=[function],
+    )
+
+
+def _future_opset() -> bytes:
+    return _graph_model(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        [_float("x", ["N", 3])],
+        [_float("y", ["N", 3])],
+        opsets={"": onnx_format.MAX_OPSET + 1},
+    )
+
+
+def _string_input() -> bytes:
+    return _graph_model(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.STRING, ["N", 1])],
+        [_float("y", ["N", 1])],
+    )
+
+
+def _no_batch_axis() -> bytes:
+    return _graph_model(
+        [helper.make_node("Relu", ["x"], ["y"])], [_float("x", [8, 3])], [_float("y", [8, 3])]
+    )
+
+
+def _too_many_elements() -> bytes:
+    # An initializer whose dims promise far more than the bytes it holds.
+    tensor = helper.make_tensor("w", TensorProto.FLOAT, [10], [0.0] * 10)
+    del tensor.dims[:]
+    tensor.dims.extend([1000, 1000])
+    return _graph_model(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        [_float("x", ["N", 1000])],
+        [_float("y", ["N", 1000])],
+        initializers=[tensor],
+    )
+
+
+REFUSALS: dict[str, tuple[Callable[[Path], bytes], int, str]] = {
+    "corrupt": (lambda _: onnx_models.corrupt_bytes(), MAX, "not a well-formed ONNX model"),
+    "old opset": (
+        lambda _: onnx_models.unsupported_opset_bytes(),
+        MAX,
+        "opset 6; modelvc supports",
+    ),
+    "future opset": (lambda _: _future_opset(), MAX, "supports ai.onnx opsets 7 to"),
+    "custom domain": (lambda _: _custom_domain(), MAX, "custom operators are not supported"),
+    "external data": (onnx_models.external_data_bytes, MAX, "save_as_external_data=False"),
+    "nodes": (lambda _: onnx_models.oversized_bytes(MAX), MAX, f"more than {MAX_NODES} nodes"),
+    "bytes": (lambda _: onnx_models.oversized_bytes(1000), 1000, "limited to 1000 bytes"),
+    "zipmap only": (lambda _: _zipmap_only(), MAX, "{'zipmap': False}"),
+    "local functions": (lambda _: _local_function(), MAX, "model-local functions"),
+    "pickle": (lambda _: onnx_models.pickle_bytes(), MAX, "not one modelvc reads"),
+    "string input": (lambda _: _string_input(), MAX, "feeds float, double or int64"),
+    "no batch axis": (lambda _: _no_batch_axis(), MAX, "dynamic batch axis"),
+    "elements": (lambda _: _too_many_elements(), MAX, "declares 1000000 values but holds 10"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_refusals_say_why(case: str, tmp_path: Path) -> None:
+    build, max_bytes, reason = REFUSALS[case]
+    with pytest.raises(ArtifactRejected) as refused:
+        ONNX.validate(build(tmp_path), max_bytes)
+    assert reason in str(refused.value)
+    if case in ("nodes", "bytes"):
+        assert isinstance(refused.value, ArtifactTooLarge)
+
+
+def test_a_truncated_model_is_refused_at_every_length() -> None:
+    data = onnx_models.mlp_bytes(inputs=3, hidden=(4,))
+    for end in range(len(data)):
+        with pytest.raises(ArtifactRejected):
+            ONNX.validate(data[:end], MAX)
+
+
+_SEED = onnx_models.mlp_bytes(inputs=4, hidden=(8, 8), feature_names=["a", "b", "c", "d"])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.tuples(st.integers(0, len(_SEED) - 1), st.integers(0, 255)), max_size=8),
+    st.integers(0, len(_SEED)),
+    st.binary(max_size=16),
+)
+def test_fuzz_mutated_models_are_refused_or_accepted_never_crash(
+    edits: list[tuple[int, int]], cut: int, tail: bytes
+) -> None:
+    data = bytearray(_SEED)
+    for position, value in edits:
+        data[position] = value
+    mutated = bytes(data[:cut]) + tail
+    started = time.perf_counter()
+    with contextlib.suppress(ArtifactRejected):
+        ONNX.validate(mutated, MAX)
+    assert time.perf_counter() - started < 1.0
+
+
+# -- the supported versions are what the installed libraries run -----------------------
+
+
+def test_opset_and_ir_bounds_match_the_installed_onnx_and_onnxruntime() -> None:
+    assert onnx.defs.onnx_opset_version() == onnx_format.MAX_OPSET
+    assert onnx.IR_VERSION == onnx_format.MAX_IR_VERSION
+    ml = max(
+        s.since_version
+        for s in onnx.defs.get_all_schemas_with_history()
+        if s.domain == "ai.onnx.ml"
+    )
+    assert ml == onnx_format.MAX_ML_OPSET
+
+    def session(opset: int, ir: int) -> object:
+        model = helper.make_model(
+            helper.make_graph(
+                [helper.make_node("Relu", ["x"], ["y"])],
+                "g",
+                [_float("x", ["N", 2])],
+                [_float("y", ["N", 2])],
+            ),
+            opset_imports=[helper.make_opsetid("", opset)],
+        )
+        model.ir_version = ir
+        return ort.InferenceSession(
+            model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"]
+        )
+
+    session(onnx_format.MAX_OPSET, onnx_format.MAX_IR_VERSION)
+    session(onnx_format.MIN_OPSET, onnx_format.MIN_IR_VERSION)
+    with pytest.raises(Exception, match=r"[Oo]pset"):
+        session(onnx_format.MAX_OPSET + 1, onnx_format.MAX_IR_VERSION)
+
+
+# -- smoke (in process; the sandbox runs the same in its child) ----------------------------
+
+
+@pytest.mark.parametrize("build", [onnx_models.mlp_bytes, onnx_models.sklearn_pipeline_bytes])
+def test_smoke_scores_accepted_models(build: Callable[[], bytes]) -> None:
+    data = build()
+    checked = ONNX.validate(data, MAX)
+    answer = ONNX.smoke(data, checked.plain(), 8)
+    assert answer["outputs"] == checked.signature.outputs
+    assert answer["finite"] is True
+    assert [name for name, _, _ in answer["graph"]] == [t.name for t in checked.signature.graph]
+
+
+def _dangling() -> bytes:
+    # Well-formed bytes our walk accepts, but a node reads a tensor nothing defines.
+    return _graph_model(
+        [helper.make_node("Add", ["x", "nowhere"], ["y"])],
+        [_float("x", ["N", 3])],
+        [_float("y", ["N", 3])],
+    )
+
+
+def test_smoke_refuses_what_the_onnx_checker_refuses() -> None:
+    data = _dangling()
+    checked = ONNX.validate(data, MAX)
+    with pytest.raises(SmokeFailed, match="onnx checker refuses"):
+        ONNX.smoke(data, checked.plain(), 8)
+
+
+def test_the_sandboxed_child_accepts_the_mlp_and_refuses_a_failing_graph() -> None:
+    sandbox = Sandbox()
+    data = onnx_models.mlp_bytes()
+    result = sandbox.check(data, ONNX.validate(data, MAX))
+    assert result.format == "onnx" and result.answer["outputs"] == 1
+    bad = _dangling()
+    with pytest.raises(
+        ArtifactRejected, match="onnxruntime cannot load this model: the onnx checker"
+    ):
+        sandbox.check(bad, ONNX.validate(bad, MAX))
+
+
+# -- load + predict: bit for bit what onnxruntime computes --------------------------------
+
+
+@pytest.mark.parametrize("build", [onnx_models.mlp_bytes, onnx_models.sklearn_pipeline_bytes])
+def test_predictions_equal_a_plain_session_bit_for_bit(build: Callable[[], bytes]) -> None:
+    data = build()
+    checked = ONNX.validate(data, MAX)
+    predictor = ONNX.load(data, checked)
+    assert predictor.signature == checked.signature
+    assert predictor.runtime.startswith(f"onnxruntime {ort.__version__} threads=1 opt=basic ")
+    matrix = np.random.default_rng(7).normal(0.0, 2.0, (257, len(checked.signature.inputs)))
+    scores = predictor.predict(matrix)
+    session = ort.InferenceSession(data, session_options(), providers=["CPUExecutionProvider"])
+    served = str(checked.details["served_output"])
+    (expected,) = session.run([served], {"input": matrix.astype(np.float32)})
+    expected = np.asarray(expected, dtype=np.float64).reshape(len(matrix), -1)
+    assert scores.dtype == np.float64 and scores.shape == (257, checked.signature.outputs)
+    assert scores.tobytes() == expected.tobytes()
