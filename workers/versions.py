@@ -6,15 +6,17 @@ following it. When a served ref resolves to a new commit, the new artifact is
 loaded and verified first; only then does the served version change, between
 two batches. A failed load keeps the old version and is retried.
 
-Loading includes re-checking the artifact (our parser, LightGBM in a sandbox,
-the memory budget ``MODELVC_WORKER_MEMORY_MB`` for a batch of
-``MODELVC_WORKER_MAX_BATCH`` rows), so a file put in the store by hand cannot
-poison a worker. The fold checks the writers' signatures (``streams.signing.verify``)
-as the streams app's does, so an event forged straight into the log moves nothing
-a worker serves; a ring may start only with a key of ``MODELVC_TRUSTED_WRITER_KEYS``
-(the stack sets it), so a forger cannot claim a partition by writing its first key.
-It also folds ``~security``, whose tokens the worker's REST endpoints accept. Each
-failure is counted (``modelvc_artifact_failures_total``) and kept in
+Loading includes re-checking the artifact (its format's validator, then its native
+library in a sandbox, then the memory budget ``MODELVC_WORKER_MEMORY_MB`` for a batch
+of ``MODELVC_WORKER_MAX_BATCH`` rows), so a file put in the store by hand cannot
+poison a worker. A served ref may move between formats (LightGBM, ONNX): the new
+version's predictor takes over between two batches like any other. The fold checks
+the writers' signatures (``streams.signing.verify``) as the streams app's does, so an
+event forged straight into the log moves nothing a worker serves; a ring may start
+only with a key of ``MODELVC_TRUSTED_WRITER_KEYS`` (the stack sets it), so a forger
+cannot claim a partition by writing its first key. It also folds ``~security``, whose
+tokens the worker's REST endpoints accept. Each failure is counted
+(``modelvc_artifact_failures_total``) and kept in
 :attr:`VersionTracker.failures` until that ref loads, for /healthz.
 
 A served ref that is an alias with an active canary rollout, or a shadow, gets a
@@ -95,6 +97,11 @@ class VersionTracker:
             fold if fold is not None else Fold(verify=verify, trusted=trusted_keys(settings))
         )
         self.serving: dict[tuple[str, str | None], Version] = {}
+        # Events folded so far, and whether a served ref may be behind the log: a ref first
+        # loaded while the log moved it (the load takes seconds; the refresh that move
+        # triggered did not know the ref yet) is refreshed on the next turn of follow.
+        self._folded = 0
+        self._refresh_due = False
         # The served keys with a rollout or a shadow loaded; each route's version is
         # serving[key] (both are set together).
         self.routes: dict[tuple[str, str | None], Route] = {}
@@ -146,6 +153,7 @@ class VersionTracker:
             return current
         name, commit_id, digest = self.resolve(model, ref)
         label = f"{model}@{name}"
+        folded = self._folded
         try:
             loaded = await self._load(digest)
         except ArtifactLoadFailed as exc:
@@ -158,6 +166,8 @@ class VersionTracker:
         route = await self._route(key, version, None)
         if key in self.serving:  # another batch loaded it meanwhile
             return self.serving[key]
+        if self._folded != folded:
+            self._refresh_due = True  # what it resolved to may have moved meanwhile
         while len(self.serving) >= self.settings.max_refs:
             # Each (model, ref) spelling is served, refreshed and labelled in metrics on
             # its own, and `main~0`, `main~00`, ... all resolve: the least recently used
@@ -355,6 +365,21 @@ class VersionTracker:
         )
 
     # -- following the log ----------------------------------------------------------
+    def apply(self, event: ModelEvent, partition: int, partitions: int) -> None:
+        """Fold one event of the log (read from ``partition`` of ``partitions``)."""
+        # The streams app's rule too: a model's history lives on one partition.
+        if misplaced(event.model, partition, partitions) is None:
+            self.fold.apply(event, partition)
+            self.learn(event)
+        else:
+            self.fold.void(event.model)
+        self._folded += 1
+
+    @property
+    def refresh_due(self) -> bool:
+        """Whether a served ref may be behind the log (:meth:`follow` refreshes then)."""
+        return self._refresh_due
+
     async def follow(self) -> None:
         topic = self.settings.topics.events_topic
         consumer, tps = await assigned_consumer(
@@ -376,18 +401,14 @@ class VersionTracker:
                         except UndecodableMessage as exc:
                             log.warning("skipping undecodable event at %s: %s", message.offset, exc)
                             continue
-                        # The streams app's rule too: a model's history lives on one partition.
-                        if misplaced(event.model, tp.partition, len(tps)) is None:
-                            self.fold.apply(event, tp.partition)
-                            self.learn(event)
-                        else:
-                            self.fold.void(event.model)
+                        self.apply(event, tp.partition, len(tps))
                 if not self.ready.is_set() and await at_end_async(consumer, tps):
                     self.ready.set()
                     log.info("version log caught up: %d models", len(self.fold.models))
                 retry_due = self._failed and time.monotonic() - last_retry >= self.settings.retry_s
-                if batches or retry_due:
+                if batches or retry_due or self._refresh_due:
                     last_retry = time.monotonic()
+                    self._refresh_due = False
                     await self.refresh()
         finally:
             await consumer.stop()

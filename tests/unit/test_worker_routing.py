@@ -421,3 +421,24 @@ def test_shadow_predictions_go_to_their_own_topic_only(log: Log) -> None:
     assert len(sent["ns.predictions"]) == len(sent["ns.shadow-predictions"]) == 30
     assert not any(PREDICTIONS.decode(v)["shadow"] for v in sent["ns.predictions"])
     assert all(PREDICTIONS.decode(v)["shadow"] for v in sent["ns.shadow-predictions"])
+
+
+def test_a_move_folded_while_a_ref_first_loads_is_caught_up(tmp_path: Path) -> None:
+    """The first load of a ref takes seconds (fetch, sandbox): a move of it folded meanwhile
+    finds nothing served to refresh, so the ref is marked behind and refreshed next."""
+    log = Log(tmp_path)
+    tracker = log.tracker
+    state = log.fold.models["churn"]
+    move = Command("mv", "churn", "tester", log.n, MoveAlias("production", log.commits["v2"]))
+
+    async def run() -> tuple[str, bool, str]:
+        first = asyncio.create_task(tracker.version_for("churn", "production"))
+        await asyncio.sleep(0)  # resolved to v1; its load runs in a thread
+        for moved in decide(state, move):
+            tracker.apply(moved, 0, 1)
+        loaded = (await first).commit_id
+        due = tracker.refresh_due
+        await tracker.refresh()
+        return loaded, due, tracker.serving[("churn", "production")].commit_id
+
+    assert asyncio.run(run()) == (log.commits["v1"], True, log.commits["v2"])
