@@ -2,8 +2,14 @@
 
 `python -m bench.serving [BACKLOG_EVENTS] [SWEEP_EVENTS]` (defaults 200,000 and 50,000)
 `python -m bench.serving --breakdown [EVENTS]`: the per-event cost table alone.
+`python -m bench.serving --formats [EVENTS]` (default 100,000): LightGBM beside the ONNX MLP
+alone (ceilings and one worker draining EVENTS typed events each).
 
-Model: 100 trees, 31 leaves, 20 features. Broker (Tansu) on the same machine.
+Model: 100 trees, 31 leaves, 20 features. Broker (Tansu) on the same machine. Beside it, an
+ONNX MLP of the same 20 features (2 hidden layers of 64, Relu, a sigmoid output;
+``tests.onnx_models.mlp_bytes``), scored by onnxruntime on one thread: its in-memory
+ceilings (``predict`` alone on batches of the worker's size, and decode + predict + encode)
+and one worker draining a typed backlog of it.
 Typed feature events are encoded with ``SingleObjectCodec(feature_schema(signature))``
 (what `modelvc schema` prints), map-of-union ones with ``streams.codec.FEATURES``.
 0. per-event cost of each stage (decode, group, predict, encode, send), CPU µs;
@@ -52,6 +58,7 @@ from streams.core.model_signature import DOUBLE, Feature, ModelSignature, featur
 from streams.follow import topic_partitions
 from streams.topics import ensure_topics
 from streams.watermarks import wait_for_ends_async
+from tests.onnx_models import mlp_bytes
 from workers import scoring
 from workers.artifacts import ArtifactLoader
 from workers.metrics import Metrics, sample_sum
@@ -82,13 +89,26 @@ def train(path: Path, seed: int, rounds: int = 100) -> Path:
     return path
 
 
-def events(n: int, ref: str | None, prefix: str, seed: int = 0, typed: bool = False) -> list[bytes]:
+def mlp(path: Path) -> Path:
+    """The ONNX MLP on the same 20 features: 2 hidden layers of 64, Relu, a sigmoid output."""
+    path.write_bytes(mlp_bytes(inputs=len(NAMES), hidden=(64, 64), feature_names=NAMES))
+    return path
+
+
+def events(
+    n: int,
+    ref: str | None,
+    prefix: str,
+    seed: int = 0,
+    typed: bool = False,
+    model: str = "bench",
+) -> list[bytes]:
     x = np.random.default_rng(seed).normal(size=(min(n, 10_000), len(NAMES)))
     encode = TYPED.encode if typed else encode_feature_event
     out = []
     for i in range(n):
         row = dict(zip(NAMES, map(float, x[i % len(x)]), strict=True))
-        out.append(encode(feature_event("bench", row, f"e{i % 1000}", ref, f"{prefix}{i}")))
+        out.append(encode(feature_event(model, row, f"e{i % 1000}", ref, f"{prefix}{i}")))
     return out
 
 
@@ -141,6 +161,24 @@ def ceiling(
         return n / (time.perf_counter() - started), (time.process_time() - cpu) / n * 1e6
 
     return asyncio.run(run())
+
+
+def predict_ceiling(tmp: Path, model: Path, n: int = 200_000) -> tuple[float, float, str]:
+    """Predictions/s of the version's ``predict`` alone, on batches of the worker's size
+    (the most a worker could do with free decoding and sending), its CPU µs per
+    prediction, and the predictor's runtime."""
+    tracker, _ = scoring_setup(tmp, model)
+    version = asyncio.run(tracker.version_for("bench", "main"))
+    batch = WorkerSettings().max_batch
+    x = np.random.default_rng(1).normal(size=(batch, len(NAMES)))
+    scoring.predict(version, x)  # warm
+    started, cpu = time.perf_counter(), time.process_time()
+    rounds = max(1, n // batch)
+    for _ in range(rounds):
+        scoring.predict(version, x)
+    done = rounds * batch
+    wall, cpu_s = time.perf_counter() - started, time.process_time() - cpu
+    return done / wall, cpu_s / done * 1e6, version.loaded.predictor.runtime
 
 
 def timed(fn: Any, *args: Any) -> tuple[Any, float, float]:
@@ -295,6 +333,96 @@ BREAKDOWN_ROWS = (
 
 def breakdown_rows(costs: dict[str, float], label: str) -> list[tuple[str, Any, str, str]]:
     return [(f"{label}: {what}", costs[key], "µs/event", "") for key, what in BREAKDOWN_ROWS]
+
+
+# -- LightGBM beside the ONNX MLP ------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class FormatRun:
+    """One model format's figures: ceilings in memory and one worker's drain."""
+
+    label: str
+    runtime: str
+    predict_rate: float  # predict alone, batches of the worker's size
+    predict_cpu: float  # µs per prediction
+    ceiling_rate: float  # Scorer.score: decode + predict + encode, typed events
+    ceiling_cpu: float
+    worker_rate: float = 0.0  # one worker draining a typed backlog
+    worker_cpu: float = 0.0
+
+    def rows(self) -> list[tuple[str, Any, str, str]]:
+        return [
+            (f"{self.label}: predict alone, batches of 5,000", self.predict_rate, "pred/s", ""),
+            (f"{self.label}: predict alone, CPU per prediction", self.predict_cpu, "µs", ""),
+            (f"{self.label}: in-memory ceiling, typed", self.ceiling_rate, "pred/s", ""),
+            (f"{self.label}: ceiling CPU per prediction", self.ceiling_cpu, "µs", ""),
+            (f"{self.label}: one worker, typed backlog", self.worker_rate, "pred/s", ""),
+            (f"{self.label}: worker CPU per prediction", self.worker_cpu, "µs", ""),
+            (
+                f"{self.label}: worker / its ceiling",
+                self.worker_rate / max(self.ceiling_rate, 1e-9),
+                "ratio",
+                "",
+            ),
+            (f"{self.label}: runtime", self.runtime, "", ""),
+        ]
+
+
+def in_memory(tmp: Path, label: str, model: Path, n: int = 100_000) -> FormatRun:
+    predict_rate, predict_cpu, runtime = predict_ceiling(tmp, model, 2 * n)
+    ceiling_rate, ceiling_cpu = ceiling(tmp, model, n, typed=True)
+    print(
+        f"{label}: predict {predict_rate:,.0f}/s, ceiling {ceiling_rate:,.0f}/s ({runtime})",
+        flush=True,
+    )
+    return FormatRun(label, runtime, predict_rate, predict_cpu, ceiling_rate, ceiling_cpu)
+
+
+def drain_model(
+    stack: Stack, client: Client, name: str, model: Path, n: int
+) -> tuple[float, float]:
+    """Commit ``model`` as model ``name``, produce ``n`` typed events for it while no worker
+    runs (worker-1 is stopped first, then started again on its port), and measure the drain."""
+    s = stack.settings
+    client.create(name)
+    client.commit(name, client.upload(model)["sha256"], f"{name} model")
+    running = stack.processes.pop("worker-1", None)
+    if running is not None:
+        stop(running)
+    asyncio.run(
+        produce(s.bootstrap, s.features_topic, events(n, "main", name, 0, True, model=name))
+    )
+    worker = stack.add_worker("worker-1", running.port if running is not None else None)
+    got = drained(stack.worker_url(), worker.pid, n)
+    print(f"worker, {name}: {got[0]:,.0f}/s, {got[1]:.1f} µs CPU", flush=True)
+    return got
+
+
+def formats_only(n: int) -> None:
+    """`python -m bench.serving --formats [EVENTS]`: LightGBM beside the ONNX MLP alone."""
+    with tempfile.TemporaryDirectory(prefix="modelvc-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        models = {"lightgbm": train(tmp / "m0.txt", 0), "onnx mlp": mlp(tmp / "mlp.onnx")}
+        runs = {label: in_memory(tmp, label, model, n) for label, model in models.items()}
+        stack = Stack.up(tmp / "home")
+        try:
+            client = stack.client()
+            for (label, model), name in zip(
+                models.items(), ("bench-gbm", "bench-mlp"), strict=True
+            ):
+                got, cpu = drain_model(stack, client, name, model, n)
+                runs[label] = dataclasses.replace(runs[label], worker_rate=got, worker_cpu=cpu)
+        finally:
+            stack.down()
+    report(
+        "serving-formats",
+        [row for run in runs.values() for row in run.rows()],
+        {
+            "events": n,
+            "formats": {label: dataclasses.asdict(run) for label, run in runs.items()},
+            "cpu_count": os.cpu_count(),
+            "load_average": os.getloadavg(),
+        },
+    )
 
 
 # -- Kafka helpers --------------------------------------------------------------
@@ -567,6 +695,9 @@ def main() -> None:
     if sys.argv[1:2] == ["--breakdown"]:
         breakdown_only(int(sys.argv[2]) if len(sys.argv) > 2 else 50_000)
         return
+    if sys.argv[1:2] == ["--formats"]:
+        formats_only(int(sys.argv[2]) if len(sys.argv) > 2 else 100_000)
+        return
     backlog = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
     sweep_events = int(sys.argv[2]) if len(sys.argv) > 2 else 50_000
     rows: list[tuple[str, Any, str, str]] = []
@@ -574,6 +705,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         models = [train(tmp / f"m{i}.txt", i) for i in range(10)]
         print("models trained", flush=True)
+        mlp_run = in_memory(tmp, "onnx mlp", mlp(tmp / "mlp.onnx"))
         typed_ceiling, typed_ceiling_cpu = ceiling(tmp, models[0], typed=True)
         map_ceiling, map_ceiling_cpu = ceiling(tmp, models[0])
         print(
@@ -618,6 +750,10 @@ def main() -> None:
             worker = stack.processes["worker-1"]
             map_rate, map_cpu = drained(url, worker.pid, backlog)
             print(f"worker, map-of-union: {map_rate:,.0f}/s, {map_cpu:.1f} µs CPU", flush=True)
+            # 3b. the same worker draining a typed backlog of the ONNX MLP
+            mlp_rate, mlp_cpu = drain_model(stack, client, "bench-mlp", tmp / "mlp.onnx", backlog)
+            mlp_run = dataclasses.replace(mlp_run, worker_rate=mlp_rate, worker_cpu=mlp_cpu)
+            worker = stack.processes["worker-1"]
             # 4. the naive Faust agent on the typed events at the topic's start
             env = streams_env(s)
             env.update(
@@ -702,6 +838,7 @@ def main() -> None:
         ("refs served in RSS phase", served, "", "10"),
         ("worker peak RSS (VmHWM)", peak, "MB", "<= 400"),
     ]
+    rows += mlp_run.rows()
     rows += breakdown_rows(costs["typed"], "typed") + breakdown_rows(costs["map"], "map")
     for (b, f, lg, w), (got, cpu) in swept:
         knobs = f"sweep batch={b} in_flight={f} linger={lg}ms fetch_wait={w}ms"
@@ -715,6 +852,7 @@ def main() -> None:
             "cpu_count": os.cpu_count(),
             "load_average": os.getloadavg(),
             "costs": costs,
+            "onnx_mlp": dataclasses.asdict(mlp_run),
         },
     )
 

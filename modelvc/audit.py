@@ -22,6 +22,7 @@ import gc
 import json
 import os
 import random
+import struct
 import subprocess
 import sys
 import time
@@ -544,6 +545,19 @@ class Mismatch:
         return max(abs(a - b) for a, b in zip(self.recorded, self.recomputed, strict=True))
 
 
+@dataclass(frozen=True)
+class OtherRuntime:
+    """A prediction that re-scores differently, made under another runtime than this
+    auditor's: not evidence of a wrong score (another library version or CPU may round
+    otherwise), nor proof of a right one."""
+
+    prediction_id: str
+    feature_event_id: str
+    recorded: list[float]
+    recomputed: list[float]
+    detail: str
+
+
 @dataclass
 class Verification:
     checked: int = 0
@@ -551,10 +565,16 @@ class Verification:
     seconds: float = 0.0
     signed: int = 0  # how many of those checked carry a signature
     signatures: list[trust.SignatureFinding] = field(default_factory=list)
+    other_runtime: list[OtherRuntime] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
-        return not self.mismatches and not any(f.violation for f in self.signatures)
+        # A score this auditor could not reproduce is not verified, whatever the reason.
+        return (
+            not self.mismatches
+            and not self.other_runtime
+            and not any(f.violation for f in self.signatures)
+        )
 
     @property
     def largest_difference(self) -> float:
@@ -596,6 +616,11 @@ def verify_predictions(
 ) -> Verification:
     """Re-score recorded predictions with the recorded commit's artifact; compare exactly.
 
+    ``loader`` is the worker's (:class:`workers.artifacts.ArtifactLoader`): the same checks,
+    the same :func:`streams.formats.load` and ``predict``, so the same session options. Scores
+    are compared bit for bit (as IEEE doubles). A prediction that differs and was stamped
+    with another ``runtime`` than the loaded predictor's goes to
+    ``Verification.other_runtime``, not to the mismatches: only that runtime can say.
     Signed ones also have their signature checked with ``keys`` (``Verification.signatures``).
     """
     from workers import scoring
@@ -681,22 +706,49 @@ def verify_predictions(
                 )
         if not rows:
             continue
-        scores = np.asarray(
-            loaded.booster.predict(np.asarray(rows, dtype=np.float64), num_threads=1)
-        )
-        for p, row in zip(kept, scores.reshape(len(kept), -1).tolist(), strict=True):
-            if row != p["scores"]:
-                result.mismatches.append(
-                    Mismatch(
-                        p["prediction_id"],
-                        p["feature_event_id"],
-                        p["scores"],
-                        row,
-                        "re-scored differently",
-                    )
-                )
+        runtime = loaded.predictor.runtime
+        scores = loaded.predictor.predict(np.asarray(rows, dtype=np.float64))
+        for p, row in zip(kept, scores.tolist(), strict=True):
+            verdict = rescored(p, row, runtime)
+            if isinstance(verdict, OtherRuntime):
+                result.other_runtime.append(verdict)
+            elif verdict is not None:
+                result.mismatches.append(verdict)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def same_bits(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Equal as IEEE doubles, bit for bit (``==`` takes -0.0 for 0.0 and NaN for no NaN)."""
+    return len(a) == len(b) and struct.pack(f"<{len(a)}d", *a) == struct.pack(f"<{len(b)}d", *b)
+
+
+def rescored(
+    prediction: Mapping[str, Any], row: list[float], runtime: str
+) -> Mismatch | OtherRuntime | None:
+    """What re-scoring ``prediction`` to ``row`` under ``runtime`` says: None when the
+    scores are the same bits; else a mismatch, unless it was stamped with another runtime
+    (a prediction from before the stamp, ``None``, is held to this auditor's)."""
+    recorded = prediction["scores"]
+    if same_bits(row, recorded):
+        return None
+    made_under = prediction.get("runtime")
+    if made_under is not None and made_under != runtime:
+        return OtherRuntime(
+            prediction["prediction_id"],
+            prediction["feature_event_id"],
+            recorded,
+            row,
+            f"made under {made_under!r:.200}; this auditor runs {runtime!r}: "
+            "install that version to re-score exactly",
+        )
+    return Mismatch(
+        prediction["prediction_id"],
+        prediction["feature_event_id"],
+        recorded,
+        row,
+        "re-scored differently",
+    )
 
 
 def _child_main() -> None:

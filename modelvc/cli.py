@@ -438,6 +438,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
                 "seconds": round(verified.seconds, 3),
                 "signed": verified.signed,
                 "signatures": [f.to_dict() for f in verified.signatures],
+                "other_runtime": [r.__dict__ for r in verified.other_runtime],
             },
             render.verification,
         )

@@ -1,4 +1,4 @@
-"""Fetch an artifact by digest, verify it, check it, load it as a LightGBM booster (cached).
+"""Fetch an artifact by digest, verify it, check it, load it with its format (cached).
 
 Where the bytes come from, in order: the worker's local cache
 (:mod:`workers.cache`, when it has one), the artifact store it reads directly
@@ -8,19 +8,21 @@ the source: a worker never scores with a model whose bytes differ from what
 the commit names.
 
 The store is not trusted either: an object placed there by hand, under
-a digest a commit names, went through no upload check. So before LightGBM
-loads anything in this process, the bytes pass the same two checks as an
-upload (our parser, then LightGBM in a sandboxed child, see
-:func:`streams.artifacts.check_model`), once per digest: the verdict is cached,
-rejections too (a digest pins the bytes, so the verdict cannot change, and a
-hostile model must not cost a sandbox run on every retry).
+a digest a commit names, went through no upload check. So before a native
+library (LightGBM, onnxruntime) loads anything in this process, the bytes pass
+the same two checks as an upload (the format's own validator, then the native
+library in a sandboxed child, see :func:`streams.artifacts.check_model`), once per
+digest: the verdict is cached, rejections too (a digest pins the bytes, so the
+verdict cannot change, and a hostile model must not cost a sandbox run on every
+retry). Then :func:`streams.formats.load` gives the version's
+:class:`~streams.formats.base.Predictor`, whatever the format.
 
 A model whose estimated memory for a full batch exceeds the worker's budget
 is refused the same way.
 
 Loads run in executor threads, several at once, and retry at the worker's pace:
 one fetch per digest is in flight (a second load of it waits, then finds the
-booster or the cached bytes), and a digest whose fetch failed (not found,
+predictor or the cached bytes), and a digest whose fetch failed (not found,
 altered, unreachable) is not fetched again before its backoff ends (1 s, doubling
 to 60 s): a corrupt 64 MiB object is not downloaded every second.
 
@@ -39,10 +41,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
 
-import lightgbm
-
+from streams import formats
 from streams.artifacts import ArtifactStore, check_model
 from streams.artifacts.store import check_digest, read
 from streams.errors import (
@@ -52,8 +53,9 @@ from streams.errors import (
     ArtifactStoreUnavailable,
     SandboxUnavailable,
 )
+from streams.formats.base import Checked, Predictor
 from streams.http_client import HttpClient, HttpError
-from streams.modelfile import MAX_MODEL_BYTES, ModelSummary
+from streams.modelfile import MAX_MODEL_BYTES
 from streams.sandbox import Sandbox
 from workers.cache import ArtifactCache
 from workers.errors import ArtifactLoadFailed
@@ -78,14 +80,18 @@ class _Failure:
 @dataclass(frozen=True)
 class LoadedModel:
     digest: str
-    booster: Any  # lightgbm.Booster (untyped library)
-    feature_names: tuple[str, ...]
-    summary: ModelSummary
+    predictor: Predictor
+    summary: Checked  # what the validator and the sandbox accepted
+
+    @cached_property
+    def feature_names(self) -> tuple[str, ...]:
+        """The predictor's columns, in order: read per batch, computed once."""
+        return self.summary.signature.names
 
 
 @dataclass(frozen=True)
 class MemoryBudget:
-    """What one version may use: its trees plus a full batch of ``rows``."""
+    """What one version may use: its model plus a full batch of ``rows``."""
 
     max_bytes: int
     rows: int
@@ -122,7 +128,7 @@ class ArtifactLoader:
         )
         self._sandbox = sandbox if sandbox is not None else Sandbox()
         self._cache: dict[str, LoadedModel] = {}
-        self._verdicts: dict[str, ModelSummary | str] = {}  # summary, or why it was refused
+        self._verdicts: dict[str, Checked | str] = {}  # what was checked, or why it was refused
         # Shared by executor threads, under _guard: a lock per digest being loaded (and how
         # many hold or wait for it, so it goes with the last), failed fetches (LRU bounded),
         # when each kind of cache fault was last logged.
@@ -253,7 +259,7 @@ class ArtifactLoader:
             raise ArtifactLoadFailed(f"artifact {digest} from {self._url} fails its digest check")
         return data
 
-    def check(self, digest: str, data: bytes) -> ModelSummary:
+    def check(self, digest: str, data: bytes) -> Checked:
         """Validator + sandbox for these (digest-verified) bytes, once per digest."""
         verdict = self._verdicts.get(digest)
         if verdict is None:
@@ -270,7 +276,7 @@ class ArtifactLoader:
         return _accepted(digest, verdict)
 
     def load(self, digest: str, budget: MemoryBudget | None = None) -> LoadedModel:
-        # A second load of this digest waits for the first, then finds its booster.
+        # A second load of this digest waits for the first, then finds its predictor.
         with self._one_at_a_time(digest):
             return self._load(digest, budget)
 
@@ -286,36 +292,42 @@ class ArtifactLoader:
         summary = self.check(digest, data)
         _within(digest, summary, budget)
         try:
-            booster = lightgbm.Booster(model_str=data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, lightgbm.basic.LightGBMError) as exc:
-            raise ArtifactLoadFailed(f"artifact {digest} does not load: {exc}") from exc
-        loaded = LoadedModel(digest, booster, tuple(booster.feature_name()), summary)
+            predictor = formats.load(data, summary)
+        except Exception as exc:  # the native library's own errors, whatever their type
+            # Validated and smoke-scored in the sandbox, yet refused here: a library that
+            # differs from the sandbox's, or memory. Retried at the worker's pace.
+            raise ArtifactLoadFailed(
+                f"artifact {digest} ({summary.format}) does not load: {exc!r:.500}"
+            ) from exc
+        loaded = LoadedModel(digest, predictor, summary)
         self._cache[digest] = loaded
         return loaded
 
     def forget_except(self, keep: set[str]) -> None:
-        """Drop boosters no served version uses (bounded memory across many switches)."""
+        """Drop predictors no served version uses (bounded memory across many switches)."""
         for digest in list(self._cache):
             if digest not in keep:
                 del self._cache[digest]
 
 
-def _accepted(digest: str, verdict: ModelSummary | str) -> ModelSummary:
+def _accepted(digest: str, verdict: Checked | str) -> Checked:
     if isinstance(verdict, str):
         raise ArtifactLoadFailed(f"artifact {digest} is refused: {verdict}")
     return verdict
 
 
-def _within(digest: str, summary: ModelSummary, budget: MemoryBudget | None) -> None:
+def _within(digest: str, checked: Checked, budget: MemoryBudget | None) -> None:
     """ArtifactLoadFailed when scoring a full batch with this model would exceed ``budget``."""
     if budget is None:
         return
-    need = summary.scoring_bytes(budget.rows)
+    need = checked.scoring_bytes(budget.rows)
     if need > budget.max_bytes:
+        signature = checked.signature
         raise ArtifactLoadFailed(
-            f"artifact {digest} needs about {need >> 20} MiB to score a batch of "
-            f"{budget.rows} rows ({summary.num_class} outputs, {summary.num_features} "
-            f"features, {summary.total_leaves} leaves), over this worker's "
+            f"artifact {digest} ({checked.format}, {len(signature.inputs)} inputs, "
+            f"{signature.outputs} outputs) needs about {need >> 20} MiB to score a batch of "
+            f"{budget.rows} rows (the model about {checked.model_bytes >> 20} MiB, then "
+            f"{checked.bytes_per_row} bytes a row), over this worker's "
             f"{budget.max_bytes >> 20} MiB; raise MODELVC_WORKER_MEMORY_MB "
             "or lower MODELVC_WORKER_MAX_BATCH"
         )

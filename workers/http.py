@@ -9,9 +9,11 @@ token (``streams.auth``), checked against ``~security`` as this worker folded it
 log; /healthz, /metrics, ``/v2`` and ``/v2/health/*`` stay open (probes carry no token).
 
 Both predict routes score through :class:`Coalescer`: concurrent requests for one artifact
-share one LightGBM call, as Triton's dynamic batcher does, but without a delay: the rows that
-arrive while a call runs go into the next. A row's score does not depend on the rows beside
-it (LightGBM scores each row alone, one thread), so this changes no bit of any answer.
+share one ``predict`` call, as Triton's dynamic batcher does, but without a delay: the rows
+that arrive while a call runs go into the next. A row's score does not depend on the rows
+beside it (LightGBM scores each row alone; onnxruntime, on one thread, computes each row of
+a MatMul the same way whatever the batch: tests/integration/test_onnx_serving.py checks it
+against single-row runs), so this changes no bit of any answer.
 
 Errors under ``/v2`` are ``{"error": message, "code": code}``: OIP clients show ``error``.
 """
@@ -53,7 +55,7 @@ Predict = Callable[[Version, np.ndarray], Awaitable[np.ndarray]]
 
 
 class Coalescer:
-    """Concurrent HTTP requests for one artifact share one LightGBM call.
+    """Concurrent HTTP requests for one artifact share one ``predict`` call.
 
     The first request of an idle artifact starts a drain; requests that arrive while a call
     runs wait in its queue and go into the next call, up to ``max_rows`` rows (the batch the

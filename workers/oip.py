@@ -40,7 +40,8 @@ MAX_ID_CHARS = 256
 MAX_REF_CHARS = 256
 MATRIX_INPUT = "input-0"  # the name the metadata gives the 2-D tensor
 OUTPUT = "predict"
-PLATFORM = "lightgbm"
+# The model's platform in its metadata, by format: Triton's names, which OIP clients know.
+PLATFORMS: Mapping[str, str] = {"lightgbm": "lightgbm", "onnx": "onnxruntime_onnx"}
 SERVER_NAME = "modelvc-worker"
 SPEC_HINT = (
     'send {"inputs": [{"name": "input-0", "shape": [N, n_features], "datatype": "FP64", '
@@ -56,7 +57,7 @@ DATATYPES: Mapping[str, tuple[str, bool]] = {
     **{f"UINT{b}": (f"<u{b // 8}", True) for b in (8, 16, 32, 64)},
 }
 _REFUSED_TYPES = {
-    "BYTES": "BYTES tensors (strings) are not accepted: LightGBM scores numbers",
+    "BYTES": "BYTES tensors (strings) are not accepted: models here score numbers",
     "BOOL": "BOOL tensors are not accepted: send 0/1 as an INT or FP64 tensor",
 }
 
@@ -355,7 +356,7 @@ def version_parameters(version: Version) -> dict[str, str]:
 def infer_response(
     model: str, request_id: str | None, version: Version, scores: np.ndarray
 ) -> dict[str, Any]:
-    """The answer: ``scores`` (rows x outputs, exactly what LightGBM computed) as ``predict``."""
+    """The answer: ``scores`` (rows x outputs, exactly what the model computed) as ``predict``."""
     body: dict[str, Any] = {
         "model_name": model,
         "model_version": version.commit_id,
@@ -378,7 +379,7 @@ def model_metadata(model: str, version: Version, signature: ModelSignature) -> d
     return {
         "name": model,
         "versions": [version.commit_id],
-        "platform": PLATFORM,
+        "platform": PLATFORMS.get(signature.format, signature.format),
         "inputs": [
             {
                 "name": MATRIX_INPUT,

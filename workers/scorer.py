@@ -97,8 +97,9 @@ class Scorer:
         self.metrics = metrics
         self.worker_id = worker_id
         self.signer = signer  # signs each prediction (workers.signing) when given
-        # LightGBM runs on this thread, off the event loop: a large model's batch takes
-        # seconds, and /healthz, /metrics and the group heartbeat must go on meanwhile.
+        # Models score on this one thread, off the event loop: a large model's batch takes
+        # seconds, and /healthz, /metrics and the group heartbeat must go on meanwhile. One
+        # thread also keeps each predictor called by one thread at a time (its contract).
         self.predictor = predictor or ThreadPoolExecutor(1, thread_name_prefix="predict")
 
     async def predict(self, version: Version, matrix: np.ndarray) -> np.ndarray:

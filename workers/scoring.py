@@ -1,6 +1,6 @@
 """From decoded feature events to prediction records, one matrix per version.
 
-Pure apart from LightGBM itself: no Kafka, no clock (``scored_at`` comes in).
+Pure apart from the model's native library: no Kafka, no clock (``scored_at`` comes in).
 """
 
 from __future__ import annotations
@@ -129,9 +129,9 @@ def check_finite(matrix: np.ndarray, names: Sequence[str]) -> list[Rejected | No
 
 
 def predict(version: Version, matrix: np.ndarray) -> np.ndarray:
-    """Scores as a 2-D array (rows x outputs) for one batch, one LightGBM thread."""
-    scores = version.loaded.booster.predict(matrix, num_threads=1)
-    return np.asarray(scores, dtype=np.float64).reshape(len(matrix), -1)
+    """Scores as a 2-D float64 array (rows x outputs) for one batch, by the version's
+    predictor (one thread: ``runtime`` says so, and a re-score repeats it)."""
+    return version.loaded.predictor.predict(matrix)
 
 
 def prediction_record(
@@ -160,6 +160,7 @@ def prediction_record(
         "rollout_id": version.rollout_id,
         "arm": version.arm,
         "shadow": version.shadow,
+        "runtime": version.loaded.predictor.runtime,
     }
 
 
@@ -190,6 +191,7 @@ _LAYOUT = (
     ("rollout_id", "string"),
     ("arm", "string"),
     ("shadow", "boolean"),
+    ("runtime", ["null", "string"]),
 )
 if tuple((f["name"], f["type"]) for f in PREDICTIONS.schema["fields"]) != _LAYOUT:
     raise ImportError(
@@ -228,8 +230,17 @@ class PredictionEncoder:
         )
         self.worker = _string(worker_id)
         self.tail = _long(scored_at) + _UNSIGNED
-        # After entity_key: the rollout's stamps and the shadow flag (Avro boolean: one byte).
-        self.stamps = _string(version.rollout_id) + _string(version.arm) + bytes((version.shadow,))
+        # After entity_key: the rollout's stamps, the shadow flag (Avro boolean: one byte)
+        # and the runtime that computed the scores.
+        self.stamps = b"".join(
+            (
+                _string(version.rollout_id),
+                _string(version.arm),
+                bytes((version.shadow,)),
+                b"\x02",  # union ["null", "string"]: branch 1 (zigzag 2), a string
+                _string(version.loaded.predictor.runtime),
+            )
+        )
         self.topics: dict[str, bytes] = {}
 
     def encode(

@@ -8,7 +8,7 @@ gains ``key_id`` (sha256 hex of the raw public key) and ``signature`` over
 
 The v1 message covers :data:`SIGNED_FIELDS` (every field of the first signed
 record but ``signature``) and each field of :data:`OPTIONAL_FIELDS` (appended later:
-entity key, rollout, arm, shadow) only when it is not its default, so a field a later
+entity key, rollout, arm, shadow, runtime) only when it is not its default, so a field a later
 schema adds, decoded with its default into an old record, cannot change what an old
 signature covers, while a new record's rollout stamps are signed. A record carrying
 any other field is refused for signing (a new field joins OPTIONAL_FIELDS, with its
@@ -51,6 +51,7 @@ OPTIONAL_FIELDS: Mapping[str, object] = {
     "rollout_id": "",
     "arm": "",
     "shadow": False,
+    "runtime": None,  # the library and settings that computed the scores (issue 14)
 }
 # What an auditor reports about a prediction's signature.
 UNSIGNED = "unsigned"  # no signature, while the auditor pinned worker keys

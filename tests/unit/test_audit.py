@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from modelvc import render
-from modelvc.audit import replay, rollout_behind
+from modelvc.audit import Mismatch, OtherRuntime, Verification, replay, rescored, rollout_behind
 from streams.archive import Archive, Record
 from streams.codec import decode_event, encode_event
 from streams.core import decide, fold, state_digest
@@ -337,3 +337,37 @@ def test_a_correctly_chained_decision_out_of_order_is_void(tmp_path: Path) -> No
     write_archive(tmp_path, [*map(encode_event, log), encode_event(forged)])
     found = replay(None, "modelvc.events", tmp_path).violations
     assert [(f.kind, f.seq, f.where.offset) for f in found] == [("invalid", forged.seq, len(log))]
+
+
+# -- re-scoring: the same bits, or why not -----------------------------------------------
+ORT = "onnxruntime 1.23.2 threads=1 opt=basic avx2"
+
+
+def prediction(scores: list[float], runtime: str | None) -> dict[str, object]:
+    return {"prediction_id": "p1", "feature_event_id": "e1", "scores": scores, "runtime": runtime}
+
+
+def test_a_rescore_is_compared_bit_for_bit() -> None:
+    assert rescored(prediction([0.25, -0.0], ORT), [0.25, -0.0], ORT) is None
+    # == would call these equal: -0.0 is not 0.0, and one ulp is a difference.
+    zero = rescored(prediction([0.0], ORT), [-0.0], ORT)
+    ulp = rescored(prediction([0.1], None), [0.1 + 2**-56], ORT)
+    assert isinstance(zero, Mismatch) and isinstance(ulp, Mismatch)
+    assert ulp.detail == "re-scored differently" and 0 < ulp.difference < 1e-16
+    assert isinstance(rescored(prediction([0.1], ORT), [0.1, 0.2], ORT), Mismatch)
+
+
+def test_a_score_made_under_another_runtime_is_reported_apart() -> None:
+    other = rescored(prediction([0.5], "onnxruntime 1.22.0 threads=1 opt=basic avx2"), [0.6], ORT)
+    assert isinstance(other, OtherRuntime)
+    assert other.detail == (
+        "made under 'onnxruntime 1.22.0 threads=1 opt=basic avx2'; this auditor runs "
+        f"{ORT!r}: install that version to re-score exactly"
+    )
+    # The same bits under another runtime are verified all the same.
+    assert rescored(prediction([0.5], "lightgbm 4.5.0 threads=1"), [0.5], ORT) is None
+    assert not Verification(other_runtime=[other]).clean
+    text = render.verification(
+        {"checked": 1, "mismatches": [], "seconds": 0.1, "other_runtime": [other.__dict__]}
+    )
+    assert "1 differ but were made under another runtime" in text and "1.22.0" in text

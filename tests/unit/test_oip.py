@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from streams.core.model_signature import DOUBLE, Feature, ModelSignature
 from workers import oip
 from workers.http import Coalescer
 from workers.scoring import Version
@@ -212,3 +213,13 @@ def test_a_binary_header_length_is_read_as_bytes() -> None:
     assert oip.header_length(None) is None
     assert oip.header_length("0") == 0
     assert oip.header_length("123456789") == 123456789
+
+
+@pytest.mark.parametrize(
+    ("fmt", "platform"), [("lightgbm", "lightgbm"), ("onnx", "onnxruntime_onnx")]
+)
+def test_the_metadata_names_the_platform_as_triton_does(fmt: str, platform: str) -> None:
+    signature = ModelSignature(fmt, tuple(Feature(n, DOUBLE) for n in NAMES), 1)
+    meta = oip.model_metadata("m", version("d"), signature)
+    assert meta["platform"] == platform
+    assert meta["inputs"][0]["parameters"]["feature_names"] == list(NAMES)

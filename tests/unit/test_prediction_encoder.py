@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+from dataclasses import dataclass
 from typing import Any
 
+import fastavro
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas import RELEASED_DIR
 from streams.codec import PREDICTIONS
+from streams.core.model_signature import DOUBLE, Feature, ModelSignature
+from streams.formats.base import Checked
+from workers.artifacts import LoadedModel
 from workers.scoring import (
     PredictionEncoder,
     Source,
@@ -19,6 +28,24 @@ from workers.scoring import (
 
 LONGS = st.integers(-(2**63), 2**63 - 1)
 TEXT = st.text(max_size=80)
+# The prediction schema before the runtime stamp (issue 14), as released.
+BEFORE_RUNTIME = "01277d2183765ab4"
+SIGNATURE = ModelSignature("onnx", (Feature("x", DOUBLE),), 1)
+
+
+@dataclass(frozen=True)
+class Stamped:
+    """A predictor stand-in: the encoder reads only its runtime."""
+
+    runtime: str
+    signature: ModelSignature = SIGNATURE
+
+    def predict(self, matrix: np.ndarray) -> np.ndarray:
+        raise AssertionError("the encoder never scores")
+
+
+def loaded(runtime: str) -> LoadedModel:
+    return LoadedModel("d" * 64, Stamped(runtime), Checked("onnx", SIGNATURE, 0, 0))
 
 
 @settings(max_examples=300, deadline=None)
@@ -40,6 +67,7 @@ TEXT = st.text(max_size=80)
     rollout_id=st.sampled_from(["", "r0123456789a"]) | TEXT,
     arm=st.sampled_from(["", "baseline", "candidate"]) | TEXT,
     shadow=st.booleans(),
+    runtime=st.sampled_from(["lightgbm 4.6.0 threads=1"]) | TEXT,
 )
 def test_the_bytes_are_the_codecs(**v: Any) -> None:
     version = Version(
@@ -47,7 +75,7 @@ def test_the_bytes_are_the_codecs(**v: Any) -> None:
         v["ref"],
         v["commit"],
         v["digest"],
-        None,  # type: ignore[arg-type]
+        loaded(v["runtime"]),
         rollout_id=v["rollout_id"],
         arm=v["arm"],
         shadow=v["shadow"],
@@ -79,7 +107,32 @@ def test_the_bytes_are_the_codecs(**v: Any) -> None:
         v["arm"],
         v["shadow"],
     )
+    assert decoded["runtime"] == v["runtime"]
     assert decoded["prediction_id"] == prediction_id(v["event_id"], v["commit"], v["shadow"])
+    # fastavro alone, with the schema as shipped, reads the hand-made bytes to the record.
+    body = io.BytesIO(got[len(PREDICTIONS.header) :])
+    plain = fastavro.schemaless_reader(body, fastavro.parse_schema(PREDICTIONS.schema), None)
+    assert plain == record | {"key_id": "", "signature": b""}
+    assert body.tell() == len(got) - len(PREDICTIONS.header)
+
+
+@settings(max_examples=50, deadline=None)
+@given(scores=st.lists(st.floats(allow_nan=False), max_size=3), entity_key=TEXT)
+def test_a_prediction_written_before_the_runtime_reads_with_none(
+    scores: list[float], entity_key: str
+) -> None:
+    """The previous writer schema (released) has no runtime: its records read as None, the
+    default, so the signature of an old signed prediction still covers the same fields."""
+    old_schema = json.loads((RELEASED_DIR / f"{BEFORE_RUNTIME}.avsc").read_text())
+    assert "runtime" not in {f["name"] for f in old_schema["fields"]}
+    version = Version("churn", "production", "c" * 64, "d" * 64, loaded("lightgbm 4.6.0"))
+    event = {"event_id": "e1", "event_time": 5, "entity_key": entity_key}
+    record = prediction_record(event, Source("t", 0, 1, 0), version, scores, "w1", 7)
+    old = {k: v for k, v in record.items() if k != "runtime"} | {"key_id": "", "signature": b""}
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(old_schema), old)
+    data = PREDICTIONS.header[:2] + bytes.fromhex(BEFORE_RUNTIME) + out.getvalue()
+    assert PREDICTIONS.decode(data) == old | {"runtime": None}
 
 
 def test_a_shadow_prediction_has_its_own_id() -> None:

@@ -117,12 +117,18 @@ def test_unsigned_and_unpinned_predictions_are_findings_only_when_keys_are_pinne
     assert signature_finding(by_other, found, verify) is None
 
 
-STAMPS = {"entity_key": "customer-17", "rollout_id": "r0123456789a", "arm": "candidate"}
+STAMPS = {
+    "entity_key": "customer-17",
+    "rollout_id": "r0123456789a",
+    "arm": "candidate",
+    "runtime": "onnxruntime 1.23.2 threads=1 opt=basic avx2",
+}
 
 
 def test_a_prediction_signed_before_the_rollout_fields_still_verifies() -> None:
-    """The golden signed-v1 prediction was written before entity_key, rollout_id, arm and
-    shadow existed: it reads them as their defaults, which the message leaves out."""
+    """The golden signed-v1 prediction was written before entity_key, rollout_id, arm,
+    shadow and runtime existed: it reads them as their defaults, which the message leaves
+    out."""
     old = PREDICTIONS.decode((GOLDEN / "signed-v1" / "prediction-01.bin").read_bytes())
     assert {name: old[name] for name in OPTIONAL_FIELDS} == OPTIONAL_FIELDS
     worker = golden_key("worker")
@@ -170,6 +176,11 @@ def test_the_scorer_signs_every_prediction_it_encodes(
     assert len(predictions) == 20
     assert {p["key_id"] for p in predictions} == {key.key_id}
     assert all(signature_finding(p, pinned(key), verify) is None for p in predictions)
+    # The runtime is stamped, and signed: a re-score is exact only under the same one.
+    (runtime,) = {p["runtime"] for p in predictions}
+    assert runtime.startswith(f"lightgbm {lgb.__version__} ")
+    kind, _ = signature_finding(predictions[0] | {"runtime": None}, pinned(key), verify) or ("", "")
+    assert kind == BAD_SIGNATURE
     unsigned = Scorer(tracker_with(tmp_path / "u", path), Metrics(), "w1")
     plain = asyncio.run(unsigned.score([incoming(events[0], 0)])).predictions
     assert PREDICTIONS.decode(plain[0][2])["signature"] == b""

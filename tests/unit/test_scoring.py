@@ -283,18 +283,22 @@ def test_attack_a_slow_model_does_not_stall_the_event_loop(
     import dataclasses
     import time
 
-    class SlowBooster:  # a collaborator standing in for a model that takes 0.5 s a batch
-        def predict(self, matrix: np.ndarray, num_threads: int) -> np.ndarray:
-            time.sleep(0.5)
-            return np.zeros(len(matrix))
-
     path, _, _ = booster_file
     tracker = tracker_with(tmp_path, path)
 
     async def run() -> int:
         version = await tracker.version_for("churn", None)
+
+        class SlowPredictor:  # a collaborator standing in for a model taking 0.5 s a batch
+            signature = version.loaded.summary.signature
+            runtime = "slow 1.0"
+
+            def predict(self, matrix: np.ndarray) -> np.ndarray:
+                time.sleep(0.5)
+                return np.zeros((len(matrix), 1))
+
         slow = dataclasses.replace(
-            version, loaded=dataclasses.replace(version.loaded, booster=SlowBooster())
+            version, loaded=dataclasses.replace(version.loaded, predictor=SlowPredictor())
         )
         ticks = 0
 
