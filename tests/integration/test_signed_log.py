@@ -9,6 +9,11 @@ Right after ``up`` every partition's writer-key ring holds the stack's key, so a
 partition nobody has written a model to cannot be claimed: unsigned events there
 (and an unsigned token on ``~security``) are void, and an attacker's own key,
 added to a ring by an event it signed itself, signs nothing anyone trusts.
+
+The tests share one stack (``module_serving``), each with a model of its own; its rings
+are read right after ``up``, before any test writes, and one partition is kept free of
+models for the test that needs a partition nobody has written a model to. The attack
+made before ``up`` needs a log of its own, so that test starts a stack of its own.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,22 +49,55 @@ from streams.signing import SigningKey, sign_event, verify
 from streams.topics import ensure_topics, home_partition
 from tests.integration.test_audit import cli
 from tests.integration.test_hostile_messages import letter_for
-from tests.integration.test_workers import features, rows, setup_model, train, wait_for
+from tests.integration.test_workers import features, rows, train, wait_for
 
 pytestmark = pytest.mark.broker
 
 
+@pytest.fixture(scope="module")
+def keys_right_after_up(module_serving: Stack) -> dict[str, Any]:
+    """The module stack's writer-key rings as ``up`` left them, read before any test writes."""
+    return dict(module_serving.client().writer_keys())
+
+
 @pytest.fixture
-def serving(tmp_path: Path, bootstrap: str, namespace: str) -> Iterator[Stack]:
-    s = Stack.up(tmp_path / "home", bootstrap=bootstrap, namespace=namespace)
-    try:
-        # The instance issues the admin token once it has caught up, a moment after it
-        # reports ready: the worker's reader token is made with it.
-        wait_for(lambda: accepted(s), what="the admin token accepted")
-        s.add_worker()
-        yield s
-    finally:
-        s.down()
+def serving(module_serving: Stack, keys_right_after_up: dict[str, Any]) -> Stack:
+    """The module's shared stack (``up`` waits for the admin token; worker-1 serves), its
+    rings read right after ``up`` (:func:`keys_right_after_up`) before the first test runs."""
+    return module_serving
+
+
+def spare_partition(stack: Stack) -> int:
+    """The partition no test of this module writes a model to, but
+    test_unsigned_events_on_a_partition_no_model_was_written_to_are_void (once per stack):
+    not the security stream's, which `up` writes tokens to."""
+    n = stack.settings.partitions
+    return next(p for p in range(n) if p != home_partition(SECURITY_STREAM, n))
+
+
+def fresh_model(stack: Stack, on: bool) -> str:
+    """A model name no other test uses: on the spare partition (``on``) or off it."""
+    n, spare = stack.settings.partitions, spare_partition(stack)
+    while (home_partition(name := f"m{uuid.uuid4().hex[:10]}", n) == spare) != on:
+        pass
+    return name
+
+
+@pytest.fixture
+def model(serving: Stack) -> str:
+    """A model of this test's own on the shared stack, off the spare partition."""
+    return fresh_model(serving, on=False)
+
+
+def setup_model(stack: Stack, model: str, tmp_path: Path) -> tuple[Client, list[str]]:
+    """``model`` with two commits (test_workers.setup_model, for a model of one's own)."""
+    c = stack.client()
+    c.create(model)
+    heads = []
+    for i, seed in enumerate((1, 2)):
+        path, _ = train(tmp_path / f"v{i}.txt", seed)
+        heads.append(c.commit(model, c.upload(path)["sha256"], f"v{i}")["head"])
+    return c, heads
 
 
 def accepted(stack: Stack) -> bool:
@@ -71,9 +110,7 @@ def accepted(stack: Stack) -> bool:
     return True
 
 
-def predict(
-    stack: Stack, ref: str, model: str = "churn", token: str | None = None
-) -> dict[str, Any] | None:
+def predict(stack: Stack, ref: str, model: str, token: str | None = None) -> dict[str, Any] | None:
     """The worker's answer for ``ref`` of ``model``, or None while it cannot answer yet."""
     body = json.dumps({"features": features(rows(1)[0]), "ref": ref}).encode()
     request = urllib.request.Request(
@@ -94,7 +131,7 @@ def predict(
         raise
 
 
-def serves(stack: Stack, ref: str, commit: str, model: str = "churn") -> bool:
+def serves(stack: Stack, ref: str, commit: str, model: str) -> bool:
     answer = predict(stack, ref, model)
     return answer is not None and answer["commit_id"] == commit
 
@@ -172,13 +209,6 @@ def made_up_history(
     return ring, made
 
 
-def model_on_another_partition(stack: Stack, *avoid: str) -> str:
-    """A model name whose partition holds none of ``avoid``'s events."""
-    n = stack.settings.partitions
-    taken = {home_partition(name, n) for name in avoid}
-    return next(m for i in range(1000) if home_partition(m := f"fresh{i}", n) not in taken)
-
-
 def last_event(stack: Stack, model: str) -> tuple[int, ModelEvent]:
     """(partition, event) of ``model``'s newest event in the log, read as an attacker would."""
     found = [
@@ -190,16 +220,16 @@ def last_event(stack: Stack, model: str) -> tuple[int, ModelEvent]:
 
 
 def test_a_forged_alias_move_is_void_everywhere_and_replay_reports_it(
-    serving: Stack, tmp_path: Path
+    serving: Stack, model: str, tmp_path: Path
 ) -> None:
-    c, heads, _ = setup_model(serving, tmp_path)
-    c.set_alias("churn", "production", heads[0])
-    wait_for(lambda: serves(serving, "production", heads[0]), what="production served")
+    c, heads = setup_model(serving, model, tmp_path)
+    c.set_alias(model, "production", heads[0])
+    wait_for(lambda: serves(serving, "production", heads[0], model), what="production served")
 
-    partition, last = last_event(serving, "churn")
+    partition, last = last_event(serving, model)
     assert last.key_id and last.signature  # the writer signs what it appends
     forged = ModelEvent(
-        "churn",
+        model,
         last.seq + 1,
         last.hash(),  # correctly chained: only the signature gives it away
         "forged-move",
@@ -210,7 +240,7 @@ def test_a_forged_alias_move_is_void_everywhere_and_replay_reports_it(
     attacker = KafkaProducer(bootstrap_servers=serving.settings.bootstrap)
     try:
         sent = attacker.send(
-            serving.settings.events_topic, key=b"churn", value=encode_event(forged)
+            serving.settings.events_topic, key=model.encode(), value=encode_event(forged)
         ).get(10)
     finally:
         attacker.close()
@@ -218,38 +248,39 @@ def test_a_forged_alias_move_is_void_everywhere_and_replay_reports_it(
 
     # A genuine move after it, on the same partition: the fold passed the forgery once
     # it applied this one, and it took the seq the forgery claimed.
-    staged = c.set_alias("churn", "staging", heads[1])
+    staged = c.set_alias(model, "staging", heads[1])
     assert (staged["partition"], staged["seq"]) == (partition, forged.seq)
     assert staged["offset"] > sent.offset
-    assert c.refs("churn")["aliases"] == {"production": heads[0], "staging": heads[1]}
+    assert c.refs(model)["aliases"] == {"production": heads[0], "staging": heads[1]}
 
     # The worker resolves staging only once it has folded past the forgery...
-    wait_for(lambda: serves(serving, "staging", heads[1]), what="staging served")
+    wait_for(lambda: serves(serving, "staging", heads[1], model), what="staging served")
     # ...and production still serves what it served.
-    assert serves(serving, "production", heads[0])
+    assert serves(serving, "production", heads[0], model)
 
     done = cli(serving, "--json", "audit", "replay")
     assert done.returncode == 1, done.stdout + done.stderr
     report = json.loads(done.stdout)
-    (violation,) = report["violations"]
+    # The shared log may hold other tests' forgeries: this model's violation is this one.
+    (violation,) = [v for v in report["violations"] if v["model"] == model]
     assert violation["kind"] == "unsigned"
-    assert (violation["model"], violation["seq"]) == ("churn", forged.seq)
+    assert (violation["model"], violation["seq"]) == (model, forged.seq)
     assert (violation["partition"], violation["offset"]) == (partition, sent.offset)
     assert violation["topic"] == serving.settings.events_topic
     assert report["digest"] == report["live_digest"]  # replay voids it as the live fold did
 
 
 def test_an_unsigned_command_is_dead_lettered_and_not_applied(
-    serving: Stack, tmp_path: Path
+    serving: Stack, model: str, tmp_path: Path
 ) -> None:
-    c, heads, _ = setup_model(serving, tmp_path)
-    c.set_alias("churn", "production", heads[0])
+    c, heads = setup_model(serving, model, tmp_path)
+    c.set_alias(model, "production", heads[0])
     topic = serving.settings.commands_topic
     # What an attacker with write access to the commands topic would send: an admin's
     # role claimed, and no signature.
     unsigned = Command(
-        "unsigned-1",
-        "churn",
+        f"unsigned-{model}",
+        model,
         serving.admin_actor,
         0,
         MoveAlias("production", heads[1]),
@@ -257,37 +288,50 @@ def test_an_unsigned_command_is_dead_lettered_and_not_applied(
     )
     attacker = KafkaProducer(bootstrap_servers=serving.settings.bootstrap)
     try:
-        sent = attacker.send(topic, key=b"churn", value=encode_command(unsigned)).get(10)
+        sent = attacker.send(topic, key=model.encode(), value=encode_command(unsigned)).get(10)
     finally:
         attacker.close()
     _, letter = letter_for(serving, topic, sent.partition, sent.offset, stage="auth")
     assert "unsigned" in letter["reason"]
-    c.set_alias("churn", "staging", heads[1])  # the partition's writer goes on deciding
-    assert c.refs("churn")["aliases"] == {"production": heads[0], "staging": heads[1]}
+    c.set_alias(model, "staging", heads[1])  # the partition's writer goes on deciding
+    assert c.refs(model)["aliases"] == {"production": heads[0], "staging": heads[1]}
     logged = {
         decode_event(r.value).command_id
         for r in read_topic(serving.settings.access, serving.settings.events_topic)
-        if r.key == b"churn" and r.value
+        if r.key == model.encode() and r.value
     }
-    assert "unsigned-1" not in logged
+    assert unsigned.command_id not in logged
 
 
-def test_every_ring_holds_the_stack_key_right_after_up(serving: Stack) -> None:
-    keys = serving.client().writer_keys()
+def test_every_ring_holds_the_stack_key_right_after_up(
+    serving: Stack, keys_right_after_up: dict[str, Any]
+) -> None:
+    keys = keys_right_after_up  # read before any test of the module wrote
     stack_key = keys["instance_key"]
     assert serving.settings.trusted_writer_keys == {stack_key}  # pinned for every reader
     assert set(keys["partitions"]) == {str(p) for p in range(serving.settings.partitions)}
     for ring in keys["partitions"].values():
         assert set(ring["active"]) == {stack_key} and not ring["retired"]
+    # Nothing the module's tests forge adds a key: the rings are still just that.
+    assert serving.client().writer_keys() == keys
 
 
 def test_unsigned_events_on_a_partition_no_model_was_written_to_are_void(
     serving: Stack, tmp_path: Path
 ) -> None:
     c = serving.client()
-    model = model_on_another_partition(serving, SECURITY_STREAM)
+    model = fresh_model(serving, on=True)
+    partition = spare_partition(serving)
+    # The shared stack kept this partition for this test: no model was written to it yet
+    # (its ring's events are all it holds).
+    held = {
+        r.key
+        for r in read_topic(serving.settings.access, serving.settings.events_topic)
+        if r.partition == partition
+    }
+    assert held <= {keys_stream(partition).encode()}, held
     now = int(time.time() * 1000)
-    _, forged = made_up_history(model, home_partition(model, serving.settings.partitions), None)
+    _, forged = made_up_history(model, partition, None)
     token, token_id, token_hash = new_token()
     seq, last = chain_end(serving, SECURITY_STREAM)
     issued = ModelEvent(
