@@ -1,16 +1,20 @@
-"""Issue 7, finding 7: command ids are idempotency keys per model, never reply addresses."""
+"""Issue 7, finding 7: command ids are idempotency keys per model, never reply addresses.
+
+The tests share one stack (``module_stack``), each on models of its own (``model``).
+"""
 
 from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from modelvc.client import Client, ClientError
+from modelvc.processes import stop
 from modelvc.stack import Stack
 from streams.codec import REPLIES
 from streams.logreader import read_topic
@@ -45,9 +49,12 @@ def assert_each_got_its_own_answer(models: list[str], answers: list[Any]) -> Non
         assert answer["event"] == "ModelCreated" and answer["repeated"] is False
 
 
-def test_finding_7_same_command_id_two_models_each_get_their_answer(stack: Stack) -> None:
+def test_finding_7_same_command_id_two_models_each_get_their_answer(
+    module_stack: Stack, model: str
+) -> None:
+    stack = module_stack
     shared_id = f"shared-{uuid.uuid4().hex[:8]}"
-    models = [f"twin{i}" for i in range(4)]
+    models = [f"{model}-twin{i}" for i in range(4)]
     answers = all_at_once(
         [lambda m=m: stack.client().create(m, command_id=shared_id) for m in models]
     )
@@ -57,18 +64,25 @@ def test_finding_7_same_command_id_two_models_each_get_their_answer(stack: Stack
 
 
 @pytest.fixture
-def second_instance(stack: Stack) -> str:
-    """Another streams app on the same topics, stopped with the stack."""
-    return stack.add_streams("streams-b")[1]
+def second_instance(module_stack: Stack) -> Iterator[str]:
+    """Another streams app on the same topics (its URL), for one test: stopped after it, so
+    the module's other tests meet the stack's one instance, as on a stack of their own."""
+    _, url = module_stack.add_streams("streams-b")
+    try:
+        yield url
+    finally:
+        stop(module_stack.processes.pop("streams-b"))
+        module_stack.save()
 
 
 def test_finding_7_same_command_id_through_two_instances_each_get_their_answer(
-    stack: Stack, second_instance: str
+    module_stack: Stack, model: str, second_instance: str
 ) -> None:
     """The commands partitions are shared by the two instances, so some of these are
     decided by the instance that did not receive them and answered via the replies topic."""
+    stack = module_stack
     shared_id = f"shared-{uuid.uuid4().hex[:8]}"
-    models = [f"pair{i}" for i in range(8)]
+    models = [f"{model}-pair{i}" for i in range(8)]
     urls = [stack.url if i % 2 else second_instance for i in range(len(models))]
     answers = all_at_once(
         [
@@ -91,16 +105,17 @@ def test_finding_7_same_command_id_through_two_instances_each_get_their_answer(
 
 
 def test_finding_7_reused_command_id_with_different_body_is_refused(
-    stack: Stack, model_file: Path
+    module_stack: Stack, model: str, model_file: Path
 ) -> None:
+    stack = module_stack
     c = stack.client()
     digest = c.upload(model_file)["sha256"]
-    c.create("reuse")
-    first = c.commit("reuse", digest, "first", metrics={"auc": 0.8}, command_id="job-42")
+    c.create(model)
+    first = c.commit(model, digest, "first", metrics={"auc": 0.8}, command_id="job-42")
     assert first["repeated"] is False
 
     with pytest.raises(ClientError) as reused:
-        c.commit("reuse", digest, "something else", metrics={"auc": 0.8}, command_id="job-42")
+        c.commit(model, digest, "something else", metrics={"auc": 0.8}, command_id="job-42")
     assert reused.value.status == 422
     body = reused.value.body
     assert body["error"] == "command_id_reused"
@@ -111,15 +126,16 @@ def test_finding_7_reused_command_id_with_different_body_is_refused(
     # Another actor (another token) sending the same id is another request too.
     mallory = Client(stack.url, token=c.create_token("mallory", "committer")["token"])
     with pytest.raises(ClientError) as other_actor:
-        mallory.commit("reuse", digest, "first", metrics={"auc": 0.8}, command_id="job-42")
+        mallory.commit(model, digest, "first", metrics={"auc": 0.8}, command_id="job-42")
     assert other_actor.value.status == 422
 
-    again = c.commit("reuse", digest, "first", metrics={"auc": 0.8}, command_id="job-42")
+    again = c.commit(model, digest, "first", metrics={"auc": 0.8}, command_id="job-42")
     assert again["repeated"] is True
     assert (again["seq"], again["head"]) == (first["seq"], first["head"])
-    assert [entry["message"] for entry in c.log("reuse")["commits"]] == ["first"]
+    assert [entry["message"] for entry in c.log(model)["commits"]] == ["first"]
 
     # The key is (model, command id): the same id on another model is a new request.
-    c.create("reuse-2")
-    other = c.commit("reuse-2", digest, "something else", command_id="job-42")
-    assert other["model"] == "reuse-2" and other["repeated"] is False
+    other_model = f"{model}-2"
+    c.create(other_model)
+    other = c.commit(other_model, digest, "something else", command_id="job-42")
+    assert other["model"] == other_model and other["repeated"] is False

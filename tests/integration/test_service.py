@@ -1,4 +1,9 @@
-"""The streams app against a real broker: API statuses, rebuild, races, crashes, bad input."""
+"""The streams app against a real broker: API statuses, rebuild, races, crashes, bad input.
+
+The tests share one stack (``module_stack``), each on a model of its own (``model``). The
+checks of the whole state (digests) hold on a shared log too: every test folds the whole
+log, whoever wrote it, and no other process writes while a test runs.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +24,18 @@ from streams.logreader import read_topic
 
 pytestmark = pytest.mark.broker
 
+# (topic, partition, offset) of the garbage a test put on an events topic on purpose: the
+# service dead-letters it and folds past it, and so does fold_of_log (that one record only).
+INJECTED: set[tuple[str, int, int]] = set()
+
 
 def fold_of_log(stack: Stack) -> Fold:
     """The log folded as the service folds it: by partition, every signature checked."""
     result = Fold(verify=signing.verify)
-    for record in read_topic(stack.settings.access, stack.settings.events_topic):
+    topic = stack.settings.events_topic
+    for record in read_topic(stack.settings.access, topic):
+        if (topic, record.partition, record.offset) in INJECTED:
+            continue
         assert record.value is not None
         result.apply(decode_event(record.value), record.partition)
     return result
@@ -43,32 +55,35 @@ def history(c: Client, model: str, files: list[Path]) -> None:
     c.delete_branch(model, "tmp")
 
 
-def test_api_answers_with_clear_statuses(stack: Stack, model_file: Path, tmp_path: Path) -> None:
-    c = stack.client()
+def test_api_answers_with_clear_statuses(
+    module_stack: Stack, model: str, model_file: Path, tmp_path: Path
+) -> None:
+    c = module_stack.client()
+    missing = f"{model}-nope"  # a model nobody creates
     digest = c.upload(model_file)["sha256"]
-    assert c.create("fraud")["event"] == "ModelCreated"
+    assert c.create(model)["event"] == "ModelCreated"
     with pytest.raises(ClientError) as exists:
-        c.create("fraud")
+        c.create(model)
     assert exists.value.status == 409
-    first = c.commit("fraud", digest, "first")
-    second = c.commit("fraud", digest, "second", expect_head=first["head"])
+    first = c.commit(model, digest, "first")
+    second = c.commit(model, digest, "second", expect_head=first["head"])
     with pytest.raises(ClientError) as stale:
-        c.commit("fraud", digest, "stale", expect_head=first["head"])
+        c.commit(model, digest, "stale", expect_head=first["head"])
     assert stale.value.status == 409 and stale.value.body["current"] == second["head"]
     with pytest.raises(ClientError) as unknown_model:
-        c.log("nope")
+        c.log(missing)
     assert unknown_model.value.status == 404 and unknown_model.value.body["hint"] == {
         "code": "create_model",
-        "args": {"model": "nope"},
+        "args": {"model": missing},
     }
     with pytest.raises(ClientError) as unknown_ref:
-        c.show("fraud", "no-such-ref")
+        c.show(model, "no-such-ref")
     assert unknown_ref.value.status == 404
     with pytest.raises(ClientError) as bad_metric:
-        c.commit("fraud", digest, "x", metrics={"auc": "high"})  # type: ignore[dict-item]
+        c.commit(model, digest, "x", metrics={"auc": "high"})  # type: ignore[dict-item]
     assert bad_metric.value.status == 422
     with pytest.raises(ClientError) as not_uploaded:
-        c.commit("fraud", "e" * 64, "x")
+        c.commit(model, "e" * 64, "x")
     assert not_uploaded.value.status == 422 and "upload it first" in str(not_uploaded.value)
     pickle_file = tmp_path / "model.pkl"
     pickle_file.write_bytes(b"\x80\x04\x95junk")
@@ -76,42 +91,50 @@ def test_api_answers_with_clear_statuses(stack: Stack, model_file: Path, tmp_pat
         c.upload(pickle_file)
     assert pickled.value.status == 422 and "pickle" in str(pickled.value)
     assert c.artifact(digest) == model_file.read_bytes()
-    assert c.resolve("fraud", "main~1")["commit"] == first["head"]
+    assert c.resolve(model, "main~1")["commit"] == first["head"]
 
 
-def test_repeated_command_is_answered_once_and_applied_once(stack: Stack, model_file: Path) -> None:
-    c = stack.client()
+def test_repeated_command_is_answered_once_and_applied_once(
+    module_stack: Stack, model: str, model_file: Path
+) -> None:
+    c = module_stack.client()
     digest = c.upload(model_file)["sha256"]
-    c.create("dup")
-    first = c.commit("dup", digest, "once", command_id="fixed-id")
-    again = c.commit("dup", digest, "once", command_id="fixed-id")
+    c.create(model)
+    first = c.commit(model, digest, "once", command_id="fixed-id")
+    again = c.commit(model, digest, "once", command_id="fixed-id")
     assert again["repeated"] and again["head"] == first["head"] and again["seq"] == first["seq"]
-    assert len(c.log("dup")["commits"]) == 1
+    assert len(c.log(model)["commits"]) == 1
 
 
-def test_deleting_rocksdb_rebuilds_the_same_graph(stack: Stack, tmp_path: Path) -> None:
+def test_deleting_rocksdb_rebuilds_the_same_graph(
+    module_stack: Stack, model: str, tmp_path: Path
+) -> None:
     from tests.conftest import train_model
 
+    stack = module_stack
     c = stack.client()
-    history(c, "churn", [train_model(tmp_path / "a.txt", 1), train_model(tmp_path / "b.txt", 2)])
+    history(c, model, [train_model(tmp_path / "a.txt", 1), train_model(tmp_path / "b.txt", 2)])
     before = c.digest()
-    log_before = c.log("churn")
+    log_before = c.log(model)
     stack.restart_streams(wipe=True)
     c = stack.client()
     after = c.digest()
     assert after["digest"] == before["digest"]
-    assert c.log("churn") == log_before
+    assert c.log(model) == log_before
     assert after["digest"] == state_digest(fold_of_log(stack).models)
     # and a restart that keeps RocksDB resumes from its stored offsets
     stack.restart_streams()
     assert stack.client().digest()["digest"] == before["digest"]
 
 
-def test_concurrent_writers_with_expect_head_lose_no_update(stack: Stack, model_file: Path) -> None:
+def test_concurrent_writers_with_expect_head_lose_no_update(
+    module_stack: Stack, model: str, model_file: Path
+) -> None:
+    stack = module_stack
     c = stack.client()
     digest = c.upload(model_file)["sha256"]
-    c.create("busy")
-    c.commit("busy", digest, "root")
+    c.create(model)
+    c.commit(model, digest, "root")
     accepted: list[str] = []
     rejected: list[ClientError] = []
     lock = threading.Lock()
@@ -119,9 +142,9 @@ def test_concurrent_writers_with_expect_head_lose_no_update(stack: Stack, model_
     def writer(n: int) -> None:
         client = stack.client()
         for i in range(25):
-            head = client.refs("busy")["branches"]["main"]
+            head = client.refs(model)["branches"]["main"]
             try:
-                answer = client.commit("busy", digest, f"w{n}-{i}", expect_head=head)
+                answer = client.commit(model, digest, f"w{n}-{i}", expect_head=head)
                 with lock:
                     accepted.append(answer["head"])
             except ClientError as exc:
@@ -137,7 +160,7 @@ def test_concurrent_writers_with_expect_head_lose_no_update(stack: Stack, model_
     assert all(
         e.status == 409 and e.body["error"] in ("stale_head", "write_raced") for e in rejected
     )
-    log = c.log("busy", "main")["commits"]
+    log = c.log(model, "main")["commits"]
     assert all(len(commit["parents"]) <= 1 for commit in log)  # linear
     reachable = {commit["id"] for commit in log}
     assert set(accepted) <= reachable
@@ -145,11 +168,12 @@ def test_concurrent_writers_with_expect_head_lose_no_update(stack: Stack, model_
 
 
 def test_kill_9_while_commands_flow_applies_each_command_once(
-    stack: Stack, model_file: Path
+    module_stack: Stack, model: str, model_file: Path
 ) -> None:
+    stack = module_stack
     c = stack.client(timeout=60)
     digest = c.upload(model_file)["sha256"]
-    c.create("crashy")
+    c.create(model)
     ids = [f"cmd-{uuid.uuid4()}" for _ in range(60)]
     done: list[str] = []
     stop_flag = threading.Event()
@@ -160,7 +184,7 @@ def test_kill_9_while_commands_flow_applies_each_command_once(
                 try:
                     # A client per attempt: the restarted service may answer elsewhere.
                     client = stack.client(timeout=60)
-                    client.commit("crashy", digest, f"c{i}", command_id=command_id)
+                    client.commit(model, digest, f"c{i}", command_id=command_id)
                     done.append(command_id)
                     break
                 except ClientError:
@@ -177,40 +201,58 @@ def test_kill_9_while_commands_flow_applies_each_command_once(
     c = stack.client()
     replayed = fold_of_log(stack)
     assert c.digest()["digest"] == state_digest(replayed.models)
-    messages = [commit["message"] for commit in c.log("crashy")["commits"]]
+    messages = [commit["message"] for commit in c.log(model)["commits"]]
     assert sorted(messages) == sorted(f"c{i}" for i in range(60))  # each applied exactly once
 
 
-def test_undecodable_messages_go_to_the_dead_letter_topic(stack: Stack, model_file: Path) -> None:
-    producer = KafkaProducer(bootstrap_servers=stack.settings.bootstrap)
-    producer.send(stack.settings.commands_topic, key=b"m", value=b"not avro at all").get(10)
-    producer.send(stack.settings.events_topic, key=b"m", value=b"\xc3\x01garbage").get(10)
-    producer.close()
+def test_undecodable_messages_go_to_the_dead_letter_topic(
+    module_stack: Stack, model: str, model_file: Path
+) -> None:
+    stack = module_stack
+    settings = stack.settings
+    garbage = {
+        settings.commands_topic: b"not avro at all",
+        settings.events_topic: b"\xc3\x01garbage",
+    }
+    sent: set[tuple[str, int, int]] = set()  # where each garbage record went
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap)
+    try:
+        for topic, value in garbage.items():
+            meta = producer.send(topic, key=model.encode(), value=value).get(10)
+            sent.add((topic, meta.partition, meta.offset))
+            if topic == settings.events_topic:
+                INJECTED.add((topic, meta.partition, meta.offset))
+    finally:
+        producer.close()
     c = stack.client()
-    c.create("after-garbage")
-    c.commit("after-garbage", c.upload(model_file)["sha256"], "still serving")
+    c.create(model)
+    c.commit(model, c.upload(model_file)["sha256"], "still serving")
+    # The shared stack's dead-letter topic may hold other letters: ours are the ones that
+    # name the partition and offset each garbage record was written at.
     deadline = time.monotonic() + 20
     letters: list[dict] = []
     while time.monotonic() < deadline and len(letters) < 2:
-        letters = [
+        decoded = [
             DEAD_LETTERS.decode(r.value)
-            for r in read_topic(stack.settings.access, stack.settings.dead_letter_topic)
+            for r in read_topic(settings.access, settings.dead_letter_topic)
             if r.value
         ]
+        letters = [d for d in decoded if (d["topic"], d["partition"], d["offset"]) in sent]
         time.sleep(0.2)
     by_topic = {letter["topic"]: letter for letter in letters}
-    assert by_topic[stack.settings.commands_topic]["value"] == b"not avro at all"
-    assert "magic" in by_topic[stack.settings.commands_topic]["reason"]
-    assert by_topic[stack.settings.events_topic]["value"] == b"\xc3\x01garbage"
-    assert by_topic[stack.settings.events_topic]["reason"]
+    assert by_topic[settings.commands_topic]["value"] == b"not avro at all"
+    assert "magic" in by_topic[settings.commands_topic]["reason"]
+    assert by_topic[settings.events_topic]["value"] == b"\xc3\x01garbage"
+    assert by_topic[settings.events_topic]["reason"]
 
 
 def test_sigterm_stops_cleanly_and_the_restart_resumes_from_the_stored_offsets(
-    stack: Stack, model_file: Path
+    module_stack: Stack, model: str, model_file: Path
 ) -> None:
+    stack = module_stack
     c = stack.client()
-    c.create("tidy")
-    c.commit("tidy", c.upload(model_file)["sha256"], "one")
+    c.create(model)
+    c.commit(model, c.upload(model_file)["sha256"], "one")
     offsets = dict(sorted((int(p), o) for p, o in c.digest()["offsets"].items()))
     log = Path(stack.processes["streams"].log)
     mark = log.stat().st_size
@@ -221,4 +263,4 @@ def test_sigterm_stops_cleanly_and_the_restart_resumes_from_the_stored_offsets(
     assert f"{stack.settings.instance_id} stopped cleanly at offsets {offsets}" in text
     # ... and the new process resumed from the offsets stored with the graph.
     assert f"following {stack.settings.events_topic} from {offsets}" in text
-    assert stack.client().log("tidy")["commits"][0]["message"] == "one"
+    assert stack.client().log(model)["commits"][0]["message"] == "one"
