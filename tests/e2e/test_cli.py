@@ -48,10 +48,20 @@ def ok(stack: Stack, *args: str, **env: str) -> str:
     return done.stdout
 
 
-def test_git_like_story(stack: Stack, tmp_path: Path) -> None:
+@pytest.fixture
+def stack(module_serving: Stack) -> Stack:
+    """This module's tests share one stack (with a worker, for the one that tails predictions).
+
+    Each keeps to a model of its own (:func:`model`), made current by its first `create`:
+    the home, and so its current model, is shared, and runs one test at a time.
+    """
+    return module_serving
+
+
+def test_git_like_story(stack: Stack, model: str, tmp_path: Path) -> None:
     v1 = train_model(tmp_path / "v1.txt", seed=1)
     v2 = train_model(tmp_path / "v2.txt", seed=2, rounds=9)
-    ok(stack, "create", "churn")
+    ok(stack, "create", model)
     first = json.loads(
         ok(
             stack,
@@ -96,7 +106,7 @@ def test_git_like_story(stack: Stack, tmp_path: Path) -> None:
     stale = modelvc(stack, "commit", str(v1), "-m", "late", "--expect-head", "exp")
     assert stale.returncode == 1 and "--expect-head" in stale.stderr and stale.stdout == ""
     missing = modelvc(stack, "show", "nope")
-    assert missing.returncode == 1 and "modelvc -M churn refs" in missing.stderr
+    assert missing.returncode == 1 and f"modelvc -M {model} refs" in missing.stderr
     pickle_file = tmp_path / "model.pkl"
     pickle_file.write_bytes(b"\x80\x05junk")
     refused = modelvc(stack, "commit", str(pickle_file), "-m", "pickled")
@@ -111,16 +121,16 @@ def hint_lines(stderr: str) -> list[list[str]]:
     return [shlex.split(line)[1:] for line in lines]
 
 
-def test_refusals_give_hints_the_cli_runs(stack: Stack, tmp_path: Path) -> None:
+def test_refusals_give_hints_the_cli_runs(stack: Stack, model: str, tmp_path: Path) -> None:
     v1 = train_model(tmp_path / "v1.txt", seed=1)
     v2 = train_model(tmp_path / "v2.txt", seed=2, rounds=9)
-    ok(stack, "create", "churn")
+    ok(stack, "create", model)
     base = json.loads(ok(stack, "--json", "commit", str(v1), "-m", "v1"))["head"]
 
     # The current model is not named on the line, yet the hint names it with -M.
     missing = modelvc(stack, "commit", str(v2), "--branch", "exp", "-m", "v2")
     assert missing.returncode == 1 and "create it first" in missing.stderr
-    assert hint_lines(missing.stderr) == [["-M", "churn", "branch", "create", "exp"]]
+    assert hint_lines(missing.stderr) == [["-M", model, "branch", "create", "exp"]]
     ok(stack, *hint_lines(missing.stderr)[0])  # the hint, run as printed
     ok(stack, "commit", str(v2), "--branch", "exp", "-m", "v2")
     ok(stack, "commit", str(v2), "-m", "v3")
@@ -129,16 +139,16 @@ def test_refusals_give_hints_the_cli_runs(stack: Stack, tmp_path: Path) -> None:
     assert conflict.returncode == 1 and f"merge base {base}," in conflict.stderr
     suggested = hint_lines(conflict.stderr)
     assert suggested == [
-        ["-M", "churn", "merge", "exp", "--into", "main", "--strategy", "ours"],
-        ["-M", "churn", "merge", "exp", "--into", "main", "--strategy", "theirs"],
-        ["-M", "churn", "merge", "exp", "--into", "main", "--artifact", "FILE"],
+        ["-M", model, "merge", "exp", "--into", "main", "--strategy", "ours"],
+        ["-M", model, "merge", "exp", "--into", "main", "--strategy", "theirs"],
+        ["-M", model, "merge", "exp", "--into", "main", "--artifact", "FILE"],
     ]
     as_data = modelvc(stack, "--json", "merge", "exp")
     body = json.loads(as_data.stderr)
     assert as_data.returncode == 1 and body["merge_bases"] == [base] == [body["merge_base"]]
     assert body["hint"] == {
         "code": "merge",
-        "args": {"model": "churn", "source": "exp", "into": "main"},
+        "args": {"model": model, "source": "exp", "into": "main"},
     }
     assert "Merged" in ok(stack, *suggested[1])
 
@@ -183,64 +193,68 @@ def test_unreachable_service_says_how_to_start_it(tmp_path: Path) -> None:
     assert done.returncode == 3 and "modelvc up" in done.stderr
 
 
-def test_publish_a_file_and_tail_the_predictions(
-    tmp_path: Path, bootstrap: str, namespace: str
-) -> None:
+def test_publish_a_file_and_tail_the_predictions(stack: Stack, model: str, tmp_path: Path) -> None:
     import lightgbm as lgb
     import numpy as np
 
-    stack = Stack.up(tmp_path / "home", bootstrap=bootstrap, namespace=namespace, workers=1)
-    try:
-        x = np.random.default_rng(1).normal(size=(200, 2))
-        booster = lgb.train(
-            {"objective": "binary", "verbosity": -1, "num_leaves": 4},
-            lgb.Dataset(x, (x[:, 1] > 0).astype(int), feature_name=["a", "b"]),
-            num_boost_round=4,
-        )
-        booster.save_model(str(tmp_path / "m.txt"))
-        ok(stack, "create", "fraud")
-        head = json.loads(ok(stack, "--json", "commit", str(tmp_path / "m.txt"), "-m", "v1"))[
-            "head"
-        ]
-        csv_file = tmp_path / "features.csv"
-        csv_file.write_text("event_id,entity_key,a,b\ncsv-1,u1,0.5,-1.0\ncsv-2,u2,-0.5,2.0\n")
-        jsonl_file = tmp_path / "features.jsonl"
-        jsonl_file.write_text(
-            '{"event_id": "js-1", "features": {"a": 1.0, "b": 0.1}}\n'
-            '{"event_id": "js-2", "entity_key": "u9", "a": 0.0, "b": -3.0}\n'
-        )
-        assert "published 2" in ok(stack, "publish", str(csv_file))
-        assert "published 2" in ok(stack, "publish", str(jsonl_file))
-        out = ok(
-            stack,
-            "--json",
-            "tail",
-            "predictions",
-            "--from-beginning",
-            "-n",
-            "4",
-            "--idle-timeout",
-            "30",
-        )
-        got = {p["feature_event_id"]: p for p in map(json.loads, out.splitlines())}
-        assert set(got) == {"csv-1", "csv-2", "js-1", "js-2"}
-        assert {p["commit_id"] for p in got.values()} == {head}
-        assert got["csv-1"]["scores"] == [booster.predict(np.array([[0.5, -1.0]]))[0]]
-        human = ok(
-            stack, "tail", "predictions", "--from-beginning", "-n", "1", "--idle-timeout", "30"
-        )
-        assert "fraud@main" in human and head[:10] in human
-    finally:
-        stack.down()
+    x = np.random.default_rng(1).normal(size=(200, 2))
+    booster = lgb.train(
+        {"objective": "binary", "verbosity": -1, "num_leaves": 4},
+        lgb.Dataset(x, (x[:, 1] > 0).astype(int), feature_name=["a", "b"]),
+        num_boost_round=4,
+    )
+    booster.save_model(str(tmp_path / "m.txt"))
+    ok(stack, "create", model)
+    head = json.loads(ok(stack, "--json", "commit", str(tmp_path / "m.txt"), "-m", "v1"))["head"]
+    csv_file = tmp_path / "features.csv"
+    csv_file.write_text("event_id,entity_key,a,b\ncsv-1,u1,0.5,-1.0\ncsv-2,u2,-0.5,2.0\n")
+    jsonl_file = tmp_path / "features.jsonl"
+    jsonl_file.write_text(
+        '{"event_id": "js-1", "features": {"a": 1.0, "b": 0.1}}\n'
+        '{"event_id": "js-2", "entity_key": "u9", "a": 0.0, "b": -3.0}\n'
+    )
+    assert "published 2" in ok(stack, "publish", str(csv_file))
+    assert "published 2" in ok(stack, "publish", str(jsonl_file))
+    # The stack is shared: only this model's predictions are this test's.
+    out = ok(
+        stack,
+        "-M",
+        model,
+        "--json",
+        "tail",
+        "predictions",
+        "--from-beginning",
+        "-n",
+        "4",
+        "--idle-timeout",
+        "30",
+    )
+    got = {p["feature_event_id"]: p for p in map(json.loads, out.splitlines())}
+    assert set(got) == {"csv-1", "csv-2", "js-1", "js-2"}
+    assert {p["commit_id"] for p in got.values()} == {head}
+    assert got["csv-1"]["scores"] == [booster.predict(np.array([[0.5, -1.0]]))[0]]
+    human = ok(
+        stack,
+        "-M",
+        model,
+        "tail",
+        "predictions",
+        "--from-beginning",
+        "-n",
+        "1",
+        "--idle-timeout",
+        "30",
+    )
+    assert f"{model}@main" in human and head[:10] in human
 
 
 def test_finding_6_names_like_commit_ids_are_refused_and_output_is_escaped(
-    stack: Stack, tmp_path: Path
+    stack: Stack, model: str, tmp_path: Path
 ) -> None:
     v1 = train_model(tmp_path / "v1.txt", seed=1)
     v2 = train_model(tmp_path / "v2.txt", seed=2, rounds=9)
     hostile = "v2 \x1b[31mred\x1b[0m \u202egnp.exe\nfake line"
-    ok(stack, "create", "churn")
+    ok(stack, "create", model)
     first = json.loads(ok(stack, "--json", "commit", str(v1), "-m", "v1"))["head"]
     second = json.loads(ok(stack, "--json", "commit", str(v2), "-m", hostile))["head"]
 
@@ -255,8 +269,8 @@ def test_finding_6_names_like_commit_ids_are_refused_and_output_is_escaped(
     assert "\n" not in newline.stderr.rstrip("\n")  # the refusal quotes it escaped
 
     client = stack.client()
-    assert client.resolve("churn", first)["commit"] == first
-    assert client.resolve("churn", second)["commit"] == second
+    assert client.resolve(model, first)["commit"] == first
+    assert client.resolve(model, second)["commit"] == second
     assert json.loads(ok(stack, "--json", "show", first))["id"] == first
 
     # Human output escapes the message's controls; --json gives it back exactly.
@@ -268,16 +282,18 @@ def test_finding_6_names_like_commit_ids_are_refused_and_output_is_escaped(
     assert logged[0]["message"] == hostile
 
 
-def test_finding_5_caret_flood_over_http_is_refused_quickly(stack: Stack, tmp_path: Path) -> None:
-    ok(stack, "create", "churn")
+def test_finding_5_caret_flood_over_http_is_refused_quickly(
+    stack: Stack, model: str, tmp_path: Path
+) -> None:
+    ok(stack, "create", model)
     ok(stack, "commit", str(train_model(tmp_path / "v1.txt", seed=1)), "-m", "v1")
     client = stack.client(timeout=30)
     floods = [
-        lambda: client.rollback("churn", "main", "main" + "^" * 40_000, "flood"),
+        lambda: client.rollback(model, "main", "main" + "^" * 40_000, "flood"),
         # 2,000 carets: past the ref limit, within an HTTP request line once quoted (%5E).
-        lambda: client.resolve("churn", "main" + "^" * 2_000),
-        lambda: client.resolve("churn", "main~" + "9" * 5_000),
-        lambda: client.show("churn", "main" + "^" * 200),
+        lambda: client.resolve(model, "main" + "^" * 2_000),
+        lambda: client.resolve(model, "main~" + "9" * 5_000),
+        lambda: client.show(model, "main" + "^" * 200),
     ]
     for flood in floods:
         started = time.monotonic()

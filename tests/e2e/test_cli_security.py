@@ -41,6 +41,16 @@ def denied(done: object, *says: str) -> None:
         assert word in stderr, stderr
 
 
+@pytest.fixture
+def stack(module_stack: Stack) -> Stack:
+    """This module's tests share one stack; each keeps to a model of its own (:func:`model`).
+
+    Tokens and protections are the stack's, not a model's: each test looks up its own tokens
+    by id, and the one test that protects refs leaves none behind (the others protect none).
+    """
+    return module_stack
+
+
 def test_up_writes_an_owner_only_admin_token_the_cli_uses(stack: Stack) -> None:
     token_file = stack.home / "admin.token"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
@@ -58,14 +68,14 @@ def test_up_writes_an_owner_only_admin_token_the_cli_uses(stack: Stack) -> None:
 
 
 def test_token_create_list_revoke_and_a_revoked_token_is_refused(
-    stack: Stack, tmp_path: Path
+    stack: Stack, model: str, tmp_path: Path
 ) -> None:
     alice, alice_id = new_token(stack, "alice", "committer", "--expires", "30d")
     as_alice = {"MODELVC_TOKEN": alice}
     assert "alice (role committer" in ok(stack, "whoami", **as_alice)
 
     # The actor of every event is the token's, whatever the command line claims.
-    ok(stack, "create", "churn", **as_alice)
+    ok(stack, "create", model, **as_alice)
     ok(stack, "commit", str(train_model(tmp_path / "v1.txt")), "-m", "v1", **as_alice)
     assert json.loads(ok(stack, "--json", "log"))["commits"][0]["author"] == "alice"
     claimed = modelvc(stack, "--actor", "release-manager", "alias", "set", "p", "main", **as_alice)
@@ -82,38 +92,48 @@ def test_token_create_list_revoke_and_a_revoked_token_is_refused(
 
     assert "revoked" in ok(stack, "token", "revoke", alice_id, "--reason", "left the team")
     denied(modelvc(stack, "whoami", **as_alice))
-    denied(modelvc(stack, "-M", "churn", "log", **as_alice))
+    denied(modelvc(stack, "-M", model, "log", **as_alice))
     revoked = {t["token_id"]: t for t in json.loads(ok(stack, "--json", "token", "list"))["tokens"]}
     assert revoked[alice_id]["state"] == "revoked"
     assert revoked[alice_id]["reason"] == "left the team"
     assert "left the team" in ok(stack, "token", "list")
 
 
-def test_protect_and_unprotect_an_alias_and_a_branch(stack: Stack, tmp_path: Path) -> None:
-    ok(stack, "create", "churn")
+def test_protect_and_unprotect_an_alias_and_a_branch(
+    stack: Stack, model: str, tmp_path: Path
+) -> None:
+    try:
+        check_protect_and_unprotect(stack, model, tmp_path)
+    finally:  # the stack is shared: a failure here must not leave a rule for other tests
+        modelvc(stack, "unprotect", "alias", "production", "-M", model)
+        modelvc(stack, "unprotect", "branch", "main")
+
+
+def check_protect_and_unprotect(stack: Stack, model: str, tmp_path: Path) -> None:
+    ok(stack, "create", model)
     ok(stack, "commit", str(train_model(tmp_path / "v1.txt")), "-m", "v1")
     ok(stack, "commit", str(train_model(tmp_path / "v2.txt", seed=2)), "-m", "v2")
     bob = {"MODELVC_TOKEN": new_token(stack, "bob", "committer")[0]}
     rel = {"MODELVC_TOKEN": new_token(stack, "rita", "releaser")[0]}
     assert "no protected refs" in ok(stack, "protections")
 
-    out = ok(stack, "protect", "alias", "production", "-M", "churn")
-    assert "protected alias production of churn" in out and "releaser" in out
+    out = ok(stack, "protect", "alias", "production", "-M", model)
+    assert f"protected alias production of {model}" in out and "releaser" in out
     rules = json.loads(ok(stack, "--json", "protections"))["rules"]
-    assert rules == [{"kind": "alias", "model": "churn", "name": "production", "role": "releaser"}]
-    denied(modelvc(stack, "-M", "churn", "alias", "set", "production", "main", **bob), "releaser")
-    ok(stack, "-M", "churn", "alias", "set", "production", "main~1", **rel)
+    assert rules == [{"kind": "alias", "model": model, "name": "production", "role": "releaser"}]
+    denied(modelvc(stack, "-M", model, "alias", "set", "production", "main", **bob), "releaser")
+    ok(stack, "-M", model, "alias", "set", "production", "main~1", **rel)
     # Only an admin changes the rules.
-    denied(modelvc(stack, "unprotect", "alias", "production", "-M", "churn", **rel), "admin")
-    ok(stack, "unprotect", "alias", "production", "-M", "churn")
-    ok(stack, "-M", "churn", "alias", "set", "production", "main", **bob)
+    denied(modelvc(stack, "unprotect", "alias", "production", "-M", model, **rel), "admin")
+    ok(stack, "unprotect", "alias", "production", "-M", model)
+    ok(stack, "-M", model, "alias", "set", "production", "main", **bob)
 
     # Without -M a rule covers every model.
     assert "of every model" in ok(stack, "protect", "branch", "main")
     assert "(every model)" in ok(stack, "protections")
     v3 = str(train_model(tmp_path / "v3.txt", seed=3))
-    denied(modelvc(stack, "-M", "churn", "commit", v3, "-m", "v3", **bob), "releaser")
-    ok(stack, "-M", "churn", "commit", v3, "-m", "v3", **rel)
+    denied(modelvc(stack, "-M", model, "commit", v3, "-m", "v3", **bob), "releaser")
+    ok(stack, "-M", model, "commit", v3, "-m", "v3", **rel)
     ok(stack, "unprotect", "branch", "main")
     assert "no protected refs" in ok(stack, "protections")
 
