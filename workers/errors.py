@@ -81,6 +81,14 @@ class NonFiniteValue(Rejected):
     reason = "non_finite_value"
 
 
+class ModelFailed(Rejected):
+    """Raised when the served model fails on an event's row, or gives scores that are NaN or
+    infinite: a checked ONNX graph may still fail on some values (an index out of range, a
+    shape that changes with its input)."""
+
+    reason = "model_failed"
+
+
 class WrongType(Rejected):
     """Raised when a feature value is a string or boolean instead of a number."""
 

@@ -32,7 +32,7 @@ from streams.codec import PREDICTIONS
 from streams.core.model_signature import Feature, mismatch
 from streams.core.rollout import routing_key
 from workers import scoring
-from workers.errors import Rejected, SignatureMismatch, Undecodable
+from workers.errors import ModelFailed, Rejected, SignatureMismatch, Undecodable
 from workers.metrics import Metrics
 from workers.scoring import Route, Version
 from workers.signing import Signer, sign_prediction
@@ -178,13 +178,42 @@ class Scorer:
         if not kept:
             return kept
         started = time.perf_counter()
-        scores = await self.predict(version, matrix)
+        scores, failed = await self._predicted(version, matrix)
         self.metrics.predict_took(time.perf_counter() - started)
+        if failed:
+            out.rejected += [(kept[i][0], _about(why, version)) for i, why in failed.items()]
+            keep = [i for i in range(len(kept)) if i not in failed]
+            kept, scores = [kept[i] for i in keep], scores[keep]
+            if not kept:
+                return kept
         out.predictions += await self._encoded(version, kept, scores, scored_at)
         event_ms = np.fromiter((item.timestamp_ms for item, *_ in kept), np.int64, len(kept))
         self.metrics.end_to_end(np.maximum(0.0, (scored_at - event_ms) / 1000))
         self.metrics.predicted(version.model, version.commit_id, "stream", len(kept), version.arm)
         return kept
+
+    async def _predicted(
+        self, version: Version, matrix: np.ndarray
+    ) -> tuple[np.ndarray, dict[int, ModelFailed]]:
+        """Scores, and the rows the model failed on. A batch the model fails on is scored
+        again a row at a time, so one hostile row is a dead letter, never a worker that
+        crashes on the same batch after every restart; scores that are NaN or infinite
+        are refused the same way."""
+        failed: dict[int, ModelFailed] = {}
+        try:
+            scores = await self.predict(version, matrix)
+        except Exception:  # whatever the native library raises: found row by row below
+            rows = []
+            for i in range(len(matrix)):
+                try:
+                    rows.append((await self.predict(version, matrix[i : i + 1]))[0])
+                except Exception as exc:
+                    failed[i] = ModelFailed(f"the model failed on this event: {str(exc)[:300]}")
+                    rows.append(np.full(version.loaded.summary.signature.outputs, np.nan))
+            scores = np.asarray(rows, dtype=np.float64)
+        for i in np.flatnonzero(~np.isfinite(scores).all(axis=1)).tolist():
+            failed.setdefault(i, ModelFailed("the model's scores for this event are not finite"))
+        return scores, failed
 
     async def _shadow(
         self, shadow: Version, members: list[Member], scored_at: int, out: Scored

@@ -190,6 +190,9 @@ def _features(facts: ModelFacts, inputs: Sequence[ValueInfo]) -> tuple[Feature, 
                 "dynamic_axes={'input': {0: 'N'}}))"
             )
         width = sized[0]
+        # Before a name is made: a 100-byte graph may declare 10**12 columns.
+        if width > MAX_FEATURES - len(features):
+            raise ArtifactTooLarge(f"the graph takes more than {MAX_FEATURES} features")
         if len(inputs) == 1:
             names = _feature_names(facts, info.name, width)
         else:
@@ -357,20 +360,47 @@ def _feeds(signature: ModelSignature) -> tuple[_Feed, ...]:
     return tuple(feeds)
 
 
-def _scores(session: Any, feeds: Sequence[_Feed], served: str, matrix: np.ndarray) -> np.ndarray:
-    """The served output for the rows of ``matrix``, float64 (rows, outputs); a graph
-    whose batch axis is fixed to 1 runs a row at a time."""
+def _scores(
+    session: Any, feeds: Sequence[_Feed], served: str, matrix: np.ndarray, outputs: int
+) -> np.ndarray:
+    """The served output for the rows of ``matrix``, float64 (rows, outputs).
+
+    A row's scores must not depend on which batch it came in, or an auditor could not
+    re-score it: onnxruntime computes a one-row run by another path than a run of several
+    (matrix-vector instead of matrix-matrix kernels, last bits differ), so a lone row runs
+    beside a copy of itself and keeps its own scores. Runs of 2 rows or more agree bit for
+    bit whatever their size (the smoke test refuses a graph for which they do not). A graph
+    whose batch axis is fixed to 1 always runs a row at a time. Raises ValueError on an
+    answer of another shape than the signature's (a graph may change shape with its input).
+    """
     import numpy as np
 
+    rows = len(matrix)
     if all(f.batched for f in feeds):
-        parts = [session.run([served], _feed_dict(feeds, matrix))[0]]
+        lone = rows == 1
+        batch = np.concatenate([matrix, matrix]) if lone else matrix
+        parts = [_run(session, feeds, served, batch, 2 if lone else rows, outputs)[:rows]]
     else:
-        parts = [
-            session.run([served], _feed_dict(feeds, matrix[r : r + 1]))[0]
-            for r in range(len(matrix))
-        ]
-    scores = np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1) for p in parts])
-    return scores.reshape(len(matrix), -1)
+        parts = [_run(session, feeds, served, matrix[r : r + 1], 1, outputs) for r in range(rows)]
+    return np.concatenate(parts) if parts else np.empty((0, outputs), dtype=np.float64)
+
+
+def _run(
+    session: Any, feeds: Sequence[_Feed], served: str, matrix: np.ndarray, rows: int, outputs: int
+) -> np.ndarray:
+    import numpy as np
+
+    raw = np.asarray(session.run([served], _feed_dict(feeds, matrix))[0])
+    if raw.shape not in ((rows,), (rows, outputs)) or (raw.ndim == 1 and outputs != 1):
+        raise ValueError(
+            f"the graph answered {rows} rows with shape {list(raw.shape)}, not "
+            f"[{rows}, {outputs}] as its signature says"
+        )
+    return raw.astype(np.float64).reshape(rows, outputs)
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
 def _feed_dict(feeds: Sequence[_Feed], matrix: np.ndarray) -> dict[str, np.ndarray]:
@@ -400,8 +430,10 @@ class OnnxPredictor:
         return self._runtime
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
-        scores = _scores(self._session, self._feeds, self._served, matrix)
-        return scores.reshape(len(matrix), self._signature.outputs)
+        width = len(self._signature.inputs)
+        if matrix.ndim != 2 or matrix.shape[1] != width:
+            raise ValueError(f"expected rows of {width} features, got {list(matrix.shape)}")
+        return _scores(self._session, self._feeds, self._served, matrix, self._signature.outputs)
 
 
 # -- the format ---------------------------------------------------------------------------
@@ -482,10 +514,24 @@ class OnnxFormat:
         matrix = np.array(_smoke_matrix(rows, len(signature.inputs)), dtype=np.float64)
         matrix = matrix.reshape(rows, len(signature.inputs))
         served = str(checked["served_output"])
+        feeds = _feeds(signature)
+        outputs = signature.outputs
         try:
-            scores = _scores(session, _feeds(signature), served, matrix)
+            scores = _scores(session, feeds, served, matrix, outputs)
+            # Each row alone, and the rows reversed: a graph whose scores depend on the other
+            # rows of a batch (a mean over the batch axis) cannot be re-scored by an auditor.
+            alone = np.concatenate(
+                [_scores(session, feeds, served, r[None], outputs) for r in matrix]
+            )
+            reverse = _scores(session, feeds, served, matrix[::-1].copy(), outputs)[::-1]
         except Exception as exc:
             raise SmokeFailed(f"scoring {rows} rows: {str(exc)[:300]}") from None
+        if not (_same_bits(scores, alone) and _same_bits(scores, reverse)):
+            raise ArtifactRejected(
+                "a row's scores depend on the other rows of its batch (an operation across "
+                "the batch axis?), so no prediction could be re-scored; export a model that "
+                "scores each row on its own"
+            )
         width = scores.shape[1]
         return {
             "outputs": width,

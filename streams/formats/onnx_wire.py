@@ -35,7 +35,11 @@ MAX_GRAPH_IO = 1024  # inputs, outputs of the main graph (each)
 MAX_GRAPH_DEPTH = 4  # the main graph and three levels of subgraphs
 MAX_TYPE_DEPTH = 8
 MAX_DIMS = 64
-MAX_METADATA = 1024  # metadata_props entries of the model
+MAX_METADATA = 256  # metadata_props entries of the model (entries, not distinct keys)
+MAX_ATTRIBUTES = 256  # attributes of one node
+MAX_NODE_IO = 1024  # inputs, outputs of one node (each)
+MAX_OPSETS = 16  # opset_import entries
+MAX_FIELDS = 2_000_000  # protobuf fields walked in the whole file: bounds the walk's time
 MAX_TEXT = 1 << 16  # a name or a metadata value we decode
 _WIDEST_CAP = 1 << 24
 
@@ -43,12 +47,27 @@ VARINT, I64, LEN, I32 = 0, 1, 2, 5
 _MASK64 = (1 << 64) - 1
 _HIGH = bytes(range(0x80, 0x100))
 _LONG_VARINT = re.compile(rb"[\x80-\xff]{10}")
+_ZIP_SIGNATURES = (b"PK\x05\x06", b"PK\x03\x04")  # end of central directory, local header
 _DIM_PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_.:+*/()-]{0,63}", re.ASCII)
 
 EXTERNAL_HINT = (
     "external data files are not supported: save the model with "
     "onnx.save_model(model, path, save_as_external_data=False)"
 )
+CONTROL_FLOW = ("Loop", "Scan", "If")
+# ai.onnx operators whose output size is read from a tensor input (by position; None: all
+# inputs): a size that a feature value could pick at predict time.
+SIZE_INPUTS: dict[str, tuple[int, ...] | None] = {
+    "ConstantOfShape": (0,),
+    "Expand": (1,),
+    "Tile": (1,),
+    "Range": None,
+    "OneHot": (1,),
+    "Resize": (2, 3),
+    "Upsample": (1,),
+    "Pad": (1,),
+    "TopK": (1,),
+}
 RE_EXPORT = "export the model again (onnx.save_model(model, 'model.onnx')) and commit that file"
 
 # TensorProto.DataType -> (name, bits per element, typed field holding it, values per
@@ -102,6 +121,15 @@ class ValueInfo:
     shape: tuple[str, ...] | None
 
 
+@dataclass(frozen=True)
+class Node:
+    """A node of any graph: its operator, domain ("" for ai.onnx) and input names."""
+
+    op_type: str
+    domain: str
+    inputs: tuple[str, ...]
+
+
 @dataclass
 class ModelFacts:
     ir_version: int = -1
@@ -113,6 +141,8 @@ class ModelFacts:
     outputs: list[ValueInfo] = field(default_factory=list)
     initializer_names: set[str] = field(default_factory=set)
     node_domains: set[str] = field(default_factory=set)
+    node_list: list[Node] = field(default_factory=list)  # every graph's nodes
+    constants: set[str] = field(default_factory=set)  # initializers, Constant outputs (all graphs)
     nodes: int = 0
     initializers: int = 0  # tensors of the main graph's initializer list
     parameters: int = 0  # elements of every tensor (initializers and attribute values)
@@ -142,11 +172,21 @@ def signed(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def fields(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+def fields(
+    data: bytes, start: int, end: int, budget: list[int] | None = None
+) -> Iterator[tuple[int, int, int, int]]:
     """The fields of the message in ``data[start:end]``: (number, wire type, a, b) where a
-    varint's value is ``a`` and any other field is the slice ``data[a:b]``."""
+    varint's value is ``a`` and any other field is the slice ``data[a:b]``. ``budget``
+    (one number, shared by a whole walk) is the fields left to read: none left, refused."""
     pos = start
     while pos < end:
+        if budget is not None:
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise ArtifactTooLarge(
+                    f"the model has more than {MAX_FIELDS} protobuf fields; modelvc reads "
+                    "models of at most that many (store tensors as raw_data, as onnx does)"
+                )
         key, pos = varint(data, pos, end)
         number, wire = key >> 3, key & 7
         if number == 0 or number > 0x1FFFFFFF:
@@ -170,10 +210,23 @@ def fields(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int, i
 def _text(data: bytes, a: int, b: int, what: str) -> str:
     if b - a > MAX_TEXT:
         raise ArtifactRejected(f"the {what} is {b - a} bytes long; at most {MAX_TEXT} are allowed")
+    _no_zip(data, a, b, what)
     try:
         return data[a:b].decode("utf-8")
     except UnicodeDecodeError:
         raise malformed(f"the {what} is not UTF-8 text") from None
+
+
+def _no_zip(data: bytes, a: int, b: int, what: str) -> None:
+    """Refuses a zip archive's signature in a text field: an ONNX file that is also a zip
+    (a polyglot, e.g. a pickle archive in a doc_string) is not accepted."""
+    for signature in _ZIP_SIGNATURES:
+        if data.find(signature, a, b) >= 0:
+            raise ArtifactRejected(
+                f"the {what} holds a zip archive signature ({signature!r}): an ONNX file "
+                "that is also a zip archive is not accepted; remove the embedded archive "
+                f"(doc strings, metadata, names) and {RE_EXPORT}"
+            )
 
 
 def _packed_varints(data: bytes, a: int, b: int) -> int:
@@ -205,6 +258,10 @@ class _Walk:
         self.data = data
         self.max_bytes = max_bytes
         self.facts = ModelFacts()
+        self.budget = [MAX_FIELDS]
+
+    def fields(self, a: int, b: int) -> Iterator[tuple[int, int, int, int]]:
+        return fields(self.data, a, b, self.budget)
 
     # -- helpers --------------------------------------------------------------------
 
@@ -223,7 +280,8 @@ class _Walk:
 
     def model(self) -> ModelFacts:
         data, facts, seen = self.data, self.facts, set[int]()
-        for number, wire, a, b in fields(data, 0, len(data)):
+        metadata_entries = 0
+        for number, wire, a, b in self.fields(0, len(data)):
             if number in (1, 2, 3, 4, 5, 6, 7):
                 self._once(seen, number, f"ModelProto field {number}")
             if number == 1:
@@ -238,6 +296,7 @@ class _Walk:
                     facts.producer_version = text
             elif number in (4, 6):
                 self._expect(wire, LEN, "the model's domain or doc_string")
+                _no_zip(data, a, b, "model's domain or doc_string")
             elif number == 5:
                 self._expect(wire, VARINT, "model_version")
             elif number == 7:
@@ -245,12 +304,29 @@ class _Walk:
                 self.graph(a, b, depth=1)
             elif number == 8:
                 self._expect(wire, LEN, "opset_import")
-                facts.opsets.append(self._opset(a, b))
+                if len(facts.opsets) >= MAX_OPSETS:
+                    raise ArtifactRejected(
+                        f"the model has more than {MAX_OPSETS} opset_import entries; import "
+                        "each operator domain once"
+                    )
+                opset = self._opset(a, b)
+                key = "" if opset[0] == "ai.onnx" else opset[0]
+                # skl2onnx writes one domain twice at the same version: only a clash is refused
+                if any(
+                    ("" if d == "ai.onnx" else d) == key and v != opset[1] for d, v in facts.opsets
+                ):
+                    raise ArtifactRejected(
+                        f"the model imports operator domain {opset[0][:60]!r} twice, at two "
+                        "opsets; import each domain once"
+                    )
+                facts.opsets.append(opset)
             elif number == 14:
                 self._expect(wire, LEN, "metadata_props")
-                if len(facts.metadata) >= MAX_METADATA:
+                metadata_entries += 1
+                if metadata_entries > MAX_METADATA:
                     raise ArtifactRejected(
-                        f"the model has more than {MAX_METADATA} metadata_props entries"
+                        f"the model has more than {MAX_METADATA} metadata_props entries; "
+                        "keep the model's metadata small"
                     )
                 key, value = self._entry(a, b)
                 facts.metadata[key] = value
@@ -275,7 +351,7 @@ class _Walk:
 
     def _opset(self, a: int, b: int) -> tuple[str, int]:
         domain, version, seen = "", -1, set[int]()
-        for number, wire, x, y in fields(self.data, a, b):
+        for number, wire, x, y in self.fields(a, b):
             self._once(seen, number, "an opset_import field")
             if number == 1:
                 self._expect(wire, LEN, "opset domain")
@@ -290,7 +366,7 @@ class _Walk:
     def _entry(self, a: int, b: int) -> tuple[str, str]:
         key = value = ""
         seen = set[int]()
-        for number, wire, x, y in fields(self.data, a, b):
+        for number, wire, x, y in self.fields(a, b):
             self._once(seen, number, "a metadata_props field")
             self._expect(wire, LEN, "metadata_props")
             if number == 1:
@@ -309,16 +385,18 @@ class _Walk:
                 f"subgraphs (If/Loop/Scan bodies) nest more than {MAX_GRAPH_DEPTH - 1} deep"
             )
         main, facts, seen = depth == 1, self.facts, set[int]()
-        for number, wire, x, y in fields(self.data, a, b):
+        for number, wire, x, y in self.fields(a, b):
             if number in (2, 10):
                 self._once(seen, number, f"GraphProto field {number}")
                 self._expect(wire, LEN, "the graph's name or doc_string")
+                _no_zip(self.data, x, y, "graph's name or doc_string")
             elif number == 1:
                 self._expect(wire, LEN, "node")
                 self.node(x, y, depth)
             elif number == 5:
                 self._expect(wire, LEN, "initializer")
                 name = self.tensor(x, y, "an initializer")
+                facts.constants.add(name)
                 if main:
                     facts.initializers += 1
                     facts.initializer_names.add(name)
@@ -327,6 +405,9 @@ class _Walk:
             elif number in (11, 12, 13):
                 self._expect(wire, LEN, "a value_info")
                 info = self.value_info(x, y)
+                if not main and number == 11:
+                    # a subgraph's input (a Loop/Scan iteration value) is no constant
+                    facts.constants.discard(info.name)
                 if main and number != 13:
                     listed = facts.inputs if number == 11 else facts.outputs
                     if len(listed) >= MAX_GRAPH_IO:
@@ -337,6 +418,7 @@ class _Walk:
                     listed.append(info)
             elif number in (14, 16):
                 self._expect(wire, LEN, "quantization_annotation or metadata_props")
+                _no_zip(self.data, x, y, "graph's quantization_annotation or metadata_props")
             else:
                 raise malformed(f"GraphProto field {number}")
 
@@ -348,31 +430,61 @@ class _Walk:
                 f"the graph has more than {MAX_NODES} nodes; modelvc serves graphs of at "
                 f"most {MAX_NODES}"
             )
-        domain = ""
-        for number, wire, x, y in fields(self.data, a, b):
+        domain = op_type = ""
+        inputs: list[str] = []
+        outputs: list[str] = []
+        attributes = 0
+        for number, wire, x, y in self.fields(a, b):
             if number in (3, 4, 6, 7, 8):
                 self._once(seen, number, f"NodeProto field {number}")
-            if number in (1, 2, 3, 4, 6, 8, 9):
+            if number in (1, 2):
                 self._expect(wire, LEN, f"NodeProto field {number}")
+                listed = inputs if number == 1 else outputs
+                if len(listed) >= MAX_NODE_IO:
+                    raise ArtifactTooLarge(
+                        f"a node has more than {MAX_NODE_IO} "
+                        f"{'inputs' if number == 1 else 'outputs'}"
+                    )
+                listed.append(_text(self.data, x, y, "node input or output name"))
+            elif number == 4:
+                self._expect(wire, LEN, "a node's op_type")
+                op_type = _text(self.data, x, y, "node op_type")
+            elif number in (3, 6, 8, 9):
+                self._expect(wire, LEN, f"NodeProto field {number}")
+                _no_zip(self.data, x, y, f"NodeProto field {number}")
             elif number == 7:
                 self._expect(wire, LEN, "a node's domain")
                 domain = _text(self.data, x, y, "node domain")
             elif number == 5:
                 self._expect(wire, LEN, "attribute")
+                attributes += 1
+                if attributes > MAX_ATTRIBUTES:
+                    raise ArtifactTooLarge(f"a node has more than {MAX_ATTRIBUTES} attributes")
                 self.attribute(x, y, depth)
             else:
                 raise malformed(f"NodeProto field {number}")
         facts.node_domains.add(domain)
+        if domain in ("", "ai.onnx"):
+            if op_type in CONTROL_FLOW:
+                raise ArtifactRejected(
+                    "control flow (Loop/Scan/If) is not supported: export the model without "
+                    "data-dependent control flow"
+                )
+            if op_type == "Constant":
+                facts.constants.update(outputs)
+        facts.node_list.append(Node(op_type, "" if domain == "ai.onnx" else domain, tuple(inputs)))
 
     def attribute(self, a: int, b: int, depth: int) -> None:
         data, seen = self.data, set[int]()
-        for number, wire, x, y in fields(data, a, b):
+        for number, wire, x, y in self.fields(a, b):
             if number in (1, 2, 3, 4, 5, 6, 13, 14, 20, 21):
                 self._once(seen, number, f"AttributeProto field {number}")
             if number in (1, 4, 9, 13, 14, 15, 21):
                 self._expect(wire, LEN, f"AttributeProto field {number}")
                 if number in (14, 15):
                     self.type(x, y, 1)
+                else:
+                    _no_zip(data, x, y, f"AttributeProto field {number}")
             elif number in (3, 20):
                 self._expect(wire, VARINT, f"AttributeProto field {number}")
             elif number == 2:
@@ -404,7 +516,7 @@ class _Walk:
         raw: int | None = None
         counts = dict.fromkeys(_TYPED, 0)
         string_bytes = 0
-        for number, wire, x, y in fields(data, a, b):
+        for number, wire, x, y in self.fields(a, b):
             if number in (2, 3, 8, 9, 12, 14):
                 self._once(seen, number, f"TensorProto field {number}")
             if number == 1:
@@ -422,6 +534,7 @@ class _Walk:
                 name = _text(data, x, y, "tensor name")
             elif number in (12, 16):
                 self._expect(wire, LEN, "a tensor's doc_string or metadata_props")
+                _no_zip(data, x, y, "tensor's doc_string or metadata_props")
             elif number == 9:
                 self._expect(wire, LEN, "raw_data")
                 raw = y - x
@@ -437,8 +550,16 @@ class _Walk:
                     )
             elif number == _STRING_DATA:
                 self._expect(wire, LEN, "string_data")
+                _no_zip(data, x, y, "string_data")
                 counts[number] += 1
                 string_bytes += y - x
+            elif number in (_FLOAT_DATA, _INT32_DATA, _INT64_DATA, _DOUBLE_DATA, _UINT64_DATA) and (
+                wire != LEN
+            ):
+                # onnx declares these [packed = true]: protobuf never writes them one by one
+                raise ArtifactRejected(
+                    f"{what} {name!r} stores its numbers one field each (unpacked); {RE_EXPORT}"
+                )
             elif number in (_FLOAT_DATA, _DOUBLE_DATA):
                 scalar = I32 if number == _FLOAT_DATA else I64
                 counts[number] += _repeated_count(data, wire, x, y, scalar, f"{what}'s data")
@@ -502,7 +623,7 @@ class _Walk:
     def value_info(self, a: int, b: int) -> ValueInfo:
         name, seen = "", set[int]()
         kind: tuple[str, int | None, tuple[str, ...] | None] = ("unknown", None, None)
-        for number, wire, x, y in fields(self.data, a, b):
+        for number, wire, x, y in self.fields(a, b):
             if number in (1, 2, 3):
                 self._once(seen, number, f"ValueInfoProto field {number}")
             self._expect(wire, LEN, f"ValueInfoProto field {number}")
@@ -510,7 +631,9 @@ class _Walk:
                 name = _text(self.data, x, y, "graph input or output name")
             elif number == 2:
                 kind = self.type(x, y, 1)
-            elif number not in (3, 4):
+            elif number in (3, 4):
+                _no_zip(self.data, x, y, "a value_info's doc_string or metadata_props")
+            else:
                 raise malformed(f"ValueInfoProto field {number}")
         text, elem, shape = kind
         if shape and len(shape) > 1:
@@ -525,10 +648,9 @@ class _Walk:
         """(the type as text, a tensor's element type, a tensor's dims or None)."""
         if depth > MAX_TYPE_DEPTH:
             raise ArtifactRejected(f"a type nests more than {MAX_TYPE_DEPTH} deep")
-        data = self.data
         found: tuple[str, int | None, tuple[str, ...] | None] = ("unknown", None, None)
         kinds = 0
-        for number, wire, x, y in fields(data, a, b):
+        for number, wire, x, y in self.fields(a, b):
             self._expect(wire, LEN, f"TypeProto field {number}")
             if number == 6:
                 continue
@@ -541,7 +663,7 @@ class _Walk:
                 )
             elif number in (4, 9):
                 inner = "unknown"
-                for inner_number, inner_wire, p, q in fields(data, x, y):
+                for inner_number, inner_wire, p, q in self.fields(x, y):
                     self._expect(inner_wire, LEN, "elem_type")
                     if inner_number != 1:
                         raise malformed(f"a sequence or optional type's field {inner_number}")
@@ -549,7 +671,7 @@ class _Walk:
                 found = (f"{'seq' if number == 4 else 'optional'}({inner})", None, None)
             elif number == 5:
                 key, value = "unknown", "unknown"
-                for inner_number, inner_wire, p, q in fields(data, x, y):
+                for inner_number, inner_wire, p, q in self.fields(x, y):
                     if inner_number == 1:
                         self._expect(inner_wire, VARINT, "a map's key_type")
                         key = ELEM_TYPES.get(signed(p), (f"type{signed(p)}",))[0]
@@ -569,7 +691,7 @@ class _Walk:
 
     def _tensor_type(self, a: int, b: int) -> tuple[int, tuple[str, ...] | None]:
         elem, shape, seen = 0, None, set[int]()
-        for number, wire, x, y in fields(self.data, a, b):
+        for number, wire, x, y in self.fields(a, b):
             self._once(seen, number, f"a tensor type's field {number}")
             if number == 1:
                 self._expect(wire, VARINT, "elem_type")
@@ -583,14 +705,14 @@ class _Walk:
 
     def _shape(self, a: int, b: int) -> tuple[str, ...]:
         dims: list[str] = []
-        for number, wire, x, y in fields(self.data, a, b):
+        for number, wire, x, y in self.fields(a, b):
             self._expect(wire, LEN, "a shape's dim")
             if number != 1:
                 raise malformed(f"a shape's field {number}")
             if len(dims) >= MAX_DIMS:
                 raise ArtifactRejected(f"a shape has more than {MAX_DIMS} dims")
             dim, seen = "?", set[int]()
-            for inner_number, inner_wire, p, q in fields(self.data, x, y):
+            for inner_number, inner_wire, p, q in self.fields(x, y):
                 self._once(seen, inner_number, "a dimension's field")
                 if inner_number == 1:
                     self._expect(inner_wire, VARINT, "dim_value")
@@ -605,6 +727,7 @@ class _Walk:
                     dim = param if _DIM_PARAM.fullmatch(param) else "?"
                 elif inner_number == 3:
                     self._expect(inner_wire, LEN, "denotation")
+                    _no_zip(self.data, p, q, "denotation")
                 else:
                     raise malformed(f"a dimension's field {inner_number}")
             dims.append(dim)
@@ -623,4 +746,24 @@ def read_model(data: bytes, max_bytes: int) -> ModelFacts:
         raise ArtifactTooLarge(
             f"the model is {len(data)} bytes; models are limited to {max_bytes} bytes"
         )
-    return _Walk(data, max_bytes).model()
+    facts = _Walk(data, max_bytes).model()
+    _check_sizes(facts)
+    return facts
+
+
+def _check_sizes(facts: ModelFacts) -> None:
+    """Refuses an operator whose output size a tensor computed at predict time picks: a
+    feature value could then make a worker allocate without bound."""
+    for node in facts.node_list:
+        if node.domain != "" or node.op_type not in SIZE_INPUTS:
+            continue
+        positions = SIZE_INPUTS[node.op_type]
+        picked = range(len(node.inputs)) if positions is None else positions
+        for i in picked:
+            if i < len(node.inputs) and node.inputs[i] and node.inputs[i] not in facts.constants:
+                raise ArtifactRejected(
+                    f"operator {node.op_type} takes its output size from {node.inputs[i][:60]!r}, "
+                    "which is computed at predict time (so a feature value could pick it): "
+                    "make that input a graph initializer or a Constant node, or export the "
+                    "model with fixed sizes"
+                )

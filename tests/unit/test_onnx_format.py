@@ -382,3 +382,201 @@ def test_predictions_equal_a_plain_session_bit_for_bit(build: Callable[[], bytes
     expected = np.asarray(expected, dtype=np.float64).reshape(len(matrix), -1)
     assert scores.dtype == np.float64 and scores.shape == (257, checked.signature.outputs)
     assert scores.tobytes() == expected.tobytes()
+
+
+# -- values must not pick sizes; floods of small fields; zip polyglots -----------------
+
+
+def _int64(name: str, values: list[int]) -> onnx.TensorProto:
+    return helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
+
+
+def _if_graph() -> bytes:
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["o"])], "b", [], [_float("o", None)]
+    )
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+        helper.make_node("Greater", ["m", "t"], ["c"]),
+        helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch),
+    ]
+    threshold = helper.make_tensor("t", TensorProto.FLOAT, [], [100.0])
+    return _graph_model(
+        nodes, [_float("x", ["N", 1])], [_float("y", ["N", 1])], initializers=[threshold]
+    )
+
+
+def _loop_graph() -> bytes:
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Identity", ["v_in"], ["v_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            _float("v_in", None),
+        ],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), _float("v_out", None)],
+    )
+    nodes = [helper.make_node("Loop", ["", "go", "x"], ["y"], body=body)]
+    go = helper.make_tensor("go", TensorProto.BOOL, [], [True])
+    return _graph_model(nodes, [_float("x", ["N", 1])], [_float("y", ["N", 1])], initializers=[go])
+
+
+def _sized_by(op: str, shape_source: str) -> bytes:
+    """``op`` whose size input is a computed tensor (``computed``), a Constant node's output
+    (``constant``) or an initializer (``initializer``); y = x + sum(op's output)."""
+    nodes: list[onnx.NodeProto] = []
+    initializers: list[onnx.TensorProto] = []
+    if shape_source == "computed":
+        nodes += [
+            helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+            helper.make_node("Cast", ["m"], ["mi"], to=TensorProto.INT64),
+            helper.make_node("Reshape", ["mi", "one_shape"], ["n"]),
+        ]
+        initializers.append(_int64("one_shape", [1]))
+    elif shape_source == "constant":
+        nodes.append(helper.make_node("Constant", [], ["n"], value=_int64("v", [3])))
+    else:
+        initializers.append(_int64("n", [3]))
+    if op == "ConstantOfShape":
+        nodes.append(helper.make_node("ConstantOfShape", ["n"], ["z"]))
+    else:  # Expand
+        initializers.append(helper.make_tensor("f", TensorProto.FLOAT, [1], [0.0]))
+        nodes.append(helper.make_node("Expand", ["f", "n"], ["z"]))
+    nodes += [
+        helper.make_node("ReduceSum", ["z"], ["s"], keepdims=0),
+        helper.make_node("Add", ["x", "s"], ["y"]),
+    ]
+    return _graph_model(
+        nodes, [_float("x", ["N", 1])], [_float("y", ["N", 1])], initializers=initializers
+    )
+
+
+def _relu_with(**change: object) -> bytes:
+    node = helper.make_node("Relu", ["x"], ["y"])
+    if "attributes" in change:
+        node.attribute.extend(
+            helper.make_attribute(f"a{i}", i) for i in range(int(str(change["attributes"])))
+        )
+    if "inputs" in change:
+        node.input.extend([""] * int(str(change["inputs"])))
+    model = onnx.load_from_string(
+        _graph_model([node], [_float("x", ["N", 3])], [_float("y", ["N", 3])])
+    )
+    if "opsets" in change:
+        for domain, version in change["opsets"]:  # type: ignore[attr-defined]
+            model.opset_import.append(helper.make_opsetid(domain, version))
+    if "metadata" in change:
+        for _ in range(int(str(change["metadata"]))):
+            model.metadata_props.add(key="k", value="v")  # the same key each time
+    if "doc_string" in change:
+        model.doc_string = str(change["doc_string"])
+    if "meta_value" in change:
+        model.metadata_props.add(key="note", value=str(change["meta_value"]))
+    return bytes(model.SerializeToString())
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    size, length = len(payload), bytearray()
+    while size >= 0x80:
+        length.append(size & 0x7F | 0x80)
+        size >>= 7
+    length.append(size)
+    return bytes([number << 3 | 2]) + bytes(length) + payload
+
+
+def _unpacked_floats() -> bytes:
+    # float_data is [packed = true] in onnx.proto, so onnx never writes it one field per
+    # value (python protobuf re-packs on a round trip: the bytes are put together here).
+    values = b"".join(b"\x25\x00\x00\x80\x3f" for _ in range(3))  # field 4, wire type 5
+    tensor = b"\x08\x03\x10\x01" + values + b"\x42\x01w"  # dims [3], float, name "w"
+    model = onnx.load_from_string(
+        _graph_model(
+            [helper.make_node("Add", ["x", "w"], ["y"])],
+            [_float("x", ["N", 3])],
+            [_float("y", ["N", 3])],
+        )
+    )
+    graph = model.graph.SerializeToString() + _length_delimited(5, tensor)
+    model.ClearField("graph")
+    return bytes(model.SerializeToString()) + _length_delimited(7, graph)
+
+
+CONTROL_FLOW = "control flow (Loop/Scan/If) is not supported"
+VALUE_SIZED = "which is computed at predict time"
+ZIP = "zip archive signature"
+HARDENING: dict[str, tuple[Callable[[], bytes], str, bool]] = {
+    # name: (build, reason, is ArtifactTooLarge)
+    "If": (_if_graph, CONTROL_FLOW, False),
+    "Loop": (_loop_graph, CONTROL_FLOW, False),
+    "ConstantOfShape computed": (
+        lambda: _sized_by("ConstantOfShape", "computed"),
+        VALUE_SIZED,
+        False,
+    ),
+    "Expand computed": (lambda: _sized_by("Expand", "computed"), VALUE_SIZED, False),
+    "attributes": (lambda: _relu_with(attributes=257), "more than 256 attributes", True),
+    "node inputs": (lambda: _relu_with(inputs=1024), "more than 1024 inputs", True),
+    "opsets": (lambda: _relu_with(opsets=[("", 17)] * 16), "more than 16 opset_import", False),
+    "opset clash": (lambda: _relu_with(opsets=[("", 16)]), "twice, at two opsets", False),
+    "metadata": (lambda: _relu_with(metadata=257), "more than 256 metadata_props", False),
+    "unpacked": (_unpacked_floats, "one field each (unpacked)", False),
+    "zip doc_string": (lambda: _relu_with(doc_string="PK\x05\x06" + "\x00" * 18), ZIP, False),
+    "zip metadata": (lambda: _relu_with(meta_value="xPK\x03\x04rest"), ZIP, False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HARDENING))
+def test_hardening_refusals_say_why(case: str) -> None:
+    build, reason, too_large = HARDENING[case]
+    with pytest.raises(ArtifactRejected) as refused:
+        ONNX.validate(build(), MAX)
+    assert reason in str(refused.value)
+    assert isinstance(refused.value, ArtifactTooLarge) == too_large
+
+
+@pytest.mark.parametrize("source", ["constant", "initializer"])
+@pytest.mark.parametrize("op", ["ConstantOfShape", "Expand"])
+def test_sizes_from_constants_are_accepted(op: str, source: str) -> None:
+    ONNX.validate(_sized_by(op, source), MAX)
+
+
+def test_a_same_version_duplicate_opset_is_accepted() -> None:
+    # skl2onnx imports "" twice at one version
+    ONNX.validate(_relu_with(opsets=[("", 17)]), MAX)
+
+
+def test_the_field_budget_bounds_the_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.formats import onnx_wire
+
+    monkeypatch.setattr(onnx_wire, "MAX_FIELDS", 1000)
+    node = helper.make_node("Relu", ["x"], ["y"])
+    node.attribute.append(helper.make_attribute("pad", [0] * 2000))  # unpacked: a field each
+    data = _graph_model([node], [_float("x", ["N", 3])], [_float("y", ["N", 3])])
+    with pytest.raises(ArtifactTooLarge, match="more than 1000 protobuf fields"):
+        ONNX.validate(data, MAX)
+
+
+@pytest.mark.parametrize("kind", ["attributes", "inputs", "metadata", "opsets"])
+def test_floods_of_small_fields_are_refused_quickly(kind: str) -> None:
+    count = 2_000_000
+    change: dict[str, object] = {kind: count}
+    if kind == "opsets":
+        change = {"opsets": [("", 17)] * 100_000}
+    elif kind == "attributes":
+        change = {"attributes": 100_000}
+    data = _relu_with(**change)
+    started = time.monotonic()
+    with pytest.raises(ArtifactRejected):
+        ONNX.validate(data, MAX)
+    assert time.monotonic() - started < 1.0
+
+
+def test_shipped_models_use_no_refused_operator() -> None:
+    for data in (onnx_models.mlp_bytes(), onnx_models.sklearn_pipeline_bytes()):
+        ONNX.validate(data, MAX)
+        ops = {node.op_type for node in onnx.load_from_string(data).graph.node}
+        assert not ops & {"Loop", "Scan", "If", "ConstantOfShape", "Expand", "Tile", "Range"}

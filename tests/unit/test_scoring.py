@@ -315,3 +315,40 @@ def test_attack_a_slow_model_does_not_stall_the_event_loop(
         return ticks
 
     assert asyncio.run(run()) >= 10  # the loop ran while the model scored
+
+
+def test_attack_rows_a_model_fails_on_are_refused_alone_and_the_rest_is_scored(
+    tmp_path: Path, booster_file: tuple[Path, lgb.Booster, np.ndarray]
+) -> None:
+    """A checked ONNX graph may still fail on some values (onnxruntime raises) or give NaN:
+    the batch must not fail whole (a worker crash-looping on it), only those rows."""
+    import dataclasses
+
+    from workers.errors import ModelFailed
+
+    path, _, _ = booster_file
+    tracker = tracker_with(tmp_path, path)
+
+    async def run() -> tuple[np.ndarray, dict[int, ModelFailed]]:
+        version = await tracker.version_for("churn", None)
+
+        class Picky:  # fails on a batch holding a value over 100, NaN below -100
+            signature = version.loaded.summary.signature
+            runtime = "picky 1.0"
+
+            def predict(self, matrix: np.ndarray) -> np.ndarray:
+                if (matrix > 100).any():
+                    raise RuntimeError("index out of range")
+                return np.where(matrix[:, :1] < -100, np.nan, matrix[:, :1] * 2)
+
+        picky = dataclasses.replace(
+            version, loaded=dataclasses.replace(version.loaded, predictor=Picky())
+        )
+        matrix = np.array([[1.0, 0, 0], [500.0, 0, 0], [2.0, 0, 0], [-500.0, 0, 0]])
+        return await Scorer(tracker, Metrics(), "w")._predicted(picky, matrix)
+
+    scores, failed = asyncio.run(run())
+    assert sorted(failed) == [1, 3]
+    assert "index out of range" in str(failed[1]) and "not finite" in str(failed[3])
+    assert failed[1].reason == "model_failed"
+    assert scores[0, 0] == 2.0 and scores[2, 0] == 4.0
