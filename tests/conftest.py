@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,20 @@ def stack(tmp_path: Path, bootstrap: str, namespace: str) -> Iterator[Stack]:
         s.down()
 
 
+@contextmanager
+def _shared_stack(factory: pytest.TempPathFactory, bootstrap: str, workers: int) -> Iterator[Stack]:
+    s = Stack.up(
+        factory.mktemp("stack") / "home",
+        bootstrap=bootstrap,
+        namespace=f"t{uuid.uuid4().hex[:10]}",
+        workers=workers,
+    )
+    try:
+        yield s
+    finally:
+        s.down()
+
+
 @pytest.fixture(scope="module")
 def module_stack(tmp_path_factory: pytest.TempPathFactory, bootstrap: str) -> Iterator[Stack]:
     """One streams app (own topics) shared by a module's tests; stopped even on failure.
@@ -91,30 +106,15 @@ def module_stack(tmp_path_factory: pytest.TempPathFactory, bootstrap: str) -> It
     (about 10 s of 15 on Tansu). Tests that share this one keep out of each other's way
     with a model of their own (:func:`model`) and never assume the log holds only theirs.
     """
-    s = Stack.up(
-        tmp_path_factory.mktemp("stack") / "home",
-        bootstrap=bootstrap,
-        namespace=f"t{uuid.uuid4().hex[:10]}",
-    )
-    try:
+    with _shared_stack(tmp_path_factory, bootstrap, workers=0) as s:
         yield s
-    finally:
-        s.down()
 
 
 @pytest.fixture(scope="module")
 def module_serving(tmp_path_factory: pytest.TempPathFactory, bootstrap: str) -> Iterator[Stack]:
     """:func:`module_stack` with one worker (``worker-1``), for tests that need predictions."""
-    s = Stack.up(
-        tmp_path_factory.mktemp("serving") / "home",
-        bootstrap=bootstrap,
-        namespace=f"t{uuid.uuid4().hex[:10]}",
-        workers=1,
-    )
-    try:
+    with _shared_stack(tmp_path_factory, bootstrap, workers=1) as s:
         yield s
-    finally:
-        s.down()
 
 
 @pytest.fixture
