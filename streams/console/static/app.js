@@ -702,7 +702,7 @@ function commitDetail(c, traffic, select) {
         class: "button",
         "data-testid": "download",
         href: `/v1/artifacts/${enc(c.artifact_sha256)}`,
-        download: `model-${short(c.id)}.txt`,
+        download: `model-${short(c.id)}.${c.signature && c.signature.format === "onnx" ? "onnx" : "txt"}`,
         text: "Download model",
       }),
     ),
