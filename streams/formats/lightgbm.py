@@ -5,8 +5,8 @@ refuses. The smoke test (in the sandboxed child) and the workers' predictor both
 LightGBM's C API through ``ctypes`` on ``lib_lightgbm.so``: the loader and the prediction
 ``lightgbm.Booster(model_str=...).predict(x, num_threads=1)`` call, with the same
 arguments, so scores are the Python package's bit for bit (a unit test holds them to it).
-Importing the Python package costs about 1.8 s of CPU (it imports scikit-learn and scipy
-when they are installed) and ~100 MB in every worker, for nothing the C API lacks.
+Importing the Python package costs about 1.5 s of CPU (it imports scikit-learn and scipy
+when they are installed) and about 90 MB in every worker, for nothing the C API lacks.
 """
 
 from __future__ import annotations
