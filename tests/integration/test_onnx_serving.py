@@ -256,3 +256,53 @@ def test_show_displays_the_format_and_the_graph(world: World) -> None:
     assert signature["format"] == "onnx" and signature["outputs"] == 2
     graph = {(t["name"], t["kind"]) for t in signature["graph"]}
     assert {("input", "input"), ("label", "output"), ("probabilities", "output")} <= graph
+
+
+def test_a_merge_can_change_the_format_and_the_merged_commit_serves_onnx(world: World) -> None:
+    """main holds LightGBM, a branch the MLP (the same six features); merging the branch
+    with strategy theirs makes a merge commit of the ONNX file, served as ONNX."""
+    c, s = world.client, world.stack
+    gbm = c.show("hot", world.lightgbm)["artifact_sha256"]
+    mlp = c.show("hot", world.mlp)["artifact_sha256"]
+    c.create("mix")
+    base = c.commit("mix", gbm, "lightgbm")["head"]
+    c.create_branch("mix", "exp", base)
+    c.commit("mix", mlp, "an MLP", branch="exp")
+    c.commit("mix", gbm, "lightgbm again", params={"round": "2"})
+    c.merge("mix", "exp", "main", strategy="theirs")
+    merged = c.show("mix", "main")
+    assert len(merged["parents"]) == 2 and merged["artifact_sha256"] == mlp
+    assert merged["signature"]["format"] == "onnx"
+    assert [f["name"] for f in merged["signature"]["inputs"]] == NAMES
+    x = np.random.default_rng(4).normal(size=(20, len(NAMES)))
+    with FeatureProducer(s.settings.bootstrap, s.settings.features_topic) as producer:
+        for i, row in enumerate(x):
+            producer.publish("mix", features(NAMES, row), ref="main", event_id=f"mix{i}")
+    got = scored(s, "mix", len(x))
+    assert {p["commit_id"] for p in got.values()} == {merged["id"]}
+    expected = onnx_scores(world.mlp_bytes, x, "output")
+    assert bits([got[f"mix{i}"]["scores"] for i in range(len(x))]) == bits(expected)
+
+
+def test_the_open_inference_protocol_serves_onnx_through_tritonclient(world: World) -> None:
+    """Triton's own client: the platform Triton names, and an FP32 [N, k] tensor (what an
+    ONNX graph takes) scored to onnxruntime's bits."""
+    httpclient = pytest.importorskip("tritonclient.http")
+    s = world.stack
+    client = httpclient.InferenceServerClient(s.worker_url().removeprefix("http://"))
+    auth = {"Authorization": f"Bearer {s.token}"}
+    meta = client.get_model_metadata("skl", model_version=world.skl, headers=auth)
+    assert meta["platform"] == "onnxruntime_onnx" and meta["versions"] == [world.skl]
+    assert meta["outputs"][0]["shape"] == [-1, 2]
+    z = np.random.default_rng(5).normal(size=(7, SKL_FEATURES)).astype(np.float32)
+    tensor = httpclient.InferInput("input", list(z.shape), "FP32")
+    tensor.set_data_from_numpy(z, binary_data=True)
+    result = client.infer(
+        "skl",
+        [tensor],
+        model_version=world.skl[:12],
+        headers=auth | {"Content-Type": "application/octet-stream"},
+    )
+    assert result.get_response()["parameters"]["commit_id"] == world.skl
+    expected = onnx_scores(world.skl_bytes, z, "probabilities")
+    assert bits(result.as_numpy("predict")) == bits(expected)
