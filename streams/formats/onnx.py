@@ -239,16 +239,21 @@ def checked_of(facts: ModelFacts) -> Checked:
     signature = ModelSignature("onnx", features, outputs, graph)
     tensor_bytes = facts.tensor_bytes
     # Memory estimate. Loaded: onnxruntime keeps the bytes it parsed and its own copy of
-    # every initializer (2x), plus ~64 KiB of session. Per row of a batch: the float64
-    # row and its float32/float64 feed (16 bytes a feature), the served output, and a few
-    # live intermediates as wide as the widest tensor row the graph declares (its
-    # value_info and I/O dims after the batch axis, an initializer's last dim: a layer's
-    # width); onnxruntime's arena reuses the buffers of tensors no longer needed.
+    # every initializer (2x), plus ~64 KiB of session, plus what ConstantOfShape, Expand
+    # and Tile build from constant sizes (constant folding may build it at load; 8 bytes
+    # an element). Per row of a batch: the float64 row and its float32/float64 feed (16
+    # bytes a feature), the served output, and a few live intermediates as wide as the
+    # widest tensor row the graph declares (its value_info and I/O dims after the batch
+    # axis, an initializer's or a ConstantOfShape's last dim: a layer's width);
+    # onnxruntime's arena reuses the buffers of tensors no longer needed. Expand and Tile
+    # make each element of a row up to sized_rows elements (summed over those nodes), so
+    # a row of their output is counted as that many widest rows.
     bytes_per_row = 16 * len(features) + 16 * outputs + 4 * 8 * facts.widest
+    bytes_per_row += 8 * facts.widest * facts.sized_rows
     return Checked(
         format="onnx",
         signature=signature,
-        model_bytes=2 * tensor_bytes + 64 * 1024,
+        model_bytes=2 * tensor_bytes + 64 * 1024 + facts.sized_bytes,
         bytes_per_row=bytes_per_row,
         details={
             "ir_version": facts.ir_version,

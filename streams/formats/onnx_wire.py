@@ -16,7 +16,11 @@ first, with the standard library only, in one pass:
   :data:`MAX_GRAPH_DEPTH`, types (``sequence(map(...))``) to :data:`MAX_TYPE_DEPTH`;
   packed numbers are counted by C-level byte scans, so the walk is linear;
 - every tensor (initializers and attribute values, in every graph) holds exactly the
-  data its ``dims`` and type declare, in the field its type uses, and no external data.
+  data its ``dims`` and type declare, in the field its type uses, and no external data;
+- an operator's output size (:data:`SIZE_INPUTS`) comes from a constant, never from a
+  tensor computed at predict time; the small int64 constants are read, so that the sizes
+  ConstantOfShape, Expand and Tile build are bounded (:data:`MAX_SIZED_ELEMENTS`) and
+  counted in the memory estimate (:attr:`ModelFacts.sized_bytes`, ``sized_rows``).
 
 :func:`read_model` gives the :class:`ModelFacts` that :mod:`streams.formats.onnx` turns
 into a signature and decides on (opsets, domains, the signature's rules).
@@ -68,6 +72,13 @@ SIZE_INPUTS: dict[str, tuple[int, ...] | None] = {
     "Pad": (1,),
     "TopK": (1,),
 }
+# Of those, the operators whose constant size is read and counted: the input holding it.
+READ_SIZES = {"ConstantOfShape": 0, "Expand": 1, "Tile": 1}
+MAX_SIZED_ELEMENTS = 1 << 24  # elements one of them may make (per element of its input)
+SMALL_INTS = 16  # values of an int64 constant the walk keeps: a shape, repeats
+_INT64 = 7
+# A Constant node's attributes holding int64 values, by name (as onnxruntime reads them)
+_CONSTANT_INTS = (b"value", b"value_int", b"value_ints")
 RE_EXPORT = "export the model again (onnx.save_model(model, 'model.onnx')) and commit that file"
 
 # TensorProto.DataType -> (name, bits per element, typed field holding it, values per
@@ -143,6 +154,11 @@ class ModelFacts:
     node_domains: set[str] = field(default_factory=set)
     node_list: list[Node] = field(default_factory=list)  # every graph's nodes
     constants: set[str] = field(default_factory=set)  # initializers, Constant outputs (all graphs)
+    # the values of the int64 constants of at most SMALL_INTS values (a name defined twice:
+    # none), for the sizes of READ_SIZES
+    int_constants: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    sized_bytes: int = 0  # ConstantOfShape/Expand/Tile outputs from constant sizes, 8 B each
+    sized_rows: int = 0  # Expand/Tile: the elements each input element becomes, summed
     nodes: int = 0
     initializers: int = 0  # tensors of the main graph's initializer list
     parameters: int = 0  # elements of every tensor (initializers and attribute values)
@@ -253,6 +269,19 @@ def _repeated_count(data: bytes, wire: int, a: int, b: int, scalar: int, what: s
     return (b - a) // size
 
 
+def _varints(data: bytes, wire: int, a: int, b: int, count: int) -> list[int]:
+    """The first ``count`` int64 values of one occurrence of a repeated varint field: the
+    varint itself, or a packed run ``data[a:b]`` that :func:`_repeated_count` checked."""
+    if wire == VARINT:
+        return [signed(a)]
+    values: list[int] = []
+    pos = a
+    while pos < b and len(values) < count:
+        value, pos = varint(data, pos, b)
+        values.append(signed(value))
+    return values
+
+
 class _Walk:
     def __init__(self, data: bytes, max_bytes: int) -> None:
         self.data = data
@@ -275,6 +304,16 @@ class _Walk:
         if number in seen:
             raise malformed(f"{what} appears twice")
         seen.add(number)
+
+    def _constant(self, name: str, values: tuple[int, ...] | None) -> None:
+        # A name defined twice (onnx's checker refuses it, in the smoke test) keeps no
+        # values: which definition onnxruntime would use is not ours to guess.
+        facts = self.facts
+        if name in facts.constants:
+            facts.int_constants.pop(name, None)
+        elif values is not None:
+            facts.int_constants[name] = values
+        facts.constants.add(name)
 
     # -- ModelProto -------------------------------------------------------------------
 
@@ -395,8 +434,8 @@ class _Walk:
                 self.node(x, y, depth)
             elif number == 5:
                 self._expect(wire, LEN, "initializer")
-                name = self.tensor(x, y, "an initializer")
-                facts.constants.add(name)
+                name, values = self.tensor(x, y, "an initializer")
+                self._constant(name, values)
                 if main:
                     facts.initializers += 1
                     facts.initializer_names.add(name)
@@ -408,6 +447,7 @@ class _Walk:
                 if not main and number == 11:
                     # a subgraph's input (a Loop/Scan iteration value) is no constant
                     facts.constants.discard(info.name)
+                    facts.int_constants.pop(info.name, None)
                 if main and number != 13:
                     listed = facts.inputs if number == 11 else facts.outputs
                     if len(listed) >= MAX_GRAPH_IO:
@@ -434,6 +474,7 @@ class _Walk:
         inputs: list[str] = []
         outputs: list[str] = []
         attributes = 0
+        first: tuple[bytes, tuple[int, ...] | None] = (b"", None)  # a Constant's one attribute
         for number, wire, x, y in self.fields(a, b):
             if number in (3, 4, 6, 7, 8):
                 self._once(seen, number, f"NodeProto field {number}")
@@ -460,7 +501,8 @@ class _Walk:
                 attributes += 1
                 if attributes > MAX_ATTRIBUTES:
                     raise ArtifactTooLarge(f"a node has more than {MAX_ATTRIBUTES} attributes")
-                self.attribute(x, y, depth)
+                read = self.attribute(x, y, depth)
+                first = read if attributes == 1 else (b"", None)
             else:
                 raise malformed(f"NodeProto field {number}")
         facts.node_domains.add(domain)
@@ -471,11 +513,19 @@ class _Walk:
                     "data-dependent control flow"
                 )
             if op_type == "Constant":
-                facts.constants.update(outputs)
+                for name in outputs:
+                    self._constant(name, first[1])
         facts.node_list.append(Node(op_type, "" if domain == "ai.onnx" else domain, tuple(inputs)))
 
-    def attribute(self, a: int, b: int, depth: int) -> None:
+    def attribute(self, a: int, b: int, depth: int) -> tuple[bytes, tuple[int, ...] | None]:
+        """Checks an attribute; gives its name when it is one of a Constant's int64 ones
+        (:data:`_CONSTANT_INTS`, else ``b""``) and the values it holds (None: not an int64
+        value of at most :data:`SMALL_INTS` values)."""
         data, seen = self.data, set[int]()
+        name = b""
+        held: dict[bytes, tuple[int, ...] | None] = {}
+        ints: list[int] = []
+        count = 0
         for number, wire, x, y in self.fields(a, b):
             if number in (1, 2, 3, 4, 5, 6, 13, 14, 20, 21):
                 self._once(seen, number, f"AttributeProto field {number}")
@@ -485,17 +535,25 @@ class _Walk:
                     self.type(x, y, 1)
                 else:
                     _no_zip(data, x, y, f"AttributeProto field {number}")
+                if number == 1 and y - x <= 10 and data[x:y] in _CONSTANT_INTS:
+                    name = data[x:y]
             elif number in (3, 20):
                 self._expect(wire, VARINT, f"AttributeProto field {number}")
+                if number == 3:
+                    held[b"value_int"] = (signed(x),)
             elif number == 2:
                 self._expect(wire, I32, "a float attribute")
             elif number == 7:
                 _repeated_count(data, wire, x, y, I32, "a floats attribute")
             elif number == 8:
-                _repeated_count(data, wire, x, y, VARINT, "an ints attribute")
+                count += _repeated_count(data, wire, x, y, VARINT, "an ints attribute")
+                if count <= SMALL_INTS:
+                    ints += _varints(data, wire, x, y, SMALL_INTS)
             elif number in (5, 10):
                 self._expect(wire, LEN, "a tensor attribute")
-                self.tensor(x, y, "a tensor attribute")
+                _, values = self.tensor(x, y, "a tensor attribute")
+                if number == 5:
+                    held[b"value"] = values
             elif number in (6, 11):
                 self._expect(wire, LEN, "a graph attribute")
                 self.graph(x, y, depth + 1)
@@ -503,17 +561,21 @@ class _Walk:
                 raise ArtifactRejected("sparse tensors are not supported; store them dense")
             else:
                 raise malformed(f"AttributeProto field {number}")
+        held[b"value_ints"] = tuple(ints) if count <= SMALL_INTS else None
+        return name, held.get(name)
 
     # -- TensorProto ---------------------------------------------------------------------
 
-    def tensor(self, a: int, b: int, what: str) -> str:
-        """Checks a tensor holds what it declares; gives its name."""
+    def tensor(self, a: int, b: int, what: str) -> tuple[str, tuple[int, ...] | None]:
+        """Checks a tensor holds what it declares; gives its name and, for an int64 tensor
+        of at most :data:`SMALL_INTS` elements, its values (else None)."""
         data, seen = self.data, set[int]()
         dims: list[int] = []
         elem = 1  # TensorProto's default data_type is 0 (undefined): refused below
         elem_seen = False
         name = ""
-        raw: int | None = None
+        raw: tuple[int, int] | None = None
+        packed: list[tuple[int, int]] = []  # int64_data runs, kept while they hold few values
         counts = dict.fromkeys(_TYPED, 0)
         string_bytes = 0
         for number, wire, x, y in self.fields(a, b):
@@ -537,7 +599,7 @@ class _Walk:
                 _no_zip(data, x, y, "tensor's doc_string or metadata_props")
             elif number == 9:
                 self._expect(wire, LEN, "raw_data")
-                raw = y - x
+                raw = (x, y)
             elif number == 13:
                 raise ArtifactRejected(
                     f"{what} {name!r} is in a file beside the model: {EXTERNAL_HINT}"
@@ -565,6 +627,8 @@ class _Walk:
                 counts[number] += _repeated_count(data, wire, x, y, scalar, f"{what}'s data")
             elif number in (_INT32_DATA, _INT64_DATA, _UINT64_DATA):
                 counts[number] += _repeated_count(data, wire, x, y, VARINT, f"{what}'s data")
+                if number == _INT64_DATA and counts[number] <= SMALL_INTS and x < y:
+                    packed.append((x, y))
             else:
                 raise malformed(f"TensorProto field {number}")
         if not elem_seen or elem not in ELEM_TYPES:
@@ -581,10 +645,11 @@ class _Walk:
         held = sum(counts.values())
         if raw is not None:
             declared = (elements * bits + 7) // 8
-            if held or bits == 0 or raw != declared:
+            if held or bits == 0 or raw[1] - raw[0] != declared:
                 raise ArtifactRejected(
                     f"{what} {name!r} ({type_name}, dims {dims}) declares {declared} bytes "
-                    f"but holds {raw} bytes of raw data and {held} values; {RE_EXPORT}"
+                    f"but holds {raw[1] - raw[0]} bytes of raw data and {held} values; "
+                    f"{RE_EXPORT}"
                 )
         else:
             wanted = (elements * per + every - 1) // every
@@ -604,16 +669,22 @@ class _Walk:
             )
         if dims:
             facts.widest = max(facts.widest, min(dims[-1], _WIDEST_CAP))
-        return name
+        small = elem == _INT64 and elements <= SMALL_INTS
+        return name, self._int64s(raw, packed) if small else None
+
+    def _int64s(
+        self, raw: tuple[int, int] | None, packed: list[tuple[int, int]]
+    ) -> tuple[int, ...]:
+        """The values of a checked int64 tensor: raw_data (little-endian) or int64_data."""
+        data = self.data
+        if raw is not None:
+            return tuple(
+                int.from_bytes(data[p : p + 8], "little", signed=True) for p in range(*raw, 8)
+            )
+        return tuple(v for x, y in packed for v in _varints(data, LEN, x, y, SMALL_INTS))
 
     def _dims(self, wire: int, x: int, y: int, count: int) -> list[int]:
-        if wire == VARINT:
-            values = [signed(x)]
-        else:
-            values, pos = [], x
-            for _ in range(min(count, MAX_DIMS + 1)):
-                value, pos = varint(self.data, pos, y)
-                values.append(signed(value))
+        values = _varints(self.data, wire, x, y, min(count, MAX_DIMS + 1))
         if any(v < 0 for v in values):
             raise ArtifactRejected("a tensor has a negative dimension")
         return values
@@ -753,7 +824,9 @@ def read_model(data: bytes, max_bytes: int) -> ModelFacts:
 
 def _check_sizes(facts: ModelFacts) -> None:
     """Refuses an operator whose output size a tensor computed at predict time picks: a
-    feature value could then make a worker allocate without bound."""
+    feature value could then make a worker allocate without bound. Of the constant sizes,
+    those of :data:`READ_SIZES` are bounded and counted (:func:`_count_size`); the others
+    (Range, OneHot, Resize, Upsample, Pad, TopK) are admitted as they are."""
     for node in facts.node_list:
         if node.domain != "" or node.op_type not in SIZE_INPUTS:
             continue
@@ -767,3 +840,46 @@ def _check_sizes(facts: ModelFacts) -> None:
                     "make that input a graph initializer or a Constant node, or export the "
                     "model with fixed sizes"
                 )
+        if node.op_type in READ_SIZES:
+            _count_size(facts, node)
+
+
+def _count_size(facts: ModelFacts, node: Node) -> None:
+    """Bounds and counts what ConstantOfShape, Expand or Tile builds from its constant size.
+
+    ConstantOfShape makes prod(shape) elements. Tile makes each element of its input
+    prod(repeats) elements, Expand at most prod(max(shape, 1)) (broadcasting takes the
+    larger of two dims, so at most their product); their input may be a batch, its rows
+    as wide as the widest declared row, so they count per row too (``sized_rows``). An
+    element is 8 bytes: the widest numeric type they make (double, int64)."""
+    op, position = node.op_type, READ_SIZES[node.op_type]
+    name = node.inputs[position] if position < len(node.inputs) else ""
+    if not name:
+        return  # no size at all: onnx's checker refuses the node in the smoke test
+    values = facts.int_constants.get(name)
+    shown = f"{op} input {position} ({name[:60]!r})"
+    if values is None:
+        raise ArtifactRejected(
+            f"operator {shown} is a size modelvc cannot read: store it as an int64 "
+            f"initializer (or Constant) of at most {SMALL_INTS} values"
+        )
+    if any(v < 0 for v in values):
+        raise ArtifactRejected(
+            f"operator {shown} holds a negative size {list(values)}, which ONNX does not "
+            "allow: fix the graph and export it again"
+        )
+    elements = 1
+    for value in values:
+        elements *= max(value, 1) if op == "Expand" else value
+    if elements > MAX_SIZED_ELEMENTS:
+        raise ArtifactTooLarge(
+            f"operator {shown} sizes its output by {list(values)}: {elements} elements, more "
+            f"than the {MAX_SIZED_ELEMENTS} modelvc allows one operator; export the model "
+            "with smaller sizes"
+        )
+    facts.sized_bytes += 8 * elements
+    if op == "ConstantOfShape":
+        # a constant like an initializer of these dims: its last one is a row's width
+        facts.widest = max(facts.widest, min(values[-1] if values else 1, _WIDEST_CAP))
+    else:
+        facts.sized_rows += elements
