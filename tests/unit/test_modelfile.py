@@ -141,7 +141,7 @@ def test_finding_1_a_million_entry_tree_sizes_is_refused_in_linear_time(model_te
     text = edit_header(model_text, "tree_sizes", " ".join(["573"] * 1_000_000))
     started = time.perf_counter()
     refused(text, "tree_sizes")
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 10  # quadratic took minutes; linear is ~0.1 s
 
 
 def test_finding_1_tree_sizes_that_do_not_match_the_trees_are_refused(model_text: str) -> None:

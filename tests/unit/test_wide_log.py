@@ -3,8 +3,6 @@ its graph is refused as soon as it is drawn past the bound, not after."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from streams import queries
@@ -31,11 +29,8 @@ def wide(tips: int) -> ModelState:
 
 def test_a_wide_log_computes_the_ref_labels_once(monkeypatch: pytest.MonkeyPatch) -> None:
     state = wide(2_000)
-    start = time.perf_counter()
-    queries.log(state, None)
-    # Was 30 s: commits x refs. A wall-clock bound only catches the gross case (the machine
-    # is shared); the count below is the exact check.
-    assert time.perf_counter() - start < 1.0
+    # Was 30 s: commits x refs. The count of label computations below is the check (a
+    # wall-clock bound failed on a loaded machine, and speed is bench/'s to measure).
     calls = []
     real = refs.labels
 
