@@ -10,11 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from modelvc.kafka_broker import running_cluster
 from modelvc.processes import stop
 from modelvc.stack import Stack, start_broker
 from tests.s3server import S3Server, running_s3
+
+# Hypothesis's default 200 ms deadline per example is a wall-clock test: on a loaded machine
+# (the suite runs its tiers side by side) it fails examples that are merely slow. Tests that
+# bound a hostile input's time say so themselves, with a bound far from the failure.
+settings.register_profile("modelvc", deadline=None)
+settings.load_profile("modelvc")
 
 # Which brokers the broker-backed tests run on: MODELVC_TEST_BROKERS=tansu (default),
 # kafka, or tansu,kafka. Each test that uses `bootstrap` (directly or through `stack`)
