@@ -104,8 +104,8 @@ test: $(STAMP)
 
 # ruff, the import contracts, mypy, then tier 1, one after another (one slot of `make test`).
 test-static: $(STAMP)
-	@$(call timed,static checks (ruff; import contracts; mypy), \
-	  $(MAKE) --no-print-directory lint typecheck); static=$$?; \
+	@($(call timed,static checks (ruff; import contracts; mypy), \
+	  $(MAKE) --no-print-directory lint typecheck)); static=$$?; \
 	$(MAKE) --no-print-directory test-unit; unit=$$?; \
 	[ $$static -eq 0 ] && [ $$unit -eq 0 ]
 
