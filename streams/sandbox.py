@@ -170,6 +170,11 @@ class Sandbox:
             "OMP_NUM_THREADS": "1",
             "OPENBLAS_NUM_THREADS": "1",
             "MALLOC_ARENA_MAX": "2",
+            # Blocks of 64 KiB or more are mapped and unmapped whole, and freed memory is
+            # given back: the smoke's measurement of a batch's memory (resident peak) then
+            # sees what the batch allocates, not memory an earlier step freed and kept.
+            "MALLOC_MMAP_THRESHOLD_": "65536",
+            "MALLOC_TRIM_THRESHOLD_": "0",
         }
         # -I: no PYTHON* variables, no user site, no current directory. -S (no site
         # packages) for our own child, which gets the format's package directories on

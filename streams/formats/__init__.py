@@ -14,8 +14,10 @@ The next format is one new module implementing
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from streams.errors import ArtifactRejected
 from streams.formats.base import Checked, ModelFormat, Predictor
@@ -126,8 +128,26 @@ def check(data: bytes, sandbox: Sandbox, max_bytes: int) -> Checked:
     parser sees bytes our validation refused.
     """
     checked = detect(data).validate(data, max_bytes)
-    sandbox.check(data, checked)
-    return checked
+    smoked = sandbox.check(data, checked)
+    return measured(checked, smoked.answer)
+
+
+# The largest figure a smoke's measurement is taken at: the sandbox's child has 1 GiB.
+_MEASURED_CAP = 1 << 40
+
+
+def measured(checked: Checked, answer: Mapping[str, Any]) -> Checked:
+    """``checked`` with the memory the smoke measured where it exceeds the estimate from
+    the bytes (a format whose smoke measures nothing keeps its estimate)."""
+    figures = {}
+    for field, key in (
+        ("model_bytes", "measured_model_bytes"),
+        ("bytes_per_row", "measured_bytes_per_row"),
+    ):
+        value = answer.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MEASURED_CAP:
+            figures[field] = max(getattr(checked, field), value)
+    return dataclasses.replace(checked, **figures) if figures else checked
 
 
 def load(data: bytes, checked: Checked) -> Predictor:

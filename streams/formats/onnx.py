@@ -42,6 +42,7 @@ from streams.core.model_signature import (
     Tensor,
 )
 from streams.errors import ArtifactRejected, ArtifactTooLarge
+from streams.formats import memory
 from streams.formats.base import Checked
 from streams.formats.onnx_wire import ModelFacts, ValueInfo, read_model, varint
 from streams.sandbox import SmokeFailed
@@ -60,6 +61,11 @@ ML_DOMAIN = "ai.onnx.ml"
 MAX_FEATURES = 100_000
 MAX_PRODUCER_CHARS = 128
 SMOKE_ROWS_CAP = 64
+# Rows of the smoke's measuring run: its peak memory over the smoke's, per row, is the
+# version's measured scoring memory (broadcasting, outer products, Tile chains: what no
+# reading of the bytes bounds). Under the sandbox's 1 GiB, a graph that needs more than
+# about 3 MiB a row is refused here; a worker scales the figure to its batch.
+MEASURE_ROWS = 256
 
 # Element types modelvc feeds: a feature event's doubles become float or double
 # tensors, its category codes int64 ones.
@@ -245,11 +251,11 @@ def checked_of(facts: ModelFacts) -> Checked:
     # bytes a feature), the served output, and a few live intermediates as wide as the
     # widest tensor row the graph declares (its value_info and I/O dims after the batch
     # axis, an initializer's or a ConstantOfShape's last dim: a layer's width);
-    # onnxruntime's arena reuses the buffers of tensors no longer needed. Expand and Tile
-    # make each element of a row up to sized_rows elements (summed over those nodes), so
-    # a row of their output is counted as that many widest rows.
+    # onnxruntime's arena reuses the buffers of tensors no longer needed. This reading of
+    # the bytes is a floor: broadcasting, outer products and chains of Expand or Tile can
+    # make a row far wider than anything declared, so the sandbox's smoke measures both
+    # figures and :func:`streams.formats.check` keeps the larger of each.
     bytes_per_row = 16 * len(features) + 16 * outputs + 4 * 8 * facts.widest
-    bytes_per_row += 8 * facts.widest * facts.sized_rows
     return Checked(
         format="onnx",
         signature=signature,
@@ -449,6 +455,22 @@ def _ort_type(text: str) -> str:
     return text[len("tensor(") : -1] if text.startswith("tensor(") and text.endswith(")") else text
 
 
+def _measured_row_bytes(
+    session: Any, feeds: Sequence[_Feed], served: str, outputs: int, width: int
+) -> int:
+    """Peak memory of scoring :data:`MEASURE_ROWS` rows over what the process held before,
+    per row. The whole increase counts as per row (a fixed cost of a run too), so the
+    figure errs high."""
+    import numpy as np
+
+    matrix = np.array(_smoke_matrix(MEASURE_ROWS, width), dtype=np.float64)
+    matrix = matrix.reshape(MEASURE_ROWS, width)
+    held = memory.resident()
+    memory.reset_peak()
+    _scores(session, feeds, served, matrix, outputs)
+    return max(memory.peak() - held, 0) // MEASURE_ROWS
+
+
 def _smoke_matrix(rows: int, width: int) -> list[list[float]]:
     """Ordinary rows: zeros, ones, minus ones, small integers (category codes), then
     pseudo-random values in [-3, 3]. Not LightGBM's smoke rows: a network maps NaN to NaN
@@ -503,10 +525,13 @@ class OnnxFormat:
             onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
         except Exception as exc:  # onnx raises ValidationError, DecodeError, others
             raise SmokeFailed(f"the onnx checker refuses it: {str(exc)[:300]}") from None
+        before = memory.resident()
+        memory.reset_peak()
         try:
             session = ort.InferenceSession(data, session_options(), providers=PROVIDERS)
         except Exception as exc:
             raise SmokeFailed(str(exc)[:300]) from None
+        loading = memory.peak() - before  # what the load took at most (constant folding included)
         read = [(a.name, "input", _ort_type(a.type)) for a in session.get_inputs()]
         read += [(a.name, "output", _ort_type(a.type)) for a in session.get_outputs()]
         ours = [(t.name, t.kind, t.type) for t in signature.graph]
@@ -529,6 +554,7 @@ class OnnxFormat:
                 [_scores(session, feeds, served, r[None], outputs) for r in matrix]
             )
             reverse = _scores(session, feeds, served, matrix[::-1].copy(), outputs)[::-1]
+            per_row = _measured_row_bytes(session, feeds, served, outputs, matrix.shape[1])
         except Exception as exc:
             raise SmokeFailed(f"scoring {rows} rows: {str(exc)[:300]}") from None
         if not (_same_bits(scores, alone) and _same_bits(scores, reverse)):
@@ -543,6 +569,8 @@ class OnnxFormat:
             "finite": bool(np.isfinite(scores).all()),
             "rows": rows,
             "graph": [list(t) for t in read],
+            "measured_model_bytes": max(loading, 0),
+            "measured_bytes_per_row": per_row,
         }
 
     def load(self, data: bytes, checked: Checked) -> OnnxPredictor:

@@ -12,15 +12,15 @@ first, with the standard library only, in one pass:
 - each message we walk knows its fields (the onnx 1.23 schema): an unknown field, a
   field with the wrong wire type, or a singular field written twice is refused, so no
   library reads anything we skipped;
-- nesting is bounded: subgraphs (``If``/``Loop``/``Scan`` attributes) to
-  :data:`MAX_GRAPH_DEPTH`, types (``sequence(map(...))``) to :data:`MAX_TYPE_DEPTH`;
+- subgraphs (``If``/``Loop``/``Scan``/``SequenceMap`` attributes) are refused, and the
+  nesting of types (``sequence(map(...))``) is bounded by :data:`MAX_TYPE_DEPTH`;
   packed numbers are counted by C-level byte scans, so the walk is linear;
 - every tensor (initializers and attribute values, in every graph) holds exactly the
   data its ``dims`` and type declare, in the field its type uses, and no external data;
 - an operator's output size (:data:`SIZE_INPUTS`) comes from a constant, never from a
   tensor computed at predict time; the small int64 constants are read, so that the sizes
   ConstantOfShape, Expand and Tile build are bounded (:data:`MAX_SIZED_ELEMENTS`) and
-  counted in the memory estimate (:attr:`ModelFacts.sized_bytes`, ``sized_rows``).
+  counted in the memory estimate (:attr:`ModelFacts.sized_bytes`).
 
 :func:`read_model` gives the :class:`ModelFacts` that :mod:`streams.formats.onnx` turns
 into a signature and decides on (opsets, domains, the signature's rules).
@@ -36,7 +36,6 @@ from streams.errors import ArtifactRejected, ArtifactTooLarge
 
 MAX_NODES = 10_000  # in all graphs together
 MAX_GRAPH_IO = 1024  # inputs, outputs of the main graph (each)
-MAX_GRAPH_DEPTH = 4  # the main graph and three levels of subgraphs
 MAX_TYPE_DEPTH = 8
 MAX_DIMS = 64
 MAX_METADATA = 256  # metadata_props entries of the model (entries, not distinct keys)
@@ -58,7 +57,11 @@ EXTERNAL_HINT = (
     "external data files are not supported: save the model with "
     "onnx.save_model(model, path, save_as_external_data=False)"
 )
-CONTROL_FLOW = ("Loop", "Scan", "If")
+CONTROL_FLOW = ("Loop", "Scan", "If", "SequenceMap")
+CONTROL_FLOW_HINT = (
+    "control flow (Loop/Scan/If) is not supported, nor any other operator that runs a "
+    "subgraph (SequenceMap): export the model without data-dependent control flow"
+)
 # ai.onnx operators whose output size is read from a tensor input (by position; None: all
 # inputs): a size that a feature value could pick at predict time.
 SIZE_INPUTS: dict[str, tuple[int, ...] | None] = {
@@ -71,6 +74,16 @@ SIZE_INPUTS: dict[str, tuple[int, ...] | None] = {
     "Upsample": (1,),
     "Pad": (1,),
     "TopK": (1,),
+    "HannWindow": (0,),
+    "HammingWindow": (0,),
+    "BlackmanWindow": (0,),
+    "CenterCropPad": (1,),
+    "DFT": (1,),
+    "STFT": (1, 3),
+    "MelWeightMatrix": None,
+    "MaxUnpool": (2,),
+    "AffineGrid": (1,),
+    "Col2Im": (1, 2),
 }
 # Of those, the operators whose constant size is read and counted: the input holding it.
 READ_SIZES = {"ConstantOfShape": 0, "Expand": 1, "Tile": 1}
@@ -158,7 +171,6 @@ class ModelFacts:
     # none), for the sizes of READ_SIZES
     int_constants: dict[str, tuple[int, ...]] = field(default_factory=dict)
     sized_bytes: int = 0  # ConstantOfShape/Expand/Tile outputs from constant sizes, 8 B each
-    sized_rows: int = 0  # Expand/Tile: the elements each input element becomes, summed
     nodes: int = 0
     initializers: int = 0  # tensors of the main graph's initializer list
     parameters: int = 0  # elements of every tensor (initializers and attribute values)
@@ -419,10 +431,6 @@ class _Walk:
     # -- GraphProto, NodeProto, AttributeProto -----------------------------------------
 
     def graph(self, a: int, b: int, depth: int) -> None:
-        if depth > MAX_GRAPH_DEPTH:
-            raise ArtifactRejected(
-                f"subgraphs (If/Loop/Scan bodies) nest more than {MAX_GRAPH_DEPTH - 1} deep"
-            )
         main, facts, seen = depth == 1, self.facts, set[int]()
         for number, wire, x, y in self.fields(a, b):
             if number in (2, 10):
@@ -508,10 +516,7 @@ class _Walk:
         facts.node_domains.add(domain)
         if domain in ("", "ai.onnx"):
             if op_type in CONTROL_FLOW:
-                raise ArtifactRejected(
-                    "control flow (Loop/Scan/If) is not supported: export the model without "
-                    "data-dependent control flow"
-                )
+                raise ArtifactRejected(CONTROL_FLOW_HINT)
             if op_type == "Constant":
                 for name in outputs:
                     self._constant(name, first[1])
@@ -555,8 +560,10 @@ class _Walk:
                 if number == 5:
                     held[b"value"] = values
             elif number in (6, 11):
-                self._expect(wire, LEN, "a graph attribute")
-                self.graph(x, y, depth + 1)
+                # A subgraph runs as often, and on tensors as large, as its operator's
+                # inputs say at predict time (and its inputs shadow the main graph's
+                # constants): no operator served here takes one.
+                raise ArtifactRejected(CONTROL_FLOW_HINT)
             elif number in (22, 23):
                 raise ArtifactRejected("sparse tensors are not supported; store them dense")
             else:
@@ -849,9 +856,10 @@ def _count_size(facts: ModelFacts, node: Node) -> None:
 
     ConstantOfShape makes prod(shape) elements. Tile makes each element of its input
     prod(repeats) elements, Expand at most prod(max(shape, 1)) (broadcasting takes the
-    larger of two dims, so at most their product); their input may be a batch, its rows
-    as wide as the widest declared row, so they count per row too (``sized_rows``). An
-    element is 8 bytes: the widest numeric type they make (double, int64)."""
+    larger of two dims, so at most their product). An element is 8 bytes: the widest
+    numeric type they make (double, int64). What they make per row of a batch (and what
+    chains of them, broadcasting or outer products make) no reading of the bytes bounds:
+    the sandbox's smoke measures it (``streams.formats.onnx.MEASURE_ROWS``)."""
     op, position = node.op_type, READ_SIZES[node.op_type]
     name = node.inputs[position] if position < len(node.inputs) else ""
     if not name:
@@ -881,5 +889,3 @@ def _count_size(facts: ModelFacts, node: Node) -> None:
     if op == "ConstantOfShape":
         # a constant like an initializer of these dims: its last one is a row's width
         facts.widest = max(facts.widest, min(values[-1] if values else 1, _WIDEST_CAP))
-    else:
-        facts.sized_rows += elements

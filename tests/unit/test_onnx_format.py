@@ -19,9 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
+from streams import formats
 from streams.core.model_signature import CATEGORICAL, DOUBLE, Tensor
 from streams.errors import ArtifactRejected, ArtifactTooLarge
 from streams.formats import onnx as onnx_format
+from streams.formats.base import Checked
 from streams.formats.onnx import ONNX, session_options
 from streams.formats.onnx_wire import MAX_NODES, MAX_SIZED_ELEMENTS, read_model
 from streams.sandbox import Sandbox, SmokeFailed
@@ -614,8 +616,8 @@ def test_constant_sizes_grow_the_estimate_by_what_they_build(op: str, source: st
         # its [1, 1000] is a row of 1000 (as an initializer's would be) instead of x's 4
         assert checked.bytes_per_row - tiny.bytes_per_row == 4 * 8 * (1000 - 4)
     else:
-        # each element of a row (4 wide) becomes 1000 instead of 1
-        assert checked.bytes_per_row - tiny.bytes_per_row == 8 * 4 * 999
+        # what a row becomes is the smoke's to measure (test_the_smoke_measures_...)
+        assert checked.bytes_per_row == tiny.bytes_per_row
     answer = ONNX.smoke(data, checked.plain(), 8)  # the graphs are ones onnxruntime runs
     assert answer["outputs"] == 1 and answer["finite"] is True
 
@@ -701,15 +703,128 @@ def test_fuzz_mutated_constant_sizes_are_refused_or_accepted_never_crash(
         ONNX.validate(bytes(data[: cut % (len(data) + 1)]), MAX)
 
 
-def test_a_worker_refuses_modest_tile_repeats_that_a_full_batch_cannot_afford() -> None:
-    # 10,000 repeats pass the per-operator bound and the sandbox's smoke (64 rows of
-    # 640,000 floats), but a worker's batch of 5000 rows would tile to 12.8 GB.
-    data = _sizing("Tile", [1, 10_000], width=64)
-    checked = ONNX.validate(data, MAX)
-    assert checked.bytes_per_row >= 8 * 64 * 10_000
-    assert checked.scoring_bytes(64) < 1 << 30  # the sandbox's address space
+def _budget_exceeded(checked: Checked) -> bool:
+    """Whether a worker with the default settings refuses this version (a full batch)."""
     budget = WorkerSettings.worker_memory_mb << 20
-    assert checked.scoring_bytes(WorkerSettings.max_batch) > budget
+    return checked.scoring_bytes(WorkerSettings.max_batch) > budget
+
+
+def test_the_smoke_measures_what_a_row_becomes() -> None:
+    # Tile(x [N, 4], [1, 1000]): each row becomes 4,000 floats (16,000 bytes), which no
+    # reading of the bytes counts; the smoke's measuring run, in the sandbox, does.
+    wide = formats.check(_sizing("Tile", [1, 1000]), Sandbox(), MAX)
+    narrow = formats.check(_sizing("Tile", [1, 1]), Sandbox(), MAX)
+    assert ONNX.validate(_sizing("Tile", [1, 1000]), MAX).bytes_per_row < 16_000
+    assert wide.bytes_per_row >= 16_000 > narrow.bytes_per_row
+
+
+def _broadcast_column(rows: int) -> bytes:
+    """x [N, 1] reshaped to [N, 1, 1] plus ConstantOfShape([rows, 1]): [N, rows, 1], each
+    row of the batch becoming ``rows`` floats by broadcasting, summed back to [N, 1]."""
+    return _graph_model(
+        [
+            helper.make_node("ConstantOfShape", ["n"], ["c"]),
+            helper.make_node("Reshape", ["x", "shape"], ["x3"]),
+            helper.make_node("Add", ["x3", "c"], ["b"]),
+            helper.make_node("ReduceSum", ["b", "axes"], ["y"], keepdims=0),
+        ],
+        [_float("x", ["N", 1])],
+        [_float("y", ["N", 1])],
+        initializers=[_int64("n", [rows, 1]), _int64("shape", [-1, 1, 1]), _int64("axes", [1])],
+    )
+
+
+# Each accepted by a reading of the bytes at a few KiB a row, and each far wider in fact.
+WIDE_ROWS: dict[str, Callable[[], bytes]] = {
+    "Tile repeats": lambda: _sizing("Tile", [1, 2000], width=64),  # 512 KB a row
+    "broadcast": lambda: _broadcast_column(200_000),  # 800 KB a row
+}
+
+
+@pytest.mark.parametrize("case", sorted(WIDE_ROWS))
+def test_a_worker_refuses_rows_wider_than_the_bytes_say(case: str) -> None:
+    data = WIDE_ROWS[case]()
+    assert not _budget_exceeded(ONNX.validate(data, MAX))  # the bytes alone: accepted
+    checked = formats.check(data, Sandbox(), MAX)  # measured in the sandbox
+    assert checked.bytes_per_row > 400_000 and _budget_exceeded(checked)
+
+
+def _expand_first_column(width: int) -> bytes:
+    """What torch.onnx.export makes of ``x[:, :1].expand(-1, width)`` (summed)."""
+    return _graph_model(
+        [
+            helper.make_node("Constant", [], ["n"], value=_int64("v", [1, width])),
+            helper.make_node("Slice", ["x", "zero", "one", "axes"], ["first"]),
+            helper.make_node("Expand", ["first", "n"], ["e"]),
+            helper.make_node("ReduceSum", ["e", "axes"], ["y"], keepdims=1),
+        ],
+        [_float("x", ["N", 16])],
+        [_float("y", ["N", 1])],
+        initializers=[_int64("zero", [0]), _int64("one", [1]), _int64("axes", [1])],
+    )
+
+
+def test_an_ordinary_expand_is_served() -> None:
+    # 512 floats a row: about 2 KiB, a few MiB for a worker's batch (an estimate that
+    # multiplied the expansion by the widest row refused it at 10 GiB).
+    checked = formats.check(_expand_first_column(512), Sandbox(), MAX)
+    assert not _budget_exceeded(checked)
+    assert checked.scoring_bytes(WorkerSettings.max_batch) < 256 << 20
+
+
+def _sequence_map() -> bytes:
+    """A SequenceMap whose body expands by its own input "n" (a main-graph initializer
+    has the same name): a subgraph onnxruntime runs on whatever the sequence holds."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Expand", ["xx", "n"], ["e"]),
+            helper.make_node("ReduceSum", ["e"], ["o"], keepdims=0),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("n", TensorProto.INT64, [2]),
+            helper.make_tensor_value_info("xx", TensorProto.FLOAT, None),
+        ],
+        [helper.make_tensor_value_info("o", TensorProto.FLOAT, None)],
+    )
+    return _graph_model(
+        [
+            helper.make_node("SequenceConstruct", ["n"], ["seq"]),
+            helper.make_node("SequenceMap", ["seq", "zero"], ["outs"], body=body),
+            helper.make_node("Relu", ["x"], ["y"]),
+        ],
+        [_float("x", ["N", 1])],
+        [_float("y", ["N", 1])],
+        initializers=[
+            _int64("n", [1, 1]),
+            helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+        ],
+    )
+
+
+def _window_sized_by_a_feature() -> bytes:
+    """HannWindow's size computed from the batch's largest feature value."""
+    return _graph_model(
+        [
+            helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+            helper.make_node("Cast", ["m"], ["size"], to=TensorProto.INT64),
+            helper.make_node("HannWindow", ["size"], ["w"]),
+            helper.make_node("ReduceSum", ["w"], ["s"], keepdims=0),
+            helper.make_node("Add", ["x", "s"], ["y"]),
+        ],
+        [_float("x", ["N", 1])],
+        [_float("y", ["N", 1])],
+    )
+
+
+def test_a_subgraph_of_any_operator_is_refused() -> None:
+    with pytest.raises(ArtifactRejected, match="nor any other operator that runs a subgraph"):
+        ONNX.validate(_sequence_map(), MAX)
+
+
+def test_a_window_sized_at_predict_time_is_refused() -> None:
+    with pytest.raises(ArtifactRejected, match="HannWindow takes its output size from 'size'"):
+        ONNX.validate(_window_sized_by_a_feature(), MAX)
 
 
 def test_a_same_version_duplicate_opset_is_accepted() -> None:
