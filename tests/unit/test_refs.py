@@ -69,14 +69,14 @@ def _timed(fn: object, *args: object) -> tuple[float, object]:
 def test_finding_5_caret_flood_resolves_in_linear_time() -> None:
     _, state = _history()
     seconds, outcome = _timed(refs.resolve, state, "main" + "^" * 40_000)
-    assert seconds < 0.5  # it took 40 s before
+    assert seconds < 5  # it took 40 s before (a bound far from both: the machine is shared)
     assert isinstance(outcome, InvalidCommand)
     assert "at most 256 characters" in outcome.message and "main~40" in outcome.message
     assert len(outcome.message) < 300  # the ref is not echoed back whole
 
     # Within the limit, a flood still answers at once: past the root, said plainly.
     seconds, outcome = _timed(refs.resolve, state, "main" + "^" * 250)
-    assert seconds < 0.5
+    assert seconds < 5
     assert isinstance(outcome, UnknownRef) and "past the first commit" in outcome.message
 
 
@@ -84,7 +84,7 @@ def test_finding_5_huge_generation_count_is_refused_not_a_crash() -> None:
     _, state = _history()
     # int() of more than 4,300 digits raises ValueError on Python 3.11 (a 500 before).
     seconds, outcome = _timed(refs.resolve, state, "main~" + "9" * 5_000)
-    assert seconds < 0.5 and isinstance(outcome, InvalidCommand)
+    assert seconds < 5 and isinstance(outcome, InvalidCommand)
     for ref in ("main~" + "9" * 200, "main~99999999999", "main~3", "main~1~1~1", "main^^^"):
         outcome = _timed(refs.resolve, state, ref)[1]
         assert isinstance(outcome, UnknownRef) and "past the first commit" in outcome.message
@@ -290,7 +290,7 @@ def test_fuzz_random_ref_expressions_raise_only_graph_errors_quickly(
     state, exprs = case
     for ref in exprs:
         seconds, outcome = _timed(refs.resolve, state, ref)
-        assert seconds < 0.5, f"resolving a {len(ref)}-character ref took {seconds:.2f}s"
+        assert seconds < 5, f"resolving a {len(ref)}-character ref took {seconds:.2f}s"
         if isinstance(outcome, VersionGraphError):
             assert len(outcome.message) < 600
         else:
@@ -303,7 +303,7 @@ def test_fuzz_random_ref_expressions_raise_only_graph_errors_quickly(
 @given(st.sampled_from(["model", "branch", "alias"]), _NOISE | st.from_regex(r"[\w.-]{1,140}"))
 def test_fuzz_random_names_are_checked_by_one_rule(kind: str, name: str) -> None:
     seconds, outcome = _timed(refs.check_name, kind, name)
-    assert seconds < 0.1
+    assert seconds < 2  # a backtracking pattern takes minutes on these
     if isinstance(outcome, VersionGraphError):
         assert isinstance(outcome, InvalidCommand) and outcome.message.isprintable()
         assert refs.name_problem(kind, name) == outcome.message
@@ -373,10 +373,16 @@ def test_merge_bases_take_linear_time_on_a_long_history() -> None:
     # 40,000 commits on one line, then two tips: every commit is a common ancestor.
     # Asking each of them for its ancestors would be quadratic (hours); one walk
     # below them all takes milliseconds.
-    # Timed against one ancestor walk of the same graph, so a busy machine slows both.
+    # Counted, not timed (the machine is shared): the commits it looks up.
     n = 40_000
     state = _graph([[i - 1] if i else [] for i in range(n)] + [[n - 1], [n - 1]])
-    assert refs.merge_bases(state, f"c{n}", f"c{n + 1}") == [f"c{n - 1}"]
-    walk = min(_timed(refs.ancestors, state.commits, f"c{n}")[0] for _ in range(3))
-    bases = min(_timed(refs.merge_bases, state, f"c{n}", f"c{n + 1}")[0] for _ in range(3))
-    assert bases < 25 * walk + 0.05, (bases, walk)
+    looked_up = [0]
+
+    class Counted(dict[str, Commit]):
+        def __getitem__(self, key: str) -> Commit:
+            looked_up[0] += 1
+            return super().__getitem__(key)
+
+    counted = replace(state, commits=Counted(state.commits))
+    assert refs.merge_bases(counted, f"c{n}", f"c{n + 1}") == [f"c{n - 1}"]
+    assert looked_up[0] <= 6 * (n + 2), looked_up[0]  # 4n now: two ancestor walks, one below
