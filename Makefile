@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test lint typecheck unit integration kafka kafka-if-java test-unit test-tansu \
 	test-kafka test-cluster test-store test-cluster-then-store test-kafka-in-slot \
-	test-ui test-kafka-then-ui test-kafka-once test-static browser screenshots bench up down clean
+	test-ui test-kafka-then-ui test-kafka-once browser screenshots bench up down clean
 
 # Apache Kafka for the third test tier: Maven copies the pinned broker's jars into
 # $(KAFKA_LIB) (ignored by git); modelvc/kafka_broker.py runs them with `java -cp`.
@@ -90,24 +90,18 @@ integration: $(STAMP)
 # Tiers 3 and 4 are required in CI (CI=true) and skipped, loudly, without Java and Maven.
 # The broker-backed tiers wait on brokers and child processes far more than they compute
 # (about 0.4 of a core each), so three slots run side by side: tier 2; tier 3 then 6; tier 4
-# then 5 then 3b. (A fourth broker slot was measured: every tier took about twice as long
-# and the whole ran longer.) The static checks and tier 1 (about 3 minutes of CPU) run in a
-# short fourth slot beside them, rather than before them. --output-sync prints each tier
-# whole as it ends. The jars and the browser come first: two slots need the jars.
+# then 5 then 3b. (A fourth slot was measured: every tier took about twice as long and the
+# whole ran longer. So was tier 1 in a fourth slot beside them: its unit tests took 17
+# minutes instead of 2 and tiers 3 and 4 a quarter longer.) --output-sync prints each tier
+# whole as it ends.
 test: $(STAMP)
+	@$(MAKE) --no-print-directory -j3 --output-sync=target lint typecheck test-unit
 	@$(MAKE) --no-print-directory kafka-if-java browser
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory -j4 --output-sync=target test-static test-tansu \
-	  test-kafka-then-ui test-cluster-then-store; \
-	status=$$?; echo "== tiers 1-6 side by side: $$(( $$(date +%s) - start ))s (exit $$status)"; \
+	$(MAKE) --no-print-directory -j3 --output-sync=target test-tansu test-kafka-then-ui \
+	  test-cluster-then-store; \
+	status=$$?; echo "== tiers 2-6 side by side: $$(( $$(date +%s) - start ))s (exit $$status)"; \
 	exit $$status
-
-# ruff, the import contracts, mypy, then tier 1, one after another (one slot of `make test`).
-test-static: $(STAMP)
-	@($(call timed,static checks (ruff; import contracts; mypy), \
-	  $(MAKE) --no-print-directory lint typecheck)); static=$$?; \
-	$(MAKE) --no-print-directory test-unit; unit=$$?; \
-	[ $$static -eq 0 ] && [ $$unit -eq 0 ]
 
 # Tier 5 is CPU-bound (moto parses every byte sent to it) while tier 4's three brokers are
 # busiest early: running it once tier 4 is done keeps the 2 cores from being oversubscribed.
