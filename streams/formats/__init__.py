@@ -132,7 +132,7 @@ def check(data: bytes, sandbox: Sandbox, max_bytes: int) -> Checked:
     return measured(checked, smoked.answer)
 
 
-# The largest figure a smoke's measurement is taken at: the sandbox's child has 1 GiB.
+# A measured figure past this is no measurement (the sandbox's child has 1 GiB): ignored.
 _MEASURED_CAP = 1 << 40
 
 
