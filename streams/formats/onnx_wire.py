@@ -15,7 +15,7 @@ first, with the standard library only, in one pass:
 - subgraphs (``If``/``Loop``/``Scan``/``SequenceMap`` attributes) are refused, and the
   nesting of types (``sequence(map(...))``) is bounded by :data:`MAX_TYPE_DEPTH`;
   packed numbers are counted by C-level byte scans, so the walk is linear;
-- every tensor (initializers and attribute values, in every graph) holds exactly the
+- every tensor (initializers and attribute values) holds exactly the
   data its ``dims`` and type declare, in the field its type uses, and no external data;
 - an operator's output size (:data:`SIZE_INPUTS`) comes from a constant, never from a
   tensor computed at predict time; the small int64 constants are read, so that the sizes
@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 
 from streams.errors import ArtifactRejected, ArtifactTooLarge
 
-MAX_NODES = 10_000  # in all graphs together
-MAX_GRAPH_IO = 1024  # inputs, outputs of the main graph (each)
+MAX_NODES = 10_000
+MAX_GRAPH_IO = 1024  # inputs, outputs of the graph (each)
 MAX_TYPE_DEPTH = 8
 MAX_DIMS = 64
 MAX_METADATA = 256  # metadata_props entries of the model (entries, not distinct keys)
@@ -147,7 +147,7 @@ class ValueInfo:
 
 @dataclass(frozen=True)
 class Node:
-    """A node of any graph: its operator, domain ("" for ai.onnx) and input names."""
+    """A node of the graph: its operator, domain ("" for ai.onnx) and input names."""
 
     op_type: str
     domain: str
@@ -165,14 +165,14 @@ class ModelFacts:
     outputs: list[ValueInfo] = field(default_factory=list)
     initializer_names: set[str] = field(default_factory=set)
     node_domains: set[str] = field(default_factory=set)
-    node_list: list[Node] = field(default_factory=list)  # every graph's nodes
-    constants: set[str] = field(default_factory=set)  # initializers, Constant outputs (all graphs)
+    node_list: list[Node] = field(default_factory=list)  # the graph's nodes
+    constants: set[str] = field(default_factory=set)  # initializers, Constant outputs
     # the values of the int64 constants of at most SMALL_INTS values (a name defined twice:
     # none), for the sizes of READ_SIZES
     int_constants: dict[str, tuple[int, ...]] = field(default_factory=dict)
     sized_bytes: int = 0  # ConstantOfShape/Expand/Tile outputs from constant sizes, 8 B each
     nodes: int = 0
-    initializers: int = 0  # tensors of the main graph's initializer list
+    initializers: int = 0  # tensors of the graph's initializer list
     parameters: int = 0  # elements of every tensor (initializers and attribute values)
     tensor_bytes: int = 0  # their declared bytes
     widest: int = 1  # the widest row of a tensor (see _width)
@@ -352,7 +352,7 @@ class _Walk:
                 self._expect(wire, VARINT, "model_version")
             elif number == 7:
                 self._expect(wire, LEN, "graph")
-                self.graph(a, b, depth=1)
+                self.graph(a, b)
             elif number == 8:
                 self._expect(wire, LEN, "opset_import")
                 if len(facts.opsets) >= MAX_OPSETS:
@@ -430,8 +430,9 @@ class _Walk:
 
     # -- GraphProto, NodeProto, AttributeProto -----------------------------------------
 
-    def graph(self, a: int, b: int, depth: int) -> None:
-        main, facts, seen = depth == 1, self.facts, set[int]()
+    def graph(self, a: int, b: int) -> None:
+        """The model's one graph (a subgraph is refused where an attribute holds one)."""
+        facts, seen = self.facts, set[int]()
         for number, wire, x, y in self.fields(a, b):
             if number in (2, 10):
                 self._once(seen, number, f"GraphProto field {number}")
@@ -439,24 +440,19 @@ class _Walk:
                 _no_zip(self.data, x, y, "graph's name or doc_string")
             elif number == 1:
                 self._expect(wire, LEN, "node")
-                self.node(x, y, depth)
+                self.node(x, y)
             elif number == 5:
                 self._expect(wire, LEN, "initializer")
                 name, values = self.tensor(x, y, "an initializer")
                 self._constant(name, values)
-                if main:
-                    facts.initializers += 1
-                    facts.initializer_names.add(name)
+                facts.initializers += 1
+                facts.initializer_names.add(name)
             elif number == 15:
                 raise ArtifactRejected("sparse initializers are not supported; store them dense")
             elif number in (11, 12, 13):
                 self._expect(wire, LEN, "a value_info")
                 info = self.value_info(x, y)
-                if not main and number == 11:
-                    # a subgraph's input (a Loop/Scan iteration value) is no constant
-                    facts.constants.discard(info.name)
-                    facts.int_constants.pop(info.name, None)
-                if main and number != 13:
+                if number != 13:
                     listed = facts.inputs if number == 11 else facts.outputs
                     if len(listed) >= MAX_GRAPH_IO:
                         raise ArtifactTooLarge(
@@ -470,7 +466,7 @@ class _Walk:
             else:
                 raise malformed(f"GraphProto field {number}")
 
-    def node(self, a: int, b: int, depth: int) -> None:
+    def node(self, a: int, b: int) -> None:
         facts, seen = self.facts, set[int]()
         facts.nodes += 1
         if facts.nodes > MAX_NODES:
@@ -509,7 +505,7 @@ class _Walk:
                 attributes += 1
                 if attributes > MAX_ATTRIBUTES:
                     raise ArtifactTooLarge(f"a node has more than {MAX_ATTRIBUTES} attributes")
-                read = self.attribute(x, y, depth)
+                read = self.attribute(x, y)
                 first = read if attributes == 1 else (b"", None)
             else:
                 raise malformed(f"NodeProto field {number}")
@@ -522,7 +518,7 @@ class _Walk:
                     self._constant(name, first[1])
         facts.node_list.append(Node(op_type, "" if domain == "ai.onnx" else domain, tuple(inputs)))
 
-    def attribute(self, a: int, b: int, depth: int) -> tuple[bytes, tuple[int, ...] | None]:
+    def attribute(self, a: int, b: int) -> tuple[bytes, tuple[int, ...] | None]:
         """Checks an attribute; gives its name when it is one of a Constant's int64 ones
         (:data:`_CONSTANT_INTS`, else ``b""``) and the values it holds (None: not an int64
         value of at most :data:`SMALL_INTS` values)."""
@@ -561,8 +557,8 @@ class _Walk:
                     held[b"value"] = values
             elif number in (6, 11):
                 # A subgraph runs as often, and on tensors as large, as its operator's
-                # inputs say at predict time (and its inputs shadow the main graph's
-                # constants): no operator served here takes one.
+                # inputs say at predict time (and its inputs shadow the graph's constants):
+                # no operator served here takes one.
                 raise ArtifactRejected(CONTROL_FLOW_HINT)
             elif number in (22, 23):
                 raise ArtifactRejected("sparse tensors are not supported; store them dense")
@@ -833,7 +829,7 @@ def _check_sizes(facts: ModelFacts) -> None:
     """Refuses an operator whose output size a tensor computed at predict time picks: a
     feature value could then make a worker allocate without bound. Of the constant sizes,
     those of :data:`READ_SIZES` are bounded and counted (:func:`_count_size`); the others
-    (Range, OneHot, Resize, Upsample, Pad, TopK) are admitted as they are."""
+    are admitted as they are (the smoke measures what they make)."""
     for node in facts.node_list:
         if node.domain != "" or node.op_type not in SIZE_INPUTS:
             continue
