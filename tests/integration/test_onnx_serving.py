@@ -25,6 +25,7 @@ import lightgbm as lgb
 import numpy as np
 import onnxruntime as ort
 import pytest
+import tritonclient.http as httpclient
 
 from modelvc.client import Client, ClientError
 from modelvc.stack import Stack
@@ -287,7 +288,6 @@ def test_a_merge_can_change_the_format_and_the_merged_commit_serves_onnx(world: 
 def test_the_open_inference_protocol_serves_onnx_through_tritonclient(world: World) -> None:
     """Triton's own client: the platform Triton names, and an FP32 [N, k] tensor (what an
     ONNX graph takes) scored to onnxruntime's bits."""
-    httpclient = pytest.importorskip("tritonclient.http")
     s = world.stack
     client = httpclient.InferenceServerClient(s.worker_url().removeprefix("http://"))
     auth = {"Authorization": f"Bearer {s.token}"}
